@@ -1,0 +1,428 @@
+"""The L1 images: two kernel variants and a Debian sid rootfs, built into the cache.
+
+Layout of the cache (see paths.py for where it is):
+  downloads/           the pinned linux-source .deb
+  src/<pkg>_<ver>/     its extracted tree, shared by both variants
+  build/kernel-<v>/    the O= object tree of each variant, kept for incremental rebuilds
+  build/rootfs-base-<key>/  the debootstrap result, kept so a changed init script
+                            does not debootstrap again
+  artifacts/<name>-<key>/   what runs: bzImage, rootfs.qcow2, keys, manifest.json
+
+An artifact directory is complete only when its manifest exists: it is built
+as `<dir>.partial` and renamed, so an interrupted build is never mistaken for a
+finished one, and the manifest's sha256 catch an artifact corrupted since.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness import kconfig
+from harness.checksum import sha256_file
+from harness.debian import PrivateApt, installed_version
+from harness.errors import BadInput, HarnessError
+from harness.progress import say, step
+from harness.recipe import KernelVariant, Recipe, Rootfs
+
+MANIFEST = "manifest.json"
+#: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
+NEEDED_FREE_GIB = 8
+#: Host tools the build runs, and the Debian package that has each.
+BUILD_TOOLS = {
+    "make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc",
+    "dpkg-deb": "dpkg", "xz": "xz-utils", "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils", "ssh-keygen": "openssh-client",
+}
+BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    variant: str
+    directory: Path
+    manifest: dict
+
+    @property
+    def bzimage(self) -> Path:
+        return self.directory / "bzImage"
+
+
+@dataclass(frozen=True)
+class RootfsImage:
+    directory: Path
+    manifest: dict
+
+    @property
+    def qcow2(self) -> Path:
+        return self.directory / "rootfs.qcow2"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "id_ed25519"
+
+    @property
+    def host_key_pub(self) -> Path:
+        return self.directory / "ssh_host_ed25519_key.pub"
+
+    @property
+    def qemu_version(self) -> str:
+        return self.manifest["versions"]["qemu-system-x86"]
+
+
+@dataclass(frozen=True)
+class Images:
+    kernels: dict[str, KernelImage]
+    rootfs: RootfsImage
+
+
+@dataclass(frozen=True)
+class ArtifactState:
+    name: str
+    key: str
+    directory: Path
+    problem: str | None  # None when complete and intact
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class ImageStore:
+    """Knows the cache layout, verifies artifacts and builds what is missing."""
+
+    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None):
+        self.recipe = recipe
+        self.cache = cache
+        self.jobs = jobs or (os.cpu_count() or 1) + 1
+        self.artifacts = cache / "artifacts"
+        self.build_dir = cache / "build"
+
+    # -- where things are, and whether they are sound ---------------------------
+
+    def kernel_dir(self, variant: KernelVariant) -> Path:
+        return self.artifacts / f"kernel-{variant.name}-{variant.key()}"
+
+    def rootfs_dir(self) -> Path:
+        return self.artifacts / f"rootfs-{self.recipe.rootfs.key()}"
+
+    def states(self) -> list[ArtifactState]:
+        out = [ArtifactState(f"kernel-{v.name}", v.key(), self.kernel_dir(v),
+                             verify(self.kernel_dir(v)))
+               for v in self.recipe.kernels.values()]
+        out.append(ArtifactState("rootfs", self.recipe.rootfs.key(), self.rootfs_dir(),
+                                 verify(self.rootfs_dir())))
+        return out
+
+    def stale(self) -> list[Path]:
+        """Artifact dirs no current recipe key points at, and leftovers of interrupted builds."""
+        current = {s.directory for s in self.states()}
+        if not self.artifacts.is_dir():
+            return []
+        return sorted(p for p in self.artifacts.iterdir() if p not in current)
+
+    def load(self, variants: list[str] | None = None) -> Images:
+        """The built images, or an error saying how to build them."""
+        wanted = self._variants(variants)
+        bad = [s for s in self.states()
+               if s.problem and (s.name == "rootfs" or s.name[len("kernel-"):] in wanted)]
+        if bad:
+            raise HarnessError(
+                "images are not built: " + "; ".join(f"{s.name}: {s.problem}" for s in bad),
+                stage="images", details="run: vfio-harness images build")
+        return Images(
+            kernels={n: KernelImage(n, self.kernel_dir(self.recipe.kernels[n]),
+                                    _read_manifest(self.kernel_dir(self.recipe.kernels[n])))
+                     for n in wanted},
+            rootfs=RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir())))
+
+    def _variants(self, variants: list[str] | None) -> list[str]:
+        names = variants or list(self.recipe.kernels)
+        unknown = [n for n in names if n not in self.recipe.kernels]
+        if unknown:
+            raise BadInput(f"unknown kernel variant {unknown[0]!r}; the recipe has "
+                           f"{', '.join(self.recipe.kernels)}")
+        return names
+
+    # -- building ---------------------------------------------------------------
+
+    def build(self, variants: list[str] | None = None, force: bool = False) -> Images:
+        """Build whatever is missing, stale or corrupt; a no-op when all is intact."""
+        wanted = self._variants(variants)
+        todo_kernels = [self.recipe.kernels[n] for n in wanted
+                        if force or verify(self.kernel_dir(self.recipe.kernels[n]))]
+        todo_rootfs = force or verify(self.rootfs_dir()) is not None
+        for s in self.states():
+            if s.problem and s.directory.exists():
+                say(f"{s.name}: {s.problem}: rebuilding")
+        if todo_kernels or todo_rootfs:
+            self._preflight(bool(todo_kernels), todo_rootfs)
+        # debootstrap waits on the network and the disk, the compiler on the CPU:
+        # running them side by side takes minutes off a build from scratch.
+        errors: list[BaseException] = []
+        rootfs_thread = None
+        if todo_rootfs:
+            rootfs_thread = threading.Thread(
+                target=_capture(errors, lambda: self._build_rootfs(self.recipe.rootfs)),
+                name="rootfs")
+            rootfs_thread.start()
+        try:
+            for variant in todo_kernels:
+                self._build_kernel(variant)
+        finally:
+            if rootfs_thread:
+                rootfs_thread.join()
+        if errors:
+            raise errors[0]
+        return self.load(wanted)
+
+    def _preflight(self, kernels: bool, rootfs: bool) -> None:
+        missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in BUILD_TOOLS.items()
+                   if not shutil.which(tool)]
+        if kernels:
+            missing += [f"{h} (apt-get install {pkg})" for h, pkg in BUILD_HEADERS.items()
+                        if not Path(h).exists()]
+        if missing:
+            raise BadInput("the image build needs: " + ", ".join(missing), stage="image build")
+        if rootfs and os.geteuid() != 0:
+            raise BadInput("debootstrap needs root to build the rootfs", stage="image build")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.cache).free / 2**30
+        if free < NEEDED_FREE_GIB:
+            raise BadInput(f"no space for the cache: {free:.1f} GiB free at {self.cache}, "
+                           f"a build needs about {NEEDED_FREE_GIB} GiB (choose another place "
+                           f"with --cache-dir or VFIO_HARNESS_CACHE)", stage="image build")
+
+    def _kernel_source(self, variant: KernelVariant) -> Path:
+        src = self.cache / "src" / f"{variant.package}_{variant.version}"
+        if (src / ".complete").exists():
+            return src
+        apt = PrivateApt(self.cache / "apt", self.recipe.mirror, self.recipe.suite)
+        with step(f"kernel source: download {variant.package} {variant.version}"):
+            deb = apt.download(variant.package, variant.version, variant.sha256,
+                               self.cache / "downloads")
+        with step(f"kernel source: extract {deb.name}"):
+            tmp = src.with_name(src.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            _shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
+                   f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
+            (tmp / ".complete").write_text(variant.sha256 + "\n")
+            shutil.rmtree(src, ignore_errors=True)
+            tmp.rename(src)
+        return src
+
+    def _build_kernel(self, variant: KernelVariant) -> None:
+        began = time.monotonic()
+        src = self._kernel_source(variant)
+        obj = self.build_dir / f"kernel-{variant.name}"
+        obj.mkdir(parents=True, exist_ok=True)
+        log = self.build_dir / f"kernel-{variant.name}.log"
+        stage = f"image build: kernel {variant.name}"
+        with step(f"kernel {variant.name}: configure (log {log})"):
+            with log.open("w") as out:
+                _run(["make", "-C", str(src), f"O={obj}", *variant.base], out, stage)
+                _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
+                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required)],
+                     out, stage)
+                _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
+            required: dict[str, str] = {}
+            for frag in variant.required:
+                required.update(kconfig.parse(frag.read_text()))
+            kconfig.check(required, kconfig.parse((obj / ".config").read_text()), variant.name)
+        with step(f"kernel {variant.name}: compile with -j{self.jobs} (log {log})"):
+            with log.open("a") as out:
+                _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}", "bzImage"], out,
+                     stage, progress=lambda: _compile_progress(log, variant.name))
+
+        def fill(d: Path) -> dict:
+            shutil.copy2(obj / "arch/x86/boot/bzImage", d / "bzImage")
+            shutil.copy2(obj / ".config", d / "config")
+            release = (obj / "include/config/kernel.release").read_text().strip()
+            return {"versions": {"kernel": release, variant.package: variant.version}}
+
+        _publish(self.kernel_dir(variant), f"kernel-{variant.name}", variant.key(), began, fill)
+
+    def _build_rootfs(self, rootfs: Rootfs) -> None:
+        began = time.monotonic()
+        base = self.build_dir / f"rootfs-base-{rootfs.base_key()}"
+        stage = "image build: rootfs"
+        if not (base / ".complete").exists():
+            log = self.build_dir / "rootfs-debootstrap.log"
+            with step(f"rootfs: debootstrap {rootfs.suite} with {len(rootfs.packages)} "
+                      f"packages (log {log})"):
+                shutil.rmtree(base, ignore_errors=True)
+                base.parent.mkdir(parents=True, exist_ok=True)
+                with log.open("w") as out:
+                    _run(["debootstrap", "--variant=minbase",
+                          "--include=" + ",".join(rootfs.packages), rootfs.suite, str(base),
+                          rootfs.mirror], out, stage,
+                         progress=lambda: _last_line(log, "rootfs: debootstrap"))
+                (base / ".complete").write_text(rootfs.base_key() + "\n")
+
+        def fill(d: Path) -> dict:
+            with step("rootfs: keys, init and sshd configuration"):
+                _customize(base, rootfs, d)
+            versions = {p: installed_version(base, p) or "not installed"
+                        for p in ("qemu-system-x86", "openssh-server", "python3")}
+            with step("rootfs: make the ext4 image"):
+                used = int(subprocess.run(["du", "-sb", "--exclude=.complete", str(base)],
+                                          capture_output=True, text=True,
+                                          check=True).stdout.split()[0])
+                size_mb = used // 2**20 * 5 // 4 + rootfs.headroom_mb
+                raw = d / "rootfs.raw"
+                with (self.build_dir / "rootfs-mkfs.log").open("w") as out:
+                    _run(["mkfs.ext4", "-q", "-F", "-L", "l1root", "-d", str(base), str(raw),
+                          f"{size_mb}M"], out, stage)
+                    _run(["qemu-img", "convert", "-O", "qcow2", str(raw),
+                          str(d / "rootfs.qcow2")], out, stage)
+                raw.unlink()
+                (d / "rootfs.qcow2").chmod(0o444)  # L0 boots it through a per-run overlay
+            return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages}
+
+        _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
+
+    # -- cleaning ---------------------------------------------------------------
+
+    def clean(self, everything: bool = False) -> list[Path]:
+        doomed = [self.cache] if everything else self.stale()
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+        return doomed
+
+
+def verify(directory: Path) -> str | None:
+    """Why an artifact directory cannot be used, or None when it is complete and intact."""
+    if not directory.is_dir():
+        return "not built"
+    try:
+        manifest = _read_manifest(directory)
+    except (OSError, ValueError):
+        return "no valid manifest (an interrupted build?)"
+    for name, meta in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+            return f"{name} does not match its manifest (corrupted)"
+    return None
+
+
+def _read_manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+def _publish(final: Path, name: str, key: str, began: float,
+             fill: Callable[[Path], dict]) -> None:
+    """Fill `<final>.partial`, write its manifest last, then rename it into place."""
+    partial = final.with_name(final.name + ".partial")
+    for old in (partial, final):
+        shutil.rmtree(old, ignore_errors=True)
+    partial.mkdir(parents=True)
+    extra = fill(partial)
+    files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+             for p in sorted(partial.iterdir()) if p.is_file()}
+    manifest = {"name": name, "key": key,
+                "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "build_seconds": round(time.monotonic() - began, 1), "files": files, **extra}
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.rename(final)
+    say(f"{name}: ready in {final}")
+
+
+def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
+    """Make the bootstrap an L1: our init, sshd set-up, a fresh host key and client key.
+
+    Every path written here is overwritten on each build, so applying it again
+    to a reused bootstrap gives the same tree.
+    """
+    shutil.copy2(rootfs.init, base / "sbin/harness-init")
+    (base / "sbin/harness-init").chmod(0o755)
+    shutil.copy2(rootfs.sshd_config, base / "etc/ssh/sshd_config.d/vfio-harness.conf")
+    for old in (base / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
+    # The host key is made here and pinned by the client: no trust on first use.
+    hostkey = artifact / "ssh_host_ed25519_key"
+    clientkey = artifact / "id_ed25519"
+    for key, comment in ((hostkey, "vfio-harness-l1"), (clientkey, "vfio-harness")):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                        "-f", str(key)], check=True, capture_output=True)
+    shutil.move(hostkey, base / "etc/ssh/ssh_host_ed25519_key")
+    (base / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+    shutil.copy2(artifact / "ssh_host_ed25519_key.pub", base / "etc/ssh/")
+    ssh = base / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    shutil.copy2(artifact / "id_ed25519.pub", ssh / "authorized_keys")
+    (ssh / "authorized_keys").chmod(0o600)
+    (base / "etc/hostname").write_text("l1\n")
+    (base / "etc/hosts").write_text("127.0.0.1 localhost\n10.0.2.15 l1\n")
+
+
+def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
+         interval: float = 30.0) -> None:
+    """Run a build step into a log; report progress every `interval` seconds."""
+    out.write(f"$ {' '.join(cmd)}\n")
+    out.flush()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                proc.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                if progress:
+                    progress()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        out.flush()
+        tail = _tail(Path(out.name), 40) if hasattr(out, "name") else ""
+        raise HarnessError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... failed "
+                           f"(exit {proc.returncode}); full log: {getattr(out, 'name', '?')}",
+                           stage=stage, details=tail)
+
+
+def _shell(script: str, what: str) -> None:
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"{what} failed (exit {proc.returncode})", stage="image build",
+                           details=proc.stderr[-3000:])
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _compile_progress(log: Path, name: str) -> None:
+    text = log.read_text(errors="replace").splitlines()
+    compiled = sum(1 for line in text if line.startswith("  CC "))
+    last = next((line.strip() for line in reversed(text) if line.startswith("  ")), "")
+    say(f"kernel {name}: {compiled} files compiled so far; last: {last}")
+
+
+def _last_line(log: Path, prefix: str) -> None:
+    last = _tail(log, 1)
+    if last:
+        say(f"{prefix}: {last.strip()}")
+
+
+def _capture(errors: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised by the main thread
+            errors.append(e)
+    return run
+

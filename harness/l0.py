@@ -1,0 +1,341 @@
+"""L0: the QEMU on this host that boots L1 with a vIOMMU and the devices to pass through.
+
+The machine is described as data (`L1Spec`); `build_command` turns it into a
+command line without side effects (unit-tested); `L0Machine` runs it with the
+lifecycle of QEMU's own python/qemu/machine: prepare files, launch, talk QMP,
+shut down gracefully and then kill, and never leave a QEMU behind.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness.deadline import Deadline, wait_for
+from harness.errors import BadInput, HarnessError
+from harness.qemu_binary import QemuBinary
+
+
+@dataclass(frozen=True)
+class VIommu:
+    """An emulated IOMMU: its L0 device and the L1 kernel arguments it needs."""
+
+    name: str
+    device: str
+    kernel_args: tuple[str, ...] = ()
+
+
+#: The vIOMMUs L0 can give L1. virtio-iommu on x86 has no MSI isolation, so
+#: iommufd and type1 refuse to attach without allow_unsafe_interrupts.
+VIOMMUS = {
+    v.name: v for v in (
+        VIommu("intel-iommu", "intel-iommu,intremap=on,aw-bits=48", ("intel_iommu=on",)),
+        VIommu("virtio-iommu", "virtio-iommu-pci",
+               ("iommufd.allow_unsafe_interrupts=1",
+                "vfio_iommu_type1.allow_unsafe_interrupts=1")),
+        VIommu("amd-iommu", "amd-iommu,intremap=on", ("amd_iommu=on",)),
+    )
+}
+
+
+def viommu(name: str) -> VIommu:
+    try:
+        return VIOMMUS[name]
+    except KeyError:
+        raise BadInput(f"unknown vIOMMU {name!r}; known: {', '.join(VIOMMUS)}") from None
+
+
+@dataclass(frozen=True)
+class PassthroughDevice:
+    """An emulated PCI device L1 hands to vfio-pci, found in L1 by vendor:device."""
+
+    name: str
+    vendor_device: str
+    device: str  # QEMU -device driver
+
+    def args(self, files: "RunFiles") -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Edu(PassthroughDevice):
+    name: str = "edu"
+    vendor_device: str = "1234:11e8"
+    device: str = "edu"
+
+    def args(self, files: "RunFiles") -> list[str]:
+        # edu clamps DMA addresses to 28 bits by default: BAR addresses would not fit.
+        return ["-device", "edu,dma_mask=0xffffffffffffffff"]
+
+
+@dataclass(frozen=True)
+class Ivshmem(PassthroughDevice):
+    name: str = "ivshmem"
+    vendor_device: str = "1af4:1110"
+    device: str = "ivshmem-plain"
+    size: str = "1M"
+
+    def args(self, files: "RunFiles") -> list[str]:
+        return ["-object", f"memory-backend-file,id=ivmem,share=on,"
+                           f"mem-path={files.ivshmem},size={self.size}",
+                "-device", "ivshmem-plain,memdev=ivmem"]
+
+
+DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (Edu(), Ivshmem())
+
+
+@dataclass(frozen=True)
+class L1Spec:
+    viommu: VIommu
+    kernel: Path
+    rootfs: Path  # the read-only base image; each run writes to its own overlay
+    devices: tuple[PassthroughDevice, ...] = DEFAULT_DEVICES
+    memory_mb: int = 3072
+    cpus: int = 2
+    kernel_args: tuple[str, ...] = ()
+
+    def append(self) -> str:
+        return " ".join(("console=ttyS0", "root=/dev/vda", "rw", "init=/sbin/harness-init",
+                         "panic=-1", *self.viommu.kernel_args, *self.kernel_args))
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Everything one L1 boot writes, kept in its run directory."""
+
+    directory: Path
+    ivshmem: Path  # in /dev/shm, so that L0 reads what L2's DMA wrote
+
+    @classmethod
+    def create(cls, directory: Path) -> "RunFiles":
+        directory.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        return cls(directory, Path("/dev/shm") / f"vfio-harness-{tag}.ivshmem")
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "l0-console.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.directory / "l0-qemu-stderr.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "l0-qmp.sock"
+
+    @property
+    def qmp_transcript(self) -> Path:
+        return self.directory / "l0-qmp.jsonl"
+
+    @property
+    def overlay(self) -> Path:
+        return self.directory / "l1-overlay.qcow2"
+
+    @property
+    def cmdline(self) -> Path:
+        return self.directory / "l0-cmdline.txt"
+
+
+def build_command(qemu: Path, spec: L1Spec, files: RunFiles, ssh_port: int,
+                  accel: str) -> list[str]:
+    """The L0 command line for `spec`; no side effects."""
+    accel_arg = "kvm" if accel == "kvm" else "tcg,thread=multi"
+    cmd = [str(qemu), "-accel", accel_arg, "-M", "q35", "-cpu", "max",
+           "-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M",
+           "-nodefaults", "-display", "none", "-no-reboot",
+           "-device", spec.viommu.device,
+           "-kernel", str(spec.kernel), "-append", spec.append(),
+           "-drive", f"file={files.overlay},if=virtio,format=qcow2,cache=unsafe",
+           "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+           "-device", "virtio-net-pci,netdev=n0",
+           "-serial", f"file:{files.console}",
+           "-qmp", f"unix:{files.qmp_socket},server=on,wait=off"]
+    for dev in spec.devices:
+        cmd += dev.args(files)
+    return cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_port(port: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise BadInput(f"port {port} on 127.0.0.1 is busy ({e.strerror}): choose another "
+                           f"with --ssh-port, or leave it out to take a free one",
+                           stage="L0") from None
+    return port
+
+
+def _die_with_parent() -> None:
+    """In the child: if the harness dies, even by SIGKILL, the kernel kills QEMU too."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class L0Machine:
+    """One L1 boot. Use as a context manager: QEMU is gone when the block exits."""
+
+    qemu: QemuBinary
+    spec: L1Spec
+    run_dir: Path
+    accel: str = "tcg"
+    ssh_port: int | None = None
+    launch_timeout: float = 30.0
+    files: RunFiles = field(init=False)
+    _proc: subprocess.Popen | None = field(default=None, init=False)
+    _qmp: QEMUMonitorProtocol | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.files = RunFiles.create(self.run_dir)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def __enter__(self) -> "L0Machine":
+        self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def launch(self) -> None:
+        self._pre_launch()
+        try:
+            self._launch()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _pre_launch(self) -> None:
+        self.qemu.require_devices([self.spec.viommu.device.split(",")[0],
+                                   *(d.device for d in self.spec.devices), "virtio-net-pci"])
+        for path, what in ((self.spec.kernel, "L1 kernel"), (self.spec.rootfs, "L1 rootfs")):
+            if not path.is_file():
+                raise BadInput(f"{what} {path} does not exist (vfio-harness images build)",
+                               stage="L0")
+        self.ssh_port = check_port(self.ssh_port) if self.ssh_port else free_port()
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                               "-b", str(self.spec.rootfs), str(self.files.overlay)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HarnessError("cannot create the L1 disk overlay", stage="L0",
+                               details=proc.stderr)
+        for stale in (self.files.qmp_socket, self.files.console):
+            stale.unlink(missing_ok=True)
+
+    def _launch(self) -> None:
+        cmd = build_command(self.qemu.path, self.spec, self.files, self.ssh_port, self.accel)
+        self.files.cmdline.write_text(" ".join(cmd) + "\n")
+        with self.files.stderr.open("w") as err:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err,
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=_die_with_parent)
+        deadline = Deadline("L0 start", self.launch_timeout)
+        wait_for(lambda: self.files.qmp_socket.exists() or self._proc.poll() is not None,
+                 deadline, "QEMU did not open its QMP socket", details=self.stderr_text)
+        if self._proc.poll() is not None:
+            raise self._start_failure()
+        self._qmp = QEMUMonitorProtocol(str(self.files.qmp_socket))
+        self._qmp.connect()
+        self._qmp.settimeout(self.launch_timeout)
+
+    def _start_failure(self) -> HarnessError:
+        stderr = self.stderr_text()
+        if "Could not set up host forwarding rule" in stderr:
+            return BadInput(f"L0 QEMU could not listen on 127.0.0.1:{self.ssh_port} for SSH "
+                            f"(port busy?)", stage="L0 start", details=stderr)
+        return HarnessError(f"L0 QEMU exited at start with status {self._proc.returncode}",
+                            stage="L0 start",
+                            details=f"command: {self.files.cmdline.read_text()}{stderr}")
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; keeps every file the run wrote."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            if self._qmp is not None:
+                try:
+                    self.qmp("quit")
+                except Exception:  # a wedged QMP still gets the signals below
+                    pass
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    try:
+                        proc.send_signal(sig)
+                    except ProcessLookupError:
+                        break
+                try:
+                    proc.wait(timeout=timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except Exception:
+                pass
+            self._qmp = None
+        self._post_shutdown()
+
+    def _post_shutdown(self) -> None:
+        self.files.qmp_socket.unlink(missing_ok=True)
+        self.files.ivshmem.unlink(missing_ok=True)
+
+    # -- talking to it ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def qmp(self, command: str, **args: object) -> object:
+        """A QMP command; each exchange goes to the run's transcript."""
+        if self._qmp is None:
+            raise HarnessError(f"QMP {command}: L0 QEMU is not running", stage="L0")
+        entry: dict = {"t": round(time.time(), 3), "execute": command, "arguments": args}
+        try:
+            entry["return"] = self._qmp.cmd(command, **args)
+            return entry["return"]
+        except Exception as e:
+            entry["error"] = str(e)
+            raise
+        finally:
+            with self.files.qmp_transcript.open("a") as t:
+                t.write(json.dumps(entry, default=str) + "\n")
+
+    def console_text(self) -> str:
+        try:
+            return self.files.console.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def console_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    def stderr_text(self) -> str:
+        try:
+            return self.files.stderr.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def read_ivshmem(self, offset: int, length: int) -> bytes:
+        """The bytes of the ivshmem BAR as L0 sees them, straight from its file."""
+        with self.files.ivshmem.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)

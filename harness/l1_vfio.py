@@ -1,0 +1,116 @@
+"""L1-side VFIO: bind the passed-through devices to vfio-pci and ask the kernel about them.
+
+The work happens in guest/vfio_l1.py, run inside L1; this module uploads it,
+calls it over the L1 session and turns its JSON into typed records.
+"""
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.l1 import L1Session
+
+GUEST_SCRIPT = Path(__file__).parent / "guest" / "vfio_l1.py"
+REMOTE_SCRIPT = "/run/vfio_l1.py"
+
+
+@dataclass(frozen=True)
+class Bar:
+    index: int
+    start: int
+    size: int
+    mem: bool
+
+
+@dataclass(frozen=True)
+class L1Device:
+    bdf: str
+    vendor_device: str
+    driver: str | None
+    iommu_group: str | None
+    group_members: tuple[str, ...]
+    group_dev: str | None
+    cdev: str | None
+    bars: tuple[Bar, ...]
+
+    @property
+    def alone_in_group(self) -> bool:
+        return self.group_members == (self.bdf,)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "L1Device":
+        return cls(bdf=d["bdf"], vendor_device=d["vendor_device"], driver=d["driver"],
+                   iommu_group=d["iommu_group"], group_members=tuple(d["group_members"]),
+                   group_dev=d["group_dev"], cdev=d["cdev"],
+                   bars=tuple(Bar(b["index"], b["start"], b["size"], b["mem"])
+                              for b in d["bars"]))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    kernel: str
+    cmdline: str
+    iommus: tuple[str, ...]
+    dev_iommu: bool
+    dev_vfio_container: bool
+    devices: tuple[L1Device, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Inventory":
+        return cls(kernel=d["kernel"], cmdline=d["cmdline"], iommus=tuple(d["iommus"]),
+                   dev_iommu=d["dev_iommu"], dev_vfio_container=d["dev_vfio_container"],
+                   devices=tuple(L1Device.from_json(x) for x in d["devices"]))
+
+    def find(self, vendor_device: str) -> L1Device:
+        for dev in self.devices:
+            if dev.vendor_device == vendor_device:
+                return dev
+        raise HarnessError(f"no PCI device {vendor_device} in L1 (L0 did not add it, or the "
+                           f"L1 kernel does not see it)", stage="L1 devices")
+
+
+@dataclass(frozen=True)
+class DmabufProbe:
+    """The L1 kernel's answer to VFIO_DEVICE_FEATURE_PROBE for DMA_BUF on one device."""
+
+    bdf: str
+    supported: bool
+    errno: int | None
+    error: str | None
+
+
+class L1Vfio:
+    def __init__(self, session: L1Session):
+        self.session = session
+        session.put(GUEST_SCRIPT, REMOTE_SCRIPT, mode=0o755)
+
+    def _call(self, action: str, *args: str, timeout: float = 30.0) -> dict:
+        cmd = " ".join(["python3", REMOTE_SCRIPT, action, *map(shlex.quote, args)])
+        result = self.session.run(cmd, timeout=timeout, stage=f"L1 vfio {action}")
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            raise HarnessError(f"{cmd!r} did not answer JSON", stage=f"L1 vfio {action}",
+                               details=result.stdout[-2000:] + result.stderr[-2000:]) from None
+
+    def inventory(self, vendor_devices: list[str]) -> Inventory:
+        return Inventory.from_json(self._call("inventory", *vendor_devices))
+
+    def bind(self, bdfs: list[str]) -> list[L1Device]:
+        answer = self._call("bind", *bdfs)
+        devices = [L1Device.from_json(d) for d in answer["devices"]]
+        if "error" in answer:
+            raise HarnessError(answer["error"], stage="L1 vfio bind",
+                               details="\n".join(f"{d.bdf}: driver={d.driver} cdev={d.cdev}"
+                                                 for d in devices))
+        return devices
+
+    def restore(self, bdfs: list[str]) -> list[L1Device]:
+        return [L1Device.from_json(d) for d in self._call("restore", *bdfs)["devices"]]
+
+    def probe_dmabuf(self, bdfs: list[str]) -> dict[str, DmabufProbe]:
+        answer = self._call("probe", *bdfs)["probe"]
+        return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])
+                for bdf, a in answer.items()}
