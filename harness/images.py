@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import kconfig
@@ -232,10 +232,8 @@ class ImageStore:
                       str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required)],
                      out, stage)
                 _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
-            required: dict[str, str] = {}
-            for frag in variant.required:
-                required.update(kconfig.parse(frag.read_text()))
-            kconfig.check(required, kconfig.parse((obj / ".config").read_text()), variant.name)
+            kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
+                          variant.name)
         with step(f"kernel {variant.name}: compile with -j{self.jobs} (log {log})"):
             with log.open("a") as out:
                 _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}", "bzImage"], out,
@@ -329,7 +327,7 @@ def _publish(final: Path, name: str, key: str, began: float,
     files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
              for p in sorted(partial.iterdir()) if p.is_file()}
     manifest = {"name": name, "key": key,
-                "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "built": datetime.now(UTC).isoformat(timespec="seconds"),
                 "build_seconds": round(time.monotonic() - began, 1), "files": files, **extra}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     partial.rename(final)

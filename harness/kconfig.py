@@ -46,7 +46,8 @@ def check(required: dict[str, str], final: dict[str, str], variant: str) -> None
     bad = mismatches(required, final)
     if bad:
         option, wanted, got = bad[0]
-        more = f" (and {len(bad) - 1} more: {', '.join(b[0] for b in bad[1:])})" if len(bad) > 1 else ""
+        others = ", ".join(b[0] for b in bad[1:])
+        more = f" (and {len(bad) - 1} more: {others})" if others else ""
         raise HarnessError(
             f"{option} did not stick in kernel variant {variant!r}: wanted {wanted}, "
             f"olddefconfig gave {got}{more}; check its 'depends on' in Kconfig",

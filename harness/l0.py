@@ -31,6 +31,11 @@ class VIommu:
     device: str
     kernel_args: tuple[str, ...] = ()
 
+    @property
+    def driver(self) -> str:
+        """The QEMU device type, without its properties."""
+        return self.device.split(",")[0]
+
 
 #: The vIOMMUs L0 can give L1. virtio-iommu on x86 has no MSI isolation, so
 #: iommufd and type1 refuse to attach without allow_unsafe_interrupts.
@@ -40,7 +45,7 @@ VIOMMUS = {
         VIommu("virtio-iommu", "virtio-iommu-pci",
                ("iommufd.allow_unsafe_interrupts=1",
                 "vfio_iommu_type1.allow_unsafe_interrupts=1")),
-        VIommu("amd-iommu", "amd-iommu,intremap=on", ("amd_iommu=on",)),
+        VIommu("amd-iommu", "amd-iommu,intremap=on"),  # on by default in Linux
     )
 }
 
@@ -221,7 +226,7 @@ class L0Machine:
             raise
 
     def _pre_launch(self) -> None:
-        self.qemu.require_devices([self.spec.viommu.device.split(",")[0],
+        self.qemu.require_devices([self.spec.viommu.driver,
                                    *(d.device for d in self.spec.devices), "virtio-net-pci"])
         for path, what in ((self.spec.kernel, "L1 kernel"), (self.spec.rootfs, "L1 rootfs")):
             if not path.is_file():

@@ -11,7 +11,6 @@ import io
 import logging
 import select
 import shlex
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,7 +136,7 @@ class L1Session:
                             details=_fmt(out, err) + self._failure_context())
                     select.select([chan], [], [], min(0.2, deadline.remaining() + 0.01))
             status = chan.recv_exit_status()
-        except (socket.error, paramiko.SSHException) as e:
+        except (OSError, paramiko.SSHException) as e:
             raise HarnessError(f"SSH failed while running {command!r}: {e}", stage=stage,
                                details=self.context()) from None
         finally:

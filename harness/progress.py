@@ -6,14 +6,18 @@ person watching must see which step runs and that it is still alive.
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 _START = time.monotonic()
+_LOCK = threading.Lock()  # the rootfs and kernel builds report from two threads
 
 
 def say(message: str) -> None:
-    print(f"[{time.monotonic() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)
+    with _LOCK:
+        sys.stderr.write(f"[{time.monotonic() - _START:7.1f}s] {message}\n")
+        sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import kconfig
 from harness.errors import BadInput
 
 #: Bump when the build procedure itself changes in a way that changes its output.
@@ -34,6 +35,17 @@ class KernelVariant:
     base: tuple[str, ...]
     trim: tuple[Path, ...]
     required: tuple[Path, ...]  # the common fragments, then the variant's own
+
+    def required_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
+        for fragment in self.required:
+            options.update(kconfig.parse(fragment.read_text()))
+        return options
+
+    @property
+    def has_dmabuf(self) -> bool:
+        """Whether the variant has VFIO dma-buf, as its checked fragments require."""
+        return self.required_options().get("CONFIG_VFIO_PCI_DMABUF") == "y"
 
     def key(self) -> str:
         return _digest("kernel", {

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Measure what the harness promises about speed; report medians.
+
+  ci/benchmark.py noop-rebuild [--runs 5]     `images build` on an intact cache
+  ci/benchmark.py l1-boot [--runs 5] [--viommu V] [--kernel K]
+                                              L0 start to SSH ready
+  ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
+                                              (slow: a full build per run)
+
+Each prints one JSON line per run and a summary with the median; --json FILE
+appends the summary there. Run it on a machine doing nothing else.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def timed_cli(args: list[str], env: dict | None = None) -> float:
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-m", "harness", *args], check=True,
+                   env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.monotonic() - began
+
+
+def noop_rebuild(args: argparse.Namespace) -> list[float]:
+    timed_cli(["images", "build"])  # make sure it is built; not counted
+    return [timed_cli(["images", "build"]) for _ in range(args.runs)]
+
+
+def scratch_build(args: argparse.Namespace) -> list[float]:
+    out = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as cache:
+            out.append(timed_cli(["images", "build"], env={"VFIO_HARNESS_CACHE": cache}))
+    return out
+
+
+def l1_boot(args: argparse.Namespace) -> list[float]:
+    from harness import accel, paths
+    from harness.images import ImageStore
+    from harness.l0 import viommu
+    from harness.qemu_binary import QemuBinary
+    from harness.recipe import Recipe
+    from harness.stack import booted
+
+    store = ImageStore(Recipe.load(), paths.cache_dir())
+    images = store.load([args.kernel])
+    qemu = QemuBinary.find()
+    choice = accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+        for i in range(args.runs):
+            with booted(qemu, images, viommu(args.viommu), args.kernel, Path(tmp) / str(i),
+                        accel=choice.accel) as l1:
+                out.append(l1.boot_seconds)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot"])
+    p.add_argument("--runs", type=int)
+    p.add_argument("--viommu", default="intel-iommu")
+    p.add_argument("--kernel", default="dmabuf")
+    p.add_argument("--json", type=Path, help="append the summary to this file")
+    args = p.parse_args()
+    args.runs = args.runs or (1 if args.what == "scratch-build" else 5)
+    fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot}
+    samples = fn[args.what](args)
+    for i, s in enumerate(samples):
+        print(json.dumps({"run": i, "seconds": round(s, 2)}))
+    summary = {"benchmark": args.what, "runs": len(samples),
+               "median_s": round(statistics.median(samples), 2),
+               "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
+               **({"viommu": args.viommu, "kernel": args.kernel}
+                  if args.what == "l1-boot" else {})}
+    print(json.dumps(summary))
+    if args.json:
+        with args.json.open("a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+# Sourced by ci/main.sh and ci/test.sh: host packages, the virtualenv, the package.
+# Safe to run again: it installs only what is missing.
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+HOST_PACKAGES=(
+  qemu-system-x86 qemu-utils          # L0
+  debootstrap e2fsprogs debian-archive-keyring  # the L1 rootfs
+  make gcc flex bison bc libelf-dev libssl-dev xz-utils  # the L1 kernel
+  openssh-client python3-venv procps
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "vfio-harness needs root (debootstrap, /dev/shm, apt-get); run as root" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${HOST_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing host packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  step "host packages: all present"
+fi
+
+VENV=${VFIO_HARNESS_VENV:-$PWD/.venv}
+if [ ! -x "$VENV/bin/vfio-harness" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+  step "python environment: $VENV (qemu.qmp, paramiko, avocado-framework, pytest)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+  touch "$VENV/.installed"
+else
+  step "python environment: $VENV is up to date"
+fi
+export PATH="$VENV/bin:$PATH"

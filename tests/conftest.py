@@ -1,0 +1,20 @@
+"""Options and fixtures shared by the unit and VM tests."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.l0 import VIOMMUS
+
+DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vfio-harness")
+    group.addoption("--cache-dir", help="image cache (default: as vfio-harness)")
+    group.addoption("--qemu", help="L0 QEMU binary")
+    group.addoption("--viommu", action="append", choices=sorted(VIOMMUS),
+                    help=f"vIOMMUs for VM tests (default: {', '.join(DEFAULT_VIOMMUS)})")
+    group.addoption("--kernel", action="append", help="kernel variants (default: all)")
+    group.addoption("--artifacts", type=Path,
+                    help="keep VM artifacts here (default: pytest's temporary directory)")

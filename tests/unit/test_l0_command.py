@@ -1,0 +1,96 @@
+"""The L0 command line, built from a description without launching anything."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BadInput
+from harness.l0 import VIOMMUS, L1Spec, RunFiles, build_command, check_port, free_port, viommu
+
+QEMU = Path("/usr/bin/qemu-system-x86_64")
+
+
+def _cmd(vi="intel-iommu", accel="tcg", port=2222, tmp=Path("/tmp/run")):
+    spec = L1Spec(viommu(vi), Path("/k/bzImage"), Path("/r/rootfs.qcow2"))
+    files = RunFiles(tmp, Path("/dev/shm/x.ivshmem"))
+    return build_command(QEMU, spec, files, port, accel), files
+
+
+def _arg(cmd, flag):
+    """Every value given to `flag`."""
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+def test_intel_iommu_device_and_kernel_argument():
+    cmd, _ = _cmd("intel-iommu")
+    assert "intel-iommu,intremap=on,aw-bits=48" in _arg(cmd, "-device")
+    assert "intel_iommu=on" in _arg(cmd, "-append")[0].split()
+
+
+def test_virtio_iommu_allows_unsafe_interrupts_for_iommufd_and_type1():
+    cmd, _ = _cmd("virtio-iommu")
+    append = _arg(cmd, "-append")[0].split()
+    assert "virtio-iommu-pci" in _arg(cmd, "-device")
+    assert "iommufd.allow_unsafe_interrupts=1" in append
+    assert "vfio_iommu_type1.allow_unsafe_interrupts=1" in append
+    assert "intel_iommu=on" not in append
+
+
+def test_every_viommu_gives_exactly_one_iommu_device():
+    for name, vi in VIOMMUS.items():
+        cmd, _ = _cmd(name)
+        iommu_devices = [d for d in _arg(cmd, "-device") if d.split(",")[0] in
+                         {v.driver for v in VIOMMUS.values()}]
+        assert iommu_devices == [vi.device], name
+
+
+def test_accelerator():
+    assert _arg(_cmd(accel="tcg")[0], "-accel") == ["tcg,thread=multi"]
+    assert _arg(_cmd(accel="kvm")[0], "-accel") == ["kvm"]
+
+
+def test_network_is_restricted_and_forwards_ssh_on_loopback_only():
+    cmd, _ = _cmd(port=40123)
+    assert _arg(cmd, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:22"]
+
+
+def test_passthrough_devices():
+    cmd, files = _cmd()
+    devices = _arg(cmd, "-device")
+    assert "edu,dma_mask=0xffffffffffffffff" in devices
+    assert "ivshmem-plain,memdev=ivmem" in devices
+    (backend,) = _arg(cmd, "-object")
+    assert f"mem-path={files.ivshmem}" in backend and "share=on" in backend
+
+
+def test_boots_the_overlay_not_the_base_image():
+    cmd, files = _cmd()
+    (drive,) = _arg(cmd, "-drive")
+    assert drive.startswith(f"file={files.overlay},")
+    assert "/r/rootfs.qcow2" not in " ".join(cmd)
+
+
+def test_console_and_qmp_go_to_the_run_directory():
+    cmd, files = _cmd(tmp=Path("/tmp/somewhere"))
+    assert _arg(cmd, "-serial") == [f"file:{files.console}"]
+    assert _arg(cmd, "-qmp") == [f"unix:{files.qmp_socket},server=on,wait=off"]
+    assert str(files.console).startswith("/tmp/somewhere/")
+
+
+def test_unknown_viommu_names_the_known_ones():
+    with pytest.raises(BadInput, match="unknown vIOMMU 'smmuv3'.*intel-iommu"):
+        viommu("smmuv3")
+
+
+def test_busy_port_is_bad_input():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(BadInput, match=f"port {port} on 127.0.0.1 is busy"):
+            check_port(port)
+
+
+def test_free_port_is_bindable():
+    assert check_port(free_port())

@@ -1,0 +1,80 @@
+"""Recipe keys: an artifact is rebuilt when, and only when, what it is made from changes."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BadInput
+from harness.recipe import Recipe, default_recipe_dir
+
+
+@pytest.fixture
+def recipe_dir(tmp_path: Path) -> Path:
+    copy = tmp_path / "images"
+    shutil.copytree(default_recipe_dir(), copy)
+    return copy
+
+
+def keys(directory: Path) -> dict[str, str]:
+    r = Recipe.load(directory)
+    return {**{f"kernel-{n}": v.key() for n, v in r.kernels.items()},
+            "rootfs": r.rootfs.key(), "rootfs-base": r.rootfs.base_key()}
+
+
+def test_keys_are_stable_and_distinct(recipe_dir):
+    first, second = keys(recipe_dir), keys(recipe_dir)
+    assert first == second
+    assert len(set(first.values())) == len(first)
+
+
+def test_variant_fragment_changes_only_that_variant(recipe_dir):
+    before = keys(recipe_dir)
+    with (recipe_dir / "kernel/no-dmabuf.config").open("a") as f:
+        f.write("# a comment changes the file, so the key\n")
+    after = keys(recipe_dir)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"kernel-no-dmabuf"}
+
+
+def test_common_fragment_changes_both_kernels_not_rootfs(recipe_dir):
+    before = keys(recipe_dir)
+    with (recipe_dir / "kernel/vfio.config").open("a") as f:
+        f.write("CONFIG_VFIO_DEBUGFS=y\n")
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+
+
+def test_init_script_changes_rootfs_but_reuses_the_bootstrap(recipe_dir):
+    before = keys(recipe_dir)
+    with (recipe_dir / "rootfs/harness-init").open("a") as f:
+        f.write("# changed\n")
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"rootfs"}
+
+
+def test_package_list_changes_the_bootstrap(recipe_dir):
+    before = keys(recipe_dir)
+    with (recipe_dir / "rootfs/packages.txt").open("a") as f:
+        f.write("strace\n")
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"rootfs", "rootfs-base"}
+
+
+def test_kernel_pin_changes_both_kernels(recipe_dir):
+    before = keys(recipe_dir)
+    toml = recipe_dir / "recipe.toml"
+    toml.write_text(toml.read_text().replace('version = "7.2.13-1"', 'version = "7.2.14-1"'))
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+
+
+def test_missing_fragment_is_bad_input(recipe_dir):
+    (recipe_dir / "kernel/dmabuf.config").unlink()
+    with pytest.raises(BadInput, match="dmabuf.config, which does not exist"):
+        Recipe.load(recipe_dir)
+
+
+def test_missing_recipe_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="no image recipe"):
+        Recipe.load(tmp_path)

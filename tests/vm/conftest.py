@@ -1,0 +1,79 @@
+"""VM fixtures: the images, the L0 QEMU, and one L1 boot per (vIOMMU, kernel).
+
+These tests boot real machines: the images must be built (the README's test
+command builds them). Missing images are an error, not a skip, so that a
+pipeline that forgot to build them cannot pass.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from harness import accel, paths
+from harness.images import Images, ImageStore
+from harness.l0 import DEFAULT_DEVICES, viommu
+from harness.qemu_binary import QemuBinary
+from harness.recipe import Recipe
+from harness.stack import booted
+from harness.survey import Survey, survey
+from tests.conftest import DEFAULT_VIOMMUS
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "l1_params" in metafunc.fixturenames:
+        config = metafunc.config
+        viommus = config.getoption("--viommu") or DEFAULT_VIOMMUS
+        kernels = config.getoption("--kernel") or list(Recipe.load().kernels)
+        pairs = [(v, k) for v in viommus for k in kernels]
+        metafunc.parametrize("l1_params", pairs, ids=[f"{v}-{k}" for v, k in pairs],
+                             scope="module")
+
+
+@pytest.fixture(scope="session")
+def store(pytestconfig: pytest.Config) -> ImageStore:
+    return ImageStore(Recipe.load(), paths.cache_dir(pytestconfig.getoption("--cache-dir")))
+
+
+@pytest.fixture(scope="session")
+def images(store: ImageStore) -> Images:
+    return store.load()  # raises, naming what is missing, if the images are not built
+
+
+@pytest.fixture(scope="session")
+def qemu(pytestconfig: pytest.Config) -> QemuBinary:
+    return QemuBinary.find(pytestconfig.getoption("--qemu"))
+
+
+@pytest.fixture(scope="session")
+def accelerator(qemu: QemuBinary, images: Images, store: ImageStore) -> str:
+    kernel = next(iter(images.kernels.values())).bzimage
+    return accel.choose(qemu, kernel, store.cache).accel
+
+
+@pytest.fixture(scope="session")
+def artifacts(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = pytestconfig.getoption("--artifacts")
+    path = chosen or tmp_path_factory.mktemp("vm-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\nVM artifacts: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def l1(l1_params, qemu, images, accelerator, artifacts):
+    """One L1 boot serves every test of a (vIOMMU, kernel) pair."""
+    vi, kernel = l1_params
+    with booted(qemu, images, viommu(vi), kernel, artifacts / f"{vi}-{kernel}",
+                accel=accelerator) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def l1_survey(l1, store) -> Survey:
+    return survey(l1, DEFAULT_DEVICES, store.recipe.kernels[l1.kernel].has_dmabuf)

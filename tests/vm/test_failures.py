@@ -1,0 +1,82 @@
+"""Failures on real boots: each names its stage, shows the evidence, and leaves no QEMU."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError, StageTimeout
+from harness.l0 import viommu
+from harness.stack import booted
+
+VIOMMU, KERNEL = "intel-iommu", "dmabuf"
+
+
+def qemu_processes_using(path: Path) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(path) in line]
+
+
+def test_ssh_deadline_names_the_stage_and_shows_the_console(qemu, images, accelerator, tmp_path):
+    with pytest.raises(StageTimeout) as e:
+        with booted(qemu, images, viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
+                    ssh_deadline=3.0):
+            pass
+    message = str(e.value)
+    assert f"L1 boot ({VIOMMU}/{KERNEL})" in message
+    assert "never answered" in message
+    assert "L0 console tail" in message and "Linux version" in message
+    assert qemu_processes_using(tmp_path) == []
+    assert (tmp_path / "l0-console.log").exists() and (tmp_path / "l0-cmdline.txt").exists()
+
+
+def test_l1_that_dies_at_boot_fails_fast_with_the_panic(qemu, images, accelerator, tmp_path):
+    began = time.monotonic()
+    with pytest.raises(HarnessError) as e:
+        with booted(qemu, images, viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
+                    kernel_args=("init=/no/such/init",)):
+            pass
+    assert "L0 QEMU exited while L1 was booting" in str(e.value)
+    assert "Kernel panic" in e.value.details
+    assert time.monotonic() - began < 60  # not the full SSH deadline
+    assert qemu_processes_using(tmp_path) == []
+
+
+def _start_run(tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--viommu", VIOMMU, "--kernel", KERNEL,
+         "--results", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_qemu(tmp_path: Path, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not qemu_processes_using(tmp_path):
+        assert time.monotonic() < end, "the run never started QEMU"
+        time.sleep(0.2)
+
+
+def test_sigterm_stops_the_run_and_its_qemu(tmp_path):
+    proc = _start_run(tmp_path)
+    _wait_for_qemu(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert qemu_processes_using(tmp_path) == []
+    assert (tmp_path / f"{VIOMMU}-{KERNEL}" / "l0-console.log").exists()  # artifacts kept
+
+
+def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path):
+    proc = _start_run(tmp_path)
+    _wait_for_qemu(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    end = time.monotonic() + 10
+    while qemu_processes_using(tmp_path) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert qemu_processes_using(tmp_path) == []
