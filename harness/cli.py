@@ -2,7 +2,7 @@
 
   images build|list|clean   the L1 kernels and rootfs in the cache
   doctor                    what this host can do
-  run                       boot L1 per vIOMMU and kernel, report what it offers
+  run                       the verdict matrix: vIOMMU x backend x kernel x check
 
 Errors print one clear message and exit non-zero: 2 bad input, 3 a deadline
 passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
@@ -10,21 +10,20 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 
 import argparse
 import json
+import random
 import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from harness import accel, doctor, paths
+from harness import accel, doctor, matrix, paths
 from harness.errors import BadInput, HarnessError
 from harness.images import ImageStore
-from harness.l0 import DEFAULT_DEVICES, VIOMMUS, viommu
+from harness.l0 import VIOMMUS, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
-
-DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,12 +45,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="what this host can do")
 
-    run = sub.add_parser("run", help="boot L1 per vIOMMU and kernel and report what it offers")
+    run = sub.add_parser("run", help="run the verdict matrix (default: all of it)")
     run.add_argument("--viommu", action="append", choices=sorted(VIOMMUS),
-                     help=f"vIOMMU (repeatable; default: {', '.join(DEFAULT_VIOMMUS)})")
+                     help=f"vIOMMU (repeatable; default: {', '.join(matrix.DEFAULT_VIOMMUS)})")
+    run.add_argument("--backend", action="append", choices=matrix.BACKENDS,
+                     help="VFIO backend of L2 (repeatable; default: both)")
     run.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
-    run.add_argument("--results", type=Path, help="directory for results and artifacts "
+    run.add_argument("--check", action="append", choices=matrix.CHECKS,
+                     help="check (repeatable; default: all)")
+    run.add_argument("--results", type=Path, help="directory for results.json and artifacts "
                                                   "(default: ./results/run-TIMESTAMP)")
+    run.add_argument("--seed", type=int, help="seed of the P2P pattern (default: random, "
+                                              "recorded in results.json)")
     run.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                      help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     run.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
@@ -124,53 +129,38 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness import stack, survey  # L1-facing modules import paramiko: only when needed
+    from harness import results, runner  # L1-facing modules import paramiko: only when needed
 
-    viommus = [viommu(n) for n in (args.viommu or DEFAULT_VIOMMUS)]
+    selection = runner.Selection(
+        viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
+        backends=tuple(args.backend or matrix.BACKENDS),
+        kernels=tuple(args.kernel or Recipe.load().kernels),
+        checks=tuple(args.check or matrix.CHECKS))
     qemu = QemuBinary.find(args.qemu)
-    for vi in viommus:
-        qemu.require_devices([vi.driver])
+    for name in selection.viommus:
+        qemu.require_devices([viommu(name).driver])
     store = _store(args)
-    images = store.build(args.kernel)  # a no-op when the cache is intact
-    kernels = list(images.kernels)
-    any_kernel = images.kernels[kernels[0]].bzimage
-    choice = (accel.choose(qemu, any_kernel, store.cache, force=None if args.accel == "auto"
-                           else args.accel))
+    images = store.build(list(selection.kernels))  # a no-op when the cache is intact
+    any_kernel = next(iter(images.kernels.values())).bzimage
+    choice = accel.choose(qemu, any_kernel, store.cache,
+                          force=None if args.accel == "auto" else args.accel)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
-    results = args.results or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
-    results.mkdir(parents=True, exist_ok=True)
-    say(f"results and artifacts: {results.resolve()}")
-
-    rows, records, failed = [], [], 0
-    for vi in viommus:
-        for kernel in kernels:
-            expect = store.recipe.kernels[kernel].has_dmabuf
-            run_dir = results / f"{vi.name}-{kernel}"
-            began = time.monotonic()
-            try:
-                with stack.booted(qemu, images, vi, kernel, run_dir, accel=choice.accel,
-                                  ssh_port=args.ssh_port) as l1:
-                    found = survey.survey(l1, DEFAULT_DEVICES, expect)
-                    l1.vfio.restore([d.bdf for d in found.bound])
-                issues = survey.problems(found)
-                record = {"viommu": vi.name, "kernel": kernel, "problems": issues,
-                          "survey": found.as_dict()}
-                probes = "; ".join(f"{b} {survey.describe_probe(p)}"
-                                   for b, p in found.probes.items())
-                rows.append((vi.name, kernel, f"{found.boot_seconds:.1f}s",
-                             "ok" if not issues else "PROBLEM", probes))
-            except HarnessError as e:
-                issues = [str(e)]
-                record = {"viommu": vi.name, "kernel": kernel, "problems": issues}
-                rows.append((vi.name, kernel, "-", "ERROR", e.message))
-            record["duration_s"] = round(time.monotonic() - began, 1)
-            records.append(record)
-            failed += bool(issues)
-            for line in issues:
-                say(f"{vi.name}/{kernel}: {line}")
-    (results / "survey.json").write_text(json.dumps({"l1": records}, indent=2, default=str))
-    print(f"\n{'vIOMMU':<14} {'kernel':<10} {'boot':>6}  {'L1':<8} VFIO dma-buf (kernel probe)")
-    for vi_name, kernel, boot, state, detail in rows:
-        print(f"{vi_name:<14} {kernel:<10} {boot:>6}  {state:<8} {detail}")
-    print(f"\nresults: {(results / 'survey.json').resolve()}")
-    return 1 if failed else 0
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    out = args.results or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"results and artifacts: {out.resolve()} (seed {seed})")
+    began = time.monotonic()
+    cells = []
+    try:
+        for cell in runner.run(qemu, images, selection, out, choice.accel, seed, args.ssh_port):
+            cells.append(cell)
+    finally:
+        info = {"seed": seed, "accel": choice.accel, "accel_reason": choice.reason,
+                "l0_qemu": qemu.version_text, "l2_qemu": images.rootfs.qemu_version,
+                "kernels": {n: k.manifest["versions"]["kernel"] for n, k in images.kernels.items()},
+                "selection": vars(selection), "duration_s": round(time.monotonic() - began, 1),
+                "complete": len(cells) == len(matrix.cells(*vars(selection).values()))}
+        path = results.write(out, cells, info)
+        print("\n" + results.table(cells))
+        print(f"\nresults: {path.resolve()}\nartifacts: {out.resolve()}")
+    return 0 if cells and all(c.met for c in cells) else 1

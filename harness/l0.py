@@ -7,7 +7,6 @@ shut down gracefully and then kill, and never leave a QEMU behind.
 """
 
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -16,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from harness.deadline import Deadline, wait_for
 from harness.errors import BadInput, HarnessError
 from harness.qemu_binary import QemuBinary
+from harness.qmp import TranscribedQmp
 
 
 @dataclass(frozen=True)
@@ -105,6 +103,8 @@ class L1Spec:
     memory_mb: int = 3072
     cpus: int = 2
     kernel_args: tuple[str, ...] = ()
+    #: L1 TCP ports reachable from L0 on loopback; 22 is SSH, the others L2's sockets.
+    guest_ports: tuple[int, ...] = (22,)
 
     def append(self) -> str:
         return " ".join(("console=ttyS0", "root=/dev/vda", "rw", "init=/sbin/harness-init",
@@ -149,17 +149,19 @@ class RunFiles:
         return self.directory / "l0-cmdline.txt"
 
 
-def build_command(qemu: Path, spec: L1Spec, files: RunFiles, ssh_port: int,
+def build_command(qemu: Path, spec: L1Spec, files: RunFiles, host_ports: dict[int, int],
                   accel: str) -> list[str]:
-    """The L0 command line for `spec`; no side effects."""
+    """The L0 command line for `spec`, with host_ports = {guest port: host port}."""
     accel_arg = "kvm" if accel == "kvm" else "tcg,thread=multi"
+    forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                       for guest, host in sorted(host_ports.items()))
     cmd = [str(qemu), "-accel", accel_arg, "-M", "q35", "-cpu", "max",
            "-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M",
            "-nodefaults", "-display", "none", "-no-reboot",
            "-device", spec.viommu.device,
            "-kernel", str(spec.kernel), "-append", spec.append(),
            "-drive", f"file={files.overlay},if=virtio,format=qcow2,cache=unsafe",
-           "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+           "-netdev", f"user,id=n0,restrict=on{forwards}",
            "-device", "virtio-net-pci,netdev=n0",
            "-serial", f"file:{files.console}",
            "-qmp", f"unix:{files.qmp_socket},server=on,wait=off"]
@@ -202,8 +204,9 @@ class L0Machine:
     ssh_port: int | None = None
     launch_timeout: float = 30.0
     files: RunFiles = field(init=False)
+    host_ports: dict[int, int] = field(init=False, default_factory=dict)
     _proc: subprocess.Popen | None = field(default=None, init=False)
-    _qmp: QEMUMonitorProtocol | None = field(default=None, init=False)
+    _qmp: TranscribedQmp | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.files = RunFiles.create(self.run_dir)
@@ -233,6 +236,9 @@ class L0Machine:
                 raise BadInput(f"{what} {path} does not exist (vfio-harness images build)",
                                stage="L0")
         self.ssh_port = check_port(self.ssh_port) if self.ssh_port else free_port()
+        self.host_ports = {22: self.ssh_port}
+        for guest in self.spec.guest_ports:
+            self.host_ports.setdefault(guest, free_port())
         proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                                "-b", str(self.spec.rootfs), str(self.files.overlay)],
                               capture_output=True, text=True)
@@ -243,7 +249,7 @@ class L0Machine:
             stale.unlink(missing_ok=True)
 
     def _launch(self) -> None:
-        cmd = build_command(self.qemu.path, self.spec, self.files, self.ssh_port, self.accel)
+        cmd = build_command(self.qemu.path, self.spec, self.files, self.host_ports, self.accel)
         self.files.cmdline.write_text(" ".join(cmd) + "\n")
         with self.files.stderr.open("w") as err:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err,
@@ -254,9 +260,8 @@ class L0Machine:
                  deadline, "QEMU did not open its QMP socket", details=self.stderr_text)
         if self._proc.poll() is not None:
             raise self._start_failure()
-        self._qmp = QEMUMonitorProtocol(str(self.files.qmp_socket))
-        self._qmp.connect()
-        self._qmp.settimeout(self.launch_timeout)
+        self._qmp = TranscribedQmp(str(self.files.qmp_socket), self.files.qmp_transcript, "L0")
+        self._qmp.connect(deadline, alive=lambda: self.running, details=self.stderr_text)
 
     def _start_failure(self) -> HarnessError:
         stderr = self.stderr_text()
@@ -288,16 +293,14 @@ class L0Machine:
                 except subprocess.TimeoutExpired:
                     continue
         if self._qmp is not None:
-            try:
-                self._qmp.close()
-            except Exception:
-                pass
+            self._qmp.close()
             self._qmp = None
         self._post_shutdown()
 
     def _post_shutdown(self) -> None:
         self.files.qmp_socket.unlink(missing_ok=True)
         self.files.ivshmem.unlink(missing_ok=True)
+        self.files.overlay.unlink(missing_ok=True)  # L1's scratch writes, not evidence
 
     # -- talking to it ---------------------------------------------------------------
 
@@ -310,19 +313,9 @@ class L0Machine:
         return None if self._proc is None else self._proc.poll()
 
     def qmp(self, command: str, **args: object) -> object:
-        """A QMP command; each exchange goes to the run's transcript."""
         if self._qmp is None:
             raise HarnessError(f"QMP {command}: L0 QEMU is not running", stage="L0")
-        entry: dict = {"t": round(time.time(), 3), "execute": command, "arguments": args}
-        try:
-            entry["return"] = self._qmp.cmd(command, **args)
-            return entry["return"]
-        except Exception as e:
-            entry["error"] = str(e)
-            raise
-        finally:
-            with self.files.qmp_transcript.open("a") as t:
-                t.write(json.dumps(entry, default=str) + "\n")
+        return self._qmp.cmd(command, **args)
 
     def console_text(self) -> str:
         try:
@@ -344,3 +337,9 @@ class L0Machine:
         with self.files.ivshmem.open("rb") as f:
             f.seek(offset)
             return f.read(length)
+
+    def write_ivshmem(self, offset: int, data: bytes) -> None:
+        """Write into the BAR's backing file (a shared mapping: the device sees it at once)."""
+        with self.files.ivshmem.open("r+b") as f:
+            f.seek(offset)
+            f.write(data)

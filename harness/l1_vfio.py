@@ -81,6 +81,27 @@ class DmabufProbe:
     error: str | None
 
 
+@dataclass(frozen=True)
+class DmabufFd:
+    """A dma-buf fd as the L1 kernel reports it in /proc/PID/fdinfo."""
+
+    fd: int
+    size: int
+    exp_name: str | None
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    pid: int
+    dmabufs: tuple[DmabufFd, ...]
+    vfio_maps: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ProcessView":
+        return cls(d["pid"], tuple(DmabufFd(x["fd"], x["size"], x["exp_name"])
+                                   for x in d["dmabufs"]), tuple(d["vfio_maps"]))
+
+
 class L1Vfio:
     def __init__(self, session: L1Session):
         self.session = session
@@ -111,6 +132,12 @@ class L1Vfio:
         return [L1Device.from_json(d) for d in self._call("restore", *bdfs)["devices"]]
 
     def probe_dmabuf(self, bdfs: list[str]) -> dict[str, DmabufProbe]:
-        answer = self._call("probe", *bdfs)["probe"]
-        return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])
-                for bdf, a in answer.items()}
+        return parse_probes(self._call("probe", *bdfs))
+
+    def process(self, pid: int) -> ProcessView:
+        return ProcessView.from_json(self._call("process", str(pid)))
+
+
+def parse_probes(answer: dict) -> dict[str, DmabufProbe]:
+    return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])
+            for bdf, a in answer["probe"].items()}

@@ -16,6 +16,7 @@ from harness.images import Images
 from harness.l0 import L0Machine, L1Spec, VIommu
 from harness.l1 import L1Session
 from harness.l1_vfio import L1Vfio
+from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 
@@ -42,7 +43,8 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
            ssh_deadline: float = SSH_DEADLINE,
            kernel_args: tuple[str, ...] = ()) -> Iterator[L1Stack]:
     spec = L1Spec(viommu=viommu, kernel=images.kernels[kernel].bzimage,
-                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args)
+                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args,
+                  guest_ports=(22, L1_QMP_PORT, L1_QTEST_PORT))
     say(f"L1 {viommu.name}/{kernel}: booting ({accel}), artifacts in {run_dir}")
     began = time.monotonic()
     with L0Machine(qemu, spec, run_dir, accel=accel, ssh_port=ssh_port) as machine:

@@ -9,6 +9,7 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py bind BDF...                  hand devices to vfio-pci (driver_override)
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
+  vfio_l1.py process PID                  the dma-buf fds and VFIO mappings a process holds
 """
 
 import errno
@@ -164,12 +165,36 @@ def probe(bdfs):
     return {"probe": out}
 
 
+def process(args):
+    """What the kernel says a process holds: dma-buf fds (fdinfo) and VFIO mmaps."""
+    pid = args[0]
+    dmabufs = []
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in sorted(os.listdir(fd_dir), key=int):
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:
+            continue
+        if not target.startswith("/dmabuf:"):
+            continue
+        info = {}
+        for line in (_read(f"/proc/{pid}/fdinfo/{fd}", "") or "").splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+        dmabufs.append({"fd": int(fd), "size": int(info.get("size", -1)),
+                        "exp_name": info.get("exp_name"), "count": info.get("count")})
+    maps = [line for line in (_read(f"/proc/{pid}/maps", "") or "").splitlines()
+            if "vfio" in line]
+    return {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps}
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     action, args = argv[1], argv[2:]
-    actions = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe}
+    actions = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
+               "process": process}
     if action not in actions:
         print(f"unknown action {action!r}", file=sys.stderr)
         return 2

@@ -11,10 +11,10 @@ from harness.l0 import VIOMMUS, L1Spec, RunFiles, build_command, check_port, fre
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 
 
-def _cmd(vi="intel-iommu", accel="tcg", port=2222, tmp=Path("/tmp/run")):
+def _cmd(vi="intel-iommu", accel="tcg", port=2222, tmp=Path("/tmp/run"), more=None):
     spec = L1Spec(viommu(vi), Path("/k/bzImage"), Path("/r/rootfs.qcow2"))
     files = RunFiles(tmp, Path("/dev/shm/x.ivshmem"))
-    return build_command(QEMU, spec, files, port, accel), files
+    return build_command(QEMU, spec, files, {22: port, **(more or {})}, accel), files
 
 
 def _arg(cmd, flag):
@@ -53,6 +53,14 @@ def test_accelerator():
 def test_network_is_restricted_and_forwards_ssh_on_loopback_only():
     cmd, _ = _cmd(port=40123)
     assert _arg(cmd, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:22"]
+
+
+def test_more_forwards_for_l2_sockets():
+    cmd, _ = _cmd(port=40123, more={4444: 40124, 4445: 40125})
+    assert _arg(cmd, "-netdev") == ["user,id=n0,restrict=on"
+                                    ",hostfwd=tcp:127.0.0.1:40123-:22"
+                                    ",hostfwd=tcp:127.0.0.1:40124-:4444"
+                                    ",hostfwd=tcp:127.0.0.1:40125-:4445"]
 
 
 def test_passthrough_devices():

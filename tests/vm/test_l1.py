@@ -5,6 +5,7 @@ groups, and VFIO_DEVICE_FEATURE_PROBE for dma-buf - not read from a config file.
 """
 
 import errno
+import hashlib
 from pathlib import Path
 
 from harness.l0 import DEFAULT_DEVICES, Edu, Ivshmem
@@ -55,3 +56,12 @@ def test_restore_then_bind_again(l1, l1_survey):
     assert all(d.driver is None and d.cdev is None for d in restored), restored
     rebound = l1.vfio.bind(bdfs)
     assert all(d.driver == "vfio-pci" and d.cdev for d in rebound), rebound
+
+
+def test_upload_and_download_roundtrip(l1, tmp_path):
+    payload = bytes(range(256)) * 64
+    l1.session.put(payload, "/tmp/roundtrip.bin")
+    assert l1.session.run("sha256sum /tmp/roundtrip.bin").stdout.split()[0] == \
+        hashlib.sha256(payload).hexdigest()
+    l1.session.get("/tmp/roundtrip.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == payload

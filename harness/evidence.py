@@ -1,0 +1,297 @@
+"""L2's trace lines and messages as typed records.
+
+Verdicts judge by trace events first and messages second, so both are parsed
+here, once, into records a verdict can count and compare. Message wordings of
+QEMU 11.0 and 11.1 are both accepted. Lines that match nothing are kept as
+`Other`, so nothing L2 said is lost from the evidence.
+"""
+
+import re
+from dataclasses import dataclass
+
+# -- trace events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegionSetup:
+    device: str
+    region: int
+    name: str
+    flags: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class RegionMmap:
+    name: str
+    index: int
+    start: int
+    end: int  # inclusive
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass(frozen=True)
+class RegionDmabuf:
+    device: str
+    fd: int
+    region: int
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ListenerAddRam:
+    start: int
+    end: int  # inclusive
+    vaddr: int
+
+
+@dataclass(frozen=True)
+class ListenerNoDmaMap:
+    name: str
+    iova: int
+    size: int
+
+
+@dataclass(frozen=True)
+class IommufdMapFile:
+    iova: int
+    size: int
+    fd: int
+    ret: int
+
+
+@dataclass(frozen=True)
+class IommufdMap:
+    iova: int
+    size: int
+    vaddr: int
+    ret: int
+
+
+@dataclass(frozen=True)
+class Other:
+    event: str
+    text: str
+
+
+TraceRecord = (RegionSetup | RegionMmap | RegionDmabuf | ListenerAddRam | ListenerNoDmaMap
+               | IommufdMapFile | IommufdMap | Other)
+
+_HEX = r"0x[0-9a-fA-F]+"
+_TRACE = re.compile(r"^(?:\d+@[\d.]+:)?(?P<event>[a-z0-9_]+) ?(?P<rest>.*)$")
+_PATTERNS = {
+    "vfio_region_setup": (re.compile(
+        rf'Device (?P<device>\S+), region (?P<region>\d+) "(?P<name>[^"]*)", '
+        rf"flags: (?P<flags>{_HEX}), offset: (?P<offset>{_HEX}), size: (?P<size>{_HEX})"),
+        RegionSetup),
+    "vfio_region_mmap": (re.compile(
+        rf"Region (?P<name>.*) mmaps\[(?P<index>\d+)\] \[(?P<start>{_HEX}) - (?P<end>{_HEX})\]"),
+        RegionMmap),
+    "vfio_region_dmabuf": (re.compile(
+        rf'Device (?P<device>\S+), dmabuf fd (?P<fd>-?\d+) region (?P<region>\d+) '
+        rf'"(?P<name>[^"]*)", offset: (?P<offset>{_HEX}), size: (?P<size>{_HEX})'),
+        RegionDmabuf),
+    "vfio_listener_region_add_ram": (re.compile(
+        rf"region_add \[ram\] (?P<start>{_HEX}) - (?P<end>{_HEX}) \[(?P<vaddr>{_HEX})\]"),
+        ListenerAddRam),
+    "vfio_listener_region_add_no_dma_map": (re.compile(
+        rf'Region "(?P<name>[^"]*)" (?P<iova>{_HEX}) size=(?P<size>{_HEX})'),
+        ListenerNoDmaMap),
+    "iommufd_backend_map_file_dma": (re.compile(
+        rf"iova=(?P<iova>{_HEX}) size=(?P<size>{_HEX}) fd=(?P<fd>-?\d+) .*\((?P<ret>-?\d+)\)$"),
+        IommufdMapFile),
+    "iommufd_backend_map_dma": (re.compile(
+        rf"iova=(?P<iova>{_HEX}) size=(?P<size>{_HEX}) addr=(?P<vaddr>{_HEX}) "
+        rf".*\((?P<ret>-?\d+)\)$"),
+        IommufdMap),
+}
+
+
+def _convert(value: str) -> int | str:
+    if value.startswith("0x"):
+        return int(value, 16)
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value
+
+
+def parse_trace_line(line: str) -> TraceRecord | None:
+    line = line.strip()
+    m = _TRACE.match(line)
+    if not m:
+        return None
+    event, rest = m.group("event"), m.group("rest").strip()
+    if event in _PATTERNS:
+        pattern, cls = _PATTERNS[event]
+        fields = pattern.search(rest)
+        if fields:
+            return cls(**{k: (_convert(v) if k not in ("name", "device") else v)
+                          for k, v in fields.groupdict().items()})
+    return Other(event, rest)
+
+
+def parse_trace(text: str) -> list[TraceRecord]:
+    return [r for r in map(parse_trace_line, text.splitlines()) if r is not None]
+
+
+# -- messages on stderr ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DmabufNotSupported:
+    """The kernel has no VFIO dma-buf (ENOTTY); QEMU says so once per process."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class DmabufUnavailable:
+    """One region's dma-buf failed for another reason (a sub-page BAR: EINVAL)."""
+
+    region: str
+    error: str
+    text: str
+
+
+@dataclass(frozen=True)
+class IoasMapFailed:
+    error: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ContainerDmaMapFailed:
+    iova: int
+    size: int
+    ret: int
+    text: str
+
+
+@dataclass(frozen=True)
+class P2PNotSupported:
+    device: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OtherMessage:
+    text: str
+
+
+Message = (DmabufNotSupported | DmabufUnavailable | IoasMapFailed | ContainerDmaMapFailed
+           | P2PNotSupported | OtherMessage)
+
+# 11.1 says "P2P DMA will not work"; 11.0 said "PCI BAR IOMMU mappings may fail".
+_CONSEQUENCE = r"(?:P2P DMA will not work|PCI BAR IOMMU mappings may fail)"
+_PREFIX = re.compile(r"^(?:\S*qemu-system-\S+: )?(?:-device \S+: )?(?:warning: )?")
+_MESSAGES = [
+    (re.compile(rf"VFIO dma-buf not supported in kernel, using mmap fallback, {_CONSEQUENCE}"),
+     lambda m, t: DmabufNotSupported(t)),
+    (re.compile(rf"^(?P<region>.+?): dma-buf unavailable, using mmap fallback, {_CONSEQUENCE}"
+                r"(?:: (?P<error>.*))?$"),
+     lambda m, t: DmabufUnavailable(m.group("region"), m.group("error") or "", t)),
+    (re.compile(r"IOMMU_IOAS_MAP failed: (?P<error>[^,]+)"),
+     lambda m, t: IoasMapFailed(m.group("error"), t)),
+    (re.compile(rf"vfio_container_dma_map\({_HEX}, (?P<iova>{_HEX}), (?P<size>{_HEX}), "
+                rf"{_HEX}\) = (?P<ret>-?\d+)"),
+     lambda m, t: ContainerDmaMapFailed(int(m.group("iova"), 16), int(m.group("size"), 16),
+                                        int(m.group("ret")), t)),
+    (re.compile(r"^(?P<device>\S+): PCI peer-to-peer transactions on BARs are not supported"),
+     lambda m, t: P2PNotSupported(m.group("device"), t)),
+]
+
+
+def parse_message(line: str) -> Message | None:
+    text = line.strip()
+    if not text:
+        return None
+    body = _PREFIX.sub("", text, count=1)
+    for pattern, make in _MESSAGES:
+        m = pattern.search(body)
+        if m:
+            return make(m, text)
+    return OtherMessage(text)
+
+
+def parse_messages(text: str) -> list[Message]:
+    return [m for m in map(parse_message, text.splitlines()) if m is not None]
+
+
+def of_type(records: list, cls: type) -> list:
+    return [r for r in records if isinstance(r, cls)]
+
+
+# -- what one L2 session on one backend observed -------------------------------------------
+
+
+@dataclass(frozen=True)
+class BarAccess:
+    """BAR registers read and written through L2's mmaps (qtest -> vfio-pci -> device)."""
+
+    edu_id: int
+    liveness_written: int
+    liveness_read: int
+    ivshmem_bar0_written: int | None = None
+    ivshmem_bar0_read: int | None = None
+
+
+@dataclass(frozen=True)
+class P2PTransfer:
+    """edu copied `size` bytes from ivshmem BAR 2 + src_offset to BAR 2 + dst_offset."""
+
+    seed: int
+    size: int
+    bar2_iova: int
+    src_offset: int
+    dst_offset: int
+    pattern: bytes
+    source_in_file: bytes   # what L0 read at src_offset after L2 wrote the pattern
+    before: bytes           # the destination in the file before the DMA (zeroed by L0)
+    after: bytes            # the destination in the file after the DMA
+    l1_dmesg: tuple[str, ...]  # what L1's kernel logged during the DMA (IOMMU faults)
+
+    @property
+    def arrived(self) -> bool:
+        return self.after == self.pattern
+
+
+@dataclass(frozen=True)
+class KernelProcess:
+    """What the L1 kernel says the L2 process holds (from /proc/PID/fd and fdinfo)."""
+
+    dmabuf_fds: tuple[tuple[int, int, str | None], ...]  # (fd, size, exporter)
+    vfio_maps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class L2Run:
+    """Evidence of one L2 process: its trace, its messages and what L1 saw of it."""
+
+    trace: tuple[TraceRecord, ...]
+    messages: tuple[Message, ...]
+    process: KernelProcess | None
+    mtree_mmaps: tuple[str, ...]  # memory regions named "... mmaps[N]" in `info mtree`
+    alive_at_end: bool
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the verdicts of one (vIOMMU, kernel, backend) are decided from."""
+
+    backend: str
+    devices: dict[str, str]               # name (edu, ivshmem) -> L1 BDF
+    kernel_probe: dict[str, tuple[bool, str | None]]  # BDF -> (supported, error)
+    main: L2Run
+    bar_access: BarAccess | None = None
+    p2p: P2PTransfer | None = None
+    no_mmap: L2Run | None = None          # a second L2 with x-no-mmap=on on edu
+
+    @property
+    def kernel_has_dmabuf(self) -> bool:
+        return all(supported for supported, _ in self.kernel_probe.values())

@@ -1,0 +1,192 @@
+"""L2: the QEMU under test, started inside L1 with the devices as vfio-pci.
+
+It runs with `-accel qtest`, so no L2 guest OS is needed: the harness plays
+the guest through the qtest socket. Its QMP and qtest sockets listen on TCP
+inside L1 and L0 forwards them to loopback ports, so qemu.qmp on L0 talks to
+it directly. Trace events are on from the start, written to a file in L1
+that is fetched, with L2's stderr, into the run's artifacts.
+
+The two VFIO backends differ in two command-line details and in the L1 device
+node they need; `Backend` holds exactly that, and nothing else branches on it.
+"""
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.deadline import Deadline
+from harness.errors import BadInput, HarnessError
+from harness.l1 import L1Session
+from harness.qmp import TranscribedQmp
+from harness.qtest import Qtest
+
+#: L1 ports L2 listens on; L0 forwards each to a loopback port of its own.
+L1_QMP_PORT, L1_QTEST_PORT = 4444, 4445
+L2_QEMU = "qemu-system-x86_64"
+#: Trace events on from the start: the evidence the verdicts read.
+TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container_*",
+                "vfio_legacy_*")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    node: str  # the L1 device node this backend opens
+
+    def objects(self) -> list[str]:
+        return ["-object", "iommufd,id=iofd0"] if self.name == "iommufd" else []
+
+    def device(self, bdf: str, extra: str = "") -> str:
+        props = [f"vfio-pci,host={bdf}"]
+        if self.name == "iommufd":
+            props.append("iommufd=iofd0")
+        if extra:
+            props.append(extra)
+        return ",".join(props)
+
+
+BACKENDS = {b.name: b for b in (Backend("legacy", "/dev/vfio/vfio"),
+                                Backend("iommufd", "/dev/iommu"))}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BadInput(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+@dataclass(frozen=True)
+class L2Device:
+    bdf: str          # in L1
+    extra: str = ""   # more vfio-pci properties, e.g. x-no-mmap=on
+
+
+@dataclass(frozen=True)
+class L2Spec:
+    backend: Backend
+    devices: tuple[L2Device, ...]
+    memory_mb: int = 128
+    traces: tuple[str, ...] = TRACE_EVENTS
+
+
+@dataclass(frozen=True)
+class L2Paths:
+    """Where L2 writes inside L1 (a tmpfs: nothing of it survives L1)."""
+
+    directory: str
+
+    @property
+    def trace(self) -> str:
+        return f"{self.directory}/trace.log"
+
+    @property
+    def stderr(self) -> str:
+        return f"{self.directory}/stderr.log"
+
+    @property
+    def qtest_log(self) -> str:
+        return f"{self.directory}/qtest.log"
+
+
+def build_command(spec: L2Spec, paths: L2Paths, qemu: str = L2_QEMU) -> list[str]:
+    cmd = [qemu, "-M", "q35", "-accel", "qtest",
+           "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
+           "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
+           "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",
+           "-m", f"{spec.memory_mb}M", "-nodefaults", "-display", "none",
+           *spec.backend.objects()]
+    for dev in spec.devices:
+        cmd += ["-device", spec.backend.device(dev.bdf, dev.extra)]
+    for pattern in spec.traces:
+        cmd += ["-trace", pattern]
+    return cmd + ["-D", paths.trace]
+
+
+@dataclass
+class L2Qemu:
+    """One L2 process in L1. A context manager: stopped, and its files fetched, on exit."""
+
+    session: L1Session
+    spec: L2Spec
+    artifacts: Path           # on L0
+    host_qmp_port: int        # L0 loopback ports forwarded to L1_QMP_PORT / L1_QTEST_PORT
+    host_qtest_port: int
+    start_timeout: float = 30.0
+    paths: L2Paths = field(init=False)
+    pid: int | None = field(default=None, init=False)
+    qmp: TranscribedQmp = field(init=False)
+    qtest: Qtest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.paths = L2Paths(f"/run/l2/{self.artifacts.name}")
+        self.qmp = TranscribedQmp(("127.0.0.1", self.host_qmp_port),
+                                  self.artifacts / "l2-qmp.jsonl", "L2")
+        self.qtest = Qtest("127.0.0.1", self.host_qtest_port,
+                           transcript=self.artifacts / "l2-qtest.txt")
+
+    def __enter__(self) -> "L2Qemu":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        cmd = build_command(self.spec, self.paths)
+        line = " ".join(shlex.quote(c) for c in cmd)
+        (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
+        d = shlex.quote(self.paths.directory)
+        started = self.session.run(
+            f"rm -rf {d} && mkdir -p {d} && cd {d} && "
+            f"{{ setsid {line} </dev/null >{d}/stdout.log 2>{shlex.quote(self.paths.stderr)} & }}"
+            f" && echo $!", stage="L2 start")
+        self.pid = int(started.stdout.strip())
+        deadline = Deadline("L2 start", self.start_timeout)
+        try:
+            self.qmp.connect(deadline, alive=self.running, details=self.stderr)
+            self.qtest.connect(deadline.remaining())
+        except HarnessError:
+            self.stop()
+            raise
+
+    def running(self) -> bool:
+        if self.pid is None:
+            return False
+        return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
+
+    def stderr(self) -> str:
+        return self.session.run(f"cat {shlex.quote(self.paths.stderr)}", check=False,
+                                stage="L2 stderr").stdout
+
+    def exit_status(self) -> str:
+        """How L2 ended, as far as L1 can tell (it is not our child there)."""
+        return "running" if self.running() else "exited"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace."""
+        if self.pid is not None and self.running():
+            if self.qmp.connected:
+                try:
+                    self.qmp.cmd("quit")
+                except Exception:  # the signals below still stop it
+                    pass
+            for sig in (None, "TERM", "KILL"):
+                if sig:
+                    self.session.run(f"kill -{sig} {self.pid}", check=False, stage="L2 stop")
+                end = time.monotonic() + timeout
+                while self.running() and time.monotonic() < end:
+                    time.sleep(0.1)
+                if not self.running():
+                    break
+        self.qmp.close()
+        self.qtest.close()
+        for remote, local in ((self.paths.stderr, "l2-stderr.log"),
+                              (self.paths.trace, "l2-trace.log"),
+                              (self.paths.qtest_log, "l2-qtest-log.txt")):
+            try:
+                self.session.get(remote, self.artifacts / local)
+            except (OSError, HarnessError):
+                (self.artifacts / local).write_text("")  # L2 never wrote it

@@ -1,0 +1,117 @@
+"""PCI configuration space of L2, driven through qtest: the guest driver's part.
+
+With `-accel qtest` nothing in L2 assigns BARs or enables decoding, so the
+harness does what firmware and a driver would: configuration cycles through
+ports 0xcf8/0xcfc, BAR sizing, address assignment, MEM and bus-master enable.
+"""
+
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from harness.qtest import Qtest
+
+CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
+VENDOR_ID, COMMAND, BAR0 = 0x00, 0x04, 0x10
+CMD_MEMORY, CMD_MASTER = 0x2, 0x4
+#: Where BARs go in L2: inside q35's 32-bit PCI hole, above MMCONFIG (0xb0000000+256M).
+MMIO_WINDOW = (0xC0000000, 0xFEC00000)
+
+
+@dataclass(frozen=True)
+class BarInfo:
+    index: int
+    size: int
+    is_64bit: bool
+    is_io: bool
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    slot: int
+    vendor_device: str
+
+
+def config_address(slot: int, reg: int, bus: int = 0, fn: int = 0) -> int:
+    return (1 << 31) | (bus << 16) | (slot << 11) | (fn << 8) | (reg & 0xFC)
+
+
+def decode_bar_size(low: int, high: int = 0xFFFFFFFF) -> tuple[int, bool, bool]:
+    """(size, 64-bit, io) from what a BAR reads back after all ones were written."""
+    if low & 0x1:
+        mask = low & 0xFFFFFFFC
+        return ((~mask & 0xFFFF) + 1 if mask else 0), False, True
+    is_64 = (low >> 1) & 0x3 == 0x2
+    mask = (low & 0xFFFFFFF0) | ((high << 32) if is_64 else 0xFFFFFFFF00000000)
+    if not low & 0xFFFFFFF0 and not (is_64 and high):
+        return 0, is_64, False
+    return ((~mask) & 0xFFFFFFFFFFFFFFFF) + 1, is_64, False
+
+
+class PciConfig:
+    def __init__(self, qtest: Qtest):
+        self.qtest = qtest
+        self._next = MMIO_WINDOW[0]
+
+    def read32(self, slot: int, reg: int) -> int:
+        self.qtest.outl(CONFIG_ADDRESS, config_address(slot, reg))
+        return self.qtest.inl(CONFIG_DATA)
+
+    def write32(self, slot: int, reg: int, value: int) -> None:
+        self.qtest.outl(CONFIG_ADDRESS, config_address(slot, reg))
+        self.qtest.outl(CONFIG_DATA, value)
+
+    def functions(self) -> list[PciFunction]:
+        out = []
+        for slot in range(32):
+            ids = self.read32(slot, VENDOR_ID)
+            if ids & 0xFFFF != 0xFFFF:
+                out.append(PciFunction(slot, f"{ids & 0xFFFF:04x}:{ids >> 16:04x}"))
+        return out
+
+    def find(self, vendor_device: str) -> int:
+        for f in self.functions():
+            if f.vendor_device == vendor_device:
+                return f.slot
+        raise HarnessError(f"L2 has no PCI device {vendor_device} (vfio-pci did not realize?)",
+                           stage="L2 PCI")
+
+    def bars(self, slot: int) -> list[BarInfo]:
+        out, index = [], 0
+        while index < 6:
+            reg = BAR0 + 4 * index
+            original = self.read32(slot, reg)
+            self.write32(slot, reg, 0xFFFFFFFF)
+            low = self.read32(slot, reg)
+            self.write32(slot, reg, original)
+            high = 0xFFFFFFFF
+            is_64 = not low & 1 and (low >> 1) & 0x3 == 0x2
+            if is_64:
+                original_high = self.read32(slot, reg + 4)
+                self.write32(slot, reg + 4, 0xFFFFFFFF)
+                high = self.read32(slot, reg + 4)
+                self.write32(slot, reg + 4, original_high)
+            size, is_64, is_io = decode_bar_size(low, high)
+            if size:
+                out.append(BarInfo(index, size, is_64, is_io))
+            index += 2 if is_64 else 1
+        return out
+
+    def assign(self, slot: int, bar: BarInfo) -> int:
+        """Give a memory BAR an address in L2's MMIO window, aligned to its size."""
+        if bar.is_io:
+            raise HarnessError(f"slot {slot} BAR {bar.index} is an I/O BAR", stage="L2 PCI")
+        align = max(bar.size, 0x1000)
+        address = (self._next + align - 1) & ~(align - 1)
+        if address + bar.size > MMIO_WINDOW[1]:
+            raise HarnessError("L2 MMIO window exhausted", stage="L2 PCI")
+        self._next = address + bar.size
+        reg = BAR0 + 4 * bar.index
+        self.write32(slot, reg, address & 0xFFFFFFFF)
+        if bar.is_64bit:
+            self.write32(slot, reg + 4, address >> 32)
+        return address
+
+    def enable(self, slot: int, memory: bool = True, master: bool = True) -> None:
+        command = self.read32(slot, COMMAND) & 0xFFFF
+        command |= (CMD_MEMORY if memory else 0) | (CMD_MASTER if master else 0)
+        self.write32(slot, COMMAND, command)

@@ -1,0 +1,86 @@
+"""QMP through qemu.qmp, with every exchange written to a transcript.
+
+L0 and L2 both speak QMP; the transcript (one JSON object per line) is an
+artifact of every run, so a failure can be read back command by command.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness.deadline import Deadline
+from harness.errors import HarnessError
+
+
+class TranscribedQmp:
+    def __init__(self, address: str | tuple[str, int], transcript: Path, who: str):
+        self.address = address
+        self.transcript = transcript
+        self.who = who
+        self._qmp: QEMUMonitorProtocol | None = None
+
+    def connect(self, deadline: Deadline, alive=lambda: True, details=lambda: "") -> None:
+        """Connect, retrying until the deadline: the listener may not be up yet."""
+        last: Exception | None = None
+        while True:
+            if not alive():
+                raise HarnessError(f"{self.who} exited before QMP answered", stage=deadline.stage,
+                                   details=details())
+            qmp = QEMUMonitorProtocol(self.address)
+            try:
+                qmp.connect()
+                qmp.settimeout(max(deadline.seconds, 30.0))
+                self._qmp = qmp
+                self._log({"event": "connected", "address": str(self.address)})
+                return
+            except Exception as e:  # refused, reset by slirp, greeting not yet sent...
+                last = e
+                try:
+                    qmp.close()
+                except Exception:
+                    pass
+            if deadline.expired:
+                raise deadline.timeout(f"{self.who} QMP at {self.address} never answered "
+                                       f"({last})", details=details())
+            time.sleep(0.2)
+
+    @property
+    def connected(self) -> bool:
+        return self._qmp is not None
+
+    def cmd(self, command: str, **args: object) -> object:
+        if self._qmp is None:
+            raise HarnessError(f"QMP {command}: {self.who} is not connected", stage=self.who)
+        entry: dict = {"execute": command, "arguments": args}
+        try:
+            entry["return"] = self._qmp.cmd(command, **args)
+            return entry["return"]
+        except Exception as e:
+            entry["error"] = str(e)
+            raise
+        finally:
+            self._log(entry)
+
+    def events(self) -> list[dict]:
+        if self._qmp is None:
+            return []
+        events = self._qmp.get_events(wait=False)
+        self._qmp.clear_events()
+        for e in events:
+            self._log({"event": e})
+        return events
+
+    def close(self) -> None:
+        if self._qmp is not None:
+            try:
+                self.events()
+                self._qmp.close()
+            except Exception:
+                pass
+            self._qmp = None
+
+    def _log(self, entry: dict) -> None:
+        with self.transcript.open("a") as t:
+            t.write(json.dumps({"t": round(time.time(), 3), **entry}, default=str) + "\n")

@@ -1,0 +1,58 @@
+"""The matrix run: one L1 boot per (vIOMMU, kernel), all of its cells on that boot.
+
+Shared by the CLI and the test front ends. An L1 that cannot boot, or dies
+half-way, turns the cells it had not yet produced into `error`, with the
+reason; the cells it did produce keep their verdicts.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import matrix, scenario, stack
+from harness.errors import HarnessError
+from harness.images import Images
+from harness.l0 import viommu
+from harness.progress import say
+from harness.qemu_binary import QemuBinary
+from harness.scenario import CellResult
+
+
+@dataclass(frozen=True)
+class Selection:
+    viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
+    backends: tuple[str, ...] = matrix.BACKENDS
+    kernels: tuple[str, ...] = ("dmabuf", "no-dmabuf")
+    checks: tuple[str, ...] = matrix.CHECKS
+
+
+def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
+        accel: str, seed: int, ssh_port: int | None = None) -> Iterator[CellResult]:
+    for vi in selection.viommus:
+        for kernel in selection.kernels:
+            yield from run_l1(qemu, images, vi, kernel, selection, results_dir, accel, seed,
+                              ssh_port)
+
+
+def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
+           results_dir: Path, accel: str, seed: int,
+           ssh_port: int | None = None) -> Iterator[CellResult]:
+    wanted = matrix.cells([vi], selection.backends, [kernel], selection.checks)
+    done: set[str] = set()
+    run_dir = results_dir / f"{vi}-{kernel}"
+    began = time.monotonic()
+    try:
+        with stack.booted(qemu, images, viommu(vi), kernel, run_dir, accel=accel,
+                          ssh_port=ssh_port) as l1:
+            for result in scenario.run_on_l1(l1, list(selection.backends),
+                                             list(selection.checks), run_dir, seed):
+                done.add(result.cell.id)
+                say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
+                yield result
+    except HarnessError as e:
+        say(f"L1 {vi}/{kernel}: {e.message}")
+        for cell in wanted:
+            if cell.id not in done:
+                yield CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
+                                 time.monotonic() - began, str(run_dir))

@@ -1,0 +1,257 @@
+"""Run the matrix's cells on one booted L1: collect evidence, then judge it.
+
+One L2 per backend serves every check of that backend: the realize-time
+evidence (trace, the kernel's view of L2's fds, the memory tree), BAR access
+and the P2P transfer come from the same process, in that order. Only the
+x-no-mmap case needs an L2 of its own. The verdicts never see L2 or L1: only
+the `Evidence` collected here.
+"""
+
+import random
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import matrix
+from harness.dma_engine import Edu
+from harness.errors import HarnessError
+from harness.evidence import (
+    BarAccess,
+    Evidence,
+    KernelProcess,
+    L2Run,
+    P2PTransfer,
+    parse_messages,
+    parse_trace,
+)
+from harness.l0 import Edu as EduDevice
+from harness.l0 import Ivshmem as IvshmemDevice
+from harness.l1_vfio import DmabufProbe
+from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2_QEMU, Backend, L2Device, L2Qemu, L2Spec
+from harness.l2 import backend as backend_named
+from harness.pci import PciConfig
+from harness.progress import say
+from harness.stack import L1Stack
+from harness.verdicts import VERDICTS
+
+_MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
+P2P_SIZE = 64
+#: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
+#: can never be credited with bytes an earlier one left behind.
+P2P_DESTINATION = {"legacy": 0x1000, "iommufd": 0x2000}
+IVSHMEM_INTRMASK = 0x0
+
+
+@dataclass
+class CellResult:
+    cell: matrix.Cell
+    outcome: str
+    reason: str
+    evidence: dict
+    duration_s: float
+    artifacts: str = ""
+
+    @property
+    def met(self) -> bool:
+        return matrix.met(self.cell.expected, self.outcome)
+
+    def record(self) -> dict:
+        c = self.cell
+        return {"id": c.id, "viommu": c.viommu, "backend": c.backend, "kernel": c.kernel,
+                "check": c.check, "expected": c.expected, "outcome": self.outcome,
+                "met": self.met, "reason": self.reason, "expected_because": c.why,
+                "evidence": self.evidence, "duration_s": round(self.duration_s, 2),
+                "artifacts": self.artifacts}
+
+
+@dataclass
+class Timer:
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Step:
+            def __enter__(self):
+                self.began = time.monotonic()
+
+            def __exit__(self, *exc):
+                timer.steps[name] = round(time.monotonic() - self.began, 2)
+        return _Step()
+
+
+def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
+              seed: int) -> Iterator[CellResult]:
+    """Every (backend, check) cell of this L1's (vIOMMU, kernel), backend by backend."""
+    inventory = stack.vfio.inventory([EduDevice().vendor_device, IvshmemDevice().vendor_device])
+    devices = {"edu": inventory.find(EduDevice().vendor_device).bdf,
+               "ivshmem": inventory.find(IvshmemDevice().vendor_device).bdf}
+    stack.vfio.bind(list(devices.values()))
+    probes = stack.vfio.probe_dmabuf(list(devices.values()))
+    for name in backends:
+        be = backend_named(name)
+        cells = [matrix.Cell(stack.viommu.name, name, stack.kernel, c) for c in checks]
+        yield from _run_backend(stack, be, cells, devices, probes, out / name, seed, inventory)
+
+
+def _environment_gap(stack: L1Stack, be: Backend, inventory) -> str | None:
+    """Why this backend cannot run on this L1 at all, or None."""
+    node_present = inventory.dev_iommu if be.name == "iommufd" else inventory.dev_vfio_container
+    if not node_present:
+        return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
+    if be.name == "iommufd":
+        objects = stack.session.run(f"{L2_QEMU} -object help", check=False,
+                                    stage="L2 capabilities").stdout.split()
+        if "iommufd" not in objects:
+            version = stack.session.run(f"{L2_QEMU} --version", check=False).stdout.split("\n")[0]
+            return f"the QEMU under test ({version}) has no iommufd object"
+    return None
+
+
+def _run_backend(stack, be, cells, devices, probes, out, seed, inventory) -> list[CellResult]:
+    began = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    gap = _environment_gap(stack, be, inventory)
+    if gap:
+        return [CellResult(c, "skip", gap, {}, 0.0, str(out)) for c in cells]
+    checks = {c.check for c in cells}
+    timer = Timer()
+    try:
+        evidence = collect(stack, be, devices, probes, checks, out, seed, timer)
+    except HarnessError as e:
+        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
+        stderr = _tail(out / "l2-stderr.log")
+        return [CellResult(c, "error", str(e), {"l2_stderr_tail": stderr},
+                           time.monotonic() - began, str(out)) for c in cells]
+    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
+                                            ("p2p", "no_mmap_l2"))) / len(cells)
+    own = {"dmabuf-per-region": "no_mmap_l2", "p2p-dma": "p2p"}
+    results = []
+    for cell in cells:
+        verdict = VERDICTS[cell.check](evidence)
+        outcome = matrix.outcome(cell.expected, verdict.observed)
+        results.append(CellResult(
+            cell, outcome, verdict.reason, {**verdict.evidence, "timing_s": timer.steps},
+            shared + timer.steps.get(own.get(cell.check, ""), 0.0), str(out)))
+    return results
+
+
+def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
+            probes: dict[str, DmabufProbe], checks: set[str], out: Path, seed: int,
+            timer: Timer) -> Evidence:
+    machine = stack.machine
+    ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
+    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])))
+    bar_access = p2p = None
+    with timer("l2_start"):
+        l2 = L2Qemu(stack.session, spec, out, *ports)
+        l2.start()
+    try:
+        pci = PciConfig(l2.qtest)
+        with timer("assign_bars"):
+            edu_slot = pci.find(EduDevice().vendor_device)
+            iv_slot = pci.find(IvshmemDevice().vendor_device)
+            edu_bar0 = pci.assign(edu_slot, pci.bars(edu_slot)[0])
+            iv_bars = {b.index: pci.assign(iv_slot, b) for b in pci.bars(iv_slot)}
+            pci.enable(edu_slot)
+            pci.enable(iv_slot)
+        with timer("kernel_view"):
+            process = _kernel_view(stack, l2.pid)
+            mtree = _mtree_mmaps(l2)
+        edu = Edu(l2.qtest, edu_bar0)
+        if checks & {"mmap-fallback", "p2p-dma"}:
+            with timer("bar_access"):
+                bar_access = _bar_access(l2, edu, iv_bars[0])
+        if "p2p-dma" in checks:
+            with timer("p2p"):
+                p2p = _p2p(stack, l2, edu, iv_bars[2], seed, be.name)
+        alive = l2.running()
+    finally:
+        with timer("l2_stop"):
+            l2.stop()
+    main = L2Run(tuple(parse_trace(_read(out / "l2-trace.log"))),
+                 tuple(parse_messages(_read(out / "l2-stderr.log"))), process, mtree, alive)
+    no_mmap = None
+    if "dmabuf-per-region" in checks:
+        with timer("no_mmap_l2"):
+            no_mmap = _no_mmap_run(stack, be, devices, out / "x-no-mmap", ports)
+    return Evidence(backend=be.name, devices=devices,
+                    kernel_probe={b: (p.supported, p.error) for b, p in probes.items()},
+                    main=main, bar_access=bar_access, p2p=p2p, no_mmap=no_mmap)
+
+
+def _kernel_view(stack: L1Stack, pid: int | None) -> KernelProcess | None:
+    if pid is None:
+        return None
+    view = stack.vfio.process(pid)
+    return KernelProcess(tuple((d.fd, d.size, d.exp_name) for d in view.dmabufs), view.vfio_maps)
+
+
+def _mtree_mmaps(l2: L2Qemu) -> tuple[str, ...]:
+    text = str(l2.qmp.cmd("human-monitor-command", **{"command-line": "info mtree"}))
+    text = text.replace("\r\n", "\n")  # HMP answers with CRLF
+    (l2.artifacts / "l2-mtree.txt").write_text(text)
+    return mtree_mmaps(text)
+
+
+def mtree_mmaps(text: str) -> tuple[str, ...]:
+    """Names of the "... mmaps[N]" regions in `info mtree`: a BAR's mmaps, mapped in L2."""
+    return tuple(sorted({m.group(1) for m in _MTREE_MMAP.finditer(text)}))
+
+
+def _bar_access(l2: L2Qemu, edu: Edu, ivshmem_bar0: int) -> BarAccess:
+    written = 0x5A5AA5A5
+    read = edu.liveness(written)
+    mask = 0x0000FFFF
+    l2.qtest.writel(ivshmem_bar0 + IVSHMEM_INTRMASK, mask)
+    return BarAccess(edu_id=edu.identity(), liveness_written=written, liveness_read=read,
+                     ivshmem_bar0_written=mask,
+                     ivshmem_bar0_read=l2.qtest.readl(ivshmem_bar0 + IVSHMEM_INTRMASK))
+
+
+def _dmesg_lines(stack: L1Stack) -> list[str]:
+    return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
+
+
+def _p2p(stack: L1Stack, l2: L2Qemu, edu: Edu, bar2: int, seed: int, backend: str) -> P2PTransfer:
+    """edu copies a seeded pattern from ivshmem BAR 2 to another offset of BAR 2, by DMA."""
+    machine = stack.machine
+    rng = random.Random(f"{seed}/{stack.viommu.name}/{stack.kernel}/{backend}")
+    pattern = rng.randbytes(P2P_SIZE)
+    src, dst = 0x0, P2P_DESTINATION[backend]
+    l2.qtest.write(bar2 + src, pattern)              # through L2's mmap of the BAR
+    source_in_file = machine.read_ivshmem(src, P2P_SIZE)
+    machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
+    before = machine.read_ivshmem(dst, P2P_SIZE)
+    dmesg_before = len(_dmesg_lines(stack))
+    edu.probe()
+    edu.read_into_device(bar2 + src, P2P_SIZE)
+    edu.write_from_device(bar2 + dst, P2P_SIZE)
+    after = machine.read_ivshmem(dst, P2P_SIZE)
+    new_dmesg = tuple(_dmesg_lines(stack)[dmesg_before:])
+    return P2PTransfer(seed=seed, size=P2P_SIZE, bar2_iova=bar2, src_offset=src,
+                       dst_offset=dst, pattern=pattern, source_in_file=source_in_file,
+                       before=before, after=after, l1_dmesg=new_dmesg)
+
+
+def _no_mmap_run(stack: L1Stack, be: Backend, devices: dict[str, str], out: Path,
+                 ports: tuple[int, int]) -> L2Run:
+    spec = L2Spec(be, (L2Device(devices["edu"], "x-no-mmap=on"), L2Device(devices["ivshmem"])))
+    with L2Qemu(stack.session, spec, out, *ports) as l2:
+        process = _kernel_view(stack, l2.pid)
+        alive = l2.running()
+    return L2Run(tuple(parse_trace(_read(out / "l2-trace.log"))),
+                 tuple(parse_messages(_read(out / "l2-stderr.log"))), process, (), alive)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(_read(path).splitlines()[-lines:])
