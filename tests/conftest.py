@@ -18,3 +18,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kernel", action="append", help="kernel variants (default: all)")
     group.addoption("--artifacts", type=Path,
                     help="keep VM artifacts here (default: pytest's temporary directory)")
+    group.addoption("--matrix-viommu", action="append", choices=sorted(VIOMMUS),
+                    help="vIOMMUs of the verdict matrix (default: intel-iommu, virtio-iommu)")
+    group.addoption("--seed", type=int, help="seed of the P2P pattern (default: random)")

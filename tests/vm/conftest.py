@@ -5,15 +5,17 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
+import random
 from pathlib import Path
 
 import pytest
 
-from harness import accel, paths
+from harness import accel, matrix, paths, runner
 from harness.images import Images, ImageStore
 from harness.l0 import DEFAULT_DEVICES, viommu
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
+from harness.scenario import CellResult
 from harness.stack import booted
 from harness.survey import Survey, survey
 from tests.conftest import DEFAULT_VIOMMUS
@@ -26,6 +28,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cell" in metafunc.fixturenames:
+        config = metafunc.config
+        cells = matrix.cells(
+            viommus=config.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS,
+            kernels=config.getoption("--kernel") or list(Recipe.load().kernels))
+        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
     if "l1_params" in metafunc.fixturenames:
         config = metafunc.config
         viommus = config.getoption("--viommu") or DEFAULT_VIOMMUS
@@ -77,3 +85,30 @@ def l1(l1_params, qemu, images, accelerator, artifacts):
 @pytest.fixture(scope="module")
 def l1_survey(l1, store) -> Survey:
     return survey(l1, DEFAULT_DEVICES, store.recipe.kernels[l1.kernel].has_dmabuf)
+
+
+class MatrixResults:
+    """Cell results, produced an L1 at a time: the first cell of a (vIOMMU, kernel)
+    boots that L1 and runs all of its cells; the others find their result here."""
+
+    def __init__(self, qemu, images, accel_name, artifacts, seed):
+        self.qemu, self.images, self.accel, self.out = qemu, images, accel_name, artifacts
+        self.seed = seed
+        self.results: dict[str, CellResult] = {}
+
+    def get(self, cell: matrix.Cell) -> CellResult:
+        if cell.id not in self.results:
+            for r in runner.run_l1(self.qemu, self.images, cell.viommu, cell.kernel,
+                                   runner.Selection(), self.out / "matrix", self.accel,
+                                   self.seed):
+                self.results[r.cell.id] = r
+        return self.results[cell.id]
+
+
+@pytest.fixture(scope="session")
+def matrix_results(pytestconfig, qemu, images, accelerator, artifacts) -> MatrixResults:
+    seed = pytestconfig.getoption("--seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    print(f"\nP2P seed: {seed}")
+    return MatrixResults(qemu, images, accelerator, artifacts, seed)

@@ -1,0 +1,181 @@
+"""The verdicts on evidence captured from a real run (intel-iommu, dmabuf kernel, iommufd).
+
+Each failure mode is shown to fail: a verdict that could not fail would be a defect.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness.evidence import (
+    BarAccess,
+    Evidence,
+    KernelProcess,
+    L2Run,
+    P2PTransfer,
+    RegionDmabuf,
+    parse_messages,
+    parse_trace,
+)
+from harness.scenario import mtree_mmaps
+from harness.verdicts import dmabuf_per_region, mmap_fallback, p2p_dma
+
+DATA = Path(__file__).parent.parent / "data" / "qemu-11.1.3"
+EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
+MIB = 1 << 20
+NOT_SUPPORTED = ("qemu-system-x86_64: -device vfio-pci,host=0000:00:03.0,iommufd=iofd0: "
+                 "warning: VFIO dma-buf not supported in kernel, using mmap fallback, "
+                 "P2P DMA will not work")
+
+
+def _read(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def captured(**changes) -> Evidence:
+    """The evidence of the real run, as the verdicts saw it; `changes` replace fields."""
+    main = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd.trace"))),
+                 tuple(parse_messages(_read("intel-iommu-dmabuf-iommufd.stderr"))),
+                 KernelProcess(((19, MIB, "vfio_pci_core"), (22, MIB, "vfio_pci_core")), ()),
+                 mtree_mmaps(_read("intel-iommu-dmabuf-iommufd.mtree")), True)
+    no_mmap = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd-x-no-mmap.trace"))),
+                    (), KernelProcess(((21, MIB, "vfio_pci_core"),), ()), (), True)
+    pattern = bytes(range(64))
+    ev = Evidence(
+        backend="iommufd", devices={"edu": EDU, "ivshmem": IVSHMEM},
+        kernel_probe={EDU: (True, None), IVSHMEM: (True, None)},
+        main=main, no_mmap=no_mmap,
+        bar_access=BarAccess(0x010000ED, 0x5A5AA5A5, 0xA5A55A5A, 0xFFFF, 0xFFFF),
+        p2p=P2PTransfer(seed=7, size=64, bar2_iova=0xC0200000, src_offset=0, dst_offset=0x2000,
+                        pattern=pattern, source_in_file=pattern, before=bytes(64),
+                        after=pattern, l1_dmesg=()))
+    return dataclasses.replace(ev, **changes)
+
+
+def with_main(ev: Evidence, **changes) -> Evidence:
+    return dataclasses.replace(ev, main=dataclasses.replace(ev.main, **changes))
+
+
+# -- dmabuf-per-region -----------------------------------------------------------------
+
+def test_dmabuf_per_region_passes_on_the_captured_run():
+    v = dmabuf_per_region(captured())
+    assert v.observed == "pass", v.reason
+    assert set(v.evidence["qualifying_regions"]) == {f"{EDU} BAR 0", f"{IVSHMEM} BAR 2"}
+    assert v.evidence["sub_page_regions"] == [f"{IVSHMEM} BAR 0"]
+
+
+def test_dmabuf_per_region_skips_with_the_probe_answer_when_the_kernel_lacks_it():
+    ev = captured(kernel_probe={EDU: (False, "ENOTTY: Inappropriate ioctl for device"),
+                                IVSHMEM: (False, "ENOTTY: Inappropriate ioctl for device")})
+    v = dmabuf_per_region(ev)
+    assert v.observed == "skip"
+    assert "VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) answered ENOTTY" in v.reason
+
+
+def test_missing_dmabuf_trace_fails():
+    ev = captured()
+    trace = tuple(r for r in ev.main.trace
+                  if not (isinstance(r, RegionDmabuf) and r.name == f"{EDU} BAR 0"))
+    v = dmabuf_per_region(with_main(ev, trace=trace))
+    assert v.observed == "fail"
+    assert f"{EDU} BAR 0: 0 vfio_region_dmabuf for 1 mmap(s)" in v.reason
+
+
+def test_kernel_disagreeing_on_size_fails():
+    ev = with_main(captured(), process=KernelProcess(((19, MIB, "vfio_pci_core"),
+                                                      (22, 4096, "vfio_pci_core")), ()))
+    v = dmabuf_per_region(ev)
+    assert v.observed == "fail" and "the kernel says fd 22 is 4096 bytes" in v.reason
+
+
+def test_kernel_missing_an_fd_fails():
+    ev = with_main(captured(), process=KernelProcess(((19, MIB, "vfio_pci_core"),), ()))
+    v = dmabuf_per_region(ev)
+    assert v.observed == "fail" and "shows 1 dma-buf fd(s)" in v.reason
+
+
+def test_mtree_without_mmaps_fails():
+    v = dmabuf_per_region(with_main(captured(), mtree_mmaps=()))
+    assert v.observed == "fail" and "info mtree shows no mmaps" in v.reason
+
+
+def test_x_no_mmap_that_still_mmaps_fails():
+    ev = captured()
+    v = dmabuf_per_region(captured(no_mmap=ev.main))  # the main run does mmap edu
+    assert v.observed == "fail" and "x-no-mmap=on: edu still has mmaps" in v.reason
+
+
+# -- mmap-fallback -----------------------------------------------------------------------
+
+def test_sub_page_fallback_passes_on_the_captured_run():
+    v = mmap_fallback(captured())
+    assert v.observed == "pass", v.reason
+    assert v.evidence["fallback_regions"] == [f"{IVSHMEM} BAR 0"]
+    assert v.evidence["bar_iommu_mapping_failures"]  # recorded, not judged
+
+
+def test_fallback_without_its_warning_fails():
+    ev = captured()
+    messages = tuple(m for m in ev.main.messages if "dma-buf unavailable" not in m.text)
+    v = mmap_fallback(with_main(ev, messages=messages))
+    assert v.observed == "fail" and "'dma-buf unavailable' warnings for []" in v.reason
+
+
+def test_no_dmabuf_kernel_path_needs_one_warning_and_no_dmabuf():
+    ev = captured(kernel_probe={EDU: (False, "ENOTTY"), IVSHMEM: (False, "ENOTTY")})
+    v = mmap_fallback(ev)  # the captured run had dma-bufs and no 'not supported' warning
+    assert v.observed == "fail"
+    assert "0 'VFIO dma-buf not supported in kernel' warnings" in v.reason
+    assert "vfio_region_dmabuf traced on a kernel without VFIO dma-buf" in v.reason
+    trace = tuple(r for r in ev.main.trace if not isinstance(r, RegionDmabuf))
+    messages = ev.main.messages + tuple(parse_messages(NOT_SUPPORTED))
+    fixed = with_main(ev, trace=trace, messages=messages, process=KernelProcess((), ()))
+    v = mmap_fallback(fixed)
+    assert v.observed == "pass", v.reason
+    assert v.evidence["path"] == "dma-buf not supported in kernel"
+
+
+def test_broken_bar_access_fails():
+    v = mmap_fallback(captured(bar_access=BarAccess(0xFFFFFFFF, 0x5A5AA5A5, 0xFFFFFFFF)))
+    assert v.observed == "fail"
+    assert "edu id reads 0xffffffff" in v.reason and "liveness" in v.reason
+
+
+def test_dead_qemu_fails():
+    v = mmap_fallback(with_main(captured(), alive_at_end=False))
+    assert v.observed == "fail" and "L2 QEMU did not survive" in v.reason
+
+
+# -- p2p-dma -----------------------------------------------------------------------------
+
+def test_p2p_passes_when_the_bytes_arrive():
+    v = p2p_dma(captured())
+    assert v.observed == "pass", v.reason
+    assert "iommufd_backend_map_file_dma" in v.reason
+    assert any(m["event"] == "IommufdMapFile" and m["fd"] == 22
+               for m in v.evidence["bar2_mapping"])
+
+
+def test_p2p_fails_when_the_bytes_do_not_arrive_and_says_where():
+    ev = captured()
+    fault = ("DMAR: [DMA Read NO_PASID] Request device [00:03.0] fault addr 0xc0200000 "
+             "[fault reason 0x06] PTE Read access is not set")
+    p2p = dataclasses.replace(ev.p2p, after=bytes(64), l1_dmesg=(fault,))
+    v = p2p_dma(captured(p2p=p2p))
+    assert v.observed == "fail"
+    assert "the bytes did not arrive" in v.reason and "fault addr 0xc0200000" in v.reason
+
+
+def test_p2p_fails_when_the_source_never_reached_the_file():
+    ev = captured()
+    v = p2p_dma(captured(p2p=dataclasses.replace(ev.p2p, source_in_file=bytes(64))))
+    assert v.observed == "fail" and "never reached the ivshmem file" in v.reason
+
+
+@pytest.mark.parametrize("stale", [bytes(range(64))])
+def test_p2p_refuses_a_dirty_destination(stale):
+    ev = captured()
+    v = p2p_dma(captured(p2p=dataclasses.replace(ev.p2p, before=stale)))
+    assert v.observed == "fail" and "not clean" in v.reason
