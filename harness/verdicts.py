@@ -5,6 +5,7 @@ observed (pass, fail or skip) and why, in words a maintainer can check against
 the artifacts. Whether that was expected is the matrix's business, not theirs.
 """
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -276,11 +277,17 @@ def p2p_dma(ev: Evidence) -> Verdict:
                                                      for m in mapping) else "mapping by address")
         return Verdict("pass", f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
                                f"0x{p2p.dst_offset:x} and L0 read them back ({how})", evidence)
-    refused = [line for line in p2p.l1_dmesg if "fault" in line.lower()]
+    refused = iommu_faults(p2p.l1_dmesg)
     where = f"; L1 kernel: {refused[0]}" if refused else "; no IOMMU fault logged in L1"
     why = f"; {failures[0]}" if failures else ""
     return Verdict("fail", f"the bytes did not arrive (read {p2p.after[:8].hex()}..., "
                            f"wanted {p2p.pattern[:8].hex()}...){why}{where}", evidence)
+
+
+def iommu_faults(dmesg: tuple[str, ...]) -> list[str]:
+    """Fault lines of the L1 kernel, those naming the faulting address first."""
+    faults = [line.strip() for line in dmesg if "fault" in line.lower()]
+    return sorted(faults, key=lambda line: not re.search(r"fault addr|page fault from", line))
 
 
 VERDICTS = {"dmabuf-per-region": dmabuf_per_region, "mmap-fallback": mmap_fallback,

@@ -19,7 +19,7 @@ from harness.evidence import (
     parse_trace,
 )
 from harness.scenario import mtree_mmaps
-from harness.verdicts import dmabuf_per_region, mmap_fallback, p2p_dma
+from harness.verdicts import dmabuf_per_region, iommu_faults, mmap_fallback, p2p_dma
 
 DATA = Path(__file__).parent.parent / "data" / "qemu-11.1.3"
 EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
@@ -179,3 +179,28 @@ def test_p2p_refuses_a_dirty_destination(stale):
     ev = captured()
     v = p2p_dma(captured(p2p=dataclasses.replace(ev.p2p, before=stale)))
     assert v.observed == "fail" and "not clean" in v.reason
+
+
+def test_real_no_dmabuf_capture_takes_the_not_supported_path():
+    main = L2Run(tuple(parse_trace(_read("intel-iommu-no-dmabuf-iommufd.trace"))),
+                 tuple(parse_messages(_read("intel-iommu-no-dmabuf-iommufd.stderr"))),
+                 KernelProcess((), ()), tuple(f"{n} mmaps[0]" for n in (
+                     f"{EDU} BAR 0", f"{IVSHMEM} BAR 0", f"{IVSHMEM} BAR 2")), True)
+    ev = captured(main=main, no_mmap=None,
+                  kernel_probe={EDU: (False, "ENOTTY"), IVSHMEM: (False, "ENOTTY")})
+    v = mmap_fallback(ev)
+    assert v.observed == "pass", v.reason
+    assert v.evidence["path"] == "dma-buf not supported in kernel"
+    assert len(v.evidence["warnings"]) == 1
+    assert any("IOMMU_IOAS_MAP failed: Bad address" in f
+               for f in v.evidence["bar_iommu_mapping_failures"])
+    assert dmabuf_per_region(ev).observed == "skip"
+
+
+def test_fault_naming_the_address_is_quoted_first():
+    dmesg = ("[ 13.55] DMAR: DRHD: handling fault status reg 2",
+             "[ 13.56] DMAR: [DMA Read NO_PASID] Request device [0000:00:02.0] fault addr "
+             "0xc0200000 [fault reason 0x06] PTE Read access is not set")
+    assert "fault addr 0xc0200000" in iommu_faults(dmesg)[0]
+    assert iommu_faults(("[ 1.0] virtio_iommu virtio0: page fault from EP 24 at 0xc0200000 []",
+                         "[ 1.0] unrelated"))[0].endswith("at 0xc0200000 []")
