@@ -25,6 +25,7 @@ from harness.errors import HarnessError, StageTimeout
 # transport thread logs each refused banner as a traceback. wait_ready reports
 # the last error itself when it gives up.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 logging.getLogger("paramiko").propagate = False
 
 

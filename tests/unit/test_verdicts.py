@@ -174,7 +174,7 @@ def test_p2p_fails_when_the_source_never_reached_the_file():
     assert v.observed == "fail" and "never reached the ivshmem file" in v.reason
 
 
-@pytest.mark.parametrize("stale", [bytes(range(64))])
+@pytest.mark.parametrize("stale", [bytes(range(64))], ids=["stale-pattern"])
 def test_p2p_refuses_a_dirty_destination(stale):
     ev = captured()
     v = p2p_dma(captured(p2p=dataclasses.replace(ev.p2p, before=stale)))
