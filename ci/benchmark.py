@@ -6,6 +6,10 @@
                                               L0 start to SSH ready
   ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
                                               (slow: a full build per run)
+  ci/benchmark.py matrix [--runs 3]           `vfio-harness run`, the default matrix
+  ci/benchmark.py l2-scenario [--runs 5] [--viommu V] [--kernel K] [--backend B]
+                                              one more L2 scenario (all checks of one
+                                              backend) on an L1 that is already up
 
 Each prints one JSON line per run and a summary with the median; --json FILE
 appends the summary there. Run it on a machine doing nothing else.
@@ -66,16 +70,54 @@ def l1_boot(args: argparse.Namespace) -> list[float]:
     return out
 
 
+def matrix_run(args: argparse.Namespace) -> list[float]:
+    out = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as results:
+            out.append(timed_cli(["run", "--results", results]))
+    return out
+
+
+def l2_scenario(args: argparse.Namespace) -> list[float]:
+    from harness import accel, matrix, paths, scenario
+    from harness.images import ImageStore
+    from harness.l0 import viommu
+    from harness.qemu_binary import QemuBinary
+    from harness.recipe import Recipe
+    from harness.stack import booted
+
+    store = ImageStore(Recipe.load(), paths.cache_dir())
+    images = store.load([args.kernel])
+    qemu = QemuBinary.find()
+    choice = accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp, \
+            booted(qemu, images, viommu(args.viommu), args.kernel, Path(tmp) / "l1",
+                   accel=choice.accel) as l1:
+        for i in range(args.runs + 1):  # the first run also binds the devices: not counted
+            began = time.monotonic()
+            cells = list(scenario.run_on_l1(l1, [args.backend], list(matrix.CHECKS),
+                                            Path(tmp) / str(i), seed=i))
+            if i:
+                out.append(time.monotonic() - began)
+            if not all(c.met for c in cells):
+                raise SystemExit(f"a cell did not meet its expectation: {cells}")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot"])
+    p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
+                                    "l2-scenario"])
     p.add_argument("--runs", type=int)
     p.add_argument("--viommu", default="intel-iommu")
     p.add_argument("--kernel", default="dmabuf")
+    p.add_argument("--backend", default="iommufd")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
-    args.runs = args.runs or (1 if args.what == "scratch-build" else 5)
-    fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot}
+    args.runs = args.runs or {"scratch-build": 1, "matrix": 3}.get(args.what, 5)
+    fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
+          "matrix": matrix_run, "l2-scenario": l2_scenario}
     samples = fn[args.what](args)
     for i, s in enumerate(samples):
         print(json.dumps({"run": i, "seconds": round(s, 2)}))
@@ -83,7 +125,8 @@ def main() -> int:
                "median_s": round(statistics.median(samples), 2),
                "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
                **({"viommu": args.viommu, "kernel": args.kernel}
-                  if args.what == "l1-boot" else {})}
+                  if args.what in ("l1-boot", "l2-scenario") else {}),
+               **({"backend": args.backend} if args.what == "l2-scenario" else {})}
     print(json.dumps(summary))
     if args.json:
         with args.json.open("a") as f:

@@ -152,6 +152,10 @@ class L2Qemu:
             self.stop()
             raise
 
+    def set_trace(self, pattern: str, enable: bool = True) -> None:
+        """Switch trace events at run time, for evidence only one step needs."""
+        self.qmp.cmd("trace-event-set-state", name=pattern, enable=enable)
+
     def running(self) -> bool:
         if self.pid is None:
             return False

@@ -37,6 +37,8 @@ from harness.stack import L1Stack
 from harness.verdicts import VERDICTS
 
 _MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
+#: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
+BAR_TRACE = "pci_update_mappings*"
 P2P_SIZE = 64
 #: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
 #: can never be credited with bytes an earlier one left behind.
@@ -150,6 +152,8 @@ def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
         l2.start()
     try:
         pci = PciConfig(l2.qtest)
+        # Only BAR programming needs these: on at run time, off again after.
+        l2.set_trace(BAR_TRACE, True)
         with timer("assign_bars"):
             edu_slot = pci.find(EduDevice().vendor_device)
             iv_slot = pci.find(IvshmemDevice().vendor_device)
@@ -157,6 +161,7 @@ def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
             iv_bars = {b.index: pci.assign(iv_slot, b) for b in pci.bars(iv_slot)}
             pci.enable(edu_slot)
             pci.enable(iv_slot)
+        l2.set_trace(BAR_TRACE, False)
         with timer("kernel_view"):
             process = _kernel_view(stack, l2.pid)
             mtree = _mtree_mmaps(l2)

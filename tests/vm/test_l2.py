@@ -1,0 +1,68 @@
+"""L2 on a real L1: failures at start, a device that is not there, run-time traces."""
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.evidence import Other, RegionSetup, parse_trace
+from harness.l0 import Edu, Ivshmem, viommu
+from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec, backend
+from harness.pci import PciConfig
+from harness.stack import booted
+
+
+@pytest.fixture(scope="module")
+def l1(qemu, images, accelerator, artifacts):
+    with booted(qemu, images, viommu("intel-iommu"), "dmabuf", artifacts / "l2-tests",
+                accel=accelerator) as stack:
+        inventory = stack.vfio.inventory([Edu().vendor_device, Ivshmem().vendor_device])
+        stack.vfio.bind([d.bdf for d in inventory.devices])
+        yield stack, inventory
+
+
+def l2(stack, spec, out):
+    m = stack.machine
+    return L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
+                  m.host_ports[L1_QTEST_PORT], start_timeout=20)
+
+
+def no_qemu_in(stack) -> bool:
+    return not stack.session.run("pgrep -f qemu-system", check=False).stdout.strip()
+
+
+def test_l2_that_dies_at_start_is_an_error_with_its_stderr(l1, tmp_path):
+    stack, inventory = l1
+    edu = inventory.find(Edu().vendor_device).bdf
+    spec = L2Spec(backend("iommufd"), (L2Device(edu, "x-no-such-property=on"),))
+    with pytest.raises(HarnessError) as e:
+        with l2(stack, spec, tmp_path):
+            pass
+    assert e.value.stage == "L2 start"
+    assert "exited before QMP answered" in e.value.message
+    assert "x-no-such-property" in e.value.details  # L2's own stderr
+    assert "x-no-such-property" in (tmp_path / "l2-stderr.log").read_text()
+    assert no_qemu_in(stack)
+
+
+def test_a_device_that_is_not_there(l1):
+    _, inventory = l1
+    with pytest.raises(HarnessError, match="no PCI device dead:beef in L1"):
+        inventory.find("dead:beef")
+
+
+def test_trace_events_switched_on_at_run_time(l1, tmp_path):
+    stack, inventory = l1
+    edu = inventory.find(Edu().vendor_device).bdf
+    with l2(stack, L2Spec(backend("legacy"), (L2Device(edu),)), tmp_path) as q:
+        pci = PciConfig(q.qtest)
+        q.set_trace("pci_update_mappings*", True)
+        slot = pci.find(Edu().vendor_device)
+        address = pci.assign(slot, pci.bars(slot)[0])
+        pci.enable(slot, master=False)
+    records = parse_trace((tmp_path / "l2-trace.log").read_text())
+    realize_end = max(i for i, r in enumerate(records) if isinstance(r, RegionSetup))
+    switched = [i for i, r in enumerate(records)
+                if isinstance(r, Other) and r.event.startswith("pci_update_mappings")]
+    assert switched, "no pci_update_mappings events after trace-event-set-state"
+    assert min(switched) > realize_end  # off at start, on only after the QMP command
+    assert any(f"0x{address:x}" in records[i].text for i in switched)
+    assert no_qemu_in(stack)
