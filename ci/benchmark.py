@@ -49,18 +49,24 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
     return out
 
 
-def l1_boot(args: argparse.Namespace) -> list[float]:
+def _l1_parts(args: argparse.Namespace):
+    """The L0 QEMU, the images and the accelerator an L1 of `args.kernel` boots with."""
     from harness import accel, paths
     from harness.images import ImageStore
-    from harness.l0 import viommu
     from harness.qemu_binary import QemuBinary
     from harness.recipe import Recipe
-    from harness.stack import booted
 
     store = ImageStore(Recipe.load(), paths.cache_dir())
     images = store.load([args.kernel])
     qemu = QemuBinary.find()
-    choice = accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
+    return qemu, images, accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
+
+
+def l1_boot(args: argparse.Namespace) -> list[float]:
+    from harness.l0 import viommu
+    from harness.stack import booted
+
+    qemu, images, choice = _l1_parts(args)
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
         for i in range(args.runs):
@@ -79,22 +85,16 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 
 
 def l2_scenario(args: argparse.Namespace) -> list[float]:
-    from harness import accel, matrix, paths, scenario
-    from harness.images import ImageStore
+    from harness import matrix, scenario
     from harness.l0 import viommu
-    from harness.qemu_binary import QemuBinary
-    from harness.recipe import Recipe
     from harness.stack import booted
 
-    store = ImageStore(Recipe.load(), paths.cache_dir())
-    images = store.load([args.kernel])
-    qemu = QemuBinary.find()
-    choice = accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
+    qemu, images, choice = _l1_parts(args)
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp, \
             booted(qemu, images, viommu(args.viommu), args.kernel, Path(tmp) / "l1",
                    accel=choice.accel) as l1:
-        for i in range(args.runs + 1):  # the first run also binds the devices: not counted
+        for i in range(args.runs + 1):  # the first run warms L1's page cache: not counted
             began = time.monotonic()
             cells = list(scenario.run_on_l1(l1, [args.backend], list(matrix.CHECKS),
                                             Path(tmp) / str(i), seed=i))

@@ -20,7 +20,7 @@ from pathlib import Path
 from harness import accel, doctor, matrix, paths
 from harness.errors import BadInput, HarnessError
 from harness.images import ImageStore
-from harness.l0 import VIOMMUS, viommu
+from harness.l0 import VIOMMUS, check_port, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
@@ -139,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     qemu = QemuBinary.find(args.qemu)
     for name in selection.viommus:
         qemu.require_devices([viommu(name).driver])
+    if args.ssh_port:
+        check_port(args.ssh_port)  # before minutes of work, not after
     store = _store(args)
     images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     any_kernel = next(iter(images.kernels.values())).bzimage

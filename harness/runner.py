@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import matrix, scenario, stack
-from harness.errors import HarnessError
+from harness.errors import BadInput, HarnessError
 from harness.images import Images
 from harness.l0 import viommu
 from harness.progress import say
@@ -50,6 +50,8 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
                 done.add(result.cell.id)
                 say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                 yield result
+    except BadInput:
+        raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:
         say(f"L1 {vi}/{kernel}: {e.message}")
         for cell in wanted:

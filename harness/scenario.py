@@ -91,11 +91,15 @@ def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
     devices = {"edu": inventory.find(EduDevice().vendor_device).bdf,
                "ivshmem": inventory.find(IvshmemDevice().vendor_device).bdf}
     stack.vfio.bind(list(devices.values()))
-    probes = stack.vfio.probe_dmabuf(list(devices.values()))
-    for name in backends:
-        be = backend_named(name)
-        cells = [matrix.Cell(stack.viommu.name, name, stack.kernel, c) for c in checks]
-        yield from _run_backend(stack, be, cells, devices, probes, out / name, seed, inventory)
+    try:
+        probes = stack.vfio.probe_dmabuf(list(devices.values()))
+        for name in backends:
+            be = backend_named(name)
+            cells = [matrix.Cell(stack.viommu.name, name, stack.kernel, c) for c in checks]
+            yield from _run_backend(stack, be, cells, devices, probes, out / name, seed,
+                                    inventory)
+    finally:
+        stack.vfio.restore(list(devices.values()))
 
 
 def _environment_gap(stack: L1Stack, be: Backend, inventory) -> str | None:

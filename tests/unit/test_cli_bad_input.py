@@ -1,5 +1,6 @@
 """Bad input gets one clear message and a non-zero exit code, never a bare traceback."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,17 @@ def test_unknown_viommu(tmp_path):
     p = cli("run", "--viommu", "smmuv3", cache=tmp_path)
     assert p.returncode == 2
     assert "invalid choice: 'smmuv3'" in p.stderr
+
+
+def test_busy_ssh_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = cli("run", "--ssh-port", str(port), cache=tmp_path)
+    assert p.returncode == 2
+    assert f"port {port} on 127.0.0.1 is busy" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_unknown_kernel_variant(tmp_path):
