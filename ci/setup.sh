@@ -8,6 +8,7 @@ HOST_PACKAGES=(
   debootstrap e2fsprogs debian-archive-keyring  # the L1 rootfs
   make gcc flex bison bc libelf-dev libssl-dev xz-utils  # the L1 kernel
   openssh-client python3-venv procps
+  chromium                            # renders the HTML report in its test
 )
 
 if [ "$(id -u)" != 0 ]; then

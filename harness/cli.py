@@ -3,6 +3,8 @@
   images build|list|clean   the L1 kernels and rootfs in the cache
   doctor                    what this host can do
   run                       the verdict matrix: vIOMMU x backend x kernel x check
+  matrix                    the cells and their expectations (or avocado variants)
+  report html|merge         an HTML page of a run; one result from CI shards
 
 Errors print one clear message and exit non-zero: 2 bad input, 3 a deadline
 passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
@@ -17,7 +19,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from harness import accel, doctor, matrix, paths
+from harness import accel, doctor, matrix, paths, report
+from harness.checksum import sha256_file
 from harness.errors import BadInput, HarnessError
 from harness.images import ImageStore
 from harness.l0 import VIOMMUS, check_port, viommu
@@ -60,6 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                      help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     run.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
+    run.add_argument("--l2-qemu", type=Path, metavar="PATH",
+                     help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
+                          "rootfs's packaged one; uploaded into each L1")
+    run.add_argument("--junit", type=Path, metavar="FILE",
+                     help="also write JUnit XML, a testcase per cell")
+    run.add_argument("--keep-artifacts", action="store_true",
+                     help="keep every artifact (default: only those of cells that did not "
+                          "meet their expectation)")
+
+    cells = sub.add_parser("matrix", help="the cells and what each is expected to do")
+    cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
+    cells.add_argument("--backend", action="append", choices=matrix.BACKENDS)
+    cells.add_argument("--kernel", action="append")
+    cells.add_argument("--check", action="append", choices=matrix.CHECKS)
+    cells.add_argument("--avocado-variants", type=Path, metavar="FILE",
+                       help="write the cells as avocado variants (--json-variants-load FILE)")
+    cells.add_argument("--results", type=Path, help="with --avocado-variants: where the "
+                                                    "avocado tests put results and artifacts")
+    cells.add_argument("--seed", type=int, help="with --avocado-variants: the P2P seed")
+
+    report = sub.add_parser("report", help="an HTML page of a run, or the merge of shards")
+    rsub = report.add_subparsers(dest="report_action", required=True)
+    page = rsub.add_parser("html", help="render RESULTS_DIR/results.json as report.html")
+    page.add_argument("results", type=Path)
+    page.add_argument("--out", type=Path, help="where to write (default: RESULTS_DIR/report.html)")
+    merge = rsub.add_parser("merge", help="join the results.json of CI shards into one")
+    merge.add_argument("shards", type=Path, nargs="+", help="results directories of the shards")
+    merge.add_argument("--out", type=Path, required=True, help="directory for the merged result")
     return p
 
 
@@ -98,6 +129,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if all(f.ok for f in found) else 1
     if args.action == "run":
         return _run(args)
+    if args.action == "report":
+        return _report(args)
+    if args.action == "matrix":
+        return _matrix(args)
     raise BadInput(f"unknown action {args.action}")
 
 
@@ -131,16 +166,14 @@ def _images(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from harness import results, runner  # L1-facing modules import paramiko: only when needed
 
-    selection = runner.Selection(
-        viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
-        backends=tuple(args.backend or matrix.BACKENDS),
-        kernels=tuple(args.kernel or Recipe.load().kernels),
-        checks=tuple(args.check or matrix.CHECKS))
+    selection = _selection(args)
     qemu = QemuBinary.find(args.qemu)
     for name in selection.viommus:
         qemu.require_devices([viommu(name).driver])
     if args.ssh_port:
         check_port(args.ssh_port)  # before minutes of work, not after
+    if args.l2_qemu and not args.l2_qemu.is_file():
+        raise BadInput(f"QEMU under test {args.l2_qemu} does not exist")
     store = _store(args)
     images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     any_kernel = next(iter(images.kernels.values())).bzimage
@@ -154,15 +187,74 @@ def _run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     cells = []
     try:
-        for cell in runner.run(qemu, images, selection, out, choice.accel, seed, args.ssh_port):
+        for cell in runner.run(qemu, images, selection, out, choice.accel, seed, args.ssh_port,
+                               args.l2_qemu):
             cells.append(cell)
     finally:
         info = {"seed": seed, "accel": choice.accel, "accel_reason": choice.reason,
-                "l0_qemu": qemu.version_text, "l2_qemu": images.rootfs.qemu_version,
+                "l0_qemu": qemu.version_text,
+                "l2_qemu": (f"{args.l2_qemu} (sha256 {sha256_file(args.l2_qemu)})"
+                            if args.l2_qemu else images.rootfs.qemu_version),
                 "kernels": {n: k.manifest["versions"]["kernel"] for n, k in images.kernels.items()},
                 "selection": vars(selection), "duration_s": round(time.monotonic() - began, 1),
-                "complete": len(cells) == len(matrix.cells(*vars(selection).values()))}
+                "complete": len(cells) == len(selection.cells())}
+        kept = [] if args.keep_artifacts else results.prune(out, cells)
         path = results.write(out, cells, info)
+        page = report.write_html(out)
+        if args.junit:
+            args.junit.parent.mkdir(parents=True, exist_ok=True)
+            args.junit.write_text(results.junit(cells))
         print("\n" + results.table(cells))
-        print(f"\nresults: {path.resolve()}\nartifacts: {out.resolve()}")
+        print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
+        if args.keep_artifacts:
+            print(f"artifacts (all kept): {out.resolve()}")
+        for directory in kept:
+            print(f"artifacts kept: {directory.resolve()}")
     return 0 if cells and all(c.met for c in cells) else 1
+
+
+def _selection(args: argparse.Namespace):
+    from harness import runner
+
+    return runner.Selection(
+        viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
+        backends=tuple(args.backend or matrix.BACKENDS),
+        kernels=tuple(args.kernel or Recipe.load().kernels),
+        checks=tuple(args.check or matrix.CHECKS))
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    cells = _selection(args).cells()
+    if args.avocado_variants:
+        results = (args.results or Path("results") / "avocado").resolve()
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+        params = {"results": str(results), "seed": seed,
+                  "cache": str(paths.cache_dir(args.cache_dir))}
+        if args.qemu:
+            params["qemu"] = args.qemu
+        args.avocado_variants.write_text(json.dumps(matrix.avocado_variants(cells, params),
+                                                    indent=1))
+        print(f"{len(cells)} variants in {args.avocado_variants}; results will go to "
+              f"{results} (seed {seed})")
+        return 0
+    for cell in cells:
+        why = f"  ({cell.why})" if cell.why else ""
+        print(f"{cell.id:<48} {cell.expected}{why}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.report_action == "html":
+        page = report.write_html(args.results, out=args.out)
+        print(f"report: {page.resolve()}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    merged = report.merge(args.shards, args.out)
+    (args.out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    page = report.write_html(args.out, merged)
+    unmet = [c["id"] for c in merged["cells"] if not c.get("met")]
+    print(f"merged {len(merged['cells'])} cells from {len(args.shards)} shards: "
+          f"{args.out / 'results.json'}; report: {page}")
+    for cell_id in unmet:
+        print(f"  !! {cell_id}")
+    return 1 if unmet or not merged["cells"] else 0

@@ -49,8 +49,8 @@ def findings(store: ImageStore, qemu_name: str | None) -> list[Finding]:
         out.append(Finding(True, "accelerator", "TCG for now: KVM not probed, no L1 kernel "
                                                 "built yet (vfio-harness images build)"))
     for s in states.values():
-        out.append(Finding(s.ok, "image", f"{s.name}: " + (f"ready ({s.directory})" if s.ok
-                                                            else s.problem)))
+        state = f"ready ({s.directory})" if s.ok else (s.problem or "")
+        out.append(Finding(s.ok, "image", f"{s.name}: {state}"))
     missing_tools = [t for t in BUILD_TOOLS if not shutil.which(t)]
     missing_tools += [f"{pkg} headers" for h, pkg in BUILD_HEADERS.items() if not Path(h).exists()]
     out.append(Finding(not missing_tools, "build tools",

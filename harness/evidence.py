@@ -7,6 +7,7 @@ QEMU 11.0 and 11.1 are both accepted. Lines that match nothing are kept as
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # -- trace events -------------------------------------------------------------------------
@@ -190,7 +191,7 @@ Message = (DmabufNotSupported | DmabufUnavailable | IoasMapFailed | ContainerDma
 # 11.1 says "P2P DMA will not work"; 11.0 said "PCI BAR IOMMU mappings may fail".
 _CONSEQUENCE = r"(?:P2P DMA will not work|PCI BAR IOMMU mappings may fail)"
 _PREFIX = re.compile(r"^(?:\S*qemu-system-\S+: )?(?:-device \S+: )?(?:warning: )?")
-_MESSAGES = [
+_MESSAGES: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], Message]]] = [
     (re.compile(rf"VFIO dma-buf not supported in kernel, using mmap fallback, {_CONSEQUENCE}"),
      lambda m, t: DmabufNotSupported(t)),
     (re.compile(rf"^(?P<region>.+?): dma-buf unavailable, using mmap fallback, {_CONSEQUENCE}"

@@ -252,23 +252,23 @@ class L0Machine:
         cmd = build_command(self.qemu.path, self.spec, self.files, self.host_ports, self.accel)
         self.files.cmdline.write_text(" ".join(cmd) + "\n")
         with self.files.stderr.open("w") as err:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err,
-                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            proc = self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent)
         deadline = Deadline("L0 start", self.launch_timeout)
-        wait_for(lambda: self.files.qmp_socket.exists() or self._proc.poll() is not None,
+        wait_for(lambda: self.files.qmp_socket.exists() or proc.poll() is not None,
                  deadline, "QEMU did not open its QMP socket", details=self.stderr_text)
-        if self._proc.poll() is not None:
-            raise self._start_failure()
+        if proc.poll() is not None:
+            raise self._start_failure(proc.returncode)
         self._qmp = TranscribedQmp(str(self.files.qmp_socket), self.files.qmp_transcript, "L0")
         self._qmp.connect(deadline, alive=lambda: self.running, details=self.stderr_text)
 
-    def _start_failure(self) -> HarnessError:
+    def _start_failure(self, status: int) -> HarnessError:
         stderr = self.stderr_text()
         if "Could not set up host forwarding rule" in stderr:
             return BadInput(f"L0 QEMU could not listen on 127.0.0.1:{self.ssh_port} for SSH "
                             f"(port busy?)", stage="L0 start", details=stderr)
-        return HarnessError(f"L0 QEMU exited at start with status {self._proc.returncode}",
+        return HarnessError(f"L0 QEMU exited at start with status {status}",
                             stage="L0 start",
                             details=f"command: {self.files.cmdline.read_text()}{stderr}")
 

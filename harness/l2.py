@@ -57,6 +57,22 @@ def backend(name: str) -> Backend:
         raise BadInput(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
+#: Where a QEMU under test brought by the user is put in L1.
+UPLOADED_QEMU = "/run/qemu-under-test"
+
+
+def upload_qemu(session: L1Session, local: Path) -> str:
+    """Put a locally built QEMU into L1 as the QEMU under test; its path there."""
+    if not local.is_file():
+        raise BadInput(f"QEMU under test {local} does not exist")
+    session.put(local, UPLOADED_QEMU, mode=0o755)
+    version = session.run(f"{UPLOADED_QEMU} --version", check=False, stage="L2 upload")
+    if not version.ok:
+        raise HarnessError(f"the QEMU under test {local} does not run in L1",
+                           stage="L2 upload", details=version.stdout + version.stderr)
+    return UPLOADED_QEMU
+
+
 @dataclass(frozen=True)
 class L2Device:
     bdf: str          # in L1
@@ -69,6 +85,7 @@ class L2Spec:
     devices: tuple[L2Device, ...]
     memory_mb: int = 128
     traces: tuple[str, ...] = TRACE_EVENTS
+    qemu: str = L2_QEMU  # in L1: the packaged QEMU, or a build uploaded for this run
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,8 @@ class L2Paths:
         return f"{self.directory}/qtest.log"
 
 
-def build_command(spec: L2Spec, paths: L2Paths, qemu: str = L2_QEMU) -> list[str]:
-    cmd = [qemu, "-M", "q35", "-accel", "qtest",
+def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
+    cmd = [spec.qemu, "-M", "q35", "-accel", "qtest",
            "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
            "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",

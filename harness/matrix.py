@@ -86,3 +86,16 @@ def outcome(expected: str, observed: str) -> str:
 
 def met(expected: str, reported: str) -> bool:
     return reported == expected
+
+
+def avocado_variants(cells_: list[Cell], params: dict) -> list[dict]:
+    """The cells as avocado json_variants state (`avocado run --json-variants-load FILE`):
+    one variant per cell, named by its id, carrying its coordinates and `params`."""
+    out = []
+    for cell in cells_:
+        values = {"viommu": cell.viommu, "backend": cell.backend, "kernel": cell.kernel,
+                  "check": cell.check, "expected": cell.expected, **params}
+        node = "/run/matrix"
+        out.append({"paths": ["/run/*"], "variant_id": cell.id,
+                    "variant": [[node, [[node, key, value] for key, value in values.items()]]]})
+    return out

@@ -14,6 +14,7 @@ from harness import matrix, scenario, stack
 from harness.errors import BadInput, HarnessError
 from harness.images import Images
 from harness.l0 import viommu
+from harness.l2 import L2_QEMU, upload_qemu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.scenario import CellResult
@@ -26,18 +27,24 @@ class Selection:
     kernels: tuple[str, ...] = ("dmabuf", "no-dmabuf")
     checks: tuple[str, ...] = matrix.CHECKS
 
+    def cells(self) -> list[matrix.Cell]:
+        return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
+
 
 def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
-        accel: str, seed: int, ssh_port: int | None = None) -> Iterator[CellResult]:
+        accel: str, seed: int, ssh_port: int | None = None,
+        l2_qemu: Path | None = None) -> Iterator[CellResult]:
     for vi in selection.viommus:
         for kernel in selection.kernels:
             yield from run_l1(qemu, images, vi, kernel, selection, results_dir, accel, seed,
-                              ssh_port)
+                              ssh_port, l2_qemu)
 
 
 def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
-           results_dir: Path, accel: str, seed: int,
-           ssh_port: int | None = None) -> Iterator[CellResult]:
+           results_dir: Path, accel: str, seed: int, ssh_port: int | None = None,
+           l2_qemu: Path | None = None) -> Iterator[CellResult]:
+    """All selected cells of one (vIOMMU, kernel); `l2_qemu`, a local QEMU build to test
+    instead of the rootfs's packaged one."""
     wanted = matrix.cells([vi], selection.backends, [kernel], selection.checks)
     done: set[str] = set()
     run_dir = results_dir / f"{vi}-{kernel}"
@@ -45,8 +52,10 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
     try:
         with stack.booted(qemu, images, viommu(vi), kernel, run_dir, accel=accel,
                           ssh_port=ssh_port) as l1:
+            under_test = upload_qemu(l1.session, l2_qemu) if l2_qemu else L2_QEMU
             for result in scenario.run_on_l1(l1, list(selection.backends),
-                                             list(selection.checks), run_dir, seed):
+                                             list(selection.checks), run_dir, seed,
+                                             under_test):
                 done.add(result.cell.id)
                 say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                 yield result

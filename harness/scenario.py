@@ -7,6 +7,7 @@ x-no-mmap case needs an L2 of its own. The verdicts never see L2 or L1: only
 the `Evidence` collected here.
 """
 
+import dataclasses
 import random
 import re
 import time
@@ -85,7 +86,7 @@ class Timer:
 
 
 def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
-              seed: int) -> Iterator[CellResult]:
+              seed: int, qemu: str = L2_QEMU) -> Iterator[CellResult]:
     """Every (backend, check) cell of this L1's (vIOMMU, kernel), backend by backend."""
     inventory = stack.vfio.inventory([EduDevice().vendor_device, IvshmemDevice().vendor_device])
     devices = {"edu": inventory.find(EduDevice().vendor_device).bdf,
@@ -97,35 +98,36 @@ def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
             be = backend_named(name)
             cells = [matrix.Cell(stack.viommu.name, name, stack.kernel, c) for c in checks]
             yield from _run_backend(stack, be, cells, devices, probes, out / name, seed,
-                                    inventory)
+                                    inventory, qemu)
     finally:
         stack.vfio.restore(list(devices.values()))
 
 
-def _environment_gap(stack: L1Stack, be: Backend, inventory) -> str | None:
+def _environment_gap(stack: L1Stack, be: Backend, inventory, qemu: str = L2_QEMU) -> str | None:
     """Why this backend cannot run on this L1 at all, or None."""
     node_present = inventory.dev_iommu if be.name == "iommufd" else inventory.dev_vfio_container
     if not node_present:
         return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
     if be.name == "iommufd":
-        objects = stack.session.run(f"{L2_QEMU} -object help", check=False,
+        objects = stack.session.run(f"{qemu} -object help", check=False,
                                     stage="L2 capabilities").stdout.split()
         if "iommufd" not in objects:
-            version = stack.session.run(f"{L2_QEMU} --version", check=False).stdout.split("\n")[0]
+            version = stack.session.run(f"{qemu} --version", check=False).stdout.split("\n")[0]
             return f"the QEMU under test ({version}) has no iommufd object"
     return None
 
 
-def _run_backend(stack, be, cells, devices, probes, out, seed, inventory) -> list[CellResult]:
+def _run_backend(stack, be, cells, devices, probes, out, seed, inventory,
+                 qemu: str) -> list[CellResult]:
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    gap = _environment_gap(stack, be, inventory)
+    gap = _environment_gap(stack, be, inventory, qemu)
     if gap:
         return [CellResult(c, "skip", gap, {}, 0.0, str(out)) for c in cells]
     checks = {c.check for c in cells}
     timer = Timer()
     try:
-        evidence = collect(stack, be, devices, probes, checks, out, seed, timer)
+        evidence = collect(stack, be, devices, probes, checks, out, seed, timer, qemu)
     except HarnessError as e:
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = _tail(out / "l2-stderr.log")
@@ -146,10 +148,10 @@ def _run_backend(stack, be, cells, devices, probes, out, seed, inventory) -> lis
 
 def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
             probes: dict[str, DmabufProbe], checks: set[str], out: Path, seed: int,
-            timer: Timer) -> Evidence:
+            timer: Timer, qemu: str = L2_QEMU) -> Evidence:
     machine = stack.machine
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])))
+    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu)
     bar_access = p2p = None
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)
@@ -185,7 +187,7 @@ def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
     no_mmap = None
     if "dmabuf-per-region" in checks:
         with timer("no_mmap_l2"):
-            no_mmap = _no_mmap_run(stack, be, devices, out / "x-no-mmap", ports)
+            no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
     return Evidence(backend=be.name, devices=devices,
                     kernel_probe={b: (p.supported, p.error) for b, p in probes.items()},
                     main=main, bar_access=bar_access, p2p=p2p, no_mmap=no_mmap)
@@ -245,9 +247,10 @@ def _p2p(stack: L1Stack, l2: L2Qemu, edu: Edu, bar2: int, seed: int, backend: st
                        before=before, after=after, l1_dmesg=new_dmesg)
 
 
-def _no_mmap_run(stack: L1Stack, be: Backend, devices: dict[str, str], out: Path,
+def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,
                  ports: tuple[int, int]) -> L2Run:
-    spec = L2Spec(be, (L2Device(devices["edu"], "x-no-mmap=on"), L2Device(devices["ivshmem"])))
+    spec = dataclasses.replace(main, devices=(L2Device(devices["edu"], "x-no-mmap=on"),
+                                              L2Device(devices["ivshmem"])))
     with L2Qemu(stack.session, spec, out, *ports) as l2:
         process = _kernel_view(stack, l2.pid)
         alive = l2.running()

@@ -48,7 +48,7 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
     say(f"L1 {viommu.name}/{kernel}: booting ({accel}), artifacts in {run_dir}")
     began = time.monotonic()
     with L0Machine(qemu, spec, run_dir, accel=accel, ssh_port=ssh_port) as machine:
-        session = L1Session(machine.ssh_port, images.rootfs.client_key,
+        session = L1Session(machine.host_ports[22], images.rootfs.client_key,
                             images.rootfs.host_key_pub, context=machine.console_tail)
         try:
             session.wait_ready(Deadline(f"L1 boot ({viommu.name}/{kernel})", ssh_deadline),

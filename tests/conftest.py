@@ -21,3 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--matrix-viommu", action="append", choices=sorted(VIOMMUS),
                     help="vIOMMUs of the verdict matrix (default: intel-iommu, virtio-iommu)")
     group.addoption("--seed", type=int, help="seed of the P2P pattern (default: random)")
+    group.addoption("--l2-qemu", type=Path, metavar="PATH",
+                    help="a QEMU build to test as L2 instead of the rootfs's packaged one")
+    group.addoption("--keep-artifacts", action="store_true",
+                    help="keep the artifacts of every cell, not only of those that failed")

@@ -10,21 +10,31 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, matrix, paths, runner
+from harness import accel, matrix, paths, report, results
+from harness.cell_results import CellResults, Setup
 from harness.images import Images, ImageStore
 from harness.l0 import DEFAULT_DEVICES, viommu
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
-from harness.scenario import CellResult
 from harness.stack import booted
 from harness.survey import Survey, survey
 from tests.conftest import DEFAULT_VIOMMUS
+
+
+def marker(name: str) -> str:
+    """A matrix value as a marker name: -m "virtio_iommu and iommufd and p2p_dma"."""
+    return name.replace("-", "_")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/vm/" in str(item.fspath):
             item.add_marker(pytest.mark.vm)
+        cell = getattr(item, "callspec", None) and item.callspec.params.get("cell")
+        if cell is not None:
+            item.add_marker(pytest.mark.matrix)
+            for value in (cell.viommu, cell.backend, cell.kernel, cell.check):
+                item.add_marker(getattr(pytest.mark, marker(value)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -87,28 +97,25 @@ def l1_survey(l1, store) -> Survey:
     return survey(l1, DEFAULT_DEVICES, store.recipe.kernels[l1.kernel].has_dmabuf)
 
 
-class MatrixResults:
-    """Cell results, produced an L1 at a time: the first cell of a (vIOMMU, kernel)
-    boots that L1 and runs all of its cells; the others find their result here."""
-
-    def __init__(self, qemu, images, accel_name, artifacts, seed):
-        self.qemu, self.images, self.accel, self.out = qemu, images, accel_name, artifacts
-        self.seed = seed
-        self.results: dict[str, CellResult] = {}
-
-    def get(self, cell: matrix.Cell) -> CellResult:
-        if cell.id not in self.results:
-            for r in runner.run_l1(self.qemu, self.images, cell.viommu, cell.kernel,
-                                   runner.Selection(), self.out / "matrix", self.accel,
-                                   self.seed):
-                self.results[r.cell.id] = r
-        return self.results[cell.id]
-
-
 @pytest.fixture(scope="session")
-def matrix_results(pytestconfig, qemu, images, accelerator, artifacts) -> MatrixResults:
+def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
+    """One L1 per (vIOMMU, kernel) for the session; results.json and report.html at the end."""
     seed = pytestconfig.getoption("--seed")
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
+    out = artifacts / "matrix"
     print(f"\nP2P seed: {seed}")
-    return MatrixResults(qemu, images, accelerator, artifacts, seed)
+    found = CellResults(Setup(qemu, images, accelerator), out, seed,
+                        pytestconfig.getoption("--l2-qemu"))
+    yield found
+    cells = list(found.produced.values())
+    if not cells:
+        return
+    kept = [] if pytestconfig.getoption("--keep-artifacts") else results.prune(out, cells)
+    results.write(out, cells, {"seed": seed, "accel": accelerator, "front_end": "pytest",
+                               "l0_qemu": qemu.version_text,
+                               "l2_qemu": images.rootfs.qemu_version})
+    page = report.write_html(out)
+    print(f"\nmatrix results: {out / 'results.json'}\nmatrix report: {page}")
+    for directory in kept:
+        print(f"artifacts kept: {directory}")

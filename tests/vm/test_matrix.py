@@ -10,9 +10,9 @@ import pytest
 
 def test_cell(cell, matrix_results):
     result = matrix_results.get(cell)
-    if result.met and result.outcome == "skip":
-        pytest.skip(result.reason)
-    if result.met and result.outcome == "xfail":
-        pytest.xfail(result.reason)
-    assert result.met, (f"{cell.id}: expected {cell.expected}, got {result.outcome}: "
-                        f"{result.reason} (artifacts: {result.artifacts})")
+    if result["met"] and result["outcome"] == "skip":
+        pytest.skip(result["reason"])
+    if result["met"] and result["outcome"] == "xfail":
+        pytest.xfail(result["reason"])
+    assert result["met"], (f"{cell.id}: expected {cell.expected}, got {result['outcome']}: "
+                           f"{result['reason']} (artifacts: {result['artifacts']})")

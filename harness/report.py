@@ -1,0 +1,147 @@
+"""The matrix as a page people look at, and the merge of sharded runs.
+
+`render` turns results.json into one self-contained HTML file: a coloured
+table (rows vIOMMU x kernel, columns backend x check), each cell linking to
+its reason, its evidence and its artifacts further down the page. No script,
+no server: it opens from disk or from a CI artifact browser.
+
+`merge` joins the results.json of CI shards (each ran part of the matrix
+through the run filters) into one, refusing a cell that two shards both ran.
+"""
+
+import html
+import json
+import os
+from pathlib import Path
+
+from harness.errors import BadInput
+
+COLOURS = {"pass": "#2e7d32", "xfail": "#7cb342", "skip": "#9e9e9e", "fail": "#c62828",
+           "xpass": "#ef6c00", "error": "#6a1b9a"}
+ARTIFACT_NAMES = ("l2-stderr.log", "l2-trace.log", "l2-qmp.jsonl", "l2-cmdline.txt",
+                  "l2-mtree.txt", "l2-qtest.txt")
+L1_ARTIFACT_NAMES = ("l0-console.log", "l1-dmesg.txt", "l0-qmp.jsonl", "l0-cmdline.txt",
+                     "l0-qemu-stderr.log")
+
+
+def load(results_dir: Path) -> dict:
+    path = results_dir / "results.json" if results_dir.is_dir() else results_dir
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"no results.json at {path}") from None
+    except ValueError as e:
+        raise BadInput(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise BadInput(f"{path} has no 'cells' list: not a vfio-harness results.json")
+    return data
+
+
+def merge(shards: list[Path], out: Path) -> dict:
+    """One results.json from many; artifact paths rewritten to stay valid from `out`."""
+    cells: dict[str, dict] = {}
+    runs = []
+    for shard in shards:
+        data = load(shard)
+        shard_dir = shard if shard.is_dir() else shard.parent
+        runs.append({"shard": str(shard), **data.get("run", {})})
+        for cell in data["cells"]:
+            if cell["id"] in cells:
+                raise BadInput(f"cell {cell['id']} is in two shards (the second: {shard}); "
+                               f"shards must run disjoint parts of the matrix")
+            if cell.get("artifacts"):
+                cell = {**cell, "artifacts": os.path.relpath(shard_dir / cell["artifacts"], out)}
+            cells[cell["id"]] = cell
+    return {"run": {"shards": runs}, "cells": sorted(cells.values(), key=_order)}
+
+
+def _order(cell: dict) -> tuple:
+    return (cell["viommu"], cell["kernel"], cell["backend"], cell["check"])
+
+
+def render(data: dict, base: Path) -> str:
+    """The page for `data`; artifact links are relative to `base`, where it is written."""
+    cells = sorted(data["cells"], key=_order)
+    rows = sorted({(c["viommu"], c["kernel"]) for c in cells})
+    cols = sorted({(c["backend"], c["check"]) for c in cells},
+                  key=lambda bc: (bc[0] != "legacy", bc[1]))
+    by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
+    unmet = [c for c in cells if not c.get("met")]
+    e = html.escape
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+           "<title>vfio-harness matrix</title><style>",
+           "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse}",
+           "td,th{border:1px solid #ccc;padding:.4em .6em;text-align:center}",
+           "td.cell a{color:#fff;text-decoration:none;display:block}",
+           ".small{font-size:80%;opacity:.85} pre{background:#f5f5f5;padding:.6em;"
+           "overflow-x:auto;max-height:30em} .unmet{outline:3px solid #000}",
+           "</style></head><body>",
+           "<h1>vfio-harness matrix</h1>",
+           f"<p id='summary'>{len(cells)} cells, {len(unmet)} not as expected: "
+           f"{_counts(cells)}</p>",
+           f"<pre id='run'>{e(json.dumps(data.get('run', {}), indent=2))}</pre>",
+           "<table id='matrix'><tr><th>vIOMMU</th><th>kernel</th>"]
+    out += [f"<th>{e(b)}<br><span class='small'>{e(c)}</span></th>" for b, c in cols]
+    out.append("</tr>")
+    for vi, kernel in rows:
+        out.append(f"<tr><th>{e(vi)}</th><th>{e(kernel)}</th>")
+        for backend, check in cols:
+            cell = by_key.get((vi, kernel, backend, check))
+            if cell is None:
+                out.append("<td class='absent'>not run</td>")
+                continue
+            outcome = cell["outcome"]
+            mark = "" if cell.get("met") else " unmet"
+            out.append(f"<td class='cell {e(outcome)}{mark}' data-cell='{e(cell['id'])}' "
+                       f"style='background:{COLOURS.get(outcome, '#000')}'>"
+                       f"<a href='#{e(cell['id'])}'>{e(outcome)}<br>"
+                       f"<span class='small'>expected {e(cell['expected'])}</span></a></td>")
+        out.append("</tr>")
+    out.append("</table><h2>Cells</h2>")
+    for cell in cells:
+        out.append(_cell_section(cell, base))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _counts(cells: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1
+    return ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+
+
+def _cell_section(cell: dict, base: Path) -> str:
+    e = html.escape
+    parts = [f"<section id='{e(cell['id'])}'><h3>{e(cell['id'])}: "
+             f"<span style='color:{COLOURS.get(cell['outcome'], '#000')}'>"
+             f"{e(cell['outcome'])}</span> (expected {e(cell['expected'])})</h3>",
+             f"<p class='reason'>{e(cell.get('reason', ''))}</p>"]
+    if cell.get("expected_because"):
+        parts.append(f"<p class='small'>expected because {e(cell['expected_because'])}</p>")
+    parts.append(f"<p class='small'>{cell.get('duration_s', 0)} s</p>")
+    links = _artifact_links(cell.get("artifacts", ""), base)
+    if links:
+        parts.append("<p class='artifacts'>artifacts: " + " ".join(links) + "</p>")
+    parts.append(f"<details><summary>evidence</summary><pre>"
+                 f"{e(json.dumps(cell.get('evidence', {}), indent=2))}</pre></details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _artifact_links(artifacts: str, base: Path) -> list[str]:
+    """Links to the cell's artifacts that exist (passing runs may have dropped theirs)."""
+    if not artifacts:
+        return []
+    directory = base / artifacts
+    found = [(directory / n, n) for n in ARTIFACT_NAMES]
+    found += [(directory.parent / n, n) for n in L1_ARTIFACT_NAMES]
+    return [f"<a href='{html.escape(os.path.relpath(p, base))}'>{html.escape(n)}</a>"
+            for p, n in found if p.is_file()]
+
+
+def write_html(results_dir: Path, data: dict | None = None, out: Path | None = None) -> Path:
+    data = data if data is not None else load(results_dir)
+    out = out or results_dir / "report.html"
+    out.write_text(render(data, out.parent))
+    return out

@@ -1,0 +1,56 @@
+"""The L2 command line: the two backends differ in exactly two places."""
+
+import pytest
+
+from harness.errors import BadInput
+from harness.l2 import (
+    L1_QMP_PORT,
+    L1_QTEST_PORT,
+    TRACE_EVENTS,
+    L2Device,
+    L2Paths,
+    L2Spec,
+    backend,
+    build_command,
+)
+
+PATHS = L2Paths("/run/l2/x")
+DEVICES = (L2Device("0000:00:02.0"), L2Device("0000:00:03.0", "x-no-mmap=on"))
+
+
+def _arg(cmd, flag):
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+def test_legacy_and_iommufd_differ_only_in_the_object_and_device_property():
+    legacy = build_command(L2Spec(backend("legacy"), DEVICES), PATHS)
+    iommufd = build_command(L2Spec(backend("iommufd"), DEVICES), PATHS)
+    assert _arg(legacy, "-object") == []
+    assert _arg(iommufd, "-object") == ["iommufd,id=iofd0"]
+    assert _arg(legacy, "-device") == ["vfio-pci,host=0000:00:02.0",
+                                       "vfio-pci,host=0000:00:03.0,x-no-mmap=on"]
+    assert _arg(iommufd, "-device") == ["vfio-pci,host=0000:00:02.0,iommufd=iofd0",
+                                        "vfio-pci,host=0000:00:03.0,iommufd=iofd0,x-no-mmap=on"]
+    strip = {"-object", "iommufd,id=iofd0", "-device"}
+    rest = [a for a in iommufd if a not in strip and not a.startswith("vfio-pci")]
+    assert rest == [a for a in legacy if a != "-device" and not a.startswith("vfio-pci")]
+
+
+def test_qtest_accelerator_sockets_and_traces():
+    cmd = build_command(L2Spec(backend("legacy"), DEVICES), PATHS)
+    assert _arg(cmd, "-accel") == ["qtest"]
+    assert _arg(cmd, "-qtest") == [f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off"]
+    assert _arg(cmd, "-qmp") == [f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off"]
+    assert _arg(cmd, "-qtest-log") == [PATHS.qtest_log]  # not stderr, which is evidence
+    assert _arg(cmd, "-trace") == list(TRACE_EVENTS)
+    assert _arg(cmd, "-D") == [PATHS.trace]
+
+
+def test_the_qemu_under_test_can_be_another_binary():
+    cmd = build_command(L2Spec(backend("legacy"), DEVICES, qemu="/run/qemu-under-test"), PATHS)
+    assert cmd[0] == "/run/qemu-under-test"
+
+
+def test_unknown_backend():
+    with pytest.raises(BadInput, match="unknown backend 'vfio-user'"):
+        backend("vfio-user")

@@ -1,0 +1,109 @@
+"""results.json, pruning of artifacts, the HTML page and the merge of shards."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import report, results
+from harness.errors import BadInput
+from harness.matrix import Cell
+from harness.scenario import CellResult
+
+
+def make_run(tmp_path: Path, outcomes: dict[tuple[str, str], str], vi="intel-iommu",
+             kernel="dmabuf") -> tuple[Path, list[CellResult]]:
+    """A results directory with L1/L2 artifact dirs like a real run's."""
+    out = tmp_path / "run"
+    cells = []
+    for (backend, check), outcome in outcomes.items():
+        l2_dir = out / f"{vi}-{kernel}" / backend
+        l2_dir.mkdir(parents=True, exist_ok=True)
+        (l2_dir / "l2-stderr.log").write_text("stderr\n")
+        (l2_dir.parent / "l0-console.log").write_text("console\n")
+        cells.append(CellResult(Cell(vi, backend, kernel, check), outcome, f"why {outcome}",
+                                {"bytes": b"\x01\x02"}, 1.5, str(l2_dir)))
+    return out, cells
+
+
+def test_results_json_has_the_fields_and_relative_artifacts(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
+    data = json.loads(results.write(out, cells, {"seed": 1}).read_text())
+    (cell,) = data["cells"]
+    for key in ("viommu", "backend", "kernel", "check", "expected", "outcome", "reason",
+                "evidence", "duration_s"):
+        assert key in cell
+    assert cell["artifacts"] == "intel-iommu-dmabuf/legacy"
+    assert cell["evidence"]["bytes"] == "0102"
+
+
+def test_prune_keeps_what_failed_and_drops_what_passed(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
+                                     ("iommufd", "p2p-dma"): "fail"})
+    kept = results.prune(out, cells)
+    assert not (out / "intel-iommu-dmabuf" / "legacy").exists()
+    assert (out / "intel-iommu-dmabuf" / "iommufd" / "l2-stderr.log").exists()
+    assert (out / "intel-iommu-dmabuf" / "l0-console.log").exists()  # shared with the failure
+    assert kept == [out.resolve() / "intel-iommu-dmabuf" / "iommufd",
+                    out.resolve() / "intel-iommu-dmabuf"]
+
+
+def test_prune_never_removes_the_results_directory(tmp_path):
+    out = tmp_path / "run"
+    (out / "intel-iommu-dmabuf").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    l1_error = CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "pass", "", {},
+                          0.0, str(out / "intel-iommu-dmabuf"))
+    results.prune(out, [l1_error])
+    assert (out / "results.json").exists()
+
+
+def test_html_shows_every_cell_coloured_and_linked(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
+                                     ("iommufd", "p2p-dma"): "xfail"})
+    results.write(out, cells, {"seed": 1})
+    page = report.write_html(out).read_text()
+    assert page.count("class='cell ") == 2
+    assert "background:#2e7d32" in page and "background:#7cb342" in page
+    assert "href='#intel-iommu-iommufd-dmabuf-p2p-dma'" in page
+    assert "href='intel-iommu-dmabuf/legacy/l2-stderr.log'" in page
+
+
+def test_merge_rewrites_artifact_paths_and_refuses_overlaps(tmp_path):
+    a, cells_a = make_run(tmp_path / "a", {("legacy", "p2p-dma"): "pass"})
+    b, cells_b = make_run(tmp_path / "b", {("iommufd", "p2p-dma"): "fail"},
+                          vi="virtio-iommu")
+    results.write(a, cells_a, {"seed": 1})
+    results.write(b, cells_b, {"seed": 2})
+    merged_dir = tmp_path / "merged"
+    merged = report.merge([a, b], merged_dir)
+    assert [c["id"] for c in merged["cells"]] == ["intel-iommu-legacy-dmabuf-p2p-dma",
+                                                  "virtio-iommu-iommufd-dmabuf-p2p-dma"]
+    link = merged_dir / merged["cells"][0]["artifacts"] / "l2-stderr.log"
+    assert link.resolve().is_file()
+    with pytest.raises(BadInput, match="is in two shards"):
+        report.merge([a, a], merged_dir)
+
+
+def test_not_a_results_file_is_bad_input(tmp_path):
+    (tmp_path / "results.json").write_text('{"something": 1}')
+    with pytest.raises(BadInput, match="not a vfio-harness results.json"):
+        report.load(tmp_path)
+
+
+def test_junit_has_a_testcase_per_cell_with_skips_and_failures(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    _, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
+                                   ("iommufd", "p2p-dma"): "fail",
+                                   ("legacy", "dmabuf-per-region"): "error"})
+    cells.append(CellResult(Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"), "xfail",
+                            "bytes did not arrive", {}, 1.0, ""))
+    suite = ET.fromstring(results.junit(cells))
+    assert suite.get("tests") == "4" and suite.get("failures") == "1"
+    assert suite.get("errors") == "1" and suite.get("skipped") == "1"
+    by_name = {case.get("name"): case for case in suite}
+    assert by_name["intel-iommu-iommufd-dmabuf-p2p-dma"].find("failure") is not None
+    skipped = by_name["intel-iommu-iommufd-no-dmabuf-p2p-dma"].find("skipped")
+    assert skipped.get("message") == "xfail: bytes did not arrive"
+    assert len(by_name["intel-iommu-legacy-dmabuf-p2p-dma"]) == 0  # a plain pass
