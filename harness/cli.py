@@ -226,16 +226,16 @@ def _selection(args: argparse.Namespace):
 def _matrix(args: argparse.Namespace) -> int:
     cells = _selection(args).cells()
     if args.avocado_variants:
-        results = (args.results or Path("results") / "avocado").resolve()
+        cells_dir = (args.results or Path("results") / "avocado").resolve()
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-        params = {"results": str(results), "seed": seed,
+        params = {"results": str(cells_dir), "seed": seed,
                   "cache": str(paths.cache_dir(args.cache_dir))}
         if args.qemu:
             params["qemu"] = args.qemu
         args.avocado_variants.write_text(json.dumps(matrix.avocado_variants(cells, params),
                                                     indent=1))
         print(f"{len(cells)} variants in {args.avocado_variants}; results will go to "
-              f"{results} (seed {seed})")
+              f"{cells_dir} (seed {seed})")
         return 0
     for cell in cells:
         why = f"  ({cell.why})" if cell.why else ""
