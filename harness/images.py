@@ -155,10 +155,11 @@ class ImageStore:
     def build(self, variants: list[str] | None = None, force: bool = False) -> Images:
         """Build whatever is missing, stale or corrupt; a no-op when all is intact."""
         wanted = self._variants(variants)
+        states = {s.name: s for s in self.states()}  # hashes every artifact once
         todo_kernels = [self.recipe.kernels[n] for n in wanted
-                        if force or verify(self.kernel_dir(self.recipe.kernels[n]))]
-        todo_rootfs = force or verify(self.rootfs_dir()) is not None
-        for s in self.states():
+                        if force or states[f"kernel-{n}"].problem]
+        todo_rootfs = force or states["rootfs"].problem is not None
+        for s in states.values():
             if s.problem and s.directory.exists():
                 say(f"{s.name}: {s.problem}: rebuilding")
         if todo_kernels or todo_rootfs:
