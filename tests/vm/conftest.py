@@ -20,6 +20,22 @@ from harness.stack import booted
 from harness.survey import Survey, survey
 from tests.conftest import DEFAULT_VIOMMUS
 
+#: Lines for the end of the run (where results, report and kept artifacts are):
+#: a fixture's print() is captured, the terminal summary is not.
+SUMMARY = pytest.StashKey[list]()
+
+
+def say(config: pytest.Config, line: str) -> None:
+    config.stash.setdefault(SUMMARY, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("vfio-harness")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 def marker(name: str) -> str:
     """A matrix value as a marker name: -m "virtio_iommu and iommufd and p2p_dma"."""
@@ -79,7 +95,7 @@ def artifacts(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFact
     chosen = pytestconfig.getoption("--artifacts")
     path = chosen or tmp_path_factory.mktemp("vm-artifacts")
     path.mkdir(parents=True, exist_ok=True)
-    print(f"\nVM artifacts: {path}")
+    say(pytestconfig, f"VM artifacts: {path}")
     return path
 
 
@@ -104,7 +120,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     out = artifacts / "matrix"
-    print(f"\nP2P seed: {seed}")
+    say(pytestconfig, f"P2P seed: {seed}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed,
                         pytestconfig.getoption("--l2-qemu"))
     yield found
@@ -116,6 +132,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
                                "l0_qemu": qemu.version_text,
                                "l2_qemu": images.rootfs.qemu_version})
     page = report.write_html(out)
-    print(f"\nmatrix results: {out / 'results.json'}\nmatrix report: {page}")
+    say(pytestconfig, f"matrix results: {out / 'results.json'}")
+    say(pytestconfig, f"matrix report: {page}")
     for directory in kept:
-        print(f"artifacts kept: {directory}")
+        say(pytestconfig, f"artifacts kept: {directory}")
