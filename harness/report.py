@@ -79,7 +79,6 @@ def render(data: dict, base: Path) -> str:
            "<h1>vfio-harness matrix</h1>",
            f"<p id='summary'>{len(cells)} cells, {len(unmet)} not as expected: "
            f"{_counts(cells)}</p>",
-           f"<pre id='run'>{e(json.dumps(data.get('run', {}), indent=2))}</pre>",
            "<table id='matrix'><tr><th>vIOMMU</th><th>kernel</th>"]
     out += [f"<th>{e(b)}<br><span class='small'>{e(c)}</span></th>" for b, c in cols]
     out.append("</tr>")
@@ -97,7 +96,10 @@ def render(data: dict, base: Path) -> str:
                        f"<a href='#{e(cell['id'])}'>{e(outcome)}<br>"
                        f"<span class='small'>expected {e(cell['expected'])}</span></a></td>")
         out.append("</tr>")
-    out.append("</table><h2>Cells</h2>")
+    out.append("</table>")
+    out.append(f"<details id='run'><summary>run: seed, versions, selection</summary>"
+               f"<pre>{e(json.dumps(data.get('run', {}), indent=2))}</pre></details>")
+    out.append("<h2>Cells</h2>")
     for cell in cells:
         out.append(_cell_section(cell, base))
     out.append("</body></html>")
