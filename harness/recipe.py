@@ -21,8 +21,16 @@ BUILD_FORMAT = {"kernel": 1, "rootfs": 1}
 
 
 def default_recipe_dir() -> Path:
+    """$VFIO_HARNESS_RECIPES, else the checkout the package runs from, else ./images.
+
+    The recipes live in the repository, not in the package: an editable install
+    finds them beside itself, any other (tox, a wheel) in the checkout it runs in.
+    """
     env = os.environ.get("VFIO_HARNESS_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "images"
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parent.parent / "images"
+    return beside if (beside / "recipe.toml").is_file() else Path.cwd() / "images"
 
 
 @dataclass(frozen=True)
