@@ -313,10 +313,6 @@ class L0Machine:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def exit_status(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
-
     def qmp(self, command: str, **args: object) -> object:
         if self._qmp is None:
             raise HarnessError(f"QMP {command}: L0 QEMU is not running", stage="L0")

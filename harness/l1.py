@@ -10,7 +10,6 @@ import base64
 import io
 import logging
 import select
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,9 +171,6 @@ class L1Session:
     def get(self, remote: str, local: Path) -> None:
         with self.client.open_sftp() as sftp:
             sftp.get(remote, str(local))
-
-    def read(self, remote: str) -> str:
-        return self.run(f"cat {shlex.quote(remote)}", stage="L1 read").stdout
 
 
 def _fmt(out: io.BytesIO, err: io.BytesIO) -> str:

@@ -182,10 +182,6 @@ class L2Qemu:
         return self.session.run(f"cat {shlex.quote(self.paths.stderr)}", check=False,
                                 stage="L2 stderr").stdout
 
-    def exit_status(self) -> str:
-        """How L2 ended, as far as L1 can tell (it is not our child there)."""
-        return "running" if self.running() else "exited"
-
     def stop(self, timeout: float = 10.0) -> None:
         """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace."""
         if self.pid is not None and self.running():

@@ -1,10 +1,10 @@
 """A client for QEMU's qtest protocol, after QEMU's python/qemu/machine/qtest.py.
 
 With `-accel qtest` no guest code runs in L2: this socket is how the harness
-plays the guest driver (PCI config cycles, BAR reads and writes) and moves
-the virtual clock that edu's DMA timer runs on. qemu.machine is not published
-on PyPI, so its small protocol class is mirrored here, with deadlines and a
-transcript added.
+plays the guest driver (PCI config cycles, BAR reads and writes). edu's DMA
+timer runs in L0, so L2's virtual clock never needs stepping. qemu.machine is
+not published on PyPI, so its small protocol class is mirrored here, with
+deadlines and a transcript added.
 """
 
 import socket
@@ -82,12 +82,6 @@ class Qtest:
     def inl(self, port: int) -> int:
         return int(self.cmd(f"inl 0x{port:x}"), 16)
 
-    def outw(self, port: int, value: int) -> None:
-        self.cmd(f"outw 0x{port:x} 0x{value:x}")
-
-    def inw(self, port: int) -> int:
-        return int(self.cmd(f"inw 0x{port:x}"), 16)
-
     def readl(self, addr: int) -> int:
         return int(self.cmd(f"readl 0x{addr:x}"), 16)
 
@@ -105,6 +99,3 @@ class Qtest:
 
     def write(self, addr: int, data: bytes) -> None:
         self.cmd(f"write 0x{addr:x} 0x{len(data):x} 0x{data.hex()}")
-
-    def clock_step(self, ns: int | None = None) -> int:
-        return int(self.cmd("clock_step" if ns is None else f"clock_step {ns}"))

@@ -6,7 +6,7 @@ comparison with the expectation is a pure function, so it is tested without
 a VM, and the same function decides `vfio-harness run` and the VM tests.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from harness.l0 import PassthroughDevice
 from harness.l1_vfio import DmabufProbe, Inventory, L1Device
@@ -22,9 +22,6 @@ class Survey:
     bound: tuple[L1Device, ...]
     probes: dict[str, DmabufProbe]
     expect_dmabuf: bool
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def survey(stack: L1Stack, devices: tuple[PassthroughDevice, ...],
@@ -69,7 +66,3 @@ def problems(s: Survey) -> list[str]:
             out.append(f"{dev.bdf}: kernel {s.kernel} should answer ENOTTY for VFIO dma-buf, "
                        f"probe said {said}")
     return out
-
-
-def describe_probe(probe: DmabufProbe) -> str:
-    return "supported" if probe.supported else f"not supported ({probe.error})"
