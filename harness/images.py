@@ -16,6 +16,7 @@ finished one, and the manifest's sha256 catch an artifact corrupted since.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -368,7 +369,9 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
     """Run a build step into a log; report progress every `interval` seconds."""
     out.write(f"$ {' '.join(cmd)}\n")
     out.flush()
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # A session of its own, so that an interrupt stops make's compilers too, not only make.
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         while True:
             try:
@@ -378,8 +381,7 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
                 if progress:
                     progress()
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _kill_group(proc)
         raise
     if proc.returncode != 0:
         out.flush()
@@ -387,6 +389,19 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
         raise HarnessError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... failed "
                            f"(exit {proc.returncode}); full log: {getattr(out, 'name', '?')}",
                            stage=stage, details=tail)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _shell(script: str, what: str) -> None:
