@@ -7,10 +7,12 @@ x-no-mmap case needs an L2 of its own. The verdicts never see L2 or L1: only
 the `Evidence` collected here.
 """
 
+import contextlib
 import dataclasses
 import random
 import re
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,18 +73,17 @@ class CellResult:
 
 @dataclass
 class Timer:
+    """Seconds per collection step, recorded in every cell's evidence."""
+
     steps: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Step:
-            def __enter__(self):
-                self.began = time.monotonic()
-
-            def __exit__(self, *exc):
-                timer.steps[name] = round(time.monotonic() - self.began, 2)
-        return _Step()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[name] = round(time.monotonic() - began, 2)
 
 
 def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
@@ -135,14 +136,30 @@ def _run_backend(stack, be, cells, devices, probes, out, seed, inventory,
                            time.monotonic() - began, str(out)) for c in cells]
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
                                             ("p2p", "no_mmap_l2"))) / len(cells)
-    own = {"dmabuf-per-region": "no_mmap_l2", "p2p-dma": "p2p"}
+    return judge(cells, evidence, timer, shared, str(out))
+
+
+#: The collection step each check alone needs; the rest of the time is shared.
+OWN_STEP = {"dmabuf-per-region": "no_mmap_l2", "p2p-dma": "p2p"}
+
+
+def judge(cells: list[matrix.Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
+          artifacts: str) -> list[CellResult]:
+    """Each cell's verdict on the evidence, against its expectation."""
     results = []
     for cell in cells:
-        verdict = VERDICTS[cell.check](evidence)
+        duration = shared_seconds + timer.steps.get(OWN_STEP.get(cell.check, ""), 0.0)
+        try:
+            verdict = VERDICTS[cell.check](evidence)
+        except Exception as e:  # a bug in a verdict: this cell errs, the others stand
+            results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
+                                      {"traceback": traceback.format_exc()}, duration,
+                                      artifacts))
+            continue
         outcome = matrix.outcome(cell.expected, verdict.observed)
-        results.append(CellResult(
-            cell, outcome, verdict.reason, {**verdict.evidence, "timing_s": timer.steps},
-            shared + timer.steps.get(own.get(cell.check, ""), 0.0), str(out)))
+        results.append(CellResult(cell, outcome, verdict.reason,
+                                  {**verdict.evidence, "timing_s": timer.steps}, duration,
+                                  artifacts))
     return results
 
 

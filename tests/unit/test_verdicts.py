@@ -204,3 +204,24 @@ def test_fault_naming_the_address_is_quoted_first():
     assert "fault addr 0xc0200000" in iommu_faults(dmesg)[0]
     assert iommu_faults(("[ 1.0] virtio_iommu virtio0: page fault from EP 24 at 0xc0200000 []",
                          "[ 1.0] unrelated"))[0].endswith("at 0xc0200000 []")
+
+
+def test_judge_applies_expectations_and_contains_a_crashing_verdict(monkeypatch):
+    from harness import scenario
+    from harness.matrix import Cell
+
+    cells = [Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"),
+             Cell("intel-iommu", "iommufd", "no-dmabuf", "mmap-fallback")]
+    ev = captured()
+    ev = captured(p2p=dataclasses.replace(ev.p2p, after=bytes(64)))  # the bytes did not arrive
+    results = scenario.judge(cells, ev, scenario.Timer(), 1.0, "")
+    assert results[0].outcome == "xfail" and results[0].met  # expected xfail there
+
+    def boom(evidence):
+        raise KeyError("no such region")
+
+    monkeypatch.setitem(scenario.VERDICTS, "mmap-fallback", boom)
+    results = scenario.judge(cells, ev, scenario.Timer(), 1.0, "")
+    assert results[0].outcome == "xfail"                 # the other cell stands
+    assert results[1].outcome == "error" and not results[1].met
+    assert "verdict mmap-fallback crashed: KeyError" in results[1].reason
