@@ -1,10 +1,23 @@
 """vfio-harness: prove VFIO device assignment end to end under nested virtualization.
 
 Where things live:
-  l0.py         L0, this host: the QEMU that boots L1 (vIOMMU, edu, ivshmem)
-  l1.py         L1, the guest: an SSH session into it
-  l1_vfio.py    L1-side VFIO: bind devices, groups, cdevs, the kernel's dma-buf probe
-  images.py     the L1 kernel variants and rootfs, built into the cache
-  cli.py        the one entry point
+  L0    l0.py          the QEMU on this host that boots L1 (vIOMMU, edu, ivshmem)
+        accel.py       KVM only if a real boot gets through, else TCG
+  L1    l1.py          the SSH session into L1
+        l1_vfio.py     bind devices to vfio-pci, groups, cdevs, the kernel's dma-buf probe
+        guest/         what runs inside L1 (vfio_l1.py)
+        stack.py       L0 boots L1 and we log in
+  L2    l2.py          the QEMU under test, started in L1; the legacy/iommufd backends
+        qtest.py, pci.py, dma_engine.py   playing L2's guest driver: config cycles, BARs, edu
+  verdicts
+        scenario.py    one L2 per backend collects the evidence of all checks
+        evidence.py    trace lines and messages as records; the evidence bundle
+        verdicts.py    the three checks, pure functions of the evidence
+        matrix.py      the cells and their expectations, as one table
+  around
+        images.py, recipe.py, kconfig.py, debian.py   the L1 kernels and rootfs
+        runner.py, cell_results.py    the matrix run; shared by the CLI, pytest and avocado
+        results.py, report.py         results.json, JUnit, the HTML page, shard merging
+        cli.py         the one entry point; doctor.py, survey.py
 """
 __version__ = "0.1.0"
