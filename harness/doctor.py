@@ -1,5 +1,6 @@
 """`vfio-harness doctor`: what this host can do, one line per fact."""
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ def findings(store: ImageStore, qemu_name: str | None) -> list[Finding]:
     elif qemu:
         out.append(Finding(True, "accelerator", "TCG for now: KVM not probed, no L1 kernel "
                                                 "built yet (vfio-harness images build)"))
+    rootfs = states.get("rootfs")
+    if rootfs and rootfs.ok:
+        versions = json.loads((rootfs.directory / "manifest.json").read_text())["versions"]
+        out.append(Finding(True, "under test", f"qemu-system-x86 {versions['qemu-system-x86']} "
+                                               f"in the L1 rootfs (Debian sid)"))
     for s in states.values():
         state = f"ready ({s.directory})" if s.ok else (s.problem or "")
         out.append(Finding(s.ok, "image", f"{s.name}: {state}"))
