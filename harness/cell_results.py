@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import accel, matrix, paths, runner
+from harness.deadline import Deadline, wait_for
 from harness.images import Images, ImageStore
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
@@ -36,6 +37,25 @@ class Setup:
         return cls(binary, images, accel.choose(binary, kernel, store.cache).accel)
 
 
+#: The longest another process may take over an L1 and all its cells (about 20 s here).
+LOCK_DEADLINE = 1800.0
+
+
+def _lock(handle, deadline: Deadline) -> None:
+    """An exclusive lock, waited for until the deadline: a second process waits for
+    the first one's L1 rather than booting its own."""
+    wait_for(lambda: _try_lock(handle), deadline, "another process still holds the L1",
+             interval=0.5)
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 class CellResults:
     def __init__(self, setup: Setup, out: Path, seed: int, l2_qemu: Path | None = None):
         self.setup, self.out, self.seed, self.l2_qemu = setup, out, seed, l2_qemu
@@ -53,7 +73,8 @@ class CellResults:
         self.out.mkdir(parents=True, exist_ok=True)
         store = self.out / f"{viommu}-{kernel}" / "cells.json"
         with (self.out / f".lock-{viommu}-{kernel}").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first's L1
+            _lock(lock, Deadline(f"waiting for L1 {viommu}/{kernel} of another test process",
+                                 LOCK_DEADLINE))
             if store.exists():
                 return json.loads(store.read_text())
             records = {}

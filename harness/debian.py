@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from harness.checksum import sha256_file
-from harness.errors import HarnessError
+from harness.errors import HarnessError, StageTimeout
 
 _STAGE = "image build: download"
 
@@ -84,8 +84,11 @@ def installed_version(rootfs: Path, package: str) -> str | None:
     return None
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 900) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StageTimeout(f"{what} did not finish in {timeout:g} s", stage=_STAGE) from None
     if proc.returncode != 0:
         raise HarnessError(f"{what} failed (exit {proc.returncode})", stage=_STAGE,
                            details=(proc.stdout + proc.stderr)[-3000:])

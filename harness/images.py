@@ -27,8 +27,9 @@ from pathlib import Path
 
 from harness import kconfig
 from harness.checksum import sha256_file
+from harness.deadline import Deadline
 from harness.debian import PrivateApt, installed_version
-from harness.errors import BadInput, HarnessError
+from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.progress import say, step
 from harness.recipe import KernelVariant, Recipe, Rootfs
 
@@ -273,8 +274,8 @@ class ImageStore:
                         for p in ("qemu-system-x86", "openssh-server", "python3")}
             with step("rootfs: make the ext4 image"):
                 used = int(subprocess.run(["du", "-sb", "--exclude=.complete", str(base)],
-                                          capture_output=True, text=True,
-                                          check=True).stdout.split()[0])
+                                          capture_output=True, text=True, check=True,
+                                          timeout=300).stdout.split()[0])
                 size_mb = used // 2**20 * 5 // 4 + rootfs.headroom_mb
                 raw = d / "rootfs.raw"
                 with (self.build_dir / "rootfs-mkfs.log").open("w") as out:
@@ -352,7 +353,7 @@ def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
     clientkey = artifact / "id_ed25519"
     for key, comment in ((hostkey, "vfio-harness-l1"), (clientkey, "vfio-harness")):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                        "-f", str(key)], check=True, capture_output=True)
+                        "-f", str(key)], check=True, capture_output=True, timeout=60)
     shutil.move(hostkey, base / "etc/ssh/ssh_host_ed25519_key")
     (base / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
     shutil.copy2(artifact / "ssh_host_ed25519_key.pub", base / "etc/ssh/")
@@ -365,8 +366,13 @@ def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
 
 
 def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
-         interval: float = 30.0) -> None:
-    """Run a build step into a log; report progress every `interval` seconds."""
+         interval: float = 30.0, deadline_s: float = 3600.0) -> None:
+    """Run a build step into a log; report progress every `interval` seconds.
+
+    The deadline is generous (a kernel compiles in about 7 minutes here): it is
+    there so that a wedged step ends, naming itself, instead of hanging CI.
+    """
+    deadline = Deadline(stage, deadline_s)
     out.write(f"$ {' '.join(cmd)}\n")
     out.flush()
     # A session of its own, so that an interrupt stops make's compilers too, not only make.
@@ -378,6 +384,10 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
                 proc.wait(timeout=interval)
                 break
             except subprocess.TimeoutExpired:
+                if deadline.expired:
+                    raise deadline.timeout(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... "
+                                           f"still running",
+                                           details=_tail(Path(out.name), 20)) from None
                 if progress:
                     progress()
     except BaseException:
@@ -405,8 +415,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _shell(script: str, what: str) -> None:
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
-                          text=True)
+    try:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
+                              text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise StageTimeout(f"{what} did not finish in 900 s", stage="image build") from None
     if proc.returncode != 0:
         raise HarnessError(f"{what} failed (exit {proc.returncode})", stage="image build",
                            details=proc.stderr[-3000:])

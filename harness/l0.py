@@ -246,7 +246,7 @@ class L0Machine:
             self.host_ports.setdefault(guest, free_port())
         proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                                "-b", str(self.spec.rootfs), str(self.files.overlay)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise HarnessError("cannot create the L1 disk overlay", stage="L0",
                                details=proc.stderr)

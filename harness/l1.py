@@ -159,19 +159,32 @@ class L1Session:
             dmesg = f"(dmesg unavailable: {e})"
         return f"\n--- L1 dmesg tail ---\n{dmesg}\n--- L0 console tail ---\n{self.context()}"
 
-    def put(self, local: Path | bytes, remote: str, mode: int = 0o644) -> None:
-        with self.client.open_sftp() as sftp:
+    def put(self, local: Path | bytes, remote: str, mode: int = 0o644,
+            timeout: float = 120.0) -> None:
+        def send(sftp: paramiko.SFTPClient) -> None:
             if isinstance(local, bytes):
                 with sftp.open(remote, "wb") as f:
                     f.write(local)
             else:
                 sftp.put(str(local), remote)
             sftp.chmod(remote, mode)
+        self._sftp(send, f"upload to {remote}", timeout)
 
-    def get(self, remote: str, local: Path) -> None:
-        with self.client.open_sftp() as sftp:
-            sftp.get(remote, str(local))
+    def get(self, remote: str, local: Path, timeout: float = 120.0) -> None:
+        self._sftp(lambda sftp: sftp.get(remote, str(local)), f"download of {remote}", timeout)
 
+    def _sftp(self, action: Callable[[paramiko.SFTPClient], object], what: str,
+              timeout: float) -> None:
+        """An SFTP transfer with a deadline; a stalled or failed one raises, naming itself."""
+        try:
+            with self.client.open_sftp() as sftp:
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(timeout)
+                action(sftp)
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"{what} failed: {e or type(e).__name__}",
+                               stage="L1 file transfer") from None
 
 def _fmt(out: io.BytesIO, err: io.BytesIO) -> str:
     return (f"--- stdout ---\n{out.getvalue().decode(errors='replace')[-3000:]}"

@@ -1,0 +1,24 @@
+"""A build step that hangs ends at its deadline, naming its stage, and leaves nothing behind."""
+
+import subprocess
+import time
+
+import pytest
+
+from harness.errors import StageTimeout
+from harness.images import _run
+
+
+def test_a_hanging_step_ends_at_its_deadline_with_its_children(tmp_path):
+    log = tmp_path / "step.log"
+    marker = "sleep 31.4159"  # a child of the step's shell, which must die with it
+    began = time.monotonic()
+    with log.open("w") as out, pytest.raises(StageTimeout) as e:
+        _run(["bash", "-c", f"echo compiling; {marker}; true"], out, "image build: test",
+             interval=0.2, deadline_s=1.0)
+    assert time.monotonic() - began < 10
+    assert e.value.stage == "image build: test"
+    assert "still running" in e.value.message and "compiling" in e.value.details
+    time.sleep(0.2)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    assert left == ""
