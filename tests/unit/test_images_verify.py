@@ -64,3 +64,21 @@ def test_failed_fill_leaves_only_a_partial_dir(tmp_path):
         pass
     assert verify(final) == "not built"
     assert final.with_name(final.name + ".partial").exists()
+
+
+def test_clean_removes_stale_and_partial_artifacts_only(tmp_path):
+    from harness.images import ImageStore
+    from harness.recipe import Recipe
+
+    store = ImageStore(Recipe.load(), tmp_path / "cache")
+    current = store.kernel_dir(store.recipe.kernels["dmabuf"])
+    stale = store.artifacts / "kernel-dmabuf-0000000000000000"
+    partial = store.artifacts / (store.rootfs_dir().name + ".partial")
+    for d in (current, stale, partial):
+        d.mkdir(parents=True)
+        (d / "bzImage").write_bytes(b"x")
+    assert store.stale() == sorted([stale, partial])
+    assert sorted(store.clean()) == sorted([stale, partial])
+    assert current.exists() and not stale.exists() and not partial.exists()
+    store.clean(everything=True)
+    assert not store.cache.exists()
