@@ -18,6 +18,7 @@ from pathlib import Path
 from harness.deadline import Deadline
 from harness.errors import BadInput, HarnessError
 from harness.l1 import L1Session
+from harness.progress import say
 from harness.qmp import TranscribedQmp
 from harness.qtest import Qtest
 
@@ -183,21 +184,15 @@ class L2Qemu:
                                 stage="L2 stderr").stdout
 
     def stop(self, timeout: float = 10.0) -> None:
-        """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace."""
-        if self.pid is not None and self.running():
-            if self.qmp.connected:
-                try:
-                    self.qmp.cmd("quit")
-                except Exception:  # the signals below still stop it
-                    pass
-            for sig in (None, "TERM", "KILL"):
-                if sig:
-                    self.session.run(f"kill -{sig} {self.pid}", check=False, stage="L2 stop")
-                end = time.monotonic() + timeout
-                while self.running() and time.monotonic() < end:
-                    time.sleep(0.1)
-                if not self.running():
-                    break
+        """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace.
+
+        Called on the way out of failures too, so it never raises: if L1 itself
+        is gone, L2 went with it and L0's shutdown finishes the job.
+        """
+        try:
+            self._terminate(timeout)
+        except HarnessError as e:
+            say(f"L2 {self.paths.directory}: not stopped cleanly: {e.message}")
         self.qmp.close()
         self.qtest.close()
         for remote, local in ((self.paths.stderr, "l2-stderr.log"),
@@ -206,4 +201,21 @@ class L2Qemu:
             try:
                 self.session.get(remote, self.artifacts / local)
             except (OSError, HarnessError):
-                (self.artifacts / local).write_text("")  # L2 never wrote it
+                (self.artifacts / local).write_text("")  # L2 never wrote it, or L1 is gone
+
+    def _terminate(self, timeout: float) -> None:
+        if self.pid is None or not self.running():
+            return
+        if self.qmp.connected:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:  # the signals below still stop it
+                pass
+        for sig in (None, "TERM", "KILL"):
+            if sig:
+                self.session.run(f"kill -{sig} {self.pid}", check=False, stage="L2 stop")
+            end = time.monotonic() + timeout
+            while self.running() and time.monotonic() < end:
+                time.sleep(0.1)
+            if not self.running():
+                return
