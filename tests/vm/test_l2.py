@@ -66,3 +66,29 @@ def test_trace_events_switched_on_at_run_time(l1, tmp_path):
     assert min(switched) > realize_end  # off at start, on only after the QMP command
     assert any(f"0x{address:x}" in records[i].text for i in switched)
     assert no_qemu_in(stack)
+
+
+def test_a_qemu_build_brought_by_the_user_is_the_one_under_test(l1, tmp_path):
+    """--l2-qemu: a local binary is uploaded into L1 and L2 runs from it."""
+    from harness.l2 import UPLOADED_QEMU, upload_qemu
+
+    stack, inventory = l1
+    local = tmp_path / "qemu-system-x86_64"
+    stack.session.get("/usr/bin/qemu-system-x86_64", local)  # a real build, as a user's would be
+    assert upload_qemu(stack.session, local) == UPLOADED_QEMU
+    edu = inventory.find(Edu().vendor_device).bdf
+    spec = L2Spec(backend("iommufd"), (L2Device(edu),), qemu=UPLOADED_QEMU)
+    with l2(stack, spec, tmp_path / "l2") as q:
+        exe = stack.session.run(f"readlink /proc/{q.pid}/exe").stdout.strip()
+        assert exe == UPLOADED_QEMU
+        assert q.qmp.cmd("query-version")["qemu"]["major"] >= 10
+
+
+def test_a_qemu_under_test_that_does_not_run_in_l1_is_an_error(l1, tmp_path):
+    from harness.l2 import upload_qemu
+
+    stack, _ = l1
+    bogus = tmp_path / "qemu-system-x86_64"
+    bogus.write_text("#!/bin/sh\nexit 1\n")
+    with pytest.raises(HarnessError, match="does not run in L1"):
+        upload_qemu(stack.session, bogus)
