@@ -49,29 +49,17 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
     return out
 
 
-def _l1_parts(args: argparse.Namespace):
-    """The L0 QEMU, the images and the accelerator an L1 of `args.kernel` boots with."""
-    from harness import accel, paths
-    from harness.images import ImageStore
-    from harness.qemu_binary import QemuBinary
-    from harness.recipe import Recipe
-
-    store = ImageStore(Recipe.load(), paths.cache_dir())
-    images = store.load([args.kernel])
-    qemu = QemuBinary.find()
-    return qemu, images, accel.choose(qemu, images.kernels[args.kernel].bzimage, store.cache)
-
-
 def l1_boot(args: argparse.Namespace) -> list[float]:
+    from harness.cell_results import Setup
     from harness.l0 import viommu
     from harness.stack import booted
 
-    qemu, images, choice = _l1_parts(args)
+    setup = Setup.from_environment(kernels=[args.kernel])
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
         for i in range(args.runs):
-            with booted(qemu, images, viommu(args.viommu), args.kernel, Path(tmp) / str(i),
-                        accel=choice.accel) as l1:
+            with booted(setup.qemu, setup.images, viommu(args.viommu), args.kernel,
+                        Path(tmp) / str(i), accel=setup.accel) as l1:
                 out.append(l1.boot_seconds)
     return out
 
@@ -86,14 +74,15 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 
 def l2_scenario(args: argparse.Namespace) -> list[float]:
     from harness import matrix, scenario
+    from harness.cell_results import Setup
     from harness.l0 import viommu
     from harness.stack import booted
 
-    qemu, images, choice = _l1_parts(args)
+    setup = Setup.from_environment(kernels=[args.kernel])
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp, \
-            booted(qemu, images, viommu(args.viommu), args.kernel, Path(tmp) / "l1",
-                   accel=choice.accel) as l1:
+            booted(setup.qemu, setup.images, viommu(args.viommu), args.kernel,
+                   Path(tmp) / "l1", accel=setup.accel) as l1:
         for i in range(args.runs + 1):  # the first run warms L1's page cache: not counted
             began = time.monotonic()
             cells = list(scenario.run_on_l1(l1, [args.backend], list(matrix.CHECKS),

@@ -29,9 +29,11 @@ class Setup:
     accel: str
 
     @classmethod
-    def from_environment(cls, cache: str | None = None, qemu: str | None = None) -> "Setup":
+    def from_environment(cls, cache: str | None = None, qemu: str | None = None,
+                         kernels: list[str] | None = None) -> "Setup":
+        """The built images (all kernel variants, or `kernels`), L0 QEMU and accelerator."""
         store = ImageStore(Recipe.load(), paths.cache_dir(cache))
-        images = store.load()
+        images = store.load(kernels)
         binary = QemuBinary.find(qemu)
         kernel = next(iter(images.kernels.values())).bzimage
         return cls(binary, images, accel.choose(binary, kernel, store.cache).accel)

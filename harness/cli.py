@@ -12,7 +12,6 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 
 import argparse
 import json
-import random
 import signal
 import sys
 import time
@@ -180,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     choice = accel.choose(qemu, any_kernel, store.cache,
                           force=None if args.accel == "auto" else args.accel)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    seed = args.seed if args.seed is not None else matrix.new_seed()
     out = args.results or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     say(f"results and artifacts: {out.resolve()} (seed {seed})")
@@ -227,7 +226,7 @@ def _matrix(args: argparse.Namespace) -> int:
     cells = _selection(args).cells()
     if args.avocado_variants:
         cells_dir = (args.results or Path("results") / "avocado").resolve()
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+        seed = args.seed if args.seed is not None else matrix.new_seed()
         params = {"results": str(cells_dir), "seed": seed,
                   "cache": str(paths.cache_dir(args.cache_dir))}
         if args.qemu:

@@ -4,6 +4,7 @@ The CLI, the pytest parametrization and the avocado variants all read this
 table; none of them restates an expectation.
 """
 
+import random
 from dataclasses import dataclass
 
 CHECKS = ("dmabuf-per-region", "mmap-fallback", "p2p-dma")
@@ -33,6 +34,11 @@ WHY = {
 }
 
 OUTCOMES = ("pass", "fail", "xfail", "xpass", "skip", "error")
+
+
+def new_seed() -> int:
+    """A fresh seed for a run's P2P patterns; runs record it so a pattern can be redone."""
+    return random.SystemRandom().randrange(2**32)
 
 
 def _parse(table: str) -> dict[tuple[str, str, str], str]:

@@ -5,7 +5,6 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
-import random
 from pathlib import Path
 
 import pytest
@@ -118,7 +117,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     """One L1 per (vIOMMU, kernel) for the session; results.json and report.html at the end."""
     seed = pytestconfig.getoption("--seed")
     if seed is None:
-        seed = random.SystemRandom().randrange(2**32)
+        seed = matrix.new_seed()
     out = artifacts / "matrix"
     say(pytestconfig, f"P2P seed: {seed}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed,
