@@ -73,7 +73,7 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 
 
 def l2_scenario(args: argparse.Namespace) -> list[float]:
-    from harness import matrix, scenario
+    from harness import matrix, runner
     from harness.cell_results import Setup
     from harness.l0 import viommu
     from harness.stack import booted
@@ -83,9 +83,10 @@ def l2_scenario(args: argparse.Namespace) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp, \
             booted(setup.qemu, setup.images, viommu(args.viommu), args.kernel,
                    Path(tmp) / "l1", accel=setup.accel) as l1:
+        under_test = runner.qemu_under_test(l1, None)
         for i in range(args.runs + 1):  # the first run warms L1's page cache: not counted
             began = time.monotonic()
-            cells = list(scenario.run_on_l1(l1, [args.backend], list(matrix.CHECKS),
+            cells = list(runner.cells_on_l1(l1, under_test, (args.backend,), matrix.CHECKS,
                                             Path(tmp) / str(i), seed=i))
             if i:
                 out.append(time.monotonic() - began)

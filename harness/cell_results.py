@@ -1,25 +1,35 @@
-"""Cell results for test front ends, an L1 at a time, shared through the results directory.
+"""Cell results for test front ends, an L1 at a time, shared within one run only.
 
 pytest asks for cells one test at a time in one process; avocado runs every
-test in a process of its own, two at a time. Either way the first cell of a
-(vIOMMU, kernel) boots that L1 and runs all of its cells, and the others read
-their result: the records are written to `<out>/<viommu>-<kernel>/cells.json`
-under a lock, so no L1 is booted twice and no front end has scenario code of
-its own.
+test in a process of its own. Either way the first cell of a (vIOMMU, kernel)
+boots that L1 and runs all of its cells, and the others take their result:
+within a process from memory, across avocado's processes from
+`<out>/<viommu>-<kernel>/cells.json`, written atomically under a lock.
+
+That file is stamped with the run's identity (its id, seed, QEMU under test and
+its sha256, image keys, harness version). A process reuses it only when the
+identity is its own: a file left by an earlier run, or by a run of another
+QEMU, means a fresh boot, so a re-run never replays old verdicts. A file that
+is torn or not ours is an error that names it.
 """
 
 import fcntl
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import accel, matrix, paths, runner
+from harness import __version__, accel, files, paths, runner
+from harness.checksum import sha256_file
 from harness.deadline import Deadline, wait_for
+from harness.errors import HarnessError
 from harness.images import Images, ImageStore
+from harness.matrix import Cell, CellResult
+from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
 from harness.results import jsonable
-from harness.scenario import CellResult
+
+FORMAT = "vfio-harness cells 1"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,28 @@ class Setup:
         binary = QemuBinary.find(qemu)
         kernel = next(iter(images.kernels.values())).bzimage
         return cls(binary, images, accel.choose(binary, kernel, store.cache).accel)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes two processes part of the same run: only then may one use the other's cells."""
+
+    run_id: str
+    seed: int
+    l2_qemu: str
+    l2_qemu_sha256: str
+    images: dict[str, str]
+    harness: str
+
+    @classmethod
+    def of(cls, run_id: str, seed: int, setup: Setup, l2_qemu: Path | None) -> "RunIdentity":
+        images = {f"kernel-{n}": k.manifest.get("key", "") for n, k in setup.images.kernels.items()}
+        images["rootfs"] = setup.images.rootfs.manifest.get("key", "")
+        if l2_qemu:
+            qemu, sha = str(l2_qemu.resolve()), sha256_file(l2_qemu)
+        else:
+            qemu, sha = f"packaged {setup.images.rootfs.qemu_version}", ""
+        return cls(run_id, seed, qemu, sha, images, __version__)
 
 
 #: The longest another process may take over an L1 and all its cells (about 20 s here).
@@ -58,18 +90,49 @@ def _try_lock(handle) -> bool:
         return False
 
 
+def read_store(path: Path, identity: RunIdentity) -> dict[str, dict] | None:
+    """The records in `path` if this run wrote them; None if absent or from another run."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{path} is torn or unreadable ({e}); remove it or use another "
+                           f"results directory", stage="shared cell results") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT \
+            or not isinstance(data.get("identity"), dict) \
+            or not isinstance(data.get("cells"), dict):
+        raise HarnessError(f"{path} is not a vfio-harness cell results file ({FORMAT}); remove "
+                           f"it or use another results directory", stage="shared cell results")
+    if data["identity"] != asdict(identity):
+        theirs = data["identity"].get("run_id", "?")
+        say(f"{path}: from another run ({theirs}), not this one ({identity.run_id}): "
+            f"booting afresh")
+        return None
+    return data["cells"]
+
+
 class CellResults:
-    def __init__(self, setup: Setup, out: Path, seed: int, l2_qemu: Path | None = None):
+    def __init__(self, setup: Setup, out: Path, seed: int, run_id: str,
+                 l2_qemu: Path | None = None):
         self.setup, self.out, self.seed, self.l2_qemu = setup, out, seed, l2_qemu
+        self.identity = RunIdentity.of(run_id, seed, setup, l2_qemu)
         self._memory: dict[str, dict] = {}
         #: The results this process produced itself (the others' are only records).
         self.produced: dict[str, CellResult] = {}
 
-    def get(self, cell: matrix.Cell) -> dict:
+    def get(self, cell: Cell) -> dict:
         """The record of `cell` (as in results.json), running its L1 if nobody has yet."""
         if cell.id not in self._memory:
             self._memory.update(self._l1_records(cell.viommu, cell.kernel))
         return self._memory[cell.id]
+
+    def qemu_under_test(self) -> dict | None:
+        """The QEMU under test as the runs of this process found it in L1."""
+        for record in self._memory.values():
+            if "qemu_under_test" in record.get("evidence", {}):
+                return record["evidence"]["qemu_under_test"]
+        return None
 
     def _l1_records(self, viommu: str, kernel: str) -> dict[str, dict]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -77,14 +140,16 @@ class CellResults:
         with (self.out / f".lock-{viommu}-{kernel}").open("w") as lock:
             _lock(lock, Deadline(f"waiting for L1 {viommu}/{kernel} of another test process",
                                  LOCK_DEADLINE))
-            if store.exists():
-                return json.loads(store.read_text())
+            shared = read_store(store, self.identity)
+            if shared is not None:
+                return shared
             records = {}
             for result in runner.run_l1(self.setup.qemu, self.setup.images, viommu, kernel,
                                         runner.Selection(), self.out, self.setup.accel,
                                         self.seed, l2_qemu=self.l2_qemu):
                 self.produced[result.cell.id] = result
                 records[result.cell.id] = result.record()
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps(records, indent=2, default=jsonable))
+            files.write_atomic(store, json.dumps(
+                {"format": FORMAT, "identity": asdict(self.identity), "cells": records},
+                indent=2, default=jsonable))
             return records

@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 
 from harness import accel, doctor, matrix, paths, report
-from harness.checksum import sha256_file
 from harness.errors import BadInput, HarnessError
 from harness.images import ImageStore
 from harness.l0 import VIOMMUS, check_port, viommu
@@ -81,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     cells.add_argument("--results", type=Path, help="with --avocado-variants: where the "
                                                     "avocado tests put results and artifacts")
     cells.add_argument("--seed", type=int, help="with --avocado-variants: the P2P seed")
+    cells.add_argument("--l2-qemu", type=Path, metavar="PATH",
+                       help="with --avocado-variants: the QEMU build to test as L2")
 
     report = sub.add_parser("report", help="an HTML page of a run, or the merge of shards")
     rsub = report.add_subparsers(dest="report_action", required=True)
@@ -192,8 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         info = {"seed": seed, "accel": choice.accel, "accel_reason": choice.reason,
                 "l0_qemu": qemu.version_text,
-                "l2_qemu": (f"{args.l2_qemu} (sha256 {sha256_file(args.l2_qemu)})"
-                            if args.l2_qemu else images.rootfs.qemu_version),
+                "l2_qemu": results.qemu_under_test(cells),
                 "kernels": {n: k.manifest["versions"]["kernel"] for n, k in images.kernels.items()},
                 "selection": vars(selection), "duration_s": round(time.monotonic() - began, 1),
                 "complete": len(cells) == len(selection.cells())}
@@ -203,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.junit:
             args.junit.parent.mkdir(parents=True, exist_ok=True)
             args.junit.write_text(results.junit(cells))
-        print("\n" + results.table(cells))
+        if cells:
+            print("\n" + results.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         if args.keep_artifacts:
             print(f"artifacts (all kept): {out.resolve()}")
@@ -231,14 +232,18 @@ def _matrix(args: argparse.Namespace) -> int:
                   "cache": str(paths.cache_dir(args.cache_dir))}
         if args.qemu:
             params["qemu"] = args.qemu
+        if args.l2_qemu:
+            if not args.l2_qemu.is_file():
+                raise BadInput(f"QEMU under test {args.l2_qemu} does not exist")
+            params["l2_qemu"] = str(args.l2_qemu.resolve())
         args.avocado_variants.write_text(json.dumps(matrix.avocado_variants(cells, params),
                                                     indent=1))
         print(f"{len(cells)} variants in {args.avocado_variants}; results will go to "
               f"{cells_dir} (seed {seed})")
         return 0
     for cell in cells:
-        why = f"  ({cell.why})" if cell.why else ""
-        print(f"{cell.id:<48} {cell.expected}{why}")
+        why = f"  because {cell.why}" if cell.why else ""
+        print(f"{cell.id:<48} {cell.expectation.describe()}{why}")
     return 0
 
 

@@ -26,7 +26,7 @@ class DmaEngine(Protocol):
         """Copy `size` bytes from the device's buffer to bus address `iova`."""
 
 
-class Edu:
+class EduEngine:
     """hw/misc/edu.c: a 4 KiB buffer at device address 0x40000, DMA on a timer."""
 
     name = "edu"

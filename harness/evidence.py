@@ -3,12 +3,15 @@
 Verdicts judge by trace events first and messages second, so both are parsed
 here, once, into records a verdict can count and compare. Message wordings of
 QEMU 11.0 and 11.1 are both accepted. Lines that match nothing are kept as
-`Other`, so nothing L2 said is lost from the evidence.
+`Other`, so nothing L2 said is lost from the evidence; but a line of a known
+event that no longer matches its format is `Unparsed`, and a warning about
+dma-buf in an unknown wording is `UnknownDmabufWarning`: the verdicts report
+both as such, rather than counting them as absent.
 """
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # -- trace events -------------------------------------------------------------------------
 
@@ -81,8 +84,16 @@ class Other:
     text: str
 
 
+@dataclass(frozen=True)
+class Unparsed:
+    """A line of an event the verdicts read, in a format this harness does not know."""
+
+    event: str
+    text: str
+
+
 TraceRecord = (RegionSetup | RegionMmap | RegionDmabuf | ListenerAddRam | ListenerNoDmaMap
-               | IommufdMapFile | IommufdMap | Other)
+               | IommufdMapFile | IommufdMap | Unparsed | Other)
 
 _HEX = r"0x[0-9a-fA-F]+"
 _TRACE = re.compile(r"^(?:\d+@[\d.]+:)?(?P<event>[a-z0-9_]+) ?(?P<rest>.*)$")
@@ -134,6 +145,7 @@ def parse_trace_line(line: str) -> TraceRecord | None:
         if fields:
             return cls(**{k: (_convert(v) if k not in ("name", "device") else v)
                           for k, v in fields.groupdict().items()})
+        return Unparsed(event, rest)
     return Other(event, rest)
 
 
@@ -181,12 +193,20 @@ class P2PNotSupported:
 
 
 @dataclass(frozen=True)
+class UnknownDmabufWarning:
+    """A message about dma-buf or the mmap fallback in a wording none of the patterns know:
+    a known warning reworded, or a new one. Never silently 'no warning'."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class OtherMessage:
     text: str
 
 
 Message = (DmabufNotSupported | DmabufUnavailable | IoasMapFailed | ContainerDmaMapFailed
-           | P2PNotSupported | OtherMessage)
+           | P2PNotSupported | UnknownDmabufWarning | OtherMessage)
 
 # 11.1 says "P2P DMA will not work"; 11.0 said "PCI BAR IOMMU mappings may fail".
 _CONSEQUENCE = r"(?:P2P DMA will not work|PCI BAR IOMMU mappings may fail)"
@@ -208,6 +228,10 @@ _MESSAGES: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], Message]]]
 ]
 
 
+#: What makes a line a dma-buf warning whatever its wording.
+_DMABUF_FAMILY = re.compile(r"dma-?buf|mmap fallback", re.IGNORECASE)
+
+
 def parse_message(line: str) -> Message | None:
     text = line.strip()
     if not text:
@@ -217,6 +241,8 @@ def parse_message(line: str) -> Message | None:
         m = pattern.search(body)
         if m:
             return make(m, text)
+    if _DMABUF_FAMILY.search(body):
+        return UnknownDmabufWarning(text)
     return OtherMessage(text)
 
 
@@ -256,6 +282,7 @@ class P2PTransfer:
     before: bytes           # the destination in the file before the DMA (zeroed by L0)
     after: bytes            # the destination in the file after the DMA
     l1_dmesg: tuple[str, ...]  # what L1's kernel logged during the DMA (IOMMU faults)
+    engine_error: str | None = None  # why the DMA engine was not started, if it was not
 
     @property
     def arrived(self) -> bool:
@@ -264,10 +291,23 @@ class P2PTransfer:
 
 @dataclass(frozen=True)
 class KernelProcess:
-    """What the L1 kernel says the L2 process holds (from /proc/PID/fd and fdinfo)."""
+    """What the L1 kernel says the L2 process holds (from /proc/PID/fd, fdinfo and maps)."""
 
     dmabuf_fds: tuple[tuple[int, int, str | None], ...]  # (fd, size, exporter)
-    vfio_maps: tuple[str, ...]
+    vfio_maps: tuple[str, ...]  # the /proc/PID/maps lines of VFIO device mappings
+
+    def vfio_map_sizes(self) -> list[int]:
+        """Sizes of the process's mappings of VFIO device fds: its BAR mmaps, as the kernel
+        sees them (not as QEMU reports them)."""
+        sizes = []
+        for line in self.vfio_maps:
+            span = line.split(maxsplit=1)[0] if line.strip() else ""
+            start, _, end = span.partition("-")
+            try:
+                sizes.append(int(end, 16) - int(start, 16))
+            except ValueError:
+                continue
+        return sorted(sizes)
 
 
 @dataclass(frozen=True)
@@ -282,6 +322,15 @@ class L2Run:
 
 
 @dataclass(frozen=True)
+class QemuFacts:
+    """What the QEMU under test said of itself before any L2 ran (qemu_under_test.probe)."""
+
+    version: str
+    has_dmabuf_event: bool      # `-trace help` lists vfio_region_dmabuf
+    has_iommufd_object: bool    # `-object help` lists iommufd
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything the verdicts of one (vIOMMU, kernel, backend) are decided from."""
 
@@ -292,7 +341,21 @@ class Evidence:
     bar_access: BarAccess | None = None
     p2p: P2PTransfer | None = None
     no_mmap: L2Run | None = None          # a second L2 with x-no-mmap=on on edu
+    #: The memory BARs of each device as the L1 kernel has them (BDF -> BAR index -> size):
+    #: what QEMU must set up, whatever its trace says.
+    bars: dict[str, dict[int, int]] = field(default_factory=dict)
+    qemu: QemuFacts | None = None
 
     @property
-    def kernel_has_dmabuf(self) -> bool:
-        return all(supported for supported, _ in self.kernel_probe.values())
+    def kernel_dmabuf(self) -> bool | None:
+        """The kernel's own answer: True if every device supports VFIO dma-buf, False if
+        every one answered ENOTTY (the stub of a kernel built without it), None if the
+        probe gave no usable answer (no device probed, mixed or other errors)."""
+        answers = list(self.kernel_probe.values())
+        if not answers:
+            return None
+        if all(ok for ok, _ in answers):
+            return True
+        if all(not ok and (err or "").startswith("ENOTTY") for ok, err in answers):
+            return False
+        return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import kconfig
+from harness import files, kconfig
 from harness.checksum import sha256_file
 from harness.deadline import Deadline
 from harness.debian import PrivateApt, installed_version
@@ -387,7 +387,7 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
                 if deadline.expired:
                     raise deadline.timeout(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... "
                                            f"still running",
-                                           details=_tail(Path(out.name), 20)) from None
+                                           details=files.tail(Path(out.name), 20)) from None
                 if progress:
                     progress()
     except BaseException:
@@ -395,7 +395,7 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
         raise
     if proc.returncode != 0:
         out.flush()
-        tail = _tail(Path(out.name), 40) if hasattr(out, "name") else ""
+        tail = files.tail(Path(out.name), 40) if hasattr(out, "name") else ""
         raise HarnessError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... failed "
                            f"(exit {proc.returncode}); full log: {getattr(out, 'name', '?')}",
                            stage=stage, details=tail)
@@ -425,13 +425,6 @@ def _shell(script: str, what: str) -> None:
                            details=proc.stderr[-3000:])
 
 
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _compile_progress(log: Path, name: str) -> None:
     text = log.read_text(errors="replace").splitlines()
     compiled = sum(1 for line in text if line.startswith("  CC "))
@@ -440,7 +433,7 @@ def _compile_progress(log: Path, name: str) -> None:
 
 
 def _last_line(log: Path, prefix: str) -> None:
-    last = _tail(log, 1)
+    last = files.tail(log, 1)
     if last:
         say(f"{prefix}: {last.strip()}")
 

@@ -68,7 +68,7 @@ class PassthroughDevice:
 
 
 @dataclass(frozen=True)
-class Edu(PassthroughDevice):
+class EduDevice(PassthroughDevice):
     name: str = "edu"
     vendor_device: str = "1234:11e8"
     device: str = "edu"
@@ -79,7 +79,7 @@ class Edu(PassthroughDevice):
 
 
 @dataclass(frozen=True)
-class Ivshmem(PassthroughDevice):
+class IvshmemDevice(PassthroughDevice):
     name: str = "ivshmem"
     vendor_device: str = "1af4:1110"
     device: str = "ivshmem-plain"
@@ -91,7 +91,7 @@ class Ivshmem(PassthroughDevice):
                 "-device", "ivshmem-plain,memdev=ivmem"]
 
 
-DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (Edu(), Ivshmem())
+DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (EduDevice(), IvshmemDevice())
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,34 @@
-"""The matrix: which cells exist and what each is expected to do, written once, as data.
+"""The run's model, in one place: what a cell is, what was expected of it and why, and what
+it produced.
 
-The CLI, the pytest parametrization and the avocado variants all read this
-table; none of them restates an expectation.
+The expectations are one table, as data; the CLI, the pytest parametrization
+and the avocado variants all read it, and none of them restates an
+expectation. An expectation other than pass carries a signature: the findings
+(named in verdicts.FINDINGS) that the verdict must have established for the
+skip or the failure to be the one expected. A failure for another reason is a
+failure; a skip for another reason is not the expected skip.
 """
 
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+
+from harness.verdicts import FINDINGS
 
 CHECKS = ("dmabuf-per-region", "mmap-fallback", "p2p-dma")
 BACKENDS = ("legacy", "iommufd")
 DEFAULT_VIOMMUS = ("intel-iommu", "virtio-iommu")
 
 #: Expected outcome per (check, kernel variant, backend); the same for every vIOMMU.
+#: `skip[a,b]` / `xfail[a,b]`: the findings that must be present (the signature).
 EXPECTATIONS_TABLE = """
-# check             kernel      legacy   iommufd
-dmabuf-per-region   dmabuf      pass     pass
-dmabuf-per-region   no-dmabuf   skip     skip
-mmap-fallback       dmabuf      pass     pass
-mmap-fallback       no-dmabuf   pass     pass
-p2p-dma             dmabuf      pass     pass
-p2p-dma             no-dmabuf   pass     xfail
+# check             kernel      legacy                     iommufd
+dmabuf-per-region   dmabuf      pass                       pass
+dmabuf-per-region   no-dmabuf   skip[kernel-lacks-dmabuf]  skip[kernel-lacks-dmabuf]
+mmap-fallback       dmabuf      pass                       pass
+mmap-fallback       no-dmabuf   pass                       pass
+p2p-dma             dmabuf      pass                       pass
+p2p-dma             no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
 """
 
 #: Why a cell is expected not to pass: shown beside its outcome.
@@ -33,7 +42,48 @@ WHY = {
         "and the DMA to the BAR's IOVA faults",
 }
 
+#: Outcomes of a cell as reported. A verdict observes pass, fail, skip or error;
+#: the expectation turns an expected fail into xfail and an unexpected pass into xpass.
 OUTCOMES = ("pass", "fail", "xfail", "xpass", "skip", "error")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str                      # pass | xfail | skip
+    signature: tuple[str, ...] = ()   # findings the xfail or skip must show
+    why: str = ""
+
+    def describe(self) -> str:
+        if not self.signature:
+            return self.outcome
+        return f"{self.outcome} ({'; '.join(FINDINGS[s] for s in self.signature)})"
+
+
+_ENTRY = re.compile(r"^(?P<outcome>pass|xfail|skip)(?:\[(?P<signature>[a-z0-9,-]+)\])?$")
+
+
+def _parse(table: str) -> dict[tuple[str, str, str], Expectation]:
+    out = {}
+    for line in table.strip().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        check, kernel, *per_backend = line.split()
+        for backend, entry in zip(BACKENDS, per_backend, strict=True):
+            m = _ENTRY.match(entry)
+            if not m:
+                raise ValueError(f"bad expectation {entry!r} in: {line}")
+            signature = tuple(m.group("signature").split(",")) if m.group("signature") else ()
+            unknown = [s for s in signature if s not in FINDINGS]
+            if unknown:
+                raise ValueError(f"unknown finding(s) {unknown} in: {line}")
+            if (m.group("outcome") == "pass") != (not signature):
+                raise ValueError(f"pass takes no signature, xfail and skip need one: {line}")
+            out[(check, kernel, backend)] = Expectation(
+                m.group("outcome"), signature, WHY.get((check, kernel, backend), ""))
+    return out
+
+
+EXPECTATIONS = _parse(EXPECTATIONS_TABLE)
 
 
 def new_seed() -> int:
@@ -41,24 +91,10 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(2**32)
 
 
-def _parse(table: str) -> dict[tuple[str, str, str], str]:
-    out = {}
-    for line in table.strip().splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        check, kernel, *per_backend = line.split()
-        for backend, expected in zip(BACKENDS, per_backend, strict=True):
-            if expected not in ("pass", "xfail", "skip"):
-                raise ValueError(f"bad expectation {expected!r} in: {line}")
-            out[(check, kernel, backend)] = expected
-    return out
-
-
-EXPECTATIONS = _parse(EXPECTATIONS_TABLE)
-
-
 @dataclass(frozen=True)
 class Cell:
+    """One (vIOMMU, backend, kernel variant, check): the unit a verdict is given for."""
+
     viommu: str
     backend: str
     kernel: str
@@ -69,12 +105,16 @@ class Cell:
         return f"{self.viommu}-{self.backend}-{self.kernel}-{self.check}"
 
     @property
-    def expected(self) -> str:
+    def expectation(self) -> Expectation:
         return EXPECTATIONS[(self.check, self.kernel, self.backend)]
 
     @property
+    def expected(self) -> str:
+        return self.expectation.outcome
+
+    @property
     def why(self) -> str:
-        return WHY.get((self.check, self.kernel, self.backend), "")
+        return self.expectation.why
 
 
 def cells(viommus=DEFAULT_VIOMMUS, backends=BACKENDS, kernels=("dmabuf", "no-dmabuf"),
@@ -83,15 +123,61 @@ def cells(viommus=DEFAULT_VIOMMUS, backends=BACKENDS, kernels=("dmabuf", "no-dma
             if (c, k, b) in EXPECTATIONS]
 
 
-def outcome(expected: str, observed: str) -> str:
-    """The reported outcome: a failure that was expected is xfail, a pass that was not, xpass."""
-    if expected == "xfail":
-        return {"fail": "xfail", "pass": "xpass"}.get(observed, observed)
-    return observed
+def settle(expectation: Expectation, observed: str, reason: str,
+           findings: frozenset[str] = frozenset()) -> tuple[str, bool, str]:
+    """(reported outcome, met, reason) of a verdict held against its expectation.
+
+    An expected failure or skip counts only with its signature: without it the
+    reason says which finding was missing, and the cell is not met.
+    """
+    reported = observed
+    if expectation.outcome == "xfail":
+        reported = {"fail": "xfail", "pass": "xpass"}.get(observed, observed)
+    met = reported == expectation.outcome
+    missing = [s for s in expectation.signature if s not in findings]
+    if met and missing:
+        wanted = "; ".join(FINDINGS[s] for s in missing)
+        if reported == "xfail":
+            return "fail", False, f"{reason} -- not the expected failure: not seen: {wanted}"
+        return reported, False, f"{reason} -- not the expected skip: not seen: {wanted}"
+    return reported, met, reason
 
 
-def met(expected: str, reported: str) -> bool:
-    return reported == expected
+@dataclass
+class CellResult:
+    """What a cell produced: its outcome against the expectation, the reason and evidence."""
+
+    cell: Cell
+    outcome: str
+    reason: str
+    evidence: dict
+    duration_s: float
+    artifacts: str = ""
+    met: bool = field(default=None)  # type: ignore[assignment]  # None: outcome == expected
+    findings: tuple[str, ...] = ()
+    grounds: tuple[str, ...] = ()    # the evidence the verdict stood on
+
+    def __post_init__(self) -> None:
+        if self.met is None:
+            self.met = self.outcome == self.cell.expected and not self.cell.expectation.signature
+
+    @classmethod
+    def settled(cls, cell: Cell, observed: str, reason: str, evidence: dict, duration_s: float,
+                artifacts: str = "", findings: frozenset[str] = frozenset(),
+                grounds: tuple[str, ...] = ()) -> "CellResult":
+        outcome, met, reason = settle(cell.expectation, observed, reason, findings)
+        return cls(cell, outcome, reason, evidence, duration_s, artifacts, met,
+                   tuple(sorted(findings)), grounds)
+
+    def record(self) -> dict:
+        c = self.cell
+        return {"id": c.id, "viommu": c.viommu, "backend": c.backend, "kernel": c.kernel,
+                "check": c.check, "expected": c.expected,
+                "expected_signature": list(c.expectation.signature), "outcome": self.outcome,
+                "met": self.met, "reason": self.reason, "expected_because": c.why,
+                "findings": list(self.findings), "grounds": list(self.grounds),
+                "evidence": self.evidence, "duration_s": round(self.duration_s, 2),
+                "artifacts": self.artifacts}
 
 
 def avocado_variants(cells_: list[Cell], params: dict) -> list[dict]:

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from harness.scenario import CellResult
+from harness import files
+from harness.matrix import CellResult
 
 COLUMNS = ("vIOMMU", "backend", "kernel", "check", "expected", "outcome", "time")
 
@@ -22,9 +23,19 @@ def write(results_dir: Path, cells: list[CellResult], run_info: dict) -> Path:
                                                   results_dir.resolve())
         records.append(record)
     path = results_dir / "results.json"
-    path.write_text(json.dumps({"run": run_info, "cells": records}, indent=2,
-                               default=jsonable) + "\n")
+    files.write_atomic(path, json.dumps({"run": run_info, "cells": records}, indent=2,
+                                        default=jsonable) + "\n")
     return path
+
+
+def qemu_under_test(cells: list[CellResult]) -> list[dict]:
+    """Each distinct QEMU under test the cells ran, as probed in L1 (normally one)."""
+    found: dict[str, dict] = {}
+    for c in cells:
+        q = c.evidence.get("qemu_under_test")
+        if q:
+            found.setdefault(q["sha256"], q)
+    return list(found.values())
 
 
 def prune(results_dir: Path, cells: list[CellResult]) -> list[Path]:
@@ -72,7 +83,8 @@ def table(cells: list[CellResult]) -> str:
     lines.append(", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
                  + f"; {len(unmet)} not as expected")
     for c in unmet:
-        lines.append(f"  !! {c.cell.id}: expected {c.cell.expected}, got {c.outcome}: {c.reason}")
+        lines.append(f"  !! {c.cell.id}: expected {c.cell.expectation.describe()}, got "
+                     f"{c.outcome}: {c.reason}")
     for c in cells:
         if c.met and c.outcome in ("skip", "xfail"):
             lines.append(f"  {c.outcome}: {c.cell.id}: {c.reason}")

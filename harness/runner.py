@@ -1,23 +1,34 @@
 """The matrix run: one L1 boot per (vIOMMU, kernel), all of its cells on that boot.
 
-Shared by the CLI and the test front ends. An L1 that cannot boot, or dies
-half-way, turns the cells it had not yet produced into `error`, with the
-reason; the cells it did produce keep their verdicts.
+Shared by the CLI and the test front ends. Per L1: boot, know the QEMU under
+test (qemu_under_test.probe: one clear error before any cell if it cannot run
+the scenarios), bind the devices, then per backend collect the evidence
+(scenario.py) and judge it (verdicts.py against matrix.py). An L1 that cannot
+boot, or dies half-way, turns the cells it had not yet produced into `error`,
+with the reason; the cells it did produce keep their verdicts.
 """
 
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import matrix, scenario, stack
+from harness import files, matrix, scenario, stack
 from harness.errors import BadInput, HarnessError
+from harness.evidence import Evidence
 from harness.images import Images
 from harness.l0 import viommu
-from harness.l2 import L2_QEMU, upload_qemu
+from harness.l2 import L2_QEMU, Backend, upload_qemu
+from harness.l2 import backend as backend_named
+from harness.matrix import Cell, CellResult
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
-from harness.scenario import CellResult
+from harness.qemu_under_test import QemuUnderTest, probe
+from harness.scenario import PassedThrough, Timer
+from harness.verdicts import VERDICTS
+
+PACKAGED = "packaged in the rootfs"
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,7 @@ class Selection:
     kernels: tuple[str, ...] = ("dmabuf", "no-dmabuf")
     checks: tuple[str, ...] = matrix.CHECKS
 
-    def cells(self) -> list[matrix.Cell]:
+    def cells(self) -> list[Cell]:
         return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
 
 
@@ -52,10 +63,9 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
     try:
         with stack.booted(qemu, images, viommu(vi), kernel, run_dir, accel=accel,
                           ssh_port=ssh_port) as l1:
-            under_test = upload_qemu(l1.session, l2_qemu) if l2_qemu else L2_QEMU
-            for result in scenario.run_on_l1(l1, list(selection.backends),
-                                             list(selection.checks), run_dir, seed,
-                                             under_test):
+            under_test = qemu_under_test(l1, l2_qemu)
+            for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
+                                      run_dir, seed):
                 done.add(result.cell.id)
                 say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                 yield result
@@ -67,3 +77,80 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
             if cell.id not in done:
                 yield CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
                                  time.monotonic() - began, str(run_dir))
+
+
+def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
+    """The packaged QEMU, or `l2_qemu` uploaded into L1; probed before any cell."""
+    path = upload_qemu(l1.session, l2_qemu) if l2_qemu else L2_QEMU
+    found = probe(l1.session, path, str(l2_qemu) if l2_qemu else PACKAGED)
+    say(f"QEMU under test: {found.version} ({found.origin}, sha256 {found.sha256[:16]}..., "
+        f"dma-buf event: {'yes' if found.has_dmabuf_event else 'NO'})")
+    return found
+
+
+def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, backends: tuple[str, ...],
+                checks: tuple[str, ...], out: Path, seed: int) -> Iterator[CellResult]:
+    """Every (backend, check) cell of this booted L1, backend by backend."""
+    with scenario.passed_through(l1) as through:
+        for name in backends:
+            cells = [Cell(l1.viommu.name, name, l1.kernel, c) for c in checks]
+            yield from _run_backend(l1, backend_named(name), cells, through, out / name, seed,
+                                    under_test)
+
+
+def _environment_gap(be: Backend, through: PassedThrough,
+                     under_test: QemuUnderTest | None) -> str | None:
+    """Why this backend cannot run on this L1 at all, or None."""
+    inventory = through.inventory
+    node_present = inventory.dev_iommu if be.name == "iommufd" else inventory.dev_vfio_container
+    if not node_present:
+        return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
+    if be.name == "iommufd" and under_test and not under_test.has_iommufd_object:
+        return f"the QEMU under test ({under_test.version}) has no iommufd object"
+    return None
+
+
+def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: PassedThrough,
+                 out: Path, seed: int, under_test: QemuUnderTest) -> list[CellResult]:
+    began = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"qemu_under_test": under_test.record()}
+    gap = _environment_gap(be, through, under_test)
+    if gap:
+        return [CellResult.settled(c, "skip", gap, record, 0.0, str(out)) for c in cells]
+    timer = Timer()
+    try:
+        evidence = scenario.collect(l1, be, through, {c.check for c in cells}, out, seed, timer,
+                                    under_test.path, under_test.facts())
+    except HarnessError as e:
+        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
+        stderr = files.tail(out / "l2-stderr.log")
+        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr},
+                           time.monotonic() - began, str(out)) for c in cells]
+    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
+                                            ("p2p", "no_mmap_l2"))) / len(cells)
+    return judge(cells, evidence, timer, shared, str(out), record)
+
+
+#: The collection step each check alone needs; the rest of the time is shared.
+OWN_STEP = {"dmabuf-per-region": "no_mmap_l2", "p2p-dma": "p2p"}
+
+
+def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
+          artifacts: str, record: dict | None = None) -> list[CellResult]:
+    """Each cell's verdict on the evidence, held against its expectation."""
+    results = []
+    for cell in cells:
+        duration = shared_seconds + timer.steps.get(OWN_STEP.get(cell.check, ""), 0.0)
+        try:
+            verdict = VERDICTS[cell.check](evidence)
+        except Exception as e:  # a bug in a verdict: this cell errs, the others stand
+            results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
+                                      {"traceback": traceback.format_exc()}, duration,
+                                      artifacts))
+            continue
+        results.append(CellResult.settled(
+            cell, verdict.observed, verdict.reason,
+            {**(record or {}), **verdict.evidence, "timing_s": timer.steps}, duration,
+            artifacts, verdict.findings, verdict.grounds))
+    return results

@@ -1,10 +1,11 @@
-"""Run the matrix's cells on one booted L1: collect evidence, then judge it.
+"""Collect the evidence of one backend on one booted L1: everything the verdicts read.
 
 One L2 per backend serves every check of that backend: the realize-time
-evidence (trace, the kernel's view of L2's fds, the memory tree), BAR access
-and the P2P transfer come from the same process, in that order. Only the
-x-no-mmap case needs an L2 of its own. The verdicts never see L2 or L1: only
-the `Evidence` collected here.
+evidence (trace, the kernel's view of L2's fds and maps, the memory tree), BAR
+access and the P2P transfer come from the same process, in that order. Only
+the x-no-mmap case needs an L2 of its own. Nothing here judges: the verdicts
+see only the `Evidence` returned, and the list of what should be there comes
+from the L1 kernel (`PassedThrough`), not from the QEMU under test.
 """
 
 import contextlib
@@ -12,13 +13,12 @@ import dataclasses
 import random
 import re
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import matrix
-from harness.dma_engine import Edu
+from harness import files
+from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import (
     BarAccess,
@@ -26,18 +26,16 @@ from harness.evidence import (
     KernelProcess,
     L2Run,
     P2PTransfer,
+    QemuFacts,
     parse_messages,
     parse_trace,
 )
-from harness.l0 import Edu as EduDevice
-from harness.l0 import Ivshmem as IvshmemDevice
-from harness.l1_vfio import DmabufProbe
+from harness.l0 import EduDevice, IvshmemDevice
+from harness.l1_vfio import Inventory
 from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2_QEMU, Backend, L2Device, L2Qemu, L2Spec
-from harness.l2 import backend as backend_named
 from harness.pci import PciConfig
 from harness.progress import say
 from harness.stack import L1Stack
-from harness.verdicts import VERDICTS
 
 _MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
@@ -47,28 +45,6 @@ P2P_SIZE = 64
 #: can never be credited with bytes an earlier one left behind.
 P2P_DESTINATION = {"legacy": 0x1000, "iommufd": 0x2000}
 IVSHMEM_INTRMASK = 0x0
-
-
-@dataclass
-class CellResult:
-    cell: matrix.Cell
-    outcome: str
-    reason: str
-    evidence: dict
-    duration_s: float
-    artifacts: str = ""
-
-    @property
-    def met(self) -> bool:
-        return matrix.met(self.cell.expected, self.outcome)
-
-    def record(self) -> dict:
-        c = self.cell
-        return {"id": c.id, "viommu": c.viommu, "backend": c.backend, "kernel": c.kernel,
-                "check": c.check, "expected": c.expected, "outcome": self.outcome,
-                "met": self.met, "reason": self.reason, "expected_because": c.why,
-                "evidence": self.evidence, "duration_s": round(self.duration_s, 2),
-                "artifacts": self.artifacts}
 
 
 @dataclass
@@ -86,20 +62,31 @@ class Timer:
             self.steps[name] = round(time.monotonic() - began, 2)
 
 
-def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
-              seed: int, qemu: str = L2_QEMU) -> Iterator[CellResult]:
-    """Every (backend, check) cell of this L1's (vIOMMU, kernel), backend by backend."""
-    inventory = stack.vfio.inventory([EduDevice().vendor_device, IvshmemDevice().vendor_device])
-    devices = {"edu": inventory.find(EduDevice().vendor_device).bdf,
-               "ivshmem": inventory.find(IvshmemDevice().vendor_device).bdf}
+@dataclass(frozen=True)
+class PassedThrough:
+    """The devices L1 hands to L2, as the L1 kernel sees them (not as QEMU reports them)."""
+
+    devices: dict[str, str]                       # edu / ivshmem -> BDF
+    probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
+    bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
+    inventory: Inventory
+
+
+@contextlib.contextmanager
+def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
+    """edu and ivshmem bound to vfio-pci for the L2s, and handed back afterwards."""
+    inventory = stack.vfio.inventory([EduDevice().vendor_device,
+                                      IvshmemDevice().vendor_device])
+    found = {"edu": inventory.find(EduDevice().vendor_device),
+             "ivshmem": inventory.find(IvshmemDevice().vendor_device)}
+    devices = {name: d.bdf for name, d in found.items()}
     stack.vfio.bind(list(devices.values()))
     try:
         probes = stack.vfio.probe_dmabuf(list(devices.values()))
-        for name in backends:
-            be = backend_named(name)
-            cells = [matrix.Cell(stack.viommu.name, name, stack.kernel, c) for c in checks]
-            yield from _run_backend(stack, be, cells, devices, probes, out / name, seed,
-                                    inventory, qemu)
+        yield PassedThrough(
+            devices, {b: (p.supported, p.error) for b, p in probes.items()},
+            {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
+            inventory)
     finally:
         try:
             stack.vfio.restore(list(devices.values()))
@@ -107,69 +94,13 @@ def run_on_l1(stack: L1Stack, backends: list[str], checks: list[str], out: Path,
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
 
 
-def _environment_gap(stack: L1Stack, be: Backend, inventory, qemu: str = L2_QEMU) -> str | None:
-    """Why this backend cannot run on this L1 at all, or None."""
-    node_present = inventory.dev_iommu if be.name == "iommufd" else inventory.dev_vfio_container
-    if not node_present:
-        return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
-    if be.name == "iommufd":
-        objects = stack.session.run(f"{qemu} -object help", check=False,
-                                    stage="L2 capabilities").stdout.split()
-        if "iommufd" not in objects:
-            version = stack.session.run(f"{qemu} --version", check=False).stdout.split("\n")[0]
-            return f"the QEMU under test ({version}) has no iommufd object"
-    return None
-
-
-def _run_backend(stack, be, cells, devices, probes, out, seed, inventory,
-                 qemu: str) -> list[CellResult]:
-    began = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
-    gap = _environment_gap(stack, be, inventory, qemu)
-    if gap:
-        return [CellResult(c, "skip", gap, {}, 0.0, str(out)) for c in cells]
-    checks = {c.check for c in cells}
-    timer = Timer()
-    try:
-        evidence = collect(stack, be, devices, probes, checks, out, seed, timer, qemu)
-    except HarnessError as e:
-        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
-        stderr = _tail(out / "l2-stderr.log")
-        return [CellResult(c, "error", str(e), {"l2_stderr_tail": stderr},
-                           time.monotonic() - began, str(out)) for c in cells]
-    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
-                                            ("p2p", "no_mmap_l2"))) / len(cells)
-    return judge(cells, evidence, timer, shared, str(out))
-
-
-#: The collection step each check alone needs; the rest of the time is shared.
-OWN_STEP = {"dmabuf-per-region": "no_mmap_l2", "p2p-dma": "p2p"}
-
-
-def judge(cells: list[matrix.Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
-          artifacts: str) -> list[CellResult]:
-    """Each cell's verdict on the evidence, against its expectation."""
-    results = []
-    for cell in cells:
-        duration = shared_seconds + timer.steps.get(OWN_STEP.get(cell.check, ""), 0.0)
-        try:
-            verdict = VERDICTS[cell.check](evidence)
-        except Exception as e:  # a bug in a verdict: this cell errs, the others stand
-            results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
-                                      {"traceback": traceback.format_exc()}, duration,
-                                      artifacts))
-            continue
-        outcome = matrix.outcome(cell.expected, verdict.observed)
-        results.append(CellResult(cell, outcome, verdict.reason,
-                                  {**verdict.evidence, "timing_s": timer.steps}, duration,
-                                  artifacts))
-    return results
-
-
-def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
-            probes: dict[str, DmabufProbe], checks: set[str], out: Path, seed: int,
-            timer: Timer, qemu: str = L2_QEMU) -> Evidence:
+def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str], out: Path,
+            seed: int, timer: Timer, qemu: str = L2_QEMU,
+            facts: QemuFacts | None = None) -> Evidence:
+    """One backend's evidence for `checks`: an L2 with both devices, then one with
+    x-no-mmap=on on edu if dmabuf-per-region is asked for."""
     machine = stack.machine
+    devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
     spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu)
     bar_access = p2p = None
@@ -191,7 +122,7 @@ def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
         with timer("kernel_view"):
             process = _kernel_view(stack, l2.pid)
             mtree = _mtree_mmaps(l2)
-        edu = Edu(l2.qtest, edu_bar0)
+        edu = EduEngine(l2.qtest, edu_bar0)
         if checks & {"mmap-fallback", "p2p-dma"}:
             with timer("bar_access"):
                 bar_access = _bar_access(l2, edu, iv_bars[0])
@@ -202,15 +133,15 @@ def collect(stack: L1Stack, be: Backend, devices: dict[str, str],
     finally:
         with timer("l2_stop"):
             l2.stop()
-    main = L2Run(tuple(parse_trace(_read(out / "l2-trace.log"))),
-                 tuple(parse_messages(_read(out / "l2-stderr.log"))), process, mtree, alive)
+    main = L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
+                 tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, mtree, alive)
     no_mmap = None
     if "dmabuf-per-region" in checks:
         with timer("no_mmap_l2"):
             no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
-    return Evidence(backend=be.name, devices=devices,
-                    kernel_probe={b: (p.supported, p.error) for b, p in probes.items()},
-                    main=main, bar_access=bar_access, p2p=p2p, no_mmap=no_mmap)
+    return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
+                    bar_access=bar_access, p2p=p2p, no_mmap=no_mmap, bars=through.bars,
+                    qemu=facts)
 
 
 def _kernel_view(stack: L1Stack, pid: int | None) -> KernelProcess | None:
@@ -232,7 +163,7 @@ def mtree_mmaps(text: str) -> tuple[str, ...]:
     return tuple(sorted({m.group(1) for m in _MTREE_MMAP.finditer(text)}))
 
 
-def _bar_access(l2: L2Qemu, edu: Edu, ivshmem_bar0: int) -> BarAccess:
+def _bar_access(l2: L2Qemu, edu: EduEngine, ivshmem_bar0: int) -> BarAccess:
     written = 0x5A5AA5A5
     read = edu.liveness(written)
     mask = 0x0000FFFF
@@ -246,7 +177,8 @@ def _dmesg_lines(stack: L1Stack) -> list[str]:
     return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
 
 
-def _p2p(stack: L1Stack, l2: L2Qemu, edu: Edu, bar2: int, seed: int, backend: str) -> P2PTransfer:
+def _p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int,
+         backend: str) -> P2PTransfer:
     """edu copies a seeded pattern from ivshmem BAR 2 to another offset of BAR 2, by DMA."""
     machine = stack.machine
     rng = random.Random(f"{seed}/{stack.viommu.name}/{stack.kernel}/{backend}")
@@ -257,14 +189,20 @@ def _p2p(stack: L1Stack, l2: L2Qemu, edu: Edu, bar2: int, seed: int, backend: st
     machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
     before = machine.read_ivshmem(dst, P2P_SIZE)
     dmesg_before = len(_dmesg_lines(stack))
-    edu.probe()
-    edu.read_into_device(bar2 + src, P2P_SIZE)
-    edu.write_from_device(bar2 + dst, P2P_SIZE)
+    engine_error = None
+    try:
+        edu.probe()
+    except HarnessError as e:  # edu's BAR does not answer: no DMA to start, and the verdict says so
+        engine_error = e.message
+    else:
+        edu.read_into_device(bar2 + src, P2P_SIZE)
+        edu.write_from_device(bar2 + dst, P2P_SIZE)
     after = machine.read_ivshmem(dst, P2P_SIZE)
     new_dmesg = tuple(_dmesg_lines(stack)[dmesg_before:])
     return P2PTransfer(seed=seed, size=P2P_SIZE, bar2_iova=bar2, src_offset=src,
                        dst_offset=dst, pattern=pattern, source_in_file=source_in_file,
-                       before=before, after=after, l1_dmesg=new_dmesg)
+                       before=before, after=after, l1_dmesg=new_dmesg,
+                       engine_error=engine_error)
 
 
 def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,
@@ -274,16 +212,5 @@ def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Pat
     with L2Qemu(stack.session, spec, out, *ports) as l2:
         process = _kernel_view(stack, l2.pid)
         alive = l2.running()
-    return L2Run(tuple(parse_trace(_read(out / "l2-trace.log"))),
-                 tuple(parse_messages(_read(out / "l2-stderr.log"))), process, (), alive)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(_read(path).splitlines()[-lines:])
+    return L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
+                 tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, (), alive)

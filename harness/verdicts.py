@@ -1,12 +1,22 @@
 """The three verdicts, decided from evidence alone.
 
-Each verdict is a pure function of an `Evidence` bundle: it returns what was
-observed (pass, fail or skip) and why, in words a maintainer can check against
-the artifacts. Whether that was expected is the matrix's business, not theirs.
+Each verdict is a pure function of an `Evidence` bundle. It returns what was
+observed, why, the findings it established (what an expected failure or skip
+is matched against, see matrix.py) and the grounds it stood on. It passes
+only on positive evidence of this run:
+
+- the list of what must be there comes from the L1 kernel (the devices' BARs,
+  its dma-buf probe), never from what the QEMU under test chose to report;
+- missing evidence (no trace, no vfio_region_setup for a device, no kernel
+  view, a known event that no longer parses, a warning in an unknown wording)
+  is `error`, never a pass and never "0 found";
+- a reason names only checks that ran.
+
+Whether an outcome was expected is the matrix's business, not theirs.
 """
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from harness.evidence import (
@@ -23,21 +33,35 @@ from harness.evidence import (
     RegionDmabuf,
     RegionMmap,
     RegionSetup,
+    UnknownDmabufWarning,
+    Unparsed,
     of_type,
 )
 
 PAGE = 4096
 EDU_ID = 0x010000ED
-#: VFIO_REGION_INFO_FLAG_MMAP: the kernel lets userspace mmap the region.
-REGION_FLAG_MMAP = 0x4
 DMABUF_EXPORTER = "vfio_pci_core"
+
+#: What a verdict can establish beyond pass or fail, by name: the signatures of
+#: expected failures and skips in matrix.py are made of these.
+FINDINGS = {
+    "kernel-lacks-dmabuf": "the L1 kernel's VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) answered ENOTTY "
+                           "for every passed-through device",
+    "bar-map-refused": "the IOMMU mapping of the BAR's IOVA was refused (a map at that IOVA "
+                       "returned an error)",
+    "bytes-missing": "the pattern reached the source BAR in L0's file, the destination was "
+                     "clean, and the bytes did not arrive",
+    "dma-faulted": "the L1 kernel logged an IOMMU fault at the BAR's IOVA during the DMA",
+}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    observed: str  # pass | fail | skip
+    observed: str  # pass | fail | skip | error (evidence missing)
     reason: str
     evidence: dict
+    findings: frozenset[str] = frozenset()
+    grounds: tuple[str, ...] = ()
 
 
 def _regions(run: L2Run) -> dict[str, RegionSetup]:
@@ -58,38 +82,116 @@ def _dmabufs(run: L2Run) -> dict[str, list[RegionDmabuf]]:
     return dict(out)
 
 
-def qualifying_regions(run: L2Run) -> dict[str, list[RegionMmap]]:
-    """Mmapped regions that should have a dma-buf: a BAR of at least a page."""
-    regions = _regions(run)
-    return {name: maps for name, maps in _mmaps(run).items()
-            if name in regions and regions[name].size >= PAGE and regions[name].region < 6}
+def region_name(bdf: str, bar: int) -> str:
+    """QEMU's name of a BAR region (vfio_region_setup, vfio_region_mmap, info mtree)."""
+    return f"{bdf} BAR {bar}"
 
 
-def sub_page_regions(run: L2Run) -> dict[str, list[RegionMmap]]:
-    regions = _regions(run)
-    return {name: maps for name, maps in _mmaps(run).items()
-            if name in regions and regions[name].size < PAGE}
+def kernel_bars(ev: Evidence, devices: list[str] | None = None) -> dict[str, int]:
+    """Region name -> size of every memory BAR the L1 kernel has for the devices."""
+    wanted = ev.devices.values() if devices is None else [ev.devices[d] for d in devices]
+    return {region_name(bdf, index): size for bdf in wanted
+            for index, size in sorted(ev.bars.get(bdf, {}).items())}
 
 
-def _unsupported_reason(ev: Evidence) -> str:
-    said = sorted({err or "unsupported" for ok, err in ev.kernel_probe.values() if not ok})
-    return (f"the L1 kernel has no VFIO dma-buf: VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) answered "
-            f"{', '.join(said)} for {', '.join(sorted(ev.kernel_probe))}")
+def _page_up(size: int) -> int:
+    return (size + PAGE - 1) // PAGE * PAGE
 
 
-def _mtree_problems(run: L2Run, names: list[str]) -> list[str]:
-    missing = [n for n in names if not any(m.startswith(f"{n} mmaps[") for m in run.mtree_mmaps)]
-    return [f"info mtree shows no mmaps for {n}" for n in missing]
+# -- evidence that must be there before anything is judged ----------------------------------
 
-
-def _dmabuf_problems(run: L2Run, label: str) -> list[str]:
-    """A dma-buf per qualifying region, none for the others, and the kernel agreeing."""
+def _missing(ev: Evidence, run: L2Run | None, label: str = "") -> list[str]:
+    """Why this L2 run's evidence cannot be judged at all; empty if it can."""
+    if run is None:
+        return [f"{label}no L2 run was recorded"]
+    if not run.trace:
+        return [f"{label}L2's trace is missing (the trace file is empty): no evidence to judge"]
     problems = []
-    qualifying = qualifying_regions(run)
-    dmabufs = _dmabufs(run)
+    for u in of_type(list(run.trace), Unparsed):
+        problems.append(f"{label}a {u.event} line no longer parses: {u.text!r}")
+    set_up = {r.device for r in of_type(list(run.trace), RegionSetup)}
+    for name, bdf in sorted(ev.devices.items()):
+        if bdf not in set_up:
+            problems.append(f"{label}no vfio_region_setup for {name} ({bdf}) in L2's trace: the "
+                            f"trace is missing or incomplete")
+    if run.process is None:
+        problems.append(f"{label}no view of the L2 process from the L1 kernel")
+    if not ev.bars or any(bdf not in ev.bars for bdf in ev.devices.values()):
+        problems.append("no L1 kernel view of the devices' BARs")
+    return problems[:6]
+
+
+def _kernel_probe_problem(ev: Evidence) -> str | None:
+    if ev.kernel_dmabuf is None:
+        return (f"the L1 kernel's VFIO dma-buf probe gave no usable answer "
+                f"({ev.kernel_probe or 'no device probed'}): whether it has dma-buf is unknown")
+    return None
+
+
+def _error(problems: list[str], evidence: dict | None = None) -> Verdict:
+    return Verdict("error", "evidence missing: " + "; ".join(problems), evidence or {})
+
+
+def _trace_ground(run: L2Run, label: str = "") -> str:
+    counts = Counter(type(r).__name__ for r in run.trace)
+    return (f"{label}L2 trace: {counts['RegionSetup']} vfio_region_setup, "
+            f"{counts['RegionMmap']} vfio_region_mmap, {counts['RegionDmabuf']} "
+            f"vfio_region_dmabuf")
+
+
+def _kernel_ground(ev: Evidence) -> str:
+    said = sorted({"supported" if ok else (err or "unsupported")
+                   for ok, err in ev.kernel_probe.values()})
+    return f"L1 kernel: VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) on {len(ev.kernel_probe)} " \
+           f"device(s): {', '.join(said)}"
+
+
+def _process_ground(run: L2Run, label: str = "") -> str:
+    p = run.process
+    assert p is not None
+    return (f"{label}L1 kernel: L2 holds {len(p.dmabuf_fds)} dma-buf fd(s) (/proc/PID/fdinfo) "
+            f"and {len(p.vfio_maps)} VFIO device mapping(s) (/proc/PID/maps)")
+
+
+def _bars_ground(ev: Evidence) -> str:
+    return "L1 kernel: BARs " + ", ".join(f"{n} {s:#x}" for n, s in kernel_bars(ev).items())
+
+
+# -- shared checks ----------------------------------------------------------------------------
+
+def _mmapped_problems(run: L2Run, names: list[str], label: str = "") -> list[str]:
+    """Each region is mmapped in QEMU's trace, in `info mtree` and, by the kernel's own
+    account, as a mapping of the VFIO device of that size."""
+    problems = []
+    mmaps = _mmaps(run)
+    kernel_sizes = list(run.process.vfio_map_sizes()) if run.process else []
+    for name in names:
+        if name not in mmaps:
+            problems.append(f"{label}{name} was not mmapped (no vfio_region_mmap)")
+            continue
+        if not any(m.startswith(f"{name} mmaps[") for m in run.mtree_mmaps):
+            problems.append(f"{label}info mtree shows no mmaps for {name}")
+        for m in mmaps[name]:
+            size = _page_up(m.size)
+            if size in kernel_sizes:
+                kernel_sizes.remove(size)
+            else:
+                problems.append(f"{label}{name} mmaps[{m.index}]: the L1 kernel shows no VFIO "
+                                f"device mapping of {size:#x} bytes in L2 (/proc/PID/maps): "
+                                f"the mmap is not of the device")
+    return problems
+
+
+def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> list[str]:
+    """One dma-buf per qualifying region (one trace line per mmap, one fd, ranges equal
+    to the mmaps), none for any other region, and the kernel agreeing on fds and sizes."""
+    problems = []
+    mmaps, dmabufs = _mmaps(run), _dmabufs(run)
     fds: dict[str, int] = {}
-    for name, maps in qualifying.items():
-        found = dmabufs.get(name, [])
+    for name in qualifying:
+        maps, found = mmaps.get(name, []), dmabufs.get(name, [])
+        if not maps:
+            continue  # reported by _mmapped_problems
         if len(found) != len(maps):
             problems.append(f"{label}{name}: {len(found)} vfio_region_dmabuf for "
                             f"{len(maps)} mmap(s)")
@@ -105,21 +207,19 @@ def _dmabuf_problems(run: L2Run, label: str) -> list[str]:
             problems.append(f"{label}{name}: dma-buf ranges {ranges} differ from mmaps {expected}")
     if len(set(fds.values())) != len(fds):
         problems.append(f"{label}regions share a dma-buf fd: {fds}")
-    for name in set(dmabufs) - set(qualifying):
+    for name in sorted(set(dmabufs) - set(qualifying)):
         problems.append(f"{label}{name} has a dma-buf but does not qualify "
-                        f"(sub-page or not mmapped)")
-    if run.process is None:
-        problems.append(f"{label}no view of the L2 process from the L1 kernel")
-        return problems
+                        f"(sub-page, not mmapped or not a BAR of the L1 kernel)")
+    assert run.process is not None
     held = {fd: (size, exporter) for fd, size, exporter in run.process.dmabuf_fds}
     if len(held) != len(qualifying):
         problems.append(f"{label}the L1 kernel shows {len(held)} dma-buf fd(s) in L2, "
                         f"for {len(qualifying)} qualifying region(s)")
     for name, fd in fds.items():
-        want = sum(m.size for m in qualifying[name])
+        want = sum(m.size for m in mmaps[name])
         if fd not in held:
-            problems.append(f"{label}{name}: fd {fd} from the trace is not a dma-buf in "
-                            f"/proc/PID/fd")
+            problems.append(f"{label}{name}: fd {fd} from the trace is not a dma-buf in the "
+                            f"L1 kernel's view (/proc/PID/fd)")
         elif held[fd][0] != want:
             problems.append(f"{label}{name}: the kernel says fd {fd} is {held[fd][0]} bytes, "
                             f"the region's mmaps are {want}")
@@ -129,53 +229,92 @@ def _dmabuf_problems(run: L2Run, label: str) -> list[str]:
     return problems
 
 
+def _qemu_lacks_dmabuf(ev: Evidence) -> str | None:
+    if ev.qemu is not None and not ev.qemu.has_dmabuf_event:
+        return (f"the QEMU under test ({ev.qemu.version}) has no vfio_region_dmabuf trace "
+                f"event: it has no VFIO dma-buf code")
+    return None
+
+
+# -- the verdicts -------------------------------------------------------------------------------
+
 def dmabuf_per_region(ev: Evidence) -> Verdict:
-    if not ev.kernel_has_dmabuf:
-        return Verdict("skip", _unsupported_reason(ev), {"kernel_probe": ev.kernel_probe})
+    probe_problem = _kernel_probe_problem(ev)
+    if probe_problem:
+        return _error([probe_problem], {"kernel_probe": ev.kernel_probe})
+    if ev.kernel_dmabuf is False:
+        said = sorted({err or "" for _, err in ev.kernel_probe.values()})
+        return Verdict("skip", f"the L1 kernel has no VFIO dma-buf: VFIO_DEVICE_FEATURE_PROBE"
+                               f"(DMA_BUF) answered {', '.join(said)} for "
+                               f"{', '.join(sorted(ev.kernel_probe))}",
+                       {"kernel_probe": ev.kernel_probe}, frozenset({"kernel-lacks-dmabuf"}),
+                       (_kernel_ground(ev),))
     run = ev.main
-    qualifying = qualifying_regions(run)
-    problems = _dmabuf_problems(run, "")
-    problems += _mtree_problems(run, sorted(_mmaps(run)))
-    if not qualifying:
-        problems.append("no region qualified for a dma-buf (no mmapped BAR of a page or more)")
-    for name in sub_page_regions(run):
-        if name in _dmabufs(run):
-            problems.append(f"sub-page {name} has a dma-buf")
-    no_mmap_summary = None
+    missing = _missing(ev, run)
     if ev.no_mmap is not None:
-        edu_bdf = ev.devices.get("edu", "")
-        edu_regions = [n for n in _regions(ev.no_mmap) if n.startswith(edu_bdf)]
-        mmapped = [n for n in _mmaps(ev.no_mmap) if n.startswith(edu_bdf)]
-        with_dmabuf = [n for n in _dmabufs(ev.no_mmap) if n.startswith(edu_bdf)]
+        missing += _missing(ev, ev.no_mmap, "x-no-mmap=on: ")
+    if missing:
+        return _error(missing)
+    bars = kernel_bars(ev)
+    qualifying = [n for n, size in bars.items() if size >= PAGE]
+    sub_page = [n for n, size in bars.items() if size < PAGE]
+    grounds = [_kernel_ground(ev), _bars_ground(ev), _trace_ground(run), _process_ground(run),
+               f"info mtree: {len(run.mtree_mmaps)} mmaps"]
+    evidence: dict[str, object] = {
+        "qualifying_regions": {n: [(m.start, m.size) for m in _mmaps(run).get(n, [])]
+                               for n in qualifying},
+        "sub_page_regions": sub_page,
+        "vfio_region_dmabuf": [vars(d) for ds in _dmabufs(run).values() for d in ds],
+        "kernel_dmabuf_fds": run.process.dmabuf_fds if run.process else None,
+        "kernel_vfio_map_sizes": run.process.vfio_map_sizes() if run.process else None,
+        "mtree_mmaps": run.mtree_mmaps,
+        "x_no_mmap": None,
+    }
+    problems = []
+    lacks = _qemu_lacks_dmabuf(ev)
+    if lacks:
+        problems.append(lacks)
+    if not qualifying:
+        problems.append("the L1 kernel has no BAR of a page or more on these devices: "
+                        "nothing qualifies for a dma-buf")
+    problems += _mmapped_problems(run, qualifying + sub_page)
+    problems += _dmabuf_problems(run, qualifying)
+    if of_type(list(run.messages), DmabufNotSupported):
+        problems.append("QEMU said VFIO dma-buf is not supported in kernel, on a kernel whose "
+                        "probe says it is")
+    checked = [f"one dma-buf per BAR of a page or more ({', '.join(qualifying)}), traced once "
+               f"per mmap with the mmaps' ranges, held by L2 as the kernel's dma-buf fds of "
+               f"those sizes from {DMABUF_EXPORTER}"]
+    if sub_page:
+        checked.append(f"none for the sub-page {', '.join(sub_page)}")
+    if ev.no_mmap is not None:
+        no_mmap = ev.no_mmap
+        edu = ev.devices.get("edu", "")
+        edu_regions = [n for n in _regions(no_mmap) if n.startswith(edu)]
+        mmapped = [n for n in _mmaps(no_mmap) if n.startswith(edu)]
+        with_dmabuf = [n for n in _dmabufs(no_mmap) if n.startswith(edu)]
         if not edu_regions:
             problems.append("x-no-mmap=on: edu's regions were never set up")
         if mmapped or with_dmabuf:
             problems.append(f"x-no-mmap=on: edu still has mmaps {mmapped} / "
                             f"dma-bufs {with_dmabuf}")
-        problems += _dmabuf_problems(ev.no_mmap, "x-no-mmap=on: ")
-        no_mmap_summary = {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf,
-                           "dmabufs": sorted(_dmabufs(ev.no_mmap))}
-    evidence = {
-        "qualifying_regions": {n: [(m.start, m.size) for m in maps]
-                               for n, maps in qualifying.items()},
-        "sub_page_regions": sorted(sub_page_regions(run)),
-        "vfio_region_dmabuf": [vars(d) for ds in _dmabufs(run).values() for d in ds],
-        "kernel_dmabuf_fds": run.process.dmabuf_fds if run.process else None,
-        "mtree_mmaps": run.mtree_mmaps,
-        "x_no_mmap": no_mmap_summary,
-    }
+        others = [n for n in qualifying if not n.startswith(edu)]
+        problems += _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
+        evidence["x_no_mmap"] = {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf,
+                                 "dmabufs": sorted(_dmabufs(no_mmap))}
+        grounds += [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap,
+                                                                              "x-no-mmap=on ")]
+        checked.append("none for edu with x-no-mmap=on")
     if problems:
-        return Verdict("fail", "; ".join(problems), evidence)
+        return Verdict("fail", "; ".join(problems), evidence, grounds=tuple(grounds))
     fd_list = ", ".join(f"{n} fd {d[0].fd}" for n, d in sorted(_dmabufs(run).items()))
-    return Verdict("pass", f"one dma-buf per qualifying region ({fd_list}), matching the "
-                           f"kernel's fds and sizes; sub-page and x-no-mmap regions have none",
-                   evidence)
+    return Verdict("pass", f"{'; '.join(checked)} ({fd_list})", evidence,
+                   grounds=tuple(grounds))
 
 
 def _bar_access_problems(ev: Evidence) -> list[str]:
     access = ev.bar_access
-    if access is None:
-        return ["BAR access was not tried"]
+    assert access is not None
     problems = []
     if access.edu_id != EDU_ID:
         problems.append(f"edu id reads 0x{access.edu_id:08x} through L2, not 0x{EDU_ID:08x}")
@@ -191,21 +330,30 @@ def _bar_access_problems(ev: Evidence) -> list[str]:
 
 def mmap_fallback(ev: Evidence) -> Verdict:
     run = ev.main
+    probe_problem = _kernel_probe_problem(ev)
+    missing = ([probe_problem] if probe_problem else []) + _missing(ev, run)
+    if ev.bar_access is None:
+        missing.append("BAR access through L2 was not tried")
+    unknown = of_type(list(run.messages), UnknownDmabufWarning)
+    for u in unknown:
+        missing.append(f"QEMU warned about dma-buf in a wording this harness does not know: "
+                       f"{u.text!r}")
+    if missing:
+        return _error(missing, {"warnings_in_unknown_wording": [u.text for u in unknown]})
     messages = list(run.messages)
     not_supported = of_type(messages, DmabufNotSupported)
     unavailable = of_type(messages, DmabufUnavailable)
+    bars = kernel_bars(ev)
     problems = []
-    mmaps = _mmaps(run)
-    regions = _regions(run)
-    mmappable = [n for n, r in regions.items() if r.flags & REGION_FLAG_MMAP and r.size]
-    if ev.kernel_has_dmabuf:
+    if ev.kernel_dmabuf:
         # The fallback that still happens here: the sub-page BAR, whose dma-buf is refused.
         path = "sub-page BAR"
-        fallback = sorted(sub_page_regions(run))
+        fallback = [n for n, size in bars.items() if size < PAGE]
         if not fallback:
-            problems.append("no sub-page BAR was mmapped: nothing exercised the fallback")
+            problems.append("the L1 kernel has no sub-page BAR on these devices: nothing "
+                            "exercised the fallback")
         warned = sorted(u.region for u in unavailable)
-        if warned != fallback:
+        if warned != sorted(fallback):
             problems.append(f"'dma-buf unavailable' warnings for {warned}, "
                             f"expected one for each of {fallback}")
         if not_supported:
@@ -213,21 +361,21 @@ def mmap_fallback(ev: Evidence) -> Verdict:
         for name in fallback:
             if name in _dmabufs(run):
                 problems.append(f"{name} fell back and yet has a dma-buf")
+        warning = "'dma-buf unavailable' once per sub-page BAR"
     else:
         path = "dma-buf not supported in kernel"
-        fallback = sorted(mmaps)
+        fallback = list(bars)
+        lacks = _qemu_lacks_dmabuf(ev)
         if len(not_supported) != 1:
             problems.append(f"{len(not_supported)} 'VFIO dma-buf not supported in kernel' "
-                            f"warnings, expected exactly one")
+                            f"warnings, expected exactly one" + (f" ({lacks})" if lacks else ""))
         if of_type(list(run.trace), RegionDmabuf):
             problems.append("vfio_region_dmabuf traced on a kernel without VFIO dma-buf")
         if run.process and run.process.dmabuf_fds:
             problems.append(f"L2 holds dma-buf fds {run.process.dmabuf_fds} on a kernel "
                             f"without VFIO dma-buf")
-    missing = [n for n in mmappable if n not in mmaps]
-    if missing:
-        problems.append(f"mmappable regions not mmapped: {missing}")
-    problems += _mtree_problems(run, sorted(mmaps))
+        warning = "'VFIO dma-buf not supported in kernel' once"
+    problems += _mmapped_problems(run, list(bars))
     problems += _bar_access_problems(ev)
     if not run.alive_at_end:
         problems.append("L2 QEMU did not survive")
@@ -237,51 +385,99 @@ def mmap_fallback(ev: Evidence) -> Verdict:
         "path": path,
         "fallback_regions": fallback,
         "warnings": [m.text for m in not_supported + unavailable],
-        "mmaps": {n: [(m.start, m.size) for m in ms] for n, ms in mmaps.items()},
-        "bar_access": vars(ev.bar_access) if ev.bar_access else None,
+        "mmaps": {n: [(m.start, m.size) for m in ms] for n, ms in _mmaps(run).items()},
+        "bar_access": vars(ev.bar_access),
         "l2_alive": run.alive_at_end,
         "bar_iommu_mapping_failures": mapping_failures,  # recorded, not judged
     }
+    grounds = (_kernel_ground(ev), _bars_ground(ev), _trace_ground(run), _process_ground(run),
+               f"L2 stderr: {len(messages)} message(s)",
+               "BAR access through L2 (qtest): edu id and liveness, ivshmem BAR 0")
     if problems:
-        return Verdict("fail", "; ".join(problems), evidence)
-    return Verdict("pass", f"{path}: warned once, regions {fallback} stay mmapped and usable, "
-                           f"QEMU kept running", evidence)
+        return Verdict("fail", "; ".join(problems), evidence, grounds=grounds)
+    return Verdict("pass", f"{path}: QEMU warned {warning} ({', '.join(fallback)}); every BAR "
+                           f"of the kernel ({', '.join(bars)}) mmapped in the trace, info mtree "
+                           f"and the kernel's maps; edu id, liveness and ivshmem BAR 0 read "
+                           f"right through L2; QEMU kept running", evidence, grounds=grounds)
+
+
+def _in_range(address: int, span: tuple[int, int]) -> bool:
+    return span[0] <= address < span[1]
 
 
 def p2p_dma(ev: Evidence) -> Verdict:
     p2p = ev.p2p
-    if p2p is None:
-        return Verdict("fail", "the P2P transfer was not run", {})
+    missing = [] if p2p is not None else ["the P2P transfer was not run"]
+    missing += _missing(ev, ev.main)
+    if missing:
+        return _error(missing)
+    assert p2p is not None
     trace = list(ev.main.trace)
     bar2 = (p2p.bar2_iova, p2p.bar2_iova + 0x100000)
     mapping = [vars(r) | {"event": type(r).__name__} for r in trace
                if isinstance(r, IommufdMapFile | IommufdMap | ListenerAddRam)
-               and bar2[0] <= getattr(r, "iova", getattr(r, "start", -1)) < bar2[1]]
+               and _in_range(getattr(r, "iova", getattr(r, "start", -1)), bar2)]
+    refused = [m for m in mapping if m.get("ret", 0) < 0]
+    refused += [vars(m) for m in ev.main.messages
+                if isinstance(m, ContainerDmaMapFailed) and _in_range(m.iova, bar2)]
     failures = [m.text for m in ev.main.messages
                 if isinstance(m, IoasMapFailed | ContainerDmaMapFailed | P2PNotSupported)]
+    faults = [f for f in iommu_faults(p2p.l1_dmesg)
+              if any(_in_range(int(a, 16), bar2) for a in re.findall(r"0x[0-9a-fA-F]+", f))]
+    source_ok = p2p.source_in_file == p2p.pattern
+    clean = not any(p2p.before)
+    findings = set()
+    if refused:
+        findings.add("bar-map-refused")
+    if faults:
+        findings.add("dma-faulted")
+    if source_ok and clean and not p2p.engine_error and not p2p.arrived:
+        findings.add("bytes-missing")
     evidence = {
         "seed": p2p.seed, "size": p2p.size, "bar2_iova": hex(p2p.bar2_iova),
         "pattern": p2p.pattern.hex(), "read_back": p2p.after.hex(),
         "destination_before": p2p.before.hex(),
         "source_offset": p2p.src_offset, "destination_offset": p2p.dst_offset,
-        "bar2_mapping": mapping, "mapping_failures": failures,
+        "bar2_mapping": mapping, "bar2_mapping_refused": refused, "mapping_failures": failures,
         "l1_dmesg_during_dma": list(p2p.l1_dmesg),
     }
-    if p2p.source_in_file != p2p.pattern:
-        return Verdict("fail", "the pattern written to BAR 2 through L2 never reached the "
-                               "ivshmem file: the BAR mmap path is broken", evidence)
-    if any(b for b in p2p.before):
-        return Verdict("fail", "the destination was not clean before the DMA", evidence)
+    grounds = (f"L0: {p2p.size} bytes at ivshmem file offsets {p2p.src_offset:#x} (source) and "
+               f"{p2p.dst_offset:#x} (destination)", _trace_ground(ev.main),
+               f"L2 trace: {len(mapping)} IOMMU mapping event(s) at BAR 2's IOVA",
+               f"L1 dmesg during the DMA: {len(p2p.l1_dmesg)} line(s)")
+
+    def verdict(observed: str, reason: str) -> Verdict:
+        return Verdict(observed, reason, evidence, frozenset(findings), grounds)
+
+    if not source_ok:
+        return verdict("fail", "the pattern written to BAR 2 through L2 never reached the "
+                               "ivshmem file: the BAR mmap path is broken")
+    if not clean:
+        return verdict("fail", "the destination was not clean before the DMA")
+    if p2p.engine_error:
+        return verdict("fail", f"the DMA never started: {p2p.engine_error}")
     if p2p.arrived:
-        how = ("iommufd_backend_map_file_dma" if any(m["event"] == "IommufdMapFile"
-                                                     for m in mapping) else "mapping by address")
-        return Verdict("pass", f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
-                               f"0x{p2p.dst_offset:x} and L0 read them back ({how})", evidence)
-    refused = iommu_faults(p2p.l1_dmesg)
-    where = f"; L1 kernel: {refused[0]}" if refused else "; no IOMMU fault logged in L1"
+        by_dmabuf = [m for m in mapping if m["event"] == "IommufdMapFile" and m["ret"] == 0]
+        by_address = [m for m in mapping if m["event"] == "ListenerAddRam"]
+        if ev.backend == "iommufd" and not by_dmabuf:
+            return verdict("fail", f"the bytes arrived, but no successful "
+                                   f"iommufd_backend_map_file_dma at BAR 2's IOVA "
+                                   f"{p2p.bar2_iova:#x} was traced: the route is unproven")
+        if ev.backend != "iommufd" and not by_address:
+            return verdict("fail", f"the bytes arrived, but no vfio_listener_region_add_ram "
+                                   f"at BAR 2's IOVA {p2p.bar2_iova:#x} was traced: the route "
+                                   f"is unproven")
+        how = (f"mapped through its dma-buf (iommufd_backend_map_file_dma fd "
+               f"{by_dmabuf[0]['fd']})" if by_dmabuf else "mapped by address")
+        return verdict("pass", f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
+                               f"0x{p2p.dst_offset:x} and L0 read them back out of the file "
+                               f"(BAR 2 {how})")
+    where = f"; L1 kernel: {faults[0]}" if faults else "; no IOMMU fault at BAR 2 logged in L1"
     why = f"; {failures[0]}" if failures else ""
-    return Verdict("fail", f"the bytes did not arrive (read {p2p.after[:8].hex()}..., "
-                           f"wanted {p2p.pattern[:8].hex()}...){why}{where}", evidence)
+    refusal = "; the BAR's IOMMU mapping was refused" if refused else \
+        "; no refused IOMMU mapping of BAR 2 was traced"
+    return verdict("fail", f"the bytes did not arrive (read {p2p.after[:8].hex()}..., "
+                           f"wanted {p2p.pattern[:8].hex()}...){refusal}{why}{where}")
 
 
 def iommu_faults(dmesg: tuple[str, ...]) -> list[str]:

@@ -23,5 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--seed", type=int, help="seed of the P2P pattern (default: random)")
     group.addoption("--l2-qemu", type=Path, metavar="PATH",
                     help="a QEMU build to test as L2 instead of the rootfs's packaged one")
+    group.addoption("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                    help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     group.addoption("--keep-artifacts", action="store_true",
                     help="keep the artifacts of every cell, not only of those that failed")

@@ -1,13 +1,16 @@
 """The verdict matrix under avocado, one variant per cell.
 
-    vfio-harness matrix --avocado-variants variants.json --results DIR
+    vfio-harness matrix --avocado-variants variants.json --results DIR [--l2-qemu PATH]
     avocado run --max-parallel-tasks 1 --json-variants-load variants.json tests/avocado/matrix.py
 
 (ci/avocado.sh does both.) Each test process asks harness.cell_results for
-its cell: the first cell of a (vIOMMU, kernel) boots that L1 and runs all of
-its cells; the others read the records it left in DIR. A cell expected to skip
-is CANCEL with the reason; an expected failure that happened PASSes with
-"xfail: reason" on its whiteboard; anything not as expected FAILs.
+its cell: the first cell of a (vIOMMU, kernel) in this avocado job boots that
+L1 and runs all of its cells; the others read the records it left in DIR,
+stamped with the job's id, so a second job never reads the first one's
+verdicts. A cell expected to skip is CANCEL with the reason; an expected
+failure that happened PASSes with "xfail: reason" on its whiteboard; anything
+not as expected FAILs; a harness error (a torn shared file, an L1 that did not
+boot) is an ERROR with its message.
 """
 
 from pathlib import Path
@@ -16,17 +19,35 @@ from avocado import Test
 
 from harness import matrix
 from harness.cell_results import CellResults, Setup
+from harness.errors import HarnessError
+
+
+def job_id(logdir: str) -> str:
+    """The avocado job this test runs in: its results directory holds the job's id."""
+    job_dir = Path(logdir).parents[1]
+    id_file = job_dir / "id"
+    return f"avocado-{id_file.read_text().strip() if id_file.exists() else job_dir.name}"
 
 
 class Matrix(Test):
     def test(self) -> None:
         p = self.params
         cell = matrix.Cell(p.get("viommu"), p.get("backend"), p.get("kernel"), p.get("check"))
-        setup = Setup.from_environment(p.get("cache", default=None), p.get("qemu", default=None))
-        results = CellResults(setup, Path(p.get("results")), int(p.get("seed")))
-        record = results.get(cell)
+        l2_qemu = p.get("l2_qemu", default=None)
+        try:
+            setup = Setup.from_environment(p.get("cache", default=None),
+                                           p.get("qemu", default=None))
+            results = CellResults(setup, Path(p.get("results")), int(p.get("seed")),
+                                  job_id(self.logdir), Path(l2_qemu) if l2_qemu else None)
+            record = results.get(cell)
+        except HarnessError as e:
+            self.error(f"{cell.id}: {e}")
+        qemu = record["evidence"].get("qemu_under_test") or {}
+        self.log.info("QEMU under test: %s (%s, sha256 %s)", qemu.get("version"),
+                      qemu.get("origin"), qemu.get("sha256"))
         self.log.info("%s: expected %s, outcome %s: %s", cell.id, record["expected"],
                       record["outcome"], record["reason"])
+        self.log.info("grounds: %s", "; ".join(record.get("grounds", [])))
         self.log.info("artifacts: %s", record["artifacts"])
         self.whiteboard = f"{record['outcome']}: {record['reason']}"
         if not record["met"]:

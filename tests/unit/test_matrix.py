@@ -1,8 +1,9 @@
-"""The expectation table and the outcome rules."""
+"""The expectation table, its signatures and the outcome rules."""
 
 import pytest
 
 from harness import matrix
+from harness.matrix import Expectation, settle
 
 
 def test_default_matrix_has_every_combination_once():
@@ -13,7 +14,7 @@ def test_default_matrix_has_every_combination_once():
 
 
 def test_expectations_as_the_issue_tabulates_them():
-    e = matrix.EXPECTATIONS
+    e = {k: v.outcome for k, v in matrix.EXPECTATIONS.items()}
     assert e[("dmabuf-per-region", "dmabuf", "iommufd")] == "pass"
     assert e[("dmabuf-per-region", "no-dmabuf", "legacy")] == "skip"
     assert e[("mmap-fallback", "no-dmabuf", "iommufd")] == "pass"
@@ -22,21 +23,41 @@ def test_expectations_as_the_issue_tabulates_them():
     assert all(matrix.Cell("v", b, k, c).why for (c, k, b), x in e.items() if x != "pass")
 
 
-@pytest.mark.parametrize("expected, observed, reported, met", [
-    ("pass", "pass", "pass", True),
-    ("pass", "fail", "fail", False),
-    ("pass", "skip", "skip", False),   # an unexpected skip never passes silently
-    ("xfail", "fail", "xfail", True),
-    ("xfail", "pass", "xpass", False),
-    ("skip", "skip", "skip", True),
-    ("skip", "pass", "pass", False),
-    ("pass", "error", "error", False),
+def test_every_expected_failure_and_skip_has_a_signature():
+    for key, expectation in matrix.EXPECTATIONS.items():
+        assert bool(expectation.signature) == (expectation.outcome != "pass"), key
+    p2p = matrix.EXPECTATIONS[("p2p-dma", "no-dmabuf", "iommufd")]
+    assert p2p.signature == ("bar-map-refused", "bytes-missing")
+
+
+PASS, XFAIL = Expectation("pass"), Expectation("xfail", ("bytes-missing",), "why")
+SKIP = Expectation("skip", ("kernel-lacks-dmabuf",), "why")
+
+
+@pytest.mark.parametrize("expected, observed, findings, reported, met", [
+    (PASS, "pass", (), "pass", True),
+    (PASS, "fail", (), "fail", False),
+    (PASS, "skip", (), "skip", False),   # an unexpected skip never passes silently
+    (PASS, "error", (), "error", False),
+    (XFAIL, "fail", ("bytes-missing",), "xfail", True),
+    (XFAIL, "fail", (), "fail", False),  # a failure without the signature is a failure
+    (XFAIL, "pass", (), "xpass", False),
+    (XFAIL, "error", (), "error", False),
+    (SKIP, "skip", ("kernel-lacks-dmabuf",), "skip", True),
+    (SKIP, "skip", (), "skip", False),   # a skip for another reason is not the expected one
+    (SKIP, "pass", (), "pass", False),
 ])
-def test_outcome_rules(expected, observed, reported, met):
-    assert matrix.outcome(expected, observed) == reported
-    assert matrix.met(expected, reported) is met
+def test_outcome_rules(expected, observed, findings, reported, met):
+    outcome, is_met, reason = settle(expected, observed, "r", frozenset(findings))
+    assert (outcome, is_met) == (reported, met)
+    if observed in ("fail", "skip") and expected.outcome != "pass" and not met:
+        assert "not the expected" in reason
 
 
 def test_a_bad_table_is_refused():
     with pytest.raises(ValueError, match="bad expectation 'maybe'"):
         matrix._parse("p2p-dma dmabuf pass maybe")
+    with pytest.raises(ValueError, match="unknown finding"):
+        matrix._parse("p2p-dma dmabuf pass xfail[no-such-finding]")
+    with pytest.raises(ValueError, match="need one"):
+        matrix._parse("p2p-dma dmabuf pass xfail")

@@ -2,24 +2,31 @@
 
 from harness.l1_vfio import Inventory
 from harness.l2 import backend
-from harness.scenario import _environment_gap
+from harness.runner import _environment_gap
+from harness.scenario import PassedThrough
+from tests.unit.test_qemu_under_test import under_test
 
 
-def inventory(**changes) -> Inventory:
+def through(**changes) -> PassedThrough:
     base = dict(kernel="7.2.13", cmdline="", iommus=("dmar0",), dev_iommu=True,
                 dev_vfio_container=True, devices=())
-    return Inventory(**{**base, **changes})
+    return PassedThrough({}, {}, {}, Inventory(**{**base, **changes}))
 
 
 def test_kernel_without_iommufd_skips_the_iommufd_backend():
-    reason = _environment_gap(None, backend("iommufd"), inventory(dev_iommu=False))
+    reason = _environment_gap(backend("iommufd"), through(dev_iommu=False), under_test())
     assert reason == "L1 kernel 7.2.13 has no /dev/iommu, so no iommufd backend"
 
 
 def test_kernel_without_the_container_skips_the_legacy_backend():
-    reason = _environment_gap(None, backend("legacy"), inventory(dev_vfio_container=False))
+    reason = _environment_gap(backend("legacy"), through(dev_vfio_container=False), under_test())
     assert reason == "L1 kernel 7.2.13 has no /dev/vfio/vfio, so no legacy backend"
 
 
+def test_qemu_without_iommufd_skips_the_iommufd_backend():
+    reason = _environment_gap(backend("iommufd"), through(), under_test(has_iommufd_object=False))
+    assert reason == "the QEMU under test (QEMU emulator version 11.1.3) has no iommufd object"
+
+
 def test_legacy_on_a_complete_kernel_has_no_gap():
-    assert _environment_gap(None, backend("legacy"), inventory()) is None
+    assert _environment_gap(backend("legacy"), through(), under_test()) is None

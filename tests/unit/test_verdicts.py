@@ -1,6 +1,7 @@
 """The verdicts on evidence captured from a real run (intel-iommu, dmabuf kernel, iommufd).
 
-Each failure mode is shown to fail: a verdict that could not fail would be a defect.
+Each failure mode is shown to fail, and each kind of missing evidence to be an
+error: a verdict that could not fail, or passed on nothing, would be a defect.
 """
 
 import dataclasses
@@ -14,7 +15,9 @@ from harness.evidence import (
     KernelProcess,
     L2Run,
     P2PTransfer,
+    QemuFacts,
     RegionDmabuf,
+    RegionSetup,
     parse_messages,
     parse_trace,
 )
@@ -33,19 +36,35 @@ def _read(name: str) -> str:
     return (DATA / name).read_text()
 
 
+def maps(*sizes: int) -> tuple[str, ...]:
+    """/proc/PID/maps lines of VFIO device mappings of these sizes."""
+    out, start = [], 0x7F0000000000
+    for i, size in enumerate(sizes):
+        out.append(f"{start:x}-{start + size:x} rw-s 00000000 00:0e {100 + i} "
+                   f"/dev/vfio/devices/vfio{i}")
+        start += size + 0x100000
+    return tuple(out)
+
+
+#: What the L1 kernel says the captured run's devices have (from sysfs resource).
+BARS = {EDU: {0: MIB}, IVSHMEM: {0: 0x100, 2: MIB}}
+
+
 def captured(**changes) -> Evidence:
     """The evidence of the real run, as the verdicts saw it; `changes` replace fields."""
     main = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd.trace"))),
                  tuple(parse_messages(_read("intel-iommu-dmabuf-iommufd.stderr"))),
-                 KernelProcess(((19, MIB, "vfio_pci_core"), (22, MIB, "vfio_pci_core")), ()),
+                 KernelProcess(((19, MIB, "vfio_pci_core"), (22, MIB, "vfio_pci_core")),
+                               maps(MIB, 4096, MIB)),
                  mtree_mmaps(_read("intel-iommu-dmabuf-iommufd.mtree")), True)
     no_mmap = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd-x-no-mmap.trace"))),
-                    (), KernelProcess(((21, MIB, "vfio_pci_core"),), ()), (), True)
+                    (), KernelProcess(((21, MIB, "vfio_pci_core"),), maps(4096, MIB)), (), True)
     pattern = bytes(range(64))
     ev = Evidence(
         backend="iommufd", devices={"edu": EDU, "ivshmem": IVSHMEM},
         kernel_probe={EDU: (True, None), IVSHMEM: (True, None)},
-        main=main, no_mmap=no_mmap,
+        main=main, no_mmap=no_mmap, bars=BARS,
+        qemu=QemuFacts("QEMU emulator version 11.1.3", True, True),
         bar_access=BarAccess(0x010000ED, 0x5A5AA5A5, 0xA5A55A5A, 0xFFFF, 0xFFFF),
         p2p=P2PTransfer(seed=7, size=64, bar2_iova=0xC0200000, src_offset=0, dst_offset=0x2000,
                         pattern=pattern, source_in_file=pattern, before=bytes(64),
@@ -64,6 +83,8 @@ def test_dmabuf_per_region_passes_on_the_captured_run():
     assert v.observed == "pass", v.reason
     assert set(v.evidence["qualifying_regions"]) == {f"{EDU} BAR 0", f"{IVSHMEM} BAR 2"}
     assert v.evidence["sub_page_regions"] == [f"{IVSHMEM} BAR 0"]
+    assert "x-no-mmap=on" in v.reason
+    assert any("fdinfo" in g for g in v.grounds)
 
 
 def test_dmabuf_per_region_skips_with_the_probe_answer_when_the_kernel_lacks_it():
@@ -72,6 +93,7 @@ def test_dmabuf_per_region_skips_with_the_probe_answer_when_the_kernel_lacks_it(
     v = dmabuf_per_region(ev)
     assert v.observed == "skip"
     assert "VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) answered ENOTTY" in v.reason
+    assert v.findings == {"kernel-lacks-dmabuf"}
 
 
 def test_missing_dmabuf_trace_fails():
@@ -85,13 +107,15 @@ def test_missing_dmabuf_trace_fails():
 
 def test_kernel_disagreeing_on_size_fails():
     ev = with_main(captured(), process=KernelProcess(((19, MIB, "vfio_pci_core"),
-                                                      (22, 4096, "vfio_pci_core")), ()))
+                                                      (22, 4096, "vfio_pci_core")),
+                                                     maps(MIB, 4096, MIB)))
     v = dmabuf_per_region(ev)
     assert v.observed == "fail" and "the kernel says fd 22 is 4096 bytes" in v.reason
 
 
 def test_kernel_missing_an_fd_fails():
-    ev = with_main(captured(), process=KernelProcess(((19, MIB, "vfio_pci_core"),), ()))
+    ev = with_main(captured(), process=KernelProcess(((19, MIB, "vfio_pci_core"),),
+                                                     maps(MIB, 4096, MIB)))
     v = dmabuf_per_region(ev)
     assert v.observed == "fail" and "shows 1 dma-buf fd(s)" in v.reason
 
@@ -131,7 +155,8 @@ def test_no_dmabuf_kernel_path_needs_one_warning_and_no_dmabuf():
     assert "vfio_region_dmabuf traced on a kernel without VFIO dma-buf" in v.reason
     trace = tuple(r for r in ev.main.trace if not isinstance(r, RegionDmabuf))
     messages = ev.main.messages + tuple(parse_messages(NOT_SUPPORTED))
-    fixed = with_main(ev, trace=trace, messages=messages, process=KernelProcess((), ()))
+    fixed = with_main(ev, trace=trace, messages=messages,
+                      process=KernelProcess((), maps(MIB, 4096, MIB)))
     v = mmap_fallback(fixed)
     assert v.observed == "pass", v.reason
     assert v.evidence["path"] == "dma-buf not supported in kernel"
@@ -153,7 +178,7 @@ def test_dead_qemu_fails():
 def test_p2p_passes_when_the_bytes_arrive():
     v = p2p_dma(captured())
     assert v.observed == "pass", v.reason
-    assert "iommufd_backend_map_file_dma" in v.reason
+    assert "iommufd_backend_map_file_dma fd 22" in v.reason
     assert any(m["event"] == "IommufdMapFile" and m["fd"] == 22
                for m in v.evidence["bar2_mapping"])
 
@@ -184,7 +209,7 @@ def test_p2p_refuses_a_dirty_destination(stale):
 def test_real_no_dmabuf_capture_takes_the_not_supported_path():
     main = L2Run(tuple(parse_trace(_read("intel-iommu-no-dmabuf-iommufd.trace"))),
                  tuple(parse_messages(_read("intel-iommu-no-dmabuf-iommufd.stderr"))),
-                 KernelProcess((), ()), tuple(f"{n} mmaps[0]" for n in (
+                 KernelProcess((), maps(MIB, 4096, MIB)), tuple(f"{n} mmaps[0]" for n in (
                      f"{EDU} BAR 0", f"{IVSHMEM} BAR 0", f"{IVSHMEM} BAR 2")), True)
     ev = captured(main=main, no_mmap=None,
                   kernel_probe={EDU: (False, "ENOTTY"), IVSHMEM: (False, "ENOTTY")})
@@ -207,21 +232,162 @@ def test_fault_naming_the_address_is_quoted_first():
 
 
 def test_judge_applies_expectations_and_contains_a_crashing_verdict(monkeypatch):
-    from harness import scenario
+    from harness import runner
     from harness.matrix import Cell
+    from harness.scenario import Timer
 
     cells = [Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"),
              Cell("intel-iommu", "iommufd", "no-dmabuf", "mmap-fallback")]
-    ev = captured()
-    ev = captured(p2p=dataclasses.replace(ev.p2p, after=bytes(64)))  # the bytes did not arrive
-    results = scenario.judge(cells, ev, scenario.Timer(), 1.0, "")
-    assert results[0].outcome == "xfail" and results[0].met  # expected xfail there
+    ev = no_dmabuf_iommufd()
+    results = runner.judge(cells, ev, Timer(), 1.0, "")
+    assert results[0].outcome == "xfail" and results[0].met, results[0].reason
 
     def boom(evidence):
         raise KeyError("no such region")
 
-    monkeypatch.setitem(scenario.VERDICTS, "mmap-fallback", boom)
-    results = scenario.judge(cells, ev, scenario.Timer(), 1.0, "")
+    monkeypatch.setitem(runner.VERDICTS, "mmap-fallback", boom)
+    results = runner.judge(cells, ev, Timer(), 1.0, "")
     assert results[0].outcome == "xfail"                 # the other cell stands
     assert results[1].outcome == "error" and not results[1].met
     assert "verdict mmap-fallback crashed: KeyError" in results[1].reason
+
+
+# -- evidence that is missing is never a pass ----------------------------------------------
+
+ALL = (dmabuf_per_region, mmap_fallback, p2p_dma)
+
+
+@pytest.mark.parametrize("verdict", ALL, ids=lambda f: f.__name__)
+def test_no_trace_is_an_error_saying_so(verdict):
+    v = verdict(with_main(captured(), trace=()))
+    assert v.observed == "error" and "trace is missing" in v.reason
+
+
+@pytest.mark.parametrize("verdict", ALL, ids=lambda f: f.__name__)
+def test_no_region_setup_for_a_device_is_an_error(verdict):
+    ev = captured()
+    trace = tuple(r for r in ev.main.trace
+                  if not (isinstance(r, RegionSetup) and r.device == IVSHMEM))
+    v = verdict(with_main(ev, trace=trace))
+    assert v.observed == "error"
+    assert f"no vfio_region_setup for ivshmem ({IVSHMEM})" in v.reason
+
+
+@pytest.mark.parametrize("verdict", ALL, ids=lambda f: f.__name__)
+def test_a_known_event_that_no_longer_parses_is_reported(verdict):
+    ev = captured()
+    changed = "vfio_region_dmabuf Device 0000:00:02.0 fd=19 BAR 0 size 1 MiB"
+    v = verdict(with_main(ev, trace=ev.main.trace + tuple(parse_trace(changed))))
+    assert v.observed == "error"
+    assert "a vfio_region_dmabuf line no longer parses" in v.reason
+
+
+@pytest.mark.parametrize("verdict", (dmabuf_per_region, mmap_fallback), ids=lambda f: f.__name__)
+def test_an_empty_kernel_probe_does_not_mean_dmabuf(verdict):
+    v = verdict(captured(kernel_probe={}))
+    assert v.observed == "error" and "probe gave no usable answer" in v.reason
+
+
+@pytest.mark.parametrize("verdict", ALL, ids=lambda f: f.__name__)
+def test_no_kernel_view_of_the_bars_is_an_error(verdict):
+    v = verdict(captured(bars={}))
+    assert v.observed == "error" and "no L1 kernel view of the devices' BARs" in v.reason
+
+
+def test_mmap_fallback_with_no_mmapped_region_does_not_pass():
+    """The regression of issue 7: 'regions [] stay mmapped and usable' passed."""
+    ev = no_dmabuf_iommufd()
+    trace = tuple(r for r in ev.main.trace if type(r).__name__ != "RegionMmap")
+    v = mmap_fallback(with_main(ev, trace=trace))
+    assert v.observed == "fail"
+    assert f"{EDU} BAR 0 was not mmapped" in v.reason
+
+
+def test_a_warning_in_an_unknown_wording_is_reported_as_such():
+    ev = no_dmabuf_iommufd()
+    reworded = tuple(parse_messages(NOT_SUPPORTED.replace("not supported in kernel",
+                                                          "unsupported by this kernel")))
+    messages = tuple(m for m in ev.main.messages if "not supported in kernel" not in m.text)
+    v = mmap_fallback(with_main(ev, messages=messages + reworded))
+    assert v.observed == "error"
+    assert "wording this harness does not know" in v.reason and "unsupported by" in v.reason
+
+
+def test_a_qemu_without_the_dmabuf_code_fails_dmabuf_per_region_saying_so():
+    v = dmabuf_per_region(captured(qemu=QemuFacts("QEMU emulator version 10.0.3", False, True)))
+    assert v.observed == "fail"
+    assert "(QEMU emulator version 10.0.3) has no vfio_region_dmabuf trace event" in v.reason
+
+
+def test_the_pass_reason_claims_no_x_no_mmap_check_that_did_not_run():
+    v = dmabuf_per_region(captured(no_mmap=None))
+    assert v.observed == "pass" and "x-no-mmap" not in v.reason
+
+
+def test_a_mmap_the_kernel_does_not_see_fails():
+    """QEMU's trace says BAR 2 is mmapped; the kernel has no such mapping of the device."""
+    v = dmabuf_per_region(with_main(captured(), process=dataclasses.replace(
+        captured().main.process, vfio_maps=maps(MIB, 4096))))
+    assert v.observed == "fail"
+    assert "the L1 kernel shows no VFIO device mapping of 0x100000 bytes" in v.reason
+
+
+def test_a_dmabuf_fd_the_kernel_does_not_hold_fails():
+    """A forged dma-buf: the trace names fd 22, the kernel says fd 22 is no dma-buf."""
+    v = dmabuf_per_region(with_main(captured(), process=KernelProcess(
+        ((19, MIB, "vfio_pci_core"), (30, MIB, "vfio_pci_core")), maps(MIB, 4096, MIB))))
+    assert v.observed == "fail" and "fd 22 from the trace is not a dma-buf" in v.reason
+
+
+def test_p2p_without_a_dma_engine_fails_saying_why():
+    ev = captured()
+    p2p = dataclasses.replace(ev.p2p, after=bytes(64), engine_error="edu BAR0 id reads 0x0")
+    v = p2p_dma(captured(p2p=p2p))
+    assert v.observed == "fail" and "the DMA never started: edu BAR0 id reads 0x0" in v.reason
+    assert "bytes-missing" not in v.findings
+
+
+def test_p2p_pass_on_iommufd_needs_the_dmabuf_mapping():
+    ev = captured()
+    trace = tuple(r for r in ev.main.trace if type(r).__name__ != "IommufdMapFile")
+    v = p2p_dma(with_main(ev, trace=trace))
+    assert v.observed == "fail" and "the route is unproven" in v.reason
+
+
+# -- expected failures fail for their stated reason ------------------------------------------
+
+def no_dmabuf_iommufd(**changes) -> Evidence:
+    """The captured iommufd run on the kernel without dma-buf, the P2P bytes refused."""
+    main = L2Run(tuple(parse_trace(_read("intel-iommu-no-dmabuf-iommufd.trace"))),
+                 tuple(parse_messages(_read("intel-iommu-no-dmabuf-iommufd.stderr"))),
+                 KernelProcess((), maps(MIB, 4096, MIB)), tuple(f"{n} mmaps[0]" for n in (
+                     f"{EDU} BAR 0", f"{IVSHMEM} BAR 0", f"{IVSHMEM} BAR 2")), True)
+    ev = captured(main=main, no_mmap=None,
+                  kernel_probe={EDU: (False, "ENOTTY"), IVSHMEM: (False, "ENOTTY")})
+    fault = ("DMAR: [DMA Read NO_PASID] Request device [00:02.0] fault addr 0xc0200000 "
+             "[fault reason 0x06] PTE Read access is not set")
+    p2p = dataclasses.replace(ev.p2p, after=bytes(64), l1_dmesg=(fault,))
+    return dataclasses.replace(ev, p2p=p2p, **changes)
+
+
+def test_the_expected_p2p_failure_has_its_signature():
+    v = p2p_dma(no_dmabuf_iommufd())
+    assert v.observed == "fail"
+    assert {"bar-map-refused", "bytes-missing", "dma-faulted"} <= v.findings
+
+
+def test_a_p2p_failure_without_the_refused_mapping_is_not_the_expected_one():
+    """The regression of issue 7: BARs never mapped at all still read xfail."""
+    from harness import matrix
+
+    ev = no_dmabuf_iommufd()
+    trace = tuple(r for r in ev.main.trace if type(r).__name__ not in ("IommufdMap",))
+    messages = tuple(m for m in ev.main.messages if "IOMMU_IOAS_MAP" not in m.text
+                     and "vfio_container_dma_map" not in m.text)
+    v = p2p_dma(with_main(ev, trace=trace, messages=messages))
+    assert v.observed == "fail" and "bar-map-refused" not in v.findings
+    cell = matrix.Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma")
+    result = matrix.CellResult.settled(cell, v.observed, v.reason, {}, 0.0,
+                                       findings=v.findings)
+    assert result.outcome == "fail" and not result.met
+    assert "not the expected failure" in result.reason

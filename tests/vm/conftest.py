@@ -5,6 +5,7 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,12 @@ def qemu(pytestconfig: pytest.Config) -> QemuBinary:
 
 
 @pytest.fixture(scope="session")
-def accelerator(qemu: QemuBinary, images: Images, store: ImageStore) -> str:
+def accelerator(pytestconfig: pytest.Config, qemu: QemuBinary, images: Images,
+                store: ImageStore) -> str:
     kernel = next(iter(images.kernels.values())).bzimage
-    return accel.choose(qemu, kernel, store.cache).accel
+    forced = pytestconfig.getoption("--accel")
+    return accel.choose(qemu, kernel, store.cache,
+                        force=None if forced == "auto" else forced).accel
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +118,17 @@ def l1_survey(l1, store) -> Survey:
 
 @pytest.fixture(scope="session")
 def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
-    """One L1 per (vIOMMU, kernel) for the session; results.json and report.html at the end."""
+    """One L1 per (vIOMMU, kernel) for the session; results.json and report.html at the end.
+
+    The session's own id keys the shared cell results: a re-run into the same
+    --artifacts directory boots afresh instead of reading the last session's verdicts."""
     seed = pytestconfig.getoption("--seed")
     if seed is None:
         seed = matrix.new_seed()
     out = artifacts / "matrix"
-    say(pytestconfig, f"P2P seed: {seed}")
-    found = CellResults(Setup(qemu, images, accelerator), out, seed,
+    run_id = f"pytest-{uuid.uuid4()}"
+    say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
+    found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
                         pytestconfig.getoption("--l2-qemu"))
     yield found
     cells = list(found.produced.values())
@@ -128,8 +136,8 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
         return
     kept = [] if pytestconfig.getoption("--keep-artifacts") else results.prune(out, cells)
     results.write(out, cells, {"seed": seed, "accel": accelerator, "front_end": "pytest",
-                               "l0_qemu": qemu.version_text,
-                               "l2_qemu": images.rootfs.qemu_version})
+                               "run_id": run_id, "l0_qemu": qemu.version_text,
+                               "l2_qemu": results.qemu_under_test(cells)})
     page = report.write_html(out)
     say(pytestconfig, f"matrix results: {out / 'results.json'}")
     say(pytestconfig, f"matrix report: {page}")

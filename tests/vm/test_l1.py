@@ -8,15 +8,15 @@ import errno
 import hashlib
 from pathlib import Path
 
-from harness.l0 import DEFAULT_DEVICES, Edu, Ivshmem
+from harness.l0 import DEFAULT_DEVICES, EduDevice, IvshmemDevice
 from harness.survey import problems
 
 
 def test_passed_through_devices_are_there_with_their_bars(l1_survey):
     by_id = {d.vendor_device: d for d in l1_survey.bound}
     assert set(by_id) == {d.vendor_device for d in DEFAULT_DEVICES}
-    edu_bars = {b.index: b.size for b in by_id[Edu().vendor_device].bars}
-    ivshmem_bars = {b.index: b.size for b in by_id[Ivshmem().vendor_device].bars}
+    edu_bars = {b.index: b.size for b in by_id[EduDevice().vendor_device].bars}
+    ivshmem_bars = {b.index: b.size for b in by_id[IvshmemDevice().vendor_device].bars}
     assert edu_bars == {0: 1 << 20}
     assert ivshmem_bars == {0: 256, 2: 1 << 20}  # BAR 0 is sub-page: no dma-buf later
 

@@ -4,7 +4,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.evidence import Other, RegionSetup, parse_trace
-from harness.l0 import Edu, Ivshmem, viommu
+from harness.l0 import EduDevice, IvshmemDevice, viommu
 from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec, backend
 from harness.pci import PciConfig
 from harness.stack import booted
@@ -14,7 +14,7 @@ from harness.stack import booted
 def l1(qemu, images, accelerator, artifacts):
     with booted(qemu, images, viommu("intel-iommu"), "dmabuf", artifacts / "l2-tests",
                 accel=accelerator) as stack:
-        inventory = stack.vfio.inventory([Edu().vendor_device, Ivshmem().vendor_device])
+        inventory = stack.vfio.inventory([EduDevice().vendor_device, IvshmemDevice().vendor_device])
         stack.vfio.bind([d.bdf for d in inventory.devices])
         yield stack, inventory
 
@@ -31,7 +31,7 @@ def no_qemu_in(stack) -> bool:
 
 def test_l2_that_dies_at_start_is_an_error_with_its_stderr(l1, tmp_path):
     stack, inventory = l1
-    edu = inventory.find(Edu().vendor_device).bdf
+    edu = inventory.find(EduDevice().vendor_device).bdf
     spec = L2Spec(backend("iommufd"), (L2Device(edu, "x-no-such-property=on"),))
     with pytest.raises(HarnessError) as e:
         with l2(stack, spec, tmp_path):
@@ -51,11 +51,11 @@ def test_a_device_that_is_not_there(l1):
 
 def test_trace_events_switched_on_at_run_time(l1, tmp_path):
     stack, inventory = l1
-    edu = inventory.find(Edu().vendor_device).bdf
+    edu = inventory.find(EduDevice().vendor_device).bdf
     with l2(stack, L2Spec(backend("legacy"), (L2Device(edu),)), tmp_path) as q:
         pci = PciConfig(q.qtest)
         q.set_trace("pci_update_mappings*", True)
-        slot = pci.find(Edu().vendor_device)
+        slot = pci.find(EduDevice().vendor_device)
         address = pci.assign(slot, pci.bars(slot)[0])
         pci.enable(slot, master=False)
     records = parse_trace((tmp_path / "l2-trace.log").read_text())
@@ -76,7 +76,7 @@ def test_a_qemu_build_brought_by_the_user_is_the_one_under_test(l1, tmp_path):
     local = tmp_path / "qemu-system-x86_64"
     stack.session.get("/usr/bin/qemu-system-x86_64", local)  # a real build, as a user's would be
     assert upload_qemu(stack.session, local) == UPLOADED_QEMU
-    edu = inventory.find(Edu().vendor_device).bdf
+    edu = inventory.find(EduDevice().vendor_device).bdf
     spec = L2Spec(backend("iommufd"), (L2Device(edu),), qemu=UPLOADED_QEMU)
     with l2(stack, spec, tmp_path / "l2") as q:
         exe = stack.session.run(f"readlink /proc/{q.pid}/exe").stdout.strip()
