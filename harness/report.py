@@ -97,6 +97,11 @@ def render(data: dict, base: Path) -> str:
                        f"<span class='small'>expected {e(cell['expected'])}</span></a></td>")
         out.append("</tr>")
     out.append("</table>")
+    for q in _qemus_under_test(data.get("run", {})):
+        out.append(f"<p id='qemu-under-test'>QEMU under test: {e(q.get('version', '?'))} "
+                   f"({e(q.get('origin', '?'))}), sha256 {e(q.get('sha256', '?'))}; "
+                   f"vfio_region_dmabuf event: {'yes' if q.get('has_dmabuf_event') else 'no'}, "
+                   f"iommufd object: {'yes' if q.get('has_iommufd_object') else 'no'}</p>")
     out.append(f"<details id='run'><summary>run: seed, versions, selection</summary>"
                f"<pre>{e(json.dumps(data.get('run', {}), indent=2))}</pre></details>")
     out.append("<h2>Cells</h2>")
@@ -104,6 +109,13 @@ def render(data: dict, base: Path) -> str:
         out.append(_cell_section(cell, base))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _qemus_under_test(run: dict) -> list[dict]:
+    """The QEMU(s) under test a run (or each shard of a merged run) recorded."""
+    runs = run.get("shards", [run])
+    found = [q for r in runs for q in (r.get("l2_qemu") or []) if isinstance(q, dict)]
+    return list({q.get("sha256"): q for q in found}.values())
 
 
 def _counts(cells: list[dict]) -> str:
@@ -120,7 +132,14 @@ def _cell_section(cell: dict, base: Path) -> str:
              f"{e(cell['outcome'])}</span> (expected {e(cell['expected'])})</h3>",
              f"<p class='reason'>{e(cell.get('reason', ''))}</p>"]
     if cell.get("expected_because"):
-        parts.append(f"<p class='small'>expected because {e(cell['expected_because'])}</p>")
+        signature = ", ".join(cell.get("expected_signature", []))
+        parts.append(f"<p class='small'>expected because {e(cell['expected_because'])}"
+                     + (f" (signature: {e(signature)}; found: "
+                        f"{e(', '.join(cell.get('findings', [])) or 'nothing')})"
+                        if signature else "") + "</p>")
+    if cell.get("grounds"):
+        parts.append("<ul class='grounds small'>"
+                     + "".join(f"<li>{e(g)}</li>" for g in cell["grounds"]) + "</ul>")
     parts.append(f"<p class='small'>{cell.get('duration_s', 0)} s</p>")
     links = _artifact_links(cell.get("artifacts", ""), base)
     if links:

@@ -68,6 +68,23 @@ def test_html_shows_every_cell_coloured_and_linked(tmp_path):
     assert "href='intel-iommu-dmabuf/legacy/l2-stderr.log'" in page
 
 
+def test_html_names_the_qemu_under_test_and_each_cells_grounds(tmp_path):
+    out, _ = make_run(tmp_path, {})
+    cell = CellResult.settled(Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"), "fail",
+                              "the bytes did not arrive", {}, 1.0, "",
+                              frozenset({"bytes-missing"}), ("L0: 64 bytes at offsets",))
+    qemu = {"version": "QEMU emulator version 11.1.3", "origin": "packaged in the rootfs",
+            "sha256": "ab" * 32, "has_dmabuf_event": True, "has_iommufd_object": True}
+    out.mkdir(parents=True, exist_ok=True)
+    results.write(out, [cell], {"l2_qemu": [qemu]})
+    page = report.write_html(out).read_text()
+    assert "QEMU under test: QEMU emulator version 11.1.3 (packaged in the rootfs), sha256 " \
+           + "ab" * 32 in page
+    assert "<li>L0: 64 bytes at offsets</li>" in page
+    assert "signature: bar-map-refused, bytes-missing; found: bytes-missing" in page
+    assert not cell.met and cell.outcome == "fail"  # without the refused mapping: no xfail
+
+
 def test_merge_rewrites_artifact_paths_and_refuses_overlaps(tmp_path):
     a, cells_a = make_run(tmp_path / "a", {("legacy", "p2p-dma"): "pass"})
     b, cells_b = make_run(tmp_path / "b", {("iommufd", "p2p-dma"): "fail"},

@@ -92,3 +92,68 @@ def test_a_qemu_under_test_that_does_not_run_in_l1_is_an_error(l1, tmp_path):
     bogus.write_text("#!/bin/sh\nexit 1\n")
     with pytest.raises(HarnessError, match="does not run in L1"):
         upload_qemu(stack.session, bogus)
+
+
+# -- the QEMU under test, known before any cell -------------------------------------------
+
+#: Debian trixie's QEMU: no dma-buf code, and a modular build whose qtest accelerator
+#: module no trixie package ships.
+TRIXIE_QEMU = ("qemu-system-x86", "1:10.0.13+ds-0+deb13u1",
+               "5e841d0723a657fd8bc2e9e1a085d24f47fcb3e4a0f94762e6c38b429f22fbb1")
+
+
+@pytest.fixture(scope="session")
+def trixie_qemu(store, tmp_path_factory):
+    import subprocess
+
+    from harness.debian import PrivateApt
+
+    cache = store.cache / "downloads" / "trixie"
+    apt = PrivateApt(cache / "apt", store.recipe.mirror, "trixie")
+    deb = apt.download(*TRIXIE_QEMU, cache)
+    root = tmp_path_factory.mktemp("trixie-qemu")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
+    return root / "usr/bin/qemu-system-x86_64"
+
+
+def test_the_packaged_qemu_is_known_before_any_cell(l1):
+    from harness.qemu_under_test import probe
+
+    stack, _ = l1
+    q = probe(stack.session, "qemu-system-x86_64", "packaged")
+    assert q.version.startswith("QEMU emulator version 11.")
+    assert "qtest" in q.accelerators and q.has_iommufd_object and q.has_dmabuf_event
+    assert {"host", "iommufd", "x-no-mmap"} <= set(q.vfio_pci_properties)
+    assert len(q.sha256) == 64
+
+
+def test_a_qemu_without_qtest_is_one_clear_error_naming_the_missing_module(l1, trixie_qemu):
+    from harness.errors import BadInput
+    from harness.l2 import upload_qemu
+    from harness.qemu_under_test import probe
+
+    stack, _ = l1
+    path = upload_qemu(stack.session, trixie_qemu)
+    with pytest.raises(BadInput) as e:
+        probe(stack.session, path, str(trixie_qemu))
+    assert "QEMU emulator version 10.0.13" in e.value.message
+    assert "no qtest accelerator" in e.value.message
+    assert "modular build" in e.value.message and "accel-qtest" in e.value.message
+
+
+def test_run_with_a_qemu_that_cannot_run_the_scenarios_stops_before_any_cell(trixie_qemu,
+                                                                              tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--viommu", "intel-iommu",
+                           "--kernel", "dmabuf", "--results", str(tmp_path),
+                           "--l2-qemu", str(trixie_qemu)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()
+    assert any(line.startswith("vfio-harness: error: QEMU under test: the QEMU under test "
+                               "(QEMU emulator version 10.0.13") for line in last), proc.stderr
+    assert "Traceback" not in proc.stderr
+    import json
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == []

@@ -1,0 +1,147 @@
+"""QEMUs under test that lie or break the feature the way real bugs would.
+
+Each adversary is the packaged QEMU behind a wrapper script (and, for some,
+an LD_PRELOAD shim built from l2_shim.c on L0 and carried inside the script),
+given to the harness exactly as a user's build is: through `--l2-qemu`. The
+wrapper touches only real L2 runs (those with -qtest); the probe of the QEMU
+under test sees the packaged binary, so the lie must be caught by the
+verdicts, not by the probe.
+
+`verdicts` says, per (kernel, backend, check), the outcome the lie must get
+and a fragment of the reason that points at it ("*" matches any kernel or
+backend). Every cell it does not name must behave as with the honest QEMU
+(meet its expectation): an adversary breaks one thing, and the harness must
+notice that thing and nothing else.
+"""
+
+import base64
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REAL_QEMU = "/usr/bin/qemu-system-x86_64"
+SHIM_IN_L1 = "/run/vfio-harness-l2-shim.so"
+
+#: bash snippets turning "${args[@]}" into "${new[@]}".
+KEEP = 'new=("${args[@]}")'
+DROP_TRACES = """new=(); i=0
+while [ $i -lt ${#args[@]} ]; do
+  if [ "${args[$i]}" = -trace ]; then i=$((i + 2)); continue; fi
+  new+=("${args[$i]}"); i=$((i + 1))
+done"""
+HIDE_DMABUF_EVENT = 'new=("${args[@]}" -trace -vfio_region_dmabuf)'
+NO_MMAP = """new=()
+for a in "${args[@]}"; do
+  case $a in vfio-pci,*x-no-mmap*) ;; vfio-pci,*) a="$a,x-no-mmap=on" ;; esac
+  new+=("$a")
+done"""
+#: QEMU's dma-buf warnings in words the harness has never seen.
+REWORD = ("sed -u -e 's/VFIO dma-buf not supported in kernel/VFIO dma-buf unsupported by this "
+          "kernel/' -e 's/dma-buf unavailable, using mmap fallback/dma-buf could not be "
+          "created, mapping the BAR instead/'")
+
+Key = tuple[str, str, str]  # (kernel | *, backend | *, check)
+
+
+@dataclass(frozen=True)
+class Adversary:
+    name: str
+    lie: str
+    args: str = KEEP
+    shim: str | None = None
+    stderr_filter: str | None = None
+    verdicts: dict[Key, tuple[str, str]] = field(default_factory=dict)
+
+    def expected(self, kernel: str, backend: str, check: str) -> tuple[str, str] | None:
+        for (k, b, c), want in self.verdicts.items():
+            if k in (kernel, "*") and b in (backend, "*") and c == check:
+                return want
+        return None
+
+    def wrapper(self, shim_so: Path | None) -> str:
+        lines = ["#!/bin/bash", f"# vfio-harness adversary {self.name}: {self.lie}",
+                 f"real={REAL_QEMU}",
+                 'case " $* " in *" -qtest "*) ;; *) exec "$real" "$@" ;; esac',
+                 'args=("$@")', self.args]
+        if self.shim:
+            assert shim_so is not None
+            blob = base64.encodebytes(shim_so.read_bytes()).decode()
+            lines += [f"[ -s {SHIM_IN_L1} ] || base64 -d > {SHIM_IN_L1} <<'SHIM'",
+                      blob.rstrip(), "SHIM",
+                      f"export LD_PRELOAD={SHIM_IN_L1} VFIO_HARNESS_SHIM={self.shim}"]
+        if self.stderr_filter:
+            lines.append(f'exec "$real" "${{new[@]}}" 2> >({self.stderr_filter} >&2)')
+        else:
+            lines.append('exec "$real" "${new[@]}"')
+        return "\n".join(lines) + "\n"
+
+
+def build_shim(out: Path) -> Path:
+    """l2_shim.c built on L0 (bookworm's glibc is older than sid's, so it loads in L1)."""
+    so = out / "l2_shim.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(so),
+                    str(HERE / "l2_shim.c"), "-ldl"], check=True, capture_output=True,
+                   timeout=120)
+    return so
+
+
+TRACE_GONE = "trace is missing"
+
+CATALOGUE = (
+    Adversary(
+        "no-trace", "drops every -trace option: L2 runs and works, and writes no evidence",
+        args=DROP_TRACES,
+        verdicts={("dmabuf", "*", "dmabuf-per-region"): ("error", TRACE_GONE),
+                  ("*", "*", "mmap-fallback"): ("error", TRACE_GONE),
+                  ("*", "*", "p2p-dma"): ("error", TRACE_GONE)}),
+    Adversary(
+        "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
+        args=HIDE_DMABUF_EVENT,
+        verdicts={("dmabuf", "*", "dmabuf-per-region"):
+                  ("fail", "0 vfio_region_dmabuf for 1 mmap(s)")}),
+    Adversary(
+        "refuse-dmabuf", "gets ENOTTY from VFIO_DEVICE_FEATURE(DMA_BUF) on a kernel that has it",
+        shim="refuse-dmabuf",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"):
+                  ("fail", "QEMU said VFIO dma-buf is not supported in kernel, on a kernel "
+                           "whose probe says it is"),
+                  ("dmabuf", "*", "mmap-fallback"):
+                  ("fail", "QEMU said dma-buf is not supported in kernel, on a kernel that has "
+                           "it"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive")}),
+    Adversary(
+        "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
+        shim="shrink-dmabuf",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "is 4096 bytes"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive")}),
+    Adversary(
+        "forge-dmabuf", "hands out a memfd of the right size as each BAR's dma-buf",
+        shim="forge-dmabuf",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"):
+                  ("fail", "from the trace is not a dma-buf in the L1 kernel's view"),
+                  ("dmabuf", "*", "mmap-fallback"): ("fail", "fell back and yet has a dma-buf"),
+                  ("no-dmabuf", "*", "mmap-fallback"):
+                  ("fail", "vfio_region_dmabuf traced on a kernel without VFIO dma-buf"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure")}),
+    Adversary(
+        "drop-mmaps", "never mmaps a BAR (x-no-mmap=on on every device)",
+        args=NO_MMAP,
+        verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "was not mmapped"),
+                  ("*", "*", "mmap-fallback"): ("fail", "was not mmapped"),
+                  ("*", "legacy", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure")}),
+    Adversary(
+        "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
+        shim="anon-bar-mmap",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "the mmap is not of the device"),
+                  ("*", "*", "mmap-fallback"): ("fail", "the mmap is not of the device"),
+                  ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file")}),
+    Adversary(
+        "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
+        stderr_filter=REWORD,
+        verdicts={("*", "*", "mmap-fallback"):
+                  ("error", "wording this harness does not know")}),
+)

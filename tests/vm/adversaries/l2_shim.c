@@ -1,0 +1,102 @@
+/*
+ * LD_PRELOAD shim around the QEMU under test: breaks one thing the way a real
+ * bug would, chosen by VFIO_HARNESS_SHIM:
+ *
+ *   refuse-dmabuf  VFIO_DEVICE_FEATURE(DMA_BUF) fails with ENOTTY, as on a kernel
+ *                  without VFIO dma-buf (a QEMU that never gets its dma-bufs)
+ *   shrink-dmabuf  the dma-buf asked for covers only the first page of each range
+ *   forge-dmabuf   a memfd of the right size comes back instead of a dma-buf
+ *   anon-bar-mmap  mmap of a VFIO device fd gives anonymous memory: the BAR
+ *                  looks mapped but is not the device
+ *
+ * Only the harness's adversarial tests use it; it is built on L0 and carried
+ * into L1 inside the wrapper script that becomes the QEMU under test.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define VFIO_DEVICE_FEATURE (((unsigned long)';' << 8) | (100 + 17))
+#define VFIO_DEVICE_FEATURE_GET (1u << 16)
+#define VFIO_DEVICE_FEATURE_PROBE (1u << 18)
+#define VFIO_DEVICE_FEATURE_MASK 0xffffu
+#define VFIO_DEVICE_FEATURE_DMA_BUF 11u
+
+struct feature { uint32_t argsz, flags; };
+struct dma_range { uint64_t offset, length; };
+struct dma_buf { uint32_t region_index, open_flags, flags, nr_ranges; struct dma_range r[]; };
+
+static const char *mode(void)
+{
+    const char *m = getenv("VFIO_HARNESS_SHIM");
+    return m ? m : "";
+}
+
+static int is_dmabuf_get(unsigned long request, void *arg)
+{
+    struct feature *f = arg;
+    return request == VFIO_DEVICE_FEATURE && f &&
+           (f->flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_DMA_BUF &&
+           (f->flags & VFIO_DEVICE_FEATURE_GET) && !(f->flags & VFIO_DEVICE_FEATURE_PROBE);
+}
+
+int ioctl(int fd, unsigned long request, ...)
+{
+    static int (*real)(int, unsigned long, ...);
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "ioctl");
+    if (is_dmabuf_get(request, arg)) {
+        struct dma_buf *d = (void *)((char *)arg + sizeof(struct feature));
+        if (!strcmp(mode(), "refuse-dmabuf")) {
+            errno = ENOTTY;
+            return -1;
+        }
+        if (!strcmp(mode(), "shrink-dmabuf")) {
+            for (uint32_t i = 0; i < d->nr_ranges; i++)
+                if (d->r[i].length > 4096)
+                    d->r[i].length = 4096;
+        }
+        if (!strcmp(mode(), "forge-dmabuf")) {
+            uint64_t total = 0;
+            for (uint32_t i = 0; i < d->nr_ranges; i++)
+                total += d->r[i].length;
+            int mfd = memfd_create("forged-dmabuf", MFD_CLOEXEC);
+            if (mfd >= 0 && ftruncate(mfd, (off_t)total) == 0)
+                return mfd;
+        }
+    }
+    return real(fd, request, arg);
+}
+
+static int is_vfio_device(int fd)
+{
+    char link[64], target[256];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n <= 0)
+        return 0;
+    target[n] = 0;
+    return strstr(target, "vfio-device") || strstr(target, "/dev/vfio/devices/");
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    static void *(*real)(void *, size_t, int, int, int, off_t);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "mmap");
+    if (fd >= 0 && !strcmp(mode(), "anon-bar-mmap") && is_vfio_device(fd))
+        return real(addr, len, prot, (flags & ~MAP_SHARED) | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return real(addr, len, prot, flags, fd, off);
+}
+void *mmap64(void *, size_t, int, int, int, off_t) __attribute__((alias("mmap")));
