@@ -40,13 +40,14 @@ class Setup:
 
     @classmethod
     def from_environment(cls, cache: str | None = None, qemu: str | None = None,
-                         kernels: list[str] | None = None) -> "Setup":
+                         kernels: list[str] | None = None, accelerator: str = "auto") -> "Setup":
         """The built images (all kernel variants, or `kernels`), L0 QEMU and accelerator."""
         store = ImageStore(Recipe.load(), paths.cache_dir(cache))
         images = store.load(kernels)
         binary = QemuBinary.find(qemu)
         kernel = next(iter(images.kernels.values())).bzimage
-        return cls(binary, images, accel.choose(binary, kernel, store.cache).accel)
+        forced = None if accelerator == "auto" else accelerator
+        return cls(binary, images, accel.choose(binary, kernel, store.cache, force=forced).accel)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,9 @@ def read_store(path: Path, identity: RunIdentity) -> dict[str, dict] | None:
 
 class CellResults:
     def __init__(self, setup: Setup, out: Path, seed: int, run_id: str,
-                 l2_qemu: Path | None = None):
+                 l2_qemu: Path | None = None, ssh_port: int | None = None):
         self.setup, self.out, self.seed, self.l2_qemu = setup, out, seed, l2_qemu
+        self.ssh_port = ssh_port
         self.identity = RunIdentity.of(run_id, seed, setup, l2_qemu)
         self._memory: dict[str, dict] = {}
         #: The results this process produced itself (the others' are only records).
@@ -146,7 +148,8 @@ class CellResults:
             records = {}
             for result in runner.run_l1(self.setup.qemu, self.setup.images, viommu, kernel,
                                         runner.Selection(), self.out, self.setup.accel,
-                                        self.seed, l2_qemu=self.l2_qemu):
+                                        self.seed, ssh_port=self.ssh_port,
+                                        l2_qemu=self.l2_qemu):
                 self.produced[result.cell.id] = result
                 records[result.cell.id] = result.record()
             files.write_atomic(store, json.dumps(

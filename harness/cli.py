@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     cells.add_argument("--seed", type=int, help="with --avocado-variants: the P2P seed")
     cells.add_argument("--l2-qemu", type=Path, metavar="PATH",
                        help="with --avocado-variants: the QEMU build to test as L2")
+    cells.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                       help="with --avocado-variants: the L0 accelerator")
+    cells.add_argument("--ssh-port", type=int,
+                       help="with --avocado-variants: fixed host port for L1's SSH")
 
     report = sub.add_parser("report", help="an HTML page of a run, or the merge of shards")
     rsub = report.add_subparsers(dest="report_action", required=True)
@@ -228,8 +232,10 @@ def _matrix(args: argparse.Namespace) -> int:
     if args.avocado_variants:
         cells_dir = (args.results or Path("results") / "avocado").resolve()
         seed = args.seed if args.seed is not None else matrix.new_seed()
-        params = {"results": str(cells_dir), "seed": seed,
+        params = {"results": str(cells_dir), "seed": seed, "accel": args.accel,
                   "cache": str(paths.cache_dir(args.cache_dir))}
+        if args.ssh_port:
+            params["ssh_port"] = check_port(args.ssh_port)
         if args.qemu:
             params["qemu"] = args.qemu
         if args.l2_qemu:

@@ -25,5 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a QEMU build to test as L2 instead of the rootfs's packaged one")
     group.addoption("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                     help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
+    group.addoption("--ssh-port", type=int, help="fixed host port for L1's SSH in the matrix "
+                                                 "(default: a free one)")
     group.addoption("--keep-artifacts", action="store_true",
                     help="keep the artifacts of every cell, not only of those that failed")

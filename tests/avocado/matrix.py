@@ -36,9 +36,12 @@ class Matrix(Test):
         l2_qemu = p.get("l2_qemu", default=None)
         try:
             setup = Setup.from_environment(p.get("cache", default=None),
-                                           p.get("qemu", default=None))
+                                           p.get("qemu", default=None),
+                                           accelerator=p.get("accel", default="auto"))
+            ssh_port = p.get("ssh_port", default=None)
             results = CellResults(setup, Path(p.get("results")), int(p.get("seed")),
-                                  job_id(self.logdir), Path(l2_qemu) if l2_qemu else None)
+                                  job_id(self.logdir), Path(l2_qemu) if l2_qemu else None,
+                                  int(ssh_port) if ssh_port else None)
             record = results.get(cell)
         except HarnessError as e:
             self.error(f"{cell.id}: {e}")

@@ -129,7 +129,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     run_id = f"pytest-{uuid.uuid4()}"
     say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
-                        pytestconfig.getoption("--l2-qemu"))
+                        pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"))
     yield found
     cells = list(found.produced.values())
     if not cells:
