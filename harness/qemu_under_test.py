@@ -26,7 +26,7 @@ NEEDED_PROPERTIES = {"host": "naming the device in L1", "x-no-mmap": "the x-no-m
 
 @dataclass(frozen=True)
 class QemuUnderTest:
-    path: str                  # in L1
+    path: str                  # in L1, resolved
     origin: str                # "packaged in the rootfs" or the local path it was uploaded from
     sha256: str
     version: str
@@ -68,9 +68,13 @@ def probe(session: L1Session, path: str, origin: str) -> QemuUnderTest:
     version = version_text.splitlines()[0].strip()
     _, accel_text = ask("-accel help")
     accelerators = parse_accelerators(accel_text)
-    if "qtest" not in accelerators:
+    # `-accel help` leaves qtest out even where it is built in: start it and quit.
+    r = session.run(f"printf 'quit\\n' | {q} -machine none -accel qtest -display none "
+                    f"-nodefaults -S -monitor stdio 2>&1", check=False, timeout=60, stage=STAGE)
+    if not r.ok:
         raise BadInput(_no_qtest(session, path, origin, version), stage=STAGE,
-                       details=accel_text[-2000:])
+                       details=r.stdout[-2000:])
+    accelerators = tuple(sorted({*accelerators, "qtest"}))
     _, devices = ask("-machine none -device help")
     if '"vfio-pci"' not in devices:
         raise BadInput(f"the QEMU under test ({version}, {origin}) has no vfio-pci device",
@@ -83,8 +87,11 @@ def probe(session: L1Session, path: str, origin: str) -> QemuUnderTest:
                        f"the properties {', '.join(lacking)}", stage=STAGE, details=props_text)
     _, objects = ask("-object help")
     _, events = ask("-trace help")
-    sha = session.run(f"sha256sum {q}", timeout=60, stage=STAGE).stdout.split()[0]
-    return QemuUnderTest(path=path, origin=origin, sha256=sha, version=version,
+    resolved = session.run(f"readlink -f \"$(command -v {q})\"", timeout=30,
+                           stage=STAGE).stdout.strip()
+    sha = session.run(f"sha256sum {shlex.quote(resolved)}", timeout=60,
+                      stage=STAGE).stdout.split()[0]
+    return QemuUnderTest(path=resolved, origin=origin, sha256=sha, version=version,
                          accelerators=accelerators,
                          has_iommufd_object="iommufd" in objects.split(),
                          has_dmabuf_event=DMABUF_EVENT in events.split(),
