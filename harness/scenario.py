@@ -184,6 +184,9 @@ def _p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int,
     rng = random.Random(f"{seed}/{stack.viommu.name}/{stack.kernel}/{backend}")
     pattern = rng.randbytes(P2P_SIZE)
     src, dst = 0x0, P2P_DESTINATION[backend]
+    # Both ends cleared from L0 first: bytes an earlier L2 left in the file can
+    # never stand in for this transfer's (a re-run with the same seed writes the same).
+    machine.write_ivshmem(src, bytes(P2P_SIZE))
     l2.qtest.write(bar2 + src, pattern)              # through L2's mmap of the BAR
     source_in_file = machine.read_ivshmem(src, P2P_SIZE)
     machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0

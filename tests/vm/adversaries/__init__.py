@@ -70,10 +70,10 @@ class Adversary:
             lines += [f"[ -s {SHIM_IN_L1} ] || base64 -d > {SHIM_IN_L1} <<'SHIM'",
                       blob.rstrip(), "SHIM",
                       f"export LD_PRELOAD={SHIM_IN_L1} VFIO_HARNESS_SHIM={self.shim}"]
-        if self.stderr_filter:
-            lines.append(f'exec "$real" "${{new[@]}}" 2> >({self.stderr_filter} >&2)')
-        else:
-            lines.append('exec "$real" "${new[@]}"')
+        if self.stderr_filter:  # through a FIFO: L1 has no /dev/fd for >(...)
+            lines += ['fifo=/run/vfio-harness-stderr.$$', 'mkfifo "$fifo"',
+                      f'{self.stderr_filter} < "$fifo" >&2 &', 'exec 2>"$fifo"', 'rm -f "$fifo"']
+        lines.append('exec "$real" "${new[@]}"')
         return "\n".join(lines) + "\n"
 
 
