@@ -391,3 +391,26 @@ def test_a_p2p_failure_without_the_refused_mapping_is_not_the_expected_one():
                                        findings=v.findings)
     assert result.outcome == "fail" and not result.met
     assert "not the expected failure" in result.reason
+
+
+def test_bar_access_not_tried_is_an_error_not_a_pass():
+    v = mmap_fallback(captured(bar_access=None))
+    assert v.observed == "error" and "BAR access through L2 was not tried" in v.reason
+
+
+def test_p2p_not_run_is_an_error_not_a_pass():
+    v = p2p_dma(captured(p2p=None))
+    assert v.observed == "error" and "the P2P transfer was not run" in v.reason
+
+
+@pytest.mark.parametrize("verdict", ALL, ids=lambda f: f.__name__)
+def test_no_kernel_view_of_l2_is_an_error(verdict):
+    v = verdict(with_main(captured(), process=None))
+    assert v.observed == "error" and "no view of the L2 process from the L1 kernel" in v.reason
+
+
+def test_a_probe_with_another_error_is_not_a_kernel_without_dmabuf():
+    ev = captured(kernel_probe={EDU: (False, "EINVAL: Invalid argument"),
+                                IVSHMEM: (False, "ENOTTY: Inappropriate ioctl for device")})
+    v = dmabuf_per_region(ev)
+    assert v.observed == "error" and "kernel-lacks-dmabuf" not in v.findings
