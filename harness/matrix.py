@@ -11,7 +11,7 @@ failure; a skip for another reason is not the expected skip.
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness.verdicts import FINDINGS
 
@@ -153,7 +153,7 @@ class CellResult:
     evidence: dict
     duration_s: float
     artifacts: str = ""
-    met: bool = field(default=None)  # type: ignore[assignment]  # None: outcome == expected
+    met: bool | None = None          # None: met if the outcome is the expected one
     findings: tuple[str, ...] = ()
     grounds: tuple[str, ...] = ()    # the evidence the verdict stood on
 

@@ -2,15 +2,17 @@
 
 A verdict about dma-buf means little unless we know what was tested: which
 binary (its sha256), which version, and whether it can do what the scenarios
-ask. So the binary is asked in L1, once per boot, before any cell: its
-version, its accelerators (qtest is the only one L2 uses), its iommufd object,
-its trace events (vfio_region_dmabuf exists only where the dma-buf code is) and
-the vfio-pci properties the scenarios set. What it lacks shapes the verdicts
-(a QEMU without the dma-buf code fails dmabuf-per-region saying so); a QEMU
-that cannot run the scenarios at all is one error before any cell.
+ask. So the binary is asked in L1, once per boot and in one SSH round trip,
+before any cell: its version; whether it starts with the qtest accelerator (the
+only one L2 uses; `-accel help` does not list it, so it is started); and,
+through QMP on that same start, its iommufd object, its trace events
+(vfio_region_dmabuf exists only where the dma-buf code is) and the vfio-pci
+properties the scenarios set. What it lacks shapes the verdicts (a QEMU without
+the dma-buf code fails dmabuf-per-region saying so); a QEMU that cannot run the
+scenarios at all is one error before any cell.
 """
 
-import re
+import json
 import shlex
 from dataclasses import asdict, dataclass
 
@@ -22,6 +24,13 @@ STAGE = "QEMU under test"
 DMABUF_EVENT = "vfio_region_dmabuf"
 #: vfio-pci properties the scenarios set, and what for.
 NEEDED_PROPERTIES = {"host": "naming the device in L1", "x-no-mmap": "the x-no-mmap=on L2"}
+#: QMP asked of a qtest-accelerated QEMU with no machine; answers are matched by id.
+QUESTIONS = (
+    ("objects", "qom-list-types", {"implements": "user-creatable"}),
+    ("vfio-pci", "device-list-properties", {"typename": "vfio-pci"}),
+    ("dmabuf-event", "trace-event-get-state", {"name": DMABUF_EVENT}),
+)
+SECTION = "=== vfio-harness:"
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,6 @@ class QemuUnderTest:
     origin: str                # "packaged in the rootfs" or the local path it was uploaded from
     sha256: str
     version: str
-    accelerators: tuple[str, ...]
     has_iommufd_object: bool
     has_dmabuf_event: bool
     vfio_pci_properties: tuple[str, ...]
@@ -42,69 +50,103 @@ class QemuUnderTest:
         return asdict(self)
 
 
-def parse_accelerators(text: str) -> tuple[str, ...]:
-    """`-accel help`: a heading line, then one accelerator per line."""
-    return tuple(line.strip() for line in text.splitlines()
-                 if line.strip() and not line.rstrip().endswith(":"))
+def qmp_script() -> str:
+    lines: list[dict[str, object]] = [{"execute": "qmp_capabilities"}]
+    lines += [{"execute": cmd, "arguments": args, "id": key} for key, cmd, args in QUESTIONS]
+    lines.append({"execute": "quit"})
+    return "".join(json.dumps(x) + "\n" for x in lines)
 
 
-def parse_properties(text: str) -> tuple[str, ...]:
-    """`-device vfio-pci,help`: lines like '  host=<str>' or '  x-no-mmap=<bool> ...'."""
-    return tuple(sorted({m.group(1) for m in re.finditer(r"^\s+([\w-]+)=", text, re.M)}))
+def probe_command(path: str) -> str:
+    """One shell command printing each answer under a section marker."""
+    q = shlex.quote(path)
+    resolved = f"\"$(readlink -f \"$(command -v {q})\")\""
+    return "; ".join([
+        f"echo '{SECTION} version'", f"{q} --version </dev/null 2>&1",
+        f"echo '{SECTION} qmp'",
+        f"printf %s {shlex.quote(qmp_script())} | {q} -machine none -accel qtest -display none "
+        f"-nodefaults -S -qmp stdio 2>&1",
+        f"rc=$?; echo '{SECTION} qmp-status'; echo $rc",
+        f"echo '{SECTION} resolved'", f"echo {resolved}",
+        f"echo '{SECTION} sha256'", f"sha256sum {resolved} 2>&1",
+    ])
+
+
+def sections(text: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(SECTION):
+            current = line[len(SECTION):].strip()
+            out[current] = []
+        elif current is not None:
+            out[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in out.items()}
+
+
+def qmp_answers(text: str) -> dict[str, dict]:
+    """QMP responses by id; lines that are not JSON (warnings, errors) are left out."""
+    answers = {}
+    for line in text.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "id" in message:
+            answers[message["id"]] = message
+    return answers
+
+
+def version_line(s: dict[str, str], origin: str) -> str:
+    lines = s.get("version", "").splitlines()
+    if not lines or "QEMU emulator version" not in lines[0]:
+        raise BadInput(f"the QEMU under test {origin} does not run in L1", stage=STAGE,
+                       details=s.get("version", "")[-2000:])
+    return lines[0].strip()
+
+
+def parse(s: dict[str, str], origin: str) -> QemuUnderTest:
+    """The probe's sections as a QemuUnderTest; BadInput if it cannot run the scenarios.
+    (Whether it started with qtest at all is `probe`'s to tell: it can ask L1 why not.)"""
+    name = version_line(s, origin)
+    replies = qmp_answers(s.get("qmp", ""))
+    props = replies.get("vfio-pci", {})
+    if "return" not in props:
+        raise BadInput(f"the QEMU under test ({name}, {origin}) has no vfio-pci device",
+                       stage=STAGE, details=json.dumps(props))
+    properties = tuple(sorted(p["name"] for p in props["return"]))
+    lacking = [f"{p} ({why})" for p, why in NEEDED_PROPERTIES.items() if p not in properties]
+    if lacking:
+        raise BadInput(f"the QEMU under test ({name}, {origin}) has a vfio-pci without "
+                       f"the properties {', '.join(lacking)}", stage=STAGE)
+    objects = {t["name"] for t in replies.get("objects", {}).get("return", [])}
+    events = replies.get("dmabuf-event", {}).get("return", [])
+    sha = s.get("sha256", "").split()
+    return QemuUnderTest(path=s.get("resolved", ""), origin=origin,
+                         sha256=sha[0] if len(sha) == 2 else "", version=name,
+                         has_iommufd_object="iommufd" in objects,
+                         has_dmabuf_event=any(e.get("name") == DMABUF_EVENT for e in events),
+                         vfio_pci_properties=properties)
 
 
 def probe(session: L1Session, path: str, origin: str) -> QemuUnderTest:
     """Ask the binary in L1 what it is and can do; BadInput if it cannot run the scenarios."""
-    q = shlex.quote(path)
-
-    def ask(args: str) -> tuple[bool, str]:
-        r = session.run(f"{q} {args} </dev/null 2>&1", check=False, timeout=60, stage=STAGE)
-        return r.ok, r.stdout
-
-    ok, version_text = ask("--version")
-    if not ok or "QEMU emulator version" not in version_text:
-        raise BadInput(f"the QEMU under test {origin} does not run in L1", stage=STAGE,
-                       details=version_text[-2000:])
-    version = version_text.splitlines()[0].strip()
-    _, accel_text = ask("-accel help")
-    accelerators = parse_accelerators(accel_text)
-    # `-accel help` leaves qtest out even where it is built in: start it and quit.
-    r = session.run(f"printf 'quit\\n' | {q} -machine none -accel qtest -display none "
-                    f"-nodefaults -S -monitor stdio 2>&1", check=False, timeout=60, stage=STAGE)
-    if not r.ok:
+    s = sections(session.run(probe_command(path), check=False, timeout=120,
+                             stage=STAGE).stdout)
+    version = version_line(s, origin)
+    if not qmp_answers(s.get("qmp", "")):
         raise BadInput(_no_qtest(session, path, origin, version), stage=STAGE,
-                       details=r.stdout[-2000:])
-    accelerators = tuple(sorted({*accelerators, "qtest"}))
-    _, devices = ask("-machine none -device help")
-    if '"vfio-pci"' not in devices:
-        raise BadInput(f"the QEMU under test ({version}, {origin}) has no vfio-pci device",
-                       stage=STAGE)
-    _, props_text = ask("-machine none -device vfio-pci,help")
-    properties = parse_properties(props_text)
-    lacking = [f"{p} ({why})" for p, why in NEEDED_PROPERTIES.items() if p not in properties]
-    if lacking:
-        raise BadInput(f"the QEMU under test ({version}, {origin}) has a vfio-pci without "
-                       f"the properties {', '.join(lacking)}", stage=STAGE, details=props_text)
-    _, objects = ask("-object help")
-    _, events = ask("-trace help")
-    resolved = session.run(f"readlink -f \"$(command -v {q})\"", timeout=30,
-                           stage=STAGE).stdout.strip()
-    sha = session.run(f"sha256sum {shlex.quote(resolved)}", timeout=60,
-                      stage=STAGE).stdout.split()[0]
-    return QemuUnderTest(path=resolved, origin=origin, sha256=sha, version=version,
-                         accelerators=accelerators,
-                         has_iommufd_object="iommufd" in objects.split(),
-                         has_dmabuf_event=DMABUF_EVENT in events.split(),
-                         vfio_pci_properties=properties)
+                       details=s.get("qmp", "")[-2000:])
+    return parse(s, origin)
 
 
 def _no_qtest(session: L1Session, path: str, origin: str, version: str) -> str:
     """Why there is no qtest accelerator: a modular build lacking the module says so."""
-    head = f"the QEMU under test ({version}, {origin}) has no qtest accelerator, which L2 needs"
+    head = (f"the QEMU under test ({version}, {origin}) does not start with the qtest "
+            f"accelerator, which L2 needs")
     modular = session.run(f"grep -c accel-qtest {shlex.quote(path)}", check=False,
                           stage=STAGE).stdout.strip()
     if modular not in ("", "0"):
         return (f"{head}: it is a modular build and its accel-qtest module is not where it "
-                f"looks (its module directory, or QEMU_MODULE_DIR); QEMU says \"invalid "
-                f"accelerator qtest\"")
+                f"looks (its module directory, or QEMU_MODULE_DIR)")
     return f"{head}: it was built without it"

@@ -121,8 +121,9 @@ def test_the_packaged_qemu_is_known_before_any_cell(l1):
 
     stack, _ = l1
     q = probe(stack.session, "qemu-system-x86_64", "packaged")
+    assert q.path == "/usr/bin/qemu-system-x86_64"
     assert q.version.startswith("QEMU emulator version 11.")
-    assert "qtest" in q.accelerators and q.has_iommufd_object and q.has_dmabuf_event
+    assert q.has_iommufd_object and q.has_dmabuf_event
     assert {"host", "iommufd", "x-no-mmap"} <= set(q.vfio_pci_properties)
     assert len(q.sha256) == 64
 
@@ -137,7 +138,7 @@ def test_a_qemu_without_qtest_is_one_clear_error_naming_the_missing_module(l1, t
     with pytest.raises(BadInput) as e:
         probe(stack.session, path, str(trixie_qemu))
     assert "QEMU emulator version 10.0.13" in e.value.message
-    assert "no qtest accelerator" in e.value.message
+    assert "does not start with the qtest accelerator" in e.value.message
     assert "modular build" in e.value.message and "accel-qtest" in e.value.message
 
 
