@@ -15,16 +15,21 @@ import json
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import accel, doctor, matrix, paths, report
 from harness.errors import BadInput, HarnessError
-from harness.images import ImageStore
+from harness.images import Images, ImageStore
 from harness.l0 import VIOMMUS, check_port, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
+
+if TYPE_CHECKING:
+    from harness import runner
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,20 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="what this host can do")
 
     run = sub.add_parser("run", help="run the verdict matrix (default: all of it)")
-    run.add_argument("--viommu", action="append", choices=sorted(VIOMMUS),
-                     help=f"vIOMMU (repeatable; default: {', '.join(matrix.DEFAULT_VIOMMUS)})")
-    run.add_argument("--backend", action="append", choices=matrix.BACKENDS,
-                     help="VFIO backend of L2 (repeatable; default: both)")
-    run.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
-    run.add_argument("--check", action="append", choices=matrix.CHECKS,
-                     help="check (repeatable; default: all)")
-    run.add_argument("--results", type=Path, help="directory for results.json and artifacts "
-                                                  "(default: ./results/run-TIMESTAMP)")
-    run.add_argument("--seed", type=int, help="seed of the P2P pattern (default: random, "
-                                              "recorded in results.json)")
-    run.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
-                     help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
-    run.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
+    _run_options(run)
     run.add_argument("--l2-qemu", type=Path, metavar="PATH",
                      help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
                           "rootfs's packaged one; uploaded into each L1")
@@ -69,6 +61,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep every artifact (default: only those of cells that did not "
                           "meet their expectation)")
+
+    ab = sub.add_parser("ab", help="baseline against candidate: both QEMUs under test on the "
+                                   "same L1 boots, images, seed and cells, then compared")
+    ab.add_argument("--candidate-l2-qemu", type=Path, metavar="PATH", required=True,
+                    help="the QEMU build under test (say, with the series applied)")
+    ab.add_argument("--baseline-l2-qemu", type=Path, metavar="PATH",
+                    help="the QEMU to compare it with (default: the rootfs's packaged one)")
+    _run_options(ab)
+    ab.add_argument("--junit", type=Path, metavar="FILE",
+                    help="also write the comparison as JUnit XML, a testcase per cell")
+
+    cmp = sub.add_parser("compare", help="compare two results directories (baseline, "
+                                         "candidate): new failures and the evidence that changed")
+    cmp.add_argument("baseline", type=Path)
+    cmp.add_argument("candidate", type=Path)
+    cmp.add_argument("--out", type=Path, help="where compare.{txt,json,xml,html} go "
+                                              "(default: CANDIDATE/compare)")
+    cmp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    cmp.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
 
     cells = sub.add_parser("matrix", help="the cells and what each is expected to do")
     cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
@@ -96,6 +107,24 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", type=Path, nargs="+", help="results directories of the shards")
     merge.add_argument("--out", type=Path, required=True, help="directory for the merged result")
     return p
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """What selects cells and shapes a run: the same for `run` and `ab`."""
+    p.add_argument("--viommu", action="append", choices=sorted(VIOMMUS),
+                   help=f"vIOMMU (repeatable; default: {', '.join(matrix.DEFAULT_VIOMMUS)})")
+    p.add_argument("--backend", action="append", choices=matrix.BACKENDS,
+                   help="VFIO backend of L2 (repeatable; default: both)")
+    p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
+    p.add_argument("--check", action="append", choices=matrix.CHECKS,
+                   help="check (repeatable; default: all)")
+    p.add_argument("--results", type=Path, help="directory for results and artifacts "
+                                                "(default: ./results/ACTION-TIMESTAMP)")
+    p.add_argument("--seed", type=int, help="seed of the P2P pattern (default: random, "
+                                            "recorded in results.json)")
+    p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                   help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
+    p.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +166,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _report(args)
     if args.action == "matrix":
         return _matrix(args)
+    if args.action == "ab":
+        return _ab(args)
+    if args.action == "compare":
+        return _compare(args)
     raise BadInput(f"unknown action {args.action}")
 
 
@@ -167,17 +200,41 @@ def _images(args: argparse.Namespace) -> int:
     raise BadInput(f"unknown images action {args.images_action}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from harness import results, runner  # L1-facing modules import paramiko: only when needed
+@dataclass
+class _Prepared:
+    """What a run and an A/B set up the same way before any L1 boots."""
 
+    selection: "runner.Selection"
+    qemu: QemuBinary
+    images: Images
+    choice: accel.AccelChoice
+    seed: int
+    out: Path
+
+    def info(self, cells: list, began: float, **extra: object) -> dict:
+        from harness import results
+
+        return {"seed": self.seed, "accel": self.choice.accel,
+                "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
+                "l2_qemu": results.qemu_under_test(cells),
+                "kernels": {n: k.manifest["versions"]["kernel"]
+                            for n, k in self.images.kernels.items()},
+                "selection": vars(self.selection),
+                "duration_s": round(time.monotonic() - began, 1),
+                "complete": len(cells) == len(self.selection.cells()), **extra}
+
+
+def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str) -> _Prepared:
+    """Everything checked before minutes of work: binaries, ports, images, accelerator."""
     selection = _selection(args)
     qemu = QemuBinary.find(args.qemu)
-    for name in selection.viommus:
-        qemu.require_devices([viommu(name).driver])
+    for vi in selection.viommus:
+        qemu.require_devices([viommu(vi).driver])
     if args.ssh_port:
-        check_port(args.ssh_port)  # before minutes of work, not after
-    if args.l2_qemu and not args.l2_qemu.is_file():
-        raise BadInput(f"QEMU under test {args.l2_qemu} does not exist")
+        check_port(args.ssh_port)
+    for path in l2_qemus:
+        if path and not path.is_file():
+            raise BadInput(f"QEMU under test {path} does not exist")
     store = _store(args)
     images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     any_kernel = next(iter(images.kernels.values())).bzimage
@@ -185,25 +242,26 @@ def _run(args: argparse.Namespace) -> int:
                           force=None if args.accel == "auto" else args.accel)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
     seed = args.seed if args.seed is not None else matrix.new_seed()
-    out = args.results or Path("results") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    out = args.results or Path("results") / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     say(f"results and artifacts: {out.resolve()} (seed {seed})")
+    return _Prepared(selection, qemu, images, choice, seed, out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness import results, runner  # L1-facing modules import paramiko: only when needed
+
+    p = _prepare(args, [args.l2_qemu], "run")
     began = time.monotonic()
     cells = []
     try:
-        for cell in runner.run(qemu, images, selection, out, choice.accel, seed, args.ssh_port,
-                               args.l2_qemu):
+        for cell in runner.run(p.qemu, p.images, p.selection, p.out, p.choice.accel, p.seed,
+                               args.ssh_port, args.l2_qemu):
             cells.append(cell)
     finally:
-        info = {"seed": seed, "accel": choice.accel, "accel_reason": choice.reason,
-                "l0_qemu": qemu.version_text,
-                "l2_qemu": results.qemu_under_test(cells),
-                "kernels": {n: k.manifest["versions"]["kernel"] for n, k in images.kernels.items()},
-                "selection": vars(selection), "duration_s": round(time.monotonic() - began, 1),
-                "complete": len(cells) == len(selection.cells())}
-        kept = [] if args.keep_artifacts else results.prune(out, cells)
-        path = results.write(out, cells, info)
-        page = report.write_html(out)
+        kept = [] if args.keep_artifacts else results.prune(p.out, cells)
+        path = results.write(p.out, cells, p.info(cells, began))
+        page = report.write_html(p.out)
         if args.junit:
             args.junit.parent.mkdir(parents=True, exist_ok=True)
             args.junit.write_text(results.junit(cells))
@@ -211,10 +269,53 @@ def _run(args: argparse.Namespace) -> int:
             print("\n" + results.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         if args.keep_artifacts:
-            print(f"artifacts (all kept): {out.resolve()}")
+            print(f"artifacts (all kept): {p.out.resolve()}")
         for directory in kept:
             print(f"artifacts kept: {directory.resolve()}")
     return 0 if cells and all(c.met for c in cells) else 1
+
+
+def _ab(args: argparse.Namespace) -> int:
+    """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
+    from harness import compare, results, runner
+
+    p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
+    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu),
+             runner.Side(p.out / "candidate", args.candidate_l2_qemu))
+    began = time.monotonic()
+    cells: dict[Path, list] = {s.results: [] for s in sides}
+    try:
+        for side, cell in runner.run_sides(p.qemu, p.images, p.selection, p.out / "l1",
+                                           p.choice.accel, p.seed, args.ssh_port, sides):
+            cells[side.results].append(cell)
+    finally:
+        for side in sides:
+            results.write(side.results, cells[side.results],
+                          p.info(cells[side.results], began, ab_side=side.results.name))
+            report.write_html(side.results)
+    c = compare.compare(sides[0].results, sides[1].results)
+    written = compare.write(c, p.out)
+    report.write_html(sides[1].results, extra=compare.html_section(c))
+    if args.junit:
+        args.junit.parent.mkdir(parents=True, exist_ok=True)
+        args.junit.write_text(compare.junit(c))
+    print("\n" + compare.text(c))
+    print(f"A/B report: {written['text'].resolve()} (and compare.json, compare.xml, "
+          f"compare.html); candidate's report: {(sides[1].results / 'report.html').resolve()}")
+    return c.exit_code()
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from harness import compare
+
+    c = compare.compare(args.baseline, args.candidate)
+    out = args.out or args.candidate / "compare"
+    written = compare.write(c, out)
+    if args.junit:
+        args.junit.write_text(compare.junit(c))
+    print(json.dumps(c.record(), indent=2) if args.json else compare.text(c))
+    print(f"A/B report: {written['text'].resolve()}", file=sys.stderr)
+    return c.exit_code()
 
 
 def _selection(args: argparse.Namespace):

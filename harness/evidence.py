@@ -359,3 +359,64 @@ class Evidence:
         if all(not ok and (err or "").startswith("ENOTTY") for ok, err in answers):
             return False
         return None
+
+
+# -- a compact, run-independent view of one backend's evidence, for A/B comparison ----------
+
+def _subject(record: TraceRecord) -> str:
+    """What a trace record is about, in words stable across runs (no fds, no addresses of
+    L2's memory): a region's name, or the IOVA of a mapping and how it ended."""
+    if isinstance(record, RegionSetup | RegionDmabuf):
+        return record.name
+    if isinstance(record, RegionMmap):
+        return f"{record.name} mmaps[{record.index}]"
+    if isinstance(record, IommufdMapFile | IommufdMap):
+        return f"iova {record.iova:#x} size {record.size:#x} -> {record.ret}"
+    if isinstance(record, ListenerAddRam):
+        return f"{record.start:#x}-{record.end:#x}"
+    if isinstance(record, ListenerNoDmaMap):
+        return record.name
+    return ""
+
+
+#: Host addresses in QEMU's messages (its container pointer, L2's virtual addresses) differ
+#: from run to run; bus addresses in this setup fit in 32 bits.
+_HOST_POINTER = re.compile(r"0x[0-9a-fA-F]{10,}")
+
+#: Trace events an A/B report compares, by the name QEMU gives them.
+SUMMARY_EVENTS: dict[type, str] = {
+    RegionSetup: "vfio_region_setup", RegionMmap: "vfio_region_mmap",
+    RegionDmabuf: "vfio_region_dmabuf", IommufdMapFile: "iommufd_backend_map_file_dma",
+    IommufdMap: "iommufd_backend_map_dma", ListenerAddRam: "vfio_listener_region_add_ram",
+    ListenerNoDmaMap: "vfio_listener_region_add_no_dma_map"}
+
+
+def summarize(ev: Evidence) -> dict:
+    """What one backend's L2 showed, as counts per (event, subject), warnings, the kernel's
+    view and the P2P outcome: what an A/B diff names when a cell changes."""
+    events: dict[str, dict[str, int]] = {}
+    for r in ev.main.trace:
+        if isinstance(r, Unparsed):
+            key, subject = f"{r.event} (unparsed)", r.text[:80]
+        elif type(r) in SUMMARY_EVENTS:
+            key, subject = SUMMARY_EVENTS[type(r)], _subject(r)
+        else:
+            continue
+        if isinstance(r, RegionSetup) and not r.size:
+            continue  # the empty BARs every device has
+        per = events.setdefault(key, {})
+        per[subject] = per.get(subject, 0) + 1
+    warnings = sorted({_HOST_POINTER.sub("0x...", m.text) for m in ev.main.messages
+                       if not isinstance(m, OtherMessage)})
+    process = ev.main.process
+    return {
+        "events": events,
+        "warnings": warnings,
+        "kernel_dmabufs": sorted(f"{size} bytes from {exp}" for _, size, exp in
+                                 process.dmabuf_fds) if process else None,
+        "kernel_vfio_maps": process.vfio_map_sizes() if process else None,
+        "p2p": None if ev.p2p is None else {
+            "arrived": ev.p2p.arrived, "source_reached_file": ev.p2p.source_in_file ==
+            ev.p2p.pattern, "engine_error": ev.p2p.engine_error},
+        "l2_alive_at_end": ev.main.alive_at_end,
+    }

@@ -25,6 +25,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide results from CI viewers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -161,8 +161,13 @@ def _artifact_links(artifacts: str, base: Path) -> list[str]:
             for p, n in found if p.is_file()]
 
 
-def write_html(results_dir: Path, data: dict | None = None, out: Path | None = None) -> Path:
+def write_html(results_dir: Path, data: dict | None = None, out: Path | None = None,
+               extra: str = "") -> Path:
+    """The page; `extra` (an A/B section) goes right below the matrix."""
     data = data if data is not None else load(results_dir)
     out = out or results_dir / "report.html"
-    out.write_text(render(data, out.parent))
+    page = render(data, out.parent)
+    if extra:
+        page = page.replace("<h2>Cells</h2>", extra + "\n<h2>Cells</h2>", 1)
+    out.write_text(page)
     return out

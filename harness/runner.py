@@ -5,7 +5,9 @@ test (qemu_under_test.probe: one clear error before any cell if it cannot run
 the scenarios), bind the devices, then per backend collect the evidence
 (scenario.py) and judge it (verdicts.py against matrix.py). An L1 that cannot
 boot, or dies half-way, turns the cells it had not yet produced into `error`,
-with the reason; the cells it did produce keep their verdicts.
+with the reason, marked `infrastructure` (not the fault of what is under test);
+the cells it did produce keep their verdicts. An L2 that fails is an error of
+what is under test.
 """
 
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from harness import files, matrix, scenario, stack
 from harness.errors import BadInput, HarnessError
-from harness.evidence import Evidence
+from harness.evidence import Evidence, summarize
 from harness.images import Images
 from harness.l0 import viommu
 from harness.l2 import L2_QEMU, Backend, upload_qemu
@@ -42,13 +44,30 @@ class Selection:
         return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
 
 
+@dataclass(frozen=True)
+class Side:
+    """One QEMU under test and where its cells go: a run has one side, an A/B two, and
+    both sides of an A/B run on the same L1 boots."""
+
+    results: Path
+    l2_qemu: Path | None = None  # None: the rootfs's packaged QEMU
+
+
 def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
         accel: str, seed: int, ssh_port: int | None = None,
         l2_qemu: Path | None = None) -> Iterator[CellResult]:
+    for _, result in run_sides(qemu, images, selection, results_dir, accel, seed, ssh_port,
+                               (Side(results_dir, l2_qemu),)):
+        yield result
+
+
+def run_sides(qemu: QemuBinary, images: Images, selection: Selection, l1_dir: Path,
+              accel: str, seed: int, ssh_port: int | None,
+              sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
     for vi in selection.viommus:
         for kernel in selection.kernels:
-            yield from run_l1(qemu, images, vi, kernel, selection, results_dir, accel, seed,
-                              ssh_port, l2_qemu)
+            yield from _run_l1(qemu, images, vi, kernel, selection, l1_dir, accel, seed,
+                               ssh_port, sides)
 
 
 def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
@@ -56,27 +75,38 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
            l2_qemu: Path | None = None) -> Iterator[CellResult]:
     """All selected cells of one (vIOMMU, kernel); `l2_qemu`, a local QEMU build to test
     instead of the rootfs's packaged one."""
+    for _, result in _run_l1(qemu, images, vi, kernel, selection, results_dir, accel, seed,
+                             ssh_port, (Side(results_dir, l2_qemu),)):
+        yield result
+
+
+def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
+            l1_dir: Path, accel: str, seed: int, ssh_port: int | None,
+            sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
     wanted = matrix.cells([vi], selection.backends, [kernel], selection.checks)
-    done: set[str] = set()
-    run_dir = results_dir / f"{vi}-{kernel}"
+    done: set[tuple[Path, str]] = set()
+    run_dir = l1_dir / f"{vi}-{kernel}"
     began = time.monotonic()
     try:
         with stack.booted(qemu, images, viommu(vi), kernel, run_dir, accel=accel,
                           ssh_port=ssh_port) as l1:
-            under_test = qemu_under_test(l1, l2_qemu)
-            for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
-                                      run_dir, seed):
-                done.add(result.cell.id)
-                say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
-                yield result
+            for side in sides:
+                under_test = qemu_under_test(l1, side.l2_qemu)
+                for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
+                                          side.results / f"{vi}-{kernel}", seed):
+                    done.add((side.results, result.cell.id))
+                    say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
+                    yield side, result
     except BadInput:
         raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:
         say(f"L1 {vi}/{kernel}: {e.message}")
-        for cell in wanted:
-            if cell.id not in done:
-                yield CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
-                                 time.monotonic() - began, str(run_dir))
+        for side in sides:
+            for cell in wanted:
+                if (side.results, cell.id) not in done:
+                    yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}",
+                                           {"infrastructure": True, "error_stage": e.stage},
+                                           time.monotonic() - began, str(run_dir))
 
 
 def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
@@ -125,10 +155,12 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     except HarnessError as e:
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = files.tail(out / "l2-stderr.log")
-        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr},
+        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr,
+                                                "error_stage": e.stage},
                            time.monotonic() - began, str(out)) for c in cells]
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
                                             ("p2p", "no_mmap_l2"))) / len(cells)
+    record["summary"] = summarize(evidence)
     return judge(cells, evidence, timer, shared, str(out), record)
 
 
