@@ -11,6 +11,7 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 """
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -27,6 +28,7 @@ from harness.l0 import VIOMMUS, check_port, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
+from harness.series import Series
 
 if TYPE_CHECKING:
     from harness import runner
@@ -45,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--kernel", action="append", help="only this kernel variant (repeatable)")
     build.add_argument("--force", action="store_true", help="rebuild even if intact")
     build.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: CPUs+1)")
+    build.add_argument("--kernel-patches", type=Path, metavar="SERIES",
+                       help="also build each kernel variant with this series applied (an mbox "
+                            "or a directory of patches)")
     isub.add_parser("list", help="what is built, and whether it is intact")
     clean = isub.add_parser("clean", help="remove artifacts no recipe points at")
     clean.add_argument("--all", action="store_true", help="remove the whole cache")
@@ -53,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the verdict matrix (default: all of it)")
     _run_options(run)
+    run.add_argument("--kernel-patches", type=Path, metavar="SERIES",
+                     help="a kernel series under test (an mbox, or a directory of patches), "
+                          "applied to the pinned source of each kernel variant")
     run.add_argument("--l2-qemu", type=Path, metavar="PATH",
                      help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
                           "rootfs's packaged one; uploaded into each L1")
@@ -64,10 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
     ab = sub.add_parser("ab", help="baseline against candidate: both QEMUs under test on the "
                                    "same L1 boots, images, seed and cells, then compared")
-    ab.add_argument("--candidate-l2-qemu", type=Path, metavar="PATH", required=True,
-                    help="the QEMU build under test (say, with the series applied)")
+    ab.add_argument("--candidate-l2-qemu", type=Path, metavar="PATH",
+                    help="the QEMU build under test (say, with a series applied)")
     ab.add_argument("--baseline-l2-qemu", type=Path, metavar="PATH",
                     help="the QEMU to compare it with (default: the rootfs's packaged one)")
+    ab.add_argument("--candidate-kernel-patches", type=Path, metavar="SERIES",
+                    help="a kernel series under test: the candidate's L1 kernels have it")
+    ab.add_argument("--baseline-kernel-patches", type=Path, metavar="SERIES",
+                    help="a series the baseline's L1 kernels have (default: none)")
     _run_options(ab)
     ab.add_argument("--junit", type=Path, metavar="FILE",
                     help="also write the comparison as JUnit XML, a testcase per cell")
@@ -127,6 +139,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
 
 
+def _series(path: Path | None) -> Series | None:
+    return Series.load(path) if path else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _signals_raise()
@@ -178,6 +194,8 @@ def _images(args: argparse.Namespace) -> int:
     if args.images_action == "build":
         began = time.monotonic()
         images = store.build(args.kernel, force=args.force)
+        if args.kernel_patches:
+            images = store.build_series(Series.load(args.kernel_patches), args.kernel)
         say(f"images ready in {time.monotonic() - began:.1f} s: "
             f"{', '.join(images.kernels)} kernels, rootfs with QEMU {images.rootfs.qemu_version}")
         return 0
@@ -219,12 +237,15 @@ class _Prepared:
                 "l2_qemu": results.qemu_under_test(cells),
                 "kernels": {n: k.manifest["versions"]["kernel"]
                             for n, k in self.images.kernels.items()},
+                "kernel_series": {n: k.manifest["series"] for n, k in self.images.kernels.items()
+                                  if "series" in k.manifest},
                 "selection": vars(self.selection),
                 "duration_s": round(time.monotonic() - began, 1),
                 "complete": len(cells) == len(self.selection.cells()), **extra}
 
 
-def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str) -> _Prepared:
+def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
+             series: Series | None = None) -> _Prepared:
     """Everything checked before minutes of work: binaries, ports, images, accelerator."""
     selection = _selection(args)
     qemu = QemuBinary.find(args.qemu)
@@ -237,6 +258,8 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str) -
             raise BadInput(f"QEMU under test {path} does not exist")
     store = _store(args)
     images = store.build(list(selection.kernels))  # a no-op when the cache is intact
+    if series:
+        images = store.build_series(series, list(selection.kernels))
     any_kernel = next(iter(images.kernels.values())).bzimage
     choice = accel.choose(qemu, any_kernel, store.cache,
                           force=None if args.accel == "auto" else args.accel)
@@ -251,7 +274,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str) -
 def _run(args: argparse.Namespace) -> int:
     from harness import results, runner  # L1-facing modules import paramiko: only when needed
 
-    p = _prepare(args, [args.l2_qemu], "run")
+    p = _prepare(args, [args.l2_qemu], "run", _series(args.kernel_patches))
     began = time.monotonic()
     cells = []
     try:
@@ -279,9 +302,18 @@ def _ab(args: argparse.Namespace) -> int:
     """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
     from harness import compare, results, runner
 
+    if not (args.candidate_l2_qemu or args.candidate_kernel_patches):
+        raise BadInput("ab needs something under test: --candidate-l2-qemu and/or "
+                       "--candidate-kernel-patches")
+    series = {side: _series(getattr(args, f"{side}_kernel_patches"))
+              for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
-    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu),
-             runner.Side(p.out / "candidate", args.candidate_l2_qemu))
+    store = _store(args)
+    kernels = list(p.selection.kernels)
+    images = {side: store.build_series(s, kernels) if s else p.images
+              for side, s in series.items()}
+    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"]),
+             runner.Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"]))
     began = time.monotonic()
     cells: dict[Path, list] = {s.results: [] for s in sides}
     try:
@@ -290,8 +322,9 @@ def _ab(args: argparse.Namespace) -> int:
             cells[side.results].append(cell)
     finally:
         for side in sides:
-            results.write(side.results, cells[side.results],
-                          p.info(cells[side.results], began, ab_side=side.results.name))
+            info = dataclasses.replace(p, images=side.images or p.images).info(
+                cells[side.results], began, ab_side=side.results.name)
+            results.write(side.results, cells[side.results], info)
             report.write_html(side.results)
     c = compare.compare(sides[0].results, sides[1].results)
     written = compare.write(c, p.out)

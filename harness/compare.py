@@ -142,7 +142,11 @@ def _describe(run: dict) -> str:
     qemus = run.get("l2_qemu") or []
     qemu = "; ".join(f"{q.get('version')} ({q.get('origin')}, sha256 {str(q.get('sha256'))[:12]})"
                      for q in qemus if isinstance(q, dict)) or "unknown QEMU"
-    kernels = ", ".join(f"{k} {v}" for k, v in (run.get("kernels") or {}).items())
+    series = run.get("kernel_series") or {}
+    kernels = ", ".join(f"{k} {v}" + (f" + {series[k]['title']!r} ({len(series[k]['patches'])} "
+                                      f"patch(es), {series[k]['sha256'][:12]})"
+                                      if k in series else "")
+                        for k, v in (run.get("kernels") or {}).items())
     return f"{qemu}; kernels {kernels or 'unknown'}; seed {run.get('seed', '?')}"
 
 
@@ -152,6 +156,9 @@ def reproduce(cell: dict, run: dict) -> str:
             "--kernel", cell["kernel"], "--check", cell["check"]]
     if run.get("seed") is not None:
         args += ["--seed", str(run["seed"])]
+    series = (run.get("kernel_series") or {}).get(cell["kernel"])
+    if series:
+        args += ["--kernel-patches", series["source"]]
     for q in run.get("l2_qemu") or []:
         if isinstance(q, dict) and q.get("origin") not in (None, "packaged in the rootfs"):
             args += ["--l2-qemu", q["origin"]]

@@ -13,6 +13,7 @@ as `<dir>.partial` and renamed, so an interrupted build is never mistaken for a
 finished one, and the manifest's sha256 catch an artifact corrupted since.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from harness.debian import PrivateApt, installed_version
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.progress import say, step
 from harness.recipe import KernelVariant, Recipe, Rootfs
+from harness.series import Series
 
 MANIFEST = "manifest.json"
 #: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
@@ -221,14 +223,20 @@ class ImageStore:
             tmp.rename(src)
         return src
 
-    def _build_kernel(self, variant: KernelVariant) -> None:
+    def _build_kernel(self, variant: KernelVariant, src: Path | None = None,
+                      obj: Path | None = None, name: str | None = None,
+                      final: Path | None = None, key: str | None = None,
+                      extra: dict | None = None) -> None:
+        """Configure and compile `variant` (from `src` into `obj`, published as `final`,
+        for a series build; else the variant itself)."""
         began = time.monotonic()
-        src = self._kernel_source(variant)
-        obj = self.build_dir / f"kernel-{variant.name}"
+        src = src or self._kernel_source(variant)
+        name = name or variant.name
+        obj = obj or self.build_dir / f"kernel-{name}"
         obj.mkdir(parents=True, exist_ok=True)
-        log = self.build_dir / f"kernel-{variant.name}.log"
-        stage = f"image build: kernel {variant.name}"
-        with step(f"kernel {variant.name}: configure (log {log})"):
+        log = self.build_dir / f"kernel-{name}.log"
+        stage = f"image build: kernel {name}"
+        with step(f"kernel {name}: configure (log {log})"):
             with log.open("w") as out:
                 _run(["make", "-C", str(src), f"O={obj}", *variant.base], out, stage)
                 _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
@@ -236,19 +244,79 @@ class ImageStore:
                      out, stage)
                 _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
-                          variant.name)
-        with step(f"kernel {variant.name}: compile with -j{self.jobs} (log {log})"):
+                          name)
+        with step(f"kernel {name}: compile with -j{self.jobs} (log {log})"):
             with log.open("a") as out:
                 _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}", "bzImage"], out,
-                     stage, progress=lambda: _compile_progress(log, variant.name))
+                     stage, progress=lambda: _compile_progress(log, name))
 
         def fill(d: Path) -> dict:
             shutil.copy2(obj / "arch/x86/boot/bzImage", d / "bzImage")
             shutil.copy2(obj / ".config", d / "config")
             release = (obj / "include/config/kernel.release").read_text().strip()
-            return {"versions": {"kernel": release, variant.package: variant.version}}
+            return {"versions": {"kernel": release, variant.package: variant.version},
+                    **(extra or {})}
 
-        _publish(self.kernel_dir(variant), f"kernel-{variant.name}", variant.key(), began, fill)
+        _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
+                 began, fill)
+
+    # -- a kernel with a series applied ---------------------------------------------
+
+    def series_key(self, variant: KernelVariant, series: Series) -> str:
+        return hashlib.sha256(f"{variant.key()} {series.sha256}".encode()).hexdigest()[:16]
+
+    def series_dir(self, variant: KernelVariant, series: Series) -> Path:
+        return self.artifacts / (f"kernel-{variant.name}+{series.name}-"
+                                 f"{self.series_key(variant, series)}")
+
+    def build_series(self, series: Series, variants: list[str] | None = None) -> Images:
+        """The images with each kernel variant replaced by its build with `series` applied
+        to the pinned source; built incrementally from the variant's own object tree."""
+        images = self.build(variants)
+        kernels = {}
+        for name in images.kernels:
+            variant = self.recipe.kernels[name]
+            final = self.series_dir(variant, series)
+            problem = verify(final)
+            if problem:
+                say(f"kernel {name}+{series.name}: {problem}: building "
+                    f"\"{series.title}\" ({len(series.patches)} patch(es))")
+                self._build_series_kernel(variant, series, final)
+            kernels[name] = KernelImage(name, final, _read_manifest(final))
+        return Images(kernels, images.rootfs)
+
+    def _build_series_kernel(self, variant: KernelVariant, series: Series, final: Path) -> None:
+        pristine = self._kernel_source(variant)
+        src = self._series_source(pristine, series)
+        name = f"{variant.name}+{series.name}"
+        obj = self.build_dir / f"kernel-{name}"
+        base = self.build_dir / f"kernel-{variant.name}"
+        if not obj.exists() and _built(base, self.kernel_dir(variant)):
+            with step(f"kernel {name}: start from {variant.name}'s object tree"):
+                tmp = obj.with_name(obj.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                _shell(f"cp -a '{base}' '{tmp}'", "copy the object tree")
+                _repoint(tmp, {Path(os.readlink(base / "source")): src, base: obj})
+                tmp.rename(obj)
+        self._build_kernel(variant, src, obj, name, final, self.series_key(variant, series),
+                           {"series": series.record(), "base_variant": variant.name})
+
+    def _series_source(self, pristine: Path, series: Series) -> Path:
+        """The pinned source with the series applied: hard links to the pristine tree,
+        but for the files the series touches."""
+        src = pristine.with_name(f"{pristine.name}+{series.name}")
+        if (src / ".complete").exists():
+            return src
+        with step(f"{series.name}: apply {len(series.patches)} patch(es) to {pristine.name}"):
+            tmp = src.with_name(src.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            _shell(f"cp -al '{pristine}' '{tmp}'", "link the kernel source")
+            (tmp / ".complete").unlink(missing_ok=True)
+            series.apply(tmp)
+            (tmp / ".complete").write_text(series.sha256 + "\n")
+            shutil.rmtree(src, ignore_errors=True)
+            tmp.rename(src)
+        return src
 
     def _build_rootfs(self, rootfs: Rootfs) -> None:
         began = time.monotonic()
@@ -313,6 +381,34 @@ def verify(directory: Path) -> str | None:
         if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return f"{name} does not match its manifest (corrupted)"
     return None
+
+
+def _built(obj: Path, artifact: Path) -> bool:
+    """Whether the object tree is the one the published artifact came from (its bzImage
+    is the artifact's): only then may a series build start from it."""
+    image = obj / "arch/x86/boot/bzImage"
+    try:
+        want = _read_manifest(artifact)["files"]["bzImage"]["sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return image.is_file() and (obj / "source").is_symlink() and sha256_file(image) == want
+
+
+def _repoint(obj: Path, moves: dict[Path, Path]) -> None:
+    """Kbuild records the source tree's absolute path in its .cmd files (commands and
+    dependencies), and the tools build (objtool, on which every object depends) its
+    output directory's: point a copied object tree at its new places, or make rebuilds
+    it all, and would miss the headers a series changes."""
+    for old, new in moves.items():
+        found = subprocess.run(["grep", "-rlIZ", "--", str(old), str(obj)],
+                               capture_output=True, timeout=300).stdout.split(b"\0")
+        for path in (Path(p.decode()) for p in found if p):
+            path.write_text(path.read_text().replace(str(old), str(new)))
+    source = obj / "source"
+    if source.is_symlink():
+        target = Path(os.readlink(source))
+        source.unlink()
+        source.symlink_to(moves.get(target, target))
 
 
 def _read_manifest(directory: Path) -> dict:

@@ -46,11 +46,12 @@ class Selection:
 
 @dataclass(frozen=True)
 class Side:
-    """One QEMU under test and where its cells go: a run has one side, an A/B two, and
-    both sides of an A/B run on the same L1 boots."""
+    """One QEMU and kernel under test, and where its cells go: a run has one side, an A/B
+    two. Sides with the same L1 kernel share its boots."""
 
     results: Path
     l2_qemu: Path | None = None  # None: the rootfs's packaged QEMU
+    images: Images | None = None  # None: the run's images (a side with a series has its own)
 
 
 def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
@@ -66,8 +67,14 @@ def run_sides(qemu: QemuBinary, images: Images, selection: Selection, l1_dir: Pa
               sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
     for vi in selection.viommus:
         for kernel in selection.kernels:
-            yield from _run_l1(qemu, images, vi, kernel, selection, l1_dir, accel, seed,
-                               ssh_port, sides)
+            groups: dict[Path, list[Side]] = {}
+            for side in sides:
+                groups.setdefault((side.images or images).kernels[kernel].bzimage,
+                                  []).append(side)
+            for n, group in enumerate(groups.values()):
+                yield from _run_l1(qemu, group[0].images or images, vi, kernel, selection,
+                                   l1_dir / str(n) if len(groups) > 1 else l1_dir, accel,
+                                   seed, ssh_port, tuple(group))
 
 
 def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,

@@ -1,0 +1,93 @@
+"""Series read and applied with git's own tools, on a small tree made here with git."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BadInput
+from harness.series import Series
+
+DATA = Path(__file__).parent.parent / "data" / "series"
+GIT = ["git", "-c", "user.name=A Developer", "-c", "user.email=dev@example.org"]
+
+
+def git(tree: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=tree, check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def made(tmp_path):
+    """A tree, and a two-patch series against it as format-patch writes it (with a cover)."""
+    repo = tmp_path / "repo"
+    (repo / "drivers").mkdir(parents=True)
+    (repo / "drivers" / "a.c").write_text("int a(void)\n{\n\treturn 1;\n}\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "tag", "base")
+    (repo / "drivers" / "a.c").write_text("int a(void)\n{\n\treturn 2;\n}\n")
+    git(repo, "commit", "-qam", "drivers: a returns 2")
+    (repo / "drivers" / "b.c").write_text("int b(void);\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "drivers: add b")
+    mbox = tmp_path / "series.mbox"
+    mbox.write_text(git(repo, "format-patch", "--cover-letter", "--stdout", "base"))
+    pristine = tmp_path / "pristine"
+    git(repo, "worktree", "add", "-q", "--detach", str(pristine), "base")
+    (pristine / ".git").unlink()  # a plain tree, as the kernel source is
+    return mbox, pristine
+
+
+def test_a_series_is_its_patches_in_order(made):
+    mbox, _ = made
+    s = Series.load(mbox)
+    assert [p.subject for p in s.patches] == ["drivers: a returns 2", "drivers: add b"]
+    assert s.title == "*** SUBJECT HERE ***"  # format-patch's cover letter template
+    assert s.files() == ["drivers/a.c", "drivers/b.c"]
+    assert s.name == f"series-{s.sha256[:12]}"
+
+
+def test_applying_changes_only_the_copy_even_through_hard_links(made, tmp_path):
+    mbox, pristine = made
+    tree = tmp_path / "tree"
+    subprocess.run(["cp", "-al", str(pristine), str(tree)], check=True)
+    Series.load(mbox).apply(tree)
+    assert "return 2" in (tree / "drivers" / "a.c").read_text()
+    assert (tree / "drivers" / "b.c").exists()
+    assert "return 1" in (pristine / "drivers" / "a.c").read_text()  # the pristine tree stays
+
+
+def test_a_directory_of_patches_is_a_series(made, tmp_path):
+    mbox, _ = made
+    out = tmp_path / "dir"
+    out.mkdir()
+    subprocess.run(["git", "mailsplit", f"-o{out}", str(mbox)], check=True, capture_output=True)
+    assert len(Series.load(out).patches) == 2
+
+
+def test_a_patch_that_does_not_apply_is_named_with_its_file(made, tmp_path):
+    mbox, pristine = made
+    (pristine / "drivers" / "a.c").write_text("int a(void)\n{\n\treturn 7;\n}\n")
+    with pytest.raises(BadInput) as e:
+        Series.load(mbox).apply(pristine)
+    assert e.value.exit_code == 2
+    assert 'patch 1/2 "drivers: a returns 2"' in e.value.message
+    assert "drivers/a.c" in e.value.message
+
+
+def test_the_harness_series_does_not_apply_where_its_context_is_gone():
+    s = Series.load(DATA / "does-not-apply.mbox")
+    assert s.files() == ["drivers/vfio/pci/vfio_pci_dmabuf.c"]
+
+
+@pytest.mark.parametrize("name", ["broken.mbox", "missing.mbox"])
+def test_what_is_no_series_is_bad_input(name):
+    with pytest.raises(BadInput):
+        Series.load(DATA / name)
+
+
+def test_an_empty_directory_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="is empty"):
+        Series.load(tmp_path)
