@@ -312,7 +312,11 @@ class ImageStore:
             shutil.rmtree(tmp, ignore_errors=True)
             _shell(f"cp -al '{pristine}' '{tmp}'", "link the kernel source")
             (tmp / ".complete").unlink(missing_ok=True)
-            series.apply(tmp)
+            try:
+                series.apply(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # a series that does not apply
+                raise
             (tmp / ".complete").write_text(series.sha256 + "\n")
             shutil.rmtree(src, ignore_errors=True)
             tmp.rename(src)

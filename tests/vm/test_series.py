@@ -1,0 +1,63 @@
+"""A kernel series under test, for real: applied to the pinned source, built incrementally,
+booted as L1, and judged against the stock kernel on the same cells (intel-iommu, dmabuf)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SERIES = Path(__file__).parent.parent / "data" / "series"
+
+
+def harness(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ab(series: str, out: Path) -> subprocess.CompletedProcess:
+    return harness("ab", "--candidate-kernel-patches", str(SERIES / series), "--viommu",
+                   "intel-iommu", "--kernel", "dmabuf", "--results", str(out), "--seed", "12")
+
+
+@pytest.mark.usefixtures("images")
+def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidence(tmp_path):
+    """An off-by-one in vfio_pci_core_fill_phys_vec: a range ending at the BAR's end is
+    refused, so no BAR gets a dma-buf and iommufd cannot map one."""
+    p = ab("0001-off-by-one-rejects-whole-bar-dmabufs.mbox", tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    assert "+ intel-iommu-iommufd-dmabuf-p2p-dma: pass -> fail" in p.stdout
+    assert "+ intel-iommu-legacy-dmabuf-dmabuf-per-region: pass -> fail" in p.stdout
+    assert "- vfio_region_dmabuf 0000:00:02.0 BAR 0 vanished" in p.stdout
+    assert "0000:00:02.0 BAR 0: dma-buf unavailable, using mmap fallback" in p.stdout
+    assert "reject dma-buf ranges that reach past the BAR" in p.stdout  # the series is named
+    record = json.loads((tmp_path / "compare.json").read_text())
+    assert record["counts"]["new failure"] == 5 and record["counts"]["unchanged"] == 1
+    series = record["candidate"]["run"]["kernel_series"]["dmabuf"]
+    assert series["patches"][0]["files"] == ["drivers/vfio/pci/vfio_pci_dmabuf.c"]
+
+
+@pytest.mark.usefixtures("images")
+def test_a_harmless_series_changes_nothing(tmp_path):
+    p = ab("0001-comment-only.mbox", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    assert "6 cells: 6 unchanged" in p.stdout and "no regression" in p.stdout
+
+
+@pytest.mark.usefixtures("images")
+@pytest.mark.parametrize("series, message", [
+    ("does-not-apply.mbox", 'patch 1/1 "vfio/pci: reject dma-buf ranges that reach past the '
+                            'BAR" of '),
+    ("broken.mbox", "not an mbox of patches"),
+])
+def test_a_series_that_cannot_be_used_is_one_clear_error(tmp_path, series, message):
+    p = harness("run", "--kernel-patches", str(SERIES / series), "--viommu", "intel-iommu",
+                "--kernel", "dmabuf", "--results", str(tmp_path))
+    assert p.returncode == 2, p.stderr
+    last = p.stderr.strip().splitlines()
+    assert any(line.startswith("vfio-harness: error: kernel series: ") and message in line
+               for line in last), p.stderr
+    if series == "does-not-apply.mbox":
+        assert "drivers/vfio/pci/vfio_pci_dmabuf.c" in p.stderr
+    assert "Traceback" not in p.stderr
