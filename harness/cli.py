@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from harness import accel, doctor, matrix, paths, report
 from harness.errors import BadInput, HarnessError
-from harness.images import Images, ImageStore
+from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import VIOMMUS, check_port, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel-patches", type=Path, metavar="SERIES",
                      help="a kernel series under test (an mbox, or a directory of patches), "
                           "applied to the pinned source of each kernel variant")
+    run.add_argument("--kernel-image", type=Path, metavar="BZIMAGE",
+                     help="a kernel built elsewhere, booted as L1 as is, after checking its "
+                          "config; its variant is --kernel, else dmabuf if its config has "
+                          "VFIO_PCI_DMABUF")
+    run.add_argument("--kernel-config", type=Path, metavar="FILE",
+                     help="the .config of --kernel-image (default: the one it embeds, "
+                          "CONFIG_IKCONFIG)")
     run.add_argument("--l2-qemu", type=Path, metavar="PATH",
                      help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
                           "rootfs's packaged one; uploaded into each L1")
@@ -80,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="a kernel series under test: the candidate's L1 kernels have it")
     ab.add_argument("--baseline-kernel-patches", type=Path, metavar="SERIES",
                     help="a series the baseline's L1 kernels have (default: none)")
+    ab.add_argument("--candidate-kernel-image", type=Path, metavar="BZIMAGE",
+                    help="a kernel built elsewhere as the candidate's L1 kernel")
+    ab.add_argument("--candidate-kernel-config", type=Path, metavar="FILE",
+                    help="its .config (default: the one it embeds)")
     _run_options(ab)
     ab.add_argument("--junit", type=Path, metavar="FILE",
                     help="also write the comparison as JUnit XML, a testcase per cell")
@@ -141,6 +152,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def _series(path: Path | None) -> Series | None:
     return Series.load(path) if path else None
+
+
+def _user_kernel(store: ImageStore, args: argparse.Namespace, bzimage: Path,
+                 config: Path | None) -> tuple[str, "KernelImage"]:
+    if args.kernel and len(args.kernel) > 1:
+        raise BadInput("a kernel image plays one kernel variant: give at most one --kernel")
+    role, image = store.user_kernel(bzimage, config, args.kernel[0] if args.kernel else None)
+    say(f"kernel under test: {bzimage} ({image.manifest['versions']['kernel']}) as the "
+        f"{role!r} variant")
+    return role, image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +260,9 @@ class _Prepared:
                             for n, k in self.images.kernels.items()},
                 "kernel_series": {n: k.manifest["series"] for n, k in self.images.kernels.items()
                                   if "series" in k.manifest},
+                "kernel_images": {n: k.manifest["kernel_image"]
+                                  for n, k in self.images.kernels.items()
+                                  if "kernel_image" in k.manifest},
                 "selection": vars(self.selection),
                 "duration_s": round(time.monotonic() - began, 1),
                 "complete": len(cells) == len(self.selection.cells()), **extra}
@@ -257,7 +281,13 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
         if path and not path.is_file():
             raise BadInput(f"QEMU under test {path} does not exist")
     store = _store(args)
-    images = store.build(list(selection.kernels))  # a no-op when the cache is intact
+    kernel_image = getattr(args, "kernel_image", None)
+    if kernel_image:
+        role, image = _user_kernel(store, args, kernel_image, args.kernel_config)
+        selection = dataclasses.replace(selection, kernels=(role,))
+        images = dataclasses.replace(store.build([role], kernels=False), kernels={role: image})
+    else:
+        images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     if series:
         images = store.build_series(series, list(selection.kernels))
     any_kernel = next(iter(images.kernels.values())).bzimage
@@ -312,6 +342,14 @@ def _ab(args: argparse.Namespace) -> int:
     kernels = list(p.selection.kernels)
     images = {side: store.build_series(s, kernels) if s else p.images
               for side, s in series.items()}
+    if args.candidate_kernel_image:
+        role, image = _user_kernel(store, args, args.candidate_kernel_image,
+                                   args.candidate_kernel_config)
+        if role not in kernels:
+            raise BadInput(f"the candidate kernel plays {role!r}, which is not among the "
+                           f"selected variants ({', '.join(kernels)}): choose it with --kernel")
+        images["candidate"] = dataclasses.replace(
+            images["candidate"], kernels={**images["candidate"].kernels, role: image})
     sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"]),
              runner.Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"]))
     began = time.monotonic()

@@ -156,12 +156,14 @@ class ImageStore:
 
     # -- building ---------------------------------------------------------------
 
-    def build(self, variants: list[str] | None = None, force: bool = False) -> Images:
-        """Build whatever is missing, stale or corrupt; a no-op when all is intact."""
+    def build(self, variants: list[str] | None = None, force: bool = False,
+              kernels: bool = True) -> Images:
+        """Build whatever is missing, stale or corrupt; a no-op when all is intact.
+        `kernels=False`: only the rootfs (the kernel comes from elsewhere)."""
         wanted = self._variants(variants)
         states = {s.name: s for s in self.states()}  # hashes every artifact once
         todo_kernels = [self.recipe.kernels[n] for n in wanted
-                        if force or states[f"kernel-{n}"].problem]
+                        if kernels and (force or states[f"kernel-{n}"].problem)]
         todo_rootfs = force or states["rootfs"].problem is not None
         for s in states.values():
             if s.problem and s.directory.exists():
@@ -185,6 +187,8 @@ class ImageStore:
                 rootfs_thread.join()
         if errors:
             raise errors[0]
+        if not kernels:
+            return Images({}, RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir())))
         return self.load(wanted)
 
     def _preflight(self, kernels: bool, rootfs: bool) -> None:
@@ -259,6 +263,57 @@ class ImageStore:
 
         _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
                  began, fill)
+
+    # -- a kernel image brought by the user ------------------------------------------
+
+    def user_kernel(self, bzimage: Path, config: Path | None = None,
+                    role: str | None = None) -> tuple[str, KernelImage]:
+        """(role, image) of a kernel built elsewhere, booted as is: its config (given, or
+        the one embedded with IKCONFIG) must have what the role's scenarios need."""
+        stage = "kernel image"
+        if not bzimage.is_file():
+            raise BadInput(f"kernel image {bzimage} does not exist", stage=stage)
+        if config is not None and not config.is_file():
+            raise BadInput(f"kernel config {config} does not exist", stage=stage)
+        text = config.read_text(errors="replace") if config else self._ikconfig(bzimage)
+        try:
+            final = kconfig.parse(text)
+        except HarnessError as e:
+            raise BadInput(f"the config of {bzimage} is not a kernel .config: {e.message}",
+                           stage=stage) from None
+        if role is None:
+            role = "dmabuf" if final.get("CONFIG_VFIO_PCI_DMABUF") == "y" else "no-dmabuf"
+        variant = self.recipe.kernels.get(role)
+        if variant is None:
+            raise BadInput(f"unknown kernel variant {role!r}; the recipe has "
+                           f"{', '.join(self.recipe.kernels)}", stage=stage)
+        missing = kconfig.lacking(variant.required_options(), final)
+        if missing:
+            raise BadInput(f"the kernel image {bzimage} lacks what the {role!r} scenarios need: "
+                           + ", ".join(missing), stage=stage)
+        sha = sha256_file(bzimage)
+        final_dir = self.artifacts / f"kernel-image-{sha[:16]}"
+        if verify(final_dir):
+            def fill(d: Path) -> dict:
+                shutil.copy2(bzimage, d / "bzImage")
+                (d / "config").write_text(text)
+                return {"versions": {"kernel": bzimage_version(bzimage) or "unknown"},
+                        "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
+                                         "config": str(config.resolve()) if config else
+                                         "embedded (IKCONFIG)"}}
+            _publish(final_dir, f"kernel-image-{sha[:16]}", sha[:16], time.monotonic(), fill)
+        return role, KernelImage(role, final_dir, _read_manifest(final_dir))
+
+    def _ikconfig(self, bzimage: Path) -> str:
+        variant = next(iter(self.recipe.kernels.values()))
+        script = self._kernel_source(variant) / "scripts" / "extract-ikconfig"
+        proc = subprocess.run([str(script), str(bzimage)], capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode != 0 or "CONFIG_" not in proc.stdout:
+            raise BadInput(f"the kernel image {bzimage} has no embedded config "
+                           f"(CONFIG_IKCONFIG): give its .config with --kernel-config",
+                           stage="kernel image")
+        return proc.stdout
 
     # -- a kernel with a series applied ---------------------------------------------
 
@@ -385,6 +440,17 @@ def verify(directory: Path) -> str | None:
         if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return f"{name} does not match its manifest (corrupted)"
     return None
+
+
+def bzimage_version(bzimage: Path) -> str | None:
+    """The release a bzImage names in its setup header (boot protocol: kernel_version at
+    0x20e is an offset from 0x200 to a NUL-terminated string)."""
+    data = bzimage.read_bytes()[:0x10000]
+    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
+        return None
+    start = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    end = data.find(b"\0", start)
+    return data[start:end].decode(errors="replace").split()[0] if 0 < start < end else None
 
 
 def _built(obj: Path, artifact: Path) -> bool:

@@ -52,3 +52,17 @@ def check(required: dict[str, str], final: dict[str, str], variant: str) -> None
             f"{option} did not stick in kernel variant {variant!r}: wanted {wanted}, "
             f"olddefconfig gave {got}{more}; check its 'depends on' in Kconfig",
             stage="kernel config")
+
+
+#: Options the harness's own builds set for their own sake (no modules to install, the
+#: config kept in the image, debugfs), not because a scenario needs them: a kernel
+#: image brought by the user is not held to them.
+BUILD_POLICY = frozenset({"CONFIG_MODULES", "CONFIG_IKCONFIG", "CONFIG_IKCONFIG_PROC",
+                          "CONFIG_DEBUG_FS"})
+
+
+def lacking(required: dict[str, str], final: dict[str, str]) -> list[str]:
+    """What a given kernel lacks of what the scenarios need, one phrase per option."""
+    return [f"{option} (is {got}, needs {wanted})"
+            for option, wanted, got in mismatches(required, final)
+            if option not in BUILD_POLICY]
