@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                                               "(default: CANDIDATE/compare)")
     cmp.add_argument("--json", action="store_true", help="print JSON instead of text")
     cmp.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    _patchwork_options(cmp)
 
     cells = sub.add_parser("matrix", help="the cells and what each is expected to do")
     cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
@@ -148,6 +149,24 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                    help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     p.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
+    _patchwork_options(p)
+
+
+def _patchwork_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patchwork-check", type=Path, metavar="FILE",
+                   help="write the Patchwork check for the series (state, context, "
+                        "description, target_url) here; nothing is posted")
+    p.add_argument("--patchwork-target-url", metavar="URL",
+                   help="the check's target_url (default: the report's file:// URL)")
+
+
+def _patchwork(args: argparse.Namespace, make, report_page: Path) -> None:
+    from harness import patchwork
+
+    if args.patchwork_check:
+        record = make(args.patchwork_target_url or report_page.resolve().as_uri())
+        patchwork.write(args.patchwork_check, record)
+        print(f"Patchwork check ({record['state']}): {args.patchwork_check.resolve()}")
 
 
 def _series(path: Path | None) -> Series | None:
@@ -321,6 +340,8 @@ def _run(args: argparse.Namespace) -> int:
         if cells:
             print("\n" + results.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
+        from harness import patchwork
+        _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
         if args.keep_artifacts:
             print(f"artifacts (all kept): {p.out.resolve()}")
         for directory in kept:
@@ -373,6 +394,9 @@ def _ab(args: argparse.Namespace) -> int:
     print("\n" + compare.text(c))
     print(f"A/B report: {written['text'].resolve()} (and compare.json, compare.xml, "
           f"compare.html); candidate's report: {(sides[1].results / 'report.html').resolve()}")
+    from harness import patchwork
+    _patchwork(args, lambda url: patchwork.for_comparison(c, url),
+               sides[1].results / "report.html")
     return c.exit_code()
 
 
@@ -386,6 +410,8 @@ def _compare(args: argparse.Namespace) -> int:
         args.junit.write_text(compare.junit(c))
     print(json.dumps(c.record(), indent=2) if args.json else compare.text(c))
     print(f"A/B report: {written['text'].resolve()}", file=sys.stderr)
+    from harness import patchwork
+    _patchwork(args, lambda url: patchwork.for_comparison(c, url), written["html"])
     return c.exit_code()
 
 
