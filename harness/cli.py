@@ -149,7 +149,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                    help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     p.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
+    _series_option(p)
     _patchwork_options(p)
+
+
+def _series_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", type=Path, metavar="FILE",
+                   help="the series being validated (QEMU's or the kernel's, an mbox or a "
+                        "directory): every trace event it adds or changes is switched on in "
+                        "L2, and the report says where each fired and which cells run the "
+                        "files it touches")
 
 
 def _patchwork_options(p: argparse.ArgumentParser) -> None:
@@ -268,6 +277,11 @@ class _Prepared:
     choice: accel.AccelChoice
     seed: int
     out: Path
+    series: Series | None = None  # --series: the series being validated
+
+    @property
+    def traces(self) -> tuple[str, ...]:
+        return tuple(self.series.trace_events()) if self.series else ()
 
     def info(self, cells: list, began: float, **extra: object) -> dict:
         from harness import results
@@ -284,6 +298,7 @@ class _Prepared:
                                   if "kernel_image" in k.manifest},
                 "selection": vars(self.selection),
                 "duration_s": round(time.monotonic() - began, 1),
+                "series": self.series.record() if self.series else None,
                 "complete": len(cells) == len(self.selection.cells()), **extra}
 
 
@@ -317,7 +332,11 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     out = args.results or Path("results") / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     say(f"results and artifacts: {out.resolve()} (seed {seed})")
-    return _Prepared(selection, qemu, images, choice, seed, out)
+    validated = _series(args.series)
+    if validated:
+        say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "
+            f"trace events it adds or changes: {', '.join(validated.trace_events()) or 'none'}")
+    return _Prepared(selection, qemu, images, choice, seed, out, validated)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -328,7 +347,7 @@ def _run(args: argparse.Namespace) -> int:
     cells = []
     try:
         for cell in runner.run(p.qemu, p.images, p.selection, p.out, p.choice.accel, p.seed,
-                               args.ssh_port, args.l2_qemu):
+                               args.ssh_port, args.l2_qemu, p.traces):
             cells.append(cell)
     finally:
         kept = [] if args.keep_artifacts else results.prune(p.out, cells)
@@ -371,8 +390,10 @@ def _ab(args: argparse.Namespace) -> int:
                            f"selected variants ({', '.join(kernels)}): choose it with --kernel")
         images["candidate"] = dataclasses.replace(
             images["candidate"], kernels={**images["candidate"].kernels, role: image})
-    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"]),
-             runner.Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"]))
+    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"],
+                         p.traces),
+             runner.Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"],
+                         p.traces))
     began = time.monotonic()
     cells: dict[Path, list] = {s.results: [] for s in sides}
     try:

@@ -193,6 +193,14 @@ class P2PNotSupported:
 
 
 @dataclass(frozen=True)
+class TraceEventUnknown:
+    """`-trace NAME` for an event this QEMU does not have (a series adds it, say)."""
+
+    event: str
+    text: str
+
+
+@dataclass(frozen=True)
 class UnknownDmabufWarning:
     """A message about dma-buf or the mmap fallback in a wording none of the patterns know:
     a known warning reworded, or a new one. Never silently 'no warning'."""
@@ -206,7 +214,7 @@ class OtherMessage:
 
 
 Message = (DmabufNotSupported | DmabufUnavailable | IoasMapFailed | ContainerDmaMapFailed
-           | P2PNotSupported | UnknownDmabufWarning | OtherMessage)
+           | P2PNotSupported | TraceEventUnknown | UnknownDmabufWarning | OtherMessage)
 
 # 11.1 says "P2P DMA will not work"; 11.0 said "PCI BAR IOMMU mappings may fail".
 _CONSEQUENCE = r"(?:P2P DMA will not work|PCI BAR IOMMU mappings may fail)"
@@ -225,6 +233,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], Message]]]
                                         int(m.group("ret")), t)),
     (re.compile(r"^(?P<device>\S+): PCI peer-to-peer transactions on BARs are not supported"),
      lambda m, t: P2PNotSupported(m.group("device"), t)),
+    (re.compile(r"trace event '(?P<event>[^']+)' does not exist"),
+     lambda m, t: TraceEventUnknown(m.group("event"), t)),
 ]
 
 
@@ -391,15 +401,28 @@ SUMMARY_EVENTS: dict[type, str] = {
     ListenerNoDmaMap: "vfio_listener_region_add_no_dma_map"}
 
 
-def summarize(ev: Evidence) -> dict:
+_DEVICE_OR_REGION = re.compile(r'"([^"]+)"|Device (\S+?),|Region (.+?) mmaps|\b(\d{4}:[0-9a-f]{2}:'
+                               r'[0-9a-f]{2}\.\d)\b')
+
+
+def other_subject(text: str) -> str:
+    """The device or region an event line of unknown format is about, if it names one."""
+    m = _DEVICE_OR_REGION.search(text)
+    return next((g for g in m.groups() if g), "") if m else ""
+
+
+def summarize(ev: Evidence, extra_events: tuple[str, ...] = ()) -> dict:
     """What one backend's L2 showed, as counts per (event, subject), warnings, the kernel's
-    view and the P2P outcome: what an A/B diff names when a cell changes."""
+    view and the P2P outcome: what an A/B diff names when a cell changes. `extra_events`
+    (those a series adds) are counted too, by the device or region they name."""
     events: dict[str, dict[str, int]] = {}
     for r in ev.main.trace:
         if isinstance(r, Unparsed):
             key, subject = f"{r.event} (unparsed)", r.text[:80]
         elif type(r) in SUMMARY_EVENTS:
             key, subject = SUMMARY_EVENTS[type(r)], _subject(r)
+        elif isinstance(r, Other) and r.event in extra_events:
+            key, subject = r.event, other_subject(r.text)
         else:
             continue
         if isinstance(r, RegionSetup) and not r.size:

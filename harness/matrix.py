@@ -46,6 +46,52 @@ WHY = {
 #: the expectation turns an expected fail into xfail and an unexpected pass into xpass.
 OUTCOMES = ("pass", "fail", "xfail", "xpass", "skip", "error")
 
+#: Which cells exercise which source files (QEMU's and the kernel's), by path prefix: a
+#: series' files are shown beside the cells that run their code. "*" is every value.
+EXERCISES_TABLE = """
+# path prefix                           checks                                   backends
+hw/vfio/region.c                        *                                        *
+hw/vfio/trace-events                    *                                        *
+hw/vfio/pci.c                           *                                        *
+hw/vfio/device.c                        *                                        *
+hw/vfio/listener.c                      mmap-fallback,p2p-dma                    *
+hw/vfio/iommufd.c                       *                                        iommufd
+backends/iommufd.c                      p2p-dma,dmabuf-per-region                iommufd
+hw/vfio/container                       mmap-fallback,p2p-dma                    legacy
+system/memory.c                         mmap-fallback,p2p-dma                    *
+drivers/vfio/pci/vfio_pci_dmabuf.c      *                                        *
+drivers/vfio/pci/vfio_pci_core.c        *                                        *
+drivers/vfio/pci/vfio_pci_rdwr.c        mmap-fallback                            *
+drivers/vfio/device_cdev.c              *                                        iommufd
+drivers/vfio/group.c                    *                                        legacy
+drivers/vfio/vfio_iommu_type1.c         p2p-dma                                  legacy
+drivers/iommu/iommufd/                  p2p-dma,dmabuf-per-region                iommufd
+drivers/pci/p2pdma.c                    dmabuf-per-region,p2p-dma                *
+drivers/dma-buf/                        dmabuf-per-region,p2p-dma                *
+drivers/iommu/intel/                    p2p-dma                                  *
+drivers/iommu/virtio-iommu.c            p2p-dma                                  *
+"""
+
+
+def _exercises(table: str) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    rows = []
+    for line in table.strip().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        prefix, checks, backends = line.split()
+        rows.append((prefix, tuple(CHECKS) if checks == "*" else tuple(checks.split(",")),
+                     tuple(BACKENDS) if backends == "*" else tuple(backends.split(","))))
+    return rows
+
+
+EXERCISES = _exercises(EXERCISES_TABLE)
+
+
+def exercised_by(path: str) -> list[tuple[str, str]]:
+    """(check, backend) of the cells that run code of `path`; empty if none is known to."""
+    return sorted({(c, b) for prefix, checks, backends in EXERCISES if path.startswith(prefix)
+                   for c in checks for b in backends})
+
 
 @dataclass(frozen=True)
 class Expectation:

@@ -102,6 +102,7 @@ def render(data: dict, base: Path) -> str:
                    f"({e(q.get('origin', '?'))}), sha256 {e(q.get('sha256', '?'))}; "
                    f"vfio_region_dmabuf event: {'yes' if q.get('has_dmabuf_event') else 'no'}, "
                    f"iommufd object: {'yes' if q.get('has_iommufd_object') else 'no'}</p>")
+    out.append(_series_section(data))
     out.append(f"<details id='run'><summary>run: seed, versions, selection</summary>"
                f"<pre>{e(json.dumps(data.get('run', {}), indent=2))}</pre></details>")
     out.append("<h2>Cells</h2>")
@@ -109,6 +110,61 @@ def render(data: dict, base: Path) -> str:
         out.append(_cell_section(cell, base))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _series_section(data: dict) -> str:
+    """Each series under test: the cells that run the files it touches, and where each
+    trace event it adds or changes fired (by device or region, how often) or that it never
+    did."""
+    from harness.matrix import exercised_by
+
+    run = data.get("run", {})
+    found = [("series being validated", run["series"])] if run.get("series") else []
+    found += [(f"kernel series ({k})", s) for k, s in (run.get("kernel_series") or {}).items()]
+    if not found:
+        return ""
+    e = html.escape
+    parts = ["<section id='series'><h2>Series under test</h2>"]
+    for label, series in found:
+        parts.append(f"<h3>{e(label)}: {e(series.get('title', ''))}</h3><ul>"
+                     + "".join(f"<li>{p['number']}: {e(p['subject'])}</li>"
+                               for p in series.get("patches", [])) + "</ul>")
+        parts.append("<table class='files'><tr><th>file the series touches</th>"
+                     "<th>cells that run it</th></tr>")
+        for path in series.get("files", []):
+            runs = exercised_by(path)
+            where = ", ".join(f"{c} ({b})" for c, b in runs) or "no cell is known to run it"
+            parts.append(f"<tr><td>{e(path)}</td><td>{e(where)}</td></tr>")
+        parts.append("</table>")
+        events = series.get("trace_events", [])
+        if events:
+            parts.append("<table class='events'><tr><th>trace event</th><th>fired</th></tr>")
+            for event in events:
+                fired = _fired(data["cells"], event)
+                text = "; ".join(f"{where}: {n}x {subject or '(no device named)'}"
+                                 for where, subject, n in fired) or "never fired"
+                if not fired and _unknown_to_qemu(data["cells"], event):
+                    text += " (the QEMU under test does not have this event)"
+                parts.append(f"<tr><td>{e(event)}</td><td>{e(text)}</td></tr>")
+            parts.append("</table>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _fired(cells: list[dict], event: str) -> list[tuple[str, str, int]]:
+    """(vIOMMU/kernel/backend, device or region, count) of an event, once per L2."""
+    seen: dict[tuple[str, str], int] = {}
+    for c in cells:
+        counts = (c.get("evidence", {}).get("summary") or {}).get("events", {}).get(event, {})
+        for subject, n in counts.items():
+            seen[(f"{c['viommu']}/{c['kernel']}/{c['backend']}", subject)] = n
+    return [(where, subject, n) for (where, subject), n in sorted(seen.items())]
+
+
+def _unknown_to_qemu(cells: list[dict], event: str) -> bool:
+    said = f"trace event '{event}' does not exist"
+    return any(said in w for c in cells
+               for w in (c.get("evidence", {}).get("summary") or {}).get("warnings", []))
 
 
 def _qemus_under_test(run: dict) -> list[dict]:

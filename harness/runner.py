@@ -52,13 +52,14 @@ class Side:
     results: Path
     l2_qemu: Path | None = None  # None: the rootfs's packaged QEMU
     images: Images | None = None  # None: the run's images (a side with a series has its own)
+    traces: tuple[str, ...] = ()  # more trace events for L2: those a series under test adds
 
 
 def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
         accel: str, seed: int, ssh_port: int | None = None,
-        l2_qemu: Path | None = None) -> Iterator[CellResult]:
+        l2_qemu: Path | None = None, traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
     for _, result in run_sides(qemu, images, selection, results_dir, accel, seed, ssh_port,
-                               (Side(results_dir, l2_qemu),)):
+                               (Side(results_dir, l2_qemu, traces=traces),)):
         yield result
 
 
@@ -100,7 +101,7 @@ def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: S
             for side in sides:
                 under_test = qemu_under_test(l1, side.l2_qemu)
                 for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
-                                          side.results / f"{vi}-{kernel}", seed):
+                                          side.results / f"{vi}-{kernel}", seed, side.traces):
                     done.add((side.results, result.cell.id))
                     say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                     yield side, result
@@ -126,13 +127,14 @@ def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
 
 
 def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, backends: tuple[str, ...],
-                checks: tuple[str, ...], out: Path, seed: int) -> Iterator[CellResult]:
+                checks: tuple[str, ...], out: Path, seed: int,
+                traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
     """Every (backend, check) cell of this booted L1, backend by backend."""
     with scenario.passed_through(l1) as through:
         for name in backends:
             cells = [Cell(l1.viommu.name, name, l1.kernel, c) for c in checks]
             yield from _run_backend(l1, backend_named(name), cells, through, out / name, seed,
-                                    under_test)
+                                    under_test, traces)
 
 
 def _environment_gap(be: Backend, through: PassedThrough,
@@ -148,7 +150,8 @@ def _environment_gap(be: Backend, through: PassedThrough,
 
 
 def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: PassedThrough,
-                 out: Path, seed: int, under_test: QemuUnderTest) -> list[CellResult]:
+                 out: Path, seed: int, under_test: QemuUnderTest,
+                 traces: tuple[str, ...] = ()) -> list[CellResult]:
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     record = {"qemu_under_test": under_test.record()}
@@ -158,7 +161,7 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     timer = Timer()
     try:
         evidence = scenario.collect(l1, be, through, {c.check for c in cells}, out, seed, timer,
-                                    under_test.path, under_test.facts())
+                                    under_test.path, under_test.facts(), traces)
     except HarnessError as e:
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = files.tail(out / "l2-stderr.log")
@@ -167,7 +170,7 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
                            time.monotonic() - began, str(out)) for c in cells]
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
                                             ("p2p", "no_mmap_l2"))) / len(cells)
-    record["summary"] = summarize(evidence)
+    record["summary"] = summarize(evidence, traces)
     return judge(cells, evidence, timer, shared, str(out), record)
 
 

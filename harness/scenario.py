@@ -32,7 +32,16 @@ from harness.evidence import (
 )
 from harness.l0 import EduDevice, IvshmemDevice
 from harness.l1_vfio import Inventory
-from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2_QEMU, Backend, L2Device, L2Qemu, L2Spec
+from harness.l2 import (
+    L1_QMP_PORT,
+    L1_QTEST_PORT,
+    L2_QEMU,
+    TRACE_EVENTS,
+    Backend,
+    L2Device,
+    L2Qemu,
+    L2Spec,
+)
 from harness.pci import PciConfig
 from harness.progress import say
 from harness.stack import L1Stack
@@ -96,13 +105,14 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
 
 def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
-            facts: QemuFacts | None = None) -> Evidence:
+            facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
     """One backend's evidence for `checks`: an L2 with both devices, then one with
-    x-no-mmap=on on edu if dmabuf-per-region is asked for."""
+    x-no-mmap=on on edu if dmabuf-per-region is asked for. `traces`: more events on."""
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu)
+    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu,
+                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS))
     bar_access = p2p = None
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)

@@ -11,6 +11,7 @@ patch and git's own words about the file and line.
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from harness.errors import BadInput
 
-STAGE = "kernel series"
+STAGE = "series"
+#: A declaration in a trace-events file: `name(args) "format"`, maybe after a property.
+_TRACE_EVENT = re.compile(r"^\s*(?:[a-z-]+\s+)*([a-z_][a-z0-9_]*)\(")
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,24 @@ class Series:
     def files(self) -> list[str]:
         return sorted({f for p in self.patches for f in p.files()})
 
+    def trace_events(self) -> list[str]:
+        """Trace events the series adds or changes in a `trace-events` file (QEMU's way of
+        declaring them): the lines it adds there, by event name."""
+        names = set()
+        for p in self.patches:
+            in_trace_events = False
+            for line in p.diff.splitlines():
+                if line.startswith("diff --git "):
+                    in_trace_events = line.rsplit("/", 1)[-1] == "trace-events"
+                elif in_trace_events and line.startswith("+") and not line.startswith("+++"):
+                    m = _TRACE_EVENT.match(line[1:])
+                    if m:
+                        names.add(m.group(1))
+        return sorted(names)
+
     def record(self) -> dict:
         return {"source": str(self.source), "title": self.title, "sha256": self.sha256,
+                "files": self.files(), "trace_events": self.trace_events(),
                 "patches": [{"number": p.number, "subject": p.subject, "author": p.author,
                              "sha256": p.sha256, "files": p.files()} for p in self.patches]}
 

@@ -110,3 +110,18 @@ def test_other_messages_are_kept():
                       "no available reset mechanism.")
     assert isinstance(m, OtherMessage)
     assert parse_message("   ") is None
+
+
+def test_a_trace_event_the_qemu_lacks_is_its_own_message_not_a_dmabuf_warning():
+    from harness.evidence import TraceEventUnknown
+
+    m = parse_message("qemu-system-x86_64: -trace vfio_region_dmabuf_revoke: warning: trace "
+                      "event 'vfio_region_dmabuf_revoke' does not exist")
+    assert isinstance(m, TraceEventUnknown) and m.event == "vfio_region_dmabuf_revoke"
+
+
+def test_a_reworded_dmabuf_warning_is_an_unknown_wording():
+    from harness.evidence import UnknownDmabufWarning
+
+    m = parse_message("qemu-system-x86_64: warning: VFIO dma-buf unsupported by this kernel")
+    assert isinstance(m, UnknownDmabufWarning)

@@ -91,3 +91,21 @@ def test_what_is_no_series_is_bad_input(name):
 def test_an_empty_directory_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match="is empty"):
         Series.load(tmp_path)
+
+
+def test_the_trace_events_a_qemu_series_adds_or_changes():
+    s = Series.load(DATA / "qemu-trace-events.mbox")
+    assert s.trace_events() == ["vfio_pci_write_config", "vfio_region_dmabuf_revoke"]
+    assert s.record()["files"] == ["hw/vfio/trace-events"]
+
+
+def test_a_kernel_series_adds_no_qemu_trace_event():
+    assert Series.load(DATA / "0001-comment-only.mbox").trace_events() == []
+
+
+def test_files_are_shown_beside_the_cells_that_run_them():
+    from harness.matrix import exercised_by
+
+    assert ("p2p-dma", "iommufd") in exercised_by("drivers/iommu/iommufd/io_pagetable.c")
+    assert ("p2p-dma", "legacy") not in exercised_by("drivers/iommu/iommufd/io_pagetable.c")
+    assert exercised_by("Documentation/driver-api/vfio.rst") == []

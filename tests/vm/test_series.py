@@ -56,8 +56,21 @@ def test_a_series_that_cannot_be_used_is_one_clear_error(tmp_path, series, messa
                 "--kernel", "dmabuf", "--results", str(tmp_path))
     assert p.returncode == 2, p.stderr
     last = p.stderr.strip().splitlines()
-    assert any(line.startswith("vfio-harness: error: kernel series: ") and message in line
+    assert any(line.startswith("vfio-harness: error: series: ") and message in line
                for line in last), p.stderr
     if series == "does-not-apply.mbox":
         assert "drivers/vfio/pci/vfio_pci_dmabuf.c" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.usefixtures("images")
+def test_the_trace_events_a_series_adds_are_switched_on_and_reported(tmp_path):
+    p = harness("run", "--series", str(SERIES / "qemu-trace-events.mbox"), "--viommu",
+                "intel-iommu", "--kernel", "dmabuf", "--backend", "legacy", "--results",
+                str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "<section id='series'>" in page
+    assert "vfio_region_dmabuf_revoke</td><td>never fired (the QEMU under test does not " \
+           "have this event)" in page
+    assert "intel-iommu/dmabuf/legacy: 16x 0000:00:02.0" in page  # config writes to edu
