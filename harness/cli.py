@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel-patches", type=Path, metavar="SERIES",
                      help="a kernel series under test (an mbox, or a directory of patches), "
                           "applied to the pinned source of each kernel variant")
+    run.add_argument("--kernel-tree", type=Path, metavar="DIR",
+                     help="your own kernel source tree, built out of tree (O= in the cache) "
+                          "with each variant's fragments and booted as L1")
     run.add_argument("--kernel-image", type=Path, metavar="BZIMAGE",
                      help="a kernel built elsewhere, booted as L1 as is, after checking its "
                           "config; its variant is --kernel, else dmabuf if its config has "
@@ -296,6 +299,9 @@ class _Prepared:
                 "kernel_images": {n: k.manifest["kernel_image"]
                                   for n, k in self.images.kernels.items()
                                   if "kernel_image" in k.manifest},
+                "kernel_trees": {n: k.manifest["kernel_tree"]
+                                 for n, k in self.images.kernels.items()
+                                 if "kernel_tree" in k.manifest},
                 "selection": vars(self.selection),
                 "duration_s": round(time.monotonic() - began, 1),
                 "series": self.series.record() if self.series else None,
@@ -316,10 +322,16 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
             raise BadInput(f"QEMU under test {path} does not exist")
     store = _store(args)
     kernel_image = getattr(args, "kernel_image", None)
+    chosen = [f"--{o.replace('_', '-')}" for o in ("kernel_image", "kernel_tree",
+                                                    "kernel_patches") if getattr(args, o, None)]
+    if len(chosen) > 1:
+        raise BadInput(f"one kernel under test at a time: {' and '.join(chosen)} were given")
     if kernel_image:
         role, image = _user_kernel(store, args, kernel_image, args.kernel_config)
         selection = dataclasses.replace(selection, kernels=(role,))
         images = dataclasses.replace(store.build([role], kernels=False), kernels={role: image})
+    elif getattr(args, "kernel_tree", None):
+        images = store.build_tree(args.kernel_tree, list(selection.kernels))
     else:
         images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     if series:

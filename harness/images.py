@@ -315,6 +315,27 @@ class ImageStore:
                            stage="kernel image")
         return proc.stdout
 
+    # -- a kernel tree of the user's ------------------------------------------------
+
+    def build_tree(self, tree: Path, variants: list[str] | None = None) -> Images:
+        """The images with each kernel variant built from the user's `tree`, out of tree
+        (O=, in the cache) with the variant's fragments; make decides what to rebuild."""
+        tree = tree.resolve()
+        if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
+            raise BadInput(f"{tree} is not a kernel source tree (no Makefile and Kconfig)",
+                           stage="kernel tree")
+        images = self.build(variants, kernels=False)
+        tag = f"tree-{hashlib.sha256(str(tree).encode()).hexdigest()[:12]}"
+        kernels = {}
+        for name in self._variants(variants):
+            variant = self.recipe.kernels[name]
+            final = self.artifacts / f"kernel-{name}+{tag}"
+            self._build_kernel(variant, tree, self.build_dir / f"kernel-{name}+{tag}",
+                               f"{name}+{tag}", final, f"{variant.key()}+{tag}",
+                               {"kernel_tree": {"path": str(tree), "head": _git_head(tree)}})
+            kernels[name] = KernelImage(name, final, _read_manifest(final))
+        return Images(kernels, images.rootfs)
+
     # -- a kernel with a series applied ---------------------------------------------
 
     def series_key(self, variant: KernelVariant, series: Series) -> str:
@@ -440,6 +461,13 @@ def verify(directory: Path) -> str | None:
         if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return f"{name} does not match its manifest (corrupted)"
     return None
+
+
+def _git_head(tree: Path) -> str | None:
+    """The commit a kernel tree is at, and whether it has changes, if it is a git tree."""
+    head = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True, timeout=60)
+    return head.stdout.strip() if head.returncode == 0 else None
 
 
 def bzimage_version(bzimage: Path) -> str | None:

@@ -58,22 +58,6 @@ def backend(name: str) -> Backend:
         raise BadInput(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
-#: Where a QEMU under test brought by the user is put in L1.
-UPLOADED_QEMU = "/run/qemu-under-test"
-
-
-def upload_qemu(session: L1Session, local: Path) -> str:
-    """Put a locally built QEMU into L1 as the QEMU under test; its path there."""
-    if not local.is_file():
-        raise BadInput(f"QEMU under test {local} does not exist")
-    session.put(local, UPLOADED_QEMU, mode=0o755)
-    version = session.run(f"{UPLOADED_QEMU} --version", check=False, stage="L2 upload")
-    if not version.ok:
-        raise HarnessError(f"the QEMU under test {local} does not run in L1",
-                           stage="L2 upload", details=version.stdout + version.stderr)
-    return UPLOADED_QEMU
-
-
 @dataclass(frozen=True)
 class L2Device:
     bdf: str          # in L1

@@ -57,10 +57,11 @@ def qmp_script() -> str:
     return "".join(json.dumps(x) + "\n" for x in lines)
 
 
-def probe_command(path: str) -> str:
-    """One shell command printing each answer under a section marker."""
+def probe_command(path: str, binary: str | None = None) -> str:
+    """One shell command printing each answer under a section marker. `binary`: the ELF
+    behind `path` when `path` is a script that carries things (its sha256 is recorded)."""
     q = shlex.quote(path)
-    resolved = f"\"$(readlink -f \"$(command -v {q})\")\""
+    resolved = shlex.quote(binary) if binary else f"\"$(readlink -f \"$(command -v {q})\")\""
     return "; ".join([
         f"echo '{SECTION} version'", f"{q} --version </dev/null 2>&1",
         f"echo '{SECTION} qmp'",
@@ -129,13 +130,14 @@ def parse(s: dict[str, str], origin: str) -> QemuUnderTest:
                          vfio_pci_properties=properties)
 
 
-def probe(session: L1Session, path: str, origin: str) -> QemuUnderTest:
+def probe(session: L1Session, path: str, origin: str,
+          binary: str | None = None) -> QemuUnderTest:
     """Ask the binary in L1 what it is and can do; BadInput if it cannot run the scenarios."""
-    s = sections(session.run(probe_command(path), check=False, timeout=120,
+    s = sections(session.run(probe_command(path, binary), check=False, timeout=120,
                              stage=STAGE).stdout)
     version = version_line(s, origin)
     if not qmp_answers(s.get("qmp", "")):
-        raise BadInput(_no_qtest(session, path, origin, version), stage=STAGE,
+        raise BadInput(_no_qtest(session, binary or path, origin, version), stage=STAGE,
                        details=s.get("qmp", "")[-2000:])
     return parse(s, origin)
 

@@ -21,11 +21,12 @@ from harness.errors import BadInput, HarnessError
 from harness.evidence import Evidence, summarize
 from harness.images import Images
 from harness.l0 import viommu
-from harness.l2 import L2_QEMU, Backend, upload_qemu
+from harness.l2 import L2_QEMU, Backend
 from harness.l2 import backend as backend_named
 from harness.matrix import Cell, CellResult
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
+from harness.qemu_bundle import Bundle, upload
 from harness.qemu_under_test import QemuUnderTest, probe
 from harness.scenario import PassedThrough, Timer
 from harness.verdicts import VERDICTS
@@ -119,8 +120,13 @@ def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: S
 
 def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
     """The packaged QEMU, or `l2_qemu` uploaded into L1; probed before any cell."""
-    path = upload_qemu(l1.session, l2_qemu) if l2_qemu else L2_QEMU
-    found = probe(l1.session, path, str(l2_qemu) if l2_qemu else PACKAGED)
+    if l2_qemu:
+        bundle = Bundle.find(l2_qemu)
+        path, binary = upload(l1.session, bundle)
+        say(f"QEMU under test {l2_qemu}: uploaded with {bundle.describe()}")
+        found = probe(l1.session, path, str(l2_qemu), binary)
+    else:
+        found = probe(l1.session, L2_QEMU, PACKAGED)
     say(f"QEMU under test: {found.version} ({found.origin}, sha256 {found.sha256[:16]}..., "
         f"dma-buf event: {'yes' if found.has_dmabuf_event else 'NO'})")
     return found

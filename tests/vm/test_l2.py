@@ -70,28 +70,78 @@ def test_trace_events_switched_on_at_run_time(l1, tmp_path):
 
 def test_a_qemu_build_brought_by_the_user_is_the_one_under_test(l1, tmp_path):
     """--l2-qemu: a local binary is uploaded into L1 and L2 runs from it."""
-    from harness.l2 import UPLOADED_QEMU, upload_qemu
+    from harness.qemu_bundle import UPLOADED
+    from harness.runner import qemu_under_test
 
     stack, inventory = l1
     local = tmp_path / "qemu-system-x86_64"
     stack.session.get("/usr/bin/qemu-system-x86_64", local)  # a real build, as a user's would be
-    assert upload_qemu(stack.session, local) == UPLOADED_QEMU
+    assert qemu_under_test(stack, local).path == UPLOADED
     edu = inventory.find(EduDevice().vendor_device).bdf
-    spec = L2Spec(backend("iommufd"), (L2Device(edu),), qemu=UPLOADED_QEMU)
+    spec = L2Spec(backend("iommufd"), (L2Device(edu),), qemu=UPLOADED)
     with l2(stack, spec, tmp_path / "l2") as q:
         exe = stack.session.run(f"readlink /proc/{q.pid}/exe").stdout.strip()
-        assert exe == UPLOADED_QEMU
+        assert exe == UPLOADED
         assert q.qmp.cmd("query-version")["qemu"]["major"] >= 10
 
 
 def test_a_qemu_under_test_that_does_not_run_in_l1_is_an_error(l1, tmp_path):
-    from harness.l2 import upload_qemu
+    from harness.errors import BadInput
+    from harness.runner import qemu_under_test
 
     stack, _ = l1
     bogus = tmp_path / "qemu-system-x86_64"
     bogus.write_text("#!/bin/sh\nexit 1\n")
-    with pytest.raises(HarnessError, match="does not run in L1"):
-        upload_qemu(stack.session, bogus)
+    with pytest.raises(BadInput, match="does not run in L1"):
+        qemu_under_test(stack, bogus)
+
+
+@pytest.fixture
+def built_elsewhere(l1, tmp_path):
+    """A QEMU build directory L1's loader alone cannot run: the packaged binary made to need
+    a library by another name (patchelf), with that library in the build's lib/, its
+    qtest accelerator module beside it and its firmware in pc-bios/."""
+    import subprocess
+    import tarfile
+
+    stack, _ = l1
+    build = tmp_path / "build"
+    (build / "lib").mkdir(parents=True)
+    s = stack.session
+    s.get("/usr/bin/qemu-system-x86_64", build / "qemu-system-x86_64")
+    s.get(s.run("readlink -f /lib/x86_64-linux-gnu/libslirp.so.0").stdout.strip(),
+          build / "lib" / "libslirp-harness.so.0")
+    s.get("/usr/lib/x86_64-linux-gnu/qemu/accel-qtest.so", build / "accel-qtest.so")
+    # A build's pc-bios/ holds what Debian splits between qemu and seabios.
+    s.run("tar -chzf /run/pc-bios.tgz -C /usr/share/qemu . -C /usr/share/seabios .")
+    s.get("/run/pc-bios.tgz", tmp_path / "pc-bios.tgz")
+    with tarfile.open(tmp_path / "pc-bios.tgz") as tar:
+        tar.extractall(build / "pc-bios", filter="data")
+    for args in (["--replace-needed", "libslirp.so.0", "libslirp-harness.so.0",
+                  "qemu-system-x86_64"],
+                 ["--set-soname", "libslirp-harness.so.0", "lib/libslirp-harness.so.0"]):
+        subprocess.run(["patchelf", *args], cwd=build, check=True, timeout=60)
+    return build
+
+
+def test_a_build_directory_runs_with_what_it_carries(l1, built_elsewhere, tmp_path):
+    from harness.qemu_bundle import BUNDLE, UPLOADED
+    from harness.runner import qemu_under_test
+
+    stack, inventory = l1
+    stack.session.put(built_elsewhere / "qemu-system-x86_64", "/run/plain-qemu", mode=0o755)
+    alone = stack.session.run("ldd /run/plain-qemu", check=False).stdout
+    assert "libslirp-harness.so.0 => not found" in alone  # without what it carries, no run
+    found = qemu_under_test(stack, built_elsewhere)
+    assert found.path == f"{BUNDLE}/qemu-system-x86_64" and found.has_dmabuf_event
+    edu = inventory.find(EduDevice().vendor_device).bdf
+    spec = L2Spec(backend("legacy"), (L2Device(edu),), qemu=UPLOADED)
+    with l2(stack, spec, tmp_path / "l2") as q:
+        maps = stack.session.run(f"cat /proc/{q.pid}/maps").stdout
+        cmdline = stack.session.run(f"tr '\\0' ' ' < /proc/{q.pid}/cmdline").stdout
+    assert f"{BUNDLE}/lib/libslirp-harness.so.0" in maps
+    assert f"{BUNDLE}/modules/accel-qtest.so" in maps
+    assert f"-L {BUNDLE}/data" in cmdline
 
 
 # -- the QEMU under test, known before any cell -------------------------------------------
@@ -130,13 +180,11 @@ def test_the_packaged_qemu_is_known_before_any_cell(l1):
 
 def test_a_qemu_without_qtest_is_one_clear_error_naming_the_missing_module(l1, trixie_qemu):
     from harness.errors import BadInput
-    from harness.l2 import upload_qemu
-    from harness.qemu_under_test import probe
+    from harness.runner import qemu_under_test
 
     stack, _ = l1
-    path = upload_qemu(stack.session, trixie_qemu)
     with pytest.raises(BadInput) as e:
-        probe(stack.session, path, str(trixie_qemu))
+        qemu_under_test(stack, trixie_qemu)
     assert "QEMU emulator version 10.0.13" in e.value.message
     assert "does not start with the qtest accelerator" in e.value.message
     assert "modular build" in e.value.message and "accel-qtest" in e.value.message
