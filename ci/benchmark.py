@@ -10,6 +10,9 @@
   ci/benchmark.py l2-scenario [--runs 5] [--viommu V] [--kernel K] [--backend B]
                                               one more L2 scenario (all checks of one
                                               backend) on an L1 that is already up
+  ci/benchmark.py ab-series [--runs 3]        `vfio-harness ab --candidate-kernel-patches`
+                                              of the default matrix for a new one-file
+                                              drivers/vfio series: from series to verdict
 
 Each prints one JSON line per run and a summary with the median; --json FILE
 appends the summary there. Run it on a machine doing nothing else.
@@ -95,19 +98,55 @@ def l2_scenario(args: argparse.Namespace) -> list[float]:
     return out
 
 
+def _one_file_series(out: Path, token: str) -> Path:
+    """A series never built before (its comment is new), touching one drivers/vfio file."""
+    from harness import paths
+
+    src = next((paths.cache_dir() / "src").glob("linux-source-*[0-9]"))
+    rel = "drivers/vfio/pci/vfio_pci_dmabuf.c"
+    repo = out / "repo"
+    (repo / Path(rel).parent).mkdir(parents=True)
+    (repo / rel).write_text((src / rel).read_text())
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], cwd=repo, check=True)
+    text = (repo / rel).read_text()
+    (repo / rel).write_text(text.replace("static int validate_dmabuf_input(",
+                                         f"/* benchmark {token} */\nstatic int "
+                                         f"validate_dmabuf_input(", 1))
+    subprocess.run([*git, "commit", "-qam", f"vfio/pci: a comment ({token})"], cwd=repo,
+                   check=True)
+    mbox = out / "series.mbox"
+    mbox.write_text(subprocess.run([*git, "format-patch", "--stdout", "HEAD~1"], cwd=repo,
+                                   check=True, capture_output=True, text=True).stdout)
+    return mbox
+
+
+def ab_series(args: argparse.Namespace) -> list[float]:
+    out = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+            series = _one_file_series(Path(tmp), f"{time.time_ns()}-{i}")
+            out.append(timed_cli(["ab", "--candidate-kernel-patches", str(series),
+                                  "--results", str(Path(tmp) / "ab")]))
+        timed_cli(["images", "clean"])  # drop the series' trees: 400 MB each
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
-                                    "l2-scenario"])
+                                    "l2-scenario", "ab-series"])
     p.add_argument("--runs", type=int)
     p.add_argument("--viommu", default="intel-iommu")
     p.add_argument("--kernel", default="dmabuf")
     p.add_argument("--backend", default="iommufd")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
-    args.runs = args.runs or {"scratch-build": 1, "matrix": 3}.get(args.what, 5)
+    args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3}.get(args.what, 5)
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
-          "matrix": matrix_run, "l2-scenario": l2_scenario}
+          "matrix": matrix_run, "l2-scenario": l2_scenario, "ab-series": ab_series}
     samples = fn[args.what](args)
     for i, s in enumerate(samples):
         print(json.dumps({"run": i, "seconds": round(s, 2)}))

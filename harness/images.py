@@ -440,7 +440,11 @@ class ImageStore:
     # -- cleaning ---------------------------------------------------------------
 
     def clean(self, everything: bool = False) -> list[Path]:
-        doomed = [self.cache] if everything else self.stale()
+        """Stale artifacts, and the sources and object trees of series (each rebuilt from
+        its variant's in seconds); or the whole cache."""
+        rebuildable = [*self.build_dir.glob("kernel-*+series-*"),
+                       *(self.cache / "src").glob("*+series-*")] if self.cache.is_dir() else []
+        doomed = [self.cache] if everything else self.stale() + sorted(rebuildable)
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
         return doomed
