@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import accel, doctor, matrix, paths, report
+from harness import accel, doctor, matrix, patchwork, paths, report
 from harness.errors import BadInput, HarnessError
 from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import VIOMMUS, check_port, viommu
@@ -173,8 +173,6 @@ def _patchwork_options(p: argparse.ArgumentParser) -> None:
 
 
 def _patchwork(args: argparse.Namespace, make, report_page: Path) -> None:
-    from harness import patchwork
-
     if args.patchwork_check:
         record = make(args.patchwork_target_url or report_page.resolve().as_uri())
         patchwork.write(args.patchwork_check, record)
@@ -318,7 +316,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     if args.ssh_port:
         check_port(args.ssh_port)
     for path in l2_qemus:
-        if path and not path.is_file():
+        if path and not path.exists():
             raise BadInput(f"QEMU under test {path} does not exist")
     store = _store(args)
     kernel_image = getattr(args, "kernel_image", None)
@@ -371,7 +369,6 @@ def _run(args: argparse.Namespace) -> int:
         if cells:
             print("\n" + results.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
-        from harness import patchwork
         _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
         if args.keep_artifacts:
             print(f"artifacts (all kept): {p.out.resolve()}")
@@ -384,9 +381,10 @@ def _ab(args: argparse.Namespace) -> int:
     """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
     from harness import compare, results, runner
 
-    if not (args.candidate_l2_qemu or args.candidate_kernel_patches):
-        raise BadInput("ab needs something under test: --candidate-l2-qemu and/or "
-                       "--candidate-kernel-patches")
+    if not (args.candidate_l2_qemu or args.candidate_kernel_patches
+            or args.candidate_kernel_image):
+        raise BadInput("ab needs something under test: --candidate-l2-qemu, "
+                       "--candidate-kernel-patches or --candidate-kernel-image")
     series = {side: _series(getattr(args, f"{side}_kernel_patches"))
               for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
@@ -427,7 +425,6 @@ def _ab(args: argparse.Namespace) -> int:
     print("\n" + compare.text(c))
     print(f"A/B report: {written['text'].resolve()} (and compare.json, compare.xml, "
           f"compare.html); candidate's report: {(sides[1].results / 'report.html').resolve()}")
-    from harness import patchwork
     _patchwork(args, lambda url: patchwork.for_comparison(c, url),
                sides[1].results / "report.html")
     return c.exit_code()
@@ -443,7 +440,6 @@ def _compare(args: argparse.Namespace) -> int:
         args.junit.write_text(compare.junit(c))
     print(json.dumps(c.record(), indent=2) if args.json else compare.text(c))
     print(f"A/B report: {written['text'].resolve()}", file=sys.stderr)
-    from harness import patchwork
     _patchwork(args, lambda url: patchwork.for_comparison(c, url), written["html"])
     return c.exit_code()
 
