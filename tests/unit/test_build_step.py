@@ -1,5 +1,6 @@
 """A build step that hangs ends at its deadline, naming its stage, and leaves nothing behind."""
 
+import os
 import subprocess
 import time
 
@@ -11,7 +12,9 @@ from harness.images import _run
 
 def test_a_hanging_step_ends_at_its_deadline_with_its_children(tmp_path):
     log = tmp_path / "step.log"
-    marker = "sleep 31.4159"  # a child of the step's shell, which must die with it
+    # A child of the step's shell, which must die with it; unique, so that another test
+    # run on the machine at the same time is never taken for a leftover of this one.
+    marker = f"sleep 31.{os.getpid()}{time.monotonic_ns() % 100000}"
     began = time.monotonic()
     with log.open("w") as out, pytest.raises(StageTimeout) as e:
         _run(["bash", "-c", f"echo compiling; {marker}; true"], out, "image build: test",
