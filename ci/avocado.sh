@@ -4,6 +4,7 @@
 # Extra arguments go to `vfio-harness matrix` (e.g. --viommu intel-iommu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export VFIO_HARNESS_EXTRAS=test,avocado  # avocado is an extra: the CLI and pytest need none of it
 source ci/setup.sh
 step "L1 images"
 vfio-harness images build

@@ -30,12 +30,15 @@ else
 fi
 
 VENV=${VFIO_HARNESS_VENV:-$PWD/.venv}
-if [ ! -x "$VENV/bin/vfio-harness" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-  step "python environment: $VENV (qemu.qmp, paramiko, avocado-framework, pytest)"
+# Extras beyond the CLI's own needs: pytest for the tests; ci/avocado.sh adds avocado.
+EXTRAS=${VFIO_HARNESS_EXTRAS:-test}
+MARK="$VENV/.installed-${EXTRAS//,/-}"
+if [ ! -x "$VENV/bin/vfio-harness" ] || [ pyproject.toml -nt "$MARK" ]; then
+  step "python environment: $VENV (qemu.qmp, paramiko; extras: $EXTRAS)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
-  touch "$VENV/.installed"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  touch "$MARK"
 else
-  step "python environment: $VENV is up to date"
+  step "python environment: $VENV is up to date (extras: $EXTRAS)"
 fi
 export PATH="$VENV/bin:$PATH"
