@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --avocado-variants: the QEMU build to test as L2")
     cells.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                        help="with --avocado-variants: the L0 accelerator")
-    cells.add_argument("--ssh-port", type=int,
+    cells.add_argument("--ssh-port", type=_port,
                        help="with --avocado-variants: fixed host port for L1's SSH")
 
     report = sub.add_parser("report", help="an HTML page of a run, or the merge of shards")
@@ -134,6 +134,30 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", type=Path, nargs="+", help="results directories of the shards")
     merge.add_argument("--out", type=Path, required=True, help="directory for the merged result")
     return p
+
+
+def _port(text: str) -> int:
+    """A TCP port, refused by argparse (exit 2, one line) when it is not one."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _results_dir(out: Path) -> Path:
+    """The results directory, made now and known to be writable: a run must not find out
+    after minutes of work that it cannot write its verdicts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vfio-harness-writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise BadInput(f"cannot write results to {out}: {e.strerror}") from None
+    return out
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -151,7 +175,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                                             "recorded in results.json)")
     p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                    help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
-    p.add_argument("--ssh-port", type=int, help="fixed host port for L1's SSH (default: free)")
+    p.add_argument("--ssh-port", type=_port, help="fixed host port for L1's SSH (default: free)")
     _series_option(p)
     _patchwork_options(p)
 
@@ -339,8 +363,8 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
                           force=None if args.accel == "auto" else args.accel)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
     seed = args.seed if args.seed is not None else matrix.new_seed()
-    out = args.results or Path("results") / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _results_dir(args.results or Path("results")
+                       / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
     say(f"results and artifacts: {out.resolve()} (seed {seed})")
     validated = _series(args.series)
     if validated:
@@ -374,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"artifacts (all kept): {p.out.resolve()}")
         for directory in kept:
             print(f"artifacts kept: {directory.resolve()}")
-    return 0 if cells and all(c.met for c in cells) else 1
+    return results.exit_code(cells)
 
 
 def _ab(args: argparse.Namespace) -> int:

@@ -456,13 +456,15 @@ def verify(directory: Path) -> str | None:
         return "not built"
     try:
         manifest = _read_manifest(directory)
-    except (OSError, ValueError):
-        return "no valid manifest (an interrupted build?)"
-    for name, meta in manifest["files"].items():
+        files = {name: (int(meta["size"]), str(meta["sha256"]))
+                 for name, meta in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "no valid manifest (an interrupted build, or a damaged one)"
+    for name, (size, sha) in files.items():
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+        if path.stat().st_size != size or sha256_file(path) != sha:
             return f"{name} does not match its manifest (corrupted)"
     return None
 

@@ -24,6 +24,10 @@ L1_ARTIFACT_NAMES = ("l0-console.log", "l1-dmesg.txt", "l0-qmp.jsonl", "l0-cmdli
                      "l0-qemu-stderr.log")
 
 
+#: What every cell of a results.json has, whoever wrote it.
+CELL_FIELDS = ("id", "viommu", "backend", "kernel", "check", "expected", "outcome", "met")
+
+
 def load(results_dir: Path) -> dict:
     path = results_dir / "results.json" if results_dir.is_dir() else results_dir
     try:
@@ -34,6 +38,11 @@ def load(results_dir: Path) -> dict:
         raise BadInput(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise BadInput(f"{path} has no 'cells' list: not a vfio-harness results.json")
+    for n, cell in enumerate(data["cells"]):
+        missing = [f for f in CELL_FIELDS if not isinstance(cell, dict) or f not in cell]
+        if missing:
+            raise BadInput(f"{path}: cell {n} lacks {', '.join(missing)}: not a vfio-harness "
+                           f"results.json, or a damaged one")
     return data
 
 
@@ -44,7 +53,12 @@ def merge(shards: list[Path], out: Path) -> dict:
     for shard in shards:
         data = load(shard)
         shard_dir = shard if shard.is_dir() else shard.parent
-        runs.append({"shard": str(shard), **data.get("run", {})})
+        run = data.get("run", {})
+        if run.get("complete") is False:
+            raise BadInput(f"shard {shard} is incomplete (its run was interrupted or failed "
+                           f"before every cell ran): a merge of it would hide the missing "
+                           f"cells")
+        runs.append({"shard": str(shard), **run})
         for cell in data["cells"]:
             if cell["id"] in cells:
                 raise BadInput(f"cell {cell['id']} is in two shards (the second: {shard}); "

@@ -116,3 +116,14 @@ def junit(cells: list[CellResult], name: str = "vfio-harness") -> str:
             prefix = "xfail: " if c.outcome == "xfail" else ""
             ET.SubElement(case, "skipped", message=f"{prefix}{c.reason}"[:1000])
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def exit_code(cells: list[CellResult]) -> int:
+    """0 every cell met its expectation; 3 the only cells that did not were ended by a
+    deadline (the stage is in their reason); 1 otherwise, and for a run with no cell."""
+    unmet = [c for c in cells if not c.met]
+    if not cells:
+        return 1
+    if not unmet:
+        return 0
+    return 3 if all(c.evidence.get("deadline") for c in unmet) else 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import files, matrix, scenario, stack
-from harness.errors import BadInput, HarnessError
+from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
 from harness.l0 import viommu
@@ -114,7 +114,8 @@ def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: S
             for cell in wanted:
                 if (side.results, cell.id) not in done:
                     yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}",
-                                           {"infrastructure": True, "error_stage": e.stage},
+                                           {"infrastructure": True, "error_stage": e.stage,
+                                            "deadline": isinstance(e, StageTimeout)},
                                            time.monotonic() - began, str(run_dir))
 
 
@@ -172,7 +173,8 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = files.tail(out / "l2-stderr.log")
         return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr,
-                                                "error_stage": e.stage},
+                                                "error_stage": e.stage,
+                                                "deadline": isinstance(e, StageTimeout)},
                            time.monotonic() - began, str(out)) for c in cells]
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
                                             ("p2p", "no_mmap_l2"))) / len(cells)

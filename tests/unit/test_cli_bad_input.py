@@ -76,3 +76,68 @@ def test_images_list_on_an_empty_cache(tmp_path):
     p = cli("images", "list", cache=tmp_path)
     assert p.returncode == 0
     assert "kernel-dmabuf" in p.stdout and "not built" in p.stdout
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "ssh"])
+def test_a_port_that_is_no_port(tmp_path, port):
+    p = cli("run", "--ssh-port", port, cache=tmp_path)
+    assert p.returncode == 2 and "--ssh-port" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_an_unwritable_results_directory(tmp_path):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anyway: use a path below a file instead
+            target = tmp_path / "a-file" / "results"
+            (tmp_path / "a-file").write_text("")
+        else:
+            target = locked / "results"
+        from harness.cli import _results_dir
+        with pytest.raises(BadInput, match=f"cannot write results to {target}"):
+            _results_dir(target)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_report_of_cells_that_lack_fields(tmp_path):
+    (tmp_path / "results.json").write_text('{"cells": [{"id": "x", "outcome": "pass"}]}')
+    p = cli("report", "html", str(tmp_path), cache=tmp_path)
+    assert p.returncode == 2
+    assert "cell 0 lacks viommu, backend, kernel, check, expected, met" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_merging_an_interrupted_shard_is_refused(tmp_path):
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    (shard / "results.json").write_text('{"run": {"complete": false}, "cells": []}')
+    p = cli("report", "merge", str(shard), "--out", str(tmp_path / "m"), cache=tmp_path)
+    assert p.returncode == 2 and "is incomplete" in p.stderr
+
+
+@pytest.mark.parametrize("manifest", ['{"name": "x"}', '{"files": {"bzImage": 3}}', "[1, 2]",
+                                      '{"files": {"bzImage": {"size": "big"}}}'])
+def test_a_manifest_of_the_wrong_shape_is_not_intact(tmp_path, manifest):
+    from harness.images import verify
+
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert "no valid manifest" in verify(tmp_path)
+
+
+def test_exit_code_3_when_only_deadlines_ended_cells():
+    from harness.matrix import Cell, CellResult
+    from harness.results import exit_code
+
+    cell = Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma")
+    late = CellResult(cell, "error", "L2 DMA: edu DMA still running", {"deadline": True}, 1.0)
+    wrong = CellResult(cell, "fail", "the bytes did not arrive", {}, 1.0)
+    fine = CellResult(cell, "pass", "", {}, 1.0)
+    assert exit_code([fine]) == 0
+    assert exit_code([fine, late]) == 3
+    assert exit_code([late, wrong]) == 1
+    assert exit_code([]) == 1
