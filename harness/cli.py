@@ -13,6 +13,7 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 import argparse
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import time
@@ -217,8 +218,18 @@ def _user_kernel(store: ImageStore, args: argparse.Namespace, bzimage: Path,
     return role, image
 
 
+def _quiet_libraries() -> None:
+    """qemu.qmp logs a connection that ends (an L2 or L0 QEMU going away on an interrupt)
+    with its traceback; the harness says what happened itself, in one line, and keeps
+    the QMP transcripts among the artifacts."""
+    qmp_log = logging.getLogger("qemu.qmp")
+    qmp_log.addHandler(logging.NullHandler())
+    qmp_log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     _signals_raise()
     try:
         return _dispatch(args)
