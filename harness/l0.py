@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.deadline import Deadline, wait_for
 from harness.errors import BadInput, HarnessError
+from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qmp import TranscribedQmp
 
@@ -116,6 +117,33 @@ class L1Spec:
                          "panic=-1", *self.viommu.kernel_args, *self.kernel_args))
 
 
+SHM = Path("/dev/shm")
+
+
+def sweep_stale_ivshmem(shm: Path = SHM) -> list[Path]:
+    """Remove the ivshmem files of harness processes that are gone (a SIGKILL leaves
+    them: nothing ran to clean up), and say so."""
+    removed = []
+    for path in shm.glob("vfio-harness-*.ivshmem"):
+        pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+        say(f"removed {path}, left by harness process {pid}, which is gone")
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """Everything one L1 boot writes, kept in its run directory."""
@@ -126,8 +154,9 @@ class RunFiles:
     @classmethod
     def create(cls, directory: Path) -> "RunFiles":
         directory.mkdir(parents=True, exist_ok=True)
+        sweep_stale_ivshmem()
         tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        return cls(directory, Path("/dev/shm") / f"vfio-harness-{tag}.ivshmem")
+        return cls(directory, SHM / f"vfio-harness-{tag}.ivshmem")
 
     @property
     def console(self) -> Path:

@@ -102,3 +102,26 @@ def test_busy_port_is_bad_input():
 
 def test_free_port_is_bindable():
     assert check_port(free_port())
+
+
+def test_ivshmem_files_of_gone_processes_are_swept(tmp_path):
+    import os
+
+    from harness.l0 import sweep_stale_ivshmem
+
+    gone = _dead_pid()
+    stale = tmp_path / f"vfio-harness-{gone}-123.ivshmem"
+    mine = tmp_path / f"vfio-harness-{os.getpid()}-456.ivshmem"
+    other = tmp_path / "someone-else.ivshmem"
+    for p in (stale, mine, other):
+        p.write_bytes(b"")
+    assert sweep_stale_ivshmem(tmp_path) == [stale]
+    assert mine.exists() and other.exists() and not stale.exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
