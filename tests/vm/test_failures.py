@@ -82,3 +82,9 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path):
     while qemu_processes_using(tmp_path) and time.monotonic() < end:
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
+    # Nothing ran to remove its ivshmem file: the next run does, and says so.
+    from harness.l0 import SHM, sweep_stale_ivshmem
+    left = list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
+    assert left, "SIGKILL left no ivshmem file: this test no longer tests the sweep"
+    assert set(left) <= set(sweep_stale_ivshmem())
+    assert not list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
