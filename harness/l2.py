@@ -137,6 +137,7 @@ class L2Qemu:
         self.stop()
 
     def start(self) -> None:
+        self._refuse_stale()
         cmd = build_command(self.spec, self.paths)
         line = " ".join(shlex.quote(c) for c in cmd)
         (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
@@ -153,6 +154,17 @@ class L2Qemu:
         except HarnessError:
             self.stop()
             raise
+
+    def _refuse_stale(self) -> None:
+        """An L2 that outlived its run (it could not be stopped) still holds the ports: the
+        next one would fail to bind, or its QMP client reach the old process. Say which."""
+        holders = self.session.run(
+            f"ss -Hltnp '( sport = :{L1_QMP_PORT} or sport = :{L1_QTEST_PORT} )'",
+            check=False, stage="L2 start").stdout.strip()
+        if holders:
+            raise HarnessError(f"a stale process still listens on L2's ports in L1 "
+                               f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
+                               stage="L2 start", details=holders)
 
     def set_trace(self, pattern: str, enable: bool = True) -> None:
         """Switch trace events at run time, for evidence only one step needs."""

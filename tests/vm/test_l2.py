@@ -1,5 +1,7 @@
 """L2 on a real L1: failures at start, a device that is not there, run-time traces."""
 
+import time
+
 import pytest
 
 from harness.errors import HarnessError
@@ -206,3 +208,23 @@ def test_run_with_a_qemu_that_cannot_run_the_scenarios_stops_before_any_cell(tri
     assert "Traceback" not in proc.stderr
     import json
     assert json.loads((tmp_path / "results.json").read_text())["cells"] == []
+
+
+def test_a_stale_l2_is_named_and_never_talked_to(l1, tmp_path):
+    """An L2 left running (here: started by hand on the L2 ports) stops the next one."""
+    stack, inventory = l1
+    stale = stack.session.run(
+        "setsid qemu-system-x86_64 -M none -accel qtest -display none -nodefaults "
+        "-qmp tcp:0.0.0.0:4444,server=on,wait=off </dev/null >/dev/null 2>&1 & echo $!")
+    try:
+        edu = inventory.find(EduDevice().vendor_device).bdf
+        deadline = time.monotonic() + 20
+        while not stack.session.run("ss -Hltn 'sport = :4444'").stdout.strip():
+            assert time.monotonic() < deadline, "the stale process never listened"
+            time.sleep(0.2)
+        with pytest.raises(HarnessError) as e:
+            l2(stack, L2Spec(backend("legacy"), (L2Device(edu),)), tmp_path).start()
+        assert "a stale process still listens on L2's ports" in e.value.message
+        assert f"pid={stale.stdout.strip()}" in e.value.details
+    finally:
+        stack.session.run(f"kill {stale.stdout.strip()}", check=False)
