@@ -12,6 +12,7 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import signal
@@ -226,6 +227,14 @@ def _quiet_libraries() -> None:
     qmp_log.addHandler(logging.NullHandler())
     qmp_log.propagate = False
 
+    def one_line(unraisable: "sys.UnraisableHookArgs") -> None:
+        """An error in a finalizer at exit (a library's __del__) is one line, not a
+        traceback after the run's last words."""
+        print(f"vfio-harness: note: ignored at exit: {unraisable.exc_type.__name__} in "
+              f"{getattr(unraisable.object, '__qualname__', unraisable.object)!s:.80}",
+              file=sys.stderr)
+    sys.unraisablehook = one_line
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -234,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except HarnessError as e:
-        print(f"vfio-harness: error: {e}", file=sys.stderr)
-        return e.exit_code
+        last, code = f"vfio-harness: error: {e}", e.exit_code
     except KeyboardInterrupt:
-        print("vfio-harness: interrupted; QEMU processes were stopped", file=sys.stderr)
-        return 130
+        last, code = "vfio-harness: interrupted; QEMU processes were stopped", 130
+    gc.collect()  # finalizers of what the failure left behind run now, not after the last line
+    print(last, file=sys.stderr)
+    return code
 
 
 def _signals_raise() -> None:
@@ -395,7 +405,9 @@ def _run(args: argparse.Namespace) -> int:
                                args.ssh_port, args.l2_qemu, p.traces):
             cells.append(cell)
     finally:
-        kept = [] if args.keep_artifacts else results.prune(p.out, cells)
+        finished = len(cells) == len(p.selection.cells())
+        # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
+        kept = [] if args.keep_artifacts or not finished else results.prune(p.out, cells)
         path = results.write(p.out, cells, p.info(cells, began))
         page = report.write_html(p.out)
         if args.junit:
@@ -405,8 +417,9 @@ def _run(args: argparse.Namespace) -> int:
             print("\n" + results.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
-        if args.keep_artifacts:
-            print(f"artifacts (all kept): {p.out.resolve()}")
+        if args.keep_artifacts or not finished:
+            why = "" if args.keep_artifacts else ", the run did not finish"
+            print(f"artifacts (all kept{why}): {p.out.resolve()}")
         for directory in kept:
             print(f"artifacts kept: {directory.resolve()}")
     return results.exit_code(cells)

@@ -151,7 +151,7 @@ class L2Qemu:
         try:
             self.qmp.connect(deadline, alive=self.running, details=self.stderr)
             self.qtest.connect(deadline.remaining())
-        except HarnessError:
+        except BaseException:  # a failure, or an interrupt: never leave L2 or a client behind
             self.stop()
             raise
 

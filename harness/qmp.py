@@ -37,10 +37,9 @@ class TranscribedQmp:
                 return
             except Exception as e:  # refused, reset by slirp, greeting not yet sent...
                 last = e
-                try:
-                    qmp.close()
-                except Exception:
-                    pass
+            finally:
+                if self._qmp is not qmp:  # failed, or interrupted: never left to __del__
+                    _close(qmp)
             if deadline.expired:
                 raise deadline.timeout(f"{self.who} QMP at {self.address} never answered "
                                        f"({last})", details=details())
@@ -76,11 +75,29 @@ class TranscribedQmp:
         if self._qmp is not None:
             try:
                 self.events()
-                self._qmp.close()
-            except Exception:
+            except Exception:  # the peer is gone: its last events with it
                 pass
-            self._qmp = None
+            finally:
+                qmp, self._qmp = self._qmp, None
+                _close(qmp)
 
     def _log(self, entry: dict) -> None:
         with self.transcript.open("a") as t:
             t.write(json.dumps({"t": round(time.time(), 3), **entry}, default=str) + "\n")
+
+
+def _close(qmp: QEMUMonitorProtocol) -> None:
+    """Close a client whatever state its peer is in (qemu.qmp raises the bottom half's
+    EOFError from close when the peer went first). An interrupt in the middle of closing
+    would leave it half closed, for __del__ to close with a traceback at exit: finish
+    closing, then let the interrupt go on."""
+    try:
+        qmp.close()
+    except Exception:
+        pass
+    except BaseException:
+        try:
+            qmp.close()
+        except Exception:
+            pass
+        raise
