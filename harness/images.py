@@ -13,6 +13,7 @@ as `<dir>.partial` and renamed, so an interrupted build is never mistaken for a
 finished one, and the manifest's sha256 catch an artifact corrupted since.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import files, kconfig
+from harness.cache_lock import LOCKS, ArtifactLocks
 from harness.checksum import sha256_file
 from harness.deadline import Deadline
 from harness.debian import PrivateApt, installed_version
@@ -106,6 +108,7 @@ class ImageStore:
         self.cache = cache
         self.jobs = jobs or (os.cpu_count() or 1) + 1
         self.artifacts = cache / "artifacts"
+        self.locks = ArtifactLocks(self.artifacts)
         self.build_dir = cache / "build"
 
     # -- where things are, and whether they are sound ---------------------------
@@ -129,7 +132,8 @@ class ImageStore:
         current = {s.directory for s in self.states()}
         if not self.artifacts.is_dir():
             return []
-        return sorted(p for p in self.artifacts.iterdir() if p not in current)
+        return sorted(p for p in self.artifacts.iterdir()
+                      if p not in current and p.name != LOCKS)
 
     def load(self, variants: list[str] | None = None) -> Images:
         """The built images, or an error saying how to build them."""
@@ -140,11 +144,27 @@ class ImageStore:
             raise HarnessError(
                 "images are not built: " + "; ".join(f"{s.name}: {s.problem}" for s in bad),
                 stage="images", details="run: vfio-harness images build")
-        return Images(
-            kernels={n: KernelImage(n, self.kernel_dir(self.recipe.kernels[n]),
-                                    _read_manifest(self.kernel_dir(self.recipe.kernels[n])))
-                     for n in wanted},
-            rootfs=RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir())))
+        return Images(kernels={n: self._kernel_image(n, self.kernel_dir(self.recipe.kernels[n]))
+                               for n in wanted},
+                      rootfs=self._rootfs_image())
+
+    def _kernel_image(self, role: str, directory: Path) -> KernelImage:
+        """An artifact this process boots from: held (shared) until it exits."""
+        self.locks.hold_shared(directory)
+        return KernelImage(role, directory, _read_manifest(directory))
+
+    def _rootfs_image(self) -> RootfsImage:
+        self.locks.hold_shared(self.rootfs_dir())
+        return RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir()))
+
+    def _claimed(self, final: Path, force: bool, build: Callable[[], None]) -> None:
+        """Build `final` holding its exclusive lock: a second builder waits, then finds it
+        built and uses it; a rebuild waits for the processes that boot from it."""
+        with self.locks.exclusive(final):
+            if not force and verify(final) is None:
+                say(f"{final.name}: built meanwhile by another process: using it")
+                return
+            build()
 
     def _variants(self, variants: list[str] | None) -> list[str]:
         names = variants or list(self.recipe.kernels)
@@ -176,19 +196,21 @@ class ImageStore:
         rootfs_thread = None
         if todo_rootfs:
             rootfs_thread = threading.Thread(
-                target=_capture(errors, lambda: self._build_rootfs(self.recipe.rootfs)),
+                target=_capture(errors, lambda: self._claimed(
+                    self.rootfs_dir(), force, lambda: self._build_rootfs(self.recipe.rootfs))),
                 name="rootfs")
             rootfs_thread.start()
         try:
             for variant in todo_kernels:
-                self._build_kernel(variant)
+                self._claimed(self.kernel_dir(variant), force,
+                              functools.partial(self._build_kernel, variant))
         finally:
             if rootfs_thread:
                 rootfs_thread.join()
         if errors:
             raise errors[0]
         if not kernels:
-            return Images({}, RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir())))
+            return Images({}, self._rootfs_image())
         return self.load(wanted)
 
     def _preflight(self, kernels: bool, rootfs: bool) -> None:
@@ -301,8 +323,9 @@ class ImageStore:
                         "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
                                          "config": str(config.resolve()) if config else
                                          "embedded (IKCONFIG)"}}
-            _publish(final_dir, f"kernel-image-{sha[:16]}", sha[:16], time.monotonic(), fill)
-        return role, KernelImage(role, final_dir, _read_manifest(final_dir))
+            self._claimed(final_dir, False, lambda: _publish(
+                final_dir, f"kernel-image-{sha[:16]}", sha[:16], time.monotonic(), fill))
+        return role, self._kernel_image(role, final_dir)
 
     def _ikconfig(self, bzimage: Path) -> str:
         variant = next(iter(self.recipe.kernels.values()))
@@ -330,10 +353,11 @@ class ImageStore:
         for name in self._variants(variants):
             variant = self.recipe.kernels[name]
             final = self.artifacts / f"kernel-{name}+{tag}"
-            self._build_kernel(variant, tree, self.build_dir / f"kernel-{name}+{tag}",
-                               f"{name}+{tag}", final, f"{variant.key()}+{tag}",
-                               {"kernel_tree": {"path": str(tree), "head": _git_head(tree)}})
-            kernels[name] = KernelImage(name, final, _read_manifest(final))
+            self._claimed(final, True, functools.partial(
+                self._build_kernel, variant, tree, self.build_dir / f"kernel-{name}+{tag}",
+                f"{name}+{tag}", final, f"{variant.key()}+{tag}",
+                {"kernel_tree": {"path": str(tree), "head": _git_head(tree)}}))
+            kernels[name] = self._kernel_image(name, final)
         return Images(kernels, images.rootfs)
 
     # -- a kernel with a series applied ---------------------------------------------
@@ -357,8 +381,9 @@ class ImageStore:
             if problem:
                 say(f"kernel {name}+{series.name}: {problem}: building "
                     f"\"{series.title}\" ({len(series.patches)} patch(es))")
-                self._build_series_kernel(variant, series, final)
-            kernels[name] = KernelImage(name, final, _read_manifest(final))
+                self._claimed(final, False, functools.partial(
+                    self._build_series_kernel, variant, series, final))
+            kernels[name] = self._kernel_image(name, final)
         return Images(kernels, images.rootfs)
 
     def _build_series_kernel(self, variant: KernelVariant, series: Series, final: Path) -> None:
@@ -444,10 +469,27 @@ class ImageStore:
         its variant's in seconds); or the whole cache."""
         rebuildable = [*self.build_dir.glob("kernel-*+series-*"),
                        *(self.cache / "src").glob("*+series-*")] if self.cache.is_dir() else []
-        doomed = [self.cache] if everything else self.stale() + sorted(rebuildable)
-        for path in doomed:
+        if everything:
+            artifacts = sorted(p for p in self.artifacts.glob("*") if p.name != LOCKS) \
+                if self.artifacts.is_dir() else []
+            held = [self.locks.try_exclusive(p) for p in artifacts]
+            if any(h is None for h in held):
+                busy = [p.name for p, h in zip(artifacts, held, strict=True) if h is None]
+                raise BadInput(f"the cache is in use ({', '.join(busy)}): another vfio-harness "
+                               f"process boots from it; clean it when that run is over",
+                               stage="images clean")
+            shutil.rmtree(self.cache, ignore_errors=True)
+            return [self.cache]
+        removed = []
+        for path in self.stale() + sorted(rebuildable):
+            if path.parent == self.artifacts:
+                handle = self.locks.try_exclusive(path)
+                if handle is None:
+                    say(f"{path.name}: in use by another vfio-harness process: kept")
+                    continue
             shutil.rmtree(path, ignore_errors=True)
-        return doomed
+            removed.append(path)
+        return removed
 
 
 def verify(directory: Path) -> str | None:
