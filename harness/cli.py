@@ -223,9 +223,12 @@ def _quiet_libraries() -> None:
     """qemu.qmp logs a connection that ends (an L2 or L0 QEMU going away on an interrupt)
     with its traceback; the harness says what happened itself, in one line, and keeps
     the QMP transcripts among the artifacts."""
-    qmp_log = logging.getLogger("qemu.qmp")
-    qmp_log.addHandler(logging.NullHandler())
-    qmp_log.propagate = False
+    # asyncio is only qemu.qmp's event loop here: an interrupt that lands inside it leaves
+    # a task whose end asyncio reports ("Task exception was never retrieved", a traceback).
+    for name in ("qemu.qmp", "asyncio"):
+        library_log = logging.getLogger(name)
+        library_log.addHandler(logging.NullHandler())
+        library_log.propagate = False
 
     def one_line(unraisable: "sys.UnraisableHookArgs") -> None:
         """An error in a finalizer at exit (a library's __del__) is one line, not a
