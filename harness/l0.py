@@ -8,6 +8,7 @@ shut down gracefully and then kill, and never leave a QEMU behind.
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -227,6 +228,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_FORWARD_FAILED = re.compile(r"Could not set up host forwarding rule "
+                             r"'tcp:127\.0\.0\.1:(\d+)-:(\d+)'")
+_FORWARD_NAMES = {22: "SSH", 4444: "L2's QMP", 4445: "L2's qtest"}
+
+
+class PortTaken(BadInput):
+    """A host port for a forward was taken before QEMU could bind it."""
+
+    def __init__(self, message: str, host: int, guest: int, details: str):
+        super().__init__(message, stage="L0 start", details=details)
+        self.host, self.guest = host, guest
+
+
 @dataclass
 class L0Machine:
     """One L1 boot. Use as a context manager: QEMU is gone when the block exits."""
@@ -241,9 +255,15 @@ class L0Machine:
     host_ports: dict[int, int] = field(init=False, default_factory=dict)
     _proc: subprocess.Popen | None = field(default=None, init=False)
     _qmp: TranscribedQmp | None = field(default=None, init=False)
+    _fixed_ssh_port: int | None = field(default=None, init=False)
+
+    #: Free ports are found by binding and letting go; another process can take one before
+    #: QEMU binds it. QEMU then fails at start, naming the rule: choose again, this often.
+    PORT_ATTEMPTS = 3
 
     def __post_init__(self) -> None:
         self.files = RunFiles.create(self.run_dir)
+        self._fixed_ssh_port = self.ssh_port
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -255,12 +275,19 @@ class L0Machine:
         self.shutdown()
 
     def launch(self) -> None:
-        self._pre_launch()
-        try:
-            self._launch()
-        except BaseException:
-            self.shutdown()
-            raise
+        for attempt in range(1, self.PORT_ATTEMPTS + 1):
+            self._pre_launch()
+            try:
+                self._launch()
+                return
+            except PortTaken as e:
+                self.shutdown()
+                if (e.guest == 22 and self._fixed_ssh_port) or attempt == self.PORT_ATTEMPTS:
+                    raise
+                say(f"L0: {e.message}; choosing other ports (attempt {attempt + 1})")
+            except BaseException:
+                self.shutdown()
+                raise
 
     def _pre_launch(self) -> None:
         self.qemu.require_devices([self.spec.viommu.driver,
@@ -269,7 +296,8 @@ class L0Machine:
             if not path.is_file():
                 raise BadInput(f"{what} {path} does not exist (vfio-harness images build)",
                                stage="L0")
-        self.ssh_port = check_port(self.ssh_port) if self.ssh_port else free_port()
+        self.ssh_port = check_port(self._fixed_ssh_port) if self._fixed_ssh_port \
+            else free_port()
         self.host_ports = {22: self.ssh_port}
         for guest in self.spec.guest_ports:
             self.host_ports.setdefault(guest, free_port())
@@ -299,9 +327,12 @@ class L0Machine:
 
     def _start_failure(self, status: int) -> HarnessError:
         stderr = self.stderr_text()
-        if "Could not set up host forwarding rule" in stderr:
-            return BadInput(f"L0 QEMU could not listen on 127.0.0.1:{self.ssh_port} for SSH "
-                            f"(port busy?)", stage="L0 start", details=stderr)
+        m = _FORWARD_FAILED.search(stderr)
+        if m:
+            host, guest = int(m.group(1)), int(m.group(2))
+            return PortTaken(f"L0 QEMU could not listen on 127.0.0.1:{host} for L1's port "
+                             f"{guest} ({_FORWARD_NAMES.get(guest, 'forward')}; port busy?)",
+                             host, guest, stderr)
         return HarnessError(f"L0 QEMU exited at start with status {status}",
                             stage="L0 start",
                             details=f"command: {self.files.cmdline.read_text()}{stderr}")

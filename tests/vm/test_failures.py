@@ -95,3 +95,33 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path):
     assert left, "SIGKILL left no ivshmem file: this test no longer tests the sweep"
     assert set(left) <= set(sweep_stale_ivshmem())
     assert not list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
+
+
+def test_a_port_taken_before_qemu_binds_it_is_chosen_again(qemu, images, accelerator, tmp_path,
+                                                           monkeypatch):
+    """free_port() lets go of the port it found; here another process takes it first."""
+    import socket
+
+    from harness import l0
+    from harness.l0 import L0Machine, L1Spec
+
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    busy = taker.getsockname()[1]
+    real, handed = l0.free_port, []
+
+    def racy() -> int:
+        handed.append(busy if not handed else real())
+        return handed[-1]
+
+    monkeypatch.setattr(l0, "free_port", racy)
+    spec = L1Spec(viommu=viommu(VIOMMU), kernel=images.kernels[KERNEL].bzimage,
+                  rootfs=images.rootfs.qcow2, kernel_args=(), guest_ports=(22,))
+    try:
+        with L0Machine(qemu, spec, tmp_path, accel=accelerator) as machine:
+            assert machine.host_ports[22] != busy and machine.running
+    finally:
+        taker.close()
+    assert handed[0] == busy and len(handed) >= 2
+    assert qemu_processes_using(tmp_path) == []
