@@ -207,12 +207,7 @@ def test_p2p_refuses_a_dirty_destination(stale):
 
 
 def test_real_no_dmabuf_capture_takes_the_not_supported_path():
-    main = L2Run(tuple(parse_trace(_read("intel-iommu-no-dmabuf-iommufd.trace"))),
-                 tuple(parse_messages(_read("intel-iommu-no-dmabuf-iommufd.stderr"))),
-                 KernelProcess((), maps(MIB, 4096, MIB)), tuple(f"{n} mmaps[0]" for n in (
-                     f"{EDU} BAR 0", f"{IVSHMEM} BAR 0", f"{IVSHMEM} BAR 2")), True)
-    ev = captured(main=main, no_mmap=None,
-                  kernel_probe={EDU: (False, "ENOTTY"), IVSHMEM: (False, "ENOTTY")})
+    ev = no_dmabuf_iommufd()
     v = mmap_fallback(ev)
     assert v.observed == "pass", v.reason
     assert v.evidence["path"] == "dma-buf not supported in kernel"
