@@ -293,7 +293,7 @@ def _images(args: argparse.Namespace) -> int:
         began = time.monotonic()
         images = store.build(args.kernel, force=args.force)
         if args.kernel_patches:
-            images = store.build_series(Series.load(args.kernel_patches), args.kernel)
+            images = store.build_series(Series.load(args.kernel_patches), images)
         say(f"images ready in {time.monotonic() - began:.1f} s: "
             f"{', '.join(images.kernels)} kernels, rootfs with QEMU {images.rootfs.qemu_version}")
         return 0
@@ -322,6 +322,7 @@ class _Prepared:
 
     selection: "runner.Selection"
     qemu: QemuBinary
+    store: ImageStore
     images: Images
     choice: accel.AccelChoice
     seed: int
@@ -381,7 +382,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     else:
         images = store.build(list(selection.kernels))  # a no-op when the cache is intact
     if series:
-        images = store.build_series(series, list(selection.kernels))
+        images = store.build_series(series, images)
     any_kernel = next(iter(images.kernels.values())).bzimage
     choice = accel.choose(qemu, any_kernel, store.cache,
                           force=None if args.accel == "auto" else args.accel)
@@ -394,7 +395,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     if validated:
         say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "
             f"trace events it adds or changes: {', '.join(validated.trace_events()) or 'none'}")
-    return _Prepared(selection, qemu, images, choice, seed, out, validated)
+    return _Prepared(selection, qemu, store, images, choice, seed, out, validated)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -439,12 +440,11 @@ def _ab(args: argparse.Namespace) -> int:
     series = {side: _series(getattr(args, f"{side}_kernel_patches"))
               for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
-    store = _store(args)
     kernels = list(p.selection.kernels)
-    images = {side: store.build_series(s, kernels) if s else p.images
+    images = {side: p.store.build_series(s, p.images) if s else p.images
               for side, s in series.items()}
     if args.candidate_kernel_image:
-        role, image = _user_kernel(store, args, args.candidate_kernel_image,
+        role, image = _user_kernel(p.store, args, args.candidate_kernel_image,
                                    args.candidate_kernel_config)
         if role not in kernels:
             raise BadInput(f"the candidate kernel plays {role!r}, which is not among the "

@@ -369,10 +369,10 @@ class ImageStore:
         return self.artifacts / (f"kernel-{variant.name}+{series.name}-"
                                  f"{self.series_key(variant, series)}")
 
-    def build_series(self, series: Series, variants: list[str] | None = None) -> Images:
-        """The images with each kernel variant replaced by its build with `series` applied
-        to the pinned source; built incrementally from the variant's own object tree."""
-        images = self.build(variants)
+    def build_series(self, series: Series, images: Images) -> Images:
+        """`images` (built, and verified by the caller) with each kernel variant replaced by
+        its build with `series` applied to the pinned source; built incrementally from the
+        variant's own object tree."""
         kernels = {}
         for name in images.kernels:
             variant = self.recipe.kernels[name]
