@@ -1,0 +1,100 @@
+"""The CI templates, checked the way their hosts would check them.
+
+The GitLab pipeline runs for real on gitlab-ci-local's shell executor
+(ci/gitlab-local.sh): its jobs build nothing new on a warm cache but boot every
+shard's L1, so this costs about as much as the matrix itself. The GitHub
+workflow cannot run here (no Actions runner), so it is held to the Actions
+workflow schema, as GitHub would hold it before running anything.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GITLAB = ROOT / "ci" / "gitlab-ci.yml"
+GITHUB = ROOT / "ci" / "github" / "vfio-harness.yml"
+STATE = ROOT / ".gitlab-ci-local"
+#: ci/gitlab-local.sh's own deadline: a hung job must fail this test, not CI's clock.
+PIPELINE_DEADLINE_S = 25 * 60
+
+
+def _schema_check(schema: str, path: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("check-jsonschema")
+    if exe is None:
+        pytest.fail("check-jsonschema is missing: install the test extra (pip install '.[test]')")
+    return subprocess.run([exe, "--builtin-schema", schema, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("schema,path", [("vendor.github-workflows", GITHUB),
+                                         ("vendor.gitlab-ci", GITLAB)],
+                         ids=["github-workflow", "gitlab-ci"])
+def test_template_meets_its_schema(schema, path):
+    done = _schema_check(schema, path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_schema_check_refuses_a_broken_workflow(tmp_path):
+    """The schema check can fail: a misspelt key is refused."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text(GITHUB.read_text().replace("timeout-minutes:", "timeout-minutez:", 1))
+    done = _schema_check("vendor.github-workflows", bad)
+    assert done.returncode == 1 and "timeout-minutez" in done.stdout
+
+
+def _pipeline_jobs() -> set[str]:
+    """Job names as gitlab-ci-local prints them, `parallel: matrix` expanded."""
+    spec = yaml.safe_load(GITLAB.read_text())
+    jobs = set()
+    for name, job in spec.items():
+        if name.startswith(".") or not isinstance(job, dict) or "script" not in job:
+            continue
+        matrix = (job.get("parallel") or {}).get("matrix")
+        if not matrix:
+            jobs.add(name)
+            continue
+        for axes in matrix:
+            (a, xs), (b, ys) = axes.items()
+            jobs.update(f"{name}: [{x},{y}]" for x in xs for y in ys)
+    return jobs
+
+
+def _gitlab_local(*args: str) -> subprocess.CompletedProcess:
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("gitlab-ci-local needs Node.js and npm, which this machine lacks")
+    return subprocess.run(["bash", "ci/gitlab-local.sh", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=PIPELINE_DEADLINE_S)
+
+
+def _passed(output: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^\s*PASS\s+\[[^]]*\]\s+(.+?)\s*$", output, re.M)}
+
+
+def test_gitlab_pipeline_runs_on_a_shell_executor():
+    done = _gitlab_local()
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert _passed(out) == _pipeline_jobs(), out[-6000:]
+    # The report job saw every shard's results through the artifacts, not the work tree.
+    merged = STATE / "artifacts" / "report" / "results" / "merged"
+    cells = json.loads((merged / "results.json").read_text())["cells"]
+    shards = {(c["viommu"], c["kernel"]) for c in cells}
+    assert shards == {(v, k) for v in ("intel-iommu", "virtio-iommu")
+                      for k in ("dmabuf", "no-dmabuf")}
+    unmet = [f'{c["id"]}: {c["reason"]}' for c in cells if not c["met"]]
+    assert len(cells) == 24 and not unmet, unmet
+    assert (merged / "report.html").is_file()
+
+
+def test_gitlab_pipeline_failure_is_its_exit_code():
+    """The report job alone has no shard artifacts to merge: the job and the script fail."""
+    done = _gitlab_local("report")
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-4000:]
+    assert "the pipeline failed" in out and "report" not in _passed(out)
