@@ -29,6 +29,7 @@ from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import VIOMMUS, check_port, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
+from harness.qemu_bundle import Bundle
 from harness.recipe import Recipe
 from harness.series import Series
 
@@ -149,7 +150,7 @@ def _port(text: str) -> int:
     return port
 
 
-def _results_dir(out: Path) -> Path:
+def _results_dir(out: Path, what: str = "results") -> Path:
     """The results directory, made now and known to be writable: a run must not find out
     after minutes of work that it cannot write its verdicts."""
     try:
@@ -158,7 +159,7 @@ def _results_dir(out: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise BadInput(f"cannot write results to {out}: {e.strerror}") from None
+        raise BadInput(f"cannot write {what} to {out}: {e.strerror}") from None
     return out
 
 
@@ -267,6 +268,8 @@ def _store(args: argparse.Namespace, jobs: int | None = None) -> ImageStore:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "patchwork_check", None):
+        _results_dir(args.patchwork_check.parent, f"the Patchwork check {args.patchwork_check}")
     if args.action == "images":
         return _images(args)
     if args.action == "doctor":
@@ -365,14 +368,20 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     if args.ssh_port:
         check_port(args.ssh_port)
     for path in l2_qemus:
-        if path and not path.exists():
-            raise BadInput(f"QEMU under test {path} does not exist")
-    store = _store(args)
-    kernel_image = getattr(args, "kernel_image", None)
+        if path:  # what L0 can tell (missing, not a binary, another architecture) before a boot
+            Bundle.find(path)
     chosen = [f"--{o.replace('_', '-')}" for o in ("kernel_image", "kernel_tree",
                                                     "kernel_patches") if getattr(args, o, None)]
     if len(chosen) > 1:
         raise BadInput(f"one kernel under test at a time: {' and '.join(chosen)} were given")
+    validated = _series(args.series)
+    store = _store(args)
+    # Before the image build, which may take minutes, and the accelerator's boot probe.
+    seed = args.seed if args.seed is not None else matrix.new_seed()
+    out = _results_dir(args.results or Path("results")
+                       / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
+    say(f"results and artifacts: {out.resolve()} (seed {seed})")
+    kernel_image = getattr(args, "kernel_image", None)
     if kernel_image:
         role, image = _user_kernel(store, args, kernel_image, args.kernel_config)
         selection = dataclasses.replace(selection, kernels=(role,))
@@ -387,11 +396,6 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     choice = accel.choose(qemu, any_kernel, store.cache,
                           force=None if args.accel == "auto" else args.accel)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
-    seed = args.seed if args.seed is not None else matrix.new_seed()
-    out = _results_dir(args.results or Path("results")
-                       / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
-    say(f"results and artifacts: {out.resolve()} (seed {seed})")
-    validated = _series(args.series)
     if validated:
         say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "
             f"trace events it adds or changes: {', '.join(validated.trace_events()) or 'none'}")

@@ -3,11 +3,19 @@
 import os
 from pathlib import Path
 
+from harness.errors import BadInput
+
 
 def cache_dir(option: str | None = None) -> Path:
     if option:
-        return Path(option).expanduser().resolve()
-    if env := os.environ.get("VFIO_HARNESS_CACHE"):
-        return Path(env).expanduser().resolve()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "vfio-harness"
+        where, path = "--cache-dir", Path(option).expanduser().resolve()
+    elif env := os.environ.get("VFIO_HARNESS_CACHE"):
+        where, path = "VFIO_HARNESS_CACHE", Path(env).expanduser().resolve()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        where, path = "the XDG cache", Path(xdg) / "vfio-harness"
+    # A file there would otherwise read as an empty cache ("not built") and fail later,
+    # somewhere in a build, with an error about a path below it.
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"the image cache {path} ({where}) is not a directory")
+    return path

@@ -99,10 +99,13 @@ def qmp_answers(text: str) -> dict[str, dict]:
 
 
 def version_line(s: dict[str, str], origin: str) -> str:
-    lines = s.get("version", "").splitlines()
-    if not lines or "QEMU emulator version" not in lines[0]:
+    lines = [line for line in s.get("version", "").splitlines() if line.strip()]
+    if not lines:
         raise BadInput(f"the QEMU under test {origin} does not run in L1", stage=STAGE,
                        details=s.get("version", "")[-2000:])
+    if "QEMU emulator version" not in lines[0]:
+        raise BadInput(f"the QEMU under test {origin} does not look like QEMU: in L1 its "
+                       f"--version printed {lines[0].strip()[:120]!r}", stage=STAGE)
     return lines[0].strip()
 
 

@@ -90,7 +90,10 @@ class Series:
         path = path.resolve()
         if not path.exists():
             raise BadInput(f"series {path} does not exist", stage=STAGE)
-        messages = sorted(path.iterdir()) if path.is_dir() else [path]
+        # A directory of patches as `git format-patch -o` writes it; hidden files (.keep,
+        # an editor's swap file) are not patches.
+        messages = sorted(p for p in path.iterdir() if not p.name.startswith(".")) \
+            if path.is_dir() else [path]
         if not messages:
             raise BadInput(f"series directory {path} is empty", stage=STAGE)
         patches: list[Patch] = []

@@ -69,9 +69,15 @@ def test_no_vfio_pci_at_all_cannot_run_the_scenarios():
         parse(with_reply("vfio-pci", error), "a build")
 
 
-def test_something_that_is_not_qemu_is_refused():
-    with pytest.raises(BadInput, match="does not run in L1"):
+def test_something_that_is_not_qemu_is_refused_saying_what_it_printed():
+    with pytest.raises(BadInput, match="does not look like QEMU: in L1 its --version printed "
+                                       "'bash: /run/qemu-under-test: cannot execute binary"):
         parse({"version": "bash: /run/qemu-under-test: cannot execute binary file"}, "x")
+
+
+def test_a_qemu_under_test_that_prints_nothing_does_not_run():
+    with pytest.raises(BadInput, match="does not run in L1"):
+        parse({"version": "\n"}, "x")
 
 
 def test_trixies_qemu_names_itself_and_answers_nothing_over_qmp():

@@ -1,0 +1,226 @@
+"""The bad-input catalogue: every kind of input the harness refuses, through the real CLI.
+
+Each kind is a row: what is given, the exit code the README documents for bad input
+(2), and what the one error line must say. Every row runs `python -m harness` with an
+empty image cache: a refusal that came only after an image build or an L1 boot would
+start minutes of work here (and be caught by the deadline and the 'booting' check), so
+the catalogue also proves each is refused before anything expensive starts.
+
+Kinds that need built images to be refused live with the VM tests and are listed in
+ELSEWHERE, so that this file stays the one index of them.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness import images as images_mod
+from harness.errors import BadInput
+from harness.images import ImageStore, verify
+from harness.matrix import Cell, CellResult
+from harness.recipe import Recipe
+from harness.results import exit_code
+
+ROOT = Path(__file__).resolve().parents[2]
+SERIES = ROOT / "tests" / "data" / "series"
+BAD_INPUT = 2  # the README's exit code for bad input
+
+#: Refused only with built images or a booted L1: (kind, where it is tested).
+ELSEWHERE = {
+    "series-does-not-apply": "tests/vm/test_series.py",
+    "kernel-image-without-iommufd (a real image)": "tests/vm/test_kernel_image.py",
+    "l2-qemu-does-not-run-in-l1": "tests/vm/test_l2.py",
+    "l2-qemu-without-qtest (trixie's modular build)": "tests/vm/test_l2.py",
+    "stale-l2-on-its-ports": "tests/vm/test_l2.py",
+    "torn-shared-cells-file": "tests/unit/test_cell_results_store.py",
+    "cache-locked-by-a-build": "tests/unit/test_cache_lock.py",
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of bad input: `args` may name {tmp}, {port} and the files `files` writes."""
+    name: str
+    args: tuple[str, ...]
+    says: str
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    mode: dict[str, int] = field(default_factory=dict)
+
+
+def _results(cells: list[dict], complete: bool = True) -> str:
+    return json.dumps({"run": {"complete": complete}, "cells": cells})
+
+
+AARCH64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44
+OLD_QEMU = "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\n"
+NO_VIOMMU_QEMU = ("#!/bin/sh\ncase \"$*\" in *help*) echo 'name \"edu\"';; "
+                  "*) echo 'QEMU emulator version 11.1.3';; esac\n")
+#: All the dmabuf variant needs but IOMMUFD and what depends on it, as a user's .config.
+CONFIG_WITHOUT_IOMMUFD = "".join(
+    f"{option}={value}\n" if option not in ("CONFIG_IOMMUFD", "CONFIG_VFIO_DEVICE_CDEV")
+    else f"# {option} is not set\n"
+    for option, value in Recipe.load().kernels["dmabuf"].required_options().items())
+FULL_CELL = {"id": "x", "viommu": "intel-iommu", "backend": "legacy", "kernel": "dmabuf",
+             "check": "p2p-dma", "expected": "pass", "outcome": "pass", "met": True,
+             "reason": "", "duration_s": 1.0}
+
+CATALOGUE = [
+    # L0
+    Kind("l0-qemu-missing", ("--qemu", "/nonexistent/qemu-system-x86_64", "run"),
+         "L0 QEMU '/nonexistent/qemu-system-x86_64' not found"),
+    Kind("l0-qemu-not-qemu", ("--qemu", "/bin/true", "run"), "does not look like QEMU"),
+    Kind("l0-qemu-too-old", ("--qemu", "{tmp}/qemu", "run"), "is 6.2.0, too old: need 7.0",
+         files={"qemu": OLD_QEMU}, mode={"qemu": 0o755}),
+    Kind("l0-qemu-lacks-the-viommu", ("--qemu", "{tmp}/qemu", "run", "--viommu", "intel-iommu"),
+         "lacks the device(s) intel-iommu", files={"qemu": NO_VIOMMU_QEMU},
+         mode={"qemu": 0o755}),
+    Kind("viommu-unknown", ("run", "--viommu", "smmuv3"), "invalid choice: 'smmuv3'"),
+    Kind("check-unknown", ("run", "--check", "nope"), "invalid choice: 'nope'"),
+    Kind("kernel-variant-unknown", ("images", "build", "--kernel", "no-such-kernel"),
+         "unknown kernel variant 'no-such-kernel'"),
+    Kind("seed-not-a-number", ("run", "--seed", "abc"), "argument --seed: invalid int value"),
+    # ports
+    Kind("ssh-port-busy", ("run", "--ssh-port", "{port}"), "port {port} on 127.0.0.1 is busy"),
+    Kind("ssh-port-out-of-range", ("run", "--ssh-port", "70000"), "--ssh-port"),
+    Kind("ssh-port-not-a-number", ("run", "--ssh-port", "ssh"), "--ssh-port"),
+    # where things go
+    Kind("cache-dir-is-a-file", ("--cache-dir", "{tmp}/a-file", "images", "list"),
+         "the image cache {tmp}/a-file (--cache-dir) is not a directory", files={"a-file": ""}),
+    Kind("results-dir-unwritable", ("run", "--results", "{tmp}/a-file/results"),
+         "cannot write results to {tmp}/a-file/results: Not a directory", files={"a-file": ""}),
+    # results files
+    Kind("results-missing", ("report", "html", "{tmp}"), "no results.json at {tmp}"),
+    Kind("results-torn", ("report", "html", "{tmp}"), "results.json is not valid JSON",
+         files={"results.json": '{"cells": ['}),
+    Kind("results-cells-lack-fields", ("report", "html", "{tmp}"),
+         "cell 0 lacks viommu, backend, kernel, check, expected, met",
+         files={"results.json": '{"cells": [{"id": "x", "outcome": "pass"}]}'}),
+    Kind("compare-a-torn-side", ("compare", "{tmp}/base", "{tmp}/cand"),
+         "results.json is not valid JSON",
+         files={"base/results.json": _results([FULL_CELL]), "cand/results.json": "{"}),
+    Kind("merge-an-interrupted-shard", ("report", "merge", "{tmp}/shard", "--out", "{tmp}/m"),
+         "is incomplete", files={"shard/results.json": _results([], complete=False)}),
+    # the kernel under test
+    Kind("series-missing", ("run", "--kernel-patches", "{tmp}/nope.mbox"),
+         "series {tmp}/nope.mbox does not exist"),
+    Kind("series-not-an-mbox", ("run", "--kernel-patches", str(SERIES / "broken.mbox")),
+         "not an mbox of patches"),
+    Kind("series-empty-directory", ("run", "--kernel-patches", "{tmp}/patches"), "is empty",
+         files={"patches/.keep": ""}),
+    Kind("two-kernels-under-test", ("run", "--kernel-image", "{tmp}/bzImage", "--kernel-tree",
+                                    "{tmp}"),
+         "one kernel under test at a time: --kernel-image and --kernel-tree were given",
+         files={"bzImage": b"\0" * 4096}),
+    Kind("kernel-image-missing", ("run", "--kernel-image", "{tmp}/bzImage"),
+         "kernel image {tmp}/bzImage does not exist"),
+    Kind("kernel-image-without-config", ("run", "--kernel-image", "{tmp}/bzImage"),
+         "has no embedded config (CONFIG_IKCONFIG)", files={"bzImage": b"\0" * 4096}),
+    Kind("kernel-without-iommufd", ("run", "--kernel-image", "{tmp}/bzImage", "--kernel-config",
+                                    "{tmp}/config"),
+         "lacks what the 'dmabuf' scenarios need: CONFIG_IOMMUFD (is n, needs y), "
+         "CONFIG_VFIO_DEVICE_CDEV (is n, needs y)",
+         files={"bzImage": b"\0" * 4096, "config": CONFIG_WITHOUT_IOMMUFD}),
+    Kind("kernel-tree-not-a-tree", ("run", "--kernel-tree", "{tmp}"),
+         "is not a kernel source tree (no Makefile and Kconfig)"),
+    # the QEMU under test
+    Kind("l2-qemu-missing", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
+         "QEMU under test {tmp}/qemu-system-x86_64 does not exist"),
+    Kind("l2-qemu-another-architecture", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
+         "is a AArch64 binary: L1 runs x86-64 only",
+         files={"qemu-system-x86_64": AARCH64_ELF}, mode={"qemu-system-x86_64": 0o755}),
+    Kind("l2-qemu-neither-binary-nor-script", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
+         "is neither an executable (ELF) nor a script",
+         files={"qemu-system-x86_64": "QEMU\n"}),
+    Kind("l2-qemu-build-dir-without-binary", ("run", "--l2-qemu", "{tmp}/build"),
+         "no qemu-system-x86_64 in {tmp}/build (a build directory or an install prefix)",
+         files={"build/build.ninja": ""}),
+    Kind("ab-with-nothing-under-test", ("ab",), "ab needs something under test"),
+    Kind("patchwork-check-unwritable", ("compare", "{tmp}/base", "{tmp}/base",
+                                        "--patchwork-check", "{tmp}/a-file/check.json"),
+         "{tmp}/a-file/check.json",
+         files={"base/results.json": _results([FULL_CELL]), "a-file": ""}),
+]
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def _given(kind: Kind, tmp: Path, port: int) -> Callable[[str], str]:
+    for name, content in kind.files.items():
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        path.chmod(kind.mode.get(name, 0o644))
+    return lambda s: s.format(tmp=tmp, port=port)
+
+
+def test_the_catalogue_has_at_least_twenty_kinds_each_named_once():
+    names = [k.name for k in CATALOGUE] + list(ELSEWHERE)
+    assert len(set(names)) == len(names) and len(CATALOGUE) >= 20
+
+
+@pytest.mark.parametrize("kind", CATALOGUE, ids=lambda k: k.name)
+def test_bad_input_is_one_clear_line_and_exit_2(kind, tmp_path):
+    cache = tmp_path / "empty-cache"
+    given = tmp_path / "given"
+    given.mkdir()
+    with _busy_port() as busy:
+        fill = _given(kind, given, busy.getsockname()[1])
+        p = subprocess.run([sys.executable, "-m", "harness", "--cache-dir", str(cache),
+                            *map(fill, kind.args)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+    assert p.returncode == BAD_INPUT, out
+    assert "Traceback" not in out and "booting" not in out, out
+    assert "error: " in last and fill(kind.says) in last, out
+    # Nothing expensive began: no image was built into the empty cache.
+    assert not (cache / "artifacts").exists() or not any((cache / "artifacts").iterdir())
+
+
+@pytest.mark.parametrize("manifest", ['{"name": "x"}', '{"files": {"bzImage": 3}}', "[1, 2]",
+                                      '{"files": {"bzImage": {"size": "big"}}}'])
+def test_a_manifest_of_the_wrong_shape_is_not_intact(tmp_path, manifest):
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert "no valid manifest" in verify(tmp_path)
+
+
+def test_images_list_on_an_empty_cache_is_no_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "harness", "--cache-dir", str(tmp_path),
+                        "images", "list"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    assert "kernel-dmabuf" in p.stdout and "not built" in p.stdout
+
+
+def test_no_space_for_the_cache_is_refused_before_a_build(tmp_path, monkeypatch):
+    """A full disk cannot be made here, so the free space is what is pretended."""
+    store = ImageStore(Recipe.load(), tmp_path / "cache")
+    real = images_mod.shutil.disk_usage
+    monkeypatch.setattr(images_mod.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=3 * 2**30))
+    with pytest.raises(BadInput, match=r"no space for the cache: 3.0 GiB free"):
+        store._preflight(kernels=True, rootfs=True)
+
+
+def test_exit_code_3_when_only_deadlines_ended_cells():
+    cell = Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma")
+    late = CellResult(cell, "error", "L2 DMA: edu DMA still running", {"deadline": True}, 1.0)
+    wrong = CellResult(cell, "fail", "the bytes did not arrive", {}, 1.0)
+    fine = CellResult(cell, "pass", "", {}, 1.0)
+    assert exit_code([fine]) == 0
+    assert exit_code([fine, late]) == 3
+    assert exit_code([late, wrong]) == 1
+    assert exit_code([]) == 1
