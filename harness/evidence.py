@@ -79,6 +79,19 @@ class IommufdMap:
 
 
 @dataclass(frozen=True)
+class ListenerDel:
+    start: int
+    end: int  # inclusive
+
+
+@dataclass(frozen=True)
+class IommufdUnmap:
+    iova: int
+    size: int
+    ret: int
+
+
+@dataclass(frozen=True)
 class Other:
     event: str
     text: str
@@ -93,7 +106,7 @@ class Unparsed:
 
 
 TraceRecord = (RegionSetup | RegionMmap | RegionDmabuf | ListenerAddRam | ListenerNoDmaMap
-               | IommufdMapFile | IommufdMap | Unparsed | Other)
+               | IommufdMapFile | IommufdMap | ListenerDel | IommufdUnmap | Unparsed | Other)
 
 _HEX = r"0x[0-9a-fA-F]+"
 _TRACE = re.compile(r"^(?:\d+@[\d.]+:)?(?P<event>[a-z0-9_]+) ?(?P<rest>.*)$")
@@ -118,6 +131,12 @@ _PATTERNS = {
     "iommufd_backend_map_file_dma": (re.compile(
         rf"iova=(?P<iova>{_HEX}) size=(?P<size>{_HEX}) fd=(?P<fd>-?\d+) .*\((?P<ret>-?\d+)\)$"),
         IommufdMapFile),
+    "vfio_listener_region_del": (re.compile(
+        rf"region_del (?P<start>{_HEX}) - (?P<end>{_HEX})"),
+        ListenerDel),
+    "iommufd_backend_unmap_dma": (re.compile(
+        rf"iova=(?P<iova>{_HEX}) size=(?P<size>{_HEX}) \((?P<ret>-?\d+)\)$"),
+        IommufdUnmap),
     "iommufd_backend_map_dma": (re.compile(
         rf"iova=(?P<iova>{_HEX}) size=(?P<size>{_HEX}) addr=(?P<vaddr>{_HEX}) "
         rf".*\((?P<ret>-?\d+)\)$"),
@@ -305,6 +324,13 @@ class KernelProcess:
 
     dmabuf_fds: tuple[tuple[int, int, str | None], ...]  # (fd, size, exporter)
     vfio_maps: tuple[str, ...]  # the /proc/PID/maps lines of VFIO device mappings
+    #: (fd, inode) of each dma-buf: the same fd number for a new dma-buf has another inode.
+    dmabuf_inodes: tuple[tuple[int, int], ...] = ()
+    #: (fd, live | revoked | several-ranges | why not known): the kernel's answer to a
+    #: private IOMMU_IOAS_MAP_FILE of a copy of the fd.
+    dmabuf_states: tuple[tuple[int, str], ...] = ()
+    fd_count: int = -1
+    vfio_device_fds: tuple[int, ...] = ()
 
     def vfio_map_sizes(self) -> list[int]:
         """Sizes of the process's mappings of VFIO device fds: its BAR mmaps, as the kernel
@@ -318,6 +344,58 @@ class KernelProcess:
             except ValueError:
                 continue
         return sorted(sizes)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One point of a lifecycle step: the L1 kernel's view of L2, and how many trace lines
+    L2 had written by then (the trace between two moments is what happened between them)."""
+
+    label: str
+    kernel: KernelProcess
+    trace_line: int
+    command: int | None  # the device's PCI command register as the L1 kernel reads it
+
+
+@dataclass(frozen=True)
+class BlockedDma:
+    """edu's DMA to BAR 2 while the BAR was disabled (its dma-buf revoked, if it has one):
+    the bytes must not reach the ivshmem file."""
+
+    iova: int
+    dst_offset: int
+    pattern: bytes
+    before: bytes
+    after: bytes
+    l1_dmesg: tuple[str, ...]
+    engine_error: str | None = None
+
+    @property
+    def arrived(self) -> bool:
+        return self.after == self.pattern
+
+
+@dataclass(frozen=True)
+class LifecycleStep:
+    """One pass through a path that takes a BAR away from L2 and gives it back (memory
+    decode off and on; a reset of L2 and the BARs programmed again), on ivshmem's BAR 2."""
+
+    check: str                          # decode-toggle | reset
+    device: str                         # L1 BDF of the device whose BAR goes and comes back
+    bar: int
+    iova: int                           # where the BAR is in L2, before and after
+    size: int
+    before: Moment
+    disabled: Moment
+    enabled: Moment
+    trace_disabling: tuple[TraceRecord, ...]  # trace lines between `before` and `disabled`
+    trace_enabling: tuple[TraceRecord, ...]   # between `disabled` and `enabled`
+    blocked: BlockedDma | None
+    after: P2PTransfer | None           # P2P once the BAR is back
+    bar_access: BarAccess | None        # edu and ivshmem registers once the BAR is back
+    alive: bool                         # L2 still running at the end of the step
+    reset_method: str | None = None     # the L1 kernel's reset_method for the device
+    trace_earlier: tuple[TraceRecord, ...] = ()  # the trace before `before` (what was mapped)
 
 
 @dataclass(frozen=True)
@@ -355,6 +433,8 @@ class Evidence:
     #: what QEMU must set up, whatever its trace says.
     bars: dict[str, dict[int, int]] = field(default_factory=dict)
     qemu: QemuFacts | None = None
+    #: Lifecycle steps run on the same L2 after the creation-time evidence, by check.
+    lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
 
     @property
     def kernel_dmabuf(self) -> bool | None:

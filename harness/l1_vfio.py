@@ -6,7 +6,7 @@ calls it over the L1 session and turns its JSON into typed records.
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -34,6 +34,7 @@ class L1Device:
     group_dev: str | None
     cdev: str | None
     bars: tuple[Bar, ...]
+    reset_method: str = ""  # sysfs reset_method: empty when the kernel cannot reset it alone
 
     @property
     def alone_in_group(self) -> bool:
@@ -45,7 +46,7 @@ class L1Device:
                    iommu_group=d["iommu_group"], group_members=tuple(d["group_members"]),
                    group_dev=d["group_dev"], cdev=d["cdev"],
                    bars=tuple(Bar(b["index"], b["start"], b["size"], b["mem"])
-                              for b in d["bars"]))
+                              for b in d["bars"]), reset_method=d.get("reset_method") or "")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class DmabufFd:
     fd: int
     size: int
     exp_name: str | None
+    ino: int = -1
+    #: live | revoked | several-ranges, as the kernel answers a private IOMMU_IOAS_MAP_FILE
+    #: of a copy of the fd; or why it could not be asked.
+    state: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,18 @@ class ProcessView:
     pid: int
     dmabufs: tuple[DmabufFd, ...]
     vfio_maps: tuple[str, ...]
+    fd_count: int = -1
+    vfio_device_fds: tuple[int, ...] = ()
+    trace_lines: int | None = None  # where L2's trace stood, when asked with the process
+    commands: dict[str, int | None] = field(default_factory=dict)  # BDF -> PCI command register
 
     @classmethod
     def from_json(cls, d: dict) -> "ProcessView":
-        return cls(d["pid"], tuple(DmabufFd(x["fd"], x["size"], x["exp_name"])
-                                   for x in d["dmabufs"]), tuple(d["vfio_maps"]))
+        return cls(d["pid"], tuple(DmabufFd(x["fd"], x["size"], x["exp_name"], x.get("ino", -1),
+                                            x.get("state", "")) for x in d["dmabufs"]),
+                   tuple(d["vfio_maps"]), d.get("fd_count", -1),
+                   tuple(d.get("vfio_device_fds", ())), d.get("trace_lines"),
+                   d.get("commands", {}))
 
 
 class L1Vfio:
@@ -134,8 +146,10 @@ class L1Vfio:
     def probe_dmabuf(self, bdfs: list[str]) -> dict[str, DmabufProbe]:
         return parse_probes(self._call("probe", *bdfs))
 
-    def process(self, pid: int) -> ProcessView:
-        return ProcessView.from_json(self._call("process", str(pid)))
+    def process(self, pid: int, trace: str | None = None,
+                devices: tuple[str, ...] = ()) -> ProcessView:
+        extra = [trace or "/dev/null", *devices] if trace or devices else []
+        return ProcessView.from_json(self._call("process", str(pid), *extra))
 
 
 def parse_probes(answer: dict) -> dict[str, DmabufProbe]:

@@ -27,7 +27,7 @@ L1_QMP_PORT, L1_QTEST_PORT = 4444, 4445
 L2_QEMU = "qemu-system-x86_64"
 #: Trace events on from the start: the evidence the verdicts read.
 TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container_*",
-                "vfio_legacy_*")
+                "vfio_legacy_*", "vfio_pci_reset*", "vfio_pci_hot_reset*")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from harness.verdicts import FINDINGS
 
-CHECKS = ("dmabuf-per-region", "mmap-fallback", "p2p-dma")
+CHECKS = ("dmabuf-per-region", "mmap-fallback", "p2p-dma", "decode-toggle", "reset")
 BACKENDS = ("legacy", "iommufd")
 DEFAULT_VIOMMUS = ("intel-iommu", "virtio-iommu")
 
@@ -29,6 +29,10 @@ mmap-fallback       dmabuf      pass                       pass
 mmap-fallback       no-dmabuf   pass                       pass
 p2p-dma             dmabuf      pass                       pass
 p2p-dma             no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
+decode-toggle       dmabuf      pass                       pass
+decode-toggle       no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
+reset               dmabuf      pass                       pass
+reset               no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
 """
 
 #: Why a cell is expected not to pass: shown beside its outcome.
@@ -40,6 +44,12 @@ WHY = {
     ("p2p-dma", "no-dmabuf", "iommufd"):
         "iommufd maps a BAR only through its dma-buf: without one IOMMU_IOAS_MAP fails "
         "and the DMA to the BAR's IOVA faults",
+    ("decode-toggle", "no-dmabuf", "iommufd"):
+        "once the BAR is back, iommufd still cannot map it without a dma-buf: the P2P "
+        "after the step fails as at creation",
+    ("reset", "no-dmabuf", "iommufd"):
+        "once the BARs are programmed again, iommufd still cannot map BAR 2 without a "
+        "dma-buf: the P2P after the step fails as at creation",
 }
 
 #: Outcomes of a cell as reported. A verdict observes pass, fail, skip or error;

@@ -105,11 +105,28 @@ class PciConfig:
         if address + bar.size > MMIO_WINDOW[1]:
             raise HarnessError("L2 MMIO window exhausted", stage="L2 PCI")
         self._next = address + bar.size
+        self.program(slot, bar, address)
+        return address
+
+    def program(self, slot: int, bar: BarInfo, address: int) -> None:
+        """Put a BAR at `address` (again, after a reset cleared it)."""
         reg = BAR0 + 4 * bar.index
         self.write32(slot, reg, address & 0xFFFFFFFF)
         if bar.is_64bit:
             self.write32(slot, reg + 4, address >> 32)
-        return address
+
+    def address(self, slot: int, bar: BarInfo) -> int:
+        """Where a memory BAR is now (0: nowhere, as after a reset)."""
+        reg = BAR0 + 4 * bar.index
+        low = self.read32(slot, reg) & 0xFFFFFFF0
+        return low | ((self.read32(slot, reg + 4) << 32) if bar.is_64bit else 0)
+
+    def set_memory(self, slot: int, enabled: bool) -> int:
+        """Memory decode on or off, as a driver toggles it; the command register before."""
+        command = self.read32(slot, COMMAND) & 0xFFFF
+        self.write32(slot, COMMAND, (command | CMD_MEMORY) if enabled else
+                     (command & ~CMD_MEMORY))
+        return command
 
     def enable(self, slot: int, memory: bool = True, master: bool = True) -> None:
         command = self.read32(slot, COMMAND) & 0xFFFF

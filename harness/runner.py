@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import files, matrix, scenario, stack
+from harness import files, lifecycle_verdicts, matrix, scenario, stack, verdicts
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
@@ -29,7 +29,9 @@ from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle, upload
 from harness.qemu_under_test import QemuUnderTest, probe
 from harness.scenario import PassedThrough, Timer
-from harness.verdicts import VERDICTS
+
+#: Every check's verdict: the creation-time ones and the lifecycle steps'.
+VERDICTS = {**verdicts.VERDICTS, **lifecycle_verdicts.VERDICTS}
 
 PACKAGED = "packaged in the rootfs"
 

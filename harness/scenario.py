@@ -10,22 +10,19 @@ from the L1 kernel (`PassedThrough`), not from the QEMU under test.
 
 import contextlib
 import dataclasses
-import random
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import files
+from harness import files, l2_probes, lifecycle
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import (
-    BarAccess,
     Evidence,
-    KernelProcess,
     L2Run,
-    P2PTransfer,
+    LifecycleStep,
     QemuFacts,
     parse_messages,
     parse_trace,
@@ -49,11 +46,9 @@ from harness.stack import L1Stack
 _MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
 BAR_TRACE = "pci_update_mappings*"
-P2P_SIZE = 64
 #: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
 #: can never be credited with bytes an earlier one left behind.
 P2P_DESTINATION = {"legacy": 0x1000, "iommufd": 0x2000}
-IVSHMEM_INTRMASK = 0x0
 
 
 @dataclass
@@ -79,6 +74,11 @@ class PassedThrough:
     probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
     bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
     inventory: Inventory
+
+    @property
+    def reset_methods(self) -> dict[str, str]:
+        """BDF -> how the L1 kernel can reset the device alone ("": it cannot)."""
+        return {d.bdf: d.reset_method for d in self.inventory.devices}
 
 
 @contextlib.contextmanager
@@ -114,6 +114,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu,
                   traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS))
     bar_access = p2p = None
+    steps: dict[str, LifecycleStep] = {}
+    key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)
         l2.start()
@@ -124,41 +126,49 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
         with timer("assign_bars"):
             edu_slot = pci.find(EduDevice().vendor_device)
             iv_slot = pci.find(IvshmemDevice().vendor_device)
-            edu_bar0 = pci.assign(edu_slot, pci.bars(edu_slot)[0])
-            iv_bars = {b.index: pci.assign(iv_slot, b) for b in pci.bars(iv_slot)}
+            edu_bar = pci.bars(edu_slot)[0]
+            edu_bar0 = pci.assign(edu_slot, edu_bar)
+            iv_bar_info = pci.bars(iv_slot)
+            iv_bars = {b.index: pci.assign(iv_slot, b) for b in iv_bar_info}
             pci.enable(edu_slot)
             pci.enable(iv_slot)
         l2.set_trace(BAR_TRACE, False)
         with timer("kernel_view"):
-            process = _kernel_view(stack, l2.pid)
+            process = l2_probes.kernel_view(stack, l2.pid)
             mtree = _mtree_mmaps(l2)
         edu = EduEngine(l2.qtest, edu_bar0)
         if checks & {"mmap-fallback", "p2p-dma"}:
             with timer("bar_access"):
-                bar_access = _bar_access(l2, edu, iv_bars[0])
+                bar_access = l2_probes.bar_access(l2, edu, iv_bars[0])
         if "p2p-dma" in checks:
             with timer("p2p"):
-                p2p = _p2p(stack, l2, edu, iv_bars[2], seed, be.name)
+                p2p = l2_probes.p2p(stack, l2, edu, iv_bars[2], seed, key,
+                                    P2P_DESTINATION[be.name])
+        programmed = lifecycle.Programmed(
+            pci, edu_slot, edu_bar, edu_bar0, iv_slot,
+            {b.index: (b, iv_bars[b.index]) for b in iv_bar_info}, devices["ivshmem"],
+            through.reset_methods.get(devices["ivshmem"], ""))
+        for check in lifecycle.CHECKS:
+            if check in checks:
+                with timer(check):
+                    steps[check] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
+                                                 be.name)
         alive = l2.running()
     finally:
         with timer("l2_stop"):
             l2.stop()
-    main = L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
+    trace_text = files.read(out / "l2-trace.log")
+    main = L2Run(tuple(parse_trace(trace_text)),
                  tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, mtree, alive)
+    lines = trace_text.splitlines()
+    steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     no_mmap = None
     if "dmabuf-per-region" in checks:
         with timer("no_mmap_l2"):
             no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, no_mmap=no_mmap, bars=through.bars,
-                    qemu=facts)
-
-
-def _kernel_view(stack: L1Stack, pid: int | None) -> KernelProcess | None:
-    if pid is None:
-        return None
-    view = stack.vfio.process(pid)
-    return KernelProcess(tuple((d.fd, d.size, d.exp_name) for d in view.dmabufs), view.vfio_maps)
+                    qemu=facts, lifecycle=steps)
 
 
 def _mtree_mmaps(l2: L2Qemu) -> tuple[str, ...]:
@@ -173,57 +183,12 @@ def mtree_mmaps(text: str) -> tuple[str, ...]:
     return tuple(sorted({m.group(1) for m in _MTREE_MMAP.finditer(text)}))
 
 
-def _bar_access(l2: L2Qemu, edu: EduEngine, ivshmem_bar0: int) -> BarAccess:
-    written = 0x5A5AA5A5
-    read = edu.liveness(written)
-    mask = 0x0000FFFF
-    l2.qtest.writel(ivshmem_bar0 + IVSHMEM_INTRMASK, mask)
-    return BarAccess(edu_id=edu.identity(), liveness_written=written, liveness_read=read,
-                     ivshmem_bar0_written=mask,
-                     ivshmem_bar0_read=l2.qtest.readl(ivshmem_bar0 + IVSHMEM_INTRMASK))
-
-
-def _dmesg_lines(stack: L1Stack) -> list[str]:
-    return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
-
-
-def _p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int,
-         backend: str) -> P2PTransfer:
-    """edu copies a seeded pattern from ivshmem BAR 2 to another offset of BAR 2, by DMA."""
-    machine = stack.machine
-    rng = random.Random(f"{seed}/{stack.viommu.name}/{stack.kernel}/{backend}")
-    pattern = rng.randbytes(P2P_SIZE)
-    src, dst = 0x0, P2P_DESTINATION[backend]
-    # Both ends cleared from L0 first: bytes an earlier L2 left in the file can
-    # never stand in for this transfer's (a re-run with the same seed writes the same).
-    machine.write_ivshmem(src, bytes(P2P_SIZE))
-    l2.qtest.write(bar2 + src, pattern)              # through L2's mmap of the BAR
-    source_in_file = machine.read_ivshmem(src, P2P_SIZE)
-    machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
-    before = machine.read_ivshmem(dst, P2P_SIZE)
-    dmesg_before = len(_dmesg_lines(stack))
-    engine_error = None
-    try:
-        edu.probe()
-    except HarnessError as e:  # edu's BAR does not answer: no DMA to start, and the verdict says so
-        engine_error = e.message
-    else:
-        edu.read_into_device(bar2 + src, P2P_SIZE)
-        edu.write_from_device(bar2 + dst, P2P_SIZE)
-    after = machine.read_ivshmem(dst, P2P_SIZE)
-    new_dmesg = tuple(_dmesg_lines(stack)[dmesg_before:])
-    return P2PTransfer(seed=seed, size=P2P_SIZE, bar2_iova=bar2, src_offset=src,
-                       dst_offset=dst, pattern=pattern, source_in_file=source_in_file,
-                       before=before, after=after, l1_dmesg=new_dmesg,
-                       engine_error=engine_error)
-
-
 def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,
                  ports: tuple[int, int]) -> L2Run:
     spec = dataclasses.replace(main, devices=(L2Device(devices["edu"], "x-no-mmap=on"),
                                               L2Device(devices["ivshmem"])))
     with L2Qemu(stack.session, spec, out, *ports) as l2:
-        process = _kernel_view(stack, l2.pid)
+        process = l2_probes.kernel_view(stack, l2.pid)
         alive = l2.running()
     return L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
                  tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, (), alive)

@@ -17,6 +17,7 @@ Whether an outcome was expected is the matrix's business, not theirs.
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.evidence import (
@@ -30,9 +31,11 @@ from harness.evidence import (
     L2Run,
     ListenerAddRam,
     P2PNotSupported,
+    P2PTransfer,
     RegionDmabuf,
     RegionMmap,
     RegionSetup,
+    TraceRecord,
     UnknownDmabufWarning,
     Unparsed,
     of_type,
@@ -412,7 +415,13 @@ def p2p_dma(ev: Evidence) -> Verdict:
     if missing:
         return _error(missing)
     assert p2p is not None
-    trace = list(ev.main.trace)
+    return transfer(ev, p2p, ev.main.trace)
+
+
+def transfer(ev: Evidence, p2p: P2PTransfer, trace_seq: Sequence[TraceRecord]) -> Verdict:
+    """A P2P transfer judged by its bytes and by the mapping of BAR 2 in `trace_seq` (the
+    whole trace at creation; the lines after the BAR came back, in a lifecycle step)."""
+    trace = list(trace_seq)
     bar2 = (p2p.bar2_iova, p2p.bar2_iova + 0x100000)
     mapping = [vars(r) | {"event": type(r).__name__} for r in trace
                if isinstance(r, IommufdMapFile | IommufdMap | ListenerAddRam)

@@ -9,7 +9,10 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py bind BDF...                  hand devices to vfio-pci (driver_override)
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
-  vfio_l1.py process PID                  the dma-buf fds and VFIO mappings a process holds
+  vfio_l1.py process PID [TRACE [BDF...]] the dma-buf fds (and whether each is revoked), VFIO
+                                          device fds and mappings a process holds; TRACE: a
+                                          file whose line count to report with them; BDF:
+                                          devices whose command register to read
 """
 
 import errno
@@ -28,6 +31,11 @@ VFIO_DEVICE_BIND_IOMMUFD = (ord(";") << 8) | (100 + 18)
 VFIO_DEVICE_FEATURE_GET = 1 << 16
 VFIO_DEVICE_FEATURE_PROBE = 1 << 18
 VFIO_DEVICE_FEATURE_DMA_BUF = 11
+# include/uapi/linux/iommufd.h: _IO(IOMMUFD_TYPE=';', 0x80 + n)
+IOMMU_IOAS_ALLOC = (ord(";") << 8) | 0x81
+IOMMU_IOAS_MAP_FILE = (ord(";") << 8) | 0x8F
+IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_MAP_READABLE = 1 << 1, 1 << 2
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 
 
 def _read(path, default=None):
@@ -68,6 +76,8 @@ def device_info(bdf):
         else None,
         "cdev": f"/dev/vfio/devices/{cdevs[0]}" if cdevs else None,
         "bars": bars,
+        # How the kernel can reset the device alone (flr, pm, bus, ...); empty: it cannot.
+        "reset_method": _read(base + "/reset_method", ""),
     }
 
 
@@ -165,16 +175,61 @@ def probe(bdfs):
     return {"probe": out}
 
 
+def dmabuf_state(pid, fd):
+    """Whether the exporter has revoked a process's dma-buf, in the kernel's own words:
+    a copy of the fd (pidfd_getfd) mapped into a private IOAS of a new iommufd. VFIO's
+    exporter refuses a revoked dma-buf with ENODEV and one of several ranges with
+    EOPNOTSUPP; 0 is a live one. Closing the iommufd undoes the mapping."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(SYS_PIDFD_OPEN, int(pid), 0)
+    if pidfd < 0:
+        return f"pidfd_open: {os.strerror(ctypes.get_errno())}"
+    try:
+        copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+        if copy < 0:
+            return f"pidfd_getfd: {os.strerror(ctypes.get_errno())}"
+    finally:
+        os.close(pidfd)
+    try:
+        iommufd = os.open("/dev/iommu", os.O_RDWR)
+    except OSError as e:
+        os.close(copy)
+        return f"/dev/iommu: {e.strerror}"
+    try:
+        alloc = bytearray(struct.pack("<III", 12, 0, 0))
+        fcntl.ioctl(iommufd, IOMMU_IOAS_ALLOC, alloc, True)
+        ioas = struct.unpack("<III", alloc)[2]
+        size = os.fstat(copy).st_size
+        arg = bytearray(struct.pack("<IIIiQQQ", 40, IOMMU_IOAS_MAP_WRITEABLE
+                                    | IOMMU_IOAS_MAP_READABLE, ioas, copy, 0, size, 0))
+        try:
+            fcntl.ioctl(iommufd, IOMMU_IOAS_MAP_FILE, arg, True)
+            return "live"
+        except OSError as e:
+            return {errno.ENODEV: "revoked", errno.EOPNOTSUPP: "several-ranges"}.get(
+                e.errno, f"IOMMU_IOAS_MAP_FILE: {errno.errorcode.get(e.errno, e.errno)}")
+    finally:
+        os.close(iommufd)
+        os.close(copy)
+
+
 def process(args):
-    """What the kernel says a process holds: dma-buf fds (fdinfo) and VFIO mmaps."""
+    """What the kernel says a process holds: dma-buf fds (fdinfo, and whether each is
+    revoked), VFIO device fds, VFIO mmaps and its number of fds; with a second argument,
+    that file's line count (L2's trace: where the trace stood at this moment)."""
     pid = args[0]
-    dmabufs = []
+    dmabufs, vfio_fds = [], []
     fd_dir = f"/proc/{pid}/fd"
-    for fd in sorted(os.listdir(fd_dir), key=int):
+    fds = sorted(os.listdir(fd_dir), key=int)
+    for fd in fds:
         try:
             target = os.readlink(f"{fd_dir}/{fd}")
         except OSError:
             continue
+        if target.startswith("/dev/vfio/devices/") or target == "anon_inode:[vfio-device]":
+            vfio_fds.append(int(fd))
         if not target.startswith("/dmabuf:"):
             continue
         info = {}
@@ -182,10 +237,30 @@ def process(args):
             key, _, value = line.partition(":")
             info[key.strip()] = value.strip()
         dmabufs.append({"fd": int(fd), "size": int(info.get("size", -1)),
-                        "exp_name": info.get("exp_name"), "count": info.get("count")})
+                        "exp_name": info.get("exp_name"), "count": info.get("count"),
+                        "ino": int(info.get("ino", -1)), "state": dmabuf_state(pid, fd)})
     maps = [line for line in (_read(f"/proc/{pid}/maps", "") or "").splitlines()
             if "vfio" in line]
-    return {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps}
+    out = {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps, "fd_count": len(fds),
+           "vfio_device_fds": vfio_fds}
+    if len(args) > 1:
+        try:
+            with open(args[1], "rb") as f:
+                out["trace_lines"] = sum(1 for _ in f)
+        except OSError:
+            out["trace_lines"] = None
+    # The command register of each device named, as the L1 kernel reads it from the device:
+    # whether it decodes memory, whatever L2's emulated copy says.
+    commands = {}
+    for bdf in args[2:]:
+        try:
+            with open(os.path.join(PCI, bdf, "config"), "rb") as f:
+                f.seek(4)
+                commands[bdf] = int.from_bytes(f.read(2), "little")
+        except OSError:
+            commands[bdf] = None
+    out["commands"] = commands
+    return out
 
 
 def main(argv):

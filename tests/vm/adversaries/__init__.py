@@ -87,6 +87,13 @@ def build_shim(out: Path) -> Path:
 
 
 TRACE_GONE = "trace is missing"
+LIFECYCLE = ("decode-toggle", "reset")
+
+
+def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
+    """The same want for both lifecycle steps: a lie about a BAR shows in both."""
+    return {(kernel, backend, check): (outcome, fragment) for check in LIFECYCLE}
+
 
 CATALOGUE = (
     Adversary(
@@ -94,12 +101,15 @@ CATALOGUE = (
         args=DROP_TRACES,
         verdicts={("dmabuf", "*", "dmabuf-per-region"): ("error", TRACE_GONE),
                   ("*", "*", "mmap-fallback"): ("error", TRACE_GONE),
-                  ("*", "*", "p2p-dma"): ("error", TRACE_GONE)}),
+                  ("*", "*", "p2p-dma"): ("error", TRACE_GONE),
+                  **lifecycle("*", "*", "error", TRACE_GONE)}),
     Adversary(
         "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
         args=HIDE_DMABUF_EVENT,
         verdicts={("dmabuf", "*", "dmabuf-per-region"):
-                  ("fail", "0 vfio_region_dmabuf for 1 mmap(s)")}),
+                  ("fail", "0 vfio_region_dmabuf for 1 mmap(s)"),
+                  # the dma-bufs are there, but which one is BAR 2's is not said
+                  **lifecycle("dmabuf", "*", "error", "which dma-buf to follow is unknown")}),
     Adversary(
         "refuse-dmabuf", "gets ENOTTY from VFIO_DEVICE_FEATURE(DMA_BUF) on a kernel that has it",
         shim="refuse-dmabuf",
@@ -109,12 +119,16 @@ CATALOGUE = (
                   ("dmabuf", "*", "mmap-fallback"):
                   ("fail", "QEMU said dma-buf is not supported in kernel, on a kernel that has "
                            "it"),
-                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive")}),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf")}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
         shim="shrink-dmabuf",
         verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "is 4096 bytes"),
-                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive")}),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  # legacy maps BAR 2 by address: the short dma-buf is not on its path
+                  **lifecycle("dmabuf", "iommufd", "fail", "iommufd did not map BAR 2's "
+                                                           "dma-buf")}),
     Adversary(
         "forge-dmabuf", "hands out a memfd of the right size as each BAR's dma-buf",
         shim="forge-dmabuf",
@@ -124,7 +138,9 @@ CATALOGUE = (
                   ("no-dmabuf", "*", "mmap-fallback"):
                   ("fail", "vfio_region_dmabuf traced on a kernel without VFIO dma-buf"),
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
-                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure")}),
+                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure"),
+                  **lifecycle("dmabuf", "*", "fail", "the L1 kernel shows no dma-buf fd"),
+                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure")}),
     Adversary(
         "drop-mmaps", "never mmaps a BAR (x-no-mmap=on on every device)",
         args=NO_MMAP,
@@ -132,13 +148,22 @@ CATALOGUE = (
                   ("*", "*", "mmap-fallback"): ("fail", "was not mmapped"),
                   ("*", "legacy", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
-                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure")}),
+                  ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure"),
+                  **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
+                  **lifecycle("no-dmabuf", "legacy", "fail", "the bytes did not arrive"),
+                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure")}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
         shim="anon-bar-mmap",
         verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "the mmap is not of the device"),
                   ("*", "*", "mmap-fallback"): ("fail", "the mmap is not of the device"),
-                  ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file")}),
+                  ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file"),
+                  **lifecycle("*", "*", "fail", "no DMA could be tried")}),
+    Adversary(
+        "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
+                       "command write): only L2's copy of the command register changes",
+        shim="keep-decode",
+        verdicts=lifecycle("*", "*", "fail", "the device still decodes memory")),
     Adversary(
         "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
         stderr_filter=REWORD,

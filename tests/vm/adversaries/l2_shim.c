@@ -8,6 +8,9 @@
  *   forge-dmabuf   a memfd of the right size comes back instead of a dma-buf
  *   anon-bar-mmap  mmap of a VFIO device fd gives anonymous memory: the BAR
  *                  looks mapped but is not the device
+ *   keep-decode    writes of the PCI command register through a VFIO device fd
+ *                  keep memory decode on: L2 turns it off in its own copy only,
+ *                  the device (and its dma-buf) never sees it
  *
  * Only the harness's adversarial tests use it; it is built on L0 and carried
  * into L1 inside the wrapper script that becomes the QEMU under test.
@@ -100,3 +103,24 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
     return real(addr, len, prot, flags, fd, off);
 }
 void *mmap64(void *, size_t, int, int, int, off_t) __attribute__((alias("mmap")));
+
+/* vfio-pci's config space region (VFIO_PCI_CONFIG_REGION_INDEX 7) at 7 << 40. */
+#define CONFIG_REGION_OFFSET (7ull << 40)
+#define PCI_COMMAND 4
+#define PCI_COMMAND_MEMORY 0x2
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
+{
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "pwrite");
+    if (!strcmp(mode(), "keep-decode") && (uint64_t)off == CONFIG_REGION_OFFSET + PCI_COMMAND &&
+        (count == 2 || count == 4) && is_vfio_device(fd)) {
+        uint32_t value = 0;
+        memcpy(&value, buf, count);  /* the caller's buffer stays as it was */
+        value |= PCI_COMMAND_MEMORY;
+        return real(fd, &value, count, off);
+    }
+    return real(fd, buf, count, off);
+}
+ssize_t pwrite64(int, const void *, size_t, off_t) __attribute__((alias("pwrite")));

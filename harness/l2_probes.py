@@ -1,0 +1,110 @@
+"""What the harness does through a running L2 to test its devices, and what it reads back.
+
+BAR access, a P2P transfer proven by the bytes L0 reads from the ivshmem file, a DMA
+that must not get through, and the L1 kernel's view of the L2 process. The
+creation-time collection (scenario.py) and the lifecycle steps (lifecycle.py) use
+the same probes, so a lifecycle step's P2P is judged exactly as the creation-time one.
+"""
+
+import random
+
+from harness.dma_engine import EduEngine
+from harness.errors import HarnessError
+from harness.evidence import BarAccess, BlockedDma, KernelProcess, P2PTransfer
+from harness.l1_vfio import ProcessView
+from harness.l2 import L2Qemu
+from harness.stack import L1Stack
+
+P2P_SIZE = 64
+IVSHMEM_INTRMASK = 0x0
+#: Where in L2's RAM a blocked DMA's pattern is staged for edu to fetch (mapped for DMA
+#: whatever happens to the BARs).
+STAGING = 0x100000
+
+
+def kernel_view(stack: L1Stack, pid: int | None) -> KernelProcess | None:
+    """The L1 kernel's view of the L2 process: one SSH round trip."""
+    return None if pid is None else kernel_process(stack.vfio.process(pid))
+
+
+def kernel_process(view: ProcessView) -> KernelProcess:
+    return KernelProcess(tuple((d.fd, d.size, d.exp_name) for d in view.dmabufs), view.vfio_maps,
+                         tuple((d.fd, d.ino) for d in view.dmabufs),
+                         tuple((d.fd, d.state) for d in view.dmabufs), view.fd_count,
+                         view.vfio_device_fds)
+
+
+def bar_access(l2: L2Qemu, edu: EduEngine, ivshmem_bar0: int) -> BarAccess:
+    written = 0x5A5AA5A5
+    read = edu.liveness(written)
+    mask = 0x0000FFFF
+    l2.qtest.writel(ivshmem_bar0 + IVSHMEM_INTRMASK, mask)
+    return BarAccess(edu_id=edu.identity(), liveness_written=written, liveness_read=read,
+                     ivshmem_bar0_written=mask,
+                     ivshmem_bar0_read=l2.qtest.readl(ivshmem_bar0 + IVSHMEM_INTRMASK))
+
+
+def dmesg_lines(stack: L1Stack) -> list[str]:
+    return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
+
+
+def p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int, key: str,
+        dst: int) -> P2PTransfer:
+    """edu copies a pattern (seeded by `seed` and `key`) from ivshmem BAR 2 to BAR 2 + dst."""
+    machine = stack.machine
+    pattern = random.Random(f"{seed}/{key}").randbytes(P2P_SIZE)
+    src = 0x0
+    # Both ends cleared from L0 first: bytes an earlier L2 left in the file can
+    # never stand in for this transfer's (a re-run with the same seed writes the same).
+    machine.write_ivshmem(src, bytes(P2P_SIZE))
+    l2.qtest.write(bar2 + src, pattern)              # through L2's mmap of the BAR
+    source_in_file = machine.read_ivshmem(src, P2P_SIZE)
+    machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
+    before = machine.read_ivshmem(dst, P2P_SIZE)
+    dmesg_before = len(dmesg_lines(stack))
+    engine_error = None
+    try:
+        edu.probe()
+    except HarnessError as e:  # edu's BAR does not answer: no DMA to start, and the verdict says so
+        engine_error = e.message
+    else:
+        edu.read_into_device(bar2 + src, P2P_SIZE)
+        edu.write_from_device(bar2 + dst, P2P_SIZE)
+    after = machine.read_ivshmem(dst, P2P_SIZE)
+    new_dmesg = tuple(dmesg_lines(stack)[dmesg_before:])
+    return P2PTransfer(seed=seed, size=P2P_SIZE, bar2_iova=bar2, src_offset=src,
+                       dst_offset=dst, pattern=pattern, source_in_file=source_in_file,
+                       before=before, after=after, l1_dmesg=new_dmesg,
+                       engine_error=engine_error)
+
+
+def stage_pattern(l2: L2Qemu, edu: EduEngine, seed: int, key: str) -> tuple[bytes, str | None]:
+    """Load edu's buffer with a pattern from L2's RAM, ready for a DMA that must be blocked;
+    with why not, if edu does not answer through its BAR (then nothing is started)."""
+    pattern = random.Random(f"{seed}/{key}/blocked").randbytes(P2P_SIZE)
+    try:
+        edu.probe()
+    except HarnessError as e:
+        return pattern, e.message
+    l2.qtest.write(STAGING, pattern)
+    edu.read_into_device(STAGING, P2P_SIZE)
+    return pattern, None
+
+
+def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None], iova: int,
+                dst: int) -> BlockedDma:
+    """edu writes its staged pattern to `iova` (BAR 2 + dst while the BAR is away)."""
+    machine = stack.machine
+    pattern, engine_error = staged
+    machine.write_ivshmem(dst, bytes(P2P_SIZE))
+    before = machine.read_ivshmem(dst, P2P_SIZE)
+    dmesg_before = len(dmesg_lines(stack))
+    if engine_error is None:
+        try:
+            edu.write_from_device(iova, P2P_SIZE)
+        except HarnessError as e:
+            engine_error = e.message
+    return BlockedDma(iova=iova, dst_offset=dst, pattern=pattern, before=before,
+                      after=machine.read_ivshmem(dst, P2P_SIZE),
+                      l1_dmesg=tuple(dmesg_lines(stack)[dmesg_before:]),
+                      engine_error=engine_error)

@@ -1,0 +1,117 @@
+"""The dma-buf lifecycle, played on a running L2: a BAR taken away and given back.
+
+Runs after the creation-time evidence, on the same L2 (no L2 start of its own).
+Each step takes ivshmem's BAR 2 away the way a guest or QEMU does it (memory
+decode off; a reset of L2, which clears the BARs), makes edu try to DMA into it
+while it is away, gives it back (decode on; the BARs programmed again at the same
+addresses) and runs the P2P transfer once more. Between those acts the L1
+kernel's view of L2 (its dma-bufs, and whether the exporter revoked each) and
+the position of L2's trace are taken, so the verdicts see exactly what each
+act caused. Nothing here judges.
+
+What the code says should happen (QEMU 11.1.3, Linux 7.2): clearing MEM makes
+QEMU's PCI core drop the BAR from L2's address space, so the VFIO listener
+unmaps it for DMA (vfio_listener_region_del, iommufd_backend_unmap_dma), and the
+write reaches vfio-pci, which revokes the BAR's dma-buf (vfio_pci_dma_buf_move);
+setting MEM again un-revokes it and QEMU maps the same dma-buf again
+(iommufd_backend_map_file_dma, same fd). vfio_region_mmaps_set_enabled is not
+part of this path: QEMU calls it for INTx emulation, not for memory decode.
+"""
+
+from dataclasses import dataclass, replace
+
+from harness.deadline import Deadline, wait_for
+from harness.dma_engine import EduEngine
+from harness.evidence import LifecycleStep, Moment, parse_trace
+from harness.l2 import L2Qemu
+from harness.l2_probes import bar_access, blocked_dma, kernel_process, p2p, stage_pattern
+from harness.pci import BarInfo, PciConfig
+from harness.stack import L1Stack
+
+CHECKS = ("decode-toggle", "reset")
+#: ivshmem BAR 2 offsets each step's P2P writes to (its blocked DMA: + BLOCKED), apart
+#: from the creation-time ones so no step can be credited with another's bytes.
+DESTINATION = {("decode-toggle", "legacy"): 0x3000, ("decode-toggle", "iommufd"): 0x4000,
+               ("reset", "legacy"): 0x5000, ("reset", "iommufd"): 0x6000}
+BLOCKED = 0x800
+RESET_DEADLINE_S = 10.0
+
+
+@dataclass
+class Programmed:
+    """L2's devices as the harness, playing the guest's driver, programmed them."""
+
+    pci: PciConfig
+    edu_slot: int
+    edu_bar: BarInfo
+    edu_bar0: int
+    ivshmem_slot: int
+    ivshmem_bars: dict[int, tuple[BarInfo, int]]  # index -> (BAR, address in L2)
+    ivshmem_bdf: str                              # in L1
+    reset_method: str = ""                        # L1's sysfs reset_method for ivshmem
+
+    def reprogram(self) -> None:
+        """What a guest does after a reset: the BARs at their addresses, decode and mastering on."""
+        self.pci.program(self.edu_slot, self.edu_bar, self.edu_bar0)
+        self.pci.enable(self.edu_slot)
+        for bar, address in self.ivshmem_bars.values():
+            self.pci.program(self.ivshmem_slot, bar, address)
+        self.pci.enable(self.ivshmem_slot)
+
+
+def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
+        key: str, backend: str) -> LifecycleStep:
+    """One lifecycle step; its trace slices are filled in by `with_traces` once L2 stopped."""
+    bar2, iova = dev.ivshmem_bars[2]
+    dst = DESTINATION[(check, backend)]
+
+    def moment(label: str) -> Moment:
+        assert l2.pid is not None
+        view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,))
+        return Moment(label, kernel_process(view),
+                      view.trace_lines if view.trace_lines is not None else -1,
+                      view.commands.get(dev.ivshmem_bdf))
+
+    before = moment("before")
+    if check == "decode-toggle":
+        staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
+        dev.pci.set_memory(dev.ivshmem_slot, False)
+        disabled = moment("memory decode off")
+        blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
+        dev.pci.set_memory(dev.ivshmem_slot, True)
+        enabled = moment("memory decode on")
+    elif check == "reset":
+        l2.qmp.cmd("system_reset")
+        wait_for(lambda: dev.pci.address(dev.ivshmem_slot, bar2) == 0,
+                 Deadline("L2 reset", RESET_DEADLINE_S), "ivshmem BAR 2 still assigned after "
+                 "system_reset")
+        disabled = moment("after system_reset")
+        # edu comes back first, so that it can try to reach BAR 2 while BAR 2 is still away.
+        dev.pci.program(dev.edu_slot, dev.edu_bar, dev.edu_bar0)
+        dev.pci.enable(dev.edu_slot)
+        staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
+        blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
+        dev.reprogram()
+        enabled = moment("BARs programmed again")
+    else:
+        raise ValueError(f"unknown lifecycle check {check!r}")
+    after = p2p(stack, l2, edu, iova, seed, f"{key}/{check}", dst)
+    access = bar_access(l2, edu, dev.ivshmem_bars[0][1])
+    return LifecycleStep(check=check, device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size,
+                         before=before, disabled=disabled, enabled=enabled, trace_disabling=(),
+                         trace_enabling=(), blocked=blocked, after=after, bar_access=access,
+                         alive=l2.running(),
+                         reset_method=dev.reset_method if check == "reset" else None)
+
+
+def with_traces(step: LifecycleStep, lines: list[str]) -> LifecycleStep:
+    """The step with the trace lines L2 wrote between its moments, parsed."""
+    def between(a: Moment, b: Moment) -> tuple:
+        if a.trace_line < 0 or b.trace_line < 0:
+            return ()
+        return tuple(parse_trace("\n".join(lines[a.trace_line:b.trace_line])))
+
+    start = Moment("start", step.before.kernel, 0, None)
+    return replace(step, trace_disabling=between(step.before, step.disabled),
+                   trace_enabling=between(step.disabled, step.enabled),
+                   trace_earlier=between(start, step.before))

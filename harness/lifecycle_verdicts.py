@@ -1,0 +1,197 @@
+"""Verdicts on the lifecycle steps (lifecycle.py), decided from evidence alone.
+
+A step passes only if every act of it left its mark: the BAR left L2's DMA map
+while it was away (the listener's region_del; iommufd's unmap where it had been
+mapped), edu's DMA into it was blocked, the L1 kernel says the BAR's dma-buf
+was revoked while the BAR was away and live again after (the same fd and inode
+throughout), iommufd mapped that same dma-buf again, and the P2P transfer then
+worked, judged exactly as the creation-time one (verdicts.transfer). Missing
+evidence is `error`, as everywhere.
+"""
+
+from harness.evidence import (
+    Evidence,
+    IommufdMap,
+    IommufdMapFile,
+    IommufdUnmap,
+    LifecycleStep,
+    ListenerAddRam,
+    ListenerDel,
+    Other,
+    RegionDmabuf,
+    TraceRecord,
+    of_type,
+)
+from harness.verdicts import Verdict, _error, _missing, region_name, transfer
+
+PCI_COMMAND_MEMORY = 0x2
+#: How each step takes the BAR away, in the words of a reason.
+AWAY = {"decode-toggle": "memory decode was off", "reset": "L2 was reset and BAR 2 unassigned"}
+BACK = {"decode-toggle": "memory decode came back", "reset": "the BARs were programmed again"}
+
+
+def _mapped_at(trace: tuple[TraceRecord, ...], iova: int) -> bool:
+    """Whether, by the end of `trace`, iommufd had a mapping at `iova` (last event wins)."""
+    mapped = False
+    for r in trace:
+        if isinstance(r, IommufdMapFile | IommufdMap) and r.iova == iova:
+            mapped = r.ret == 0
+        elif isinstance(r, IommufdUnmap) and r.iova == iova and r.ret == 0:
+            mapped = False
+    return mapped
+
+
+def _in_dma_map(trace: tuple[TraceRecord, ...], start: int) -> bool:
+    """Whether, by the end of `trace`, the VFIO listener had the region at `start` in L2's
+    DMA map (an x-no-mmap BAR never is: it is not RAM to the listener)."""
+    mapped = False
+    for r in trace:
+        if isinstance(r, ListenerAddRam) and r.start == start:
+            mapped = True
+        elif isinstance(r, ListenerDel) and r.start == start:
+            mapped = False
+    return mapped
+
+
+def _bar_dmabuf_fd(ev: Evidence, step: LifecycleStep) -> int | None:
+    name = region_name(step.device, step.bar)
+    fds = {r.fd for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name}
+    return next(iter(fds)) if len(fds) == 1 else None
+
+
+def _dmabuf_problems(ev: Evidence, step: LifecycleStep, errors: list[str]) -> list[str]:
+    """What the L1 kernel says of L2's dma-bufs across the step; `errors` gets what it
+    could not say."""
+    moments = (step.before, step.disabled, step.enabled)
+    identities = [sorted(m.kernel.dmabuf_inodes) for m in moments]
+    if ev.kernel_dmabuf is False:
+        held = [f"{m.label}: {len(m.kernel.dmabuf_fds)}" for m in moments if m.kernel.dmabuf_fds]
+        return [f"the L1 kernel shows dma-buf fds in L2 on a kernel without VFIO dma-buf "
+                f"({', '.join(held)})"] if held else []
+    problems = []
+    if identities[0] != identities[1] or identities[0] != identities[2]:
+        problems.append("L2's dma-bufs changed across the step (fd, inode): " + "; ".join(
+            f"{m.label} {i}" for m, i in zip(moments, identities, strict=True)))
+    fd = _bar_dmabuf_fd(ev, step)
+    if fd is None and not any(m.kernel.dmabuf_fds for m in moments):
+        problems.append("L2 holds no dma-buf on a kernel with VFIO dma-buf (the L1 kernel's "
+                        "view at every moment): there was nothing to revoke")
+        return problems
+    if fd is None:
+        errors.append(f"no single vfio_region_dmabuf for {region_name(step.device, step.bar)} "
+                      f"in L2's trace: which dma-buf to follow is unknown")
+        return problems
+    wanted = {"before": "live", "disabled": "revoked", "enabled": "live"}
+    for key, m in zip(wanted, moments, strict=True):
+        state = dict(m.kernel.dmabuf_states).get(fd)
+        if state is None:
+            problems.append(f"the L1 kernel shows no dma-buf fd {fd} in L2 at '{m.label}'")
+        elif state not in ("live", "revoked", "several-ranges"):
+            errors.append(f"the L1 kernel could not be asked about dma-buf fd {fd} at "
+                          f"'{m.label}': {state}")
+        elif state != wanted[key]:
+            problems.append(f"the L1 kernel says BAR {step.bar}'s dma-buf (fd {fd}) was {state} "
+                            f"at '{m.label}', not {wanted[key]}")
+    if ev.backend == "iommufd":
+        again = [r for r in of_type(list(step.trace_enabling), IommufdMapFile)
+                 if r.iova == step.iova]
+        if not any(r.fd == fd and r.ret == 0 for r in again):
+            got = ", ".join(f"fd {r.fd} ({r.ret})" for r in again) or "none"
+            problems.append(f"iommufd did not map BAR {step.bar}'s dma-buf (fd {fd}) at "
+                            f"{step.iova:#x} again once {BACK[step.check]} "
+                            f"(iommufd_backend_map_file_dma there: {got})")
+    return problems
+
+
+def _step(ev: Evidence, check: str) -> Verdict:
+    step = ev.lifecycle.get(check)
+    missing = [] if step is not None else [f"the {check} step was not run"]
+    missing += _missing(ev, ev.main)
+    if step is not None:
+        missing += [f"no trace position at '{m.label}'"
+                    for m in (step.before, step.disabled, step.enabled) if m.trace_line < 0]
+        if step.blocked is None or step.after is None or step.bar_access is None:
+            missing.append(f"the {check} step did not finish its transfers")
+    if missing:
+        return _error(missing)
+    assert step is not None and step.blocked is not None and step.after is not None
+    away, errors = AWAY[check], []
+    end = step.iova + step.size - 1
+    problems = [] if step.alive else [f"L2 died during the {check} step"]
+    if _in_dma_map(step.trace_earlier, step.iova) and not any(
+            r.start == step.iova and r.end == end
+            for r in of_type(list(step.trace_disabling), ListenerDel)):
+        problems.append(f"no vfio_listener_region_del of BAR {step.bar} ({step.iova:#x}-{end:#x}) "
+                        f"while {away}: it stayed in L2's DMA map")
+    if ev.backend == "iommufd" and _mapped_at(step.trace_earlier, step.iova) and not any(
+            r.iova == step.iova and r.size == step.size and r.ret == 0
+            for r in of_type(list(step.trace_disabling), IommufdUnmap)):
+        problems.append(f"iommufd did not unmap BAR {step.bar} at {step.iova:#x} while {away}")
+    for m, decoding in ((step.disabled, False), (step.enabled, True)):
+        if m.command is None:
+            errors.append(f"no command register of {step.device} from the L1 kernel at "
+                          f"'{m.label}'")
+        elif bool(m.command & PCI_COMMAND_MEMORY) != decoding:
+            problems.append(f"the device {'still decodes' if not decoding else 'does not decode'}"
+                            f" memory at '{m.label}' (command {m.command:#06x} as the L1 kernel "
+                            f"reads it), while L2 had turned decoding "
+                            f"{'off' if not decoding else 'on'}")
+    blocked = step.blocked
+    if blocked.engine_error:
+        problems.append(f"no DMA could be tried while {away}: {blocked.engine_error}")
+    elif blocked.arrived:
+        problems.append(f"edu's DMA reached BAR {step.bar} while {away}: the "
+                        f"{len(blocked.pattern)} bytes landed at file offset "
+                        f"{blocked.dst_offset:#x}")
+    problems += _dmabuf_problems(ev, step, errors)
+    resets = [r for r in of_type(list(step.trace_disabling), Other)
+              if r.event == "vfio_pci_reset" and step.device in r.text]
+    if check == "reset" and not resets:
+        problems.append(f"no vfio_pci_reset of {step.device} in L2's trace after system_reset")
+    if errors:
+        return _error(errors)
+    after = transfer(ev, step.after, step.trace_enabling)
+    fd = _bar_dmabuf_fd(ev, step)
+    evidence = {
+        "device": step.device, "bar": step.bar, "iova": hex(step.iova), "size": step.size,
+        "moments": {m.label: {"trace_line": m.trace_line, "command": m.command,
+                              "dmabufs": list(m.kernel.dmabuf_inodes),
+                              "states": list(m.kernel.dmabuf_states),
+                              "fd_count": m.kernel.fd_count}
+                    for m in (step.before, step.disabled, step.enabled)},
+        "blocked_dma": {"iova": hex(blocked.iova), "pattern": blocked.pattern.hex(),
+                        "read_back": blocked.after.hex(), "l1_dmesg": list(blocked.l1_dmesg)},
+        "after": after.evidence, "reset_method": step.reset_method,
+        "trace_disabling": len(step.trace_disabling), "trace_enabling": len(step.trace_enabling),
+    }
+    grounds = (f"L2 trace: {len(step.trace_disabling)} line(s) while {away}, "
+               f"{len(step.trace_enabling)} while {BACK[check]}",
+               "L1 kernel: L2's dma-bufs at 3 moments (fdinfo; revoke state by a private "
+               "IOMMU_IOAS_MAP_FILE of a copy of each fd)",
+               f"L0: the ivshmem file at {blocked.dst_offset:#x} (blocked DMA) and "
+               f"{step.after.dst_offset:#x} (P2P after)") + after.grounds
+    if problems:  # not the transfer's findings: an expected failure must fail for its reason
+        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+    if after.observed != "pass":
+        return Verdict(after.observed, f"once {BACK[check]}: {after.reason}", evidence,
+                       after.findings, grounds)
+    revoked = (f"its dma-buf (fd {fd}) revoked and live again, the same fd and inode, "
+               if ev.kernel_dmabuf and fd is not None else "")
+    device_reset = ""
+    if check == "reset":
+        device_reset = (f"; QEMU reset {step.device} (vfio_pci_reset; L1 reset_method: "
+                        f"{step.reset_method or 'none, so the device itself was not reset'})")
+    return Verdict("pass", f"BAR {step.bar} left L2's DMA map while {away}, {revoked}edu's DMA "
+                           f"into it was blocked, and once {BACK[check]}: {after.reason}"
+                           f"{device_reset}", evidence, after.findings, grounds)
+
+
+def decode_toggle(ev: Evidence) -> Verdict:
+    return _step(ev, "decode-toggle")
+
+
+def reset(ev: Evidence) -> Verdict:
+    return _step(ev, "reset")
+
+
+VERDICTS = {"decode-toggle": decode_toggle, "reset": reset}
