@@ -49,9 +49,16 @@ fi
 rm -rf "$STATE"
 step "pipeline ci/gitlab-ci.yml on gitlab-ci-local $GCL_VERSION (shell executor, image cache $CACHE)"
 status=0
+# gitlab-ci-local in a process group of its own (job control), so that an interrupt
+# of this script reaches every job it started (the harness then stops its QEMUs).
+set -m
 "$GCL" --file ci/gitlab-ci.yml --state-dir "$STATE" --shell-isolation \
   --concurrency "${GCL_CONCURRENCY:-2}" --timestamps --max-job-name-padding 0 \
-  --variable "VFIO_HARNESS_CACHE=$CACHE" "$@" || status=$?
+  --variable "VFIO_HARNESS_CACHE=$CACHE" "$@" &
+gcl=$!
+trap 'kill -TERM -- "-$gcl" 2>/dev/null; wait "$gcl" || true; echo "ci/gitlab-local.sh: interrupted" >&2; exit 130' INT TERM
+wait "$gcl" || status=$?
+trap - INT TERM
 step "job logs and artifacts: $(pwd)/$STATE/ (artifacts/<job>/, output/<job>.log)"
 if [ "$status" != 0 ]; then
   echo "ci/gitlab-local.sh: the pipeline failed (gitlab-ci-local exit $status)" >&2

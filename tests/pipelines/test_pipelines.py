@@ -8,8 +8,10 @@ workflow schema, as GitHub would hold it before running anything.
 """
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -70,8 +72,19 @@ def _pipeline_jobs() -> set[str]:
 def _gitlab_local(*args: str) -> subprocess.CompletedProcess:
     if not (shutil.which("node") and shutil.which("npm")):
         pytest.skip("gitlab-ci-local needs Node.js and npm, which this machine lacks")
-    return subprocess.run(["bash", "ci/gitlab-local.sh", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=PIPELINE_DEADLINE_S)
+    # A session of its own: past the deadline the whole pipeline (jobs, harness runs) gets
+    # SIGTERM, not only the script, so nothing of it outlives the test.
+    with subprocess.Popen(["bash", "ci/gitlab-local.sh", *args], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=PIPELINE_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGTERM)
+            out, err = p.communicate(timeout=120)
+            pytest.fail(f"the pipeline passed its {PIPELINE_DEADLINE_S} s deadline:\n"
+                        f"{(out + err)[-4000:]}")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def _passed(output: str) -> set[str]:
