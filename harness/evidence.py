@@ -399,6 +399,28 @@ class LifecycleStep:
 
 
 @dataclass(frozen=True)
+class UnplugCycle:
+    """ivshmem unplugged from L2 (device_del, completed by a reset as QEMU's own
+    device-plug test does it) and plugged again (device_add), then `cycles - 1` more
+    such cycles with nothing else done, to see whether L2's fds stay flat."""
+
+    device: str                          # L1 BDF
+    bar: int
+    iova: int                            # BAR 2 in L2, before and after
+    size: int
+    before: Moment
+    unplugged: Moment                    # once QOM and the L1 kernel show the device gone
+    replugged: Moment                    # plugged again and its BARs programmed
+    final: Moment                        # after the further cycles
+    trace_unplugging: tuple[TraceRecord, ...]
+    trace_replugging: tuple[TraceRecord, ...]
+    after: P2PTransfer | None            # P2P once the device is back
+    cycles: int
+    alive: bool
+    trace_earlier: tuple[TraceRecord, ...] = ()
+
+
+@dataclass(frozen=True)
 class L2Run:
     """Evidence of one L2 process: its trace, its messages and what L1 saw of it."""
 
@@ -435,6 +457,7 @@ class Evidence:
     qemu: QemuFacts | None = None
     #: Lifecycle steps run on the same L2 after the creation-time evidence, by check.
     lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
+    unplug: UnplugCycle | None = None
 
     @property
     def kernel_dmabuf(self) -> bool | None:

@@ -146,6 +146,13 @@ class L1Vfio:
     def probe_dmabuf(self, bdfs: list[str]) -> dict[str, DmabufProbe]:
         return parse_probes(self._call("probe", *bdfs))
 
+    def wait_closed(self, pid: int, fewer_than: int, seconds: float) -> tuple[bool, float]:
+        """(whether PID came to hold fewer than `fewer_than` VFIO device fds, how long it
+        took): one round trip, the waiting done in L1."""
+        answer = self._call("wait-closed", str(pid), str(fewer_than), str(seconds),
+                            timeout=seconds + 30)
+        return bool(answer["closed"]), float(answer["waited_s"])
+
     def process(self, pid: int, trace: str | None = None,
                 devices: tuple[str, ...] = ()) -> ProcessView:
         extra = [trace or "/dev/null", *devices] if trace or devices else []

@@ -46,6 +46,11 @@ class Backend:
             props.append(extra)
         return ",".join(props)
 
+    def device_add(self, device: "L2Device") -> dict[str, str]:
+        """The same device as QMP device_add arguments (a replug)."""
+        args = dict(p.split("=", 1) for p in self.device(device.bdf, device.extra).split(",")[1:])
+        return {"driver": "vfio-pci", **args}
+
 
 BACKENDS = {b.name: b for b in (Backend("legacy", "/dev/vfio/vfio"),
                                 Backend("iommufd", "/dev/iommu"))}
@@ -61,7 +66,7 @@ def backend(name: str) -> Backend:
 @dataclass(frozen=True)
 class L2Device:
     bdf: str          # in L1
-    extra: str = ""   # more vfio-pci properties, e.g. x-no-mmap=on
+    extra: str = ""   # more vfio-pci properties, e.g. x-no-mmap=on, id=, bus=
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,9 @@ class L2Spec:
     memory_mb: int = 128
     traces: tuple[str, ...] = TRACE_EVENTS
     qemu: str = L2_QEMU  # in L1: the packaged QEMU, or a build uploaded for this run
+    #: PCIe root ports (ids) on pcie.0, for devices that must be hot-pluggable: q35's root
+    #: bus is not.
+    root_ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",
            "-m", f"{spec.memory_mb}M", "-nodefaults", "-display", "none",
            *spec.backend.objects()]
+    for n, port in enumerate(spec.root_ports, start=1):
+        cmd += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={n}"]
     for dev in spec.devices:
         cmd += ["-device", spec.backend.device(dev.bdf, dev.extra)]
     for pattern in spec.traces:

@@ -20,19 +20,26 @@ part of this path: QEMU calls it for INTx emulation, not for memory decode.
 
 from dataclasses import dataclass, replace
 
+from qemu.qmp import QMPError
+
 from harness.deadline import Deadline, wait_for
 from harness.dma_engine import EduEngine
-from harness.evidence import LifecycleStep, Moment, parse_trace
-from harness.l2 import L2Qemu
+from harness.evidence import LifecycleStep, Moment, UnplugCycle, parse_trace
+from harness.l2 import L2Device, L2Qemu
 from harness.l2_probes import bar_access, blocked_dma, kernel_process, p2p, stage_pattern
 from harness.pci import BarInfo, PciConfig
 from harness.stack import L1Stack
 
 CHECKS = ("decode-toggle", "reset")
+UNPLUG = "dmabuf-unplug"
+UNPLUG_CYCLES = 5
+UNPLUG_DEADLINE_S = 10.0
+IVSHMEM_ID = "ivshmem"  # its QOM id in L2 (scenario.py gives it)
 #: ivshmem BAR 2 offsets each step's P2P writes to (its blocked DMA: + BLOCKED), apart
 #: from the creation-time ones so no step can be credited with another's bytes.
 DESTINATION = {("decode-toggle", "legacy"): 0x3000, ("decode-toggle", "iommufd"): 0x4000,
-               ("reset", "legacy"): 0x5000, ("reset", "iommufd"): 0x6000}
+               ("reset", "legacy"): 0x5000, ("reset", "iommufd"): 0x6000,
+               ("dmabuf-unplug", "legacy"): 0x7000, ("dmabuf-unplug", "iommufd"): 0x8000}
 BLOCKED = 0x800
 RESET_DEADLINE_S = 10.0
 
@@ -48,12 +55,18 @@ class Programmed:
     ivshmem_slot: int
     ivshmem_bars: dict[int, tuple[BarInfo, int]]  # index -> (BAR, address in L2)
     ivshmem_bdf: str                              # in L1
+    ivshmem: L2Device                             # as L2 was given it (to plug it again)
     reset_method: str = ""                        # L1's sysfs reset_method for ivshmem
 
-    def reprogram(self) -> None:
-        """What a guest does after a reset: the BARs at their addresses, decode and mastering on."""
+    def reprogram_edu(self) -> None:
         self.pci.program(self.edu_slot, self.edu_bar, self.edu_bar0)
         self.pci.enable(self.edu_slot)
+
+    def reprogram(self) -> None:
+        """What a guest does after a reset: bridges numbered and their windows open, the
+        BARs at their addresses, decode and mastering on."""
+        self.pci.number_bridges()
+        self.reprogram_edu()
         for bar, address in self.ivshmem_bars.values():
             self.pci.program(self.ivshmem_slot, bar, address)
         self.pci.enable(self.ivshmem_slot)
@@ -82,13 +95,14 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
         enabled = moment("memory decode on")
     elif check == "reset":
         l2.qmp.cmd("system_reset")
-        wait_for(lambda: dev.pci.address(dev.ivshmem_slot, bar2) == 0,
-                 Deadline("L2 reset", RESET_DEADLINE_S), "ivshmem BAR 2 still assigned after "
+        # edu is on the root bus: its BAR reads back 0 once the reset has cleared it (ivshmem,
+        # behind a root port that lost its bus numbers, is not even reachable then).
+        wait_for(lambda: dev.pci.address(dev.edu_slot, dev.edu_bar) == 0,
+                 Deadline("L2 reset", RESET_DEADLINE_S), "edu BAR 0 still assigned after "
                  "system_reset")
         disabled = moment("after system_reset")
         # edu comes back first, so that it can try to reach BAR 2 while BAR 2 is still away.
-        dev.pci.program(dev.edu_slot, dev.edu_bar, dev.edu_bar0)
-        dev.pci.enable(dev.edu_slot)
+        dev.reprogram_edu()
         staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
         blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
         dev.reprogram()
@@ -104,6 +118,65 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
                          reset_method=dev.reset_method if check == "reset" else None)
 
 
+def _present(l2: L2Qemu, qom_id: str) -> bool:
+    try:
+        l2.qmp.cmd("qom-get", path=f"/machine/peripheral/{qom_id}", property="type")
+        return True
+    except QMPError:
+        return False
+
+
+def _unplug(stack: L1Stack, l2: L2Qemu, held: int) -> None:
+    """device_del, completed by a reset (nothing in L2 answers the hotplug controller,
+    as in QEMU's own device-plug test), until QOM and then the L1 kernel show it gone
+    (L2 held `held` VFIO device fds with it)."""
+    assert l2.pid is not None
+    l2.qmp.cmd("device_del", id=IVSHMEM_ID)
+    l2.qmp.cmd("system_reset")
+    wait_for(lambda: not _present(l2, IVSHMEM_ID), Deadline("L2 unplug", UNPLUG_DEADLINE_S),
+             "ivshmem still in L2 after device_del and system_reset", interval=0.02)
+    closed, _ = stack.vfio.wait_closed(l2.pid, held, UNPLUG_DEADLINE_S)
+    if not closed:
+        raise Deadline("L2 unplug", UNPLUG_DEADLINE_S).timeout(
+            "the L1 kernel still shows ivshmem's VFIO device fd open in L2")
+
+
+def _replug(l2: L2Qemu, dev: Programmed) -> None:
+    l2.qmp.cmd("device_add", **l2.spec.backend.device_add(dev.ivshmem))
+    dev.reprogram()
+
+
+def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int, key: str,
+           backend: str, cycles: int = UNPLUG_CYCLES) -> UnplugCycle:
+    """ivshmem unplugged and plugged again `cycles` times; the first cycle bracketed by
+    moments and followed by a P2P transfer, the last followed by a moment."""
+    bar2, iova = dev.ivshmem_bars[2]
+
+    def moment(label: str) -> Moment:
+        assert l2.pid is not None
+        view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,))
+        return Moment(label, kernel_process(view),
+                      view.trace_lines if view.trace_lines is not None else -1,
+                      view.commands.get(dev.ivshmem_bdf))
+
+    before = moment("before")
+    held = len(before.kernel.vfio_device_fds)
+    _unplug(stack, l2, held)
+    unplugged = moment("unplugged")
+    _replug(l2, dev)
+    replugged = moment("plugged again")
+    after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug",
+                DESTINATION[("dmabuf-unplug", backend)])
+    for _ in range(cycles - 1):
+        _unplug(stack, l2, held)
+        _replug(l2, dev)
+    final = moment(f"after {cycles} cycles")
+    return UnplugCycle(device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size, before=before,
+                       unplugged=unplugged, replugged=replugged, final=final,
+                       trace_unplugging=(), trace_replugging=(), after=after, cycles=cycles,
+                       alive=l2.running())
+
+
 def with_traces(step: LifecycleStep, lines: list[str]) -> LifecycleStep:
     """The step with the trace lines L2 wrote between its moments, parsed."""
     def between(a: Moment, b: Moment) -> tuple:
@@ -115,3 +188,15 @@ def with_traces(step: LifecycleStep, lines: list[str]) -> LifecycleStep:
     return replace(step, trace_disabling=between(step.before, step.disabled),
                    trace_enabling=between(step.disabled, step.enabled),
                    trace_earlier=between(start, step.before))
+
+
+def unplug_with_traces(cycle: UnplugCycle, lines: list[str]) -> UnplugCycle:
+    def between(a: Moment, b: Moment) -> tuple:
+        if a.trace_line < 0 or b.trace_line < 0:
+            return ()
+        return tuple(parse_trace("\n".join(lines[a.trace_line:b.trace_line])))
+
+    start = Moment("start", cycle.before.kernel, 0, None)
+    return replace(cycle, trace_unplugging=between(cycle.before, cycle.unplugged),
+                   trace_replugging=between(cycle.unplugged, cycle.replugged),
+                   trace_earlier=between(start, cycle.before))

@@ -186,6 +186,110 @@ def _step(ev: Evidence, check: str) -> Verdict:
                            f"{device_reset}", evidence, after.findings, grounds)
 
 
+def dmabuf_unplug(ev: Evidence) -> Verdict:
+    """The device goes (its regions exited and finalized, its device fd closed, its dma-bufs
+    closed), comes back with new dma-bufs, P2P works, and cycles leave L2's fds flat."""
+    cycle = ev.unplug
+    missing = [] if cycle is not None else ["the unplug cycle was not run"]
+    missing += _missing(ev, ev.main)
+    if cycle is not None:
+        missing += [f"no trace position at '{m.label}'" for m in
+                    (cycle.before, cycle.unplugged, cycle.replugged, cycle.final)
+                    if m.trace_line < 0]
+        if cycle.after is None:
+            missing.append("no P2P transfer after the device came back")
+    if missing:
+        return _error(missing)
+    assert cycle is not None and cycle.after is not None
+    dev, name = cycle.device, region_name(cycle.device, cycle.bar)
+    # (problem, the finding it shows, if it is a known one)
+    problems: list[tuple[str, str | None]] = []
+    if not cycle.alive:
+        problems.append(("L2 died during the unplug cycles", None))
+    for event in ("vfio_region_exit", "vfio_region_finalize"):
+        if not any(isinstance(r, Other) and r.event == event and f"Device {dev}, region "
+                   f"{cycle.bar}" in r.text for r in cycle.trace_unplugging):
+            problems.append((f"no {event} for {name} in L2's trace after device_del", None))
+    gone = len(cycle.before.kernel.vfio_device_fds) - len(cycle.unplugged.kernel.vfio_device_fds)
+    if gone != 1:
+        problems.append((f"the L1 kernel shows {gone} VFIO device fd(s) closed by the unplug "
+                         f"(before {list(cycle.before.kernel.vfio_device_fds)}, after "
+                         f"{list(cycle.unplugged.kernel.vfio_device_fds)}), not the device's "
+                         f"one", None))
+    created = [r for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name]
+    old_fd = created[0].fd if created else None
+    inodes_before = dict(cycle.before.kernel.dmabuf_inodes)
+    inodes_unplugged = dict(cycle.unplugged.kernel.dmabuf_inodes)
+    new = [r for r in of_type(list(cycle.trace_replugging), RegionDmabuf) if r.name == name]
+    if ev.kernel_dmabuf and not inodes_before:
+        problems.append((f"L2 holds no dma-buf on a kernel with VFIO dma-buf (the L1 kernel's "
+                         f"view before the unplug): there is none of {name} to follow", None))
+    elif ev.kernel_dmabuf and old_fd is None:
+        return _error([f"no vfio_region_dmabuf for {name} in L2's trace: which of L2's "
+                       f"dma-bufs {sorted(inodes_before)} to follow is unknown"])
+    elif ev.kernel_dmabuf and old_fd not in inodes_before:
+        problems.append((f"the fd {old_fd} QEMU traced as the dma-buf of {name} is not a "
+                         f"dma-buf in the L1 kernel's view (it shows {sorted(inodes_before)})",
+                         None))
+    elif ev.kernel_dmabuf:
+        assert old_fd is not None
+        if inodes_unplugged.get(old_fd) == inodes_before[old_fd]:
+            problems.append((f"the dma-buf of {name} (fd {old_fd}, inode "
+                             f"{inodes_before[old_fd]}) is still open in L2 after the device "
+                             f"was unplugged and its device fd closed (the L1 kernel's fdinfo)",
+                             "dmabuf-outlives-device"))
+        if not new:
+            problems.append((f"no vfio_region_dmabuf for {name} once it was plugged again",
+                             None))
+        else:
+            state = dict(cycle.replugged.kernel.dmabuf_states).get(new[0].fd)
+            ino = dict(cycle.replugged.kernel.dmabuf_inodes).get(new[0].fd)
+            if state != "live" or ino in inodes_before.values():
+                problems.append((f"the L1 kernel shows the new dma-buf of {name} (fd "
+                                 f"{new[0].fd}) as {state or 'absent'}, inode {ino}: not a "
+                                 f"new live dma-buf", None))
+    elif any(m.kernel.dmabuf_fds for m in (cycle.before, cycle.replugged, cycle.final)):
+        problems.append(("the L1 kernel shows dma-buf fds in L2 on a kernel without VFIO "
+                         "dma-buf", None))
+    grown = cycle.final.kernel.fd_count - cycle.replugged.kernel.fd_count
+    leaked = len(cycle.final.kernel.dmabuf_fds) - len(cycle.replugged.kernel.dmabuf_fds)
+    if grown:
+        # dma-bufs left behind explain the growth only if the leak is the known one
+        leak = "dmabuf-outlives-device" if grown == leaked and ev.kernel_dmabuf else None
+        problems.append((f"L2's fds grew from {cycle.replugged.kernel.fd_count} to "
+                         f"{cycle.final.kernel.fd_count} over {cycle.cycles - 1} more "
+                         f"unplug/plug cycles ({leaked} of them dma-bufs)", leak))
+    after = transfer(ev, cycle.after, cycle.trace_replugging)
+    evidence = {
+        "device": dev, "cycles": cycle.cycles,
+        "moments": {m.label: {"trace_line": m.trace_line, "fd_count": m.kernel.fd_count,
+                              "vfio_device_fds": list(m.kernel.vfio_device_fds),
+                              "dmabufs": list(m.kernel.dmabuf_inodes),
+                              "states": list(m.kernel.dmabuf_states)}
+                    for m in (cycle.before, cycle.unplugged, cycle.replugged, cycle.final)},
+        "after": after.evidence,
+    }
+    grounds = (f"L2 trace: {len(cycle.trace_unplugging)} line(s) while unplugging, "
+               f"{len(cycle.trace_replugging)} while plugging again",
+               "L1 kernel: L2's fds, VFIO device fds and dma-bufs (fdinfo, revoke state) at 4 "
+               "moments") + after.grounds
+    if problems:
+        if after.observed != "pass":  # a known bug must not hide a broken replug
+            problems.append((f"once the device was plugged again: {after.reason}", None))
+        findings = {f for _, f in problems}
+        known = frozenset(f for f in findings if f) if None not in findings else frozenset()
+        return Verdict("fail", "; ".join(p for p, _ in problems), evidence, known, grounds)
+    if after.observed != "pass":
+        return Verdict(after.observed, f"once the device was plugged again: {after.reason}",
+                       evidence, after.findings, grounds)
+    dmabufs = (f"its dma-buf (fd {old_fd}) closed, a new one (fd {new[0].fd}) live after "
+               f"device_add, " if ev.kernel_dmabuf and new else "")
+    return Verdict("pass", f"{dev} unplugged: regions exited and finalized, its device fd "
+                           f"closed, {dmabufs}and once plugged again: {after.reason}; "
+                           f"{cycle.cycles} cycles left L2 at {cycle.final.kernel.fd_count} "
+                           f"fds", evidence, after.findings, grounds)
+
+
 def decode_toggle(ev: Evidence) -> Verdict:
     return _step(ev, "decode-toggle")
 
@@ -194,4 +298,4 @@ def reset(ev: Evidence) -> Verdict:
     return _step(ev, "reset")
 
 
-VERDICTS = {"decode-toggle": decode_toggle, "reset": reset}
+VERDICTS = {"decode-toggle": decode_toggle, "reset": reset, "dmabuf-unplug": dmabuf_unplug}

@@ -24,6 +24,7 @@ from harness.evidence import (
     L2Run,
     LifecycleStep,
     QemuFacts,
+    UnplugCycle,
     parse_messages,
     parse_trace,
 )
@@ -49,6 +50,7 @@ BAR_TRACE = "pci_update_mappings*"
 #: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
 #: can never be credited with bytes an earlier one left behind.
 P2P_DESTINATION = {"legacy": 0x1000, "iommufd": 0x2000}
+ROOT_PORT = "rp0"
 
 
 @dataclass
@@ -111,10 +113,15 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    spec = L2Spec(be, (L2Device(devices["edu"]), L2Device(devices["ivshmem"])), qemu=qemu,
-                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS))
+    # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
+    spec = L2Spec(be, (L2Device(devices["edu"], "id=edu"),
+                       L2Device(devices["ivshmem"],
+                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}")), qemu=qemu,
+                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
+                  root_ports=(ROOT_PORT,))
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
+    unplug: UnplugCycle | None = None
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)
@@ -126,10 +133,10 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
         with timer("assign_bars"):
             edu_slot = pci.find(EduDevice().vendor_device)
             iv_slot = pci.find(IvshmemDevice().vendor_device)
-            edu_bar = pci.bars(edu_slot)[0]
-            edu_bar0 = pci.assign(edu_slot, edu_bar)
-            iv_bar_info = pci.bars(iv_slot)
-            iv_bars = {b.index: pci.assign(iv_slot, b) for b in iv_bar_info}
+            edu_placed = pci.place(edu_slot)
+            iv_placed = pci.place(iv_slot)
+            edu_bar, edu_bar0 = edu_placed[0]
+            iv_bars = {index: address for index, (_, address) in iv_placed.items()}
             pci.enable(edu_slot)
             pci.enable(iv_slot)
         l2.set_trace(BAR_TRACE, False)
@@ -145,30 +152,38 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
                 p2p = l2_probes.p2p(stack, l2, edu, iv_bars[2], seed, key,
                                     P2P_DESTINATION[be.name])
         programmed = lifecycle.Programmed(
-            pci, edu_slot, edu_bar, edu_bar0, iv_slot,
-            {b.index: (b, iv_bars[b.index]) for b in iv_bar_info}, devices["ivshmem"],
-            through.reset_methods.get(devices["ivshmem"], ""))
+            pci, edu_slot, edu_bar, edu_bar0, iv_slot, iv_placed, devices["ivshmem"],
+            spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""))
         for check in lifecycle.CHECKS:
             if check in checks:
                 with timer(check):
                     steps[check] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
                                                  be.name)
+        if lifecycle.UNPLUG in checks:  # last: it leaves a device plugged afresh
+            with timer(lifecycle.UNPLUG):
+                unplug = lifecycle.unplug(stack, l2, programmed, edu, seed, key, be.name)
         alive = l2.running()
     finally:
         with timer("l2_stop"):
             l2.stop()
-    trace_text = files.read(out / "l2-trace.log")
-    main = L2Run(tuple(parse_trace(trace_text)),
+    lines = files.read(out / "l2-trace.log").splitlines()
+    # The creation-time verdicts read the trace up to the first lifecycle step: what a step
+    # sets up again (a replugged device's regions and dma-bufs) is its own evidence.
+    marks = [s.before.trace_line for s in steps.values()]
+    marks += [unplug.before.trace_line] if unplug is not None else []
+    creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
+    main = L2Run(tuple(parse_trace("\n".join(creation))),
                  tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, mtree, alive)
-    lines = trace_text.splitlines()
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
+    if unplug is not None:
+        unplug = lifecycle.unplug_with_traces(unplug, lines)
     no_mmap = None
     if "dmabuf-per-region" in checks:
         with timer("no_mmap_l2"):
             no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, no_mmap=no_mmap, bars=through.bars,
-                    qemu=facts, lifecycle=steps)
+                    qemu=facts, lifecycle=steps, unplug=unplug)
 
 
 def _mtree_mmaps(l2: L2Qemu) -> tuple[str, ...]:
@@ -186,7 +201,7 @@ def mtree_mmaps(text: str) -> tuple[str, ...]:
 def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,
                  ports: tuple[int, int]) -> L2Run:
     spec = dataclasses.replace(main, devices=(L2Device(devices["edu"], "x-no-mmap=on"),
-                                              L2Device(devices["ivshmem"])))
+                                              L2Device(devices["ivshmem"])), root_ports=())
     with L2Qemu(stack.session, spec, out, *ports) as l2:
         process = l2_probes.kernel_view(stack, l2.pid)
         alive = l2.running()

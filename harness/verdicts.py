@@ -55,6 +55,9 @@ FINDINGS = {
     "bytes-missing": "the pattern reached the source BAR in L0's file, the destination was "
                      "clean, and the bytes did not arrive",
     "dma-faulted": "the L1 kernel logged an IOMMU fault at the BAR's IOVA during the DMA",
+    "dmabuf-outlives-device": "the dma-buf of an unplugged device's BAR stays open in L2 "
+                              "after its device fd was closed (the L1 kernel's fdinfo), one "
+                              "more per unplug",
 }
 
 

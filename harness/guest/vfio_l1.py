@@ -9,6 +9,7 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py bind BDF...                  hand devices to vfio-pci (driver_override)
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
+  vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
   vfio_l1.py process PID [TRACE [BDF...]] the dma-buf fds (and whether each is revoked), VFIO
                                           device fds and mappings a process holds; TRACE: a
                                           file whose line count to report with them; BDF:
@@ -263,13 +264,38 @@ def process(args):
     return out
 
 
+def _vfio_device_fds(pid):
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/vfio/devices/") or target == "anon_inode:[vfio-device]":
+            out.append(int(fd))
+    return out
+
+
+def wait_closed(args):
+    """Wait (up to SECONDS) until PID holds fewer than N VFIO device fds: QEMU closes an
+    unplugged device's fd some time after the device left QOM."""
+    pid, n, seconds = args[0], int(args[1]), float(args[2])
+    began = time.monotonic()
+    while True:
+        held = _vfio_device_fds(pid)
+        if len(held) < n or time.monotonic() - began > seconds:
+            return {"vfio_device_fds": sorted(held), "closed": len(held) < n,
+                    "waited_s": round(time.monotonic() - began, 3)}
+        time.sleep(0.02)
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     action, args = argv[1], argv[2:]
     actions = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
-               "process": process}
+               "process": process, "wait-closed": wait_closed}
     if action not in actions:
         print(f"unknown action {action!r}", file=sys.stderr)
         return 2

@@ -88,6 +88,7 @@ def build_shim(out: Path) -> Path:
 
 TRACE_GONE = "trace is missing"
 LIFECYCLE = ("decode-toggle", "reset")
+UNPLUG = "dmabuf-unplug"
 
 
 def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
@@ -102,14 +103,16 @@ CATALOGUE = (
         verdicts={("dmabuf", "*", "dmabuf-per-region"): ("error", TRACE_GONE),
                   ("*", "*", "mmap-fallback"): ("error", TRACE_GONE),
                   ("*", "*", "p2p-dma"): ("error", TRACE_GONE),
-                  **lifecycle("*", "*", "error", TRACE_GONE)}),
+                  **lifecycle("*", "*", "error", TRACE_GONE),
+                  ("*", "*", UNPLUG): ("error", TRACE_GONE)}),
     Adversary(
         "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
         args=HIDE_DMABUF_EVENT,
         verdicts={("dmabuf", "*", "dmabuf-per-region"):
                   ("fail", "0 vfio_region_dmabuf for 1 mmap(s)"),
                   # the dma-bufs are there, but which one is BAR 2's is not said
-                  **lifecycle("dmabuf", "*", "error", "which dma-buf to follow is unknown")}),
+                  **lifecycle("dmabuf", "*", "error", "which dma-buf to follow is unknown"),
+                  ("dmabuf", "*", UNPLUG): ("error", "to follow is unknown")}),
     Adversary(
         "refuse-dmabuf", "gets ENOTTY from VFIO_DEVICE_FEATURE(DMA_BUF) on a kernel that has it",
         shim="refuse-dmabuf",
@@ -120,7 +123,8 @@ CATALOGUE = (
                   ("fail", "QEMU said dma-buf is not supported in kernel, on a kernel that has "
                            "it"),
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
-                  **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf")}),
+                  **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf")}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
         shim="shrink-dmabuf",
@@ -128,7 +132,10 @@ CATALOGUE = (
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   # legacy maps BAR 2 by address: the short dma-buf is not on its path
                   **lifecycle("dmabuf", "iommufd", "fail", "iommufd did not map BAR 2's "
-                                                           "dma-buf")}),
+                                                           "dma-buf"),
+                  # the leak is still there, and the replugged BAR is not mapped either
+                  ("dmabuf", "iommufd", UNPLUG): ("fail", "once the device was plugged "
+                                                         "again: the bytes did not arrive")}),
     Adversary(
         "forge-dmabuf", "hands out a memfd of the right size as each BAR's dma-buf",
         shim="forge-dmabuf",
@@ -140,7 +147,9 @@ CATALOGUE = (
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure"),
                   **lifecycle("dmabuf", "*", "fail", "the L1 kernel shows no dma-buf fd"),
-                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure")}),
+                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
+                  ("dmabuf", "*", UNPLUG): ("fail", "is not a dma-buf in the L1 kernel's view"),
+                  ("no-dmabuf", "iommufd", UNPLUG): ("fail", "not the expected failure")}),
     Adversary(
         "drop-mmaps", "never mmaps a BAR (x-no-mmap=on on every device)",
         args=NO_MMAP,
@@ -151,14 +160,18 @@ CATALOGUE = (
                   ("no-dmabuf", "iommufd", "p2p-dma"): ("fail", "not the expected failure"),
                   **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
                   **lifecycle("no-dmabuf", "legacy", "fail", "the bytes did not arrive"),
-                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure")}),
+                  **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
+                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("no-dmabuf", "legacy", UNPLUG): ("fail", "the bytes did not arrive"),
+                  ("no-dmabuf", "iommufd", UNPLUG): ("fail", "not the expected failure")}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
         shim="anon-bar-mmap",
         verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "the mmap is not of the device"),
                   ("*", "*", "mmap-fallback"): ("fail", "the mmap is not of the device"),
                   ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file"),
-                  **lifecycle("*", "*", "fail", "no DMA could be tried")}),
+                  **lifecycle("*", "*", "fail", "no DMA could be tried"),
+                  ("*", "*", UNPLUG): ("fail", "never reached the ivshmem file")}),
     Adversary(
         "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
                        "command write): only L2's copy of the command register changes",
