@@ -355,6 +355,7 @@ class Moment:
     kernel: KernelProcess
     trace_line: int
     command: int | None  # the device's PCI command register as the L1 kernel reads it
+    stderr_line: int = -1  # how many lines of stderr L2 had written by then
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ class ProcessView:
     fd_count: int = -1
     vfio_device_fds: tuple[int, ...] = ()
     trace_lines: int | None = None  # where L2's trace stood, when asked with the process
+    stderr_lines: int | None = None  # and its stderr
     commands: dict[str, int | None] = field(default_factory=dict)  # BDF -> PCI command register
 
     @classmethod
@@ -111,7 +112,7 @@ class ProcessView:
                                             x.get("state", "")) for x in d["dmabufs"]),
                    tuple(d["vfio_maps"]), d.get("fd_count", -1),
                    tuple(d.get("vfio_device_fds", ())), d.get("trace_lines"),
-                   d.get("commands", {}))
+                   d.get("stderr_lines"), d.get("commands", {}))
 
 
 class L1Vfio:
@@ -154,8 +155,9 @@ class L1Vfio:
         return bool(answer["closed"]), float(answer["waited_s"])
 
     def process(self, pid: int, trace: str | None = None,
-                devices: tuple[str, ...] = ()) -> ProcessView:
-        extra = [trace or "/dev/null", *devices] if trace or devices else []
+                devices: tuple[str, ...] = (), stderr: str | None = None) -> ProcessView:
+        counted = ",".join(p for p in (trace or "/dev/null", stderr) if p)
+        extra = [counted, *devices] if trace or devices or stderr else []
         return ProcessView.from_json(self._call("process", str(pid), *extra))
 
 

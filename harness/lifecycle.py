@@ -72,6 +72,15 @@ class Programmed:
         self.pci.enable(self.ivshmem_slot)
 
 
+def _moment(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
+    assert l2.pid is not None
+    view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,), l2.paths.stderr)
+    return Moment(label, kernel_process(view),
+                  view.trace_lines if view.trace_lines is not None else -1,
+                  view.commands.get(dev.ivshmem_bdf),
+                  view.stderr_lines if view.stderr_lines is not None else -1)
+
+
 def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
         key: str, backend: str) -> LifecycleStep:
     """One lifecycle step; its trace slices are filled in by `with_traces` once L2 stopped."""
@@ -79,11 +88,7 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
     dst = DESTINATION[(check, backend)]
 
     def moment(label: str) -> Moment:
-        assert l2.pid is not None
-        view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,))
-        return Moment(label, kernel_process(view),
-                      view.trace_lines if view.trace_lines is not None else -1,
-                      view.commands.get(dev.ivshmem_bdf))
+        return _moment(stack, l2, dev, label)
 
     before = moment("before")
     if check == "decode-toggle":
@@ -153,11 +158,7 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: in
     bar2, iova = dev.ivshmem_bars[2]
 
     def moment(label: str) -> Moment:
-        assert l2.pid is not None
-        view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,))
-        return Moment(label, kernel_process(view),
-                      view.trace_lines if view.trace_lines is not None else -1,
-                      view.commands.get(dev.ivshmem_bdf))
+        return _moment(stack, l2, dev, label)
 
     before = moment("before")
     held = len(before.kernel.vfio_device_fds)

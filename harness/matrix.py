@@ -78,7 +78,11 @@ hw/vfio/region.c                        *                                       
 hw/vfio/trace-events                    *                                        *
 hw/vfio/pci.c                           *                                        *
 hw/vfio/device.c                        *                                        *
-hw/vfio/listener.c                      mmap-fallback,p2p-dma                    *
+hw/vfio/listener.c                      mmap-fallback,p2p-dma,decode-toggle,reset,dmabuf-unplug *
+hw/pci/pci.c                            decode-toggle,reset,dmabuf-unplug        *
+hw/pci/pcie.c                           dmabuf-unplug                            *
+system/physmem.c                        dmabuf-unplug                            *
+drivers/vfio/pci/vfio_pci_config.c      decode-toggle,reset                      *
 hw/vfio/iommufd.c                       *                                        iommufd
 backends/iommufd.c                      p2p-dma,dmabuf-per-region                iommufd
 hw/vfio/container                       mmap-fallback,p2p-dma                    legacy
@@ -89,7 +93,7 @@ drivers/vfio/pci/vfio_pci_rdwr.c        mmap-fallback                           
 drivers/vfio/device_cdev.c              *                                        iommufd
 drivers/vfio/group.c                    *                                        legacy
 drivers/vfio/vfio_iommu_type1.c         p2p-dma                                  legacy
-drivers/iommu/iommufd/                  p2p-dma,dmabuf-per-region                iommufd
+drivers/iommu/iommufd/                  p2p-dma,dmabuf-per-region,decode-toggle,reset iommufd
 drivers/pci/p2pdma.c                    dmabuf-per-region,p2p-dma                *
 drivers/dma-buf/                        dmabuf-per-region,p2p-dma                *
 drivers/iommu/intel/                    p2p-dma                                  *

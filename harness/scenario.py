@@ -169,11 +169,15 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     lines = files.read(out / "l2-trace.log").splitlines()
     # The creation-time verdicts read the trace up to the first lifecycle step: what a step
     # sets up again (a replugged device's regions and dma-bufs) is its own evidence.
-    marks = [s.before.trace_line for s in steps.values()]
-    marks += [unplug.before.trace_line] if unplug is not None else []
+    # So do its messages (a replugged BAR's refused mapping warns again).
+    first = [s.before for s in steps.values()] + ([unplug.before] if unplug else [])
+    marks = [m.trace_line for m in first]
     creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
+    stderr = files.read(out / "l2-stderr.log").splitlines()
+    said = [m.stderr_line for m in first]
+    stderr = stderr[:min(said)] if said and min(said) >= 0 else stderr
     main = L2Run(tuple(parse_trace("\n".join(creation))),
-                 tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, mtree, alive)
+                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive)
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)

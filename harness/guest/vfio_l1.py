@@ -10,10 +10,10 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
   vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
-  vfio_l1.py process PID [TRACE [BDF...]] the dma-buf fds (and whether each is revoked), VFIO
-                                          device fds and mappings a process holds; TRACE: a
-                                          file whose line count to report with them; BDF:
-                                          devices whose command register to read
+  vfio_l1.py process PID [FILES [BDF...]]
+      the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
+      process holds; FILES: TRACE[,STDERR], whose line counts to report with them;
+      BDF: devices whose command register to read
 """
 
 import errno
@@ -244,12 +244,15 @@ def process(args):
             if "vfio" in line]
     out = {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps, "fd_count": len(fds),
            "vfio_device_fds": vfio_fds}
-    if len(args) > 1:
-        try:
-            with open(args[1], "rb") as f:
-                out["trace_lines"] = sum(1 for _ in f)
-        except OSError:
-            out["trace_lines"] = None
+    if len(args) > 1:  # TRACE[,STDERR]: where L2's trace (and its stderr) stood
+        counts = []
+        for path in args[1].split(","):
+            try:
+                with open(path, "rb") as f:
+                    counts.append(sum(1 for _ in f))
+            except OSError:
+                counts.append(None)
+        out["trace_lines"], out["stderr_lines"] = (counts + [None])[:2]
     # The command register of each device named, as the L1 kernel reads it from the device:
     # whether it decodes memory, whatever L2's emulated copy says.
     commands = {}
