@@ -2,13 +2,20 @@
 booted as L1, and judged against the stock kernel on the same cells (intel-iommu, dmabuf)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness import matrix
+
 SERIES = Path(__file__).parent.parent / "data" / "series"
+
+
+#: One (vIOMMU, kernel)'s cells: both backends, every check.
+CELLS = len(matrix.BACKENDS) * len(matrix.CHECKS)
 
 
 def harness(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
@@ -33,7 +40,9 @@ def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidenc
     assert "0000:00:02.0 BAR 0: dma-buf unavailable, using mmap fallback" in p.stdout
     assert "reject dma-buf ranges that reach past the BAR" in p.stdout  # the series is named
     record = json.loads((tmp_path / "compare.json").read_text())
-    assert record["counts"]["new failure"] == 5 and record["counts"]["unchanged"] == 1
+    # no BAR gets a dma-buf: every cell but legacy P2P (BAR 2 mapped by address) breaks
+    assert record["counts"]["new failure"] == CELLS - 1, record["counts"]
+    assert record["counts"]["unchanged"] == 1, record["counts"]
     series = record["candidate"]["run"]["kernel_series"]["dmabuf"]
     assert series["patches"][0]["files"] == ["drivers/vfio/pci/vfio_pci_dmabuf.c"]
 
@@ -42,7 +51,7 @@ def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidenc
 def test_a_harmless_series_changes_nothing(tmp_path):
     p = ab("0001-comment-only.mbox", tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
-    assert "6 cells: 6 unchanged" in p.stdout and "no regression" in p.stdout
+    assert f"{CELLS} cells: {CELLS} unchanged" in p.stdout and "no regression" in p.stdout
 
 
 @pytest.mark.usefixtures("images")
@@ -73,4 +82,4 @@ def test_the_trace_events_a_series_adds_are_switched_on_and_reported(tmp_path):
     assert "<section id='series'>" in page
     assert "vfio_region_dmabuf_revoke</td><td>never fired (the QEMU under test does not " \
            "have this event)" in page
-    assert "intel-iommu/dmabuf/legacy: 16x 0000:00:02.0" in page  # config writes to edu
+    assert re.search(r"intel-iommu/dmabuf/legacy: \d+x 0000:00:02.0", page)  # writes to edu
