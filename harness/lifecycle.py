@@ -24,7 +24,7 @@ from qemu.qmp import QMPError
 
 from harness.deadline import Deadline, wait_for
 from harness.dma_engine import EduEngine
-from harness.evidence import LifecycleStep, Moment, UnplugCycle, parse_trace
+from harness.evidence import LifecycleStep, Moment, TraceRecord, UnplugCycle, parse_trace
 from harness.l2 import L2Device, L2Qemu
 from harness.l2_probes import bar_access, blocked_dma, kernel_process, p2p, stage_pattern
 from harness.pci import BarInfo, PciConfig
@@ -178,26 +178,26 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: in
                        alive=l2.running())
 
 
-def with_traces(step: LifecycleStep, lines: list[str]) -> LifecycleStep:
-    """The step with the trace lines L2 wrote between its moments, parsed."""
-    def between(a: Moment, b: Moment) -> tuple:
-        if a.trace_line < 0 or b.trace_line < 0:
-            return ()
-        return tuple(parse_trace("\n".join(lines[a.trace_line:b.trace_line])))
+def _between(lines: list[str], a: int, b: int) -> tuple[TraceRecord, ...]:
+    """The trace lines L2 wrote between two moments' positions, parsed (none if either
+    position is unknown)."""
+    if a < 0 or b < 0:
+        return ()
+    return tuple(parse_trace("\n".join(lines[a:b])))
 
-    start = Moment("start", step.before.kernel, 0, None)
-    return replace(step, trace_disabling=between(step.before, step.disabled),
-                   trace_enabling=between(step.disabled, step.enabled),
-                   trace_earlier=between(start, step.before))
+
+def with_traces(step: LifecycleStep, lines: list[str]) -> LifecycleStep:
+    """The step with the trace lines L2 wrote between its moments."""
+    before, disabled, enabled = (m.trace_line for m in (step.before, step.disabled,
+                                                           step.enabled))
+    return replace(step, trace_disabling=_between(lines, before, disabled),
+                   trace_enabling=_between(lines, disabled, enabled),
+                   trace_earlier=_between(lines, 0, before))
 
 
 def unplug_with_traces(cycle: UnplugCycle, lines: list[str]) -> UnplugCycle:
-    def between(a: Moment, b: Moment) -> tuple:
-        if a.trace_line < 0 or b.trace_line < 0:
-            return ()
-        return tuple(parse_trace("\n".join(lines[a.trace_line:b.trace_line])))
-
-    start = Moment("start", cycle.before.kernel, 0, None)
-    return replace(cycle, trace_unplugging=between(cycle.before, cycle.unplugged),
-                   trace_replugging=between(cycle.unplugged, cycle.replugged),
-                   trace_earlier=between(start, cycle.before))
+    before, unplugged, replugged = (m.trace_line for m in (cycle.before, cycle.unplugged,
+                                                            cycle.replugged))
+    return replace(cycle, trace_unplugging=_between(lines, before, unplugged),
+                   trace_replugging=_between(lines, unplugged, replugged),
+                   trace_earlier=_between(lines, 0, before))

@@ -206,3 +206,20 @@ def test_a_failure_of_the_step_itself_cannot_pass_for_the_expected_one(check):
     assert expectation.outcome == "xfail"
     outcome, met, reason = settle(expectation, v.observed, v.reason, v.findings)
     assert outcome == "fail" and not met and "not the expected failure" in reason
+
+
+@BOTH
+def test_the_trace_is_cut_at_the_moments_the_step_recorded(check):
+    """lifecycle.with_traces gives each act the lines between its moments, and nothing
+    when a position is unknown."""
+    from harness.lifecycle import with_traces
+
+    s = step(check)
+    bare = dataclasses.replace(s, trace_disabling=(), trace_enabling=(), trace_earlier=())
+    cut = with_traces(bare, LINES)
+    assert (cut.trace_disabling, cut.trace_enabling, cut.trace_earlier) == \
+        (s.trace_disabling, s.trace_enabling, s.trace_earlier)
+    assert any(isinstance(r, ListenerDel) for r in cut.trace_disabling)
+    unknown = with_traces(dataclasses.replace(bare, disabled=dataclasses.replace(
+        s.disabled, trace_line=-1)), LINES)
+    assert unknown.trace_disabling == () and unknown.trace_enabling == ()
