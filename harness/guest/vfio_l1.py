@@ -176,6 +176,22 @@ def probe(bdfs):
     return {"probe": out}
 
 
+def _fd_targets(pid):
+    """fd -> what /proc/PID/fd says it is, in fd order (fds closed meanwhile left out)."""
+    out = {}
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    return out
+
+
+def _is_vfio_device(target):
+    """A VFIO device fd: a cdev (iommufd backend) or one from a group (legacy)."""
+    return target.startswith("/dev/vfio/devices/") or target == "anon_inode:[vfio-device]"
+
+
 def dmabuf_state(pid, fd):
     """Whether the exporter has revoked a process's dma-buf, in the kernel's own words:
     a copy of the fd (pidfd_getfd) mapped into a private IOAS of a new iommufd. VFIO's
@@ -221,16 +237,9 @@ def process(args):
     revoked), VFIO device fds, VFIO mmaps and its number of fds; with a second argument,
     that file's line count (L2's trace: where the trace stood at this moment)."""
     pid = args[0]
-    dmabufs, vfio_fds = [], []
-    fd_dir = f"/proc/{pid}/fd"
-    fds = sorted(os.listdir(fd_dir), key=int)
-    for fd in fds:
-        try:
-            target = os.readlink(f"{fd_dir}/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/dev/vfio/devices/") or target == "anon_inode:[vfio-device]":
-            vfio_fds.append(int(fd))
+    dmabufs = []
+    targets = _fd_targets(pid)
+    for fd, target in targets.items():
         if not target.startswith("/dmabuf:"):
             continue
         info = {}
@@ -242,8 +251,8 @@ def process(args):
                         "ino": int(info.get("ino", -1)), "state": dmabuf_state(pid, fd)})
     maps = [line for line in (_read(f"/proc/{pid}/maps", "") or "").splitlines()
             if "vfio" in line]
-    out = {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps, "fd_count": len(fds),
-           "vfio_device_fds": vfio_fds}
+    out = {"pid": int(pid), "dmabufs": dmabufs, "vfio_maps": maps, "fd_count": len(targets),
+           "vfio_device_fds": [fd for fd, t in targets.items() if _is_vfio_device(t)]}
     if len(args) > 1:  # TRACE[,STDERR]: where L2's trace (and its stderr) stood
         counts = []
         for path in args[1].split(","):
@@ -268,15 +277,7 @@ def process(args):
 
 
 def _vfio_device_fds(pid):
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/dev/vfio/devices/") or target == "anon_inode:[vfio-device]":
-            out.append(int(fd))
-    return out
+    return [fd for fd, target in _fd_targets(pid).items() if _is_vfio_device(target)]
 
 
 def wait_closed(args):
