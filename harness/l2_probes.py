@@ -7,6 +7,7 @@ the same probes, so a lifecycle step's P2P is judged exactly as the creation-tim
 """
 
 import random
+from collections.abc import Callable
 
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
@@ -48,6 +49,19 @@ def dmesg_lines(stack: L1Stack) -> list[str]:
     return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
 
 
+def _watched(stack: L1Stack, dst: int,
+             dma: Callable[[], str | None]) -> tuple[bytes, bytes, tuple[str, ...], str | None]:
+    """Run `dma` with BAR 2 + dst cleared from L0 first: (the destination before, after,
+    what L1's kernel logged meanwhile, why no DMA ran if none did)."""
+    machine = stack.machine
+    machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
+    before = machine.read_ivshmem(dst, P2P_SIZE)
+    dmesg_before = len(dmesg_lines(stack))
+    engine_error = dma()
+    after = machine.read_ivshmem(dst, P2P_SIZE)
+    return before, after, tuple(dmesg_lines(stack)[dmesg_before:]), engine_error
+
+
 def p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int, key: str,
         dst: int) -> P2PTransfer:
     """edu copies a pattern (seeded by `seed` and `key`) from ivshmem BAR 2 to BAR 2 + dst."""
@@ -59,23 +73,20 @@ def p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int, key: s
     machine.write_ivshmem(src, bytes(P2P_SIZE))
     l2.qtest.write(bar2 + src, pattern)              # through L2's mmap of the BAR
     source_in_file = machine.read_ivshmem(src, P2P_SIZE)
-    machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
-    before = machine.read_ivshmem(dst, P2P_SIZE)
-    dmesg_before = len(dmesg_lines(stack))
-    engine_error = None
-    try:
-        edu.probe()
-    except HarnessError as e:  # edu's BAR does not answer: no DMA to start, and the verdict says so
-        engine_error = e.message
-    else:
+
+    def copy() -> str | None:
+        try:
+            edu.probe()
+        except HarnessError as e:  # edu's BAR does not answer: no DMA, and the verdict says so
+            return e.message
         edu.read_into_device(bar2 + src, P2P_SIZE)
         edu.write_from_device(bar2 + dst, P2P_SIZE)
-    after = machine.read_ivshmem(dst, P2P_SIZE)
-    new_dmesg = tuple(dmesg_lines(stack)[dmesg_before:])
+        return None
+
+    before, after, dmesg, engine_error = _watched(stack, dst, copy)
     return P2PTransfer(seed=seed, size=P2P_SIZE, bar2_iova=bar2, src_offset=src,
                        dst_offset=dst, pattern=pattern, source_in_file=source_in_file,
-                       before=before, after=after, l1_dmesg=new_dmesg,
-                       engine_error=engine_error)
+                       before=before, after=after, l1_dmesg=dmesg, engine_error=engine_error)
 
 
 def stage_pattern(l2: L2Qemu, edu: EduEngine, seed: int, key: str) -> tuple[bytes, str | None]:
@@ -94,17 +105,17 @@ def stage_pattern(l2: L2Qemu, edu: EduEngine, seed: int, key: str) -> tuple[byte
 def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None], iova: int,
                 dst: int) -> BlockedDma:
     """edu writes its staged pattern to `iova` (BAR 2 + dst while the BAR is away)."""
-    machine = stack.machine
-    pattern, engine_error = staged
-    machine.write_ivshmem(dst, bytes(P2P_SIZE))
-    before = machine.read_ivshmem(dst, P2P_SIZE)
-    dmesg_before = len(dmesg_lines(stack))
-    if engine_error is None:
+    pattern, staging_error = staged
+
+    def write() -> str | None:
+        if staging_error is not None:
+            return staging_error
         try:
             edu.write_from_device(iova, P2P_SIZE)
         except HarnessError as e:
-            engine_error = e.message
-    return BlockedDma(iova=iova, dst_offset=dst, pattern=pattern, before=before,
-                      after=machine.read_ivshmem(dst, P2P_SIZE),
-                      l1_dmesg=tuple(dmesg_lines(stack)[dmesg_before:]),
-                      engine_error=engine_error)
+            return e.message
+        return None
+
+    before, after, dmesg, engine_error = _watched(stack, dst, write)
+    return BlockedDma(iova=iova, dst_offset=dst, pattern=pattern, before=before, after=after,
+                      l1_dmesg=dmesg, engine_error=engine_error)

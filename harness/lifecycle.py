@@ -62,14 +62,17 @@ class Programmed:
         self.pci.program(self.edu_slot, self.edu_bar, self.edu_bar0)
         self.pci.enable(self.edu_slot)
 
-    def reprogram(self) -> None:
-        """What a guest does after a reset: bridges numbered and their windows open, the
-        BARs at their addresses, decode and mastering on."""
+    def reprogram_ivshmem(self) -> None:
+        """Bridges numbered and their windows open again, ivshmem's BARs at their addresses."""
         self.pci.number_bridges()
-        self.reprogram_edu()
         for bar, address in self.ivshmem_bars.values():
             self.pci.program(self.ivshmem_slot, bar, address)
         self.pci.enable(self.ivshmem_slot)
+
+    def reprogram(self) -> None:
+        """What a guest does after a reset: every BAR at its address, decode and mastering on."""
+        self.reprogram_edu()
+        self.reprogram_ivshmem()
 
 
 def _moment(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
@@ -110,7 +113,7 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
         dev.reprogram_edu()
         staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
         blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
-        dev.reprogram()
+        dev.reprogram_ivshmem()  # edu is back already
         enabled = moment("BARs programmed again")
     else:
         raise ValueError(f"unknown lifecycle check {check!r}")
