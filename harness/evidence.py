@@ -433,6 +433,39 @@ class L2Run:
 
 
 @dataclass(frozen=True)
+class P2PRead:
+    """edu read `expected`'s length by DMA from a BAR at `iova` and copied it to L2's RAM
+    (`got`); `expected` is what L2 read at the same place through the BAR's mmap. The RAM
+    destination is cleared first and edu's buffer holds other bytes, so nothing but the
+    DMA can make them equal."""
+
+    iova: int
+    expected: bytes
+    got: bytes
+    l1_dmesg: tuple[str, ...]
+    engine_error: str | None = None
+
+    @property
+    def arrived(self) -> bool:
+        return self.got == self.expected and any(self.expected)
+
+
+@dataclass(frozen=True)
+class MultiRange:
+    """An L2 of its own, whose MSI-X BAR QEMU mmaps around the table (the msix-split
+    fixture hides MSIX_MAPPABLE from it), with edu beside it to read that BAR by DMA."""
+
+    devices: dict[str, str]             # edu / nvme -> L1 BDF
+    bars: dict[str, dict[int, int]]     # BDF -> memory BAR index -> size (the L1 kernel's)
+    device: str                         # the BDF of the device with the split BAR
+    bar: int
+    iova: int                           # where that BAR is in L2
+    run: L2Run
+    withheld: tuple[str, ...]           # what the fixture says it withheld (stderr)
+    read: P2PRead | None                # edu's DMA read from the split BAR's first piece
+
+
+@dataclass(frozen=True)
 class QemuFacts:
     """What the QEMU under test said of itself before any L2 ran (qemu_under_test.probe)."""
 
@@ -459,6 +492,7 @@ class Evidence:
     #: Lifecycle steps run on the same L2 after the creation-time evidence, by check.
     lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
     unplug: UnplugCycle | None = None
+    multi_range: MultiRange | None = None
 
     @property
     def kernel_dmabuf(self) -> bool | None:

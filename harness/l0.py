@@ -93,7 +93,20 @@ class IvshmemDevice(PassthroughDevice):
                 "-device", "ivshmem-plain,memdev=ivmem"]
 
 
-DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (EduDevice(), IvshmemDevice())
+@dataclass(frozen=True)
+class NvmeDevice(PassthroughDevice):
+    """A device whose MSI-X table sits inside BAR 0, between registers and PBA: a BAR that
+    QEMU mmaps in two pieces when it may not map the table (the multi-range check)."""
+
+    name: str = "nvme"
+    vendor_device: str = "1b36:0010"
+    device: str = "nvme"
+
+    def args(self, files: "RunFiles") -> list[str]:
+        return ["-device", "nvme,serial=vfio-harness"]  # no drive: no namespace is needed
+
+
+DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (EduDevice(), IvshmemDevice(), NvmeDevice())
 
 
 @dataclass(frozen=True)

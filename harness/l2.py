@@ -79,6 +79,9 @@ class L2Spec:
     #: PCIe root ports (ids) on pcie.0, for devices that must be hot-pluggable: q35's root
     #: bus is not.
     root_ports: tuple[str, ...] = ()
+    #: Shared objects (paths in L1) preloaded into L2: a fixture the check needs, never
+    #: something the other checks' L2 runs with.
+    preload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class L2Paths:
 
 
 def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
-    cmd = [spec.qemu, "-M", "q35", "-accel", "qtest",
+    preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
+    cmd = [*preload, spec.qemu, "-M", "q35", "-accel", "qtest",
            "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
            "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",

@@ -7,11 +7,12 @@ the same probes, so a lifecycle step's P2P is judged exactly as the creation-tim
 """
 
 import random
+import re
 from collections.abc import Callable
 
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
-from harness.evidence import BarAccess, BlockedDma, KernelProcess, P2PTransfer
+from harness.evidence import BarAccess, BlockedDma, KernelProcess, P2PRead, P2PTransfer
 from harness.l1_vfio import ProcessView
 from harness.l2 import L2Qemu
 from harness.stack import L1Stack
@@ -33,6 +34,22 @@ def kernel_process(view: ProcessView) -> KernelProcess:
                          tuple((d.fd, d.ino) for d in view.dmabufs),
                          tuple((d.fd, d.state) for d in view.dmabufs), view.fd_count,
                          view.vfio_device_fds)
+
+
+_MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
+
+
+def mtree(l2: L2Qemu) -> tuple[str, ...]:
+    """The BAR mmaps mapped in L2's memory tree (`info mtree`, also kept as an artifact)."""
+    text = str(l2.qmp.cmd("human-monitor-command", **{"command-line": "info mtree"}))
+    text = text.replace("\r\n", "\n")  # HMP answers with CRLF
+    (l2.artifacts / "l2-mtree.txt").write_text(text)
+    return mtree_mmaps(text)
+
+
+def mtree_mmaps(text: str) -> tuple[str, ...]:
+    """Names of the "... mmaps[N]" regions in `info mtree`: a BAR's mmaps, mapped in L2."""
+    return tuple(sorted({m.group(1) for m in _MTREE_MMAP.finditer(text)}))
 
 
 def bar_access(l2: L2Qemu, edu: EduEngine, ivshmem_bar0: int) -> BarAccess:
@@ -119,3 +136,24 @@ def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None]
     before, after, dmesg, engine_error = _watched(stack, dst, write)
     return BlockedDma(iova=iova, dst_offset=dst, pattern=pattern, before=before, after=after,
                       l1_dmesg=dmesg, engine_error=engine_error)
+
+
+def p2p_read(stack: L1Stack, l2: L2Qemu, edu: EduEngine, iova: int, size: int) -> P2PRead:
+    """edu reads `size` bytes of a BAR by DMA into its buffer (loaded with other bytes
+    first) and writes them to a cleared place in L2's RAM; compared with what L2 reads
+    there through the BAR's mmap. Meant for registers that read the same twice."""
+    expected = l2.qtest.read(iova, size)
+    decoy = bytes(b ^ 0xFF for b in expected) if any(expected) else b"\xa5" * size
+    dmesg_before = len(dmesg_lines(stack))
+    error = None
+    try:
+        edu.probe()
+        l2.qtest.write(STAGING, decoy)
+        edu.read_into_device(STAGING, size)        # edu's buffer: not the expected bytes
+        l2.qtest.write(STAGING, bytes(size))       # a clean destination
+        edu.read_into_device(iova, size)           # the P2P read
+        edu.write_from_device(STAGING, size)
+    except HarnessError as e:  # edu does not answer, or its DMA never ends
+        error = e.message
+    got = l2.qtest.read(STAGING, size)
+    return P2PRead(iova, expected, got, tuple(dmesg_lines(stack)[dmesg_before:]), error)

@@ -16,26 +16,28 @@ from dataclasses import dataclass
 from harness.verdicts import FINDINGS
 
 CHECKS = ("dmabuf-per-region", "mmap-fallback", "p2p-dma", "decode-toggle", "reset",
-          "dmabuf-unplug")
+          "dmabuf-unplug", "multi-range")
 BACKENDS = ("legacy", "iommufd")
 DEFAULT_VIOMMUS = ("intel-iommu", "virtio-iommu")
 
 #: Expected outcome per (check, kernel variant, backend); the same for every vIOMMU.
 #: `skip[a,b]` / `xfail[a,b]`: the findings that must be present (the signature).
 EXPECTATIONS_TABLE = """
-# check             kernel      legacy                     iommufd
-dmabuf-per-region   dmabuf      pass                       pass
-dmabuf-per-region   no-dmabuf   skip[kernel-lacks-dmabuf]  skip[kernel-lacks-dmabuf]
-mmap-fallback       dmabuf      pass                       pass
-mmap-fallback       no-dmabuf   pass                       pass
-p2p-dma             dmabuf      pass                       pass
-p2p-dma             no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
-decode-toggle       dmabuf      pass                       pass
-decode-toggle       no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
-reset               dmabuf      pass                       pass
-reset               no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
-dmabuf-unplug       dmabuf      xfail[dmabuf-outlives-device] xfail[dmabuf-outlives-device]
-dmabuf-unplug       no-dmabuf   pass                       xfail[bar-map-refused,bytes-missing]
+# check           kernel     legacy                        iommufd
+dmabuf-per-region dmabuf     pass                          pass
+dmabuf-per-region no-dmabuf  skip[kernel-lacks-dmabuf]     skip[kernel-lacks-dmabuf]
+mmap-fallback     dmabuf     pass                          pass
+mmap-fallback     no-dmabuf  pass                          pass
+p2p-dma           dmabuf     pass                          pass
+p2p-dma           no-dmabuf  pass                          xfail[bar-map-refused,bytes-missing]
+decode-toggle     dmabuf     pass                          pass
+decode-toggle     no-dmabuf  pass                          xfail[bar-map-refused,bytes-missing]
+reset             dmabuf     pass                          pass
+reset             no-dmabuf  pass                          xfail[bar-map-refused,bytes-missing]
+dmabuf-unplug     dmabuf     xfail[dmabuf-outlives-device] xfail[dmabuf-outlives-device]
+dmabuf-unplug     no-dmabuf  pass                          xfail[bar-map-refused,bytes-missing]
+multi-range       dmabuf     pass                          xfail[multi-range-refused,read-missing]
+multi-range       no-dmabuf  pass                          xfail[bar-map-refused,read-missing]
 """
 
 #: QEMU 11.1.3's own bug, expected until a fixed QEMU turns these cells into xpass.
@@ -61,6 +63,13 @@ WHY = {
     ("dmabuf-unplug", "no-dmabuf", "iommufd"):
         "once the device is plugged again, iommufd still cannot map BAR 2 without a "
         "dma-buf: the P2P after the cycle fails as at creation",
+    ("multi-range", "dmabuf", "iommufd"):
+        "iommufd maps a VFIO dma-buf of one range only (vfio_pci_dma_buf_iommufd_map: "
+        "\"More than one range to iommufd will require proper DMABUF support\", EOPNOTSUPP): "
+        "a BAR mmapped around its MSI-X table is not mapped, and a DMA to it faults",
+    ("multi-range", "no-dmabuf", "iommufd"):
+        "without a dma-buf iommufd cannot map the BAR's pieces at all (IOMMU_IOAS_MAP of "
+        "the mmap: Bad address), as for any BAR at creation",
     ("reset", "no-dmabuf", "iommufd"):
         "once the BARs are programmed again, iommufd still cannot map BAR 2 without a "
         "dma-buf: the P2P after the step fails as at creation",
@@ -78,13 +87,13 @@ hw/vfio/region.c                        *                                       
 hw/vfio/trace-events                    *                                        *
 hw/vfio/pci.c                           *                                        *
 hw/vfio/device.c                        *                                        *
-hw/vfio/listener.c                      mmap-fallback,p2p-dma,decode-toggle,reset,dmabuf-unplug *
+hw/vfio/listener.c                      *                                        *
 hw/pci/pci.c                            decode-toggle,reset,dmabuf-unplug        *
 hw/pci/pcie.c                           dmabuf-unplug                            *
 system/physmem.c                        dmabuf-unplug                            *
 drivers/vfio/pci/vfio_pci_config.c      decode-toggle,reset                      *
 hw/vfio/iommufd.c                       *                                        iommufd
-backends/iommufd.c                      p2p-dma,dmabuf-per-region                iommufd
+backends/iommufd.c                      p2p-dma,dmabuf-per-region,multi-range    iommufd
 hw/vfio/container                       mmap-fallback,p2p-dma                    legacy
 system/memory.c                         mmap-fallback,p2p-dma                    *
 drivers/vfio/pci/vfio_pci_dmabuf.c      *                                        *
@@ -93,7 +102,7 @@ drivers/vfio/pci/vfio_pci_rdwr.c        mmap-fallback                           
 drivers/vfio/device_cdev.c              *                                        iommufd
 drivers/vfio/group.c                    *                                        legacy
 drivers/vfio/vfio_iommu_type1.c         p2p-dma                                  legacy
-drivers/iommu/iommufd/                  p2p-dma,dmabuf-per-region,decode-toggle,reset iommufd
+drivers/iommu/iommufd/                  *                                        iommufd
 drivers/pci/p2pdma.c                    dmabuf-per-region,p2p-dma                *
 drivers/dma-buf/                        dmabuf-per-region,p2p-dma                *
 drivers/iommu/intel/                    p2p-dma                                  *

@@ -2,21 +2,21 @@
 
 One L2 per backend serves every check of that backend: the realize-time
 evidence (trace, the kernel's view of L2's fds and maps, the memory tree), BAR
-access and the P2P transfer come from the same process, in that order. Only
-the x-no-mmap case needs an L2 of its own. Nothing here judges: the verdicts
+access and the P2P transfer come from the same process, in that order, then
+the lifecycle steps (lifecycle.py). Two cases need an L2 of their own: x-no-mmap,
+and multi-range (multi_range.py: a fixture is preloaded). Nothing here judges: the verdicts
 see only the `Evidence` returned, and the list of what should be there comes
 from the L1 kernel (`PassedThrough`), not from the QEMU under test.
 """
 
 import contextlib
 import dataclasses
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import files, l2_probes, lifecycle
+from harness import files, l2_probes, lifecycle, multi_range
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import (
@@ -28,7 +28,7 @@ from harness.evidence import (
     parse_messages,
     parse_trace,
 )
-from harness.l0 import EduDevice, IvshmemDevice
+from harness.l0 import EduDevice, IvshmemDevice, NvmeDevice
 from harness.l1_vfio import Inventory
 from harness.l2 import (
     L1_QMP_PORT,
@@ -44,7 +44,6 @@ from harness.pci import PciConfig
 from harness.progress import say
 from harness.stack import L1Stack
 
-_MTREE_MMAP = re.compile(r"\(prio -?\d+, \w+\): (.+ mmaps\[\d+\])$", re.MULTILINE)
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
 BAR_TRACE = "pci_update_mappings*"
 #: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
@@ -76,6 +75,9 @@ class PassedThrough:
     probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
     bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
     inventory: Inventory
+    #: Devices only one check's L2 takes (nvme, for multi-range): not in `devices`, which
+    #: every L2 of the main evidence must have set up.
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def reset_methods(self) -> dict[str, str]:
@@ -85,22 +87,23 @@ class PassedThrough:
 
 @contextlib.contextmanager
 def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
-    """edu and ivshmem bound to vfio-pci for the L2s, and handed back afterwards."""
-    inventory = stack.vfio.inventory([EduDevice().vendor_device,
-                                      IvshmemDevice().vendor_device])
-    found = {"edu": inventory.find(EduDevice().vendor_device),
-             "ivshmem": inventory.find(IvshmemDevice().vendor_device)}
-    devices = {name: d.bdf for name, d in found.items()}
-    stack.vfio.bind(list(devices.values()))
+    """edu, ivshmem and nvme bound to vfio-pci for the L2s, and handed back afterwards."""
+    wanted = {"edu": EduDevice(), "ivshmem": IvshmemDevice(), "nvme": NvmeDevice()}
+    inventory = stack.vfio.inventory([d.vendor_device for d in wanted.values()])
+    found = {name: inventory.find(d.vendor_device) for name, d in wanted.items()}
+    devices = {name: found[name].bdf for name in ("edu", "ivshmem")}
+    extra = {"nvme": found["nvme"].bdf}
+    bdfs = [*devices.values(), *extra.values()]
+    stack.vfio.bind(bdfs)
     try:
         probes = stack.vfio.probe_dmabuf(list(devices.values()))
         yield PassedThrough(
             devices, {b: (p.supported, p.error) for b, p in probes.items()},
             {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
-            inventory)
+            inventory, extra)
     finally:
         try:
-            stack.vfio.restore(list(devices.values()))
+            stack.vfio.restore(bdfs)
         except HarnessError as e:  # housekeeping on a disposable L1: never the reason shown
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
 
@@ -142,7 +145,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
         l2.set_trace(BAR_TRACE, False)
         with timer("kernel_view"):
             process = l2_probes.kernel_view(stack, l2.pid)
-            mtree = _mtree_mmaps(l2)
+            mtree = l2_probes.mtree(l2)
         edu = EduEngine(l2.qtest, edu_bar0)
         if checks & {"mmap-fallback", "p2p-dma"}:
             with timer("bar_access"):
@@ -185,21 +188,14 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     if "dmabuf-per-region" in checks:
         with timer("no_mmap_l2"):
             no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
+    split = None
+    if multi_range.CHECK in checks:
+        with timer(multi_range.CHECK):
+            split = multi_range.collect(stack, spec, {"edu": devices["edu"], **through.extra},
+                                        through.bars, out / multi_range.CHECK, ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, no_mmap=no_mmap, bars=through.bars,
-                    qemu=facts, lifecycle=steps, unplug=unplug)
-
-
-def _mtree_mmaps(l2: L2Qemu) -> tuple[str, ...]:
-    text = str(l2.qmp.cmd("human-monitor-command", **{"command-line": "info mtree"}))
-    text = text.replace("\r\n", "\n")  # HMP answers with CRLF
-    (l2.artifacts / "l2-mtree.txt").write_text(text)
-    return mtree_mmaps(text)
-
-
-def mtree_mmaps(text: str) -> tuple[str, ...]:
-    """Names of the "... mmaps[N]" regions in `info mtree`: a BAR's mmaps, mapped in L2."""
-    return tuple(sorted({m.group(1) for m in _MTREE_MMAP.finditer(text)}))
+                    qemu=facts, lifecycle=steps, unplug=unplug, multi_range=split)
 
 
 def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,

@@ -1,4 +1,4 @@
-"""The three verdicts, decided from evidence alone.
+"""The creation-time verdicts, decided from evidence alone.
 
 Each verdict is a pure function of an `Evidence` bundle. It returns what was
 observed, why, the findings it established (what an expected failure or skip
@@ -58,6 +58,10 @@ FINDINGS = {
     "dmabuf-outlives-device": "the dma-buf of an unplugged device's BAR stays open in L2 "
                               "after its device fd was closed (the L1 kernel's fdinfo), one "
                               "more per unplug",
+    "multi-range-refused": "iommufd refused to map the pieces of a dma-buf of several ranges "
+                           "(EOPNOTSUPP, -95)",
+    "read-missing": "edu's DMA read from the BAR did not bring back what L2 reads there "
+                       "through the BAR's mmap",
 }
 
 
@@ -498,5 +502,139 @@ def iommu_faults(dmesg: tuple[str, ...]) -> list[str]:
     return sorted(faults, key=lambda line: not re.search(r"fault addr|page fault from", line))
 
 
+EOPNOTSUPP = -95
+
+
+def multi_range(ev: Evidence) -> Verdict:
+    """A BAR QEMU mmaps in pieces (around its MSI-X table): one dma-buf of as many ranges
+    (the kernel's word: several-ranges), or none on a kernel without; each piece mapped
+    for DMA on the legacy container, and a DMA read through it bringing back the
+    registers; what iommufd does with the pieces (the kernel refuses a dma-buf of more
+    than one range) established as findings."""
+    mr = ev.multi_range
+    probe_problem = _kernel_probe_problem(ev)
+    if mr is None or probe_problem:
+        return _error([probe_problem or "the multi-range L2 was not run"])
+    run = mr.run
+    name = region_name(mr.device, mr.bar)
+    bars = {region_name(bdf, i): size for bdf in mr.devices.values()
+            for i, size in sorted(mr.bars.get(bdf, {}).items())}
+    missing = []
+    if not run.trace:
+        missing.append("L2's trace is missing (the trace file is empty): no evidence to judge")
+    missing += [f"a {u.event} line no longer parses: {u.text!r}"
+                for u in of_type(list(run.trace), Unparsed)]
+    set_up = {r.device for r in of_type(list(run.trace), RegionSetup)}
+    missing += [f"no vfio_region_setup for {n} ({bdf}) in L2's trace"
+                for n, bdf in sorted(mr.devices.items()) if run.trace and bdf not in set_up]
+    if run.process is None:
+        missing.append("no view of the L2 process from the L1 kernel")
+    if name not in bars:
+        missing.append(f"the L1 kernel has no {name}")
+    if not mr.withheld:
+        missing.append("the msix-split fixture never said it withheld MSIX_MAPPABLE (not "
+                       "preloaded into the QEMU under test?): no region was made to split")
+    if mr.read is None:
+        missing.append("the DMA read from the split BAR was not run")
+    missing += [f"QEMU warned about dma-buf in a wording this harness does not know: {u.text!r}"
+                for u in of_type(list(run.messages), UnknownDmabufWarning)]
+    if missing:
+        return _error(missing[:6])
+    assert run.process is not None and mr.read is not None
+    pieces = sorted((m.start, m.size) for m in _mmaps(run).get(name, []))
+    dmabufs = _dmabufs(run)
+    grounds = (_kernel_ground(ev), "L1 kernel: BARs " + ", ".join(
+        f"{n} {s:#x}" for n, s in bars.items()), _trace_ground(run), _process_ground(run),
+        f"the fixture: {'; '.join(mr.withheld)}",
+        f"edu's DMA read of {len(mr.read.expected)} bytes at {mr.read.iova:#x}")
+    evidence: dict[str, object] = {
+        "region": name, "mmaps": pieces, "fixture": list(mr.withheld),
+        "vfio_region_dmabuf": [vars(d) for d in dmabufs.get(name, [])],
+        "kernel_dmabuf_fds": run.process.dmabuf_fds,
+        "kernel_dmabuf_states": run.process.dmabuf_states,
+        "read": {"iova": hex(mr.read.iova), "expected": mr.read.expected.hex(),
+                 "got": mr.read.got.hex(), "engine_error": mr.read.engine_error,
+                 "l1_dmesg": list(mr.read.l1_dmesg)},
+    }
+    problems = []
+    if len(pieces) < 2:
+        problems.append(f"QEMU mmapped {name} in {len(pieces)} piece(s) though the kernel's "
+                        f"MSIX_MAPPABLE was withheld: expected the BAR around its MSI-X table")
+    problems += _mmapped_problems(run, [n for n, size in bars.items() if size >= PAGE])
+    qualifying = [n for n, size in bars.items() if size >= PAGE]
+    if ev.kernel_dmabuf:
+        problems += _dmabuf_problems(run, qualifying)
+        fd = dmabufs[name][0].fd if dmabufs.get(name) else None
+        state = dict(run.process.dmabuf_states).get(fd) if fd is not None else None
+        if fd is not None and len(pieces) > 1 and state != "several-ranges":
+            problems.append(f"{name}: the L1 kernel calls its dma-buf (fd {fd}) {state!r}, "
+                            f"not one of several ranges")
+    else:
+        if of_type(list(run.trace), RegionDmabuf) or run.process.dmabuf_fds:
+            problems.append("a dma-buf on a kernel without VFIO dma-buf")
+        if len(of_type(list(run.messages), DmabufNotSupported)) != 1:
+            problems.append("QEMU did not warn once that VFIO dma-buf is not supported in "
+                            "kernel")
+    if not run.alive_at_end:
+        problems.append("L2 QEMU did not survive")
+    # How each piece went into the IOMMU: the trace at its IOVA and QEMU's warnings.
+    mapped, refused = [], []
+    for start, size in pieces:
+        span = (mr.iova + start, mr.iova + start + size)
+        events = [r for r in run.trace if isinstance(r, IommufdMapFile | IommufdMap)
+                  and _in_range(r.iova, span)]
+        failed = [m for m in run.messages
+                  if isinstance(m, ContainerDmaMapFailed) and _in_range(m.iova, span)]
+        added = [r for r in run.trace if isinstance(r, ListenerAddRam)
+                 and _in_range(r.start, span)]
+        if failed or any(r.ret < 0 for r in events):
+            refused.append((start, [m.ret for m in failed] or
+                            [r.ret for r in events if r.ret < 0]))
+        elif (events and all(r.ret == 0 for r in events)) or \
+                (ev.backend != "iommufd" and added):
+            mapped.append(start)
+    evidence["pieces_mapped"] = [hex(s) for s in mapped]
+    evidence["pieces_refused"] = [(hex(s), rets) for s, rets in refused]
+    findings = set()
+    rets = [r for _, piece in refused for r in piece]
+    if EOPNOTSUPP in rets and ev.backend == "iommufd":
+        findings.add("multi-range-refused")
+    elif refused:
+        findings.add("bar-map-refused")
+    read = mr.read
+    if not read.engine_error and not read.arrived and any(read.expected):
+        findings.add("read-missing")
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence, grounds=grounds)
+    if not any(read.expected):
+        return Verdict("fail", f"L2 read zeros from {name} through its mmap: nothing to "
+                               f"compare a DMA read with", evidence, grounds=grounds)
+    if read.engine_error:
+        return Verdict("fail", f"the DMA read never ran: {read.engine_error}", evidence,
+                       grounds=grounds)
+    unmapped = [hex(s) for s, _ in pieces if s not in mapped and s not in dict(refused)]
+    split = " + ".join(f"[{s:#x}, {s + n:#x})" for s, n in pieces)
+    how = (f"one dma-buf (fd {dmabufs[name][0].fd}) of {len(pieces)} ranges, traced once per "
+           f"mmap, which the L1 kernel holds as several ranges" if ev.kernel_dmabuf else
+           "no dma-buf (the kernel has none)")
+    if read.arrived and not refused and not unmapped:
+        return Verdict("pass", f"{name} mmapped in {len(pieces)} pieces ({split}) around its "
+                               f"MSI-X table, {how}; each piece mapped for DMA, and edu read "
+                               f"{read.expected.hex()} through the first one by DMA",
+                       evidence, frozenset(findings), grounds)
+    faults = iommu_faults(read.l1_dmesg)
+    where = f"; L1 kernel: {faults[0]}" if faults else ""
+    if refused and not read.arrived:
+        said = ", ".join(f"{s:#x}: {r}" for s, r in refused)
+        return Verdict("fail", f"{name} mmapped in {len(pieces)} pieces ({split}), {how}; the "
+                               f"IOMMU mapping of the pieces was refused ({said}) and edu's DMA "
+                               f"read brought back {read.got.hex()}, not {read.expected.hex()}"
+                               f"{where}", evidence, frozenset(findings), grounds)
+    return Verdict("fail", f"{name}: pieces mapped {evidence['pieces_mapped']}, refused "
+                           f"{evidence['pieces_refused']}, unaccounted {unmapped}; DMA read "
+                           f"brought back {read.got.hex()}, L2 reads {read.expected.hex()}"
+                           f"{where}", evidence, frozenset(findings), grounds)
+
+
 VERDICTS = {"dmabuf-per-region": dmabuf_per_region, "mmap-fallback": mmap_fallback,
-            "p2p-dma": p2p_dma}
+            "p2p-dma": p2p_dma, "multi-range": multi_range}

@@ -21,7 +21,7 @@ from harness.evidence import (
     parse_messages,
     parse_trace,
 )
-from harness.scenario import mtree_mmaps
+from harness.l2_probes import mtree_mmaps
 from harness.verdicts import dmabuf_per_region, iommu_faults, mmap_fallback, p2p_dma
 
 DATA = Path(__file__).parent.parent / "data" / "qemu-11.1.3"

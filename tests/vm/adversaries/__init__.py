@@ -69,7 +69,9 @@ class Adversary:
             blob = base64.encodebytes(shim_so.read_bytes()).decode()
             lines += [f"[ -s {SHIM_IN_L1} ] || base64 -d > {SHIM_IN_L1} <<'SHIM'",
                       blob.rstrip(), "SHIM",
-                      f"export LD_PRELOAD={SHIM_IN_L1} VFIO_HARNESS_SHIM={self.shim}"]
+                      # after any the harness preloads (the multi-range fixture)
+                      f'export LD_PRELOAD="${{LD_PRELOAD:+$LD_PRELOAD:}}{SHIM_IN_L1}" '
+                      f"VFIO_HARNESS_SHIM={self.shim}"]
         if self.stderr_filter:  # through a FIFO: L1 has no /dev/fd for >(...)
             lines += ['fifo=/run/vfio-harness-stderr.$$', 'mkfifo "$fifo"',
                       f'{self.stderr_filter} < "$fifo" >&2 &', 'exec 2>"$fifo"', 'rm -f "$fifo"']
@@ -89,6 +91,7 @@ def build_shim(out: Path) -> Path:
 TRACE_GONE = "trace is missing"
 LIFECYCLE = ("decode-toggle", "reset")
 UNPLUG = "dmabuf-unplug"
+MULTI = "multi-range"
 
 
 def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
@@ -104,7 +107,8 @@ CATALOGUE = (
                   ("*", "*", "mmap-fallback"): ("error", TRACE_GONE),
                   ("*", "*", "p2p-dma"): ("error", TRACE_GONE),
                   **lifecycle("*", "*", "error", TRACE_GONE),
-                  ("*", "*", UNPLUG): ("error", TRACE_GONE)}),
+                  ("*", "*", UNPLUG): ("error", TRACE_GONE),
+                  ("*", "*", MULTI): ("error", TRACE_GONE)}),
     Adversary(
         "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
         args=HIDE_DMABUF_EVENT,
@@ -112,7 +116,8 @@ CATALOGUE = (
                   ("fail", "0 vfio_region_dmabuf for 1 mmap(s)"),
                   # the dma-bufs are there, but which one is BAR 2's is not said
                   **lifecycle("dmabuf", "*", "error", "which dma-buf to follow is unknown"),
-                  ("dmabuf", "*", UNPLUG): ("error", "to follow is unknown")}),
+                  ("dmabuf", "*", UNPLUG): ("error", "to follow is unknown"),
+                  ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for 2 mmap(s)")}),
     Adversary(
         "refuse-dmabuf", "gets ENOTTY from VFIO_DEVICE_FEATURE(DMA_BUF) on a kernel that has it",
         shim="refuse-dmabuf",
@@ -124,7 +129,8 @@ CATALOGUE = (
                            "it"),
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
-                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf")}),
+                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for")}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
         shim="shrink-dmabuf",
@@ -135,7 +141,8 @@ CATALOGUE = (
                                                            "dma-buf"),
                   # the leak is still there, and the replugged BAR is not mapped either
                   ("dmabuf", "iommufd", UNPLUG): ("fail", "once the device was plugged "
-                                                         "again: the bytes did not arrive")}),
+                                                         "again: the bytes did not arrive"),
+                  ("dmabuf", "*", MULTI): ("fail", "is 4096 bytes")}),
     Adversary(
         "forge-dmabuf", "hands out a memfd of the right size as each BAR's dma-buf",
         shim="forge-dmabuf",
@@ -150,7 +157,11 @@ CATALOGUE = (
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
                   # its memfds are never closed either: one more per plug
-                  ("no-dmabuf", "*", UNPLUG): ("fail", "L2's fds grew")}),
+                  ("no-dmabuf", "*", UNPLUG): ("fail", "L2's fds grew"),
+                  ("dmabuf", "*", MULTI):
+                  ("fail", "from the trace is not a dma-buf in the L1 kernel's view"),
+                  ("no-dmabuf", "*", MULTI):
+                  ("fail", "a dma-buf on a kernel without VFIO dma-buf")}),
     Adversary(
         "drop-mmaps", "never mmaps a BAR (x-no-mmap=on on every device)",
         args=NO_MMAP,
@@ -163,7 +174,8 @@ CATALOGUE = (
                   **lifecycle("no-dmabuf", "legacy", "fail", "the bytes did not arrive"),
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   # device_add goes around the wrapper: the replugged device is honest
-                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf")}),
+                  ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("*", "*", MULTI): ("fail", "in 0 piece(s)")}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
         shim="anon-bar-mmap",
@@ -171,7 +183,8 @@ CATALOGUE = (
                   ("*", "*", "mmap-fallback"): ("fail", "the mmap is not of the device"),
                   ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file"),
                   **lifecycle("*", "*", "fail", "no DMA could be tried"),
-                  ("*", "*", UNPLUG): ("fail", "never reached the ivshmem file")}),
+                  ("*", "*", UNPLUG): ("fail", "never reached the ivshmem file"),
+                  ("*", "*", MULTI): ("fail", "the mmap is not of the device")}),
     Adversary(
         "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
                        "command write): only L2's copy of the command register changes",
@@ -181,5 +194,6 @@ CATALOGUE = (
         "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
         stderr_filter=REWORD,
         verdicts={("*", "*", "mmap-fallback"):
-                  ("error", "wording this harness does not know")}),
+                  ("error", "wording this harness does not know"),
+                  ("no-dmabuf", "*", MULTI): ("error", "wording this harness does not know")}),
 )
