@@ -150,6 +150,17 @@ def _port(text: str) -> int:
     return port
 
 
+def _jobs(text: str) -> int:
+    """A count of L1s at once: 1 to 8 (each is 3 GiB of RAM and a core)."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of L1s") from None
+    if not 1 <= jobs <= 8:
+        raise argparse.ArgumentTypeError(f"{jobs} L1s at once: choose 1 to 8")
+    return jobs
+
+
 def _results_dir(out: Path, what: str = "results") -> Path:
     """The results directory, made now and known to be writable: a run must not find out
     after minutes of work that it cannot write its verdicts."""
@@ -179,6 +190,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
                    help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     p.add_argument("--ssh-port", type=_port, help="fixed host port for L1's SSH (default: free)")
+    p.add_argument("--jobs", type=_jobs, metavar="N",
+                   help="L1s booted at once (default: one per core; 1 with --ssh-port)")
     _series_option(p)
     _patchwork_options(p)
 
@@ -410,9 +423,11 @@ def _run(args: argparse.Namespace) -> int:
     cells = []
     try:
         for cell in runner.run(p.qemu, p.images, p.selection, p.out, p.choice.accel, p.seed,
-                               args.ssh_port, args.l2_qemu, p.traces):
+                               args.ssh_port, args.l2_qemu, p.traces,
+                               args.jobs or runner.default_jobs()):
             cells.append(cell)
     finally:
+        cells = runner.in_matrix_order(cells, p.selection)
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
         kept = [] if args.keep_artifacts or not finished else results.prune(p.out, cells)
@@ -463,9 +478,11 @@ def _ab(args: argparse.Namespace) -> int:
     cells: dict[Path, list] = {s.results: [] for s in sides}
     try:
         for side, cell in runner.run_sides(p.qemu, p.images, p.selection, p.out / "l1",
-                                           p.choice.accel, p.seed, args.ssh_port, sides):
+                                           p.choice.accel, p.seed, args.ssh_port, sides,
+                                           args.jobs or runner.default_jobs()):
             cells[side.results].append(cell)
     finally:
+        cells = {k: runner.in_matrix_order(v, p.selection) for k, v in cells.items()}
         for side in sides:
             info = dataclasses.replace(p, images=side.images or p.images).info(
                 cells[side.results], began, ab_side=side.results.name)

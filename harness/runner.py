@@ -10,13 +10,14 @@ the cells it did produce keep their verdicts. An L2 that fails is an error of
 what is under test.
 """
 
+import os
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import files, lifecycle_verdicts, matrix, scenario, stack, verdicts
+from harness import files, lifecycle_verdicts, matrix, parallel, scenario, stack, verdicts
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
@@ -60,15 +61,25 @@ class Side:
 
 def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
         accel: str, seed: int, ssh_port: int | None = None,
-        l2_qemu: Path | None = None, traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
+        l2_qemu: Path | None = None, traces: tuple[str, ...] = (),
+        jobs: int = 1) -> Iterator[CellResult]:
     for _, result in run_sides(qemu, images, selection, results_dir, accel, seed, ssh_port,
-                               (Side(results_dir, l2_qemu, traces=traces),)):
+                               (Side(results_dir, l2_qemu, traces=traces),), jobs):
         yield result
+
+
+def default_jobs() -> int:
+    """L1s at once: one per core (each L1 is one TCG vCPU), at least one."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def run_sides(qemu: QemuBinary, images: Images, selection: Selection, l1_dir: Path,
               accel: str, seed: int, ssh_port: int | None,
-              sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
+              sides: tuple[Side, ...], jobs: int = 1) -> Iterator[tuple[Side, CellResult]]:
+    """Every selected cell of every side, one L1 boot per (vIOMMU, kernel, kernel image),
+    `jobs` boots at a time (one at a time with a fixed SSH port: they would share it).
+    Cells come in the order they are produced; `in_matrix_order` sorts them back."""
+    boots = []
     for vi in selection.viommus:
         for kernel in selection.kernels:
             groups: dict[Path, list[Side]] = {}
@@ -76,9 +87,26 @@ def run_sides(qemu: QemuBinary, images: Images, selection: Selection, l1_dir: Pa
                 groups.setdefault((side.images or images).kernels[kernel].bzimage,
                                   []).append(side)
             for n, group in enumerate(groups.values()):
-                yield from _run_l1(qemu, group[0].images or images, vi, kernel, selection,
-                                   l1_dir / str(n) if len(groups) > 1 else l1_dir, accel,
-                                   seed, ssh_port, tuple(group))
+                boots.append((vi, kernel, group[0].images or images,
+                              l1_dir / str(n) if len(groups) > 1 else l1_dir, tuple(group)))
+
+    def work(boot: tuple) -> Iterator[tuple[Side, CellResult]]:
+        vi, kernel, boot_images, directory, group = boot
+        return _run_l1(qemu, boot_images, vi, kernel, selection, directory, accel, seed,
+                       ssh_port, group)
+
+    if jobs <= 1 or len(boots) <= 1 or ssh_port is not None:
+        for boot in boots:
+            yield from work(boot)
+        return
+    say(f"{len(boots)} L1 boots, {min(jobs, len(boots))} at a time")
+    yield from parallel.run(boots, jobs, work, lambda b: f"{b[0]}/{b[1]}")
+
+
+def in_matrix_order(results: list[CellResult], selection: Selection) -> list[CellResult]:
+    """Cells of parallel L1s arrive interleaved: the selection's order, for tables and files."""
+    order = {c.id: n for n, c in enumerate(selection.cells())}
+    return sorted(results, key=lambda r: order.get(r.cell.id, len(order)))
 
 
 def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,

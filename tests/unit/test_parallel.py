@@ -1,0 +1,73 @@
+"""The plumbing of parallel L1s, with plain functions as the work: every item comes back,
+`jobs` at a time; a child's bad input or death is the parent's error; a consumer that
+stops early leaves no child behind (each child is asked to stop and unwinds)."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import parallel
+from harness.errors import BadInput, HarnessError
+
+
+def _items(task: int):
+    for n in range(3):
+        yield (task, n, os.getpid())
+
+
+def test_every_item_of_every_task_comes_back_from_child_processes():
+    got = list(parallel.run([1, 2, 3], 2, _items, str))
+    assert sorted((t, n) for t, n, _ in got) == [(t, n) for t in (1, 2, 3) for n in range(3)]
+    assert os.getpid() not in {pid for *_, pid in got}
+
+
+def test_no_more_than_jobs_children_at_once(tmp_path: Path):
+    def work(task: int):
+        (tmp_path / f"{task}.start").write_text(str(time.monotonic()))
+        time.sleep(0.3)
+        (tmp_path / f"{task}.end").write_text(str(time.monotonic()))
+        yield task
+
+    assert sorted(parallel.run([1, 2, 3, 4], 2, work, str)) == [1, 2, 3, 4]
+    spans = [(float((tmp_path / f"{t}.start").read_text()),
+              float((tmp_path / f"{t}.end").read_text())) for t in (1, 2, 3, 4)]
+    for s, _ in spans:
+        assert sum(1 for a, b in spans if a <= s < b) <= 2
+
+
+def test_bad_input_in_a_child_is_bad_input_here():
+    def work(task: int):
+        if task == 2:
+            raise BadInput("no such kernel")
+        yield task
+
+    with pytest.raises(BadInput, match="no such kernel"):
+        list(parallel.run([1, 2], 2, work, str))
+
+
+def test_a_child_that_dies_is_an_error_naming_it():
+    def work(task: int):
+        yield task
+        os._exit(3)  # as a segfault would: no last words
+
+    with pytest.raises(HarnessError, match=r"worker for t7 died \(exit code 3\)"):
+        list(parallel.run([7], 2, work, lambda t: f"t{t}"))
+
+
+def test_stopping_early_asks_each_child_to_unwind(tmp_path: Path):
+    def work(task: int):
+        try:
+            yield task
+            time.sleep(60)
+            yield -1
+        finally:  # what stack.booted's shutdown stands for
+            (tmp_path / f"{task}.unwound").write_text("yes")
+
+    gen = parallel.run([1, 2], 2, work, str)
+    next(gen)
+    began = time.monotonic()
+    gen.close()
+    assert time.monotonic() - began < 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.unwound", "2.unwound"]
