@@ -451,9 +451,10 @@ class P2PRead:
 
 
 @dataclass(frozen=True)
-class MultiRange:
-    """An L2 of its own, whose MSI-X BAR QEMU mmaps around the table (the msix-split
-    fixture hides MSIX_MAPPABLE from it), with edu beside it to read that BAR by DMA."""
+class SideRun:
+    """A backend's second L2 (side_l2.py): edu with x-no-mmap=on, and a device whose MSI-X
+    BAR QEMU mmaps around the table (the msix-split fixture hides MSIX_MAPPABLE from this
+    L2), which edu reads by DMA."""
 
     devices: dict[str, str]             # edu / nvme -> L1 BDF
     bars: dict[str, dict[int, int]]     # BDF -> memory BAR index -> size (the L1 kernel's)
@@ -484,7 +485,6 @@ class Evidence:
     main: L2Run
     bar_access: BarAccess | None = None
     p2p: P2PTransfer | None = None
-    no_mmap: L2Run | None = None          # a second L2 with x-no-mmap=on on edu
     #: The memory BARs of each device as the L1 kernel has them (BDF -> BAR index -> size):
     #: what QEMU must set up, whatever its trace says.
     bars: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -492,7 +492,7 @@ class Evidence:
     #: Lifecycle steps run on the same L2 after the creation-time evidence, by check.
     lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
     unplug: UnplugCycle | None = None
-    multi_range: MultiRange | None = None
+    side: SideRun | None = None           # the second L2: x-no-mmap and multi-range
 
     @property
     def kernel_dmabuf(self) -> bool | None:

@@ -3,20 +3,20 @@
 One L2 per backend serves every check of that backend: the realize-time
 evidence (trace, the kernel's view of L2's fds and maps, the memory tree), BAR
 access and the P2P transfer come from the same process, in that order, then
-the lifecycle steps (lifecycle.py). Two cases need an L2 of their own: x-no-mmap,
-and multi-range (multi_range.py: a fixture is preloaded). Nothing here judges: the verdicts
+the lifecycle steps (lifecycle.py). A second L2 (side_l2.py) has the devices as
+the main one must not: edu with x-no-mmap=on, nvme split by a fixture. Nothing
+here judges: the verdicts
 see only the `Evidence` returned, and the list of what should be there comes
 from the L1 kernel (`PassedThrough`), not from the QEMU under test.
 """
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import files, l2_probes, lifecycle, multi_range
+from harness import files, l2_probes, lifecycle, side_l2
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import (
@@ -184,26 +184,11 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)
-    no_mmap = None
-    if "dmabuf-per-region" in checks:
-        with timer("no_mmap_l2"):
-            no_mmap = _no_mmap_run(stack, spec, devices, out / "x-no-mmap", ports)
-    split = None
-    if multi_range.CHECK in checks:
-        with timer(multi_range.CHECK):
-            split = multi_range.collect(stack, spec, {"edu": devices["edu"], **through.extra},
-                                        through.bars, out / multi_range.CHECK, ports)
+    side = None
+    if checks & set(side_l2.CHECKS):
+        with timer("side_l2"):
+            side = side_l2.collect(stack, spec, {"edu": devices["edu"], **through.extra},
+                                   through.bars, out / "side", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
-                    bar_access=bar_access, p2p=p2p, no_mmap=no_mmap, bars=through.bars,
-                    qemu=facts, lifecycle=steps, unplug=unplug, multi_range=split)
-
-
-def _no_mmap_run(stack: L1Stack, main: L2Spec, devices: dict[str, str], out: Path,
-                 ports: tuple[int, int]) -> L2Run:
-    spec = dataclasses.replace(main, devices=(L2Device(devices["edu"], "x-no-mmap=on"),
-                                              L2Device(devices["ivshmem"])), root_ports=())
-    with L2Qemu(stack.session, spec, out, *ports) as l2:
-        process = l2_probes.kernel_view(stack, l2.pid)
-        alive = l2.running()
-    return L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
-                 tuple(parse_messages(files.read(out / "l2-stderr.log"))), process, (), alive)
+                    bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
+                    lifecycle=steps, unplug=unplug, side=side)

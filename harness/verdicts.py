@@ -35,6 +35,7 @@ from harness.evidence import (
     RegionDmabuf,
     RegionMmap,
     RegionSetup,
+    SideRun,
     TraceRecord,
     UnknownDmabufWarning,
     Unparsed,
@@ -110,8 +111,10 @@ def _page_up(size: int) -> int:
 
 # -- evidence that must be there before anything is judged ----------------------------------
 
-def _missing(ev: Evidence, run: L2Run | None, label: str = "") -> list[str]:
-    """Why this L2 run's evidence cannot be judged at all; empty if it can."""
+def _missing(ev: Evidence, run: L2Run | None, label: str = "",
+             devices: dict[str, str] | None = None) -> list[str]:
+    """Why this L2 run's evidence cannot be judged at all; empty if it can. `devices`: the
+    L2's, if not the main L2's."""
     if run is None:
         return [f"{label}no L2 run was recorded"]
     if not run.trace:
@@ -120,13 +123,13 @@ def _missing(ev: Evidence, run: L2Run | None, label: str = "") -> list[str]:
     for u in of_type(list(run.trace), Unparsed):
         problems.append(f"{label}a {u.event} line no longer parses: {u.text!r}")
     set_up = {r.device for r in of_type(list(run.trace), RegionSetup)}
-    for name, bdf in sorted(ev.devices.items()):
+    for name, bdf in sorted((devices or ev.devices).items()):
         if bdf not in set_up:
             problems.append(f"{label}no vfio_region_setup for {name} ({bdf}) in L2's trace: the "
                             f"trace is missing or incomplete")
     if run.process is None:
         problems.append(f"{label}no view of the L2 process from the L1 kernel")
-    if not ev.bars or any(bdf not in ev.bars for bdf in ev.devices.values()):
+    if not ev.bars or any(bdf not in ev.bars for bdf in (devices or ev.devices).values()):
         problems.append("no L1 kernel view of the devices' BARs")
     return problems[:6]
 
@@ -239,6 +242,12 @@ def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> list
     return problems
 
 
+def _side_bars(side: SideRun) -> dict[str, int]:
+    """Region name -> size of every memory BAR of the side L2's devices (the L1 kernel's)."""
+    return {region_name(bdf, i): size for bdf in side.devices.values()
+            for i, size in sorted(side.bars.get(bdf, {}).items())}
+
+
 def _qemu_lacks_dmabuf(ev: Evidence) -> str | None:
     if ev.qemu is not None and not ev.qemu.has_dmabuf_event:
         return (f"the QEMU under test ({ev.qemu.version}) has no vfio_region_dmabuf trace "
@@ -261,8 +270,8 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
                        (_kernel_ground(ev),))
     run = ev.main
     missing = _missing(ev, run)
-    if ev.no_mmap is not None:
-        missing += _missing(ev, ev.no_mmap, "x-no-mmap=on: ")
+    if ev.side is not None:
+        missing += _missing(ev, ev.side.run, "x-no-mmap=on: ", ev.side.devices)
     if missing:
         return _error(missing)
     bars = kernel_bars(ev)
@@ -297,9 +306,9 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
                f"those sizes from {DMABUF_EXPORTER}"]
     if sub_page:
         checked.append(f"none for the sub-page {', '.join(sub_page)}")
-    if ev.no_mmap is not None:
-        no_mmap = ev.no_mmap
-        edu = ev.devices.get("edu", "")
+    if ev.side is not None:
+        no_mmap = ev.side.run
+        edu = ev.side.devices.get("edu", "")
         edu_regions = [n for n in _regions(no_mmap) if n.startswith(edu)]
         mmapped = [n for n in _mmaps(no_mmap) if n.startswith(edu)]
         with_dmabuf = [n for n in _dmabufs(no_mmap) if n.startswith(edu)]
@@ -308,13 +317,15 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
         if mmapped or with_dmabuf:
             problems.append(f"x-no-mmap=on: edu still has mmaps {mmapped} / "
                             f"dma-bufs {with_dmabuf}")
-        others = [n for n in qualifying if not n.startswith(edu)]
+        others = [n for n, size in _side_bars(ev.side).items()
+                  if size >= PAGE and not n.startswith(edu)]
         problems += _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
         evidence["x_no_mmap"] = {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf,
                                  "dmabufs": sorted(_dmabufs(no_mmap))}
         grounds += [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap,
                                                                               "x-no-mmap=on ")]
-        checked.append("none for edu with x-no-mmap=on")
+        checked.append(f"none for edu with x-no-mmap=on, while {', '.join(others)} beside it "
+                       f"got {'its' if len(others) == 1 else 'theirs'}")
     if problems:
         return Verdict("fail", "; ".join(problems), evidence, grounds=tuple(grounds))
     fd_list = ", ".join(f"{n} fd {d[0].fd}" for n, d in sorted(_dmabufs(run).items()))
@@ -511,14 +522,13 @@ def multi_range(ev: Evidence) -> Verdict:
     for DMA on the legacy container, and a DMA read through it bringing back the
     registers; what iommufd does with the pieces (the kernel refuses a dma-buf of more
     than one range) established as findings."""
-    mr = ev.multi_range
+    mr = ev.side
     probe_problem = _kernel_probe_problem(ev)
     if mr is None or probe_problem:
-        return _error([probe_problem or "the multi-range L2 was not run"])
+        return _error([probe_problem or "the side L2 (multi-range) was not run"])
     run = mr.run
     name = region_name(mr.device, mr.bar)
-    bars = {region_name(bdf, i): size for bdf in mr.devices.values()
-            for i, size in sorted(mr.bars.get(bdf, {}).items())}
+    bars = _side_bars(mr)
     missing = []
     if not run.trace:
         missing.append("L2's trace is missing (the trace file is empty): no evidence to judge")
@@ -560,8 +570,10 @@ def multi_range(ev: Evidence) -> Verdict:
     if len(pieces) < 2:
         problems.append(f"QEMU mmapped {name} in {len(pieces)} piece(s) though the kernel's "
                         f"MSIX_MAPPABLE was withheld: expected the BAR around its MSI-X table")
-    problems += _mmapped_problems(run, [n for n, size in bars.items() if size >= PAGE])
-    qualifying = [n for n, size in bars.items() if size >= PAGE]
+    # edu is there with x-no-mmap=on, for the dmabuf-per-region check: only the split
+    # device's regions are this check's.
+    qualifying = [n for n, size in bars.items() if size >= PAGE and n.startswith(mr.device)]
+    problems += _mmapped_problems(run, qualifying)
     if ev.kernel_dmabuf:
         problems += _dmabuf_problems(run, qualifying)
         fd = dmabufs[name][0].fd if dmabufs.get(name) else None

@@ -12,10 +12,10 @@ from harness.evidence import (
     IommufdMapFile,
     KernelProcess,
     L2Run,
-    MultiRange,
     P2PRead,
     RegionDmabuf,
     RegionMmap,
+    SideRun,
     parse_messages,
     parse_trace,
 )
@@ -23,19 +23,19 @@ from harness.l2_probes import mtree_mmaps
 from harness.matrix import EXPECTATIONS, settle
 from harness.msix_split import withheld
 from harness.verdicts import multi_range
-from tests.unit.test_verdicts import DATA, MIB, captured, maps
+from tests.unit.test_verdicts import DATA, captured, maps
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-multi-range.json").read_text())
 NVME = CAPTURE["devices"]["nvme"]
 MTREE = mtree_mmaps((DATA / "intel-iommu-dmabuf-iommufd-multi-range.mtree").read_text())
 
 
-def split(backend: str, **changes) -> MultiRange:
+def split(backend: str, **changes) -> SideRun:
     """The captured multi-range evidence of `backend`; `changes` replace fields."""
     name = f"intel-iommu-dmabuf-{backend}-multi-range"
     stderr = (DATA / f"{name}.stderr").read_text()
     c = CAPTURE[backend]
-    process = KernelProcess(tuple(map(tuple, c["kernel_dmabuf_fds"])), maps(MIB, 0x2000, 0x1000),
+    process = KernelProcess(tuple(map(tuple, c["kernel_dmabuf_fds"])), maps(0x2000, 0x1000),
                             tuple((fd, 1 + i) for i, (fd, *_) in
                                   enumerate(c["kernel_dmabuf_fds"])),
                             tuple(map(tuple, c["kernel_dmabuf_states"])))
@@ -44,7 +44,7 @@ def split(backend: str, **changes) -> MultiRange:
     r = c["read"]
     read = P2PRead(int(r["iova"], 16), bytes.fromhex(r["expected"]), bytes.fromhex(r["got"]),
                    tuple(r["l1_dmesg"]), r["engine_error"])
-    mr = MultiRange(devices=CAPTURE["devices"],
+    mr = SideRun(devices=CAPTURE["devices"],
                     bars={b: {int(i): s for i, s in bars.items()}
                           for b, bars in CAPTURE["bars"].items()},
                     device=NVME, bar=0, iova=CAPTURE["iova"], run=run,
@@ -53,12 +53,7 @@ def split(backend: str, **changes) -> MultiRange:
 
 
 def judged(backend: str, **changes):
-    return multi_range(captured(backend=backend, multi_range=split(backend, **changes)))
-
-
-def with_run(backend: str, **changes) -> MultiRange:
-    mr = split(backend)
-    return dataclasses.replace(mr, run=dataclasses.replace(mr.run, **changes))
+    return multi_range(captured(backend=backend, side=split(backend, **changes)))
 
 
 def outcome(backend: str, verdict) -> str:
@@ -88,7 +83,7 @@ def test_a_kernel_mapping_two_ranges_through_iommufd_would_be_an_xpass():
     messages = tuple(m for m in mr.run.messages if "dma_map" not in m.text
                      and "peer-to-peer" not in m.text)
     read = dataclasses.replace(mr.read, got=mr.read.expected, l1_dmesg=())
-    v = multi_range(captured(multi_range=dataclasses.replace(
+    v = multi_range(captured(side=dataclasses.replace(
         mr, run=dataclasses.replace(mr.run, trace=ok, messages=messages), read=read)))
     assert v.observed == "pass", v.reason
     assert outcome("iommufd", v) == "xpass"
@@ -104,7 +99,7 @@ def test_a_bar_mmapped_whole_despite_the_table_fails():
     one = tuple(r for r in mr.run.trace
                 if not (isinstance(r, RegionMmap) and r.name.startswith(NVME) and r.index == 1)
                 and not (isinstance(r, RegionDmabuf) and r.offset == 0x3000))
-    v = multi_range(captured(backend="legacy", multi_range=dataclasses.replace(
+    v = multi_range(captured(backend="legacy", side=dataclasses.replace(
         mr, run=dataclasses.replace(mr.run, trace=one))))
     assert v.observed == "fail" and "in 1 piece(s)" in v.reason
     assert not v.findings

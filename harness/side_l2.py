@@ -1,35 +1,42 @@
-"""Collect the multi-range check's evidence: a region QEMU mmaps in more than one piece.
+"""The second L2 of a backend: the devices as the main L2 must not have them.
 
-Its own L2 (the fixture is preloaded into it only): nvme, whose MSI-X table sits
-inside BAR 0 between the registers and the PBA, so that QEMU, not allowed to
-map the table, mmaps BAR 0 in two pieces and asks for one dma-buf of two
-ranges; and edu, to read the first piece (nvme's CAP and VS registers: never
-zero) by DMA through the IOMMU mapping of that dma-buf, or of the address on
-the legacy container. Nothing here judges; see verdicts.multi_range.
+- edu with x-no-mmap=on: the dmabuf-per-region check's proof that a region
+  QEMU does not mmap gets no dma-buf;
+- nvme, whose MSI-X table sits inside BAR 0 between the registers and the PBA,
+  with the msix-split fixture preloaded (this L2 only), so that QEMU, not
+  allowed to map the table, mmaps BAR 0 in two pieces and asks for one dma-buf
+  of two ranges: the multi-range check. edu reads the first piece (nvme's CAP
+  and VS registers: never zero) by DMA, through the IOMMU mapping of that
+  dma-buf, or of the address on the legacy container.
+
+One L2 for both, because an L2 start and stop is the dearest thing a backend
+repeats. Nothing here judges; see verdicts.dmabuf_per_region and
+verdicts.multi_range.
 """
 
 from pathlib import Path
 
 from harness import files, l2_probes, msix_split
 from harness.dma_engine import EduEngine
-from harness.evidence import L2Run, MultiRange, parse_messages, parse_trace
+from harness.evidence import L2Run, SideRun, parse_messages, parse_trace
 from harness.l0 import EduDevice, NvmeDevice
 from harness.l2 import L2Device, L2Qemu, L2Spec
 from harness.pci import PciConfig
 from harness.stack import L1Stack
 
-CHECK = "multi-range"
+#: The checks that read this L2.
+CHECKS = ("dmabuf-per-region", "multi-range")
 BAR = 0
 #: nvme's CAP (8 bytes) and VS (4) registers and 4 reserved bytes: read-only, never all zero.
 READ_SIZE = 16
 
 
 def collect(stack: L1Stack, base: L2Spec, devices: dict[str, str],
-            bars: dict[str, dict[int, int]], out: Path, ports: tuple[int, int]) -> MultiRange:
+            bars: dict[str, dict[int, int]], out: Path, ports: tuple[int, int]) -> SideRun:
     """`devices`: edu and nvme (BDFs in L1); `base`: the backend's main L2 spec, whose QEMU,
     backend and trace events this L2 shares."""
     fixture = msix_split.install(stack)
-    spec = L2Spec(base.backend, (L2Device(devices["edu"], "id=edu"),
+    spec = L2Spec(base.backend, (L2Device(devices["edu"], "id=edu,x-no-mmap=on"),
                                  L2Device(devices["nvme"], "id=nvme")),
                   qemu=base.qemu, traces=base.traces, preload=(fixture,))
     with L2Qemu(stack.session, spec, out, *ports) as l2:
@@ -47,6 +54,6 @@ def collect(stack: L1Stack, base: L2Spec, devices: dict[str, str],
     stderr = files.read(out / "l2-stderr.log")
     run = L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
                 tuple(parse_messages(stderr)), process, mtree, alive)
-    return MultiRange(devices=devices, bars={b: bars.get(b, {}) for b in devices.values()},
+    return SideRun(devices=devices, bars={b: bars.get(b, {}) for b in devices.values()},
                       device=devices["nvme"], bar=BAR, iova=iova, run=run,
                       withheld=msix_split.withheld(stderr), read=read)
