@@ -356,6 +356,8 @@ class Moment:
     trace_line: int
     command: int | None  # the device's PCI command register as the L1 kernel reads it
     stderr_line: int = -1  # how many lines of stderr L2 had written by then
+    #: Other devices' command registers (BDF -> value), as the L1 kernel reads them.
+    commands: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,24 @@ class BlockedDma:
     @property
     def arrived(self) -> bool:
         return self.after == self.pattern
+
+
+@dataclass(frozen=True)
+class DeviceReset:
+    """A device the L1 kernel can reset alone (nvme: FLR), reset through VFIO_DEVICE_RESET
+    by L2's system_reset: a register the reset clears, written through L2 before; edu's DMA
+    read from its BAR while the BAR is away (must not get through) and once it is back."""
+
+    device: str                   # L1 BDF
+    reset_method: str             # the L1 kernel's sysfs reset_method
+    bar: int
+    iova: int
+    register: int                 # offset in the BAR (nvme: CC)
+    written: int
+    before: int                   # the register read back through L2 before the reset
+    after: int                    # and once the BAR is back
+    blocked: "P2PRead"
+    read: "P2PRead"
 
 
 @dataclass(frozen=True)
@@ -397,6 +417,7 @@ class LifecycleStep:
     alive: bool                         # L2 still running at the end of the step
     reset_method: str | None = None     # the L1 kernel's reset_method for the device
     trace_earlier: tuple[TraceRecord, ...] = ()  # the trace before `before` (what was mapped)
+    device_reset: DeviceReset | None = None  # reset: a device that has a reset method
 
 
 @dataclass(frozen=True)

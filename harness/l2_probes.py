@@ -138,11 +138,14 @@ def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None]
                       l1_dmesg=dmesg, engine_error=engine_error)
 
 
-def p2p_read(stack: L1Stack, l2: L2Qemu, edu: EduEngine, iova: int, size: int) -> P2PRead:
+def p2p_read(stack: L1Stack, l2: L2Qemu, edu: EduEngine, iova: int, size: int,
+             expected: bytes | None = None) -> P2PRead:
     """edu reads `size` bytes of a BAR by DMA into its buffer (loaded with other bytes
     first) and writes them to a cleared place in L2's RAM; compared with what L2 reads
-    there through the BAR's mmap. Meant for registers that read the same twice."""
-    expected = l2.qtest.read(iova, size)
+    there through the BAR's mmap (or `expected`, read earlier, while the BAR is away).
+    Meant for registers that read the same twice."""
+    if expected is None:
+        expected = l2.qtest.read(iova, size)
     decoy = bytes(b ^ 0xFF for b in expected) if any(expected) else b"\xa5" * size
     dmesg_before = len(dmesg_lines(stack))
     error = None

@@ -24,9 +24,23 @@ from qemu.qmp import QMPError
 
 from harness.deadline import Deadline, wait_for
 from harness.dma_engine import EduEngine
-from harness.evidence import LifecycleStep, Moment, TraceRecord, UnplugCycle, parse_trace
+from harness.evidence import (
+    DeviceReset,
+    LifecycleStep,
+    Moment,
+    TraceRecord,
+    UnplugCycle,
+    parse_trace,
+)
 from harness.l2 import L2Device, L2Qemu
-from harness.l2_probes import bar_access, blocked_dma, kernel_process, p2p, stage_pattern
+from harness.l2_probes import (
+    bar_access,
+    blocked_dma,
+    kernel_process,
+    p2p,
+    p2p_read,
+    stage_pattern,
+)
 from harness.pci import BarInfo, PciConfig
 from harness.stack import L1Stack
 
@@ -44,6 +58,24 @@ BLOCKED = 0x800
 RESET_DEADLINE_S = 10.0
 
 
+#: nvme's CC register: read/write, and cleared by the controller's reset (nvme_ctrl_reset).
+#: 0x00460000 sets the queue entry sizes only (EN=0): nothing starts.
+NVME_CC, NVME_CC_VALUE = 0x14, 0x00460000
+#: nvme's CAP and VS: what edu reads by DMA from its BAR, never zero.
+NVME_READ = 16
+
+
+@dataclass
+class Resettable:
+    """A device the L1 kernel can reset alone (reset_method not empty), as programmed."""
+
+    slot: int
+    bar: BarInfo
+    bar0: int
+    bdf: str
+    reset_method: str
+
+
 @dataclass
 class Programmed:
     """L2's devices as the harness, playing the guest's driver, programmed them."""
@@ -57,6 +89,7 @@ class Programmed:
     ivshmem_bdf: str                              # in L1
     ivshmem: L2Device                             # as L2 was given it (to plug it again)
     reset_method: str = ""                        # L1's sysfs reset_method for ivshmem
+    resettable: Resettable | None = None
 
     def reprogram_edu(self) -> None:
         self.pci.program(self.edu_slot, self.edu_bar, self.edu_bar0)
@@ -69,19 +102,29 @@ class Programmed:
             self.pci.program(self.ivshmem_slot, bar, address)
         self.pci.enable(self.ivshmem_slot)
 
+    def reprogram_resettable(self) -> None:
+        if self.resettable:
+            r = self.resettable
+            self.pci.program(r.slot, r.bar, r.bar0)
+            self.pci.enable(r.slot, master=False)
+
     def reprogram(self) -> None:
         """What a guest does after a reset: every BAR at its address, decode and mastering on."""
         self.reprogram_edu()
         self.reprogram_ivshmem()
+        self.reprogram_resettable()
 
 
 def _moment(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
     assert l2.pid is not None
-    view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf,), l2.paths.stderr)
+    others = (dev.resettable.bdf,) if dev.resettable else ()
+    view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf, *others),
+                              l2.paths.stderr)
     return Moment(label, kernel_process(view),
                   view.trace_lines if view.trace_lines is not None else -1,
                   view.commands.get(dev.ivshmem_bdf),
-                  view.stderr_lines if view.stderr_lines is not None else -1)
+                  view.stderr_lines if view.stderr_lines is not None else -1,
+                  {b: view.commands.get(b) for b in others})
 
 
 def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
@@ -102,6 +145,11 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
         dev.pci.set_memory(dev.ivshmem_slot, True)
         enabled = moment("memory decode on")
     elif check == "reset":
+        r = dev.resettable
+        if r:  # a value its reset clears: proof that the device itself was reset
+            l2.qtest.writel(r.bar0 + NVME_CC, NVME_CC_VALUE)
+            cc_before = l2.qtest.readl(r.bar0 + NVME_CC)
+            registers = l2.qtest.read(r.bar0, NVME_READ)
         l2.qmp.cmd("system_reset")
         # edu is on the root bus: its BAR reads back 0 once the reset has cleared it (ivshmem,
         # behind a root port that lost its bus numbers, is not even reachable then).
@@ -113,17 +161,28 @@ def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
         dev.reprogram_edu()
         staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
         blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
+        if r:
+            # what L2 read there before: the bytes a DMA let through would bring back
+            away = p2p_read(stack, l2, edu, r.bar0, NVME_READ, registers)
         dev.reprogram_ivshmem()  # edu is back already
+        dev.reprogram_resettable()
         enabled = moment("BARs programmed again")
     else:
         raise ValueError(f"unknown lifecycle check {check!r}")
     after = p2p(stack, l2, edu, iova, seed, f"{key}/{check}", dst)
     access = bar_access(l2, edu, dev.ivshmem_bars[0][1])
+    reset = None
+    if check == "reset" and dev.resettable:
+        r = dev.resettable
+        read = p2p_read(stack, l2, edu, r.bar0, NVME_READ)
+        reset = DeviceReset(r.bdf, r.reset_method, r.bar.index, r.bar0, NVME_CC, NVME_CC_VALUE,
+                            cc_before, l2.qtest.readl(r.bar0 + NVME_CC), away, read)
     return LifecycleStep(check=check, device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size,
                          before=before, disabled=disabled, enabled=enabled, trace_disabling=(),
                          trace_enabling=(), blocked=blocked, after=after, bar_access=access,
                          alive=l2.running(),
-                         reset_method=dev.reset_method if check == "reset" else None)
+                         reset_method=dev.reset_method if check == "reset" else None,
+                         device_reset=reset)
 
 
 def _present(l2: L2Qemu, qom_id: str) -> bool:

@@ -103,6 +103,70 @@ def _dmabuf_problems(ev: Evidence, step: LifecycleStep, errors: list[str]) -> li
     return problems
 
 
+def _device_reset(ev: Evidence, step: LifecycleStep, ivshmem_failed_for_mapping: bool,
+                  errors: list[str]) -> tuple[list[str], str]:
+    """Problems with the reset of a device that has a reset method, and what was shown."""
+    dr = step.device_reset
+    assert dr is not None
+    problems = []
+    how = [r for r in of_type(list(step.trace_disabling), Other)
+           if (r.event.startswith("vfio_pci_reset_") or r.event.startswith("vfio_pci_hot_reset"))
+           and dr.device in r.text]
+    if not how:
+        problems.append(f"no vfio_pci_reset_flr (nor another way of resetting {dr.device}) in "
+                        f"L2's trace after system_reset, though the L1 kernel can reset it "
+                        f"({dr.reset_method})")
+    if dr.before != dr.written:
+        errors.append(f"{dr.device}: register {dr.register:#x} read {dr.before:#x} after "
+                      f"{dr.written:#x} was written: a reset cannot be told from it")
+    elif dr.after != 0:
+        problems.append(f"{dr.device} was not reset: register {dr.register:#x} still reads "
+                        f"{dr.after:#x} once its BAR is back (written {dr.written:#x}; the "
+                        f"device's reset clears it)")
+    for m, decoding in ((step.disabled, False), (step.enabled, True)):
+        command = m.commands.get(dr.device)
+        if command is None:
+            errors.append(f"no command register of {dr.device} from the L1 kernel at "
+                          f"'{m.label}'")
+        elif bool(command & PCI_COMMAND_MEMORY) != decoding:
+            problems.append(f"{dr.device} {'still decodes' if not decoding else 'does not decode'}"
+                            f" memory at '{m.label}' (command {command:#06x})")
+    shown = [f"{dr.device} (reset_method {dr.reset_method}) reset by QEMU "
+             f"({how[0].event if how else 'untraced'}): register {dr.register:#x} "
+             f"{dr.written:#x} -> {dr.after:#x}"]
+    if ev.kernel_dmabuf:
+        name = region_name(dr.device, dr.bar)
+        fds = {r.fd for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name}
+        if len(fds) != 1:
+            errors.append(f"no single vfio_region_dmabuf for {name}: which dma-buf to follow "
+                          f"is unknown")
+        else:
+            fd = fds.pop()
+            states = [dict(m.kernel.dmabuf_states).get(fd)
+                      for m in (step.before, step.disabled, step.enabled)]
+            if states != ["live", "revoked", "live"]:
+                problems.append(f"the L1 kernel says {name}'s dma-buf (fd {fd}) was "
+                                f"{' -> '.join(map(str, states))} across the reset, not "
+                                f"live -> revoked -> live")
+            else:
+                shown.append(f"its dma-buf (fd {fd}) revoked and live again")
+    if dr.blocked.engine_error:
+        problems.append(f"no DMA read of {dr.device} could be tried while its BAR was away: "
+                        f"{dr.blocked.engine_error}")
+    elif dr.blocked.arrived:
+        problems.append(f"edu read {dr.device}'s registers by DMA while its BAR was away "
+                        f"({dr.blocked.got.hex()})")
+    else:
+        shown.append("edu's DMA read of it blocked while away")
+    if dr.read.arrived:
+        shown.append(f"its registers read by DMA once back ({dr.read.got.hex()})")
+    elif not ivshmem_failed_for_mapping:  # else: the same refused mapping, the same xfail
+        problems.append(f"edu's DMA read of {dr.device} once its BAR was back brought "
+                        f"{dr.read.got.hex()}, not {dr.read.expected.hex()}"
+                        f"{'; ' + dr.read.engine_error if dr.read.engine_error else ''}")
+    return problems, ", ".join(shown)
+
+
 def _step(ev: Evidence, check: str) -> Verdict:
     step = ev.lifecycle.get(check)
     missing = [] if step is not None else [f"the {check} step was not run"]
@@ -148,9 +212,14 @@ def _step(ev: Evidence, check: str) -> Verdict:
               if r.event == "vfio_pci_reset" and step.device in r.text]
     if check == "reset" and not resets:
         problems.append(f"no vfio_pci_reset of {step.device} in L2's trace after system_reset")
+    after = transfer(ev, step.after, step.trace_enabling)
+    reset_shown = ""
+    if check == "reset" and step.device_reset is not None:
+        more, reset_shown = _device_reset(
+            ev, step, after.observed == "fail" and "bar-map-refused" in after.findings, errors)
+        problems += more
     if errors:
         return _error(errors)
-    after = transfer(ev, step.after, step.trace_enabling)
     fd = _bar_dmabuf_fd(ev, step)
     evidence = {
         "device": step.device, "bar": step.bar, "iova": hex(step.iova), "size": step.size,
@@ -163,6 +232,15 @@ def _step(ev: Evidence, check: str) -> Verdict:
                         "read_back": blocked.after.hex(), "l1_dmesg": list(blocked.l1_dmesg)},
         "after": after.evidence, "reset_method": step.reset_method,
         "trace_disabling": len(step.trace_disabling), "trace_enabling": len(step.trace_enabling),
+        "device_reset": None if step.device_reset is None else {
+            "device": step.device_reset.device, "reset_method": step.device_reset.reset_method,
+            "register": hex(step.device_reset.register),
+            "written": hex(step.device_reset.written), "before": hex(step.device_reset.before),
+            "after": hex(step.device_reset.after),
+            "blocked_read": step.device_reset.blocked.got.hex(),
+            "read_after": step.device_reset.read.got.hex(),
+            "registers": step.device_reset.read.expected.hex(),
+            "summary": reset_shown},
     }
     grounds = (f"L2 trace: {len(step.trace_disabling)} line(s) while {away}, "
                f"{len(step.trace_enabling)} while {BACK[check]}",
@@ -181,6 +259,8 @@ def _step(ev: Evidence, check: str) -> Verdict:
     if check == "reset":
         device_reset = (f"; QEMU reset {step.device} (vfio_pci_reset; L1 reset_method: "
                         f"{step.reset_method or 'none, so the device itself was not reset'})")
+        if reset_shown:
+            device_reset += f"; {reset_shown}"
     return Verdict("pass", f"BAR {step.bar} left L2's DMA map while {away}, {revoked}edu's DMA "
                            f"into it was blocked, and once {BACK[check]}: {after.reason}"
                            f"{device_reset}", evidence, after.findings, grounds)

@@ -38,6 +38,8 @@ def _child(work: Callable[[Any], Iterator[Any]], task: Any, index: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, interrupt)
     try:
+        # A SIGTERM that came before the handler was there is delivered now, inside the try.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         for item in work(task):
             out.put(("item", index, item))
     except KeyboardInterrupt:
@@ -69,7 +71,12 @@ def run(tasks: list[T], jobs: int, work: Callable[[T], Iterator[R]],
                 index, task = pending.pop(0)
                 child = ctx.Process(target=_child, args=(work, task, index, out),
                                     name=name(task), daemon=False)
-                child.start()
+                # The child starts with SIGTERM blocked until its handler is in place.
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+                try:
+                    child.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
                 running[index] = child
             try:
                 kind, index, payload = out.get(timeout=1.0)

@@ -71,13 +71,10 @@ class Timer:
 class PassedThrough:
     """The devices L1 hands to L2, as the L1 kernel sees them (not as QEMU reports them)."""
 
-    devices: dict[str, str]                       # edu / ivshmem -> BDF
+    devices: dict[str, str]                       # edu / ivshmem / nvme -> BDF
     probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
     bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
     inventory: Inventory
-    #: Devices only one check's L2 takes (nvme, for multi-range): not in `devices`, which
-    #: every L2 of the main evidence must have set up.
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def reset_methods(self) -> dict[str, str]:
@@ -91,16 +88,15 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
     wanted = {"edu": EduDevice(), "ivshmem": IvshmemDevice(), "nvme": NvmeDevice()}
     inventory = stack.vfio.inventory([d.vendor_device for d in wanted.values()])
     found = {name: inventory.find(d.vendor_device) for name, d in wanted.items()}
-    devices = {name: found[name].bdf for name in ("edu", "ivshmem")}
-    extra = {"nvme": found["nvme"].bdf}
-    bdfs = [*devices.values(), *extra.values()]
+    devices = {name: d.bdf for name, d in found.items()}
+    bdfs = list(devices.values())
     stack.vfio.bind(bdfs)
     try:
-        probes = stack.vfio.probe_dmabuf(list(devices.values()))
+        probes = stack.vfio.probe_dmabuf(bdfs)
         yield PassedThrough(
             devices, {b: (p.supported, p.error) for b, p in probes.items()},
             {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
-            inventory, extra)
+            inventory)
     finally:
         try:
             stack.vfio.restore(bdfs)
@@ -111,15 +107,17 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
 def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
             facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
-    """One backend's evidence for `checks`: an L2 with both devices, then one with
-    x-no-mmap=on on edu if dmabuf-per-region is asked for. `traces`: more events on."""
+    """One backend's evidence for `checks`: an L2 with the three devices, then the side L2
+    if a check needs it. `traces`: more events on."""
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
     # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
+    # nvme is there for its reset method (FLR): the reset step resets it for real.
     spec = L2Spec(be, (L2Device(devices["edu"], "id=edu"),
                        L2Device(devices["ivshmem"],
-                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}")), qemu=qemu,
+                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
+                       L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
                   traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
                   root_ports=(ROOT_PORT,))
     bar_access = p2p = None
@@ -136,12 +134,14 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
         with timer("assign_bars"):
             edu_slot = pci.find(EduDevice().vendor_device)
             iv_slot = pci.find(IvshmemDevice().vendor_device)
+            nvme_slot = pci.find(NvmeDevice().vendor_device)
             edu_placed = pci.place(edu_slot)
             iv_placed = pci.place(iv_slot)
+            nvme_bar, nvme_bar0 = pci.place(nvme_slot)[0]
             edu_bar, edu_bar0 = edu_placed[0]
             iv_bars = {index: address for index, (_, address) in iv_placed.items()}
-            pci.enable(edu_slot)
-            pci.enable(iv_slot)
+            for slot in (edu_slot, iv_slot, nvme_slot):
+                pci.enable(slot)
         l2.set_trace(BAR_TRACE, False)
         with timer("kernel_view"):
             process = l2_probes.kernel_view(stack, l2.pid)
@@ -156,7 +156,9 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
                                     P2P_DESTINATION[be.name])
         programmed = lifecycle.Programmed(
             pci, edu_slot, edu_bar, edu_bar0, iv_slot, iv_placed, devices["ivshmem"],
-            spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""))
+            spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""),
+            lifecycle.Resettable(nvme_slot, nvme_bar, nvme_bar0, devices["nvme"],
+                                 through.reset_methods.get(devices["nvme"], "")))
         for check in lifecycle.CHECKS:
             if check in checks:
                 with timer(check):
@@ -187,7 +189,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     side = None
     if checks & set(side_l2.CHECKS):
         with timer("side_l2"):
-            side = side_l2.collect(stack, spec, {"edu": devices["edu"], **through.extra},
+            side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,

@@ -9,6 +9,7 @@ import pytest
 from harness.evidence import (
     BarAccess,
     BlockedDma,
+    DeviceReset,
     IommufdMapFile,
     IommufdUnmap,
     KernelProcess,
@@ -16,6 +17,7 @@ from harness.evidence import (
     ListenerDel,
     Moment,
     Other,
+    P2PRead,
     P2PTransfer,
     parse_trace,
 )
@@ -223,3 +225,78 @@ def test_the_trace_is_cut_at_the_moments_the_step_recorded(check):
     unknown = with_traces(dataclasses.replace(bare, disabled=dataclasses.replace(
         s.disabled, trace_line=-1)), LINES)
     assert unknown.trace_disabling == () and unknown.trace_enabling == ()
+
+
+# -- the reset of a device that has a reset method (nvme: FLR) --------------------------------
+
+NVME, NVME_FD = "0000:00:04.0", 40
+#: Lines of a real run (intel-iommu, dmabuf, iommufd, 11.1.3) with nvme in L2.
+NVME_DMABUF = ('vfio_region_dmabuf Device 0000:00:04.0, dmabuf fd 40 region 0 "0000:00:04.0 '
+               'BAR 0", offset: 0x0, size: 0x4000')
+FLR = "vfio_pci_reset_flr 0000:00:04.0 FLR/VFIO_DEVICE_RESET"
+REGISTERS = bytes.fromhex("ff07010f201840000004010000000000")
+
+
+def _with_nvme(m: Moment, state: str, command: int) -> Moment:
+    kernel = dataclasses.replace(
+        m.kernel, dmabuf_states=(*m.kernel.dmabuf_states, (NVME_FD, state)),
+        dmabuf_inodes=(*m.kernel.dmabuf_inodes, (NVME_FD, 9)))
+    return dataclasses.replace(m, kernel=kernel, commands={NVME: command})
+
+
+def device_reset(**changes) -> DeviceReset:
+    dr = DeviceReset(NVME, "flr", 0, 0xC0300000, 0x14, 0x00460000, 0x00460000, 0,
+                     P2PRead(0xC0300000, REGISTERS, bytes(16), ()),
+                     P2PRead(0xC0300000, REGISTERS, REGISTERS, ()))
+    return dataclasses.replace(dr, **changes)
+
+
+def judged_reset(states=("live", "revoked", "live"), trace=(FLR,), **changes):
+    s = step("reset")
+    before, disabled, enabled = (_with_nvme(m, st, cmd) for m, st, cmd in
+                                 zip((s.before, s.disabled, s.enabled), states,
+                                     (0x0106, 0x0100, 0x0106), strict=True))
+    s = dataclasses.replace(s, before=before, disabled=disabled, enabled=enabled,
+                            trace_disabling=s.trace_disabling + tuple(parse_trace(
+                                "\n".join(trace))),
+                            device_reset=device_reset(**changes))
+    ev = with_main(captured(lifecycle={"reset": s}),
+                   trace=tuple(parse_trace("\n".join([*LINES, NVME_DMABUF]))))
+    return reset(ev)
+
+
+def test_a_device_reset_by_flr_passes_on_what_it_left():
+    v = judged_reset()
+    assert v.observed == "pass", v.reason
+    assert "0000:00:04.0 (reset_method flr) reset by QEMU (vfio_pci_reset_flr)" in v.reason
+    assert "its dma-buf (fd 40) revoked and live again" in v.reason
+
+
+def test_a_device_that_kept_its_register_was_not_reset():
+    v = judged_reset(after=0x00460000)
+    assert v.observed == "fail" and "0000:00:04.0 was not reset" in v.reason
+
+
+def test_a_device_reset_qemu_did_not_trace_fails():
+    v = judged_reset(trace=())
+    assert v.observed == "fail" and "no vfio_pci_reset_flr" in v.reason
+
+
+def test_a_reset_device_whose_dmabuf_stayed_live_fails():
+    v = judged_reset(states=("live", "live", "live"))
+    assert v.observed == "fail" and "live -> live -> live" in v.reason
+
+
+def test_a_dma_read_through_a_reset_device_while_away_fails():
+    v = judged_reset(blocked=P2PRead(0xC0300000, REGISTERS, REGISTERS, ()))
+    assert v.observed == "fail" and "while its BAR was away" in v.reason
+
+
+def test_a_reset_device_unreadable_by_dma_once_back_fails():
+    v = judged_reset(read=P2PRead(0xC0300000, REGISTERS, bytes(16), ()))
+    assert v.observed == "fail" and "once its BAR was back" in v.reason
+    assert not v.findings
+
+
+def test_a_register_that_never_took_the_value_is_an_error():
+    assert judged_reset(before=0).observed == "error"

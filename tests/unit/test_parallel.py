@@ -59,6 +59,7 @@ def test_a_child_that_dies_is_an_error_naming_it():
 def test_stopping_early_asks_each_child_to_unwind(tmp_path: Path):
     def work(task: int):
         try:
+            (tmp_path / f"{task}.started").write_text("yes")
             yield task
             time.sleep(60)
             yield -1
@@ -67,7 +68,10 @@ def test_stopping_early_asks_each_child_to_unwind(tmp_path: Path):
 
     gen = parallel.run([1, 2], 2, work, str)
     next(gen)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "2.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     began = time.monotonic()
     gen.close()
     assert time.monotonic() - began < 20
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.unwound", "2.unwound"]
+    assert sorted(p.name for p in tmp_path.glob("*.unwound")) == ["1.unwound", "2.unwound"]
