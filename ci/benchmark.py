@@ -6,7 +6,11 @@
                                               L0 start to SSH ready
   ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
                                               (slow: a full build per run)
-  ci/benchmark.py matrix [--runs 3]           `vfio-harness run`, the default matrix
+  ci/benchmark.py matrix [--runs 3] [--creation] [--jobs N]
+                                              `vfio-harness run`, the default matrix
+                                              (--creation: its 24 creation-time cells:
+                                              dmabuf-per-region, mmap-fallback, p2p-dma;
+                                              --jobs: L1s at once, default the CLI's)
   ci/benchmark.py l2-scenario [--runs 5] [--viommu V] [--kernel K] [--backend B]
                                               one more L2 scenario (all checks of one
                                               backend) on an L1 that is already up
@@ -67,11 +71,16 @@ def l1_boot(args: argparse.Namespace) -> list[float]:
     return out
 
 
+CREATION = ("dmabuf-per-region", "mmap-fallback", "p2p-dma")
+
+
 def matrix_run(args: argparse.Namespace) -> list[float]:
+    extra = [a for c in CREATION for a in ("--check", c)] if args.creation else []
+    extra += ["--jobs", str(args.jobs)] if args.jobs else []
     out = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as results:
-            out.append(timed_cli(["run", "--results", results]))
+            out.append(timed_cli(["run", "--results", results, *extra]))
     return out
 
 
@@ -142,6 +151,8 @@ def main() -> int:
     p.add_argument("--viommu", default="intel-iommu")
     p.add_argument("--kernel", default="dmabuf")
     p.add_argument("--backend", default="iommufd")
+    p.add_argument("--creation", action="store_true", help="matrix: the 24 creation-time cells")
+    p.add_argument("--jobs", type=int, help="matrix: L1s at once")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
     args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3}.get(args.what, 5)
@@ -155,7 +166,9 @@ def main() -> int:
                "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
                **({"viommu": args.viommu, "kernel": args.kernel}
                   if args.what in ("l1-boot", "l2-scenario") else {}),
-               **({"backend": args.backend} if args.what == "l2-scenario" else {})}
+               **({"backend": args.backend} if args.what == "l2-scenario" else {}),
+               **({"cells": "creation" if args.creation else "all",
+                   "jobs": args.jobs or "default"} if args.what == "matrix" else {})}
     print(json.dumps(summary))
     if args.json:
         with args.json.open("a") as f:
