@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import __version__, accel, files, paths, runner
+from harness import __version__, accel, files, parallel, paths, runner
 from harness.checksum import sha256_file
 from harness.deadline import Deadline, wait_for
 from harness.errors import HarnessError
@@ -114,20 +114,56 @@ def read_store(path: Path, identity: RunIdentity) -> dict[str, dict] | None:
 
 
 class CellResults:
+    """`boots`: the (vIOMMU, kernel) pairs this process will ask for; the first cell asked
+    for then boots all of them, `jobs` at a time (pytest). Without it, one at a time, as
+    each is asked for (avocado: each test its own process)."""
+
     def __init__(self, setup: Setup, out: Path, seed: int, run_id: str,
-                 l2_qemu: Path | None = None, ssh_port: int | None = None):
+                 l2_qemu: Path | None = None, ssh_port: int | None = None,
+                 boots: list[tuple[str, str]] | None = None, jobs: int = 1):
         self.setup, self.out, self.seed, self.l2_qemu = setup, out, seed, l2_qemu
         self.ssh_port = ssh_port
+        self.boots = boots or []
+        self.jobs = jobs
         self.identity = RunIdentity.of(run_id, seed, setup, l2_qemu)
         self._memory: dict[str, dict] = {}
+        self._done: set[tuple[str, str]] = set()  # the L1s whose cells are in memory
         #: The results this process produced itself (the others' are only records).
         self.produced: dict[str, CellResult] = {}
 
     def get(self, cell: Cell) -> dict:
         """The record of `cell` (as in results.json), running its L1 if nobody has yet."""
         if cell.id not in self._memory:
-            self._memory.update(self._l1_records(cell.viommu, cell.kernel))
+            pair = (cell.viommu, cell.kernel)
+            if pair in self.boots and self.jobs > 1 and self.ssh_port is None:
+                self._all_records()
+            else:
+                self._memory.update(self._l1_records(*pair))
+                self._done.add(pair)
         return self._memory[cell.id]
+
+    def _all_records(self) -> None:
+        """Every L1 of `boots` not yet in memory, side by side (runner's parallel L1s)."""
+        wanted = [b for b in self.boots if b not in self._done]
+        self.out.mkdir(parents=True, exist_ok=True)
+        records: dict[tuple[str, str], dict[str, dict]] = {b: {} for b in wanted}
+
+        def work(boot: tuple[str, str]):
+            vi, kernel = boot
+            for result in runner.run_l1(self.setup.qemu, self.setup.images, vi, kernel,
+                                        runner.Selection(), self.out, self.setup.accel,
+                                        self.seed, l2_qemu=self.l2_qemu):
+                yield boot, result
+
+        for boot, result in parallel.run(wanted, self.jobs, work, lambda b: "/".join(b)):
+            self.produced[result.cell.id] = result
+            records[boot][result.cell.id] = result.record()
+        for (vi, kernel), cells in records.items():
+            files.write_atomic(self.out / f"{vi}-{kernel}" / "cells.json", json.dumps(
+                {"format": FORMAT, "identity": asdict(self.identity), "cells": cells},
+                indent=2, default=jsonable))
+            self._memory.update(cells)
+            self._done.add((vi, kernel))
 
     def qemu_under_test(self) -> dict | None:
         """The QEMU under test as the runs of this process found it in L1."""

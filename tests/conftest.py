@@ -27,5 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
     group.addoption("--ssh-port", type=int, help="fixed host port for L1's SSH in the matrix "
                                                  "(default: a free one)")
+    group.addoption("--l1-jobs", type=int,
+                    help="matrix L1s booted at once (default: as vfio-harness run --jobs)")
     group.addoption("--keep-artifacts", action="store_true",
                     help="keep the artifacts of every cell, not only of those that failed")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, matrix, paths, report, results
+from harness import accel, matrix, paths, report, results, runner
 from harness.cell_results import CellResults, Setup
 from harness.images import Images, ImageStore
 from harness.l0 import DEFAULT_DEVICES, viommu
@@ -128,8 +128,11 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     out = artifacts / "matrix"
     run_id = f"pytest-{uuid.uuid4()}"
     say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
+    boots = [(v, k) for v in pytestconfig.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS
+             for k in pytestconfig.getoption("--kernel") or list(Recipe.load().kernels)]
     found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
-                        pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"))
+                        pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"),
+                        boots, pytestconfig.getoption("--l1-jobs") or runner.default_jobs())
     yield found
     cells = list(found.produced.values())
     if not cells:
