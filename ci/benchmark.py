@@ -110,8 +110,11 @@ def l2_scenario(args: argparse.Namespace) -> list[float]:
 def _one_file_series(out: Path, token: str) -> Path:
     """A series never built before (its comment is new), touching one drivers/vfio file."""
     from harness import paths
+    from harness.images import ImageStore
+    from harness.recipe import Recipe
 
-    src = next((paths.cache_dir() / "src").glob("linux-source-*[0-9]"))
+    store = ImageStore(Recipe.load(), paths.cache_dir())
+    src = store.kernel_source(store.recipe.kernels["dmabuf"])
     rel = "drivers/vfio/pci/vfio_pci_dmabuf.c"
     repo = out / "repo"
     (repo / Path(rel).parent).mkdir(parents=True)

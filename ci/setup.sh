@@ -6,7 +6,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 HOST_PACKAGES=(
   qemu-system-x86 qemu-utils          # L0
   debootstrap e2fsprogs debian-archive-keyring  # the L1 rootfs
-  make gcc libc6-dev flex bison bc libelf-dev libssl-dev xz-utils  # the L1 kernel
+  make gcc libc6-dev flex bison bc libelf-dev libssl-dev xz-utils patch  # the L1 kernel
   openssh-client python3-venv procps git
   patchelf                            # builds the carried-libraries QEMU of a VM test
   chromium                            # renders the HTML report in its test

@@ -38,6 +38,8 @@ from harness.recipe import KernelVariant, Recipe, Rootfs
 from harness.series import Series
 
 MANIFEST = "manifest.json"
+#: In a kernel source the recipe's patches were applied to (and its series copies).
+RECIPE_PATCHES = ".vfio-harness-recipe-patches"
 #: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
 NEEDED_FREE_GIB = 8
 #: Host tools the build runs, and the Debian package that has each.
@@ -45,6 +47,7 @@ BUILD_TOOLS = {
     "make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc",
     "dpkg-deb": "dpkg", "xz": "xz-utils", "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils", "ssh-keygen": "openssh-client",
+    "patch": "patch",
 }
 BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 
@@ -200,10 +203,12 @@ class ImageStore:
                     self.rootfs_dir(), force, lambda: self._build_rootfs(self.recipe.rootfs))),
                 name="rootfs")
             rootfs_thread.start()
+        # A variant built from another's object tree comes after that one.
+        todo_kernels.sort(key=lambda v: v.built_from is not None)
         try:
             for variant in todo_kernels:
                 self._claimed(self.kernel_dir(variant), force,
-                              functools.partial(self._build_kernel, variant))
+                              functools.partial(self._build_variant, variant))
         finally:
             if rootfs_thread:
                 rootfs_thread.join()
@@ -230,8 +235,12 @@ class ImageStore:
                            f"a build needs about {NEEDED_FREE_GIB} GiB (choose another place "
                            f"with --cache-dir or VFIO_HARNESS_CACHE)", stage="image build")
 
+    def kernel_source(self, variant: KernelVariant) -> Path:
+        """Where the variant's pinned source is (with the recipe's patches), built or not."""
+        return self.cache / "src" / f"{variant.package}_{variant.version}{variant.patches_tag()}"
+
     def _kernel_source(self, variant: KernelVariant) -> Path:
-        src = self.cache / "src" / f"{variant.package}_{variant.version}"
+        src = self.kernel_source(variant)
         if (src / ".complete").exists():
             return src
         apt = PrivateApt(self.cache / "apt", self.recipe.mirror, self.recipe.suite)
@@ -244,10 +253,30 @@ class ImageStore:
             tmp.mkdir(parents=True)
             _shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
                    f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
+            for patch in variant.patches:
+                _shell(f"patch -p1 --batch --forward -d '{tmp}' < '{patch}'",
+                       f"apply the recipe's {patch.name}")
+            if variant.patches:
+                (tmp / RECIPE_PATCHES).write_text(
+                    "".join(f"{p.name}\n" for p in variant.patches))
             (tmp / ".complete").write_text(variant.sha256 + "\n")
             shutil.rmtree(src, ignore_errors=True)
             tmp.rename(src)
         return src
+
+    def _build_variant(self, variant: KernelVariant) -> None:
+        """A recipe variant: from scratch, or from the object tree of the variant it is
+        built from (copied, once that one is built and published), so that make compiles
+        only what their configs make different."""
+        obj = self.build_dir / f"kernel-{variant.name}"
+        if variant.built_from and not obj.exists():
+            base_variant = self.recipe.kernels[variant.built_from]
+            base = self.build_dir / f"kernel-{base_variant.name}"
+            if _built(base, self.kernel_dir(base_variant)):
+                with step(f"kernel {variant.name}: start from {base_variant.name}'s object "
+                          f"tree"):
+                    _copy_object_tree(base, obj, {base: obj})
+        self._build_kernel(variant)
 
     def _build_kernel(self, variant: KernelVariant, src: Path | None = None,
                       obj: Path | None = None, name: str | None = None,
@@ -262,12 +291,16 @@ class ImageStore:
         obj.mkdir(parents=True, exist_ok=True)
         log = self.build_dir / f"kernel-{name}.log"
         stage = f"image build: kernel {name}"
+        unchecked = variant.unchecked if (src / RECIPE_PATCHES).exists() else ()
+        if variant.unchecked and not unchecked:
+            say(f"kernel {name}: {src} lacks the recipe's patches: built without "
+                f"{', '.join(p.name for p in variant.unchecked)}")
         with step(f"kernel {name}: configure (log {log})"):
             with log.open("w") as out:
                 _run(["make", "-C", str(src), f"O={obj}", *variant.base], out, stage)
                 _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required)],
-                     out, stage)
+                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
+                      *map(str, unchecked)], out, stage)
                 _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
@@ -394,11 +427,8 @@ class ImageStore:
         base = self.build_dir / f"kernel-{variant.name}"
         if not obj.exists() and _built(base, self.kernel_dir(variant)):
             with step(f"kernel {name}: start from {variant.name}'s object tree"):
-                tmp = obj.with_name(obj.name + ".partial")
-                shutil.rmtree(tmp, ignore_errors=True)
-                _shell(f"cp -a '{base}' '{tmp}'", "copy the object tree")
-                _repoint(tmp, {Path(os.readlink(base / "source")): src, base: obj})
-                tmp.rename(obj)
+                _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
+                                              base: obj})
         self._build_kernel(variant, src, obj, name, final, self.series_key(variant, series),
                            {"series": series.record(), "base_variant": variant.name})
 
@@ -538,6 +568,14 @@ def _built(obj: Path, artifact: Path) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return image.is_file() and (obj / "source").is_symlink() and sha256_file(image) == want
+
+
+def _copy_object_tree(base: Path, obj: Path, moves: dict[Path, Path]) -> None:
+    tmp = obj.with_name(obj.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _shell(f"cp -a '{base}' '{tmp}'", "copy the object tree")
+    _repoint(tmp, {**moves, base: obj})
+    tmp.rename(obj)
 
 
 def _repoint(obj: Path, moves: dict[Path, Path]) -> None:

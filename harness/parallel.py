@@ -6,9 +6,11 @@ one process that unwinds as the serial run does. Each child runs in its own
 process group, so a Ctrl-C reaches only this process, which then asks every
 child once (SIGTERM, turned into KeyboardInterrupt there) to shut its QEMUs
 down, waits for it, and kills it past a deadline (its L0 QEMU dies with it:
-PR_SET_PDEATHSIG). A child's results come back as they are produced.
+PR_SET_PDEATHSIG). A parent killed outright takes its children with it the same
+way (they get SIGTERM and unwind). A child's results come back as they are produced.
 """
 
+import ctypes
 import multiprocessing
 import os
 import queue
@@ -26,11 +28,17 @@ R = TypeVar("R")
 
 #: How long a child may take to shut its L2s and L1 down once asked.
 SHUTDOWN_DEADLINE = 60.0
+PR_SET_PDEATHSIG = 1
 
 
 def _child(work: Callable[[Any], Iterator[Any]], task: Any, index: int,
-           out: "multiprocessing.Queue[tuple[str, int, Any]]") -> None:
+           out: "multiprocessing.Queue[tuple[str, int, Any]]", parent: int) -> None:
     os.setpgid(0, 0)  # out of the terminal's process group: the parent relays a Ctrl-C
+    # If the parent dies, even by SIGKILL, the kernel sends this child SIGTERM: it unwinds
+    # and its L0 QEMU goes with it. A parent already gone before that: nobody to work for.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        return
 
     def interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -69,7 +77,7 @@ def run(tasks: list[T], jobs: int, work: Callable[[T], Iterator[R]],
         while pending or running:
             while pending and len(running) < jobs:
                 index, task = pending.pop(0)
-                child = ctx.Process(target=_child, args=(work, task, index, out),
+                child = ctx.Process(target=_child, args=(work, task, index, out, os.getpid()),
                                     name=name(task), daemon=False)
                 # The child starts with SIGTERM blocked until its handler is in place.
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

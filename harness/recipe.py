@@ -43,6 +43,12 @@ class KernelVariant:
     base: tuple[str, ...]
     trim: tuple[Path, ...]
     required: tuple[Path, ...]  # the common fragments, then the variant's own
+    #: Merged after `required` but not checked, and only on the recipe's patched source.
+    unchecked: tuple[Path, ...] = ()
+    #: The harness's patches to the pinned source (Kconfig prompts).
+    patches: tuple[Path, ...] = ()
+    #: The variant whose object tree this one's compile starts from (None: from scratch).
+    built_from: str | None = None
 
     def required_options(self) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -61,7 +67,16 @@ class KernelVariant:
             "base": self.base,
             "trim": [_file_fingerprint(p) for p in self.trim],
             "required": [_file_fingerprint(p) for p in self.required],
+            "unchecked": [_file_fingerprint(p) for p in self.unchecked],
+            "patches": [_file_fingerprint(p) for p in self.patches],
         })
+
+    def patches_tag(self) -> str:
+        """What the patched source is called apart from the pristine one ("" if no patch)."""
+        if not self.patches:
+            return ""
+        blob = json.dumps([_file_fingerprint(p) for p in self.patches])
+        return "+recipe-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -125,9 +140,16 @@ class Recipe:
                     name=name, package=k["package"], version=k["version"],
                     sha256=k["sha256"], tarball=k["tarball"], base=tuple(k["base"]),
                     trim=files(k.get("trim", [])),
-                    required=files(k["required"] + frags))
+                    required=files(k["required"] + frags),
+                    unchecked=files(k.get("unchecked", {}).get(name, [])),
+                    patches=files(k.get("patches", [])),
+                    built_from=k.get("built_from", {}).get(name))
                 for name, frags in k["variants"].items()
             }
+            for name, v in kernels.items():
+                if v.built_from is not None and v.built_from not in kernels:
+                    raise BadInput(f"{path}: kernel variant {name} is built from "
+                                   f"{v.built_from!r}, which is not a variant")
             rootfs = Rootfs(mirror=deb["mirror"], suite=deb["suite"],
                             packages_file=files([r["packages"]])[0],
                             init=files([r["init"]])[0],

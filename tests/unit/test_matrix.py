@@ -61,3 +61,13 @@ def test_a_bad_table_is_refused():
         matrix._parse("p2p-dma dmabuf pass xfail[no-such-finding]")
     with pytest.raises(ValueError, match="need one"):
         matrix._parse("p2p-dma dmabuf pass xfail")
+
+
+def test_every_check_backend_and_viommu_is_a_registered_marker():
+    import tomllib
+    from pathlib import Path
+
+    conf = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    markers = {m.split(":")[0] for m in conf["tool"]["pytest"]["ini_options"]["markers"]}
+    values = [*matrix.CHECKS, *matrix.BACKENDS, *matrix.DEFAULT_VIOMMUS]
+    assert {v.replace("-", "_") for v in values} <= markers

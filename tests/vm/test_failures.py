@@ -48,10 +48,11 @@ def test_l1_that_dies_at_boot_fails_fast_with_the_panic(qemu, images, accelerato
     assert qemu_processes_using(tmp_path) == []
 
 
-def _start_run(tmp_path: Path) -> subprocess.Popen:
+def _start_run(tmp_path: Path, kernels: tuple[str, ...] = (KERNEL,)) -> subprocess.Popen:
+    """One L1, or (two kernels) two L1s side by side, each in a child process."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "--viommu", VIOMMU, "--kernel", KERNEL,
-         "--results", str(tmp_path)],
+        [sys.executable, "-m", "harness", "run", "--viommu", VIOMMU,
+         *(a for k in kernels for a in ("--kernel", k)), "--results", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -80,17 +81,37 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, after):
     assert list(tmp_path.glob("*/l0-console.log"))
 
 
-def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path):
-    proc = _start_run(tmp_path)
+@pytest.mark.parametrize("after", [3.0, 12.0], ids=lambda s: f"{s:g}s-after-l0")
+def test_sigterm_stops_parallel_l1s_and_their_qemu(tmp_path, after):
+    """Two L1s side by side (child processes): the same one clear line and no QEMU left."""
+    proc = _start_run(tmp_path, ("dmabuf", "no-dmabuf"))
+    _wait_for_qemu(tmp_path)
+    time.sleep(after)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 130, out
+    assert out.strip().splitlines()[-1] == \
+        "vfio-harness: interrupted; QEMU processes were stopped", out[-2000:]
+    assert "Traceback" not in out, out[max(0, out.find("Traceback") - 300):][:3000]
+    assert qemu_processes_using(tmp_path) == []
+
+
+@pytest.mark.parametrize("kernels", [(KERNEL,), ("dmabuf", "no-dmabuf")],
+                         ids=["one-l1", "parallel-l1s"])
+def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
+    proc = _start_run(tmp_path, kernels)
     _wait_for_qemu(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    end = time.monotonic() + 10
+    end = time.monotonic() + 30  # parallel L1s: each child unwinds, then its QEMU goes
     while qemu_processes_using(tmp_path) and time.monotonic() < end:
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
-    # Nothing ran to remove its ivshmem file: the next run does, and says so.
     from harness.l0 import SHM, sweep_stale_ivshmem
+    if len(kernels) > 1:  # the children unwound: they removed their ivshmem files themselves
+        assert sweep_stale_ivshmem() == []
+        return
+    # Nothing ran to remove its ivshmem file: the next run does, and says so.
     left = list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
     assert left, "SIGKILL left no ivshmem file: this test no longer tests the sweep"
     assert set(left) <= set(sweep_stale_ivshmem())

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def user_tree(store, images):
-    pristine = next((store.cache / "src").glob("linux-source-*[0-9]"))
+    pristine = store.kernel_source(store.recipe.kernels["dmabuf"])
     tree = store.cache / "test-trees" / "linux"
     if not (tree / "Makefile").exists():
         shutil.rmtree(tree, ignore_errors=True)
