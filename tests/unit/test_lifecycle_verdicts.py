@@ -300,3 +300,18 @@ def test_a_reset_device_unreadable_by_dma_once_back_fails():
 
 def test_a_register_that_never_took_the_value_is_an_error():
     assert judged_reset(before=0).observed == "error"
+
+
+def test_a_reset_device_without_any_dmabuf_leaves_the_verdict_to_the_step():
+    """A QEMU that made no dma-buf at all: the step says so; the device reset adds no error."""
+    s = step("reset")
+    empty = [dataclasses.replace(m, kernel=dataclasses.replace(
+        m.kernel, dmabuf_fds=(), dmabuf_inodes=(), dmabuf_states=()), commands={NVME: c})
+        for m, c in zip((s.before, s.disabled, s.enabled), (0x0106, 0x0100, 0x0106),
+                        strict=True)]
+    s = dataclasses.replace(s, before=empty[0], disabled=empty[1], enabled=empty[2],
+                            trace_disabling=s.trace_disabling + tuple(parse_trace(FLR)),
+                            device_reset=device_reset())
+    trace = tuple(r for r in parse_trace("\n".join(LINES)) if type(r).__name__ != "RegionDmabuf")
+    v = reset(with_main(captured(lifecycle={"reset": s}), trace=trace))
+    assert v.observed == "fail" and "L2 holds no dma-buf" in v.reason

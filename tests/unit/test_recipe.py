@@ -78,3 +78,31 @@ def test_missing_fragment_is_bad_input(recipe_dir):
 def test_missing_recipe_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match="no image recipe"):
         Recipe.load(tmp_path)
+
+
+def test_the_recipes_own_patch_changes_both_kernels_and_their_source(recipe_dir):
+    before, tag = keys(recipe_dir), Recipe.load(recipe_dir).kernels["dmabuf"].patches_tag()
+    with (recipe_dir / "kernel/patches/vfio-pci-dmabuf-prompt.patch").open("a") as f:
+        f.write(" \n")
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+    assert Recipe.load(recipe_dir).kernels["dmabuf"].patches_tag() not in ("", tag)
+
+
+def test_the_unchecked_fragment_changes_only_its_variant_and_is_not_required(recipe_dir):
+    before = keys(recipe_dir)
+    with (recipe_dir / "kernel/no-dmabuf-p2pdma.config").open("a") as f:
+        f.write("# a comment\n")
+    assert {k for k, v in keys(recipe_dir).items() if before[k] != v} == {"kernel-no-dmabuf"}
+    no_dmabuf = Recipe.load(recipe_dir).kernels["no-dmabuf"]
+    # a user's kernel without VFIO dma-buf qualifies whether or not it has P2PDMA
+    assert "CONFIG_PCI_P2PDMA" not in no_dmabuf.required_options()
+    assert no_dmabuf.required_options()["CONFIG_VFIO_PCI_DMABUF"] == "n"
+    assert no_dmabuf.built_from == "dmabuf" and not no_dmabuf.has_dmabuf
+
+
+def test_built_from_an_unknown_variant_is_bad_input(recipe_dir):
+    path = recipe_dir / "recipe.toml"
+    path.write_text(path.read_text().replace('no-dmabuf = "dmabuf"', 'no-dmabuf = "nope"'))
+    with pytest.raises(BadInput, match="built from 'nope'"):
+        Recipe.load(recipe_dir)
