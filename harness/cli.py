@@ -139,26 +139,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _port(text: str) -> int:
-    """A TCP port, refused by argparse (exit 2, one line) when it is not one."""
+def _int_in(text: str, low: int, high: int, what: str) -> int:
+    """An integer in [low, high], refused by argparse (exit 2, one line) when it is not."""
     try:
-        port = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
-    return port
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not {what} ({low}-{high})")
+    return value
+
+
+def _port(text: str) -> int:
+    return _int_in(text, 1, 65535, "a TCP port")
 
 
 def _jobs(text: str) -> int:
-    """A count of L1s at once: 1 to 8 (each is 3 GiB of RAM and a core)."""
-    try:
-        jobs = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of L1s") from None
-    if not 1 <= jobs <= 8:
-        raise argparse.ArgumentTypeError(f"{jobs} L1s at once: choose 1 to 8")
-    return jobs
+    """L1s at once: each is 4 GiB of RAM and about half a core."""
+    return _int_in(text, 1, 8, "a number of L1s at once")
 
 
 def _results_dir(out: Path, what: str = "results") -> Path:

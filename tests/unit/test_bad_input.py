@@ -89,6 +89,8 @@ CATALOGUE = [
     Kind("ssh-port-busy", ("run", "--ssh-port", "{port}"), "port {port} on 127.0.0.1 is busy"),
     Kind("ssh-port-out-of-range", ("run", "--ssh-port", "70000"), "--ssh-port"),
     Kind("ssh-port-not-a-number", ("run", "--ssh-port", "ssh"), "--ssh-port"),
+    Kind("jobs-zero", ("run", "--jobs", "0"), "0 is not a number of L1s at once (1-8)"),
+    Kind("jobs-not-a-number", ("run", "--jobs", "all"), "'all' is not a number of L1s"),
     # where things go
     Kind("cache-dir-is-a-file", ("--cache-dir", "{tmp}/a-file", "images", "list"),
          "the image cache {tmp}/a-file (--cache-dir) is not a directory", files={"a-file": ""}),
