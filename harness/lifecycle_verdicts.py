@@ -109,6 +109,9 @@ def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
     dr = step.device_reset
     assert dr is not None
     problems = []
+    if not dr.reset_method:
+        errors.append(f"the L1 kernel has no reset method for {dr.device} (sysfs reset_method "
+                      f"is empty): a reset of the device itself cannot be shown")
     how = [r for r in of_type(list(step.trace_disabling), Other)
            if (r.event.startswith("vfio_pci_reset_") or r.event.startswith("vfio_pci_hot_reset"))
            and dr.device in r.text]

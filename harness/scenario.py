@@ -5,9 +5,9 @@ evidence (trace, the kernel's view of L2's fds and maps, the memory tree), BAR
 access and the P2P transfer come from the same process, in that order, then
 the lifecycle steps (lifecycle.py). A second L2 (side_l2.py) has the devices as
 the main one must not: edu with x-no-mmap=on, nvme split by a fixture. Nothing
-here judges: the verdicts
-see only the `Evidence` returned, and the list of what should be there comes
-from the L1 kernel (`PassedThrough`), not from the QEMU under test.
+here judges: the verdicts see only the `Evidence` returned, and the list of
+what should be there comes from the L1 kernel (`PassedThrough`), not from the
+QEMU under test.
 """
 
 import contextlib

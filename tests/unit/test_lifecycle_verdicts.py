@@ -315,3 +315,8 @@ def test_a_reset_device_without_any_dmabuf_leaves_the_verdict_to_the_step():
     trace = tuple(r for r in parse_trace("\n".join(LINES)) if type(r).__name__ != "RegionDmabuf")
     v = reset(with_main(captured(lifecycle={"reset": s}), trace=trace))
     assert v.observed == "fail" and "L2 holds no dma-buf" in v.reason
+
+
+def test_a_device_the_kernel_cannot_reset_is_an_error_not_a_pass():
+    v = judged_reset(reset_method="")
+    assert v.observed == "error" and "no reset method" in v.reason
