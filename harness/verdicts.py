@@ -112,9 +112,10 @@ def _page_up(size: int) -> int:
 # -- evidence that must be there before anything is judged ----------------------------------
 
 def _missing(ev: Evidence, run: L2Run | None, label: str = "",
-             devices: dict[str, str] | None = None) -> list[str]:
-    """Why this L2 run's evidence cannot be judged at all; empty if it can. `devices`: the
-    L2's, if not the main L2's."""
+             devices: dict[str, str] | None = None,
+             bars: dict[str, dict[int, int]] | None = None) -> list[str]:
+    """Why this L2 run's evidence cannot be judged at all; empty if it can. `devices` and
+    `bars`: the L2's, if not the main L2's."""
     if run is None:
         return [f"{label}no L2 run was recorded"]
     if not run.trace:
@@ -129,7 +130,8 @@ def _missing(ev: Evidence, run: L2Run | None, label: str = "",
                             f"trace is missing or incomplete")
     if run.process is None:
         problems.append(f"{label}no view of the L2 process from the L1 kernel")
-    if not ev.bars or any(bdf not in ev.bars for bdf in (devices or ev.devices).values()):
+    known = ev.bars if bars is None else bars
+    if not known or any(bdf not in known for bdf in (devices or ev.devices).values()):
         problems.append("no L1 kernel view of the devices' BARs")
     return problems[:6]
 
@@ -271,7 +273,7 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
     run = ev.main
     missing = _missing(ev, run)
     if ev.side is not None:
-        missing += _missing(ev, ev.side.run, "x-no-mmap=on: ", ev.side.devices)
+        missing += _missing(ev, ev.side.run, "x-no-mmap=on: ", ev.side.devices, ev.side.bars)
     if missing:
         return _error(missing)
     bars = kernel_bars(ev)
@@ -529,16 +531,7 @@ def multi_range(ev: Evidence) -> Verdict:
     run = mr.run
     name = region_name(mr.device, mr.bar)
     bars = _side_bars(mr)
-    missing = []
-    if not run.trace:
-        missing.append("L2's trace is missing (the trace file is empty): no evidence to judge")
-    missing += [f"a {u.event} line no longer parses: {u.text!r}"
-                for u in of_type(list(run.trace), Unparsed)]
-    set_up = {r.device for r in of_type(list(run.trace), RegionSetup)}
-    missing += [f"no vfio_region_setup for {n} ({bdf}) in L2's trace"
-                for n, bdf in sorted(mr.devices.items()) if run.trace and bdf not in set_up]
-    if run.process is None:
-        missing.append("no view of the L2 process from the L1 kernel")
+    missing = _missing(ev, run, devices=mr.devices, bars=mr.bars)
     if name not in bars:
         missing.append(f"the L1 kernel has no {name}")
     if not mr.withheld:
