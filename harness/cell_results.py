@@ -159,9 +159,7 @@ class CellResults:
             self.produced[result.cell.id] = result
             records[boot][result.cell.id] = result.record()
         for (vi, kernel), cells in records.items():
-            files.write_atomic(self.out / f"{vi}-{kernel}" / "cells.json", json.dumps(
-                {"format": FORMAT, "identity": asdict(self.identity), "cells": cells},
-                indent=2, default=jsonable))
+            self._write_store(self.out / f"{vi}-{kernel}" / "cells.json", cells)
             self._memory.update(cells)
             self._done.add((vi, kernel))
 
@@ -188,7 +186,11 @@ class CellResults:
                                         l2_qemu=self.l2_qemu):
                 self.produced[result.cell.id] = result
                 records[result.cell.id] = result.record()
-            files.write_atomic(store, json.dumps(
-                {"format": FORMAT, "identity": asdict(self.identity), "cells": records},
-                indent=2, default=jsonable))
+            self._write_store(store, records)
             return records
+
+    def _write_store(self, path: Path, cells: dict[str, dict]) -> None:
+        """One L1's records, stamped with this run's identity, written atomically."""
+        files.write_atomic(path, json.dumps(
+            {"format": FORMAT, "identity": asdict(self.identity), "cells": cells},
+            indent=2, default=jsonable))
