@@ -342,6 +342,7 @@ class _Prepared:
     seed: int
     out: Path
     series: Series | None = None  # --series: the series being validated
+    stamp: dict = dataclasses.field(default_factory=dict)  # the run's identity, from its start
 
     @property
     def traces(self) -> tuple[str, ...]:
@@ -350,7 +351,7 @@ class _Prepared:
     def info(self, cells: list, began: float, **extra: object) -> dict:
         from harness import results
 
-        return {"seed": self.seed, "accel": self.choice.accel,
+        return {**self.stamp, "seed": self.seed, "accel": self.choice.accel,
                 "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
                 "l2_qemu": results.qemu_under_test(cells),
                 "kernels": {n: k.manifest["versions"]["kernel"]
@@ -372,6 +373,8 @@ class _Prepared:
 def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
              series: Series | None = None) -> _Prepared:
     """Everything checked before minutes of work: binaries, ports, images, accelerator."""
+    from harness import results
+
     selection = _selection(args)
     qemu = QemuBinary.find(args.qemu)
     for vi in selection.viommus:
@@ -391,7 +394,24 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     seed = args.seed if args.seed is not None else matrix.new_seed()
     out = _results_dir(args.results or Path("results")
                        / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
-    say(f"results and artifacts: {out.resolve()} (seed {seed})")
+    stamp = results.stamp(name, {k: list(v) for k, v in vars(selection).items()})
+    records = [out / "baseline", out / "candidate"] if name == "ab" else [out]
+    for directory in records:
+        results.begin(directory, {**stamp, "run_id": stamp["run_id"] + (
+            f"/{directory.name}" if directory != out else ""), "seed": seed})
+    say(f"results and artifacts: {out.resolve()} (run {stamp['run_id']}, seed {seed})")
+    try:
+        return _build(args, selection, qemu, store, seed, out, validated, stamp, series)
+    except BadInput:
+        for directory in [*records, out]:
+            results.abandon(directory)
+        raise
+
+
+def _build(args: argparse.Namespace, selection: "runner.Selection", qemu: QemuBinary,
+           store: ImageStore, seed: int, out: Path, validated: Series | None, stamp: dict,
+           series: Series | None) -> _Prepared:
+    """The images and the accelerator: what the run needs before any L1 boots."""
     kernel_image = getattr(args, "kernel_image", None)
     if kernel_image:
         role, image = _user_kernel(store, args, kernel_image, args.kernel_config)
@@ -410,7 +430,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     if validated:
         say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "
             f"trace events it adds or changes: {', '.join(validated.trace_events()) or 'none'}")
-    return _Prepared(selection, qemu, store, images, choice, seed, out, validated)
+    return _Prepared(selection, qemu, store, images, choice, seed, out, validated, stamp)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -483,7 +503,8 @@ def _ab(args: argparse.Namespace) -> int:
         cells = {k: runner.in_matrix_order(v, p.selection) for k, v in cells.items()}
         for side in sides:
             info = dataclasses.replace(p, images=side.images or p.images).info(
-                cells[side.results], began, ab_side=side.results.name)
+                cells[side.results], began, ab_side=side.results.name,
+                run_id=f"{p.stamp['run_id']}/{side.results.name}")
             results.write(side.results, cells[side.results], info)
             report.write_html(side.results)
     c = compare.compare(sides[0].results, sides[1].results)

@@ -123,7 +123,7 @@ def evidence_changes(baseline: dict, candidate: dict) -> list[str]:
 
 
 def compare(baseline_dir: Path, candidate_dir: Path) -> Comparison:
-    base, cand = load(baseline_dir), load(candidate_dir)
+    base, cand = load(baseline_dir, finished=True), load(candidate_dir, finished=True)
     a = {c["id"]: c for c in base["cells"]}
     b = {c["id"]: c for c in cand["cells"]}
     cells = []

@@ -28,7 +28,11 @@ L1_ARTIFACT_NAMES = ("l0-console.log", "l1-dmesg.txt", "l0-qmp.jsonl", "l0-cmdli
 CELL_FIELDS = ("id", "viommu", "backend", "kernel", "check", "expected", "outcome", "met")
 
 
-def load(results_dir: Path) -> dict:
+def load(results_dir: Path, finished: bool = False) -> dict:
+    """A results.json of this harness's schema, stamped with the run that made it;
+    `finished`: refuse a run that did not complete (interrupted, killed, failed)."""
+    from harness.results import SCHEMA
+
     path = results_dir / "results.json" if results_dir.is_dir() else results_dir
     try:
         data = json.loads(path.read_text())
@@ -36,14 +40,29 @@ def load(results_dir: Path) -> dict:
         raise BadInput(f"no results.json at {path}") from None
     except ValueError as e:
         raise BadInput(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+    run = data.get("run") if isinstance(data, dict) else None
+    if not isinstance(run, dict) or data.get("schema") != SCHEMA or not run.get("run_id"):
+        said = data.get("schema") if isinstance(data, dict) else None
+        raise BadInput(f"{path} is not a results.json of this vfio-harness (schema {said!r}, "
+                       f"not {SCHEMA!r}, or no run stamp): written by an older version or by "
+                       f"something else")
+    if not isinstance(data.get("cells"), list):
         raise BadInput(f"{path} has no 'cells' list: not a vfio-harness results.json")
+    if finished and run.get("complete") is not True:
+        raise BadInput(f"{path}: run {run['run_id']} (started {run.get('started', '?')}) did "
+                       f"not finish: {incomplete_why(run)}; its cells are not a finished run")
     for n, cell in enumerate(data["cells"]):
         missing = [f for f in CELL_FIELDS if not isinstance(cell, dict) or f not in cell]
         if missing:
             raise BadInput(f"{path}: cell {n} lacks {', '.join(missing)}: not a vfio-harness "
                            f"results.json, or a damaged one")
     return data
+
+
+def incomplete_why(run: dict) -> str:
+    if "ended" not in run:
+        return "it never wrote its end (killed, or still running)"
+    return "it ended before every selected cell ran (interrupted, or a failure stopped it)"
 
 
 def merge(shards: list[Path], out: Path) -> dict:
@@ -53,10 +72,10 @@ def merge(shards: list[Path], out: Path) -> dict:
     for shard in shards:
         data = load(shard)
         shard_dir = shard if shard.is_dir() else shard.parent
-        run = data.get("run", {})
-        if run.get("complete") is False:
-            raise BadInput(f"shard {shard} is incomplete (its run was interrupted or failed "
-                           f"before every cell ran): a merge of it would hide the missing "
+        run = data["run"]
+        if run.get("complete") is not True:
+            raise BadInput(f"shard {shard} is incomplete (run {run['run_id']}: "
+                           f"{incomplete_why(run)}): a merge of it would hide the missing "
                            f"cells")
         runs.append({"shard": str(shard), **run})
         for cell in data["cells"]:
@@ -66,7 +85,10 @@ def merge(shards: list[Path], out: Path) -> dict:
             if cell.get("artifacts"):
                 cell = {**cell, "artifacts": os.path.relpath(shard_dir / cell["artifacts"], out)}
             cells[cell["id"]] = cell
-    return {"run": {"shards": runs}, "cells": sorted(cells.values(), key=_order)}
+    from harness.results import SCHEMA, now, stamp
+
+    run = {**stamp("merge", {}), "shards": runs, "complete": True, "ended": now()}
+    return {"schema": SCHEMA, "run": run, "cells": sorted(cells.values(), key=_order)}
 
 
 def _order(cell: dict) -> tuple:
@@ -81,16 +103,18 @@ def render(data: dict, base: Path) -> str:
                   key=lambda bc: (bc[0] != "legacy", bc[1]))
     by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
     unmet = [c for c in cells if not c.get("met")]
+    finished = data.get("run", {}).get("complete") is True
     e = html.escape
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-           "<title>vfio-harness matrix</title><style>",
+           f"<title>vfio-harness matrix{'' if finished else ' (INCOMPLETE RUN)'}</title>"
+           "<style>",
            "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse}",
            "td,th{border:1px solid #ccc;padding:.4em .6em;text-align:center}",
            "td.cell a{color:#fff;text-decoration:none;display:block}",
            ".small{font-size:80%;opacity:.85} pre{background:#f5f5f5;padding:.6em;"
            "overflow-x:auto;max-height:30em} .unmet{outline:3px solid #000}",
            "</style></head><body>",
-           "<h1>vfio-harness matrix</h1>",
+           "<h1>vfio-harness matrix</h1>", _provenance(data.get("run", {})),
            f"<p id='summary'>{len(cells)} cells, {len(unmet)} not as expected: "
            f"{_counts(cells)}</p>",
            "<table id='matrix'><tr><th>vIOMMU</th><th>kernel</th>"]
@@ -124,6 +148,23 @@ def render(data: dict, base: Path) -> str:
         out.append(_cell_section(cell, base))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _provenance(run: dict) -> str:
+    """Which run made these results, first; an unfinished run says so before anything."""
+    e = html.escape
+    source = run.get("harness_source") or {}
+    changes = " (with changes)" if source.get("dirty") else ""
+    commit = f", commit {source.get('commit', '')[:12]}{changes}" if source else ""
+    made = (f"<p id='provenance'>run {e(str(run.get('run_id', '?')))}, started "
+            f"{e(str(run.get('started', '?')))}, ended {e(str(run.get('ended', 'never')))} on "
+            f"{e(str(run.get('host', '?')))}; vfio-harness {e(str(run.get('harness_version')))}"
+            f"{e(commit)}</p>")
+    if run.get("complete") is True:
+        return made
+    return (f"<p id='incomplete' style='background:#c62828;color:#fff;padding:.6em;"
+            f"font-weight:bold'>INCOMPLETE RUN: {e(incomplete_why(run))}. The cells below are "
+            f"what it produced before it stopped; this is not a finished run.</p>" + made)
 
 
 def _series_section(data: dict) -> str:

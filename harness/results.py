@@ -1,20 +1,91 @@
-"""results.json and the table on stdout: the record of a matrix run."""
+"""results.json and the table on stdout: the record of a matrix run.
 
+A results.json says which run made it from the run's first second: `begin`
+writes the run's stamp (id, start, harness version and commit, host, command
+line, selection) with `"complete": false` over whatever the directory held (an
+earlier run's file is kept beside it as results.previous.json), and `write`
+completes it. A run that is killed leaves its own incomplete record, never an
+earlier run's finished one.
+"""
+
+import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import files
+from harness import __version__, files
 from harness.matrix import CellResult
 
 COLUMNS = ("vIOMMU", "backend", "kernel", "check", "expected", "outcome", "time")
+#: What every results.json this harness writes says it is; a reader refuses any other.
+SCHEMA = "vfio-harness-results/2"
+#: An earlier run's files, moved aside when a run begins in the same directory.
+PREVIOUS = {"results.json": "results.previous.json", "report.html": "report.previous.html"}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def source_commit() -> dict | None:
+    """The harness's own git commit (and whether its tree has changes), if it runs from a
+    checkout: what a results file names as its maker besides the version."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty)}
+
+
+def stamp(front_end: str, selection: dict, run_id: str | None = None) -> dict:
+    """The run's identity, known before anything is built or booted."""
+    return {"run_id": run_id or f"{front_end}-{uuid.uuid4()}", "started": now(),
+            "front_end": front_end, "harness_version": __version__,
+            "harness_source": source_commit(), "host": socket.gethostname(),
+            "command_line": list(sys.argv), "selection": selection, "complete": False}
+
+
+def begin(results_dir: Path, run: dict) -> Path:
+    """This run's record, incomplete, in place of whatever `results_dir` held."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name, previous in PREVIOUS.items():
+        if (results_dir / name).exists():
+            os.replace(results_dir / name, results_dir / previous)
+    path = results_dir / "results.json"
+    files.write_atomic(path, json.dumps({"schema": SCHEMA, "run": run, "cells": []},
+                                        indent=2, default=jsonable) + "\n")
+    return path
+
+
+def abandon(results_dir: Path) -> None:
+    """Undo `begin` for a run refused as bad input before it did anything: no record of a
+    run that never was, the earlier run's files back, no directory made for nothing."""
+    (results_dir / "results.json").unlink(missing_ok=True)
+    for name, previous in PREVIOUS.items():
+        if (results_dir / previous).exists():
+            os.replace(results_dir / previous, results_dir / name)
+    with contextlib.suppress(OSError):
+        results_dir.rmdir()  # only if empty
 
 
 def write(results_dir: Path, cells: list[CellResult], run_info: dict) -> Path:
-    """results.json, artifact paths relative to it, so the directory can move as a whole."""
+    """results.json, artifact paths relative to it, so the directory can move as a whole.
+    `run_info` holds the stamp `begin` wrote, and whether the run is complete."""
     records = []
     for c in cells:
         record = c.record()
@@ -23,8 +94,9 @@ def write(results_dir: Path, cells: list[CellResult], run_info: dict) -> Path:
                                                   results_dir.resolve())
         records.append(record)
     path = results_dir / "results.json"
-    files.write_atomic(path, json.dumps({"run": run_info, "cells": records}, indent=2,
-                                        default=jsonable) + "\n")
+    run = {**run_info, "ended": now()}
+    files.write_atomic(path, json.dumps({"schema": SCHEMA, "run": run, "cells": records},
+                                        indent=2, default=jsonable) + "\n")
     return path
 
 

@@ -25,7 +25,7 @@ from harness.errors import BadInput
 from harness.images import ImageStore, verify
 from harness.matrix import Cell, CellResult
 from harness.recipe import Recipe
-from harness.results import exit_code
+from harness.results import SCHEMA, exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = ROOT / "tests" / "data" / "series"
@@ -54,7 +54,9 @@ class Kind:
 
 
 def _results(cells: list[dict], complete: bool = True) -> str:
-    return json.dumps({"run": {"complete": complete}, "cells": cells})
+    """A results.json as a run of this harness stamps it."""
+    run = {"run_id": "run-1", "started": "2026-11-30T10:00:00+00:00", "complete": complete}
+    return json.dumps({"schema": SCHEMA, "run": run, "cells": cells})
 
 
 AARCH64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44
@@ -102,10 +104,17 @@ CATALOGUE = [
          files={"results.json": '{"cells": ['}),
     Kind("results-cells-lack-fields", ("report", "html", "{tmp}"),
          "cell 0 lacks viommu, backend, kernel, check, expected, met",
-         files={"results.json": '{"cells": [{"id": "x", "outcome": "pass"}]}'}),
+         files={"results.json": _results([{"id": "x", "outcome": "pass"}])}),
+    Kind("results-unstamped", ("report", "html", "{tmp}"),
+         "is not a results.json of this vfio-harness",
+         files={"results.json": json.dumps({"run": {"complete": True}, "cells": []})}),
     Kind("compare-a-torn-side", ("compare", "{tmp}/base", "{tmp}/cand"),
          "results.json is not valid JSON",
          files={"base/results.json": _results([FULL_CELL]), "cand/results.json": "{"}),
+    Kind("compare-an-unfinished-side", ("compare", "{tmp}/base", "{tmp}/cand"),
+         "run run-1 (started 2026-11-30T10:00:00+00:00) did not finish",
+         files={"base/results.json": _results([FULL_CELL]),
+                "cand/results.json": _results([FULL_CELL], complete=False)}),
     Kind("merge-an-interrupted-shard", ("report", "merge", "{tmp}/shard", "--out", "{tmp}/m"),
          "is incomplete", files={"shard/results.json": _results([], complete=False)}),
     # the kernel under test

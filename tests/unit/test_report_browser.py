@@ -71,7 +71,8 @@ def page(tmp_path) -> Path:
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
                                      ("iommufd", "p2p-dma"): "fail",
                                      ("legacy", "dmabuf-per-region"): "skip"})
-    results.write(out, cells, {"seed": 42})
+    results.write(out, cells, {**results.stamp("test", {}), "seed": 42,
+                               "complete": True})
     return report.write_html(out)
 
 

@@ -9,6 +9,9 @@ from harness import report, results
 from harness.errors import BadInput
 from harness.matrix import Cell, CellResult
 
+#: A finished run's stamp, as `results.stamp` and the end of a run make it.
+STAMP = {**results.stamp("test", {}), "complete": True}
+
 
 def make_run(tmp_path: Path, outcomes: dict[tuple[str, str], str], vi="intel-iommu",
              kernel="dmabuf") -> tuple[Path, list[CellResult]]:
@@ -27,7 +30,7 @@ def make_run(tmp_path: Path, outcomes: dict[tuple[str, str], str], vi="intel-iom
 
 def test_results_json_has_the_fields_and_relative_artifacts(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
-    data = json.loads(results.write(out, cells, {"seed": 1}).read_text())
+    data = json.loads(results.write(out, cells, {**STAMP, "seed": 1}).read_text())
     (cell,) = data["cells"]
     for key in ("viommu", "backend", "kernel", "check", "expected", "outcome", "reason",
                 "evidence", "duration_s"):
@@ -60,7 +63,7 @@ def test_prune_never_removes_the_results_directory(tmp_path):
 def test_html_shows_every_cell_coloured_and_linked(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
                                      ("iommufd", "p2p-dma"): "xfail"})
-    results.write(out, cells, {"seed": 1})
+    results.write(out, cells, {**STAMP, "seed": 1})
     page = report.write_html(out).read_text()
     assert page.count("class='cell ") == 2
     assert "background:#2e7d32" in page and "background:#7cb342" in page
@@ -76,7 +79,7 @@ def test_html_names_the_qemu_under_test_and_each_cells_grounds(tmp_path):
     qemu = {"version": "QEMU emulator version 11.1.3", "origin": "packaged in the rootfs",
             "sha256": "ab" * 32, "has_dmabuf_event": True, "has_iommufd_object": True}
     out.mkdir(parents=True, exist_ok=True)
-    results.write(out, [cell], {"l2_qemu": [qemu]})
+    results.write(out, [cell], {**STAMP, "l2_qemu": [qemu]})
     page = report.write_html(out).read_text()
     assert "QEMU under test: QEMU emulator version 11.1.3 (packaged in the rootfs), sha256 " \
            + "ab" * 32 in page
@@ -89,8 +92,8 @@ def test_merge_rewrites_artifact_paths_and_refuses_overlaps(tmp_path):
     a, cells_a = make_run(tmp_path / "a", {("legacy", "p2p-dma"): "pass"})
     b, cells_b = make_run(tmp_path / "b", {("iommufd", "p2p-dma"): "fail"},
                           vi="virtio-iommu")
-    results.write(a, cells_a, {"seed": 1})
-    results.write(b, cells_b, {"seed": 2})
+    results.write(a, cells_a, {**STAMP, "seed": 1})
+    results.write(b, cells_b, {**STAMP, "seed": 2})
     merged_dir = tmp_path / "merged"
     merged = report.merge([a, b], merged_dir)
     assert [c["id"] for c in merged["cells"]] == ["intel-iommu-legacy-dmabuf-p2p-dma",
@@ -103,8 +106,57 @@ def test_merge_rewrites_artifact_paths_and_refuses_overlaps(tmp_path):
 
 def test_not_a_results_file_is_bad_input(tmp_path):
     (tmp_path / "results.json").write_text('{"something": 1}')
-    with pytest.raises(BadInput, match="not a vfio-harness results.json"):
+    with pytest.raises(BadInput, match="is not a results.json of this vfio-harness"):
         report.load(tmp_path)
+
+
+def test_a_run_stamps_its_record_at_once_and_keeps_the_earlier_one_aside(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
+    earlier = {**results.stamp("run", {}), "complete": True}
+    results.write(out, cells, earlier)
+    report.write_html(out)
+    now = results.stamp("run", {"checks": ["p2p-dma"]})
+    results.begin(out, now)
+    data = report.load(out)  # the new run's own record, from its first second
+    assert data["run"]["run_id"] == now["run_id"] != earlier["run_id"]
+    assert data["run"]["complete"] is False and data["cells"] == []
+    for key in ("started", "harness_version", "host", "command_line", "selection"):
+        assert data["run"][key] is not None, key
+    assert json.loads((out / "results.previous.json").read_text())["run"]["run_id"] == \
+        earlier["run_id"]
+    assert (out / "report.previous.html").exists() and not (out / "report.html").exists()
+    with pytest.raises(BadInput, match=f"run {now['run_id']} .* did not finish: it never "
+                                       f"wrote its end"):
+        report.load(out, finished=True)
+
+
+def test_an_unfinished_run_is_never_shown_as_a_finished_one(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
+    results.write(out, cells, {**results.stamp("run", {}), "complete": False})
+    page = report.write_html(out).read_text()
+    assert "<title>vfio-harness matrix (INCOMPLETE RUN)</title>" in page
+    assert "INCOMPLETE RUN: it ended before every selected cell ran" in page
+    with pytest.raises(BadInput, match="did not finish: it ended before every selected cell"):
+        report.load(out, finished=True)
+    with pytest.raises(BadInput, match="is incomplete"):
+        report.merge([out], tmp_path / "merged")
+    results.write(out, cells, {**results.stamp("run", {}), "complete": True})
+    page = report.write_html(out).read_text()
+    assert "INCOMPLETE" not in page and "id='provenance'" in page
+
+
+def test_abandon_leaves_the_earlier_run_as_it_was(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
+    earlier = {**results.stamp("run", {}), "complete": True}
+    results.write(out, cells, earlier)
+    results.begin(out, results.stamp("run", {}))
+    results.abandon(out)
+    assert report.load(out, finished=True)["run"]["run_id"] == earlier["run_id"]
+    assert not (out / "results.previous.json").exists()
+    fresh = tmp_path / "fresh"
+    results.begin(fresh, results.stamp("run", {}))
+    results.abandon(fresh)
+    assert not fresh.exists()
 
 
 def test_junit_has_a_testcase_per_cell_with_skips_and_failures(tmp_path):

@@ -5,7 +5,6 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -126,10 +125,12 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     if seed is None:
         seed = matrix.new_seed()
     out = artifacts / "matrix"
-    run_id = f"pytest-{uuid.uuid4()}"
-    say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
     boots = [(v, k) for v in pytestconfig.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS
              for k in pytestconfig.getoption("--kernel") or list(Recipe.load().kernels)]
+    stamp = results.stamp("pytest", {"boots": boots})
+    run_id = stamp["run_id"]
+    results.begin(out, {**stamp, "seed": seed})
+    say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
                         pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"),
                         boots, pytestconfig.getoption("--l1-jobs") or runner.default_jobs())
@@ -138,9 +139,11 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     if not cells:
         return
     kept = [] if pytestconfig.getoption("--keep-artifacts") else results.prune(out, cells)
-    results.write(out, cells, {"seed": seed, "accel": accelerator, "front_end": "pytest",
-                               "run_id": run_id, "l0_qemu": qemu.version_text,
-                               "l2_qemu": results.qemu_under_test(cells)})
+    wanted = len(boots) * len(matrix.BACKENDS) * len(matrix.CHECKS)
+    results.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
+                               "l0_qemu": qemu.version_text,
+                               "l2_qemu": results.qemu_under_test(cells),
+                               "complete": len(cells) == wanted})
     page = report.write_html(out)
     say(pytestconfig, f"matrix results: {out / 'results.json'}")
     say(pytestconfig, f"matrix report: {page}")
