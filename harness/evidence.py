@@ -443,6 +443,22 @@ class UnplugCycle:
 
 
 @dataclass(frozen=True)
+class DecodeStep:
+    """The L1 kernel's view of L2 at one moment while the devices were given memory decode
+    one at a time: which dma-bufs it calls live or revoked then, and whose command register
+    it reads with MEM on. VFIO's exporter keeps a device's dma-bufs revoked while that
+    device does not decode, so a dma-buf that goes live exactly when one device starts
+    decoding is that device's, whatever QEMU says it is."""
+
+    kernel: KernelProcess
+    commands: dict[str, int | None]  # BDF -> PCI command register, as the L1 kernel reads it
+
+    def decoding(self, bdf: str) -> bool | None:
+        command = self.commands.get(bdf)
+        return None if command is None else bool(command & 0x2)
+
+
+@dataclass(frozen=True)
 class L2Run:
     """Evidence of one L2 process: its trace, its messages and what L1 saw of it."""
 
@@ -451,6 +467,9 @@ class L2Run:
     process: KernelProcess | None
     mtree_mmaps: tuple[str, ...]  # memory regions named "... mmaps[N]" in `info mtree`
     alive_at_end: bool
+    #: Before any device decoded memory, then after each one started: the attribution
+    #: witness (the last step's view is `process`).
+    decode_steps: tuple[DecodeStep, ...] = ()
 
 
 @dataclass(frozen=True)

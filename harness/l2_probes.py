@@ -12,9 +12,17 @@ from collections.abc import Callable
 
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
-from harness.evidence import BarAccess, BlockedDma, KernelProcess, P2PRead, P2PTransfer
+from harness.evidence import (
+    BarAccess,
+    BlockedDma,
+    DecodeStep,
+    KernelProcess,
+    P2PRead,
+    P2PTransfer,
+)
 from harness.l1_vfio import ProcessView
 from harness.l2 import L2Qemu
+from harness.pci import PciConfig
 from harness.stack import L1Stack
 
 P2P_SIZE = 64
@@ -24,9 +32,25 @@ IVSHMEM_INTRMASK = 0x0
 STAGING = 0x100000
 
 
-def kernel_view(stack: L1Stack, pid: int | None) -> KernelProcess | None:
-    """The L1 kernel's view of the L2 process: one SSH round trip."""
-    return None if pid is None else kernel_process(stack.vfio.process(pid))
+def enable_witnessed(stack: L1Stack, l2: L2Qemu, pci: PciConfig,
+                     devices: list[tuple[int, str, bool]]) -> tuple[DecodeStep, ...]:
+    """Memory decode (and bus mastering, where asked) on for each device in turn, as a
+    driver would, with the L1 kernel asked about L2's dma-bufs and the devices' command
+    registers before the first and after each: the witness that ties each dma-buf to its
+    own device. `devices`: (L2 slot, L1 BDF, bus master). One L1 round trip per view."""
+    bdfs = tuple(bdf for _, bdf, _ in devices)
+
+    def view() -> DecodeStep:
+        answer = stack.vfio.process(l2.pid, devices=bdfs) if l2.pid is not None else None
+        if answer is None:
+            raise HarnessError("L2 has no pid: no kernel view", stage="L2 decode witness")
+        return DecodeStep(kernel_process(answer), dict(answer.commands))
+
+    steps = [view()]
+    for slot, _, master in devices:
+        pci.enable(slot, master=master)
+        steps.append(view())
+    return tuple(steps)
 
 
 def kernel_process(view: ProcessView) -> KernelProcess:

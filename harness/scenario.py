@@ -140,11 +140,14 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
             nvme_bar, nvme_bar0 = pci.place(nvme_slot)[0]
             edu_bar, edu_bar0 = edu_placed[0]
             iv_bars = {index: address for index, (_, address) in iv_placed.items()}
-            for slot in (edu_slot, iv_slot, nvme_slot):
-                pci.enable(slot)
+        with timer("decode_witness"):
+            decode_steps = l2_probes.enable_witnessed(
+                stack, l2, pci, [(edu_slot, devices["edu"], True),
+                                 (iv_slot, devices["ivshmem"], True),
+                                 (nvme_slot, devices["nvme"], True)])
         l2.set_trace(BAR_TRACE, False)
-        with timer("kernel_view"):
-            process = l2_probes.kernel_view(stack, l2.pid)
+        process = decode_steps[-1].kernel
+        with timer("mtree"):
             mtree = l2_probes.mtree(l2)
         edu = EduEngine(l2.qtest, edu_bar0)
         if checks & {"mmap-fallback", "p2p-dma"}:
@@ -168,6 +171,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
             with timer(lifecycle.UNPLUG):
                 unplug = lifecycle.unplug(stack, l2, programmed, edu, seed, key, be.name)
         alive = l2.running()
+    except HarnessError as e:
+        raise l2.explain(e) from None
     finally:
         with timer("l2_stop"):
             l2.stop()
@@ -182,7 +187,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     said = [m.stderr_line for m in first]
     stderr = stderr[:min(said)] if said and min(said) >= 0 else stderr
     main = L2Run(tuple(parse_trace("\n".join(creation))),
-                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive)
+                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness import files, l2_probes, msix_split
 from harness.dma_engine import EduEngine
+from harness.errors import HarnessError
 from harness.evidence import L2Run, SideRun, parse_messages, parse_trace
 from harness.l0 import EduDevice, NvmeDevice
 from harness.l2 import L2Device, L2Qemu, L2Spec
@@ -40,20 +41,25 @@ def collect(stack: L1Stack, base: L2Spec, devices: dict[str, str],
                                  L2Device(devices["nvme"], "id=nvme")),
                   qemu=base.qemu, traces=base.traces, preload=(fixture,))
     with L2Qemu(stack.session, spec, out, *ports) as l2:
-        pci = PciConfig(l2.qtest)
-        edu_slot = pci.find(EduDevice().vendor_device)
-        nvme_slot = pci.find(NvmeDevice().vendor_device)
-        edu_bar0 = pci.place(edu_slot)[0][1]
-        iova = pci.place(nvme_slot)[BAR][1]
-        pci.enable(edu_slot)
-        pci.enable(nvme_slot, master=False)
-        process = l2_probes.kernel_view(stack, l2.pid)
-        mtree = l2_probes.mtree(l2)
-        read = l2_probes.p2p_read(stack, l2, EduEngine(l2.qtest, edu_bar0), iova, READ_SIZE)
-        alive = l2.running()
+        try:
+            pci = PciConfig(l2.qtest)
+            edu_slot = pci.find(EduDevice().vendor_device)
+            nvme_slot = pci.find(NvmeDevice().vendor_device)
+            edu_bar0 = pci.place(edu_slot)[0][1]
+            iova = pci.place(nvme_slot)[BAR][1]
+            steps = l2_probes.enable_witnessed(
+                stack, l2, pci, [(edu_slot, devices["edu"], True),
+                                 (nvme_slot, devices["nvme"], False)])
+            process = steps[-1].kernel
+            mtree = l2_probes.mtree(l2)
+            read = l2_probes.p2p_read(stack, l2, EduEngine(l2.qtest, edu_bar0), iova,
+                                      READ_SIZE)
+            alive = l2.running()
+        except HarnessError as e:
+            raise l2.explain(e) from None
     stderr = files.read(out / "l2-stderr.log")
     run = L2Run(tuple(parse_trace(files.read(out / "l2-trace.log"))),
-                tuple(parse_messages(stderr)), process, mtree, alive)
+                tuple(parse_messages(stderr)), process, mtree, alive, steps)
     return SideRun(devices=devices, bars={b: bars.get(b, {}) for b in devices.values()},
                       device=devices["nvme"], bar=BAR, iova=iova, run=run,
                       withheld=msix_split.withheld(stderr), read=read)

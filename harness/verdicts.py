@@ -197,9 +197,96 @@ def _mmapped_problems(run: L2Run, names: list[str], label: str = "") -> list[str
     return problems
 
 
-def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> list[str]:
+#: The L1 kernel's answers to a private IOMMU_IOAS_MAP_FILE of a dma-buf: mapped (one range,
+#: or refused only for having several) means live, ENODEV means revoked.
+_LIVE, _REVOKED = ("live", "several-ranges"), "revoked"
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Whose BAR each dma-buf a region claims exports, in the L1 kernel's words. `problems`
+    are dma-bufs proven not to be their region's (a fail); `unanswered`, what the witness
+    could not say (an error)."""
+
+    problems: list[str]
+    unanswered: list[str]
+    owners: dict[str, dict]
+
+
+def attribute(run: L2Run, claimed: dict[str, int], regions: dict[str, list[str]],
+              label: str = "") -> Attribution:
+    """Each region's dma-buf (`claimed`: region name -> the fd L2 traced for it) must be a
+    dma-buf of its own, and its own device's: the L1 kernel keeps a device's dma-bufs
+    revoked until that device decodes memory, and the devices were given decode one at a
+    time, so a dma-buf is live in exactly the views where its owner decodes. `regions`:
+    BDF -> that device's regions, to name the region a dma-buf really belongs to."""
+    problems: list[str] = []
+    unanswered: list[str] = []
+    owners: dict[str, dict] = {}
+    steps = run.decode_steps
+    if not claimed:
+        return Attribution(problems, unanswered, owners)
+    if len(steps) < 2:
+        return Attribution(problems, [f"{label}no decode witness: the L1 kernel was not asked "
+                                      f"about L2's dma-bufs as each device started decoding"],
+                           owners)
+    inodes = dict(steps[-1].kernel.dmabuf_inodes)
+    sharing: dict[int, list[str]] = defaultdict(list)
+    for name, fd in sorted(claimed.items()):
+        if inodes.get(fd, -1) >= 0:
+            sharing[inodes[fd]].append(name)
+    for ino, names in sorted(sharing.items()):
+        if len(names) > 1:
+            fds = ", ".join(f"{n} fd {claimed[n]}" for n in names)
+            problems.append(f"{label}{' and '.join(names)} hold one and the same dma-buf (the "
+                            f"L1 kernel's inode {ino}: {fds}): each region needs its own")
+    devices = sorted({bdf for step in steps for bdf in step.commands})
+    decodes = {bdf: tuple(step.decoding(bdf) for step in steps) for bdf in devices}
+    unread = [bdf for bdf, seen in decodes.items() if None in seen]
+    if unread:
+        return Attribution(problems, [f"{label}the L1 kernel could not read {bdf}'s command "
+                                      f"register at every step of the decode witness"
+                                      for bdf in unread], owners)
+    for name, fd in sorted(claimed.items()):
+        ino = inodes.get(fd, -1)
+        if ino < 0:
+            continue  # not a dma-buf at all: _dmabuf_problems says so
+        live = []
+        for n, step in enumerate(steps):
+            same = dict(step.kernel.dmabuf_inodes).get(fd) == ino
+            state = dict(step.kernel.dmabuf_states).get(fd) if same else None
+            if state not in (*_LIVE, _REVOKED):
+                unanswered.append(f"{label}{name}: the L1 kernel gave no revoke answer for "
+                                  f"fd {fd} at step {n} of the decode witness ({state!r})")
+                break
+            live.append(state in _LIVE)
+        else:
+            owner = [bdf for bdf, seen in decodes.items() if list(seen) == live]
+            own = name.split(" BAR ")[0]
+            owners[name] = {"fd": fd, "ino": ino, "live": live, "owner": owner}
+            if own in owner and len(owner) == 1:
+                continue
+            if own in owner:
+                unanswered.append(f"{label}{name}: the decode witness cannot tell "
+                                  f"{' from '.join(owner)} apart (they decoded together)")
+            elif owner:
+                theirs = ", ".join(regions.get(owner[0]) or [owner[0]])
+                problems.append(f"{label}{name}'s dma-buf (fd {fd}, inode {ino}) is not its "
+                                f"own BAR's: the L1 kernel kept it live exactly while "
+                                f"{owner[0]} decoded memory, so it exports {theirs}")
+            else:
+                when = ", ".join("live" if x else "revoked" for x in live)
+                problems.append(f"{label}{name}'s dma-buf (fd {fd}, inode {ino}) follows no "
+                                f"device's memory decode ({when} as the devices started "
+                                f"decoding one by one): the L1 kernel ties it to no BAR of "
+                                f"{own}")
+    return Attribution(problems, unanswered, owners)
+
+
+def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> Attribution:
     """One dma-buf per qualifying region (one trace line per mmap, one fd, ranges equal
-    to the mmaps), none for any other region, and the kernel agreeing on fds and sizes."""
+    to the mmaps), none for any other region, the kernel agreeing on fds and sizes, and
+    each dma-buf the region's own (`attribute`)."""
     problems = []
     mmaps, dmabufs = _mmaps(run), _dmabufs(run)
     fds: dict[str, int] = {}
@@ -241,7 +328,11 @@ def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> list
         elif held[fd][1] != DMABUF_EXPORTER:
             problems.append(f"{label}{name}: fd {fd} is exported by {held[fd][1]}, "
                             f"not {DMABUF_EXPORTER}")
-    return problems
+    regions: dict[str, list[str]] = defaultdict(list)
+    for name in qualifying:
+        regions[name.split(" BAR ")[0]].append(name)
+    found = attribute(run, fds, regions, label)
+    return Attribution(problems + found.problems, found.unanswered, found.owners)
 
 
 def _side_bars(side: SideRun) -> dict[str, int]:
@@ -299,7 +390,9 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
         problems.append("the L1 kernel has no BAR of a page or more on these devices: "
                         "nothing qualifies for a dma-buf")
     problems += _mmapped_problems(run, qualifying + sub_page)
-    problems += _dmabuf_problems(run, qualifying)
+    own = _dmabuf_problems(run, qualifying)
+    problems += own.problems
+    unanswered = list(own.unanswered)
     if of_type(list(run.messages), DmabufNotSupported):
         problems.append("QEMU said VFIO dma-buf is not supported in kernel, on a kernel whose "
                         "probe says it is")
@@ -321,18 +414,41 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
                             f"dma-bufs {with_dmabuf}")
         others = [n for n, size in _side_bars(ev.side).items()
                   if size >= PAGE and not n.startswith(edu)]
-        problems += _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
+        beside = _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
+        problems += beside.problems + _shared_between(own, beside, "the side L2's ")
+        unanswered += beside.unanswered
         evidence["x_no_mmap"] = {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf,
                                  "dmabufs": sorted(_dmabufs(no_mmap))}
         grounds += [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap,
                                                                               "x-no-mmap=on ")]
         checked.append(f"none for edu with x-no-mmap=on, while {', '.join(others)} beside it "
                        f"got {'its' if len(others) == 1 else 'theirs'}")
+    evidence["attribution"] = own.owners
+    grounds.append(_witness_ground(run))
+    checked.append("each its own device's and no other region's (the L1 kernel revoked it "
+                   "until that device, and only that one, decoded memory)")
     if problems:
-        return Verdict("fail", "; ".join(problems), evidence, grounds=tuple(grounds))
+        return Verdict("fail", "; ".join(problems + unanswered), evidence,
+                       grounds=tuple(grounds))
+    if unanswered:
+        return _error(unanswered, evidence)
     fd_list = ", ".join(f"{n} fd {d[0].fd}" for n, d in sorted(_dmabufs(run).items()))
     return Verdict("pass", f"{'; '.join(checked)} ({fd_list})", evidence,
                    grounds=tuple(grounds))
+
+
+def _shared_between(main: Attribution, other: Attribution, label: str) -> list[str]:
+    """Two L2s never hold one dma-buf: a region's dma-buf in one that is a region's in the
+    other (the same inode) was handed across."""
+    inodes = {o["ino"]: name for name, o in main.owners.items()}
+    return [f"{label}{name} and the main L2's {inodes[o['ino']]} hold one and the same "
+            f"dma-buf (inode {o['ino']}): each L2 needs its own"
+            for name, o in sorted(other.owners.items()) if o["ino"] in inodes]
+
+
+def _witness_ground(run: L2Run, label: str = "") -> str:
+    return (f"{label}L1 kernel: the revoke state of L2's dma-bufs in {len(run.decode_steps)} "
+            f"views, before any device decoded memory and after each one started")
 
 
 def _bar_access_problems(ev: Evidence) -> list[str]:
@@ -567,8 +683,12 @@ def multi_range(ev: Evidence) -> Verdict:
     # device's regions are this check's.
     qualifying = [n for n, size in bars.items() if size >= PAGE and n.startswith(mr.device)]
     problems += _mmapped_problems(run, qualifying)
+    unanswered: list[str] = []
     if ev.kernel_dmabuf:
-        problems += _dmabuf_problems(run, qualifying)
+        own = _dmabuf_problems(run, qualifying)
+        problems += own.problems
+        unanswered = own.unanswered
+        evidence["attribution"] = own.owners
         fd = dmabufs[name][0].fd if dmabufs.get(name) else None
         state = dict(run.process.dmabuf_states).get(fd) if fd is not None else None
         if fd is not None and len(pieces) > 1 and state != "several-ranges":
@@ -610,7 +730,9 @@ def multi_range(ev: Evidence) -> Verdict:
     if not read.engine_error and not read.arrived and any(read.expected):
         findings.add("read-missing")
     if problems:
-        return Verdict("fail", "; ".join(problems), evidence, grounds=grounds)
+        return Verdict("fail", "; ".join(problems + unanswered), evidence, grounds=grounds)
+    if unanswered:
+        return _error(unanswered, evidence)
     if not any(read.expected):
         return Verdict("fail", f"L2 read zeros from {name} through its mmap: nothing to "
                                f"compare a DMA read with", evidence, grounds=grounds)

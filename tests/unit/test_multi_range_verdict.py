@@ -23,7 +23,7 @@ from harness.l2_probes import mtree_mmaps
 from harness.matrix import EXPECTATIONS, settle
 from harness.msix_split import withheld
 from harness.verdicts import multi_range
-from tests.unit.test_verdicts import DATA, captured, maps
+from tests.unit.test_verdicts import DATA, captured, maps, witness, with_witness
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-multi-range.json").read_text())
 NVME = CAPTURE["devices"]["nvme"]
@@ -35,12 +35,12 @@ def split(backend: str, **changes) -> SideRun:
     name = f"intel-iommu-dmabuf-{backend}-multi-range"
     stderr = (DATA / f"{name}.stderr").read_text()
     c = CAPTURE[backend]
-    process = KernelProcess(tuple(map(tuple, c["kernel_dmabuf_fds"])), maps(0x2000, 0x1000),
-                            tuple((fd, 1 + i) for i, (fd, *_) in
-                                  enumerate(c["kernel_dmabuf_fds"])),
-                            tuple(map(tuple, c["kernel_dmabuf_states"])))
-    run = L2Run(tuple(parse_trace((DATA / f"{name}.trace").read_text())),
-                tuple(parse_messages(stderr)), process, MTREE, True)
+    (state,) = {state for _, state in c["kernel_dmabuf_states"]}
+    steps = witness([CAPTURE["devices"]["edu"], NVME],
+                    {fd: (NVME, 1 + i, size) for i, (fd, size, _) in
+                     enumerate(c["kernel_dmabuf_fds"])}, maps(0x2000, 0x1000), live=state)
+    run = with_witness(L2Run(tuple(parse_trace((DATA / f"{name}.trace").read_text())),
+                             tuple(parse_messages(stderr)), None, MTREE, True), steps)
     r = c["read"]
     read = P2PRead(int(r["iova"], 16), bytes.fromhex(r["expected"]), bytes.fromhex(r["got"]),
                    tuple(r["l1_dmesg"]), r["engine_error"])

@@ -11,6 +11,7 @@ import pytest
 
 from harness.evidence import (
     BarAccess,
+    DecodeStep,
     Evidence,
     KernelProcess,
     L2Run,
@@ -51,15 +52,40 @@ def maps(*sizes: int) -> tuple[str, ...]:
 BARS = {EDU: {0: MIB}, IVSHMEM: {0: 0x100, 2: MIB}}
 
 
+def witness(order: list[str], dmabufs: dict[int, tuple[str, int, int]],
+            vfio_maps: tuple[str, ...] = (), live: str = "live") -> tuple[DecodeStep, ...]:
+    """The L1 kernel's views as the devices of `order` started decoding memory one by one,
+    as measured on 11.1.3 / 7.2 (2026-11-30, every vIOMMU and backend): each dma-buf
+    revoked until its own device decodes, live from then on (edu's [F, T, T, T], ivshmem's
+    [F, F, T, T], nvme's [F, F, F, T]). `dmabufs`: fd -> (owner BDF, inode, size)."""
+    steps = []
+    for n in range(len(order) + 1):
+        on = set(order[:n])
+        kernel = KernelProcess(
+            tuple((fd, size, "vfio_pci_core") for fd, (_, _, size) in dmabufs.items()),
+            vfio_maps, tuple((fd, ino) for fd, (_, ino, _) in dmabufs.items()),
+            tuple((fd, live if owner in on else "revoked")
+                  for fd, (owner, _, _) in dmabufs.items()))
+        steps.append(DecodeStep(kernel, {b: 0x6 if b in on else 0x0 for b in order}))
+    return tuple(steps)
+
+
+def with_witness(run: L2Run, steps: tuple[DecodeStep, ...]) -> L2Run:
+    return dataclasses.replace(run, decode_steps=steps, process=steps[-1].kernel)
+
+
 def captured(**changes) -> Evidence:
     """The evidence of the real run, as the verdicts saw it; `changes` replace fields."""
-    main = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd.trace"))),
-                 tuple(parse_messages(_read("intel-iommu-dmabuf-iommufd.stderr"))),
-                 KernelProcess(((19, MIB, "vfio_pci_core"), (22, MIB, "vfio_pci_core")),
-                               maps(MIB, 4096, MIB)),
-                 mtree_mmaps(_read("intel-iommu-dmabuf-iommufd.mtree")), True)
-    no_mmap = L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd-x-no-mmap.trace"))),
-                    (), KernelProcess(((21, MIB, "vfio_pci_core"),), maps(4096, MIB)), (), True)
+    main = with_witness(
+        L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd.trace"))),
+              tuple(parse_messages(_read("intel-iommu-dmabuf-iommufd.stderr"))), None,
+              mtree_mmaps(_read("intel-iommu-dmabuf-iommufd.mtree")), True),
+        witness([EDU, IVSHMEM], {19: (EDU, 10, MIB), 22: (IVSHMEM, 11, MIB)},
+                maps(MIB, 4096, MIB)))
+    no_mmap = with_witness(
+        L2Run(tuple(parse_trace(_read("intel-iommu-dmabuf-iommufd-x-no-mmap.trace"))),
+              (), None, (), True),
+        witness([EDU, IVSHMEM], {21: (IVSHMEM, 17, MIB)}, maps(4096, MIB)))
     # Captured when the side L2 had ivshmem beside edu (now nvme): the verdict takes either.
     pattern = bytes(range(64))
     ev = Evidence(
@@ -113,6 +139,90 @@ def test_missing_dmabuf_trace_fails():
     v = dmabuf_per_region(with_main(ev, trace=trace))
     assert v.observed == "fail"
     assert f"{EDU} BAR 0: 0 vfio_region_dmabuf for 1 mmap(s)" in v.reason
+
+
+# -- attribution: each dma-buf its own region's, in the L1 kernel's words --------------------
+
+def _main_witness(ev: Evidence, dmabufs: dict, order=(EDU, IVSHMEM), **kw) -> Evidence:
+    return with_main(ev, **vars(with_witness(ev.main, witness(list(order), dmabufs,
+                                                              ev.main.process.vfio_maps,
+                                                              **kw))))
+
+
+def test_a_dup_of_another_devices_dmabuf_fails_naming_both_regions():
+    """The borrow-dmabuf lie: ivshmem's BAR 2 holds a dup of edu's (one inode, two fds);
+    every count, size and exporter still agrees."""
+    ev = _main_witness(captured(), {19: (EDU, 10, MIB), 22: (EDU, 10, MIB)})
+    v = dmabuf_per_region(ev)
+    assert v.observed == "fail", v.reason
+    assert (f"{EDU} BAR 0 and {IVSHMEM} BAR 2 hold one and the same dma-buf (the L1 kernel's "
+            f"inode 10: {EDU} BAR 0 fd 19, {IVSHMEM} BAR 2 fd 22)") in v.reason
+
+
+def test_a_dmabuf_of_another_devices_bar_fails_naming_whose_it_is():
+    """The foreign-dmabuf lie: a dma-buf of its own (another inode) for ivshmem's BAR 2,
+    made from edu's BAR 0: it goes live when edu starts decoding, not ivshmem."""
+    ev = _main_witness(captured(), {19: (EDU, 10, MIB), 22: (EDU, 11, MIB)})
+    v = dmabuf_per_region(ev)
+    assert v.observed == "fail", v.reason
+    assert (f"{IVSHMEM} BAR 2's dma-buf (fd 22, inode 11) is not its own BAR's: the L1 kernel "
+            f"kept it live exactly while {EDU} decoded memory, so it exports {EDU} BAR 0"
+            ) in v.reason
+    assert v.evidence["attribution"][f"{IVSHMEM} BAR 2"]["owner"] == [EDU]
+
+
+def test_two_regions_swapping_dmabufs_both_fail():
+    ev = _main_witness(captured(), {19: (IVSHMEM, 10, MIB), 22: (EDU, 11, MIB)})
+    v = dmabuf_per_region(ev)
+    assert v.observed == "fail"
+    assert f"{EDU} BAR 0's dma-buf (fd 19, inode 10) is not its own BAR's" in v.reason
+    assert f"{IVSHMEM} BAR 2's dma-buf (fd 22, inode 11) is not its own BAR's" in v.reason
+
+
+def test_a_dmabuf_live_before_any_device_decodes_follows_no_device():
+    ev = captured()
+    steps = list(ev.main.decode_steps)
+    first = steps[0]
+    steps[0] = DecodeStep(dataclasses.replace(first.kernel, dmabuf_states=((19, "live"),
+                                                                           (22, "revoked"))),
+                          first.commands)
+    v = dmabuf_per_region(with_main(ev, decode_steps=tuple(steps)))
+    assert v.observed == "fail"
+    assert (f"{EDU} BAR 0's dma-buf (fd 19, inode 10) follows no device's memory decode (live, "
+            f"live, live as the devices started decoding one by one)") in v.reason
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda steps: (), "no decode witness"),
+    (lambda steps: (steps[0], DecodeStep(dataclasses.replace(
+        steps[1].kernel, dmabuf_states=((19, "pidfd_getfd: Operation not permitted"),
+                                        (22, "revoked"))), steps[1].commands), steps[2]),
+     "gave no revoke answer for fd 19 at step 1 of the decode witness"),
+    (lambda steps: (steps[0], DecodeStep(steps[1].kernel, {EDU: None, IVSHMEM: 0}), steps[2]),
+     f"could not read {EDU}'s command register"),
+    (lambda steps: (steps[0], steps[2]), f"cannot tell {EDU} from {IVSHMEM} apart"),
+])
+def test_a_witness_that_cannot_answer_is_an_error(damage, says):
+    ev = captured()
+    v = dmabuf_per_region(with_main(ev, decode_steps=damage(ev.main.decode_steps)))
+    assert v.observed == "error", v.reason
+    assert says in v.reason
+
+
+def test_the_side_l2_holding_the_main_l2s_dmabuf_fails():
+    ev = captured()
+    side_run = with_witness(ev.side.run, witness([EDU, IVSHMEM], {21: (IVSHMEM, 11, MIB)},
+                                                 ev.side.run.process.vfio_maps))
+    v = dmabuf_per_region(dataclasses.replace(ev, side=side(side_run)))
+    assert v.observed == "fail"
+    assert (f"the side L2's {IVSHMEM} BAR 2 and the main L2's {IVSHMEM} BAR 2 hold one and the "
+            f"same dma-buf (inode 11): each L2 needs its own") in v.reason
+
+
+def test_the_pass_names_the_witness():
+    v = dmabuf_per_region(captured())
+    assert "each its own device's and no other region's" in v.reason
+    assert any("the revoke state of L2's dma-bufs in 3 views" in g for g in v.grounds)
 
 
 def test_kernel_disagreeing_on_size_fails():

@@ -192,6 +192,41 @@ CATALOGUE = (
                        "command write): only L2's copy of the command register changes",
         shim="keep-decode",
         verdicts=lifecycle("*", "*", "fail", "the device still decodes memory")),
+    # Attribution: a dma-buf that is not its region's own.
+    Adversary(
+        "borrow-dmabuf", "gives ivshmem's BAR 2 a dup of edu's BAR 0 dma-buf (both 1 MiB)",
+        shim="borrow-dmabuf",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"): ("fail", "hold one and the same "
+                                                                 "dma-buf"),
+                  # decode off on ivshmem leaves edu's dma-buf, which BAR 2 holds, live
+                  ("dmabuf", "*", "decode-toggle"): ("fail", "was live at 'memory decode "
+                                                             "off', not revoked"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  # the reset revokes every device's dma-bufs, edu's too: only iommufd's
+                  # mapping of the wrong BAR shows
+                  ("dmabuf", "iommufd", "reset"): ("fail", "the bytes did not arrive"),
+                  # the replugged device borrows edu's again
+                  ("dmabuf", "*", UNPLUG): ("fail", "not a new live dma-buf")}),
+    Adversary(
+        "foreign-dmabuf", "gives ivshmem's BAR 2 a new dma-buf of its own, made from edu's "
+                          "BAR 0: right size, exporter and fd count, wrong device",
+        shim="foreign-dmabuf",
+        verdicts={("dmabuf", "*", "dmabuf-per-region"):
+                  ("fail", "is not its own BAR's: the L1 kernel kept it live exactly while"),
+                  ("dmabuf", "*", "decode-toggle"): ("fail", "was live at 'memory decode "
+                                                             "off', not revoked"),
+                  ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
+                  ("dmabuf", "iommufd", "reset"): ("fail", "the bytes did not arrive"),
+                  # legacy maps the replugged BAR by address and the foreign dma-buf is new
+                  # and live: that cell does not see it (the unplug check does not
+                  # attribute the replugged dma-buf)
+                  ("dmabuf", "iommufd", UNPLUG): ("fail", "once the device was plugged "
+                                                         "again: the bytes did not arrive")}),
+    Adversary(
+        "stale-dmabuf", "gives a device plugged again the dma-buf its unplugged predecessor "
+                        "left open (revoked), not a new one",
+        shim="stale-dmabuf",
+        verdicts={("dmabuf", "*", UNPLUG): ("fail", "as revoked, inode")}),
     Adversary(
         "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
         stderr_filter=REWORD,

@@ -11,6 +11,12 @@
  *   keep-decode    writes of the PCI command register through a VFIO device fd
  *                  keep memory decode on: L2 turns it off in its own copy only,
  *                  the device (and its dma-buf) never sees it
+ *   borrow-dmabuf  a region gets a dup of another device's dma-buf of the same size
+ *                  (ivshmem BAR 2 gets edu BAR 0's): one dma-buf, two regions
+ *   foreign-dmabuf a region gets a dma-buf of its own, freshly made, but of another
+ *                  device's BAR of the same size: right size, exporter and count
+ *   stale-dmabuf   a device plugged again gets a dup of the dma-buf its unplugged
+ *                  predecessor left open (revoked), not a new one
  *
  * Only the harness's adversarial tests use it; it is built on L0 and carried
  * into L1 inside the wrapper script that becomes the QEMU under test.
@@ -18,6 +24,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +57,61 @@ static int is_dmabuf_get(unsigned long request, void *arg)
            (f->flags & VFIO_DEVICE_FEATURE_GET) && !(f->flags & VFIO_DEVICE_FEATURE_PROBE);
 }
 
+/* The dma-bufs made so far: which device fd asked, for what, and whether that device fd
+ * has been closed since (an unplugged device's). */
+#define MAX_MADE 64
+static struct made {
+    int device_fd, dmabuf_fd, closed;
+    uint64_t size;
+    size_t argsz;
+    unsigned char arg[256];
+} made[MAX_MADE];
+static int n_made;
+
+static uint64_t total_size(const struct dma_buf *d)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < d->nr_ranges; i++)
+        total += d->r[i].length;
+    return total;
+}
+
+/* An earlier dma-buf of `size` asked for by another device: one whose fd is still open
+ * (and not this one), or one whose fd was closed since (its number may be this one's now). */
+static struct made *earlier(int device_fd, uint64_t size, int closed)
+{
+    for (int i = 0; i < n_made; i++)
+        if (made[i].size == size && made[i].closed == closed &&
+            (closed || made[i].device_fd != device_fd))
+            return &made[i];
+    return NULL;
+}
+
+static void remember(int device_fd, int dmabuf_fd, uint64_t size, const void *arg)
+{
+    const struct feature *f = arg;
+    if (dmabuf_fd < 0 || n_made >= MAX_MADE || f->argsz > sizeof(made[0].arg))
+        return;
+    struct made *m = &made[n_made++];
+    m->device_fd = device_fd;
+    m->dmabuf_fd = dmabuf_fd;
+    m->closed = 0;
+    m->size = size;
+    m->argsz = f->argsz;
+    memcpy(m->arg, arg, f->argsz);
+}
+
+int close(int fd)
+{
+    static int (*real)(int);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "close");
+    for (int i = 0; i < n_made; i++)
+        if (made[i].device_fd == fd)
+            made[i].closed = 1;
+    return real(fd);
+}
+
 int ioctl(int fd, unsigned long request, ...)
 {
     static int (*real)(int, unsigned long, ...);
@@ -71,13 +133,24 @@ int ioctl(int fd, unsigned long request, ...)
                     d->r[i].length = 4096;
         }
         if (!strcmp(mode(), "forge-dmabuf")) {
-            uint64_t total = 0;
-            for (uint32_t i = 0; i < d->nr_ranges; i++)
-                total += d->r[i].length;
             int mfd = memfd_create("forged-dmabuf", MFD_CLOEXEC);
-            if (mfd >= 0 && ftruncate(mfd, (off_t)total) == 0)
+            if (mfd >= 0 && ftruncate(mfd, (off_t)total_size(d)) == 0)
                 return mfd;
         }
+        uint64_t size = total_size(d);
+        struct made *m = NULL;
+        if (!strcmp(mode(), "borrow-dmabuf") && (m = earlier(fd, size, 0)))
+            return fcntl(m->dmabuf_fd, F_DUPFD_CLOEXEC, 0);
+        if (!strcmp(mode(), "foreign-dmabuf") && (m = earlier(fd, size, 0))) {
+            unsigned char copy[256];
+            memcpy(copy, m->arg, m->argsz);
+            return real(m->device_fd, request, copy);
+        }
+        if (!strcmp(mode(), "stale-dmabuf") && (m = earlier(fd, size, 1)))
+            return fcntl(m->dmabuf_fd, F_DUPFD_CLOEXEC, 0);
+        int ret = real(fd, request, arg);
+        remember(fd, ret, size, arg);
+        return ret;
     }
     return real(fd, request, arg);
 }
