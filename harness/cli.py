@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import accel, doctor, matrix, patchwork, paths, report
+from harness import accel, doctor, matrix, patchwork, paths, reaper, report
 from harness.errors import BadInput, HarnessError
 from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import VIOMMUS, check_port, viommu
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     _signals_raise()
+    reaper.adopt_orphans()
     try:
         return _dispatch(args)
     except HarnessError as e:
@@ -262,8 +263,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         last, code = "vfio-harness: interrupted; QEMU processes were stopped", 130
     gc.collect()  # finalizers of what the failure left behind run now, not after the last line
+    _reap()
     print(last, file=sys.stderr)
     return code
+
+
+def _reap() -> None:
+    """Every child ended and waited for, before the last line; a further interrupt meanwhile
+    does not cut it short."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM,
+                                                             signal.SIGHUP)}
+    try:
+        killed = reaper.reap()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if killed:
+        say(f"killed {len(killed)} process(es) that had not ended: {killed}")
 
 
 def _signals_raise() -> None:
@@ -463,6 +479,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"artifacts (all kept{why}): {p.out.resolve()}")
         for directory in kept:
             print(f"artifacts kept: {directory.resolve()}")
+    _reap()
+    print(results.last_line(cells, finished))
     return results.exit_code(cells)
 
 

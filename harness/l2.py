@@ -11,6 +11,7 @@ node they need; `Backend` holds exactly that, and nothing else branches on it.
 """
 
 import shlex
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,14 @@ L2_QEMU = "qemu-system-x86_64"
 #: Trace events on from the start: the evidence the verdicts read.
 TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container_*",
                 "vfio_legacy_*", "vfio_pci_reset*", "vfio_pci_hot_reset*")
+
+
+class L2Died(HarnessError):
+    """L2 ended on its own while the harness drove it; `end` says how, in L1's words."""
+
+    def __init__(self, message: str, end: str, **kwargs: str | None):
+        super().__init__(message, **kwargs)
+        self.end = end
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,44 @@ class L2Paths:
     def qtest_log(self) -> str:
         return f"{self.directory}/qtest.log"
 
+    @property
+    def pid(self) -> str:
+        return f"{self.directory}/pid"
+
+    @property
+    def status(self) -> str:
+        """L2's exit status, written by the shell that waits for it (128+N: signal N)."""
+        return f"{self.directory}/exit-status"
+
+
+def launch_command(line: str, paths: L2Paths) -> str:
+    """L2 under a shell of its own that waits for it and writes how it ended, so that L1
+    can say whether it exited (and with what) or was killed (and by which signal); the
+    command prints L2's pid once it is known."""
+    d = shlex.quote(paths.directory)
+    keeper = (f"{line} </dev/null >{d}/stdout.log 2>{shlex.quote(paths.stderr)} & "
+              f"echo $! >{d}/pid.new && mv {d}/pid.new {shlex.quote(paths.pid)}; wait $!; "
+              f"echo $? >{d}/status.new && mv {d}/status.new {shlex.quote(paths.status)}")
+    return (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
+            f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }} && "
+            f"n=0; until [ -s {shlex.quote(paths.pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
+            f"n=$((n + 1)); done; cat {shlex.quote(paths.pid)}")
+
+
+def describe_status(text: str) -> str | None:
+    """How L2 ended, from the status its shell wrote: None if it has not ended."""
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    code = int(text)
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"was killed by {name} ({code - 128})"
+    return f"exited with status {code}"
+
 
 def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
     preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
@@ -155,17 +202,21 @@ class L2Qemu:
         cmd = build_command(self.spec, self.paths)
         line = " ".join(shlex.quote(c) for c in cmd)
         (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
-        d = shlex.quote(self.paths.directory)
-        started = self.session.run(
-            f"rm -rf {d} && mkdir -p {d} && cd {d} && "
-            f"{{ setsid {line} </dev/null >{d}/stdout.log 2>{shlex.quote(self.paths.stderr)} & }}"
-            f" && echo $!", stage="L2 start")
-        self.pid = int(started.stdout.strip())
+        started = self.session.run(launch_command(line, self.paths), stage="L2 start")
+        try:
+            self.pid = int(started.stdout.strip())
+        except ValueError:
+            raise HarnessError("L2 did not start: its shell never said its pid",
+                               stage="L2 start", details=started.stderr[-2000:]) from None
         deadline = Deadline("L2 start", self.start_timeout)
         try:
             self.qmp.connect(deadline, alive=self.running, details=self.stderr)
             self.qtest.connect(deadline.remaining())
-        except BaseException:  # a failure, or an interrupt: never leave L2 or a client behind
+        except HarnessError as e:
+            explained = self.explain(e)
+            self.stop()
+            raise explained from None
+        except BaseException:  # an interrupt: never leave L2 or a client behind
             self.stop()
             raise
 
@@ -188,6 +239,34 @@ class L2Qemu:
         if self.pid is None:
             return False
         return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
+
+    def ended(self) -> str | None:
+        """How L2 ended, in L1's words ("was killed by SIGKILL (9)"), with the tail of its
+        stderr; None while it runs (or if L1 cannot say)."""
+        if self.pid is None:
+            return None
+        answer = self.session.run(
+            f"cat {shlex.quote(self.paths.status)} 2>/dev/null; echo ---; "
+            f"tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
+            stage="L2 status")
+        status, _, tail = answer.stdout.partition("---\n")
+        how = describe_status(status)
+        if how is None:
+            return None
+        said = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
+        return (f"L2 QEMU (pid {self.pid}) {how}, as L1 saw it; its stderr ended: "
+                f"{said[-600:] or '(nothing)'}")
+
+    def explain(self, error: HarnessError) -> HarnessError:
+        """`error`, with how L2 ended if it did: a dead L2 is the story, not the closed
+        socket that showed it."""
+        try:
+            how = self.ended()
+        except HarnessError:  # L1 itself is gone: the error says enough
+            return error
+        if how is None:
+            return error
+        return L2Died(f"{error.message}: {how}", how, stage=error.stage, details=error.details)
 
     def stderr(self) -> str:
         return self.session.run(f"cat {shlex.quote(self.paths.stderr)}", check=False,

@@ -190,6 +190,24 @@ def junit(cells: list[CellResult], name: str = "vfio-harness") -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
+def last_line(cells: list[CellResult], finished: bool) -> str:
+    """The run's one closing line: how it went, and which cells a dead L2 took with it."""
+    unmet = sum(1 for c in cells if not c.met)
+    line = (f"vfio-harness: {len(cells)} cell(s), {unmet} not as expected"
+            + ("" if finished else "; the run did not finish"))
+    died: dict[str, list[CellResult]] = {}
+    for c in cells:
+        if c.evidence.get("l2_end"):
+            where = f"{c.cell.viommu}/{c.cell.kernel}/{c.cell.backend}"
+            died.setdefault(where, []).append(c)
+    if died:
+        taken = sum(len(v) for v in died.values())
+        how = "; ".join(f"{where}: {v[0].evidence['l2_end'].split(', as L1')[0]}"
+                        for where, v in died.items())
+        line += f"; L2 QEMU died and took {taken} cell(s) with it ({how})"
+    return line
+
+
 def exit_code(cells: list[CellResult]) -> int:
     """0 every cell met its expectation; 3 the only cells that did not were ended by a
     deadline (the stage is in their reason); 1 otherwise, and for a run with no cell."""

@@ -22,7 +22,7 @@ from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
 from harness.l0 import L1Spec, viommu
-from harness.l2 import L2_QEMU, Backend
+from harness.l2 import L2_QEMU, Backend, L2Died
 from harness.l2 import backend as backend_named
 from harness.matrix import Cell, CellResult
 from harness.progress import say
@@ -217,7 +217,8 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
         stderr = files.tail(out / "l2-stderr.log")
         return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr,
                                                 "error_stage": e.stage,
-                                                "deadline": isinstance(e, StageTimeout)},
+                                                "deadline": isinstance(e, StageTimeout),
+                                                "l2_end": e.end if isinstance(e, L2Died) else None},
                            time.monotonic() - began, str(out)) for c in cells]
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
                                             set(OWN_STEP.values()))) / len(cells)

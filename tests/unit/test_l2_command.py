@@ -54,3 +54,33 @@ def test_the_qemu_under_test_can_be_another_binary():
 def test_unknown_backend():
     with pytest.raises(BadInput, match="unknown backend 'vfio-user'"):
         backend("vfio-user")
+
+
+def test_how_l2_ended_is_said_in_l1s_words():
+    from harness.l2 import describe_status
+
+    assert describe_status("") is None  # still running: its shell has not written it
+    assert describe_status("0\n") == "exited with status 0"
+    assert describe_status("1") == "exited with status 1"
+    assert describe_status("137") == "was killed by SIGKILL (9)"
+    assert describe_status("139") == "was killed by SIGSEGV (11)"
+
+
+def test_l2_runs_under_a_shell_that_writes_its_exit_status(tmp_path):
+    """The launch command, run here by a real shell on a command that kills itself: the
+    pid comes back at once and the status file says which signal ended it."""
+    import subprocess
+    import time
+
+    from harness.l2 import describe_status, launch_command
+
+    paths = L2Paths(str(tmp_path / "l2"))
+    out = subprocess.run(["sh", "-c", launch_command("sh -c 'sleep 0.2; kill -9 $$'", paths)],
+                         capture_output=True, text=True, timeout=30)
+    assert int(out.stdout.strip()) > 1
+    end = time.monotonic() + 10
+    while not (tmp_path / "l2" / "exit-status").exists():
+        assert time.monotonic() < end, "no exit status written"
+        time.sleep(0.05)
+    status = (tmp_path / "l2" / "exit-status").read_text()
+    assert describe_status(status) == "was killed by SIGKILL (9)"

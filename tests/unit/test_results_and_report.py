@@ -176,3 +176,17 @@ def test_junit_has_a_testcase_per_cell_with_skips_and_failures(tmp_path):
     skipped = by_name["intel-iommu-iommufd-no-dmabuf-p2p-dma"].find("skipped")
     assert skipped.get("message") == "xfail: bytes did not arrive"
     assert len(by_name["intel-iommu-legacy-dmabuf-p2p-dma"]) == 0  # a plain pass
+
+
+def test_the_last_line_says_which_cells_a_dead_l2_took():
+    died = "L2 QEMU (pid 812) was killed by SIGKILL (9), as L1 saw it; its stderr ended: x"
+    cells = [CellResult(Cell("intel-iommu", "iommufd", "dmabuf", check), "error",
+                        f"L2 qtest: closed: {died}", {"l2_end": died}, 1.0, None)
+             for check in ("p2p-dma", "reset")]
+    cells.append(CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "pass", "ok",
+                            {}, 1.0, None))
+    assert results.last_line(cells, True) == (
+        "vfio-harness: 3 cell(s), 2 not as expected; L2 QEMU died and took 2 cell(s) with it "
+        "(intel-iommu/dmabuf/iommufd: L2 QEMU (pid 812) was killed by SIGKILL (9))")
+    assert results.last_line(cells[2:], False) == \
+        "vfio-harness: 1 cell(s), 0 not as expected; the run did not finish"

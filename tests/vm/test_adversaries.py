@@ -62,3 +62,31 @@ def test_adversary_gets_the_true_verdicts(adversary, adversary_l1, shim, tmp_pat
     assert not problems, "\n".join(problems)
     if any(adversary.expected(kernel, b, c) for b in matrix.BACKENDS for c in matrix.CHECKS):
         assert not all(r.met for r in results), f"{adversary.name} got through on {kernel}"
+
+
+#: A QEMU under test that L1 kills (SIGKILL) 6 s into each real L2 run: mid-cells.
+DIES = """#!/bin/bash
+real=/usr/bin/qemu-system-x86_64
+case " $* " in *" -qtest "*) ;; *) exec "$real" "$@" ;; esac
+echo "vfio-harness test: this L2 will be killed" >&2
+( sleep 6; kill -9 $$ ) </dev/null >/dev/null 2>&1 &
+exec "$real" "$@"
+"""
+
+
+def test_an_l2_that_dies_is_named_in_l1s_words(adversary_l1, tmp_path):
+    """Every cell the dead L2 took says how it ended (the signal, as L1 saw it) and what
+    it last wrote on stderr, not merely that a socket closed."""
+    if adversary_l1.kernel != "dmabuf":
+        pytest.skip("one kernel is enough: the death does not depend on it")
+    wrapper = tmp_path / "qemu-dies"
+    wrapper.write_text(DIES)
+    under_test = runner.qemu_under_test(adversary_l1, wrapper)
+    results = list(runner.cells_on_l1(adversary_l1, under_test, ("legacy",), matrix.CHECKS,
+                                      adversary_l1.run_dir / "dies", seed=1))
+    assert len(results) == len(matrix.CHECKS)
+    for r in results:
+        assert r.outcome == "error", r.reason
+        assert "was killed by SIGKILL (9), as L1 saw it" in r.reason, r.reason
+        assert "this L2 will be killed" in r.reason, r.reason
+        assert r.evidence["l2_end"]

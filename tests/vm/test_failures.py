@@ -1,5 +1,6 @@
 """Failures on real boots: each names its stage, shows the evidence, and leaves no QEMU."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from harness.errors import HarnessError, StageTimeout
 from harness.l0 import viommu
+from harness.results import SCHEMA
 from harness.stack import booted
 
 VIOMMU, KERNEL = "intel-iommu", "dmabuf"
@@ -19,6 +21,21 @@ VIOMMU, KERNEL = "intel-iommu", "dmabuf"
 def qemu_processes_using(path: Path) -> list[str]:
     out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(path) in line]
+
+
+def qemu_zombies() -> list[str]:
+    """QEMUs that exited and were never waited for: their command line is gone, so
+    `qemu_processes_using` cannot see them."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, state = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2]
+        if state == "Z" and comm.startswith("qemu-system"):
+            found.append(f"{stat.parent.name} {comm}")
+    return found
 
 
 def test_ssh_deadline_names_the_stage_and_shows_the_console(qemu, images, accelerator, tmp_path):
@@ -74,6 +91,9 @@ PARALLEL = ("dmabuf", "no-dmabuf")  # two L1s side by side, each in a child proc
 def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
     """At boot, at the probe, at an L2 start, among the cells: one clear last line, exit
     130, no traceback (a QMP client interrupted mid-close used to print one at exit)."""
+    earlier = {"schema": SCHEMA, "run": {"run_id": "run-earlier", "complete": True},
+               "cells": []}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
     proc = _start_run(tmp_path, kernels)
     _wait_for_qemu(tmp_path)
     time.sleep(after)
@@ -82,8 +102,13 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
     assert proc.returncode == 130, out
     assert out.strip().splitlines()[-1] == \
         "vfio-harness: interrupted; QEMU processes were stopped", out[-2000:]
+    assert qemu_zombies() == []  # reaped before that line, not just signalled
     assert "Traceback" not in out, out[max(0, out.find("Traceback") - 300):][:3000]
     assert qemu_processes_using(tmp_path) == []
+    # Its own record, unfinished, never the earlier run's (kept aside under another name).
+    record = json.loads((tmp_path / "results.json").read_text())["run"]
+    assert record["run_id"] != "run-earlier" and record["complete"] is False
+    assert json.loads((tmp_path / "results.previous.json").read_text()) == earlier
     # The interrupted L1's artifacts are kept (an L1 whose cells all met is pruned as usual).
     assert list(tmp_path.glob("*/l0-console.log"))
 
