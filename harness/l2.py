@@ -34,8 +34,9 @@ TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container
 class L2Died(HarnessError):
     """L2 ended on its own while the harness drove it; `end` says how, in L1's words."""
 
-    def __init__(self, message: str, end: str, **kwargs: str | None):
-        super().__init__(message, **kwargs)
+    def __init__(self, message: str, end: str, *, stage: str | None = None,
+                 details: str = ""):
+        super().__init__(message, stage=stage, details=details)
         self.end = end
 
 

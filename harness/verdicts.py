@@ -331,8 +331,8 @@ def _dmabuf_problems(run: L2Run, qualifying: list[str], label: str = "") -> Attr
     regions: dict[str, list[str]] = defaultdict(list)
     for name in qualifying:
         regions[name.split(" BAR ")[0]].append(name)
-    found = attribute(run, fds, regions, label)
-    return Attribution(problems + found.problems, found.unanswered, found.owners)
+    witnessed = attribute(run, fds, regions, label)
+    return Attribution(problems + witnessed.problems, witnessed.unanswered, witnessed.owners)
 
 
 def _side_bars(side: SideRun) -> dict[str, int]:

@@ -10,7 +10,6 @@ import pytest
 
 from harness.evidence import (
     IommufdMapFile,
-    KernelProcess,
     L2Run,
     P2PRead,
     RegionDmabuf,
@@ -23,7 +22,7 @@ from harness.l2_probes import mtree_mmaps
 from harness.matrix import EXPECTATIONS, settle
 from harness.msix_split import withheld
 from harness.verdicts import multi_range
-from tests.unit.test_verdicts import DATA, captured, maps, witness, with_witness
+from tests.unit.test_verdicts import DATA, captured, maps, with_witness, witness
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-multi-range.json").read_text())
 NVME = CAPTURE["devices"]["nvme"]
