@@ -148,6 +148,22 @@ class L1Session:
                                details=_fmt(out, err) + self._failure_context())
         return result
 
+    def open_helper(self, command: str, stage: str) -> "LineHelper":
+        """A long-lived command in L1 that answers one line per line asked: what would
+        otherwise start a process in L1 per question (an interpreter under TCG takes
+        longer to start than to answer) is started once."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HarnessError(f"SSH connection to L1 is gone (starting {command!r})",
+                               stage=stage, details=self.context())
+        try:
+            chan = transport.open_session(timeout=30)
+            chan.exec_command(command)
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"SSH failed while starting {command!r}: {e}", stage=stage,
+                               details=self.context()) from None
+        return LineHelper(command, chan)
+
     def _failure_context(self) -> str:
         dmesg = ""
         try:
@@ -189,3 +205,41 @@ class L1Session:
 def _fmt(out: io.BytesIO, err: io.BytesIO) -> str:
     return (f"--- stdout ---\n{out.getvalue().decode(errors='replace')[-3000:]}"
             f"\n--- stderr ---\n{err.getvalue().decode(errors='replace')[-3000:]}")
+
+
+class LineHelper:
+    """One line out, one line back, each answer with a deadline that names its stage."""
+
+    def __init__(self, command: str, chan: paramiko.Channel):
+        self.command = command
+        self._chan = chan
+        self._pending = b""
+
+    def ask(self, line: str, timeout: float, stage: str) -> str:
+        deadline = Deadline(stage, timeout)
+        try:
+            self._chan.sendall(line.encode() + b"\n")
+            while b"\n" not in self._pending:
+                if self._chan.recv_ready():
+                    self._pending += self._chan.recv(65536)
+                    continue
+                if self._chan.exit_status_ready() or self._chan.closed:
+                    err = self._chan.recv_stderr(65536).decode(errors="replace") \
+                        if self._chan.recv_stderr_ready() else ""
+                    raise HarnessError(f"{self.command!r} in L1 ended", stage=stage,
+                                       details=err)
+                if deadline.expired:
+                    raise StageTimeout(f"{self.command!r} gave no answer in {timeout:g} s",
+                                       stage=stage)
+                select.select([self._chan], [], [], min(0.2, deadline.remaining() + 0.01))
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"SSH failed while asking {self.command!r}: {e}",
+                               stage=stage) from None
+        answer, _, self._pending = self._pending.partition(b"\n")
+        return answer.decode(errors="replace")
+
+    def close(self) -> None:
+        try:
+            self._chan.close()
+        except (OSError, paramiko.SSHException):
+            pass

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.l1 import L1Session
+from harness.l1 import L1Session, LineHelper
 
 GUEST_SCRIPT = Path(__file__).parent / "guest" / "vfio_l1.py"
 REMOTE_SCRIPT = "/run/vfio_l1.py"
@@ -116,18 +116,32 @@ class ProcessView:
 
 
 class L1Vfio:
+    """The guest helper, started once per L1 session and asked one question per line."""
+
     def __init__(self, session: L1Session):
         self.session = session
         session.put(GUEST_SCRIPT, REMOTE_SCRIPT, mode=0o755)
+        self._helper: LineHelper | None = None
 
     def _call(self, action: str, *args: str, timeout: float = 30.0) -> dict:
-        cmd = " ".join(["python3", REMOTE_SCRIPT, action, *map(shlex.quote, args)])
-        result = self.session.run(cmd, timeout=timeout, stage=f"L1 vfio {action}")
+        stage = f"L1 vfio {action}"
+        if self._helper is None:
+            self._helper = self.session.open_helper(f"python3 {REMOTE_SCRIPT} serve", stage)
+        line = self._helper.ask(json.dumps({"action": action, "args": list(args)}), timeout,
+                                stage)
         try:
-            return json.loads(result.stdout)
+            answer = json.loads(line)
         except ValueError:
-            raise HarnessError(f"{cmd!r} did not answer JSON", stage=f"L1 vfio {action}",
-                               details=result.stdout[-2000:] + result.stderr[-2000:]) from None
+            raise HarnessError(f"{action} {' '.join(map(shlex.quote, args))} did not answer "
+                               f"JSON", stage=stage, details=line[-2000:]) from None
+        if isinstance(answer, dict) and "helper_error" in answer:
+            raise HarnessError(f"{action} failed in L1: {answer['helper_error']}", stage=stage)
+        return answer
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
     def inventory(self, vendor_devices: list[str]) -> Inventory:
         return Inventory.from_json(self._call("inventory", *vendor_devices))

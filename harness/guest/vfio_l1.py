@@ -10,6 +10,7 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
   vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
+  vfio_l1.py serve                        the same actions, one JSON line each way
   vfio_l1.py process PID [FILES [BDF...]]
       the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
       process holds; FILES: TRACE[,STDERR], whose line counts to report with them;
@@ -293,17 +294,35 @@ def wait_closed(args):
         time.sleep(0.02)
 
 
+ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
+           "process": process, "wait-closed": wait_closed}
+
+
+def serve():
+    """One JSON request per line on stdin ({"action", "args"}), one JSON answer per line:
+    the interpreter starts once per L1 session, not once per question."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = ACTIONS[request["action"]](request["args"])
+        except Exception as e:  # the harness shows it; the next question still gets answered
+            answer = {"helper_error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     action, args = argv[1], argv[2:]
-    actions = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
-               "process": process, "wait-closed": wait_closed}
-    if action not in actions:
+    if action == "serve":
+        return serve()
+    if action not in ACTIONS:
         print(f"unknown action {action!r}", file=sys.stderr)
         return 2
-    json.dump(actions[action](args), sys.stdout)
+    json.dump(ACTIONS[action](args), sys.stdout)
     return 0
 
 
