@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import accel, doctor, matrix, patchwork, paths, reaper, report
+from harness import accel, checks, doctor, matrix, patchwork, paths, reaper, report
 from harness.errors import BadInput, HarnessError
 from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import VIOMMUS, check_port, viommu
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
     cells.add_argument("--backend", action="append", choices=matrix.BACKENDS)
     cells.add_argument("--kernel", action="append")
-    cells.add_argument("--check", action="append", choices=matrix.CHECKS)
+    cells.add_argument("--check", action="append", choices=checks.names())
     cells.add_argument("--avocado-variants", type=Path, metavar="FILE",
                        help="write the cells as avocado variants (--json-variants-load FILE)")
     cells.add_argument("--results", type=Path, help="with --avocado-variants: where the "
@@ -179,7 +179,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", action="append", choices=matrix.BACKENDS,
                    help="VFIO backend of L2 (repeatable; default: both)")
     p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
-    p.add_argument("--check", action="append", choices=matrix.CHECKS,
+    p.add_argument("--check", action="append", choices=checks.names(),
                    help="check (repeatable; default: all)")
     p.add_argument("--results", type=Path, help="directory for results and artifacts "
                                                 "(default: ./results/ACTION-TIMESTAMP)")
@@ -560,7 +560,7 @@ def _selection(args: argparse.Namespace):
         viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
         backends=tuple(args.backend or matrix.BACKENDS),
         kernels=tuple(args.kernel or Recipe.load().kernels),
-        checks=tuple(args.check or matrix.CHECKS))
+        checks=tuple(args.check or checks.names()))
 
 
 def _matrix(args: argparse.Namespace) -> int:

@@ -18,13 +18,16 @@ setting MEM again un-revokes it and QEMU maps the same dma-buf again
 part of this path: QEMU calls it for INTx emulation, not for memory decode.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPError
 
 from harness.deadline import Deadline, wait_for
 from harness.dma_engine import EduEngine
 from harness.evidence import (
+    BlockedDma,
     DeviceReset,
     LifecycleStep,
     Moment,
@@ -44,16 +47,13 @@ from harness.l2_probes import (
 from harness.pci import BarInfo, PciConfig
 from harness.stack import L1Stack
 
-CHECKS = ("decode-toggle", "reset")
-UNPLUG = "dmabuf-unplug"
+if TYPE_CHECKING:
+    from harness.checks import Check
+
 UNPLUG_CYCLES = 5
 UNPLUG_DEADLINE_S = 10.0
 IVSHMEM_ID = "ivshmem"  # its QOM id in L2 (scenario.py gives it)
-#: ivshmem BAR 2 offsets each step's P2P writes to (its blocked DMA: + BLOCKED), apart
-#: from the creation-time ones so no step can be credited with another's bytes.
-DESTINATION = {("decode-toggle", "legacy"): 0x3000, ("decode-toggle", "iommufd"): 0x4000,
-               ("reset", "legacy"): 0x5000, ("reset", "iommufd"): 0x6000,
-               ("dmabuf-unplug", "legacy"): 0x7000, ("dmabuf-unplug", "iommufd"): 0x8000}
+#: Where a step's blocked DMA writes: beside its P2P destination (Check.p2p_destination).
 BLOCKED = 0x800
 RESET_DEADLINE_S = 10.0
 
@@ -127,62 +127,93 @@ def _moment(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
                   {b: view.commands.get(b) for b in others})
 
 
-def run(check: str, stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
-        key: str, backend: str) -> LifecycleStep:
-    """One lifecycle step; its trace slices are filled in by `with_traces` once L2 stopped."""
+@dataclass(frozen=True)
+class Away:
+    """What a step's act left: the BAR taken away (`disabled`), edu's DMA tried into it
+    meanwhile, the BAR given back (`enabled`); `device_reset`, read after the P2P that
+    follows, is a reset device's evidence, and `reset_method` the one it recorded."""
+
+    disabled: Moment
+    blocked: BlockedDma
+    enabled: Moment
+    device_reset: Callable[[], DeviceReset | None] = lambda: None
+    reset_method: str | None = None
+
+
+#: A step: (stack, l2, devices, edu, seed, key, BAR 2's IOVA, destination, moment) -> Away
+Act = Callable[..., Away]
+
+
+def toggle_decode(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
+                  key: str, iova: int, dst: int, moment: Callable[[str], Moment]) -> Away:
+    """Memory decode off on ivshmem, as a guest driver does it, and on again."""
+    staged = stage_pattern(l2, edu, seed, key)
+    dev.pci.set_memory(dev.ivshmem_slot, False)
+    disabled = moment("memory decode off")
+    blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
+    dev.pci.set_memory(dev.ivshmem_slot, True)
+    return Away(disabled, blocked, moment("memory decode on"))
+
+
+def reset_l2(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
+             key: str, iova: int, dst: int, moment: Callable[[str], Moment]) -> Away:
+    """system_reset of L2, which clears every BAR (and resets nvme by FLR), then the BARs
+    programmed again at their addresses."""
+    r = dev.resettable
+    if r:  # a value its reset clears: proof that the device itself was reset
+        l2.qtest.writel(r.bar0 + NVME_CC, NVME_CC_VALUE)
+        cc_before = l2.qtest.readl(r.bar0 + NVME_CC)
+        registers = l2.qtest.read(r.bar0, NVME_READ)
+    l2.qmp.cmd("system_reset")
+    # edu is on the root bus: its BAR reads back 0 once the reset has cleared it (ivshmem,
+    # behind a root port that lost its bus numbers, is not even reachable then).
+    wait_for(lambda: dev.pci.address(dev.edu_slot, dev.edu_bar) == 0,
+             Deadline("L2 reset", RESET_DEADLINE_S), "edu BAR 0 still assigned after "
+             "system_reset")
+    disabled = moment("after system_reset")
+    # edu comes back first, so that it can try to reach BAR 2 while BAR 2 is still away.
+    dev.reprogram_edu()
+    staged = stage_pattern(l2, edu, seed, key)
+    blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
+    if r:
+        # what L2 read there before: the bytes a DMA let through would bring back
+        away = p2p_read(stack, l2, edu, r.bar0, NVME_READ, registers)
+    dev.reprogram_ivshmem()  # edu is back already
+    dev.reprogram_resettable()
+    enabled = moment("BARs programmed again")
+
+    def device_reset() -> DeviceReset | None:
+        if not r:
+            return None
+        read = p2p_read(stack, l2, edu, r.bar0, NVME_READ)
+        return DeviceReset(r.bdf, r.reset_method, r.bar.index, r.bar0, NVME_CC,
+                           NVME_CC_VALUE, cc_before, l2.qtest.readl(r.bar0 + NVME_CC), away,
+                           read)
+
+    return Away(disabled, blocked, enabled, device_reset, dev.reset_method)
+
+
+def run(check: "Check", stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,
+        seed: int, key: str, backend: str) -> LifecycleStep:
+    """One lifecycle step (the check's act, between moments, then P2P once the BAR is
+    back); its trace slices are filled in by `with_traces` once L2 stopped."""
     bar2, iova = dev.ivshmem_bars[2]
-    dst = DESTINATION[(check, backend)]
+    dst = check.p2p_destination(backend)
+    key = f"{key}/{check.name}"
 
     def moment(label: str) -> Moment:
         return _moment(stack, l2, dev, label)
 
     before = moment("before")
-    if check == "decode-toggle":
-        staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
-        dev.pci.set_memory(dev.ivshmem_slot, False)
-        disabled = moment("memory decode off")
-        blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
-        dev.pci.set_memory(dev.ivshmem_slot, True)
-        enabled = moment("memory decode on")
-    elif check == "reset":
-        r = dev.resettable
-        if r:  # a value its reset clears: proof that the device itself was reset
-            l2.qtest.writel(r.bar0 + NVME_CC, NVME_CC_VALUE)
-            cc_before = l2.qtest.readl(r.bar0 + NVME_CC)
-            registers = l2.qtest.read(r.bar0, NVME_READ)
-        l2.qmp.cmd("system_reset")
-        # edu is on the root bus: its BAR reads back 0 once the reset has cleared it (ivshmem,
-        # behind a root port that lost its bus numbers, is not even reachable then).
-        wait_for(lambda: dev.pci.address(dev.edu_slot, dev.edu_bar) == 0,
-                 Deadline("L2 reset", RESET_DEADLINE_S), "edu BAR 0 still assigned after "
-                 "system_reset")
-        disabled = moment("after system_reset")
-        # edu comes back first, so that it can try to reach BAR 2 while BAR 2 is still away.
-        dev.reprogram_edu()
-        staged = stage_pattern(l2, edu, seed, f"{key}/{check}")
-        blocked = blocked_dma(stack, edu, staged, iova + dst + BLOCKED, dst + BLOCKED)
-        if r:
-            # what L2 read there before: the bytes a DMA let through would bring back
-            away = p2p_read(stack, l2, edu, r.bar0, NVME_READ, registers)
-        dev.reprogram_ivshmem()  # edu is back already
-        dev.reprogram_resettable()
-        enabled = moment("BARs programmed again")
-    else:
-        raise ValueError(f"unknown lifecycle check {check!r}")
-    after = p2p(stack, l2, edu, iova, seed, f"{key}/{check}", dst)
+    away = check.step()(stack, l2, dev, edu, seed, key, iova, dst, moment)
+    after = p2p(stack, l2, edu, iova, seed, key, dst)
     access = bar_access(l2, edu, dev.ivshmem_bars[0][1])
-    reset = None
-    if check == "reset" and dev.resettable:
-        r = dev.resettable
-        read = p2p_read(stack, l2, edu, r.bar0, NVME_READ)
-        reset = DeviceReset(r.bdf, r.reset_method, r.bar.index, r.bar0, NVME_CC, NVME_CC_VALUE,
-                            cc_before, l2.qtest.readl(r.bar0 + NVME_CC), away, read)
-    return LifecycleStep(check=check, device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size,
-                         before=before, disabled=disabled, enabled=enabled, trace_disabling=(),
-                         trace_enabling=(), blocked=blocked, after=after, bar_access=access,
-                         alive=l2.running(),
-                         reset_method=dev.reset_method if check == "reset" else None,
-                         device_reset=reset)
+    return LifecycleStep(check=check.name, device=dev.ivshmem_bdf, bar=2, iova=iova,
+                         size=bar2.size, before=before, disabled=away.disabled,
+                         enabled=away.enabled, trace_disabling=(), trace_enabling=(),
+                         blocked=away.blocked, after=after, bar_access=access,
+                         alive=l2.running(), reset_method=away.reset_method,
+                         device_reset=away.device_reset())
 
 
 def _present(l2: L2Qemu, qom_id: str) -> bool:
@@ -214,7 +245,7 @@ def _replug(l2: L2Qemu, dev: Programmed) -> None:
 
 
 def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int, key: str,
-           backend: str, cycles: int = UNPLUG_CYCLES) -> UnplugCycle:
+           dst: int, cycles: int = UNPLUG_CYCLES) -> UnplugCycle:
     """ivshmem unplugged and plugged again `cycles` times; the first cycle bracketed by
     moments and followed by a P2P transfer, the last followed by a moment."""
     bar2, iova = dev.ivshmem_bars[2]
@@ -228,8 +259,7 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: in
     unplugged = moment("unplugged")
     _replug(l2, dev)
     replugged = moment("plugged again")
-    after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug",
-                DESTINATION[("dmabuf-unplug", backend)])
+    after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug", dst)
     for _ in range(cycles - 1):
         _unplug(stack, l2, held)
         _replug(l2, dev)

@@ -379,6 +379,3 @@ def decode_toggle(ev: Evidence) -> Verdict:
 
 def reset(ev: Evidence) -> Verdict:
     return _step(ev, "reset")
-
-
-VERDICTS = {"decode-toggle": decode_toggle, "reset": reset, "dmabuf-unplug": dmabuf_unplug}

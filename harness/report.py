@@ -91,8 +91,23 @@ def merge(shards: list[Path], out: Path) -> dict:
     return {"schema": SCHEMA, "run": run, "cells": sorted(cells.values(), key=_order)}
 
 
+def _check_order(check: str) -> tuple:
+    """Checks in the order they run (the registry's); one it does not know, after them."""
+    from harness import checks
+
+    known = checks.names()
+    return (known.index(check), "") if check in known else (len(known), check)
+
+
+def _backend_order(backend: str) -> tuple:
+    from harness.checks import BACKENDS
+
+    return (BACKENDS.index(backend), "") if backend in BACKENDS else (len(BACKENDS), backend)
+
+
 def _order(cell: dict) -> tuple:
-    return (cell["viommu"], cell["kernel"], cell["backend"], cell["check"])
+    return (cell["viommu"], cell["kernel"], _backend_order(cell["backend"]),
+            _check_order(cell["check"]))
 
 
 def render(data: dict, base: Path) -> str:
@@ -100,7 +115,7 @@ def render(data: dict, base: Path) -> str:
     cells = sorted(data["cells"], key=_order)
     rows = sorted({(c["viommu"], c["kernel"]) for c in cells})
     cols = sorted({(c["backend"], c["check"]) for c in cells},
-                  key=lambda bc: (bc[0] != "legacy", bc[1]))
+                  key=lambda bc: (_backend_order(bc[0]), _check_order(bc[1])))
     by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
     unmet = [c for c in cells if not c.get("met")]
     finished = data.get("run", {}).get("complete") is True

@@ -14,10 +14,10 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import files, lifecycle_verdicts, matrix, parallel, scenario, stack, verdicts
+from harness import checks, files, matrix, parallel, scenario, stack
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
@@ -31,9 +31,6 @@ from harness.qemu_bundle import Bundle, upload
 from harness.qemu_under_test import QemuUnderTest, probe
 from harness.scenario import PassedThrough, Timer
 
-#: Every check's verdict: the creation-time ones and the lifecycle steps'.
-VERDICTS = {**verdicts.VERDICTS, **lifecycle_verdicts.VERDICTS}
-
 PACKAGED = "packaged in the rootfs"
 
 
@@ -42,7 +39,7 @@ class Selection:
     viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
     backends: tuple[str, ...] = matrix.BACKENDS
     kernels: tuple[str, ...] = ("dmabuf", "no-dmabuf")
-    checks: tuple[str, ...] = matrix.CHECKS
+    checks: tuple[str, ...] = field(default_factory=checks.names)
 
     def cells(self) -> list[Cell]:
         return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
@@ -220,15 +217,10 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
                                                 "deadline": isinstance(e, StageTimeout),
                                                 "l2_end": e.end if isinstance(e, L2Died) else None},
                            time.monotonic() - began, str(out)) for c in cells]
-    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in
-                                            set(OWN_STEP.values()))) / len(cells)
+    own = {c.own_step for c in checks.REGISTRY.values() if c.own_step}
+    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
     record["summary"] = summarize(evidence, traces)
     return judge(cells, evidence, timer, shared, str(out), record)
-
-
-#: The collection step each check alone needs; the rest of the time is shared.
-OWN_STEP = {"dmabuf-per-region": "side_l2", "multi-range": "side_l2", "p2p-dma": "p2p",
-            **{c: c for c in ("decode-toggle", "reset", "dmabuf-unplug")}}
 
 
 def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
@@ -236,9 +228,10 @@ def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: f
     """Each cell's verdict on the evidence, held against its expectation."""
     results = []
     for cell in cells:
-        duration = shared_seconds + timer.steps.get(OWN_STEP.get(cell.check, ""), 0.0)
+        check = checks.get(cell.check)
+        duration = shared_seconds + timer.steps.get(check.own_step or "", 0.0)
         try:
-            verdict = VERDICTS[cell.check](evidence)
+            verdict = check.verdict(evidence)
         except Exception as e:  # a bug in a verdict: this cell errs, the others stand
             results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
                                       {"traceback": traceback.format_exc()}, duration,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import files, l2_probes, lifecycle, side_l2
+from harness import checks, files, l2_probes, lifecycle, side_l2
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import (
@@ -46,9 +46,6 @@ from harness.stack import L1Stack
 
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
 BAR_TRACE = "pci_update_mappings*"
-#: Destination offsets in ivshmem BAR 2, one per backend, so that a transfer
-#: can never be credited with bytes an earlier one left behind.
-P2P_DESTINATION = {"legacy": 0x1000, "iommufd": 0x2000}
 ROOT_PORT = "rp0"
 
 
@@ -104,11 +101,12 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
 
 
-def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str], out: Path,
+def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
             facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
-    """One backend's evidence for `checks`: an L2 with the three devices, then the side L2
-    if a check needs it. `traces`: more events on."""
+    """One backend's evidence for the `wanted` checks: an L2 with the three devices, its
+    lifecycle steps in the order the registry runs them, then the side L2 if a wanted check
+    reads it. `traces`: more events on."""
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
@@ -150,26 +148,27 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
         with timer("mtree"):
             mtree = l2_probes.mtree(l2)
         edu = EduEngine(l2.qtest, edu_bar0)
-        if checks & {"mmap-fallback", "p2p-dma"}:
+        needed = checks.needed_steps(wanted)
+        if "bar_access" in needed:
             with timer("bar_access"):
                 bar_access = l2_probes.bar_access(l2, edu, iv_bars[0])
-        if "p2p-dma" in checks:
+        if "p2p" in needed:
             with timer("p2p"):
                 p2p = l2_probes.p2p(stack, l2, edu, iv_bars[2], seed, key,
-                                    P2P_DESTINATION[be.name])
+                                    checks.get("p2p-dma").p2p_destination(be.name))
         programmed = lifecycle.Programmed(
             pci, edu_slot, edu_bar, edu_bar0, iv_slot, iv_placed, devices["ivshmem"],
             spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""),
             lifecycle.Resettable(nvme_slot, nvme_bar, nvme_bar0, devices["nvme"],
                                  through.reset_methods.get(devices["nvme"], "")))
-        for check in lifecycle.CHECKS:
-            if check in checks:
-                with timer(check):
-                    steps[check] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
-                                                 be.name)
-        if lifecycle.UNPLUG in checks:  # last: it leaves a device plugged afresh
-            with timer(lifecycle.UNPLUG):
-                unplug = lifecycle.unplug(stack, l2, programmed, edu, seed, key, be.name)
+        for check in checks.in_phase(checks.LIFECYCLE, wanted):
+            with timer(check.name):
+                steps[check.name] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
+                                                  be.name)
+        for check in checks.in_phase(checks.LAST, wanted):  # it leaves a device plugged afresh
+            with timer(check.name):
+                unplug = check.step()(stack, l2, programmed, edu, seed, key,
+                                      check.p2p_destination(be.name))
         alive = l2.running()
     except HarnessError as e:
         raise l2.explain(e) from None
@@ -192,7 +191,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, checks: set[str
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)
     side = None
-    if checks & set(side_l2.CHECKS):
+    if checks.in_phase(checks.SIDE, wanted):
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)

@@ -761,7 +761,3 @@ def multi_range(ev: Evidence) -> Verdict:
                            f"{evidence['pieces_refused']}, unaccounted {unmapped}; DMA read "
                            f"brought back {read.got.hex()}, L2 reads {read.expected.hex()}"
                            f"{where}", evidence, frozenset(findings), grounds)
-
-
-VERDICTS = {"dmabuf-per-region": dmabuf_per_region, "mmap-fallback": mmap_fallback,
-            "p2p-dma": p2p_dma, "multi-range": multi_range}

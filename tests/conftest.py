@@ -4,9 +4,17 @@ from pathlib import Path
 
 import pytest
 
+from harness import checks
 from harness.l0 import VIOMMUS
 
 DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A marker per check, from the registry: a new check needs no line here."""
+    for check in checks.REGISTRY.values():
+        config.addinivalue_line("markers", f"{check.marker}: the {check.name} check: "
+                                           f"{check.summary}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import matrix
+from harness import checks, matrix
 from harness.matrix import Expectation, settle
 
 
@@ -54,20 +54,16 @@ def test_outcome_rules(expected, observed, findings, reported, met):
         assert "not the expected" in reason
 
 
-def test_a_bad_table_is_refused():
+def test_a_bad_expectation_is_refused():
     with pytest.raises(ValueError, match="bad expectation 'maybe'"):
-        matrix._parse("p2p-dma dmabuf pass maybe")
+        checks.expectation("maybe")
     with pytest.raises(ValueError, match="unknown finding"):
-        matrix._parse("p2p-dma dmabuf pass xfail[no-such-finding]")
+        checks.expectation("xfail[no-such-finding]")
     with pytest.raises(ValueError, match="need one"):
-        matrix._parse("p2p-dma dmabuf pass xfail")
+        checks.expectation("xfail")
 
 
-def test_every_check_backend_and_viommu_is_a_registered_marker():
-    import tomllib
-    from pathlib import Path
-
-    conf = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    markers = {m.split(":")[0] for m in conf["tool"]["pytest"]["ini_options"]["markers"]}
+def test_every_check_backend_and_viommu_is_a_registered_marker(pytestconfig):
+    markers = {m.split(":")[0] for m in pytestconfig.getini("markers")}
     values = [*matrix.CHECKS, *matrix.BACKENDS, *matrix.DEFAULT_VIOMMUS]
     assert {v.replace("-", "_") for v in values} <= markers
