@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.backends import NAMES
 from harness.evidence import Evidence
 from harness.lifecycle_verdicts import decode_toggle, dmabuf_unplug, reset
 from harness.verdicts import (
@@ -30,8 +31,7 @@ from harness.verdicts import (
     p2p_dma,
 )
 
-BACKENDS = ("legacy", "iommufd")
-KERNELS = ("dmabuf", "no-dmabuf")
+BACKENDS = NAMES
 
 #: Where a check's evidence comes from, in the order a backend's L2s run them.
 CREATION, LIFECYCLE, LAST, SIDE = "creation", "lifecycle", "last", "side"

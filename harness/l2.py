@@ -7,7 +7,7 @@ it directly. Trace events are on from the start, written to a file in L1
 that is fetched, with L2's stderr, into the run's artifacts.
 
 The two VFIO backends differ in two command-line details and in the L1 device
-node they need; `Backend` holds exactly that, and nothing else branches on it.
+node they need; `backends.Backend` holds that as data.
 """
 
 import shlex
@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.backends import Backend
 from harness.deadline import Deadline
-from harness.errors import BadInput, HarnessError
+from harness.errors import HarnessError
 from harness.l1 import L1Session
 from harness.progress import say
 from harness.qmp import TranscribedQmp
@@ -38,39 +39,6 @@ class L2Died(HarnessError):
                  details: str = ""):
         super().__init__(message, stage=stage, details=details)
         self.end = end
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    node: str  # the L1 device node this backend opens
-
-    def objects(self) -> list[str]:
-        return ["-object", "iommufd,id=iofd0"] if self.name == "iommufd" else []
-
-    def device(self, bdf: str, extra: str = "") -> str:
-        props = [f"vfio-pci,host={bdf}"]
-        if self.name == "iommufd":
-            props.append("iommufd=iofd0")
-        if extra:
-            props.append(extra)
-        return ",".join(props)
-
-    def device_add(self, device: "L2Device") -> dict[str, str]:
-        """The same device as QMP device_add arguments (a replug)."""
-        args = dict(p.split("=", 1) for p in self.device(device.bdf, device.extra).split(",")[1:])
-        return {"driver": "vfio-pci", **args}
-
-
-BACKENDS = {b.name: b for b in (Backend("legacy", "/dev/vfio/vfio"),
-                                Backend("iommufd", "/dev/iommu"))}
-
-
-def backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise BadInput(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ worked, judged exactly as the creation-time one (verdicts.transfer). Missing
 evidence is `error`, as everywhere.
 """
 
+from harness.backends import backend
 from harness.evidence import (
     Evidence,
     IommufdMap,
@@ -92,7 +93,7 @@ def _dmabuf_problems(ev: Evidence, step: LifecycleStep, errors: list[str]) -> li
         elif state != wanted[key]:
             problems.append(f"the L1 kernel says BAR {step.bar}'s dma-buf (fd {fd}) was {state} "
                             f"at '{m.label}', not {wanted[key]}")
-    if ev.backend == "iommufd":
+    if backend(ev.backend).maps_bars_by_dmabuf:
         again = [r for r in of_type(list(step.trace_enabling), IommufdMapFile)
                  if r.iova == step.iova]
         if not any(r.fd == fd and r.ret == 0 for r in again):
@@ -191,7 +192,8 @@ def _step(ev: Evidence, check: str) -> Verdict:
             for r in of_type(list(step.trace_disabling), ListenerDel)):
         problems.append(f"no vfio_listener_region_del of BAR {step.bar} ({step.iova:#x}-{end:#x}) "
                         f"while {away}: it stayed in L2's DMA map")
-    if ev.backend == "iommufd" and _mapped_at(step.trace_earlier, step.iova) and not any(
+    by_dmabuf = backend(ev.backend).maps_bars_by_dmabuf
+    if by_dmabuf and _mapped_at(step.trace_earlier, step.iova) and not any(
             r.iova == step.iova and r.size == step.size and r.ret == 0
             for r in of_type(list(step.trace_disabling), IommufdUnmap)):
         problems.append(f"iommufd did not unmap BAR {step.bar} at {step.iova:#x} while {away}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from harness import checks
 from harness.checks import EXERCISES, EXPECTATIONS, Expectation
+from harness.recipe import Recipe
 from harness.verdicts import FINDINGS
 
 BACKENDS = checks.BACKENDS
@@ -71,10 +72,12 @@ class Cell:
         return self.expectation.why
 
 
-def cells(viommus=DEFAULT_VIOMMUS, backends=BACKENDS, kernels=checks.KERNELS,
+def cells(viommus=DEFAULT_VIOMMUS, backends=BACKENDS, kernels: tuple[str, ...] | None = None,
           selected: tuple[str, ...] | None = None) -> list[Cell]:
-    """The cells of a selection, checks in the order they run (default: every check)."""
+    """The cells of a selection, checks in the order they run (default: every check, every
+    kernel variant of the recipe)."""
     names = checks.names() if selected is None else selected
+    kernels = tuple(Recipe.load().kernels) if kernels is None else kernels
     return [Cell(v, b, k, c) for v in viommus for k in kernels for b in backends for c in names
             if (c, k, b) in EXPECTATIONS]
 

@@ -43,6 +43,12 @@ class QemuUnderTest:
     has_dmabuf_event: bool
     vfio_pci_properties: tuple[str, ...]
 
+    def has_object(self, spec: str) -> bool:
+        """Whether it can create the object `spec` names ("iommufd,id=..."): the probe asked
+        for the iommufd object, the one object a backend needs."""
+        kind = spec.split(",")[0]
+        return self.has_iommufd_object if kind == "iommufd" else False
+
     def facts(self) -> QemuFacts:
         return QemuFacts(self.version, self.has_dmabuf_event, self.has_iommufd_object)
 

@@ -18,17 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import checks, files, matrix, parallel, scenario, stack
+from harness.backends import Backend
+from harness.backends import backend as backend_named
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
 from harness.l0 import L1Spec, viommu
-from harness.l2 import L2_QEMU, Backend, L2Died
-from harness.l2 import backend as backend_named
+from harness.l2 import L2_QEMU, L2Died
 from harness.matrix import Cell, CellResult
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle, upload
 from harness.qemu_under_test import QemuUnderTest, probe
+from harness.recipe import Recipe
 from harness.scenario import PassedThrough, Timer
 
 PACKAGED = "packaged in the rootfs"
@@ -38,7 +40,7 @@ PACKAGED = "packaged in the rootfs"
 class Selection:
     viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
     backends: tuple[str, ...] = matrix.BACKENDS
-    kernels: tuple[str, ...] = ("dmabuf", "no-dmabuf")
+    kernels: tuple[str, ...] = field(default_factory=lambda: tuple(Recipe.load().kernels))
     checks: tuple[str, ...] = field(default_factory=checks.names)
 
     def cells(self) -> list[Cell]:
@@ -132,7 +134,7 @@ def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Se
 def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
             l1_dir: Path, accel: str, seed: int, ssh_port: int | None,
             sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
-    wanted = matrix.cells([vi], selection.backends, [kernel], selection.checks)
+    wanted = matrix.cells((vi,), selection.backends, (kernel,), selection.checks)
     done: set[tuple[Path, str]] = set()
     run_dir = l1_dir / f"{vi}-{kernel}"
     began = time.monotonic()
@@ -188,11 +190,11 @@ def _environment_gap(be: Backend, through: PassedThrough,
                      under_test: QemuUnderTest | None) -> str | None:
     """Why this backend cannot run on this L1 at all, or None."""
     inventory = through.inventory
-    node_present = inventory.dev_iommu if be.name == "iommufd" else inventory.dev_vfio_container
-    if not node_present:
+    if not getattr(inventory, be.inventory_field):
         return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
-    if be.name == "iommufd" and under_test and not under_test.has_iommufd_object:
-        return f"the QEMU under test ({under_test.version}) has no iommufd object"
+    if be.qemu_object and under_test and not under_test.has_object(be.qemu_object):
+        return (f"the QEMU under test ({under_test.version}) has no "
+                f"{be.qemu_object.split(',')[0]} object")
     return None
 
 

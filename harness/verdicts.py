@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.backends import backend
 from harness.evidence import (
     ContainerDmaMapFailed,
     DmabufNotSupported,
@@ -604,11 +605,11 @@ def transfer(ev: Evidence, p2p: P2PTransfer, trace_seq: Sequence[TraceRecord]) -
     if p2p.arrived:
         by_dmabuf = [m for m in mapping if m["event"] == "IommufdMapFile" and m["ret"] == 0]
         by_address = [m for m in mapping if m["event"] == "ListenerAddRam"]
-        if ev.backend == "iommufd" and not by_dmabuf:
+        if backend(ev.backend).maps_bars_by_dmabuf and not by_dmabuf:
             return verdict("fail", f"the bytes arrived, but no successful "
                                    f"iommufd_backend_map_file_dma at BAR 2's IOVA "
                                    f"{p2p.bar2_iova:#x} was traced: the route is unproven")
-        if ev.backend != "iommufd" and not by_address:
+        if not backend(ev.backend).maps_bars_by_dmabuf and not by_address:
             return verdict("fail", f"the bytes arrived, but no vfio_listener_region_add_ram "
                                    f"at BAR 2's IOVA {p2p.bar2_iova:#x} was traced: the route "
                                    f"is unproven")
@@ -716,13 +717,13 @@ def multi_range(ev: Evidence) -> Verdict:
             refused.append((start, [m.ret for m in failed] or
                             [r.ret for r in events if r.ret < 0]))
         elif (events and all(r.ret == 0 for r in events)) or \
-                (ev.backend != "iommufd" and added):
+                (not backend(ev.backend).maps_bars_by_dmabuf and added):
             mapped.append(start)
     evidence["pieces_mapped"] = [hex(s) for s in mapped]
     evidence["pieces_refused"] = [(hex(s), rets) for s, rets in refused]
     findings = set()
     rets = [r for _, piece in refused for r in piece]
-    if EOPNOTSUPP in rets and ev.backend == "iommufd":
+    if EOPNOTSUPP in rets and backend(ev.backend).maps_bars_by_dmabuf:
         findings.add("multi-range-refused")
     elif refused:
         findings.add("bar-map-refused")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from harness.backends import backend
 from harness.errors import BadInput
 from harness.l2 import (
     L1_QMP_PORT,
@@ -10,7 +11,6 @@ from harness.l2 import (
     L2Device,
     L2Paths,
     L2Spec,
-    backend,
     build_command,
 )
 

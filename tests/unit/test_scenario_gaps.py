@@ -1,7 +1,7 @@
 """Cells that cannot run for a reason of the environment say why."""
 
+from harness.backends import backend
 from harness.l1_vfio import Inventory
-from harness.l2 import backend
 from harness.runner import _environment_gap
 from harness.scenario import PassedThrough
 from tests.unit.test_qemu_under_test import under_test
