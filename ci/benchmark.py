@@ -58,7 +58,7 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
 
 def l1_boot(args: argparse.Namespace) -> list[float]:
     from harness.cell_results import Setup
-    from harness.l0 import viommu
+    from harness.platforms import viommu
     from harness.stack import booted
 
     setup = Setup.from_environment(kernels=[args.kernel])
@@ -87,7 +87,7 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 def l2_scenario(args: argparse.Namespace) -> list[float]:
     from harness import matrix, runner
     from harness.cell_results import Setup
-    from harness.l0 import viommu
+    from harness.platforms import viommu
     from harness.stack import booted
 
     setup = Setup.from_environment(kernels=[args.kernel])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checksum import sha256_file
+from harness.platforms import X86_64, Platform
 from harness.qemu_binary import QemuBinary
 
 #: What the kernel prints once it has booted far enough to look for its root disk.
@@ -28,14 +29,16 @@ class AccelChoice:
     reason: str
 
 
-def probe_kvm(qemu: QemuBinary, kernel: Path, timeout: float = PROBE_SECONDS) -> AccelChoice:
+def probe_kvm(qemu: QemuBinary, kernel: Path, timeout: float = PROBE_SECONDS,
+              platform: Platform = X86_64) -> AccelChoice:
     if not os.path.exists("/dev/kvm"):
         return AccelChoice("tcg", "no /dev/kvm")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return AccelChoice("tcg", "/dev/kvm is not accessible to this user")
-    cmd = [str(qemu.path), "-accel", "kvm", "-M", "q35", "-cpu", "max", "-m", "256M",
-           "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+    cmd = [str(qemu.path), "-accel", "kvm", "-M", platform.machine, "-cpu", platform.cpu,
+           "-m", "256M", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+           "-kernel", str(kernel), "-append",
+           f"console={platform.console} panic=-1 root=/dev/nonexistent"]
     began = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from harness import accel, checks, doctor, matrix, patchwork, paths, reaper, report
 from harness.errors import BadInput, HarnessError
 from harness.images import Images, ImageStore, KernelImage
-from harness.l0 import VIOMMUS, check_port, viommu
+from harness.l0 import check_port
+from harness.platforms import VIOMMUS, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle

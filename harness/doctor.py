@@ -9,7 +9,7 @@ from pathlib import Path
 from harness import accel
 from harness.errors import HarnessError
 from harness.images import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
-from harness.l0 import VIOMMUS
+from harness.platforms import VIOMMUS
 from harness.qemu_binary import NEEDED_DEVICES, QemuBinary
 
 

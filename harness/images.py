@@ -33,6 +33,7 @@ from harness.checksum import sha256_file
 from harness.deadline import Deadline
 from harness.debian import PrivateApt, installed_version
 from harness.errors import BadInput, HarnessError, StageTimeout
+from harness.platforms import X86_64, Platform
 from harness.progress import say, step
 from harness.recipe import KernelVariant, Recipe, Rootfs
 from harness.series import Series
@@ -60,7 +61,8 @@ class KernelImage:
 
     @property
     def bzimage(self) -> Path:
-        return self.directory / "bzImage"
+        """The kernel image L0 boots (bzImage on x86_64), whatever the platform calls it."""
+        return self.directory / self.manifest.get("image", X86_64.kernel_image)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class RootfsImage:
 
     @property
     def qemu_version(self) -> str:
-        return self.manifest["versions"]["qemu-system-x86"]
+        return self.manifest["versions"][self.manifest.get("qemu_package", X86_64.l2_package)]
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ class ArtifactState:
 class ImageStore:
     """Knows the cache layout, verifies artifacts and builds what is missing."""
 
-    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None):
+    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None,
+                 platform: Platform = X86_64):
         self.recipe = recipe
+        self.platform = platform
         self.cache = cache
         self.jobs = jobs or (os.cpu_count() or 1) + 1
         self.artifacts = cache / "artifacts"
@@ -272,7 +276,7 @@ class ImageStore:
         if variant.built_from and not obj.exists():
             base_variant = self.recipe.kernels[variant.built_from]
             base = self.build_dir / f"kernel-{base_variant.name}"
-            if _built(base, self.kernel_dir(base_variant)):
+            if _built(base, self.kernel_dir(base_variant), self.platform):
                 with step(f"kernel {variant.name}: start from {base_variant.name}'s object "
                           f"tree"):
                     _copy_object_tree(base, obj, {base: obj})
@@ -306,11 +310,12 @@ class ImageStore:
                           name)
         with step(f"kernel {name}: compile with -j{self.jobs} (log {log})"):
             with log.open("a") as out:
-                _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}", "bzImage"], out,
+                _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}",
+                      self.platform.kernel_target], out,
                      stage, progress=lambda: _compile_progress(log, name))
 
         def fill(d: Path) -> dict:
-            shutil.copy2(obj / "arch/x86/boot/bzImage", d / "bzImage")
+            shutil.copy2(obj / self.platform.kernel_built, d / self.platform.kernel_image)
             shutil.copy2(obj / ".config", d / "config")
             release = (obj / "include/config/kernel.release").read_text().strip()
             return {"versions": {"kernel": release, variant.package: variant.version},
@@ -350,7 +355,7 @@ class ImageStore:
         final_dir = self.artifacts / f"kernel-image-{sha[:16]}"
         if verify(final_dir):
             def fill(d: Path) -> dict:
-                shutil.copy2(bzimage, d / "bzImage")
+                shutil.copy2(bzimage, d / self.platform.kernel_image)
                 (d / "config").write_text(text)
                 return {"versions": {"kernel": bzimage_version(bzimage) or "unknown"},
                         "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
@@ -425,7 +430,7 @@ class ImageStore:
         name = f"{variant.name}+{series.name}"
         obj = self.build_dir / f"kernel-{name}"
         base = self.build_dir / f"kernel-{variant.name}"
-        if not obj.exists() and _built(base, self.kernel_dir(variant)):
+        if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
             with step(f"kernel {name}: start from {variant.name}'s object tree"):
                 _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
                                               base: obj})
@@ -474,7 +479,7 @@ class ImageStore:
             with step("rootfs: keys, init and sshd configuration"):
                 _customize(base, rootfs, d)
             versions = {p: installed_version(base, p) or "not installed"
-                        for p in ("qemu-system-x86", "openssh-server", "python3")}
+                        for p in (self.platform.l2_package, "openssh-server", "python3")}
             with step("rootfs: make the ext4 image"):
                 used = int(subprocess.run(["du", "-sb", "--exclude=.complete", str(base)],
                                           capture_output=True, text=True, check=True,
@@ -559,12 +564,12 @@ def bzimage_version(bzimage: Path) -> str | None:
     return data[start:end].decode(errors="replace").split()[0] if 0 < start < end else None
 
 
-def _built(obj: Path, artifact: Path) -> bool:
-    """Whether the object tree is the one the published artifact came from (its bzImage
-    is the artifact's): only then may a series build start from it."""
-    image = obj / "arch/x86/boot/bzImage"
+def _built(obj: Path, artifact: Path, platform: Platform) -> bool:
+    """Whether the object tree is the one the published artifact came from (its kernel
+    image is the artifact's): only then may a series build start from it."""
+    image = obj / platform.kernel_built
     try:
-        want = _read_manifest(artifact)["files"]["bzImage"]["sha256"]
+        want = _read_manifest(artifact)["files"][platform.kernel_image]["sha256"]
     except (OSError, ValueError, KeyError):
         return False
     return image.is_file() and (obj / "source").is_symlink() and sha256_file(image) == want

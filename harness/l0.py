@@ -18,95 +18,16 @@ from pathlib import Path
 
 from harness.deadline import Deadline, wait_for
 from harness.errors import BadInput, HarnessError
+from harness.platforms import (
+    DEFAULT_DEVICES,
+    X86_64,
+    PassthroughDevice,
+    Platform,
+    VIommu,
+)
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qmp import TranscribedQmp
-
-
-@dataclass(frozen=True)
-class VIommu:
-    """An emulated IOMMU: its L0 device and the L1 kernel arguments it needs."""
-
-    name: str
-    device: str
-    kernel_args: tuple[str, ...] = ()
-
-    @property
-    def driver(self) -> str:
-        """The QEMU device type, without its properties."""
-        return self.device.split(",")[0]
-
-
-#: The vIOMMUs L0 can give L1. virtio-iommu on x86 has no MSI isolation, so
-#: iommufd and type1 refuse to attach without allow_unsafe_interrupts.
-VIOMMUS = {
-    v.name: v for v in (
-        VIommu("intel-iommu", "intel-iommu,intremap=on,aw-bits=48", ("intel_iommu=on",)),
-        VIommu("virtio-iommu", "virtio-iommu-pci",
-               ("iommufd.allow_unsafe_interrupts=1",
-                "vfio_iommu_type1.allow_unsafe_interrupts=1")),
-        VIommu("amd-iommu", "amd-iommu,intremap=on"),  # on by default in Linux
-    )
-}
-
-
-def viommu(name: str) -> VIommu:
-    try:
-        return VIOMMUS[name]
-    except KeyError:
-        raise BadInput(f"unknown vIOMMU {name!r}; known: {', '.join(VIOMMUS)}") from None
-
-
-@dataclass(frozen=True)
-class PassthroughDevice:
-    """An emulated PCI device L1 hands to vfio-pci, found in L1 by vendor:device."""
-
-    name: str
-    vendor_device: str
-    device: str  # QEMU -device driver
-
-    def args(self, files: "RunFiles") -> list[str]:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class EduDevice(PassthroughDevice):
-    name: str = "edu"
-    vendor_device: str = "1234:11e8"
-    device: str = "edu"
-
-    def args(self, files: "RunFiles") -> list[str]:
-        # edu clamps DMA addresses to 28 bits by default: BAR addresses would not fit.
-        return ["-device", "edu,dma_mask=0xffffffffffffffff"]
-
-
-@dataclass(frozen=True)
-class IvshmemDevice(PassthroughDevice):
-    name: str = "ivshmem"
-    vendor_device: str = "1af4:1110"
-    device: str = "ivshmem-plain"
-    size: str = "1M"
-
-    def args(self, files: "RunFiles") -> list[str]:
-        return ["-object", f"memory-backend-file,id=ivmem,share=on,"
-                           f"mem-path={files.ivshmem},size={self.size}",
-                "-device", "ivshmem-plain,memdev=ivmem"]
-
-
-@dataclass(frozen=True)
-class NvmeDevice(PassthroughDevice):
-    """A device whose MSI-X table sits inside BAR 0, between registers and PBA: a BAR that
-    QEMU mmaps in two pieces when it may not map the table (the multi-range check)."""
-
-    name: str = "nvme"
-    vendor_device: str = "1b36:0010"
-    device: str = "nvme"
-
-    def args(self, files: "RunFiles") -> list[str]:
-        return ["-device", "nvme,serial=vfio-harness"]  # no drive: no namespace is needed
-
-
-DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (EduDevice(), IvshmemDevice(), NvmeDevice())
 
 
 @dataclass(frozen=True)
@@ -115,6 +36,7 @@ class L1Spec:
     kernel: Path
     rootfs: Path  # the read-only base image; each run writes to its own overlay
     devices: tuple[PassthroughDevice, ...] = DEFAULT_DEVICES
+    platform: Platform = X86_64
     memory_mb: int = 3072
     #: One vCPU: L2 runs under qtest and needs no second one, and with two, an L1
     #: boot once died of "Oops: int3" in sched_clock_idle_wakeup_event, hit on the
@@ -127,8 +49,9 @@ class L1Spec:
     guest_ports: tuple[int, ...] = (22,)
 
     def append(self) -> str:
-        return " ".join(("console=ttyS0", "root=/dev/vda", "rw", "init=/sbin/harness-init",
-                         "panic=-1", *self.viommu.kernel_args, *self.kernel_args))
+        return " ".join((f"console={self.platform.console}", "root=/dev/vda", "rw",
+                         "init=/sbin/harness-init", "panic=-1", *self.viommu.kernel_args,
+                         *self.kernel_args))
 
 
 SHM = Path("/dev/shm")
@@ -203,7 +126,8 @@ def build_command(qemu: Path, spec: L1Spec, files: RunFiles, host_ports: dict[in
     accel_arg = "kvm" if accel == "kvm" else "tcg,thread=multi"
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
                        for guest, host in sorted(host_ports.items()))
-    cmd = [str(qemu), "-accel", accel_arg, "-M", "q35", "-cpu", "max",
+    cmd = [str(qemu), "-accel", accel_arg, "-M", spec.platform.machine, "-cpu",
+           spec.platform.cpu,
            "-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M",
            "-nodefaults", "-display", "none", "-no-reboot",
            "-device", spec.viommu.device,

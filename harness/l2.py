@@ -20,13 +20,14 @@ from harness.backends import Backend
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.l1 import L1Session
+from harness.platforms import X86_64, Platform
 from harness.progress import say
 from harness.qmp import TranscribedQmp
 from harness.qtest import Qtest
 
 #: L1 ports L2 listens on; L0 forwards each to a loopback port of its own.
 L1_QMP_PORT, L1_QTEST_PORT = 4444, 4445
-L2_QEMU = "qemu-system-x86_64"
+L2_QEMU = X86_64.l2_qemu
 #: Trace events on from the start: the evidence the verdicts read.
 TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container_*",
                 "vfio_legacy_*", "vfio_pci_reset*", "vfio_pci_hot_reset*")
@@ -60,6 +61,7 @@ class L2Spec:
     #: Shared objects (paths in L1) preloaded into L2: a fixture the check needs, never
     #: something the other checks' L2 runs with.
     preload: tuple[str, ...] = ()
+    platform: Platform = X86_64
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def describe_status(text: str) -> str | None:
 
 def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
     preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
-    cmd = [*preload, spec.qemu, "-M", "q35", "-accel", "qtest",
+    cmd = [*preload, spec.qemu, "-M", spec.platform.l2_machine, "-accel", "qtest",
            "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
            "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from harness import checks
 from harness.checks import EXERCISES, EXPECTATIONS, Expectation
+from harness.platforms import X86_64
 from harness.recipe import Recipe
 from harness.verdicts import FINDINGS
 
 BACKENDS = checks.BACKENDS
-DEFAULT_VIOMMUS = ("intel-iommu", "virtio-iommu")
+DEFAULT_VIOMMUS = X86_64.default_viommus
 
 __all__ = ["EXERCISES", "EXPECTATIONS", "Expectation"]
 

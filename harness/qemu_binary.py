@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import BadInput
+from harness.platforms import X86_64
 
-DEFAULT = "qemu-system-x86_64"
+DEFAULT = X86_64.l0_qemu
 #: virtio-iommu on x86 needs the ACPI VIOT table (QEMU 7.0); 7.2 was seen to run the chain.
 MIN_VERSION = (7, 0)
 #: Devices L0 must have, and what each is for.

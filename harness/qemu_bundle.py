@@ -25,11 +25,12 @@ from pathlib import Path
 
 from harness.errors import BadInput, HarnessError
 from harness.l1 import L1Session
+from harness.platforms import X86_64
 
 STAGE = "QEMU under test"
 UPLOADED = "/run/qemu-under-test"   # what L2 and the probe run
 BUNDLE = "/run/qemu-under-test.d"   # the binary and what it carries
-BINARY_NAME = "qemu-system-x86_64"
+BINARY_NAME = X86_64.l2_qemu
 EM_X86_64 = 62
 ELF_MACHINES = {3: "i386", 40: "ARM", 183: "AArch64", 243: "RISC-V", 21: "PowerPC64",
                 22: "s390", 8: "MIPS", 258: "LoongArch"}

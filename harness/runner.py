@@ -23,9 +23,10 @@ from harness.backends import backend as backend_named
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
 from harness.images import Images
-from harness.l0 import L1Spec, viommu
+from harness.l0 import L1Spec
 from harness.l2 import L2_QEMU, L2Died
 from harness.matrix import Cell, CellResult
+from harness.platforms import viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle, upload

@@ -28,7 +28,6 @@ from harness.evidence import (
     parse_messages,
     parse_trace,
 )
-from harness.l0 import EduDevice, IvshmemDevice, NvmeDevice
 from harness.l1_vfio import Inventory
 from harness.l2 import (
     L1_QMP_PORT,
@@ -41,6 +40,7 @@ from harness.l2 import (
     L2Spec,
 )
 from harness.pci import PciConfig
+from harness.platforms import EduDevice, IvshmemDevice, NvmeDevice
 from harness.progress import say
 from harness.stack import L1Stack
 

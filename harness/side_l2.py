@@ -20,9 +20,9 @@ from harness import files, l2_probes, msix_split
 from harness.dma_engine import EduEngine
 from harness.errors import HarnessError
 from harness.evidence import L2Run, SideRun, parse_messages, parse_trace
-from harness.l0 import EduDevice, NvmeDevice
 from harness.l2 import L2Device, L2Qemu, L2Spec
 from harness.pci import PciConfig
+from harness.platforms import EduDevice, NvmeDevice
 from harness.stack import L1Stack
 
 #: The checks that read this L2.

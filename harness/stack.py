@@ -13,10 +13,11 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.images import Images
-from harness.l0 import L0Machine, L1Spec, VIommu
+from harness.l0 import L0Machine, L1Spec
 from harness.l1 import L1Session
 from harness.l1_vfio import L1Vfio
 from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT
+from harness.platforms import VIommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 

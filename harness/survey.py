@@ -8,8 +8,8 @@ a VM, and the same function decides `vfio-harness run` and the VM tests.
 
 from dataclasses import dataclass
 
-from harness.l0 import PassthroughDevice
 from harness.l1_vfio import DmabufProbe, Inventory, L1Device
+from harness.platforms import PassthroughDevice
 from harness.stack import L1Stack
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from harness import checks
-from harness.l0 import VIOMMUS
+from harness.platforms import VIOMMUS
 
 DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BadInput
-from harness.l0 import VIOMMUS, L1Spec, RunFiles, build_command, check_port, free_port, viommu
+from harness.l0 import L1Spec, RunFiles, build_command, check_port, free_port
+from harness.platforms import VIOMMUS, viommu
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 

@@ -12,7 +12,7 @@ import pytest
 from harness import accel, matrix, paths, report, results, runner
 from harness.cell_results import CellResults, Setup
 from harness.images import Images, ImageStore
-from harness.l0 import DEFAULT_DEVICES, viommu
+from harness.platforms import DEFAULT_DEVICES, viommu
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
 from harness.stack import booted

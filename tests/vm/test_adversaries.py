@@ -12,7 +12,7 @@ import json
 import pytest
 
 from harness import matrix, runner
-from harness.l0 import viommu
+from harness.platforms import viommu
 from harness.stack import booted
 from tests.vm.adversaries import CATALOGUE, build_shim
 from tests.vm.conftest import say

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError, StageTimeout
-from harness.l0 import viommu
+from harness.platforms import viommu
 from harness.results import SCHEMA
 from harness.stack import booted
 

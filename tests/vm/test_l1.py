@@ -8,7 +8,7 @@ import errno
 import hashlib
 from pathlib import Path
 
-from harness.l0 import DEFAULT_DEVICES, EduDevice, IvshmemDevice
+from harness.platforms import DEFAULT_DEVICES, EduDevice, IvshmemDevice
 from harness.survey import problems
 
 

@@ -7,9 +7,9 @@ import pytest
 from harness.backends import backend
 from harness.errors import HarnessError
 from harness.evidence import Other, RegionSetup, parse_trace
-from harness.l0 import EduDevice, IvshmemDevice, viommu
 from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec
 from harness.pci import PciConfig
+from harness.platforms import EduDevice, IvshmemDevice, viommu
 from harness.stack import booted
 
 
