@@ -370,17 +370,7 @@ class _Prepared:
 
         return {**self.stamp, "seed": self.seed, "accel": self.choice.accel,
                 "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
-                "l2_qemu": results.qemu_under_test(cells),
-                "kernels": {n: k.manifest["versions"]["kernel"]
-                            for n, k in self.images.kernels.items()},
-                "kernel_series": {n: k.manifest["series"] for n, k in self.images.kernels.items()
-                                  if "series" in k.manifest},
-                "kernel_images": {n: k.manifest["kernel_image"]
-                                  for n, k in self.images.kernels.items()
-                                  if "kernel_image" in k.manifest},
-                "kernel_trees": {n: k.manifest["kernel_tree"]
-                                 for n, k in self.images.kernels.items()
-                                 if "kernel_tree" in k.manifest},
+                "l2_qemu": results.qemu_under_test(cells), **results.kernels_info(self.images),
                 "selection": vars(self.selection),
                 "duration_s": round(time.monotonic() - began, 1),
                 "series": self.series.record() if self.series else None,

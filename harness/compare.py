@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.report import load
+from harness.results import load
 
 NEW_FAILURE, FIXED, STILL_FAILING, UNCHANGED, INFRASTRUCTURE, ONE_SIDE = (
     "new failure", "fixed", "still failing", "unchanged", "infrastructure error",
@@ -76,7 +76,7 @@ class Comparison:
 
 def _infrastructure(cell: dict | None) -> bool:
     return bool(cell and cell["outcome"] == "error"
-                and cell.get("evidence", {}).get("infrastructure"))
+                and cell.get("infrastructure"))
 
 
 def classify(baseline: dict | None, candidate: dict | None) -> str:

@@ -116,6 +116,14 @@ class CellResult:
     met: bool | None = None          # None: met if the outcome is the expected one
     findings: tuple[str, ...] = ()
     grounds: tuple[str, ...] = ()    # the evidence the verdict stood on
+    #: How an error came about, as fields (never inside the evidence): the stage that
+    #: failed, whether a deadline ended it, whether it was the infrastructure (an L1 that
+    #: did not boot or died: not the fault of what is under test), and how L2 ended if it
+    #: died under the cell.
+    error_stage: str | None = None
+    deadline: bool = False
+    infrastructure: bool = False
+    l2_end: str | None = None
 
     def __post_init__(self) -> None:
         if self.met is None:
@@ -136,6 +144,8 @@ class CellResult:
                 "expected_signature": list(c.expectation.signature), "outcome": self.outcome,
                 "met": self.met, "reason": self.reason, "expected_because": c.why,
                 "findings": list(self.findings), "grounds": list(self.grounds),
+                "error_stage": self.error_stage, "deadline": self.deadline,
+                "infrastructure": self.infrastructure, "l2_end": self.l2_end,
                 "evidence": self.evidence, "duration_s": round(self.duration_s, 2),
                 "artifacts": self.artifacts}
 

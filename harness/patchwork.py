@@ -26,7 +26,7 @@ def check(state: str, description: str, target_url: str) -> dict:
 
 def for_run(cells: list[CellResult], target_url: str) -> dict:
     unmet = [c for c in cells if not c.met]
-    infra = [c for c in unmet if c.evidence.get("infrastructure")]
+    infra = [c for c in unmet if c.infrastructure]
     if not cells:
         return check("fail", "no cell ran", target_url)
     if not unmet:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from harness.errors import BadInput
+from harness.results import SCHEMA, incomplete_why, load, now, stamp
 
 COLOURS = {"pass": "#2e7d32", "xfail": "#7cb342", "skip": "#9e9e9e", "fail": "#c62828",
            "xpass": "#ef6c00", "error": "#6a1b9a"}
@@ -22,47 +23,6 @@ ARTIFACT_NAMES = ("l2-stderr.log", "l2-trace.log", "l2-qmp.jsonl", "l2-cmdline.t
                   "l2-mtree.txt", "l2-qtest.txt")
 L1_ARTIFACT_NAMES = ("l0-console.log", "l1-dmesg.txt", "l0-qmp.jsonl", "l0-cmdline.txt",
                      "l0-qemu-stderr.log")
-
-
-#: What every cell of a results.json has, whoever wrote it.
-CELL_FIELDS = ("id", "viommu", "backend", "kernel", "check", "expected", "outcome", "met")
-
-
-def load(results_dir: Path, finished: bool = False) -> dict:
-    """A results.json of this harness's schema, stamped with the run that made it;
-    `finished`: refuse a run that did not complete (interrupted, killed, failed)."""
-    from harness.results import SCHEMA
-
-    path = results_dir / "results.json" if results_dir.is_dir() else results_dir
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"no results.json at {path}") from None
-    except ValueError as e:
-        raise BadInput(f"{path} is not valid JSON: {e}") from None
-    run = data.get("run") if isinstance(data, dict) else None
-    if not isinstance(run, dict) or data.get("schema") != SCHEMA or not run.get("run_id"):
-        said = data.get("schema") if isinstance(data, dict) else None
-        raise BadInput(f"{path} is not a results.json of this vfio-harness (schema {said!r}, "
-                       f"not {SCHEMA!r}, or no run stamp): written by an older version or by "
-                       f"something else")
-    if not isinstance(data.get("cells"), list):
-        raise BadInput(f"{path} has no 'cells' list: not a vfio-harness results.json")
-    if finished and run.get("complete") is not True:
-        raise BadInput(f"{path}: run {run['run_id']} (started {run.get('started', '?')}) did "
-                       f"not finish: {incomplete_why(run)}; its cells are not a finished run")
-    for n, cell in enumerate(data["cells"]):
-        missing = [f for f in CELL_FIELDS if not isinstance(cell, dict) or f not in cell]
-        if missing:
-            raise BadInput(f"{path}: cell {n} lacks {', '.join(missing)}: not a vfio-harness "
-                           f"results.json, or a damaged one")
-    return data
-
-
-def incomplete_why(run: dict) -> str:
-    if "ended" not in run:
-        return "it never wrote its end (killed, or still running)"
-    return "it ended before every selected cell ran (interrupted, or a failure stopped it)"
 
 
 def merge(shards: list[Path], out: Path) -> dict:
@@ -85,8 +45,6 @@ def merge(shards: list[Path], out: Path) -> dict:
             if cell.get("artifacts"):
                 cell = {**cell, "artifacts": os.path.relpath(shard_dir / cell["artifacts"], out)}
             cells[cell["id"]] = cell
-    from harness.results import SCHEMA, now, stamp
-
     run = {**stamp("merge", {}), "shards": runs, "complete": True, "ended": now()}
     return {"schema": SCHEMA, "run": run, "cells": sorted(cells.values(), key=_order)}
 

@@ -9,6 +9,7 @@ earlier run's finished one.
 """
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -20,15 +21,79 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness import __version__, files
+from harness.errors import BadInput
 from harness.matrix import CellResult
+
+if TYPE_CHECKING:
+    from harness.images import Images
 
 COLUMNS = ("vIOMMU", "backend", "kernel", "check", "expected", "outcome", "time")
 #: What every results.json this harness writes says it is; a reader refuses any other.
 SCHEMA = "vfio-harness-results/2"
 #: An earlier run's files, moved aside when a run begins in the same directory.
 PREVIOUS = {"results.json": "results.previous.json", "report.html": "report.previous.html"}
+
+
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
+
+
+@functools.cache
+def _validator() -> Any:
+    """The checker of results.schema.json (jsonschema is imported by readers only)."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+#: What every cell of a results.json has, whoever wrote it.
+CELL_FIELDS = ("id", "viommu", "backend", "kernel", "check", "expected", "outcome", "met")
+
+
+def load(results_dir: Path, finished: bool = False) -> dict:
+    """A results.json of this harness's schema, stamped with the run that made it;
+    `finished`: refuse a run that did not complete (interrupted, killed, failed)."""
+    path = results_dir / "results.json" if results_dir.is_dir() else results_dir
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"no results.json at {path}") from None
+    except ValueError as e:
+        raise BadInput(f"{path} is not valid JSON: {e}") from None
+    run = data.get("run") if isinstance(data, dict) else None
+    if not isinstance(run, dict) or data.get("schema") != SCHEMA or not run.get("run_id"):
+        said = data.get("schema") if isinstance(data, dict) else None
+        raise BadInput(f"{path} is not a results.json of this vfio-harness (schema {said!r}, "
+                       f"not {SCHEMA!r}, or no run stamp): written by an older version or by "
+                       f"something else")
+    if not isinstance(data.get("cells"), list):
+        raise BadInput(f"{path} has no 'cells' list: not a vfio-harness results.json")
+    if finished and run.get("complete") is not True:
+        raise BadInput(f"{path}: run {run['run_id']} (started {run.get('started', '?')}) did "
+                       f"not finish: {incomplete_why(run)}; its cells are not a finished run")
+    for n, cell in enumerate(data["cells"]):
+        missing = [f for f in CELL_FIELDS if not isinstance(cell, dict) or f not in cell]
+        if missing:
+            raise BadInput(f"{path}: cell {n} lacks {', '.join(missing)}: not a vfio-harness "
+                           f"results.json, or a damaged one")
+    problem = min(_validator().iter_errors(data), key=lambda e: list(map(str, e.path)),
+                  default=None)
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "the top"
+        raise BadInput(f"{path} does not follow {SCHEMA} ({SCHEMA_FILE.name}) at {where}: "
+                       f"{problem.message}")
+    return data
+
+
+def incomplete_why(run: dict) -> str:
+    if "ended" not in run:
+        return "it never wrote its end (killed, or still running)"
+    return "it ended before every selected cell ran (interrupted, or a failure stopped it)"
+
 
 
 def now() -> str:
@@ -98,6 +163,19 @@ def write(results_dir: Path, cells: list[CellResult], run_info: dict) -> Path:
     files.write_atomic(path, json.dumps({"schema": SCHEMA, "run": run, "cells": records},
                                         indent=2, default=jsonable) + "\n")
     return path
+
+
+def kernels_info(images: "Images") -> dict:
+    """What the run's L1 kernels were: versions, and the series, image or tree each came
+    from; every front end records the same (compare reads it)."""
+    k = images.kernels
+    return {"kernels": {n: i.manifest["versions"]["kernel"] for n, i in k.items()},
+            "kernel_series": {n: i.manifest["series"] for n, i in k.items()
+                              if "series" in i.manifest},
+            "kernel_images": {n: i.manifest["kernel_image"] for n, i in k.items()
+                              if "kernel_image" in i.manifest},
+            "kernel_trees": {n: i.manifest["kernel_tree"] for n, i in k.items()
+                             if "kernel_tree" in i.manifest}}
 
 
 def qemu_under_test(cells: list[CellResult]) -> list[dict]:
@@ -197,12 +275,12 @@ def last_line(cells: list[CellResult], finished: bool) -> str:
             + ("" if finished else "; the run did not finish"))
     died: dict[str, list[CellResult]] = {}
     for c in cells:
-        if c.evidence.get("l2_end"):
+        if c.l2_end:
             where = f"{c.cell.viommu}/{c.cell.kernel}/{c.cell.backend}"
             died.setdefault(where, []).append(c)
     if died:
         taken = sum(len(v) for v in died.values())
-        how = "; ".join(f"{where}: {v[0].evidence['l2_end'].split(', as L1')[0]}"
+        how = "; ".join(f"{where}: {(v[0].l2_end or '').split(', as L1')[0]}"
                         for where, v in died.items())
         line += f"; L2 QEMU died and took {taken} cell(s) with it ({how})"
     return line
@@ -216,4 +294,4 @@ def exit_code(cells: list[CellResult]) -> int:
         return 1
     if not unmet:
         return 0
-    return 3 if all(c.evidence.get("deadline") for c in unmet) else 1
+    return 3 if all(c.deadline for c in unmet) else 1

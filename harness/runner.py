@@ -156,10 +156,11 @@ def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: S
         for side in sides:
             for cell in wanted:
                 if (side.results, cell.id) not in done:
-                    yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}",
-                                           {"infrastructure": True, "error_stage": e.stage,
-                                            "deadline": isinstance(e, StageTimeout)},
-                                           time.monotonic() - began, str(run_dir))
+                    yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
+                                           time.monotonic() - began, str(run_dir),
+                                           error_stage=e.stage,
+                                           deadline=isinstance(e, StageTimeout),
+                                           infrastructure=True)
 
 
 def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
@@ -215,11 +216,10 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     except HarnessError as e:
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = files.tail(out / "l2-stderr.log")
-        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr,
-                                                "error_stage": e.stage,
-                                                "deadline": isinstance(e, StageTimeout),
-                                                "l2_end": e.end if isinstance(e, L2Died) else None},
-                           time.monotonic() - began, str(out)) for c in cells]
+        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr},
+                           time.monotonic() - began, str(out), error_stage=e.stage,
+                           deadline=isinstance(e, StageTimeout),
+                           l2_end=e.end if isinstance(e, L2Died) else None) for c in cells]
     own = {c.own_step for c in checks.REGISTRY.values() if c.own_step}
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
     record["summary"] = summarize(evidence, traces)

@@ -70,7 +70,8 @@ CONFIG_WITHOUT_IOMMUFD = "".join(
     for option, value in Recipe.load().kernels["dmabuf"].required_options().items())
 FULL_CELL = {"id": "x", "viommu": "intel-iommu", "backend": "legacy", "kernel": "dmabuf",
              "check": "p2p-dma", "expected": "pass", "outcome": "pass", "met": True,
-             "reason": "", "duration_s": 1.0}
+             "reason": "", "duration_s": 1.0, "error_stage": None, "deadline": False,
+             "infrastructure": False, "l2_end": None}
 
 CATALOGUE = [
     # L0
@@ -105,6 +106,10 @@ CATALOGUE = [
     Kind("results-cells-lack-fields", ("report", "html", "{tmp}"),
          "cell 0 lacks viommu, backend, kernel, check, expected, met",
          files={"results.json": _results([{"id": "x", "outcome": "pass"}])}),
+    Kind("results-break-the-schema", ("report", "html", "{tmp}"),
+         "does not follow vfio-harness-results/2 (results.schema.json) at cells/0/outcome: "
+         "'maybe' is not one of",
+         files={"results.json": _results([{**FULL_CELL, "outcome": "maybe"}])}),
     Kind("results-unstamped", ("report", "html", "{tmp}"),
          "is not a results.json of this vfio-harness",
          files={"results.json": json.dumps({"run": {"complete": True}, "cells": []})}),
@@ -228,7 +233,7 @@ def test_no_space_for_the_cache_is_refused_before_a_build(tmp_path, monkeypatch)
 
 def test_exit_code_3_when_only_deadlines_ended_cells():
     cell = Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma")
-    late = CellResult(cell, "error", "L2 DMA: edu DMA still running", {"deadline": True}, 1.0)
+    late = CellResult(cell, "error", "L2 DMA: edu DMA still running", {}, 1.0, deadline=True)
     wrong = CellResult(cell, "fail", "the bytes did not arrive", {}, 1.0)
     fine = CellResult(cell, "pass", "", {}, 1.0)
     assert exit_code([fine]) == 0

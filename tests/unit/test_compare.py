@@ -72,7 +72,7 @@ def test_an_l1_that_did_not_boot_is_infrastructure_not_a_regression(tmp_path):
             if cell["kernel"] == "no-dmabuf":
                 cell.update(outcome="error", met=False, reason="L1 intel-iommu/no-dmabuf: "
                             "L0 QEMU exited while L1 was booting",
-                            evidence={"infrastructure": True, "error_stage": "L1 boot"})
+                            evidence={}, infrastructure=True, error_stage="L1 boot")
     c = compare.compare(BASE, _edited(tmp_path, BASE, no_boot))
     assert len(c.by_status(compare.INFRASTRUCTURE)) == 6 and not c.regressions
     assert c.exit_code() == 1  # nothing is known of those cells

@@ -15,7 +15,7 @@ URL = "https://ci.example.org/vfio-harness/1234/report.html"
 def cell(outcome: str, infrastructure: bool = False) -> CellResult:
     return CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), outcome,
                       "L1 intel-iommu/dmabuf: L0 QEMU exited" if infrastructure else "why",
-                      {"infrastructure": True} if infrastructure else {}, 1.0)
+                      {}, 1.0, infrastructure=infrastructure)
 
 
 def test_the_fields_patchwork_takes():

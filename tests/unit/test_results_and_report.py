@@ -181,7 +181,7 @@ def test_junit_has_a_testcase_per_cell_with_skips_and_failures(tmp_path):
 def test_the_last_line_says_which_cells_a_dead_l2_took():
     died = "L2 QEMU (pid 812) was killed by SIGKILL (9), as L1 saw it; its stderr ended: x"
     cells = [CellResult(Cell("intel-iommu", "iommufd", "dmabuf", check), "error",
-                        f"L2 qtest: closed: {died}", {"l2_end": died}, 1.0, None)
+                        f"L2 qtest: closed: {died}", {}, 1.0, "", l2_end=died)
              for check in ("p2p-dma", "reset")]
     cells.append(CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "pass", "ok",
                             {}, 1.0, None))
@@ -190,3 +190,23 @@ def test_the_last_line_says_which_cells_a_dead_l2_took():
         "(intel-iommu/dmabuf/iommufd: L2 QEMU (pid 812) was killed by SIGKILL (9))")
     assert results.last_line(cells[2:], False) == \
         "vfio-harness: 1 cell(s), 0 not as expected; the run did not finish"
+
+
+def test_what_write_writes_follows_the_schema_in_the_repository(tmp_path):
+    import jsonschema
+
+    schema = json.loads(results.SCHEMA_FILE.read_text())
+    assert schema["properties"]["schema"]["const"] == results.SCHEMA
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass", ("iommufd", "reset"): "error"})
+    cells[1] = CellResult(cells[1].cell, "error", "L1 died", {}, 1.0, "", error_stage="L1 boot",
+                          deadline=True, infrastructure=True)
+    data = json.loads(results.write(out, cells, {**STAMP, "seed": 1}).read_text())
+    jsonschema.validate(data, schema)
+    (ok, broken) = data["cells"]
+    assert (broken["error_stage"], broken["deadline"], broken["infrastructure"]) == \
+        ("L1 boot", True, True)
+    assert "deadline" not in broken["evidence"]  # status is a field, never evidence
+    del broken["infrastructure"]
+    (out / "results.json").write_text(json.dumps(data))
+    with pytest.raises(BadInput, match="at cells/1: 'infrastructure' is a required property"):
+        results.load(out)

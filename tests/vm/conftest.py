@@ -143,6 +143,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     results.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
                                "l0_qemu": qemu.version_text,
                                "l2_qemu": results.qemu_under_test(cells),
+                               **results.kernels_info(images),
                                "complete": len(cells) == wanted})
     page = report.write_html(out)
     say(pytestconfig, f"matrix results: {out / 'results.json'}")

@@ -89,4 +89,4 @@ def test_an_l2_that_dies_is_named_in_l1s_words(adversary_l1, tmp_path):
         assert r.outcome == "error", r.reason
         assert "was killed by SIGKILL (9), as L1 saw it" in r.reason, r.reason
         assert "this L2 will be killed" in r.reason, r.reason
-        assert r.evidence["l2_end"]
+        assert r.l2_end and r.error_stage
