@@ -24,6 +24,7 @@ from harness.deadline import Deadline, wait_for
 from harness.errors import HarnessError
 from harness.images import Images, ImageStore
 from harness.matrix import Cell, CellResult
+from harness.plan import Boot, RunPlan, Selection, Side
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.recipe import Recipe
@@ -126,6 +127,8 @@ class CellResults:
         self.boots = boots or []
         self.jobs = jobs
         self.identity = RunIdentity.of(run_id, seed, setup, l2_qemu)
+        self.plan = RunPlan(Selection(), setup.qemu, setup.images, setup.accel, seed, out,
+                            (Side(out, l2_qemu),), ssh_port, jobs)
         self._memory: dict[str, dict] = {}
         self._done: set[tuple[str, str]] = set()  # the L1s whose cells are in memory
         #: The results this process produced itself (the others' are only records).
@@ -149,10 +152,7 @@ class CellResults:
         records: dict[tuple[str, str], dict[str, dict]] = {b: {} for b in wanted}
 
         def work(boot: tuple[str, str]):
-            vi, kernel = boot
-            for result in runner.run_l1(self.setup.qemu, self.setup.images, vi, kernel,
-                                        runner.Selection(), self.out, self.setup.accel,
-                                        self.seed, l2_qemu=self.l2_qemu):
+            for _, result in runner.run_boot(self.plan, self._boot(*boot)):
                 yield boot, result
 
         for boot, result in parallel.run(wanted, self.jobs, work, lambda b: "/".join(b)):
@@ -162,6 +162,9 @@ class CellResults:
             self._write_store(self.out / f"{vi}-{kernel}" / "cells.json", cells)
             self._memory.update(cells)
             self._done.add((vi, kernel))
+
+    def _boot(self, viommu: str, kernel: str) -> Boot:
+        return Boot(viommu, kernel, self.setup.images, self.out, self.plan.sides)
 
     def qemu_under_test(self) -> dict | None:
         """The QEMU under test as the runs of this process found it in L1."""
@@ -180,10 +183,7 @@ class CellResults:
             if shared is not None:
                 return shared
             records = {}
-            for result in runner.run_l1(self.setup.qemu, self.setup.images, viommu, kernel,
-                                        runner.Selection(), self.out, self.setup.accel,
-                                        self.seed, ssh_port=self.ssh_port,
-                                        l2_qemu=self.l2_qemu):
+            for _, result in runner.run_boot(self.plan, self._boot(viommu, kernel)):
                 self.produced[result.cell.id] = result
                 records[result.cell.id] = result.record()
             self._write_store(store, records)

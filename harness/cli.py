@@ -21,21 +21,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness import accel, checks, doctor, matrix, patchwork, paths, reaper, report
 from harness.errors import BadInput, HarnessError
 from harness.images import Images, ImageStore, KernelImage
 from harness.l0 import check_port
+from harness.plan import RunPlan, Selection, Side
 from harness.platforms import VIOMMUS, viommu
 from harness.progress import say
 from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle
 from harness.recipe import Recipe
 from harness.series import Series
-
-if TYPE_CHECKING:
-    from harness import runner
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -351,7 +348,7 @@ def _images(args: argparse.Namespace) -> int:
 class _Prepared:
     """What a run and an A/B set up the same way before any L1 boots."""
 
-    selection: "runner.Selection"
+    selection: Selection
     qemu: QemuBinary
     store: ImageStore
     images: Images
@@ -365,13 +362,20 @@ class _Prepared:
     def traces(self) -> tuple[str, ...]:
         return tuple(self.series.trace_events()) if self.series else ()
 
+    def plan(self, args: argparse.Namespace, sides: tuple, l1_dir: Path) -> RunPlan:
+        """The run's plan, built once here and passed down whole."""
+        from harness import runner
+
+        return RunPlan(self.selection, self.qemu, self.images, self.choice.accel, self.seed,
+                       l1_dir, sides, args.ssh_port, args.jobs or runner.default_jobs())
+
     def info(self, cells: list, began: float, **extra: object) -> dict:
         from harness import results
 
         return {**self.stamp, "seed": self.seed, "accel": self.choice.accel,
                 "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
                 "l2_qemu": results.qemu_under_test(cells), **results.kernels_info(self.images),
-                "selection": vars(self.selection),
+                "selection": self.selection.record(),
                 "duration_s": round(time.monotonic() - began, 1),
                 "series": self.series.record() if self.series else None,
                 "complete": len(cells) == len(self.selection.cells()), **extra}
@@ -401,7 +405,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     seed = args.seed if args.seed is not None else matrix.new_seed()
     out = _results_dir(args.results or Path("results")
                        / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
-    stamp = results.stamp(name, {k: list(v) for k, v in vars(selection).items()})
+    stamp = results.stamp(name, selection.record())
     records = [out / "baseline", out / "candidate"] if name == "ab" else [out]
     for directory in records:
         results.begin(directory, {**stamp, "run_id": stamp["run_id"] + (
@@ -415,7 +419,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
         raise
 
 
-def _build(args: argparse.Namespace, selection: "runner.Selection", qemu: QemuBinary,
+def _build(args: argparse.Namespace, selection: Selection, qemu: QemuBinary,
            store: ImageStore, seed: int, out: Path, validated: Series | None, stamp: dict,
            series: Series | None) -> _Prepared:
     """The images and the accelerator: what the run needs before any L1 boots."""
@@ -444,15 +448,14 @@ def _run(args: argparse.Namespace) -> int:
     from harness import results, runner  # L1-facing modules import paramiko: only when needed
 
     p = _prepare(args, [args.l2_qemu], "run", _series(args.kernel_patches))
+    plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
     began = time.monotonic()
     cells = []
     try:
-        for cell in runner.run(p.qemu, p.images, p.selection, p.out, p.choice.accel, p.seed,
-                               args.ssh_port, args.l2_qemu, p.traces,
-                               args.jobs or runner.default_jobs()):
+        for _, cell in runner.run(plan):
             cells.append(cell)
     finally:
-        cells = runner.in_matrix_order(cells, p.selection)
+        cells = plan.in_matrix_order(cells)
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
         kept = [] if args.keep_artifacts or not finished else results.prune(p.out, cells)
@@ -477,7 +480,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ab(args: argparse.Namespace) -> int:
     """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
-    from harness import compare, results, runner
+    from harness import ab, compare
 
     if not (args.candidate_l2_qemu or args.candidate_kernel_patches
             or args.candidate_kernel_image):
@@ -497,28 +500,15 @@ def _ab(args: argparse.Namespace) -> int:
                            f"selected variants ({', '.join(kernels)}): choose it with --kernel")
         images["candidate"] = dataclasses.replace(
             images["candidate"], kernels={**images["candidate"].kernels, role: image})
-    sides = (runner.Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"],
-                         p.traces),
-             runner.Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"],
-                         p.traces))
-    began = time.monotonic()
-    cells: dict[Path, list] = {s.results: [] for s in sides}
-    try:
-        for side, cell in runner.run_sides(p.qemu, p.images, p.selection, p.out / "l1",
-                                           p.choice.accel, p.seed, args.ssh_port, sides,
-                                           args.jobs or runner.default_jobs()):
-            cells[side.results].append(cell)
-    finally:
-        cells = {k: runner.in_matrix_order(v, p.selection) for k, v in cells.items()}
-        for side in sides:
-            info = dataclasses.replace(p, images=side.images or p.images).info(
-                cells[side.results], began, ab_side=side.results.name,
-                run_id=f"{p.stamp['run_id']}/{side.results.name}")
-            results.write(side.results, cells[side.results], info)
-            report.write_html(side.results)
-    c = compare.compare(sides[0].results, sides[1].results)
-    written = compare.write(c, p.out)
-    report.write_html(sides[1].results, extra=compare.html_section(c))
+    sides = (Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"], p.traces),
+             Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"], p.traces))
+
+    def record(cells: list, side: Side, began: float) -> dict:
+        return dataclasses.replace(p, images=side.images or p.images).info(
+            cells, began, ab_side=side.results.name,
+            run_id=f"{p.stamp['run_id']}/{side.results.name}")
+
+    c, written = ab.run(p.plan(args, sides, p.out / "l1"), record, p.out)
     if args.junit:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(compare.junit(c))
@@ -545,9 +535,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace):
-    from harness import runner
-
-    return runner.Selection(
+    return Selection(
         viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
         backends=tuple(args.backend or matrix.BACKENDS),
         kernels=tuple(args.kernel or Recipe.load().kernels),

@@ -14,7 +14,6 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import checks, files, matrix, parallel, scenario, stack
@@ -22,50 +21,30 @@ from harness.backends import Backend
 from harness.backends import backend as backend_named
 from harness.errors import BadInput, HarnessError, StageTimeout
 from harness.evidence import Evidence, summarize
-from harness.images import Images
 from harness.l0 import L1Spec
 from harness.l2 import L2_QEMU, L2Died
 from harness.matrix import Cell, CellResult
+from harness.plan import Boot, RunPlan, Side
 from harness.platforms import viommu
 from harness.progress import say
-from harness.qemu_binary import QemuBinary
 from harness.qemu_bundle import Bundle, upload
 from harness.qemu_under_test import QemuUnderTest, probe
-from harness.recipe import Recipe
 from harness.scenario import PassedThrough, Timer
 
 PACKAGED = "packaged in the rootfs"
 
 
-@dataclass(frozen=True)
-class Selection:
-    viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
-    backends: tuple[str, ...] = matrix.BACKENDS
-    kernels: tuple[str, ...] = field(default_factory=lambda: tuple(Recipe.load().kernels))
-    checks: tuple[str, ...] = field(default_factory=checks.names)
-
-    def cells(self) -> list[Cell]:
-        return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
-
-
-@dataclass(frozen=True)
-class Side:
-    """One QEMU and kernel under test, and where its cells go: a run has one side, an A/B
-    two. Sides with the same L1 kernel share its boots."""
-
-    results: Path
-    l2_qemu: Path | None = None  # None: the rootfs's packaged QEMU
-    images: Images | None = None  # None: the run's images (a side with a series has its own)
-    traces: tuple[str, ...] = ()  # more trace events for L2: those a series under test adds
-
-
-def run(qemu: QemuBinary, images: Images, selection: Selection, results_dir: Path,
-        accel: str, seed: int, ssh_port: int | None = None,
-        l2_qemu: Path | None = None, traces: tuple[str, ...] = (),
-        jobs: int = 1) -> Iterator[CellResult]:
-    for _, result in run_sides(qemu, images, selection, results_dir, accel, seed, ssh_port,
-                               (Side(results_dir, l2_qemu, traces=traces),), jobs):
-        yield result
+def run(plan: RunPlan) -> Iterator[tuple[Side, CellResult]]:
+    """Every selected cell of every side of the plan, `plan.jobs` L1 boots at a time (one
+    at a time with a fixed SSH port: they would share it). Cells come in the order they
+    are produced; `plan.in_matrix_order` sorts them back."""
+    boots = plan.boots()
+    if plan.jobs <= 1 or len(boots) <= 1 or plan.ssh_port is not None:
+        for boot in boots:
+            yield from run_boot(plan, boot)
+        return
+    say(f"{len(boots)} L1 boots, {min(plan.jobs, len(boots))} at a time")
+    yield from parallel.run(boots, plan.jobs, lambda b: run_boot(plan, b), lambda b: b.name)
 
 
 #: What an L1 takes on L0 beyond its guest RAM (L0 QEMU itself, the TCG code cache).
@@ -86,66 +65,22 @@ def default_jobs() -> int:
     return max(1, min(2 * len(os.sched_getaffinity(0)), available_mb // per_l1))
 
 
-def run_sides(qemu: QemuBinary, images: Images, selection: Selection, l1_dir: Path,
-              accel: str, seed: int, ssh_port: int | None,
-              sides: tuple[Side, ...], jobs: int = 1) -> Iterator[tuple[Side, CellResult]]:
-    """Every selected cell of every side, one L1 boot per (vIOMMU, kernel, kernel image),
-    `jobs` boots at a time (one at a time with a fixed SSH port: they would share it).
-    Cells come in the order they are produced; `in_matrix_order` sorts them back."""
-    boots = []
-    for vi in selection.viommus:
-        for kernel in selection.kernels:
-            groups: dict[Path, list[Side]] = {}
-            for side in sides:
-                groups.setdefault((side.images or images).kernels[kernel].bzimage,
-                                  []).append(side)
-            for n, group in enumerate(groups.values()):
-                boots.append((vi, kernel, group[0].images or images,
-                              l1_dir / str(n) if len(groups) > 1 else l1_dir, tuple(group)))
-
-    def work(boot: tuple) -> Iterator[tuple[Side, CellResult]]:
-        vi, kernel, boot_images, directory, group = boot
-        return _run_l1(qemu, boot_images, vi, kernel, selection, directory, accel, seed,
-                       ssh_port, group)
-
-    if jobs <= 1 or len(boots) <= 1 or ssh_port is not None:
-        for boot in boots:
-            yield from work(boot)
-        return
-    say(f"{len(boots)} L1 boots, {min(jobs, len(boots))} at a time")
-    yield from parallel.run(boots, jobs, work, lambda b: f"{b[0]}/{b[1]}")
-
-
-def in_matrix_order(results: list[CellResult], selection: Selection) -> list[CellResult]:
-    """Cells of parallel L1s arrive interleaved: the selection's order, for tables and files."""
-    order = {c.id: n for n, c in enumerate(selection.cells())}
-    return sorted(results, key=lambda r: order.get(r.cell.id, len(order)))
-
-
-def run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
-           results_dir: Path, accel: str, seed: int, ssh_port: int | None = None,
-           l2_qemu: Path | None = None) -> Iterator[CellResult]:
-    """All selected cells of one (vIOMMU, kernel); `l2_qemu`, a local QEMU build to test
-    instead of the rootfs's packaged one."""
-    for _, result in _run_l1(qemu, images, vi, kernel, selection, results_dir, accel, seed,
-                             ssh_port, (Side(results_dir, l2_qemu),)):
-        yield result
-
-
-def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: Selection,
-            l1_dir: Path, accel: str, seed: int, ssh_port: int | None,
-            sides: tuple[Side, ...]) -> Iterator[tuple[Side, CellResult]]:
+def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
+    """All selected cells of one L1 boot, for each of its sides."""
+    vi, kernel = boot.viommu, boot.kernel
+    selection = plan.selection
     wanted = matrix.cells((vi,), selection.backends, (kernel,), selection.checks)
     done: set[tuple[Path, str]] = set()
-    run_dir = l1_dir / f"{vi}-{kernel}"
+    run_dir = boot.directory / f"{vi}-{kernel}"
     began = time.monotonic()
     try:
-        with stack.booted(qemu, images, viommu(vi), kernel, run_dir, accel=accel,
-                          ssh_port=ssh_port) as l1:
-            for side in sides:
+        with stack.booted(plan.qemu, boot.images, viommu(vi), kernel, run_dir, accel=plan.accel,
+                          ssh_port=plan.ssh_port) as l1:
+            for side in boot.sides:
                 under_test = qemu_under_test(l1, side.l2_qemu)
                 for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
-                                          side.results / f"{vi}-{kernel}", seed, side.traces):
+                                          side.results / f"{vi}-{kernel}", plan.seed,
+                                          side.traces):
                     done.add((side.results, result.cell.id))
                     say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                     yield side, result
@@ -153,7 +88,7 @@ def _run_l1(qemu: QemuBinary, images: Images, vi: str, kernel: str, selection: S
         raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:
         say(f"L1 {vi}/{kernel}: {e.message}")
-        for side in sides:
+        for side in boot.sides:
             for cell in wanted:
                 if (side.results, cell.id) not in done:
                     yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
