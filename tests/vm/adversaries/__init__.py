@@ -191,7 +191,12 @@ CATALOGUE = (
         "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
                        "command write): only L2's copy of the command register changes",
         shim="keep-decode",
-        verdicts=lifecycle("*", "*", "fail", "the device still decodes memory")),
+        verdicts={**lifecycle("*", "*", "fail", "the device still decodes memory"),
+                  # every device decodes from the start: whose dma-buf is whose cannot be
+                  # told by the kernel's revoke answers
+                  ("dmabuf", "*", "dmabuf-per-region"): ("error", "the decode witness "
+                                                                  "cannot tell"),
+                  ("dmabuf", "*", MULTI): ("error", "the decode witness cannot tell")}),
     # Attribution: a dma-buf that is not its region's own.
     Adversary(
         "borrow-dmabuf", "gives ivshmem's BAR 2 a dup of edu's BAR 0 dma-buf (both 1 MiB)",
