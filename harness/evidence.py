@@ -440,6 +440,9 @@ class UnplugCycle:
     cycles: int
     alive: bool
     trace_earlier: tuple[TraceRecord, ...] = ()
+    #: Plugged again, before the driver gave it memory decode: its new dma-buf must be
+    #: revoked here and live at `replugged` (the attribution witness across a replug).
+    plugged: Moment | None = None
 
 
 @dataclass(frozen=True)

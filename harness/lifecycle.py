@@ -239,9 +239,17 @@ def _unplug(stack: L1Stack, l2: L2Qemu, held: int) -> None:
             "the L1 kernel still shows ivshmem's VFIO device fd open in L2")
 
 
-def _replug(l2: L2Qemu, dev: Programmed) -> None:
+def _replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None = None
+            ) -> Moment | None:
+    """device_add, then every BAR programmed and decoding on, ivshmem's last; `moment`,
+    taken once the other devices decode again and ivshmem does not yet (the reset that
+    completed the unplug turned every device's decoding off), is returned."""
     l2.qmp.cmd("device_add", **l2.spec.backend.device_add(dev.ivshmem))
-    dev.reprogram()
+    dev.reprogram_edu()
+    dev.reprogram_resettable()
+    between = moment("plugged, the others decoding") if moment else None
+    dev.reprogram_ivshmem()
+    return between
 
 
 def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int, key: str,
@@ -257,7 +265,7 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: in
     held = len(before.kernel.vfio_device_fds)
     _unplug(stack, l2, held)
     unplugged = moment("unplugged")
-    _replug(l2, dev)
+    plugged = _replug(l2, dev, moment)
     replugged = moment("plugged again")
     after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug", dst)
     for _ in range(cycles - 1):
@@ -267,6 +275,7 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: in
     return UnplugCycle(device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size, before=before,
                        unplugged=unplugged, replugged=replugged, final=final,
                        trace_unplugging=(), trace_replugging=(), after=after, cycles=cycles,
+                       plugged=plugged,
                        alive=l2.running())
 
 

@@ -21,6 +21,7 @@ from harness.evidence import (
     Other,
     RegionDmabuf,
     TraceRecord,
+    UnplugCycle,
     of_type,
 )
 from harness.verdicts import Verdict, _error, _missing, region_name, transfer
@@ -271,6 +272,27 @@ def _step(ev: Evidence, check: str) -> Verdict:
                            f"{device_reset}", evidence, after.findings, grounds)
 
 
+def _replug_witness(cycle: UnplugCycle, name: str, fd: int, ino: int | None) -> str | None:
+    """Why the replugged device's new dma-buf is not its own ("" if it is; None if the
+    witness was not taken): VFIO keeps a device's dma-bufs revoked until it decodes memory,
+    so the new one must be revoked while the other devices decode again and it does not
+    yet, and live once it does (checked by the caller)."""
+    plugged = cycle.plugged
+    if plugged is None or plugged.command is None:
+        return None
+    if plugged.command & 0x2:
+        return ""  # it decodes already: this witness cannot tell (the step's checks stand)
+    if dict(plugged.kernel.dmabuf_inodes).get(fd) != ino:
+        return None  # not yet the dma-buf QEMU traced: nothing to compare
+    state = dict(plugged.kernel.dmabuf_states).get(fd)
+    if state == "revoked":
+        return ""
+    return (f"the new dma-buf of {name} (fd {fd}, inode {ino}) was {state or 'absent'} "
+            f"while the other devices decoded memory again and {cycle.device} did not yet "
+            f"(command {plugged.command:#06x}): the L1 kernel does not tie it to that "
+            f"device's BAR")
+
+
 def dmabuf_unplug(ev: Evidence) -> Verdict:
     """The device goes (its regions exited and finalized, its device fd closed, its dma-bufs
     closed), comes back with new dma-bufs, P2P works, and cycles leave L2's fds flat."""
@@ -333,6 +355,12 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
                 problems.append((f"the L1 kernel shows the new dma-buf of {name} (fd "
                                  f"{new[0].fd}) as {state or 'absent'}, inode {ino}: not a "
                                  f"new live dma-buf", None))
+            witness = _replug_witness(cycle, name, new[0].fd, ino)
+            if witness is None:
+                return _error([f"no L1 kernel view between the replug and {name}'s device "
+                               f"decoding memory: whose the new dma-buf is cannot be told"])
+            if witness:
+                problems.append((witness, None))
     elif any(m.kernel.dmabuf_fds for m in (cycle.before, cycle.replugged, cycle.final)):
         problems.append(("the L1 kernel shows dma-buf fds in L2 on a kernel without VFIO "
                          "dma-buf", None))
@@ -352,6 +380,12 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
                               "dmabufs": list(m.kernel.dmabuf_inodes),
                               "states": list(m.kernel.dmabuf_states)}
                     for m in (cycle.before, cycle.unplugged, cycle.replugged, cycle.final)},
+        "plugged": cycle.plugged and {
+            "trace_line": cycle.plugged.trace_line, "command": cycle.plugged.command,
+            "dmabufs": list(cycle.plugged.kernel.dmabuf_inodes),
+            "states": list(cycle.plugged.kernel.dmabuf_states),
+            "fd_count": cycle.plugged.kernel.fd_count,
+            "vfio_device_fds": list(cycle.plugged.kernel.vfio_device_fds)},
         "after": after.evidence,
     }
     grounds = (f"L2 trace: {len(cycle.trace_unplugging)} line(s) while unplugging, "

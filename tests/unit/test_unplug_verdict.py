@@ -32,7 +32,7 @@ def _moment(label: str, m: dict) -> Moment:
                            maps(MIB, 4096, MIB), tuple(map(tuple, m["dmabufs"])),
                            tuple(map(tuple, m["states"])), m["fd_count"],
                            tuple(m["vfio_device_fds"]))
-    return Moment(label, kernel, m["trace_line"], None)
+    return Moment(label, kernel, m["trace_line"], m.get("command"))
 
 
 def cycle() -> UnplugCycle:
@@ -49,7 +49,8 @@ def cycle() -> UnplugCycle:
                           dst_offset=a["destination_offset"], pattern=pattern,
                           source_in_file=pattern, before=bytes(64),
                           after=bytes.fromhex(a["read_back"]), l1_dmesg=()),
-        cycles=CAPTURE["cycles"], alive=True)
+        cycles=CAPTURE["cycles"], alive=True,
+        plugged=_moment("plugged, the others decoding", CAPTURE["plugged"]))
 
 
 def judged(**changes):
@@ -148,3 +149,25 @@ def test_missing_evidence_is_an_error():
     assert judged(final=dataclasses.replace(c.final, trace_line=-1)).observed == "error"
     assert judged(after=None).observed == "error"
     assert dmabuf_unplug(captured()).observed == "error"
+
+
+def test_a_replugged_dmabuf_that_another_device_keeps_live_is_not_the_devices_own():
+    """The foreign-dmabuf lie at the replug: the new dma-buf is live while edu decodes and
+    ivshmem, back, does not yet: it is not ivshmem's (legacy maps BAR 2 by address, so
+    only this tells)."""
+    c = cycle()
+    plugged = c.plugged
+    states = tuple((fd, "live" if fd == 23 else s) for fd, s in plugged.kernel.dmabuf_states)
+    v = judged(plugged=dataclasses.replace(
+        plugged, kernel=dataclasses.replace(plugged.kernel, dmabuf_states=states)))
+    assert v.observed == "fail"
+    assert (f"the new dma-buf of {IVSHMEM} BAR 2 (fd 23, inode 3) was live while the other "
+            f"devices decoded memory again and {IVSHMEM} did not yet (command 0x0100)"
+            ) in v.reason
+    assert settle(EXPECTED, v.observed, v.reason, v.findings)[1] is False
+
+
+def test_no_view_between_the_replug_and_its_decoding_is_an_error():
+    v = judged(plugged=None)
+    assert v.observed == "error"
+    assert "no L1 kernel view between the replug" in v.reason
