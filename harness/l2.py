@@ -216,8 +216,12 @@ class L2Qemu:
         stderr; None while it runs (or if L1 cannot say)."""
         if self.pid is None:
             return None
+        status = shlex.quote(self.paths.status)
+        # Gone but its status not yet written (its shell writes it as it reaps it): wait
+        # for it a moment, never for an L2 that still runs.
         answer = self.session.run(
-            f"cat {shlex.quote(self.paths.status)} 2>/dev/null; echo ---; "
+            f"kill -0 {self.pid} 2>/dev/null || for i in $(seq 100); do [ -s {status} ] && "
+            f"break; sleep 0.02; done; cat {status} 2>/dev/null; echo ---; "
             f"tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
             stage="L2 status")
         status, _, tail = answer.stdout.partition("---\n")

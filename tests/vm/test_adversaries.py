@@ -64,12 +64,16 @@ def test_adversary_gets_the_true_verdicts(adversary, adversary_l1, shim, tmp_pat
         assert not all(r.met for r in results), f"{adversary.name} got through on {kernel}"
 
 
-#: A QEMU under test that L1 kills (SIGKILL) 6 s into each real L2 run: mid-cells.
+#: A QEMU under test that L1 kills (SIGKILL) once the harness is driving it (40 qtest
+#: commands in: BAR programming), whatever the machine's speed.
 DIES = """#!/bin/bash
 real=/usr/bin/qemu-system-x86_64
 case " $* " in *" -qtest "*) ;; *) exec "$real" "$@" ;; esac
+log=; prev=; for a in "$@"; do [ "$prev" = -qtest-log ] && log=$a; prev=$a; done
 echo "vfio-harness test: this L2 will be killed" >&2
-( sleep 6; kill -9 $$ ) </dev/null >/dev/null 2>&1 &
+( for i in $(seq 3000); do
+    [ -f "$log" ] && [ "$(wc -l < "$log")" -ge 40 ] && break; sleep 0.02
+  done; kill -9 $$ ) </dev/null >/dev/null 2>&1 &
 exec "$real" "$@"
 """
 
@@ -82,11 +86,14 @@ def test_an_l2_that_dies_is_named_in_l1s_words(adversary_l1, tmp_path):
     wrapper = tmp_path / "qemu-dies"
     wrapper.write_text(DIES)
     under_test = runner.qemu_under_test(adversary_l1, wrapper)
+    out = adversary_l1.run_dir / "dies"
     results = list(runner.cells_on_l1(adversary_l1, under_test, ("legacy",), matrix.CHECKS,
-                                      adversary_l1.run_dir / "dies", seed=1))
+                                      out, seed=1))
     assert len(results) == len(matrix.CHECKS)
+    said = (out / "legacy" / "l2-stderr.log").read_text().splitlines()
+    assert "this L2 will be killed" in said[0]  # the wrapper's line: this L2 is the one killed
     for r in results:
         assert r.outcome == "error", r.reason
-        assert "was killed by SIGKILL (9), as L1 saw it" in r.reason, r.reason
-        assert "this L2 will be killed" in r.reason, r.reason
+        assert "was killed by SIGKILL (9), as L1 saw it; its stderr ended: " in r.reason, r.reason
+        assert said[-1].strip() in r.reason, r.reason  # what it last wrote
         assert r.l2_end and r.error_stage
