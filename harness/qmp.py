@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness.deadline import Deadline
@@ -56,9 +57,13 @@ class TranscribedQmp:
         try:
             entry["return"] = self._qmp.cmd(command, **args)
             return entry["return"]
-        except Exception as e:
+        except ExecuteError as e:  # QEMU answered with an error: the caller's to judge
             entry["error"] = str(e)
             raise
+        except Exception as e:  # no answer at all: the connection went (QEMU exited?)
+            entry["error"] = repr(e)
+            raise HarnessError(f"QMP {command}: the connection to {self.who} QEMU was lost "
+                               f"({e!r}; {self.who} QEMU exited?)", stage=self.who) from None
         finally:
             self._log(entry)
 

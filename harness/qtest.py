@@ -52,6 +52,9 @@ class Qtest:
             except TimeoutError:
                 raise QtestError(f"no answer from qtest in {self.timeout:g} s",
                                  stage="L2 qtest") from None
+            except OSError as e:  # reset by the forwarder as L2 went
+                raise QtestError(f"qtest connection lost: {e.strerror or e} (L2 QEMU "
+                                 f"exited?)", stage="L2 qtest") from None
             if not chunk:
                 raise QtestError("qtest connection closed (L2 QEMU exited?)", stage="L2 qtest")
             self._buffer += chunk
@@ -62,7 +65,11 @@ class Qtest:
         """Send one command; the text after "OK". Asynchronous IRQ lines are skipped."""
         if self._sock is None:
             raise QtestError("qtest is not connected", stage="L2 qtest")
-        self._sock.sendall(command.encode() + b"\n")
+        try:
+            self._sock.sendall(command.encode() + b"\n")
+        except OSError as e:
+            raise QtestError(f"qtest connection lost: {e.strerror or e} (L2 QEMU exited?)",
+                             stage="L2 qtest") from None
         while True:
             reply = self._readline()
             if not reply.startswith("IRQ"):
