@@ -635,22 +635,13 @@ def iommu_faults(dmesg: tuple[str, ...]) -> list[str]:
 EOPNOTSUPP = -95
 
 
-def multi_range(ev: Evidence) -> Verdict:
-    """A BAR QEMU mmaps in pieces (around its MSI-X table): one dma-buf of as many ranges
-    (the kernel's word: several-ranges), or none on a kernel without; each piece mapped
-    for DMA on the legacy container, and a DMA read through it bringing back the
-    registers; what iommufd does with the pieces (the kernel refuses a dma-buf of more
-    than one range) established as findings."""
-    mr = ev.side
-    probe_problem = _kernel_probe_problem(ev)
-    if mr is None or probe_problem:
-        return _error([probe_problem or "the side L2 (multi-range) was not run"])
+def _multi_range_missing(ev: Evidence, mr: SideRun) -> list[str]:
+    """Why the multi-range evidence cannot be judged: the side L2's, the fixture's word that
+    it made the BAR split, the DMA read, QEMU's warnings in a known wording."""
     run = mr.run
-    name = region_name(mr.device, mr.bar)
-    bars = _side_bars(mr)
     missing = _missing(ev, run, devices=mr.devices, bars=mr.bars)
-    if name not in bars:
-        missing.append(f"the L1 kernel has no {name}")
+    if region_name(mr.device, mr.bar) not in _side_bars(mr):
+        missing.append(f"the L1 kernel has no {region_name(mr.device, mr.bar)}")
     if not mr.withheld:
         missing.append("the msix-split fixture never said it withheld MSIX_MAPPABLE (not "
                        "preloaded into the QEMU under test?): no region was made to split")
@@ -658,31 +649,25 @@ def multi_range(ev: Evidence) -> Verdict:
         missing.append("the DMA read from the split BAR was not run")
     missing += [f"QEMU warned about dma-buf in a wording this harness does not know: {u.text!r}"
                 for u in of_type(list(run.messages), UnknownDmabufWarning)]
-    if missing:
-        return _error(missing[:6])
-    assert run.process is not None and mr.read is not None
-    pieces = sorted((m.start, m.size) for m in _mmaps(run).get(name, []))
-    dmabufs = _dmabufs(run)
-    grounds = (_kernel_ground(ev), "L1 kernel: BARs " + ", ".join(
-        f"{n} {s:#x}" for n, s in bars.items()), _trace_ground(run), _process_ground(run),
-        f"the fixture: {'; '.join(mr.withheld)}",
-        f"edu's DMA read of {len(mr.read.expected)} bytes at {mr.read.iova:#x}")
-    evidence: dict[str, object] = {
-        "region": name, "mmaps": pieces, "fixture": list(mr.withheld),
-        "vfio_region_dmabuf": [vars(d) for d in dmabufs.get(name, [])],
-        "kernel_dmabuf_fds": run.process.dmabuf_fds,
-        "kernel_dmabuf_states": run.process.dmabuf_states,
-        "read": {"iova": hex(mr.read.iova), "expected": mr.read.expected.hex(),
-                 "got": mr.read.got.hex(), "engine_error": mr.read.engine_error,
-                 "l1_dmesg": list(mr.read.l1_dmesg)},
-    }
+    return missing[:6]
+
+
+def _split_problems(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]],
+                    evidence: dict) -> Attribution:
+    """The BAR in pieces, each mmapped of the device; on a dma-buf kernel one dma-buf of as
+    many ranges that is the device's own (several-ranges in the kernel's word), on one
+    without none; L2 alive at the end."""
+    run = mr.run
+    assert run.process is not None
+    name = region_name(mr.device, mr.bar)
     problems = []
     if len(pieces) < 2:
         problems.append(f"QEMU mmapped {name} in {len(pieces)} piece(s) though the kernel's "
                         f"MSIX_MAPPABLE was withheld: expected the BAR around its MSI-X table")
     # edu is there with x-no-mmap=on, for the dmabuf-per-region check: only the split
     # device's regions are this check's.
-    qualifying = [n for n, size in bars.items() if size >= PAGE and n.startswith(mr.device)]
+    qualifying = [n for n, size in _side_bars(mr).items()
+                  if size >= PAGE and n.startswith(mr.device)]
     problems += _mmapped_problems(run, qualifying)
     unanswered: list[str] = []
     if ev.kernel_dmabuf:
@@ -690,6 +675,7 @@ def multi_range(ev: Evidence) -> Verdict:
         problems += own.problems
         unanswered = own.unanswered
         evidence["attribution"] = own.owners
+        dmabufs = _dmabufs(run)
         fd = dmabufs[name][0].fd if dmabufs.get(name) else None
         state = dict(run.process.dmabuf_states).get(fd) if fd is not None else None
         if fd is not None and len(pieces) > 1 and state != "several-ranges":
@@ -703,7 +689,14 @@ def multi_range(ev: Evidence) -> Verdict:
                             "kernel")
     if not run.alive_at_end:
         problems.append("L2 QEMU did not survive")
-    # How each piece went into the IOMMU: the trace at its IOVA and QEMU's warnings.
+    return Attribution(problems, unanswered, {})
+
+
+def _pieces_into_iommu(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]]
+                       ) -> tuple[list[int], list[tuple[int, list[int]]]]:
+    """How each piece went into the IOMMU, by the trace at its IOVA and QEMU's warnings:
+    (the starts of the pieces mapped, (start, return codes) of those refused)."""
+    run = mr.run
     mapped, refused = [], []
     for start, size in pieces:
         span = (mr.iova + start, mr.iova + start + size)
@@ -719,6 +712,42 @@ def multi_range(ev: Evidence) -> Verdict:
         elif (events and all(r.ret == 0 for r in events)) or \
                 (not backend(ev.backend).maps_bars_by_dmabuf and added):
             mapped.append(start)
+    return mapped, refused
+
+
+def multi_range(ev: Evidence) -> Verdict:
+    """A BAR QEMU mmaps in pieces (around its MSI-X table): one dma-buf of as many ranges
+    (the kernel's word: several-ranges), or none on a kernel without; each piece mapped
+    for DMA on the legacy container, and a DMA read through it bringing back the
+    registers; what iommufd does with the pieces (the kernel refuses a dma-buf of more
+    than one range) established as findings."""
+    mr = ev.side
+    probe_problem = _kernel_probe_problem(ev)
+    if mr is None or probe_problem:
+        return _error([probe_problem or "the side L2 (multi-range) was not run"])
+    missing = _multi_range_missing(ev, mr)
+    if missing:
+        return _error(missing)
+    run, read = mr.run, mr.read
+    assert run.process is not None and read is not None
+    name = region_name(mr.device, mr.bar)
+    pieces = sorted((m.start, m.size) for m in _mmaps(run).get(name, []))
+    dmabufs = _dmabufs(run)
+    grounds = (_kernel_ground(ev), "L1 kernel: BARs " + ", ".join(
+        f"{n} {s:#x}" for n, s in _side_bars(mr).items()), _trace_ground(run),
+        _process_ground(run), f"the fixture: {'; '.join(mr.withheld)}",
+        f"edu's DMA read of {len(read.expected)} bytes at {read.iova:#x}")
+    evidence: dict[str, object] = {
+        "region": name, "mmaps": pieces, "fixture": list(mr.withheld),
+        "vfio_region_dmabuf": [vars(d) for d in dmabufs.get(name, [])],
+        "kernel_dmabuf_fds": run.process.dmabuf_fds,
+        "kernel_dmabuf_states": run.process.dmabuf_states,
+        "read": {"iova": hex(read.iova), "expected": read.expected.hex(),
+                 "got": read.got.hex(), "engine_error": read.engine_error,
+                 "l1_dmesg": list(read.l1_dmesg)},
+    }
+    split_problems = _split_problems(ev, mr, pieces, evidence)
+    mapped, refused = _pieces_into_iommu(ev, mr, pieces)
     evidence["pieces_mapped"] = [hex(s) for s in mapped]
     evidence["pieces_refused"] = [(hex(s), rets) for s, rets in refused]
     findings = set()
@@ -727,13 +756,13 @@ def multi_range(ev: Evidence) -> Verdict:
         findings.add("multi-range-refused")
     elif refused:
         findings.add("bar-map-refused")
-    read = mr.read
     if not read.engine_error and not read.arrived and any(read.expected):
         findings.add("read-missing")
-    if problems:
-        return Verdict("fail", "; ".join(problems + unanswered), evidence, grounds=grounds)
-    if unanswered:
-        return _error(unanswered, evidence)
+    if split_problems.problems:
+        return Verdict("fail", "; ".join(split_problems.problems + split_problems.unanswered),
+                       evidence, grounds=grounds)
+    if split_problems.unanswered:
+        return _error(split_problems.unanswered, evidence)
     if not any(read.expected):
         return Verdict("fail", f"L2 read zeros from {name} through its mmap: nothing to "
                                f"compare a DMA read with", evidence, grounds=grounds)
