@@ -217,12 +217,13 @@ class L2Qemu:
         if self.pid is None:
             return None
         status = shlex.quote(self.paths.status)
-        # Gone but its status not yet written (its shell writes it as it reaps it): wait
-        # for it a moment, never for an L2 that still runs.
+        # Gone (or a zombie its shell has not reaped yet) but its status not yet written:
+        # wait for it a moment, never for an L2 that still runs.
         answer = self.session.run(
-            f"kill -0 {self.pid} 2>/dev/null || for i in $(seq 100); do [ -s {status} ] && "
-            f"break; sleep 0.02; done; cat {status} 2>/dev/null; echo ---; "
-            f"tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
+            f"st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status 2>/dev/null); "
+            f"if [ -z \"$st\" ] || [ \"$st\" = Z ]; then for i in $(seq 150); do "
+            f"[ -s {status} ] && break; sleep 0.02; done; fi; cat {status} 2>/dev/null; "
+            f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
             stage="L2 status")
         status, _, tail = answer.stdout.partition("---\n")
         how = describe_status(status)
