@@ -215,7 +215,20 @@ class LineHelper:
         self._chan = chan
         self._pending = b""
 
+    @property
+    def closed(self) -> bool:
+        return self._chan.closed
+
     def ask(self, line: str, timeout: float, stage: str) -> str:
+        """One answer. A question left unanswered (an interrupt, a deadline, a failure)
+        closes the helper: its late answer must never be taken for the next one's."""
+        try:
+            return self._ask(line, timeout, stage)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ask(self, line: str, timeout: float, stage: str) -> str:
         deadline = Deadline(stage, timeout)
         try:
             self._chan.sendall(line.encode() + b"\n")

@@ -125,7 +125,7 @@ class L1Vfio:
 
     def _call(self, action: str, *args: str, timeout: float = 30.0) -> dict:
         stage = f"L1 vfio {action}"
-        if self._helper is None:
+        if self._helper is None or self._helper.closed:  # first question, or one cut short
             self._helper = self.session.open_helper(f"python3 {REMOTE_SCRIPT} serve", stage)
         line = self._helper.ask(json.dumps({"action": action, "args": list(args)}), timeout,
                                 stage)
