@@ -39,11 +39,12 @@ def enable_witnessed(stack: L1Stack, l2: L2Qemu, pci: PciConfig,
     registers before the first and after each: the witness that ties each dma-buf to its
     own device. `devices`: (L2 slot, L1 BDF, bus master). One L1 round trip per view."""
     bdfs = tuple(bdf for _, bdf, _ in devices)
+    pid = l2.pid
+    if pid is None:
+        raise HarnessError("L2 has no pid: no kernel view", stage="L2 decode witness")
 
     def view() -> DecodeStep:
-        answer = stack.vfio.process(l2.pid, devices=bdfs) if l2.pid is not None else None
-        if answer is None:
-            raise HarnessError("L2 has no pid: no kernel view", stage="L2 decode witness")
+        answer = stack.vfio.process(pid, devices=bdfs)
         return DecodeStep(kernel_process(answer), dict(answer.commands))
 
     steps = [view()]

@@ -653,10 +653,10 @@ def _multi_range_missing(ev: Evidence, mr: SideRun) -> list[str]:
 
 
 def _split_problems(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]],
-                    evidence: dict) -> Attribution:
+                    evidence: dict) -> tuple[list[str], list[str]]:
     """The BAR in pieces, each mmapped of the device; on a dma-buf kernel one dma-buf of as
     many ranges that is the device's own (several-ranges in the kernel's word), on one
-    without none; L2 alive at the end."""
+    without none; L2 alive at the end. (problems, what the witness could not answer)"""
     run = mr.run
     assert run.process is not None
     name = region_name(mr.device, mr.bar)
@@ -689,7 +689,7 @@ def _split_problems(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]],
                             "kernel")
     if not run.alive_at_end:
         problems.append("L2 QEMU did not survive")
-    return Attribution(problems, unanswered, {})
+    return problems, unanswered
 
 
 def _pieces_into_iommu(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]]
@@ -746,7 +746,7 @@ def multi_range(ev: Evidence) -> Verdict:
                  "got": read.got.hex(), "engine_error": read.engine_error,
                  "l1_dmesg": list(read.l1_dmesg)},
     }
-    split_problems = _split_problems(ev, mr, pieces, evidence)
+    problems, unanswered = _split_problems(ev, mr, pieces, evidence)
     mapped, refused = _pieces_into_iommu(ev, mr, pieces)
     evidence["pieces_mapped"] = [hex(s) for s in mapped]
     evidence["pieces_refused"] = [(hex(s), rets) for s, rets in refused]
@@ -758,11 +758,10 @@ def multi_range(ev: Evidence) -> Verdict:
         findings.add("bar-map-refused")
     if not read.engine_error and not read.arrived and any(read.expected):
         findings.add("read-missing")
-    if split_problems.problems:
-        return Verdict("fail", "; ".join(split_problems.problems + split_problems.unanswered),
-                       evidence, grounds=grounds)
-    if split_problems.unanswered:
-        return _error(split_problems.unanswered, evidence)
+    if problems:
+        return Verdict("fail", "; ".join(problems + unanswered), evidence, grounds=grounds)
+    if unanswered:
+        return _error(unanswered, evidence)
     if not any(read.expected):
         return Verdict("fail", f"L2 read zeros from {name} through its mmap: nothing to "
                                f"compare a DMA read with", evidence, grounds=grounds)
