@@ -9,7 +9,7 @@ source ci/setup.sh
 step "L1 images"
 vfio-harness images build
 mkdir -p results/avocado
-step "avocado variants from harness/matrix.py"
+step "avocado variants from harness/checks/matrix.py"
 vfio-harness matrix --avocado-variants results/avocado/variants.json \
   --results "$PWD/results/avocado/cells" "$@"
 step "avocado run (one L1 per vIOMMU and kernel, shared between the tests)"

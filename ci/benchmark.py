@@ -57,9 +57,9 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
 
 
 def l1_boot(args: argparse.Namespace) -> list[float]:
-    from harness.cell_results import Setup
+    from harness.collect.stack import booted
     from harness.platforms import viommu
-    from harness.stack import booted
+    from harness.run.cell_results import Setup
 
     setup = Setup.from_environment(kernels=[args.kernel])
     out = []
@@ -85,10 +85,11 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 
 
 def l2_scenario(args: argparse.Namespace) -> list[float]:
-    from harness import matrix, runner
-    from harness.cell_results import Setup
+    from harness.checks import matrix
+    from harness.collect.stack import booted
     from harness.platforms import viommu
-    from harness.stack import booted
+    from harness.run import runner
+    from harness.run.cell_results import Setup
 
     setup = Setup.from_environment(kernels=[args.kernel])
     out = []
@@ -109,9 +110,9 @@ def l2_scenario(args: argparse.Namespace) -> list[float]:
 
 def _one_file_series(out: Path, token: str) -> Path:
     """A series never built before (its comment is new), touching one drivers/vfio file."""
-    from harness import paths
-    from harness.images import ImageStore
-    from harness.recipe import Recipe
+    from harness.base import paths
+    from harness.images.recipe import Recipe
+    from harness.images.store import ImageStore
 
     store = ImageStore(Recipe.load(), paths.cache_dir())
     src = store.kernel_source(store.recipe.kernels["dmabuf"])

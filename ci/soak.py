@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import compare  # noqa: E402
-from harness.report import load  # noqa: E402
+from harness.results import compare  # noqa: E402
+from harness.results.report import load  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

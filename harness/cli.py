@@ -22,17 +22,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from harness import accel, checks, doctor, matrix, patchwork, paths, reaper, report
-from harness.errors import BadInput, HarnessError
-from harness.images import Images, ImageStore, KernelImage
-from harness.l0 import check_port
-from harness.plan import RunPlan, Selection, Side
+from harness import doctor
+from harness.base import paths, reaper
+from harness.base.errors import BadInput, HarnessError
+from harness.base.progress import say
+from harness.checks import matrix, registry
+from harness.images.recipe import Recipe
+from harness.images.series import Series
+from harness.images.store import Images, ImageStore, KernelImage
+from harness.l0 import accel
+from harness.l0.machine import check_port
+from harness.l0.qemu_binary import QemuBinary
+from harness.l2.bundle import Bundle
 from harness.platforms import VIOMMUS, viommu
-from harness.progress import say
-from harness.qemu_binary import QemuBinary
-from harness.qemu_bundle import Bundle
-from harness.recipe import Recipe
-from harness.series import Series
+from harness.results import patchwork, report
+from harness.run.plan import RunPlan, Selection, Side
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
     cells.add_argument("--backend", action="append", choices=matrix.BACKENDS)
     cells.add_argument("--kernel", action="append")
-    cells.add_argument("--check", action="append", choices=checks.names())
+    cells.add_argument("--check", action="append", choices=registry.names())
     cells.add_argument("--avocado-variants", type=Path, metavar="FILE",
                        help="write the cells as avocado variants (--json-variants-load FILE)")
     cells.add_argument("--results", type=Path, help="with --avocado-variants: where the "
@@ -177,7 +181,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", action="append", choices=matrix.BACKENDS,
                    help="VFIO backend of L2 (repeatable; default: both)")
     p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
-    p.add_argument("--check", action="append", choices=checks.names(),
+    p.add_argument("--check", action="append", choices=registry.names(),
                    help="check (repeatable; default: all)")
     p.add_argument("--results", type=Path, help="directory for results and artifacts "
                                                 "(default: ./results/ACTION-TIMESTAMP)")
@@ -364,17 +368,18 @@ class _Prepared:
 
     def plan(self, args: argparse.Namespace, sides: tuple, l1_dir: Path) -> RunPlan:
         """The run's plan, built once here and passed down whole."""
-        from harness import runner
+        from harness.run import runner
 
         return RunPlan(self.selection, self.qemu, self.images, self.choice.accel, self.seed,
                        l1_dir, sides, args.ssh_port, args.jobs or runner.default_jobs())
 
     def info(self, cells: list, began: float, **extra: object) -> dict:
-        from harness import results
+        from harness.results import results_file
 
         return {**self.stamp, "seed": self.seed, "accel": self.choice.accel,
                 "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
-                "l2_qemu": results.qemu_under_test(cells), **results.kernels_info(self.images),
+                "l2_qemu": results_file.qemu_under_test(cells),
+                **results_file.kernels_info(self.images),
                 "selection": self.selection.record(),
                 "duration_s": round(time.monotonic() - began, 1),
                 "series": self.series.record() if self.series else None,
@@ -384,7 +389,7 @@ class _Prepared:
 def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
              series: Series | None = None) -> _Prepared:
     """Everything checked before minutes of work: binaries, ports, images, accelerator."""
-    from harness import results
+    from harness.results import results_file
 
     selection = _selection(args)
     qemu = QemuBinary.find(args.qemu)
@@ -405,17 +410,17 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     seed = args.seed if args.seed is not None else matrix.new_seed()
     out = _results_dir(args.results or Path("results")
                        / datetime.now().strftime(f"{name}-%Y%m%d-%H%M%S"))
-    stamp = results.stamp(name, selection.record())
+    stamp = results_file.stamp(name, selection.record())
     records = [out / "baseline", out / "candidate"] if name == "ab" else [out]
     for directory in records:
-        results.begin(directory, {**stamp, "run_id": stamp["run_id"] + (
+        results_file.begin(directory, {**stamp, "run_id": stamp["run_id"] + (
             f"/{directory.name}" if directory != out else ""), "seed": seed})
     say(f"results and artifacts: {out.resolve()} (run {stamp['run_id']}, seed {seed})")
     try:
         return _build(args, selection, qemu, store, seed, out, validated, stamp, series)
     except BadInput:
         for directory in [*records, out]:
-            results.abandon(directory)
+            results_file.abandon(directory)
         raise
 
 
@@ -445,7 +450,8 @@ def _build(args: argparse.Namespace, selection: Selection, qemu: QemuBinary,
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness import results, runner  # L1-facing modules import paramiko: only when needed
+    from harness.results import results_file  # L1-facing modules import paramiko: only when needed
+    from harness.run import runner
 
     p = _prepare(args, [args.l2_qemu], "run", _series(args.kernel_patches))
     plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
@@ -458,14 +464,14 @@ def _run(args: argparse.Namespace) -> int:
         cells = plan.in_matrix_order(cells)
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
-        kept = [] if args.keep_artifacts or not finished else results.prune(p.out, cells)
-        path = results.write(p.out, cells, p.info(cells, began))
+        kept = [] if args.keep_artifacts or not finished else results_file.prune(p.out, cells)
+        path = results_file.write(p.out, cells, p.info(cells, began))
         page = report.write_html(p.out)
         if args.junit:
             args.junit.parent.mkdir(parents=True, exist_ok=True)
-            args.junit.write_text(results.junit(cells))
+            args.junit.write_text(results_file.junit(cells))
         if cells:
-            print("\n" + results.table(cells))
+            print("\n" + results_file.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
         if args.keep_artifacts or not finished:
@@ -474,13 +480,14 @@ def _run(args: argparse.Namespace) -> int:
         for directory in kept:
             print(f"artifacts kept: {directory.resolve()}")
     _reap()
-    print(results.last_line(cells, finished))
-    return results.exit_code(cells)
+    print(results_file.last_line(cells, finished))
+    return results_file.exit_code(cells)
 
 
 def _ab(args: argparse.Namespace) -> int:
     """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
-    from harness import ab, compare
+    from harness.results import compare
+    from harness.run import ab
 
     if not (args.candidate_l2_qemu or args.candidate_kernel_patches
             or args.candidate_kernel_image):
@@ -521,7 +528,7 @@ def _ab(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from harness import compare
+    from harness.results import compare
 
     c = compare.compare(args.baseline, args.candidate)
     out = args.out or args.candidate / "compare"
@@ -539,7 +546,7 @@ def _selection(args: argparse.Namespace):
         viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
         backends=tuple(args.backend or matrix.BACKENDS),
         kernels=tuple(args.kernel or Recipe.load().kernels),
-        checks=tuple(args.check or checks.names()))
+        checks=tuple(args.check or registry.names()))
 
 
 def _matrix(args: argparse.Namespace) -> int:

@@ -6,11 +6,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import accel
-from harness.errors import HarnessError
-from harness.images import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
+from harness.base.errors import HarnessError
+from harness.images.store import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
+from harness.l0 import accel
+from harness.l0.qemu_binary import NEEDED_DEVICES, QemuBinary
 from harness.platforms import VIOMMUS
-from harness.qemu_binary import NEEDED_DEVICES, QemuBinary
 
 
 @dataclass(frozen=True)

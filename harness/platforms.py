@@ -10,7 +10,7 @@ code path.
 from dataclasses import dataclass
 from typing import Protocol
 
-from harness.errors import BadInput
+from harness.base.errors import BadInput
 
 
 class L0Files(Protocol):

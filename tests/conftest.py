@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks
+from harness.checks import registry
 from harness.platforms import VIOMMUS
 
 DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
@@ -12,7 +12,7 @@ DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
 
 def pytest_configure(config: pytest.Config) -> None:
     """A marker per check, from the registry: a new check needs no line here."""
-    for check in checks.REGISTRY.values():
+    for check in registry.REGISTRY.values():
         config.addinivalue_line("markers", f"{check.marker}: the {check.name} check: "
                                            f"{check.summary}")
 

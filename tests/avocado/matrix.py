@@ -17,9 +17,9 @@ from pathlib import Path
 
 from avocado import Test
 
-from harness import matrix
-from harness.cell_results import CellResults, Setup
-from harness.errors import HarnessError
+from harness.base.errors import HarnessError
+from harness.checks import matrix
+from harness.run.cell_results import CellResults, Setup
 
 
 def job_id(logdir: str) -> str:

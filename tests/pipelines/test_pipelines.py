@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import matrix
+from harness.checks import matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 GITLAB = ROOT / "ci" / "gitlab-ci.yml"

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import images as images_mod
-from harness.errors import BadInput
-from harness.images import ImageStore, verify
-from harness.matrix import Cell, CellResult
-from harness.recipe import Recipe
-from harness.results import SCHEMA, exit_code
+from harness.base.errors import BadInput
+from harness.checks.matrix import Cell, CellResult
+from harness.images import store as images_mod
+from harness.images.recipe import Recipe
+from harness.images.store import ImageStore, verify
+from harness.results.results_file import SCHEMA, exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = ROOT / "tests" / "data" / "series"

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from harness.errors import StageTimeout
-from harness.images import _run
+from harness.base.errors import StageTimeout
+from harness.images.store import _run
 
 
 def test_a_hanging_step_ends_at_its_deadline_with_its_children(tmp_path):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from harness.cache_lock import ArtifactLocks
-from harness.errors import StageTimeout
+from harness.base.errors import StageTimeout
+from harness.images.cache_lock import ArtifactLocks
 
 
 def holder(artifacts, name: str, seconds: float, kind: str = "shared") -> subprocess.Popen:
@@ -16,7 +16,7 @@ def holder(artifacts, name: str, seconds: float, kind: str = "shared") -> subpro
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from harness.cache_lock import ArtifactLocks
+        from harness.images.cache_lock import ArtifactLocks
         locks = ArtifactLocks(Path({str(artifacts)!r}))
         artifact = Path({str(artifacts / name)!r})
         if {kind!r} == "shared":
@@ -57,8 +57,8 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path):
 
 
 def test_a_second_builder_waits_then_uses_what_the_first_built(tmp_path):
-    from harness.images import ImageStore
-    from harness.recipe import Recipe
+    from harness.images.recipe import Recipe
+    from harness.images.store import ImageStore
 
     store = ImageStore(Recipe.load(), tmp_path)
     final = store.artifacts / "kernel-x"
@@ -75,8 +75,8 @@ def test_a_second_builder_waits_then_uses_what_the_first_built(tmp_path):
 
 
 def test_clean_keeps_an_artifact_in_use(tmp_path):
-    from harness.images import ImageStore
-    from harness.recipe import Recipe
+    from harness.images.recipe import Recipe
+    from harness.images.store import ImageStore
 
     store = ImageStore(Recipe.load(), tmp_path)
     stale = store.artifacts / "kernel-old-0123"

@@ -5,9 +5,9 @@ from dataclasses import asdict
 
 import pytest
 
-from harness.cell_results import FORMAT, RunIdentity, read_store
-from harness.errors import HarnessError
-from harness.files import write_atomic
+from harness.base.errors import HarnessError
+from harness.base.files import write_atomic
+from harness.run.cell_results import FORMAT, RunIdentity, read_store
 
 ME = RunIdentity("avocado-1234", 7, "packaged 1:11.1.3+ds-1", "", {"rootfs": "r1"}, "0.1.0")
 

@@ -9,12 +9,14 @@ import json
 
 import pytest
 
-from harness import checks, compare, matrix, report, results, runner
+from harness.checks import matrix, registry
+from harness.checks.matrix import Cell, CellResult
 from harness.cli import _parser
-from harness.evidence import Evidence
-from harness.matrix import Cell, CellResult
-from harness.scenario import Timer
-from harness.verdicts import Verdict
+from harness.collect.scenario import Timer
+from harness.evidence.records import Evidence
+from harness.results import compare, report, results_file
+from harness.run import runner
+from harness.verdicts.creation import Verdict
 from tests.conftest import pytest_configure
 
 
@@ -25,21 +27,21 @@ def toy_verdict(ev: Evidence) -> Verdict:
 
 @pytest.fixture
 def toy():
-    check = checks.register(checks.Check(
-        "toy-check", "a check made up for this test", checks.CREATION, toy_verdict,
+    check = registry.register(registry.Check(
+        "toy-check", "a check made up for this test", registry.CREATION, toy_verdict,
         {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bytes-missing]")},
         {("no-dmabuf", "iommufd"): "the toy's why"}, exercises=(("hw/misc/toy.c", "*"),)))
     yield check
-    checks.unregister("toy-check")
+    registry.unregister("toy-check")
     assert "toy-check" not in matrix.CHECKS
 
 
 def test_the_registry_holds_every_check_in_the_order_they_run():
-    assert checks.names() == ("mmap-fallback", "p2p-dma", "decode-toggle", "reset",
+    assert registry.names() == ("mmap-fallback", "p2p-dma", "decode-toggle", "reset",
                               "dmabuf-unplug", "dmabuf-per-region", "multi-range")
-    assert {c.own_step for c in checks.REGISTRY.values()} >= {"p2p", "side_l2"}
-    destinations = {(c.name, b): c.p2p_destination(b) for c in checks.REGISTRY.values()
-                    if c.p2p_slot is not None for b in checks.BACKENDS}
+    assert {c.own_step for c in registry.REGISTRY.values()} >= {"p2p", "side_l2"}
+    destinations = {(c.name, b): c.p2p_destination(b) for c in registry.REGISTRY.values()
+                    if c.p2p_slot is not None for b in registry.BACKENDS}
     assert len(set(destinations.values())) == len(destinations)  # no two share a place
     assert destinations[("p2p-dma", "legacy")] == 0x1000
     assert destinations[("dmabuf-unplug", "iommufd")] == 0x8000
@@ -47,13 +49,13 @@ def test_the_registry_holds_every_check_in_the_order_they_run():
 
 def test_a_check_is_registered_once_with_a_known_phase():
     with pytest.raises(ValueError, match="registered twice"):
-        checks.register(checks.get("reset"))
+        registry.register(registry.get("reset"))
     with pytest.raises(ValueError, match="unknown phase"):
-        checks.register(checks.Check("x", "x", "sometime", toy_verdict, {}))
+        registry.register(registry.Check("x", "x", "sometime", toy_verdict, {}))
     with pytest.raises(ValueError, match="unknown finding"):
-        checks.register(checks.Check("y", "y", checks.CREATION, toy_verdict,
+        registry.register(registry.Check("y", "y", registry.CREATION, toy_verdict,
                                      {"dmabuf": ("pass", "xfail[nonsense]")}))
-    assert "x" not in checks.REGISTRY and "y" not in checks.REGISTRY
+    assert "x" not in registry.REGISTRY and "y" not in registry.REGISTRY
 
 
 def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):
@@ -86,7 +88,8 @@ def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):
                  CellResult(Cell("intel-iommu", "legacy", "no-dmabuf", "p2p-dma"), "pass",
                             "ok", {}, 1.0)]
         out.mkdir()
-        results.write(out, cells, {**results.stamp("test", {}), "seed": 3, "complete": True})
+        results_file.write(out, cells,
+                           {**results_file.stamp("test", {}), "seed": 3, "complete": True})
     page = report.write_html(cand).read_text()
     header = page[page.index("<table id='matrix'>"):page.index("</tr>",
                                                                page.index("<table id='matrix'>"))]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import matrix
+from harness.checks import matrix
 
 CI = Path(__file__).parent.parent.parent / "ci"
 

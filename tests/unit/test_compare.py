@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import compare
-from harness.errors import BadInput
+from harness.base.errors import BadInput
+from harness.results import compare
 
 DATA = Path(__file__).parent.parent / "data" / "ab-refuse-dmabuf"
 BASE, CAND = DATA / "baseline", DATA / "candidate"

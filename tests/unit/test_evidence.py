@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from harness.evidence import (
+from harness.evidence.records import (
     ContainerDmaMapFailed,
     DmabufNotSupported,
     DmabufUnavailable,
@@ -113,7 +113,7 @@ def test_other_messages_are_kept():
 
 
 def test_a_trace_event_the_qemu_lacks_is_its_own_message_not_a_dmabuf_warning():
-    from harness.evidence import TraceEventUnknown
+    from harness.evidence.records import TraceEventUnknown
 
     m = parse_message("qemu-system-x86_64: -trace vfio_region_dmabuf_revoke: warning: trace "
                       "event 'vfio_region_dmabuf_revoke' does not exist")
@@ -121,7 +121,7 @@ def test_a_trace_event_the_qemu_lacks_is_its_own_message_not_a_dmabuf_warning():
 
 
 def test_a_reworded_dmabuf_warning_is_an_unknown_wording():
-    from harness.evidence import UnknownDmabufWarning
+    from harness.evidence.records import UnknownDmabufWarning
 
     m = parse_message("qemu-system-x86_64: warning: VFIO dma-buf unsupported by this kernel")
     assert isinstance(m, UnknownDmabufWarning)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from harness.images import _publish, verify
+from harness.images.store import _publish, verify
 
 
 def _artifact(tmp_path: Path) -> Path:
@@ -67,8 +67,8 @@ def test_failed_fill_leaves_only_a_partial_dir(tmp_path):
 
 
 def test_clean_removes_stale_and_partial_artifacts_only(tmp_path):
-    from harness.images import ImageStore
-    from harness.recipe import Recipe
+    from harness.images.recipe import Recipe
+    from harness.images.store import ImageStore
 
     store = ImageStore(Recipe.load(), tmp_path / "cache")
     current = store.kernel_dir(store.recipe.kernels["dmabuf"])

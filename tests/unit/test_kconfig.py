@@ -2,9 +2,9 @@
 
 import pytest
 
-from harness import kconfig
-from harness.errors import HarnessError
-from harness.recipe import Recipe
+from harness.base.errors import HarnessError
+from harness.images import kconfig
+from harness.images.recipe import Recipe
 
 FINAL = """\
 CONFIG_IOMMUFD=y

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadInput
-from harness.l0 import L1Spec, RunFiles, build_command, check_port, free_port
+from harness.base.errors import BadInput
+from harness.l0.machine import L1Spec, RunFiles, build_command, check_port, free_port
 from harness.platforms import VIOMMUS, viommu
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
@@ -108,7 +108,7 @@ def test_free_port_is_bindable():
 def test_ivshmem_files_of_gone_processes_are_swept(tmp_path):
     import os
 
-    from harness.l0 import sweep_stale_ivshmem
+    from harness.l0.machine import sweep_stale_ivshmem
 
     gone = _dead_pid()
     stale = tmp_path / f"vfio-harness-{gone}-123.ivshmem"

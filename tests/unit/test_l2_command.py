@@ -2,9 +2,9 @@
 
 import pytest
 
-from harness.backends import backend
-from harness.errors import BadInput
-from harness.l2 import (
+from harness.base.errors import BadInput
+from harness.l2.backends import backend
+from harness.l2.qemu import (
     L1_QMP_PORT,
     L1_QTEST_PORT,
     TRACE_EVENTS,
@@ -57,7 +57,7 @@ def test_unknown_backend():
 
 
 def test_how_l2_ended_is_said_in_l1s_words():
-    from harness.l2 import describe_status
+    from harness.l2.qemu import describe_status
 
     assert describe_status("") is None  # still running: its shell has not written it
     assert describe_status("0\n") == "exited with status 0"
@@ -72,7 +72,7 @@ def test_l2_runs_under_a_shell_that_writes_its_exit_status(tmp_path):
     import subprocess
     import time
 
-    from harness.l2 import describe_status, launch_command
+    from harness.l2.qemu import describe_status, launch_command
 
     paths = L2Paths(str(tmp_path / "l2"))
     out = subprocess.run(["sh", "-c", launch_command("sh -c 'sleep 0.2; kill -9 $$'", paths)],

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.evidence import (
+from harness.checks.matrix import EXPECTATIONS, settle
+from harness.evidence.records import (
     BarAccess,
     BlockedDma,
     DeviceReset,
@@ -21,8 +22,7 @@ from harness.evidence import (
     P2PTransfer,
     parse_trace,
 )
-from harness.lifecycle_verdicts import decode_toggle, reset
-from harness.matrix import EXPECTATIONS, settle
+from harness.verdicts.lifecycle import decode_toggle, reset
 from tests.unit.test_verdicts import DATA, IVSHMEM, MIB, captured, maps, with_main
 
 LINES = (DATA / "intel-iommu-dmabuf-iommufd-lifecycle.trace").read_text().splitlines()
@@ -214,7 +214,7 @@ def test_a_failure_of_the_step_itself_cannot_pass_for_the_expected_one(check):
 def test_the_trace_is_cut_at_the_moments_the_step_recorded(check):
     """lifecycle.with_traces gives each act the lines between its moments, and nothing
     when a position is unknown."""
-    from harness.lifecycle import with_traces
+    from harness.collect.lifecycle import with_traces
 
     s = step(check)
     bare = dataclasses.replace(s, trace_disabling=(), trace_enabling=(), trace_earlier=())

@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness import checks, matrix
-from harness.matrix import Expectation, settle
+from harness.checks import matrix, registry
+from harness.checks.matrix import Expectation, settle
 
 
 def test_default_matrix_has_every_combination_once():
@@ -56,11 +56,11 @@ def test_outcome_rules(expected, observed, findings, reported, met):
 
 def test_a_bad_expectation_is_refused():
     with pytest.raises(ValueError, match="bad expectation 'maybe'"):
-        checks.expectation("maybe")
+        registry.expectation("maybe")
     with pytest.raises(ValueError, match="unknown finding"):
-        checks.expectation("xfail[no-such-finding]")
+        registry.expectation("xfail[no-such-finding]")
     with pytest.raises(ValueError, match="need one"):
-        checks.expectation("xfail")
+        registry.expectation("xfail")
 
 
 def test_every_check_backend_and_viommu_is_a_registered_marker(pytestconfig):

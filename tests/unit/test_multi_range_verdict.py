@@ -8,7 +8,10 @@ import json
 
 import pytest
 
-from harness.evidence import (
+from harness.checks.matrix import EXPECTATIONS, settle
+from harness.collect.l2_probes import mtree_mmaps
+from harness.collect.msix_split import withheld
+from harness.evidence.records import (
     IommufdMapFile,
     L2Run,
     P2PRead,
@@ -18,10 +21,7 @@ from harness.evidence import (
     parse_messages,
     parse_trace,
 )
-from harness.l2_probes import mtree_mmaps
-from harness.matrix import EXPECTATIONS, settle
-from harness.msix_split import withheld
-from harness.verdicts import multi_range
+from harness.verdicts.creation import multi_range
 from tests.unit.test_verdicts import DATA, captured, maps, with_witness, witness
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-multi-range.json").read_text())

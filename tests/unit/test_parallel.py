@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import parallel
-from harness.errors import BadInput, HarnessError
+from harness.base.errors import BadInput, HarnessError
+from harness.run import parallel
 
 
 def _items(task: int):

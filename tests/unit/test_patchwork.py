@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import compare, patchwork
-from harness.matrix import Cell, CellResult
+from harness.checks.matrix import Cell, CellResult
+from harness.results import compare, patchwork
 
 AB = Path(__file__).parent.parent / "data" / "ab-refuse-dmabuf"
 URL = "https://ci.example.org/vfio-harness/1234/report.html"

@@ -1,4 +1,4 @@
-from harness.qemu_binary import parse_version
+from harness.l0.qemu_binary import parse_version
 
 
 def test_parse_version_debian_strings():

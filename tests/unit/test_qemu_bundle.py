@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadInput
-from harness.qemu_bundle import Bundle, missing_libraries, missing_versions
+from harness.base.errors import BadInput
+from harness.l2.bundle import Bundle, missing_libraries, missing_versions
 
 LDD = (Path(__file__).parent.parent / "data" / "ldd-sid-qemu-on-bookworm.txt").read_text()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadInput
-from harness.qemu_under_test import QemuUnderTest, parse, qmp_answers, qmp_script, sections
+from harness.base.errors import BadInput
+from harness.l2.capabilities import QemuUnderTest, parse, qmp_answers, qmp_script, sections
 
 DATA = Path(__file__).parent.parent / "data"
 PROBE = (DATA / "qemu-11.1.3" / "probe.txt").read_text()

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from harness.qtest import Qtest, QtestError
+from harness.l2.qtest import Qtest, QtestError
 
 
 def _server(behaviour: str) -> tuple[socket.socket, int]:

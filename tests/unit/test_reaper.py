@@ -12,7 +12,7 @@ def test_an_orphaned_grandchild_is_adopted_and_reaped():
     killed with its L0 QEMU does): the grandchild comes to the harness, which reaps it."""
     script = textwrap.dedent("""
         import os, subprocess, sys, time
-        from harness import reaper
+        from harness.base import reaper
         reaper.adopt_orphans()
         middle = subprocess.Popen([sys.executable, "-c",
             "import subprocess; p = subprocess.Popen(['sleep', '0.5']); print(p.pid)"],

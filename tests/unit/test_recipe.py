@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadInput
-from harness.recipe import Recipe, default_recipe_dir
+from harness.base.errors import BadInput
+from harness.images.recipe import Recipe, default_recipe_dir
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import report, results
+from harness.results import report, results_file
 from tests.unit.test_results_and_report import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -71,7 +71,7 @@ def page(tmp_path) -> Path:
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
                                      ("iommufd", "p2p-dma"): "fail",
                                      ("legacy", "dmabuf-per-region"): "skip"})
-    results.write(out, cells, {**results.stamp("test", {}), "seed": 42,
+    results_file.write(out, cells, {**results_file.stamp("test", {}), "seed": 42,
                                "complete": True})
     return report.write_html(out)
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import report, results
-from harness.errors import BadInput
-from harness.matrix import Cell, CellResult
+from harness.base.errors import BadInput
+from harness.checks.matrix import Cell, CellResult
+from harness.results import report, results_file
 
-#: A finished run's stamp, as `results.stamp` and the end of a run make it.
-STAMP = {**results.stamp("test", {}), "complete": True}
+#: A finished run's stamp, as `results_file.stamp` and the end of a run make it.
+STAMP = {**results_file.stamp("test", {}), "complete": True}
 
 
 def make_run(tmp_path: Path, outcomes: dict[tuple[str, str], str], vi="intel-iommu",
@@ -30,7 +30,7 @@ def make_run(tmp_path: Path, outcomes: dict[tuple[str, str], str], vi="intel-iom
 
 def test_results_json_has_the_fields_and_relative_artifacts(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
-    data = json.loads(results.write(out, cells, {**STAMP, "seed": 1}).read_text())
+    data = json.loads(results_file.write(out, cells, {**STAMP, "seed": 1}).read_text())
     (cell,) = data["cells"]
     for key in ("viommu", "backend", "kernel", "check", "expected", "outcome", "reason",
                 "evidence", "duration_s"):
@@ -42,7 +42,7 @@ def test_results_json_has_the_fields_and_relative_artifacts(tmp_path):
 def test_prune_keeps_what_failed_and_drops_what_passed(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
                                      ("iommufd", "p2p-dma"): "fail"})
-    kept = results.prune(out, cells)
+    kept = results_file.prune(out, cells)
     assert not (out / "intel-iommu-dmabuf" / "legacy").exists()
     assert (out / "intel-iommu-dmabuf" / "iommufd" / "l2-stderr.log").exists()
     assert (out / "intel-iommu-dmabuf" / "l0-console.log").exists()  # shared with the failure
@@ -56,14 +56,14 @@ def test_prune_never_removes_the_results_directory(tmp_path):
     (out / "results.json").write_text("{}")
     l1_error = CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "pass", "", {},
                           0.0, str(out / "intel-iommu-dmabuf"))
-    results.prune(out, [l1_error])
+    results_file.prune(out, [l1_error])
     assert (out / "results.json").exists()
 
 
 def test_html_shows_every_cell_coloured_and_linked(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass",
                                      ("iommufd", "p2p-dma"): "xfail"})
-    results.write(out, cells, {**STAMP, "seed": 1})
+    results_file.write(out, cells, {**STAMP, "seed": 1})
     page = report.write_html(out).read_text()
     assert page.count("class='cell ") == 2
     assert "background:#2e7d32" in page and "background:#7cb342" in page
@@ -79,7 +79,7 @@ def test_html_names_the_qemu_under_test_and_each_cells_grounds(tmp_path):
     qemu = {"version": "QEMU emulator version 11.1.3", "origin": "packaged in the rootfs",
             "sha256": "ab" * 32, "has_dmabuf_event": True, "has_iommufd_object": True}
     out.mkdir(parents=True, exist_ok=True)
-    results.write(out, [cell], {**STAMP, "l2_qemu": [qemu]})
+    results_file.write(out, [cell], {**STAMP, "l2_qemu": [qemu]})
     page = report.write_html(out).read_text()
     assert "QEMU under test: QEMU emulator version 11.1.3 (packaged in the rootfs), sha256 " \
            + "ab" * 32 in page
@@ -92,8 +92,8 @@ def test_merge_rewrites_artifact_paths_and_refuses_overlaps(tmp_path):
     a, cells_a = make_run(tmp_path / "a", {("legacy", "p2p-dma"): "pass"})
     b, cells_b = make_run(tmp_path / "b", {("iommufd", "p2p-dma"): "fail"},
                           vi="virtio-iommu")
-    results.write(a, cells_a, {**STAMP, "seed": 1})
-    results.write(b, cells_b, {**STAMP, "seed": 2})
+    results_file.write(a, cells_a, {**STAMP, "seed": 1})
+    results_file.write(b, cells_b, {**STAMP, "seed": 2})
     merged_dir = tmp_path / "merged"
     merged = report.merge([a, b], merged_dir)
     assert [c["id"] for c in merged["cells"]] == ["intel-iommu-legacy-dmabuf-p2p-dma",
@@ -112,11 +112,11 @@ def test_not_a_results_file_is_bad_input(tmp_path):
 
 def test_a_run_stamps_its_record_at_once_and_keeps_the_earlier_one_aside(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
-    earlier = {**results.stamp("run", {}), "complete": True}
-    results.write(out, cells, earlier)
+    earlier = {**results_file.stamp("run", {}), "complete": True}
+    results_file.write(out, cells, earlier)
     report.write_html(out)
-    now = results.stamp("run", {"checks": ["p2p-dma"]})
-    results.begin(out, now)
+    now = results_file.stamp("run", {"checks": ["p2p-dma"]})
+    results_file.begin(out, now)
     data = report.load(out)  # the new run's own record, from its first second
     assert data["run"]["run_id"] == now["run_id"] != earlier["run_id"]
     assert data["run"]["complete"] is False and data["cells"] == []
@@ -132,7 +132,7 @@ def test_a_run_stamps_its_record_at_once_and_keeps_the_earlier_one_aside(tmp_pat
 
 def test_an_unfinished_run_is_never_shown_as_a_finished_one(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
-    results.write(out, cells, {**results.stamp("run", {}), "complete": False})
+    results_file.write(out, cells, {**results_file.stamp("run", {}), "complete": False})
     page = report.write_html(out).read_text()
     assert "<title>vfio-harness matrix (INCOMPLETE RUN)</title>" in page
     assert "INCOMPLETE RUN: it ended before every selected cell ran" in page
@@ -140,22 +140,22 @@ def test_an_unfinished_run_is_never_shown_as_a_finished_one(tmp_path):
         report.load(out, finished=True)
     with pytest.raises(BadInput, match="is incomplete"):
         report.merge([out], tmp_path / "merged")
-    results.write(out, cells, {**results.stamp("run", {}), "complete": True})
+    results_file.write(out, cells, {**results_file.stamp("run", {}), "complete": True})
     page = report.write_html(out).read_text()
     assert "INCOMPLETE" not in page and "id='provenance'" in page
 
 
 def test_abandon_leaves_the_earlier_run_as_it_was(tmp_path):
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass"})
-    earlier = {**results.stamp("run", {}), "complete": True}
-    results.write(out, cells, earlier)
-    results.begin(out, results.stamp("run", {}))
-    results.abandon(out)
+    earlier = {**results_file.stamp("run", {}), "complete": True}
+    results_file.write(out, cells, earlier)
+    results_file.begin(out, results_file.stamp("run", {}))
+    results_file.abandon(out)
     assert report.load(out, finished=True)["run"]["run_id"] == earlier["run_id"]
     assert not (out / "results.previous.json").exists()
     fresh = tmp_path / "fresh"
-    results.begin(fresh, results.stamp("run", {}))
-    results.abandon(fresh)
+    results_file.begin(fresh, results_file.stamp("run", {}))
+    results_file.abandon(fresh)
     assert not fresh.exists()
 
 
@@ -168,7 +168,7 @@ def test_junit_has_a_testcase_per_cell_with_skips_and_failures(tmp_path):
     cells.append(CellResult.settled(Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"),
                                     "fail", "bytes did not arrive", {}, 1.0, "",
                                     frozenset({"bar-map-refused", "bytes-missing"})))
-    suite = ET.fromstring(results.junit(cells))
+    suite = ET.fromstring(results_file.junit(cells))
     assert suite.get("tests") == "4" and suite.get("failures") == "1"
     assert suite.get("errors") == "1" and suite.get("skipped") == "1"
     by_name = {case.get("name"): case for case in suite}
@@ -185,22 +185,22 @@ def test_the_last_line_says_which_cells_a_dead_l2_took():
              for check in ("p2p-dma", "reset")]
     cells.append(CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "pass", "ok",
                             {}, 1.0, None))
-    assert results.last_line(cells, True) == (
+    assert results_file.last_line(cells, True) == (
         "vfio-harness: 3 cell(s), 2 not as expected; L2 QEMU died and took 2 cell(s) with it "
         "(intel-iommu/dmabuf/iommufd: L2 QEMU (pid 812) was killed by SIGKILL (9))")
-    assert results.last_line(cells[2:], False) == \
+    assert results_file.last_line(cells[2:], False) == \
         "vfio-harness: 1 cell(s), 0 not as expected; the run did not finish"
 
 
 def test_what_write_writes_follows_the_schema_in_the_repository(tmp_path):
     import jsonschema
 
-    schema = json.loads(results.SCHEMA_FILE.read_text())
-    assert schema["properties"]["schema"]["const"] == results.SCHEMA
+    schema = json.loads(results_file.SCHEMA_FILE.read_text())
+    assert schema["properties"]["schema"]["const"] == results_file.SCHEMA
     out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass", ("iommufd", "reset"): "error"})
     cells[1] = CellResult(cells[1].cell, "error", "L1 died", {}, 1.0, "", error_stage="L1 boot",
                           deadline=True, infrastructure=True)
-    data = json.loads(results.write(out, cells, {**STAMP, "seed": 1}).read_text())
+    data = json.loads(results_file.write(out, cells, {**STAMP, "seed": 1}).read_text())
     jsonschema.validate(data, schema)
     (ok, broken) = data["cells"]
     assert (broken["error_stage"], broken["deadline"], broken["infrastructure"]) == \
@@ -209,4 +209,4 @@ def test_what_write_writes_follows_the_schema_in_the_repository(tmp_path):
     del broken["infrastructure"]
     (out / "results.json").write_text(json.dumps(data))
     with pytest.raises(BadInput, match="at cells/1: 'infrastructure' is a required property"):
-        results.load(out)
+        results_file.load(out)

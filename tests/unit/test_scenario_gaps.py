@@ -1,9 +1,9 @@
 """Cells that cannot run for a reason of the environment say why."""
 
-from harness.backends import backend
-from harness.l1_vfio import Inventory
-from harness.runner import _environment_gap
-from harness.scenario import PassedThrough
+from harness.collect.scenario import PassedThrough
+from harness.l1.vfio import Inventory
+from harness.l2.backends import backend
+from harness.run.runner import _environment_gap
 from tests.unit.test_qemu_under_test import under_test
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadInput
-from harness.series import Series
+from harness.base.errors import BadInput
+from harness.images.series import Series
 
 DATA = Path(__file__).parent.parent / "data" / "series"
 GIT = ["git", "-c", "user.name=A Developer", "-c", "user.email=dev@example.org"]
@@ -104,7 +104,7 @@ def test_a_kernel_series_adds_no_qemu_trace_event():
 
 
 def test_files_are_shown_beside_the_cells_that_run_them():
-    from harness.matrix import exercised_by
+    from harness.checks.matrix import exercised_by
 
     assert ("p2p-dma", "iommufd") in exercised_by("drivers/iommu/iommufd/io_pagetable.c")
     assert ("p2p-dma", "legacy") not in exercised_by("drivers/iommu/iommufd/io_pagetable.c")

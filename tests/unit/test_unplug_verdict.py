@@ -5,7 +5,8 @@ nothing else; a fixed QEMU would be an xpass; any other breakage is a plain fail
 import dataclasses
 import json
 
-from harness.evidence import (
+from harness.checks.matrix import EXPECTATIONS, settle
+from harness.evidence.records import (
     KernelProcess,
     Moment,
     Other,
@@ -14,8 +15,7 @@ from harness.evidence import (
     UnplugCycle,
     parse_trace,
 )
-from harness.lifecycle_verdicts import dmabuf_unplug
-from harness.matrix import EXPECTATIONS, settle
+from harness.verdicts.lifecycle import dmabuf_unplug
 from tests.unit.test_verdicts import DATA, IVSHMEM, MIB, captured, maps, with_main
 
 LINES = (DATA / "intel-iommu-dmabuf-iommufd-unplug.trace").read_text().splitlines()

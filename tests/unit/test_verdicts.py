@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.evidence import (
+from harness.collect.l2_probes import mtree_mmaps
+from harness.evidence.records import (
     BarAccess,
     DecodeStep,
     Evidence,
@@ -23,8 +24,7 @@ from harness.evidence import (
     parse_messages,
     parse_trace,
 )
-from harness.l2_probes import mtree_mmaps
-from harness.verdicts import dmabuf_per_region, iommu_faults, mmap_fallback, p2p_dma
+from harness.verdicts.creation import dmabuf_per_region, iommu_faults, mmap_fallback, p2p_dma
 
 DATA = Path(__file__).parent.parent / "data" / "qemu-11.1.3"
 EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
@@ -347,9 +347,9 @@ def test_fault_naming_the_address_is_quoted_first():
 
 
 def test_judge_applies_expectations_and_contains_a_crashing_verdict(monkeypatch):
-    from harness import runner
-    from harness.matrix import Cell
-    from harness.scenario import Timer
+    from harness.checks.matrix import Cell
+    from harness.collect.scenario import Timer
+    from harness.run import runner
 
     cells = [Cell("intel-iommu", "iommufd", "no-dmabuf", "p2p-dma"),
              Cell("intel-iommu", "iommufd", "no-dmabuf", "mmap-fallback")]
@@ -360,10 +360,10 @@ def test_judge_applies_expectations_and_contains_a_crashing_verdict(monkeypatch)
     def boom(evidence):
         raise KeyError("no such region")
 
-    from harness import checks
+    from harness.checks import registry
 
-    monkeypatch.setitem(checks.REGISTRY, "mmap-fallback",
-                        dataclasses.replace(checks.get("mmap-fallback"), verdict=boom))
+    monkeypatch.setitem(registry.REGISTRY, "mmap-fallback",
+                        dataclasses.replace(registry.get("mmap-fallback"), verdict=boom))
     results = runner.judge(cells, ev, Timer(), 1.0, "")
     assert results[0].outcome == "xfail"                 # the other cell stands
     assert results[1].outcome == "error" and not results[1].met
@@ -496,7 +496,7 @@ def test_the_expected_p2p_failure_has_its_signature():
 
 def test_a_p2p_failure_without_the_refused_mapping_is_not_the_expected_one():
     """The regression of issue 7: BARs never mapped at all still read xfail."""
-    from harness import matrix
+    from harness.checks import matrix
 
     ev = no_dmabuf_iommufd()
     trace = tuple(r for r in ev.main.trace if type(r).__name__ not in ("IommufdMap",))

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, matrix, paths, report, results, runner
-from harness.cell_results import CellResults, Setup
-from harness.images import Images, ImageStore
+from harness.base import paths
+from harness.checks import matrix
+from harness.collect.stack import booted
+from harness.collect.survey import Survey, survey
+from harness.images.recipe import Recipe
+from harness.images.store import Images, ImageStore
+from harness.l0 import accel
+from harness.l0.qemu_binary import QemuBinary
 from harness.platforms import DEFAULT_DEVICES, viommu
-from harness.qemu_binary import QemuBinary
-from harness.recipe import Recipe
-from harness.stack import booted
-from harness.survey import Survey, survey
+from harness.results import report, results_file
+from harness.run import runner
+from harness.run.cell_results import CellResults, Setup
 from tests.conftest import DEFAULT_VIOMMUS
 
 #: Lines for the end of the run (where results, report and kept artifacts are):
@@ -127,9 +131,9 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     out = artifacts / "matrix"
     boots = [(v, k) for v in pytestconfig.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS
              for k in pytestconfig.getoption("--kernel") or list(Recipe.load().kernels)]
-    stamp = results.stamp("pytest", {"boots": boots})
+    stamp = results_file.stamp("pytest", {"boots": boots})
     run_id = stamp["run_id"]
-    results.begin(out, {**stamp, "seed": seed})
+    results_file.begin(out, {**stamp, "seed": seed})
     say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
                         pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"),
@@ -138,12 +142,12 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     cells = list(found.produced.values())
     if not cells:
         return
-    kept = [] if pytestconfig.getoption("--keep-artifacts") else results.prune(out, cells)
+    kept = [] if pytestconfig.getoption("--keep-artifacts") else results_file.prune(out, cells)
     wanted = len(boots) * len(matrix.BACKENDS) * len(matrix.CHECKS)
-    results.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
+    results_file.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
                                "l0_qemu": qemu.version_text,
-                               "l2_qemu": results.qemu_under_test(cells),
-                               **results.kernels_info(images),
+                               "l2_qemu": results_file.qemu_under_test(cells),
+                               **results_file.kernels_info(images),
                                "complete": len(cells) == wanted})
     page = report.write_html(out)
     say(pytestconfig, f"matrix results: {out / 'results.json'}")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness import matrix
+from harness.checks import matrix
 from tests.vm.adversaries import CATALOGUE, build_shim
 
 HARMLESS = '#!/bin/bash\n# the packaged QEMU, unchanged\nexec /usr/bin/qemu-system-x86_64 "$@"\n'

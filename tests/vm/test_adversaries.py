@@ -11,9 +11,10 @@ import json
 
 import pytest
 
-from harness import matrix, runner
+from harness.checks import matrix
+from harness.collect.stack import booted
 from harness.platforms import viommu
-from harness.stack import booted
+from harness.run import runner
 from tests.vm.adversaries import CATALOGUE, build_shim
 from tests.vm.conftest import say
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError, StageTimeout
+from harness.base.errors import HarnessError, StageTimeout
+from harness.collect.stack import booted
 from harness.platforms import viommu
-from harness.results import SCHEMA
-from harness.stack import booted
+from harness.results.results_file import SCHEMA
 
 VIOMMU, KERNEL = "intel-iommu", "dmabuf"
 
@@ -123,7 +123,7 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
     while qemu_processes_using(tmp_path) and time.monotonic() < end:
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
-    from harness.l0 import SHM, sweep_stale_ivshmem
+    from harness.l0.machine import SHM, sweep_stale_ivshmem
     if len(kernels) > 1:  # the children unwound: they removed their ivshmem files themselves
         assert sweep_stale_ivshmem() == []
         return
@@ -139,8 +139,8 @@ def test_a_port_taken_before_qemu_binds_it_is_chosen_again(qemu, images, acceler
     """free_port() lets go of the port it found; here another process takes it first."""
     import socket
 
-    from harness import l0
-    from harness.l0 import L0Machine, L1Spec
+    from harness.l0 import machine as l0
+    from harness.l0.machine import L0Machine, L1Spec
 
     taker = socket.socket()
     taker.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ import errno
 import hashlib
 from pathlib import Path
 
+from harness.collect.survey import problems
 from harness.platforms import DEFAULT_DEVICES, EduDevice, IvshmemDevice
-from harness.survey import problems
 
 
 def test_passed_through_devices_are_there_with_their_bars(l1_survey):

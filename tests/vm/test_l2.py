@@ -4,13 +4,13 @@ import time
 
 import pytest
 
-from harness.backends import backend
-from harness.errors import HarnessError
-from harness.evidence import Other, RegionSetup, parse_trace
-from harness.l2 import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec
-from harness.pci import PciConfig
+from harness.base.errors import HarnessError
+from harness.collect.stack import booted
+from harness.evidence.records import Other, RegionSetup, parse_trace
+from harness.l2.backends import backend
+from harness.l2.pci import PciConfig
+from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec
 from harness.platforms import EduDevice, IvshmemDevice, viommu
-from harness.stack import booted
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_trace_events_switched_on_at_run_time(l1, tmp_path):
 
 def test_a_qemu_build_brought_by_the_user_is_the_one_under_test(l1, tmp_path):
     """--l2-qemu: a local binary is uploaded into L1 and L2 runs from it."""
-    from harness.qemu_bundle import UPLOADED
-    from harness.runner import qemu_under_test
+    from harness.l2.bundle import UPLOADED
+    from harness.run.runner import qemu_under_test
 
     stack, inventory = l1
     local = tmp_path / "qemu-system-x86_64"
@@ -89,8 +89,8 @@ def test_a_qemu_build_brought_by_the_user_is_the_one_under_test(l1, tmp_path):
 
 
 def test_a_qemu_under_test_that_does_not_run_in_l1_is_an_error(l1, tmp_path):
-    from harness.errors import BadInput
-    from harness.runner import qemu_under_test
+    from harness.base.errors import BadInput
+    from harness.run.runner import qemu_under_test
 
     stack, _ = l1
     bogus = tmp_path / "qemu-system-x86_64"
@@ -128,8 +128,8 @@ def built_elsewhere(l1, tmp_path):
 
 
 def test_a_build_directory_runs_with_what_it_carries(l1, built_elsewhere, tmp_path):
-    from harness.qemu_bundle import BUNDLE, UPLOADED
-    from harness.runner import qemu_under_test
+    from harness.l2.bundle import BUNDLE, UPLOADED
+    from harness.run.runner import qemu_under_test
 
     stack, inventory = l1
     stack.session.put(built_elsewhere / "qemu-system-x86_64", "/run/plain-qemu", mode=0o755)
@@ -159,7 +159,7 @@ TRIXIE_QEMU = ("qemu-system-x86", "1:10.0.13+ds-0+deb13u1",
 def trixie_qemu(store, tmp_path_factory):
     import subprocess
 
-    from harness.debian import PrivateApt
+    from harness.images.debian import PrivateApt
 
     cache = store.cache / "downloads" / "trixie"
     apt = PrivateApt(cache / "apt", store.recipe.mirror, "trixie")
@@ -170,7 +170,7 @@ def trixie_qemu(store, tmp_path_factory):
 
 
 def test_the_packaged_qemu_is_known_before_any_cell(l1):
-    from harness.qemu_under_test import probe
+    from harness.l2.capabilities import probe
 
     stack, _ = l1
     q = probe(stack.session, "qemu-system-x86_64", "packaged")
@@ -182,8 +182,8 @@ def test_the_packaged_qemu_is_known_before_any_cell(l1):
 
 
 def test_a_qemu_without_qtest_is_one_clear_error_naming_the_missing_module(l1, trixie_qemu):
-    from harness.errors import BadInput
-    from harness.runner import qemu_under_test
+    from harness.base.errors import BadInput
+    from harness.run.runner import qemu_under_test
 
     stack, _ = l1
     with pytest.raises(BadInput) as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import matrix
+from harness.checks import matrix
 
 SERIES = Path(__file__).parent.parent / "data" / "series"
 

@@ -1,0 +1,1 @@
+"""What every level shares: errors, files, deadlines, progress lines, QMP, the reaper."""

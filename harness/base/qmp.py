@@ -1,0 +1,108 @@
+"""QMP through qemu.qmp, with every exchange written to a transcript.
+
+L0 and L2 both speak QMP; the transcript (one JSON object per line) is an
+artifact of every run, so a failure can be read back command by command.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from qemu.qmp import ExecuteError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness.base.deadline import Deadline
+from harness.base.errors import HarnessError
+
+
+class TranscribedQmp:
+    def __init__(self, address: str | tuple[str, int], transcript: Path, who: str):
+        self.address = address
+        self.transcript = transcript
+        self.who = who
+        self._qmp: QEMUMonitorProtocol | None = None
+
+    def connect(self, deadline: Deadline, alive=lambda: True, details=lambda: "") -> None:
+        """Connect, retrying until the deadline: the listener may not be up yet."""
+        last: Exception | None = None
+        while True:
+            if not alive():
+                raise HarnessError(f"{self.who} exited before QMP answered", stage=deadline.stage,
+                                   details=details())
+            qmp = QEMUMonitorProtocol(self.address)
+            try:
+                qmp.connect()
+                qmp.settimeout(max(deadline.seconds, 30.0))
+                self._qmp = qmp
+                self._log({"event": "connected", "address": str(self.address)})
+                return
+            except Exception as e:  # refused, reset by slirp, greeting not yet sent...
+                last = e
+            finally:
+                if self._qmp is not qmp:  # failed, or interrupted: never left to __del__
+                    _close(qmp)
+            if deadline.expired:
+                raise deadline.timeout(f"{self.who} QMP at {self.address} never answered "
+                                       f"({last})", details=details())
+            time.sleep(0.2)
+
+    @property
+    def connected(self) -> bool:
+        return self._qmp is not None
+
+    def cmd(self, command: str, **args: object) -> object:
+        if self._qmp is None:
+            raise HarnessError(f"QMP {command}: {self.who} is not connected", stage=self.who)
+        entry: dict = {"execute": command, "arguments": args}
+        try:
+            entry["return"] = self._qmp.cmd(command, **args)
+            return entry["return"]
+        except ExecuteError as e:  # QEMU answered with an error: the caller's to judge
+            entry["error"] = str(e)
+            raise
+        except Exception as e:  # no answer at all: the connection went (QEMU exited?)
+            entry["error"] = repr(e)
+            raise HarnessError(f"QMP {command}: the connection to {self.who} QEMU was lost "
+                               f"({e!r}; {self.who} QEMU exited?)", stage=self.who) from None
+        finally:
+            self._log(entry)
+
+    def events(self) -> list[dict]:
+        if self._qmp is None:
+            return []
+        events = self._qmp.get_events(wait=False)
+        self._qmp.clear_events()
+        for e in events:
+            self._log({"event": e})
+        return events
+
+    def close(self) -> None:
+        if self._qmp is not None:
+            try:
+                self.events()
+            except Exception:  # the peer is gone: its last events with it
+                pass
+            finally:
+                qmp, self._qmp = self._qmp, None
+                _close(qmp)
+
+    def _log(self, entry: dict) -> None:
+        with self.transcript.open("a") as t:
+            t.write(json.dumps({"t": round(time.time(), 3), **entry}, default=str) + "\n")
+
+
+def _close(qmp: QEMUMonitorProtocol) -> None:
+    """Close a client whatever state its peer is in (qemu.qmp raises the bottom half's
+    EOFError from close when the peer went first). An interrupt in the middle of closing
+    would leave it half closed, for __del__ to close with a traceback at exit: finish
+    closing, then let the interrupt go on."""
+    try:
+        qmp.close()
+    except Exception:
+        pass
+    except BaseException:
+        try:
+            qmp.close()
+        except Exception:
+            pass
+        raise

@@ -1,0 +1,1 @@
+"""One record per check, and the matrix of cells with their expectations."""

@@ -1,0 +1,245 @@
+"""The checks: one record each, and the registry every other part reads.
+
+A check is everything the harness knows about one thing it proves: where it
+runs (the main L2 at creation, a lifecycle step on it, or the side L2), which
+collection steps it needs, the verdict that judges its evidence, what is
+expected of it on each kernel and backend and why, the source files it
+exercises, and where its P2P transfer writes. The matrix, the runner, the
+scenarios, the pytest markers, the report, compare and the avocado variants all
+read this registry; none names a check of its own. A new check is one
+`register` call (and its collector and verdict).
+
+Collectors of lifecycle steps are named by dotted path, resolved when a run
+needs them: the registry is read by the CLI before anything boots, and must not
+pull in the L1-facing modules (paramiko) to be read.
+"""
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.evidence.records import Evidence
+from harness.l2.backends import NAMES
+from harness.verdicts.creation import (
+    FINDINGS,
+    Verdict,
+    dmabuf_per_region,
+    mmap_fallback,
+    multi_range,
+    p2p_dma,
+)
+from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset
+
+BACKENDS = NAMES
+
+#: Where a check's evidence comes from, in the order a backend's L2s run them.
+CREATION, LIFECYCLE, LAST, SIDE = "creation", "lifecycle", "last", "side"
+PHASES = (CREATION, LIFECYCLE, LAST, SIDE)
+
+#: Files every check runs, whatever it is (QEMU's VFIO core and the kernel's VFIO dma-buf).
+EVERY_CHECK_RUNS = (
+    ("hw/vfio/region.c", "*"), ("hw/vfio/trace-events", "*"), ("hw/vfio/pci.c", "*"),
+    ("hw/vfio/device.c", "*"), ("hw/vfio/listener.c", "*"), ("hw/vfio/iommufd.c", "iommufd"),
+    ("drivers/vfio/pci/vfio_pci_dmabuf.c", "*"), ("drivers/vfio/pci/vfio_pci_core.c", "*"),
+    ("drivers/vfio/device_cdev.c", "iommufd"), ("drivers/vfio/group.c", "legacy"),
+    ("drivers/iommu/iommufd/", "iommufd"))
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str                      # pass | xfail | skip
+    signature: tuple[str, ...] = ()   # findings the xfail or skip must show
+    why: str = ""
+
+    def describe(self) -> str:
+        if not self.signature:
+            return self.outcome
+        return f"{self.outcome} ({'; '.join(FINDINGS[s] for s in self.signature)})"
+
+
+_ENTRY = re.compile(r"^(?P<outcome>pass|xfail|skip)(?:\[(?P<signature>[a-z0-9,-]+)\])?$")
+
+
+def expectation(entry: str, why: str = "") -> Expectation:
+    """`pass`, `skip[finding,...]` or `xfail[finding,...]`, checked against FINDINGS."""
+    m = _ENTRY.match(entry)
+    if not m:
+        raise ValueError(f"bad expectation {entry!r}")
+    signature = tuple(m.group("signature").split(",")) if m.group("signature") else ()
+    unknown = [s for s in signature if s not in FINDINGS]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown} in {entry!r}")
+    if (m.group("outcome") == "pass") != (not signature):
+        raise ValueError(f"pass takes no signature, xfail and skip need one: {entry!r}")
+    return Expectation(m.group("outcome"), signature, why)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    summary: str                       # one line: the marker's description
+    phase: str                         # CREATION | LIFECYCLE | LAST | SIDE
+    verdict: Callable[[Evidence], Verdict]
+    #: kernel -> the entry per backend (in BACKENDS order), e.g. ("pass", "xfail[...]")
+    expected: dict[str, tuple[str, ...]]
+    why: dict[tuple[str, str], str] = field(default_factory=dict)  # (kernel, backend) -> why
+    #: Collection steps of the main L2 it needs besides the L2 itself (bar_access, p2p).
+    needs: tuple[str, ...] = ()
+    #: The timed collection step whose time is this cell's alone (else only shared time).
+    own_step: str | None = None
+    #: LIFECYCLE and LAST: "module:function" that plays the step on a running L2.
+    collector: str | None = None
+    #: Which ivshmem BAR 2 slot its P2P transfer writes to (apart from every other's).
+    p2p_slot: int | None = None
+    #: (path prefix in QEMU or the kernel, "*" | backend) of the code it runs beyond
+    #: EVERY_CHECK_RUNS.
+    exercises: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def marker(self) -> str:
+        return self.name.replace("-", "_")
+
+    def expectations(self) -> dict[tuple[str, str], Expectation]:
+        """(kernel, backend) -> what is expected, with its why."""
+        out = {}
+        for kernel, entries in self.expected.items():
+            for backend, entry in zip(BACKENDS, entries, strict=True):
+                out[(kernel, backend)] = expectation(entry, self.why.get((kernel, backend), ""))
+        return out
+
+    def step(self) -> Callable:
+        """The collector, imported now (only a run that plays the step needs it)."""
+        if self.collector is None:
+            raise ValueError(f"check {self.name} has no collector")
+        module, _, function = self.collector.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def p2p_destination(self, backend: str) -> int:
+        """Where in ivshmem BAR 2 its transfer writes (its blocked DMA: + 0x800): a place
+        of its own per backend, so that no check is credited with another's bytes."""
+        if self.p2p_slot is None:
+            raise ValueError(f"check {self.name} makes no P2P transfer")
+        return 0x1000 + 0x2000 * self.p2p_slot + 0x1000 * BACKENDS.index(backend)
+
+
+REGISTRY: dict[str, Check] = {}
+#: (check, kernel, backend) -> what is expected: every registered check's, kept in step.
+EXPECTATIONS: dict[tuple[str, str, str], Expectation] = {}
+#: (path prefix, checks, backends): which cells run which source files.
+EXERCISES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+
+
+def register(check: Check) -> Check:
+    """Add a check: from here on it is in the matrix, the markers, the report and compare."""
+    if check.name in REGISTRY:
+        raise ValueError(f"check {check.name} is registered twice")
+    if check.phase not in PHASES:
+        raise ValueError(f"check {check.name}: unknown phase {check.phase!r}")
+    expected = check.expectations()  # a bad entry fails here, not at a cell
+    REGISTRY[check.name] = check
+    EXPECTATIONS.update({(check.name, k, b): e for (k, b), e in expected.items()})
+    for prefix, backend in (*EVERY_CHECK_RUNS, *check.exercises):
+        EXERCISES.append((prefix, (check.name,),
+                          BACKENDS if backend == "*" else (backend,)))
+    return check
+
+
+def unregister(name: str) -> None:
+    """Take a check out again (a test's toy check)."""
+    REGISTRY.pop(name)
+    for key in [k for k in EXPECTATIONS if k[0] == name]:
+        del EXPECTATIONS[key]
+    EXERCISES[:] = [row for row in EXERCISES if row[1] != (name,)]
+
+
+def names() -> tuple[str, ...]:
+    """Every check, in the order a backend's L2s run them."""
+    return tuple(c.name for c in ordered(REGISTRY.values()))
+
+
+def ordered(checks) -> list[Check]:
+    return sorted(checks, key=lambda c: PHASES.index(c.phase))  # stable: registration order
+
+
+def get(name: str) -> Check:
+    return REGISTRY[name]
+
+
+def in_phase(phase: str, wanted: set[str] | None = None) -> list[Check]:
+    return [c for c in ordered(REGISTRY.values())
+            if c.phase == phase and (wanted is None or c.name in wanted)]
+
+
+def needed_steps(wanted: set[str]) -> set[str]:
+    """The collection steps the wanted checks need, beyond their own phases."""
+    return {s for name in wanted for s in REGISTRY[name].needs}
+
+
+QEMU_KEEPS_DMABUF = (
+    "QEMU 11.1.3 hands each BAR's dma-buf fd to the mmap's RAMBlock (ram_block->fd, "
+    "hw/vfio/region.c) and nothing closes it: an unplugged device's dma-buf stays open in "
+    "L2, one more per unplug (seen: 5 cycles, 5 dma-buf fds left, L2's fds 26 -> 31)")
+
+register(Check(
+    "dmabuf-per-region", "one dma-buf per mmapped BAR, each its own", SIDE, dmabuf_per_region,
+    {"dmabuf": ("pass", "pass"),
+     "no-dmabuf": ("skip[kernel-lacks-dmabuf]", "skip[kernel-lacks-dmabuf]")},
+    {("no-dmabuf", b): "the kernel has no VFIO dma-buf, so there is nothing to check"
+     for b in BACKENDS},
+    own_step="side_l2",
+    exercises=(("backends/iommufd.c", "iommufd"), ("drivers/pci/p2pdma.c", "*"),
+               ("drivers/dma-buf/", "*"))))
+register(Check(
+    "mmap-fallback", "the plain mmap where there is no dma-buf", CREATION, mmap_fallback,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "pass")}, needs=("bar_access",),
+    exercises=(("hw/vfio/container", "legacy"), ("system/memory.c", "*"),
+               ("drivers/vfio/pci/vfio_pci_rdwr.c", "*"))))
+register(Check(
+    "p2p-dma", "edu copies between ivshmem BAR 2 and itself by DMA", CREATION, p2p_dma,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("no-dmabuf", "iommufd"): "iommufd maps a BAR only through its dma-buf: without one "
+                               "IOMMU_IOAS_MAP fails and the DMA to the BAR's IOVA faults"},
+    needs=("bar_access", "p2p"), own_step="p2p", p2p_slot=0,
+    exercises=(("backends/iommufd.c", "iommufd"), ("hw/vfio/container", "legacy"),
+               ("system/memory.c", "*"), ("drivers/vfio/vfio_iommu_type1.c", "legacy"),
+               ("drivers/pci/p2pdma.c", "*"), ("drivers/dma-buf/", "*"),
+               ("drivers/iommu/intel/", "*"), ("drivers/iommu/virtio-iommu.c", "*"))))
+register(Check(
+    "decode-toggle", "BAR 2 away (memory decode off) and back", LIFECYCLE, decode_toggle,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("no-dmabuf", "iommufd"): "once the BAR is back, iommufd still cannot map it without a "
+                               "dma-buf: the P2P after the step fails as at creation"},
+    own_step="decode-toggle", collector="harness.collect.lifecycle:toggle_decode", p2p_slot=1,
+    exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"))))
+register(Check(
+    "reset", "L2 reset: BARs cleared and programmed again, nvme reset by FLR", LIFECYCLE,
+    reset,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("no-dmabuf", "iommufd"): "once the BARs are programmed again, iommufd still cannot map "
+                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
+                               "creation"},
+    own_step="reset", collector="harness.collect.lifecycle:reset_l2", p2p_slot=2,
+    exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"))))
+register(Check(
+    "dmabuf-unplug", "ivshmem unplugged and plugged again, five times", LAST, dmabuf_unplug,
+    {"dmabuf": ("xfail[dmabuf-outlives-device]", "xfail[dmabuf-outlives-device]"),
+     "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("dmabuf", "legacy"): QEMU_KEEPS_DMABUF, ("dmabuf", "iommufd"): QEMU_KEEPS_DMABUF,
+     ("no-dmabuf", "iommufd"): "once the device is plugged again, iommufd still cannot map "
+                               "BAR 2 without a dma-buf: the P2P after the cycle fails as at "
+                               "creation"},
+    own_step="dmabuf-unplug", collector="harness.collect.lifecycle:unplug", p2p_slot=3,
+    exercises=(("hw/pci/pci.c", "*"), ("hw/pci/pcie.c", "*"), ("system/physmem.c", "*"))))
+register(Check(
+    "multi-range", "a BAR mmapped in pieces around its MSI-X table", SIDE, multi_range,
+    {"dmabuf": ("pass", "xfail[multi-range-refused,read-missing]"),
+     "no-dmabuf": ("pass", "xfail[bar-map-refused,read-missing]")},
+    {("dmabuf", "iommufd"):
+     "iommufd maps a VFIO dma-buf of one range only (vfio_pci_dma_buf_iommufd_map: \"More "
+     "than one range to iommufd will require proper DMABUF support\", EOPNOTSUPP): a BAR "
+     "mmapped around its MSI-X table is not mapped, and a DMA to it faults",
+     ("no-dmabuf", "iommufd"): "without a dma-buf iommufd cannot map the BAR's pieces at all "
+                               "(IOMMU_IOAS_MAP of the mmap: Bad address), as for any BAR at "
+                               "creation"},
+    own_step="side_l2", exercises=(("backends/iommufd.c", "iommufd"),)))

@@ -1,0 +1,202 @@
+"""Collect the evidence of one backend on one booted L1: everything the verdicts read.
+
+One L2 per backend serves every check of that backend: the realize-time
+evidence (trace, the kernel's view of L2's fds and maps, the memory tree), BAR
+access and the P2P transfer come from the same process, in that order, then
+the lifecycle steps (lifecycle.py). A second L2 (side_l2.py) has the devices as
+the main one must not: edu with x-no-mmap=on, nvme split by a fixture. Nothing
+here judges: the verdicts see only the `Evidence` returned, and the list of
+what should be there comes from the L1 kernel (`PassedThrough`), not from the
+QEMU under test.
+"""
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.base import files
+from harness.base.errors import HarnessError
+from harness.base.progress import say
+from harness.checks import registry
+from harness.collect import l2_probes, lifecycle, side_l2
+from harness.collect.stack import L1Stack
+from harness.evidence.records import (
+    Evidence,
+    L2Run,
+    LifecycleStep,
+    QemuFacts,
+    UnplugCycle,
+    parse_messages,
+    parse_trace,
+)
+from harness.l1.vfio import Inventory
+from harness.l2.dma_engine import EduEngine
+from harness.l2.pci import PciConfig
+from harness.l2.qemu import (
+    L1_QMP_PORT,
+    L1_QTEST_PORT,
+    L2_QEMU,
+    TRACE_EVENTS,
+    Backend,
+    L2Device,
+    L2Qemu,
+    L2Spec,
+)
+from harness.platforms import EduDevice, IvshmemDevice, NvmeDevice
+
+#: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
+BAR_TRACE = "pci_update_mappings*"
+ROOT_PORT = "rp0"
+
+
+@dataclass
+class Timer:
+    """Seconds per collection step, recorded in every cell's evidence."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[name] = round(time.monotonic() - began, 2)
+
+
+@dataclass(frozen=True)
+class PassedThrough:
+    """The devices L1 hands to L2, as the L1 kernel sees them (not as QEMU reports them)."""
+
+    devices: dict[str, str]                       # edu / ivshmem / nvme -> BDF
+    probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
+    bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
+    inventory: Inventory
+
+    @property
+    def reset_methods(self) -> dict[str, str]:
+        """BDF -> how the L1 kernel can reset the device alone ("": it cannot)."""
+        return {d.bdf: d.reset_method for d in self.inventory.devices}
+
+
+@contextlib.contextmanager
+def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
+    """edu, ivshmem and nvme bound to vfio-pci for the L2s, and handed back afterwards."""
+    wanted = {"edu": EduDevice(), "ivshmem": IvshmemDevice(), "nvme": NvmeDevice()}
+    inventory = stack.vfio.inventory([d.vendor_device for d in wanted.values()])
+    found = {name: inventory.find(d.vendor_device) for name, d in wanted.items()}
+    devices = {name: d.bdf for name, d in found.items()}
+    bdfs = list(devices.values())
+    stack.vfio.bind(bdfs)
+    try:
+        probes = stack.vfio.probe_dmabuf(bdfs)
+        yield PassedThrough(
+            devices, {b: (p.supported, p.error) for b, p in probes.items()},
+            {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
+            inventory)
+    finally:
+        try:
+            stack.vfio.restore(bdfs)
+        except HarnessError as e:  # housekeeping on a disposable L1: never the reason shown
+            say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
+
+
+def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str], out: Path,
+            seed: int, timer: Timer, qemu: str = L2_QEMU,
+            facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
+    """One backend's evidence for the `wanted` checks: an L2 with the three devices, its
+    lifecycle steps in the order the registry runs them, then the side L2 if a wanted check
+    reads it. `traces`: more events on."""
+    machine = stack.machine
+    devices = through.devices
+    ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
+    # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
+    # nvme is there for its reset method (FLR): the reset step resets it for real.
+    spec = L2Spec(be, (L2Device(devices["edu"], "id=edu"),
+                       L2Device(devices["ivshmem"],
+                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
+                       L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
+                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
+                  root_ports=(ROOT_PORT,))
+    bar_access = p2p = None
+    steps: dict[str, LifecycleStep] = {}
+    unplug: UnplugCycle | None = None
+    key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
+    with timer("l2_start"):
+        l2 = L2Qemu(stack.session, spec, out, *ports)
+        l2.start()
+    try:
+        pci = PciConfig(l2.qtest)
+        # Only BAR programming needs these: on at run time, off again after.
+        l2.set_trace(BAR_TRACE, True)
+        with timer("assign_bars"):
+            edu_slot = pci.find(EduDevice().vendor_device)
+            iv_slot = pci.find(IvshmemDevice().vendor_device)
+            nvme_slot = pci.find(NvmeDevice().vendor_device)
+            edu_placed = pci.place(edu_slot)
+            iv_placed = pci.place(iv_slot)
+            nvme_bar, nvme_bar0 = pci.place(nvme_slot)[0]
+            edu_bar, edu_bar0 = edu_placed[0]
+            iv_bars = {index: address for index, (_, address) in iv_placed.items()}
+        with timer("decode_witness"):
+            decode_steps = l2_probes.enable_witnessed(
+                stack, l2, pci, [(edu_slot, devices["edu"], True),
+                                 (iv_slot, devices["ivshmem"], True),
+                                 (nvme_slot, devices["nvme"], True)])
+        l2.set_trace(BAR_TRACE, False)
+        process = decode_steps[-1].kernel
+        with timer("mtree"):
+            mtree = l2_probes.mtree(l2)
+        edu = EduEngine(l2.qtest, edu_bar0)
+        needed = registry.needed_steps(wanted)
+        if "bar_access" in needed:
+            with timer("bar_access"):
+                bar_access = l2_probes.bar_access(l2, edu, iv_bars[0])
+        if "p2p" in needed:
+            with timer("p2p"):
+                p2p = l2_probes.p2p(stack, l2, edu, iv_bars[2], seed, key,
+                                    registry.get("p2p-dma").p2p_destination(be.name))
+        programmed = lifecycle.Programmed(
+            pci, edu_slot, edu_bar, edu_bar0, iv_slot, iv_placed, devices["ivshmem"],
+            spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""),
+            lifecycle.Resettable(nvme_slot, nvme_bar, nvme_bar0, devices["nvme"],
+                                 through.reset_methods.get(devices["nvme"], "")))
+        for check in registry.in_phase(registry.LIFECYCLE, wanted):
+            with timer(check.name):
+                steps[check.name] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
+                                                  be.name)
+        for check in registry.in_phase(registry.LAST, wanted):  # it leaves a device plugged afresh
+            with timer(check.name):
+                unplug = check.step()(stack, l2, programmed, edu, seed, key,
+                                      check.p2p_destination(be.name))
+        alive = l2.running()
+    except HarnessError as e:
+        raise l2.explain(e) from None
+    finally:
+        with timer("l2_stop"):
+            l2.stop()
+    lines = files.read(out / "l2-trace.log").splitlines()
+    # The creation-time verdicts read the trace up to the first lifecycle step: what a step
+    # sets up again (a replugged device's regions and dma-bufs) is its own evidence.
+    # So do its messages (a replugged BAR's refused mapping warns again).
+    first = [s.before for s in steps.values()] + ([unplug.before] if unplug else [])
+    marks = [m.trace_line for m in first]
+    creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
+    stderr = files.read(out / "l2-stderr.log").splitlines()
+    said = [m.stderr_line for m in first]
+    stderr = stderr[:min(said)] if said and min(said) >= 0 else stderr
+    main = L2Run(tuple(parse_trace("\n".join(creation))),
+                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
+    steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
+    if unplug is not None:
+        unplug = lifecycle.unplug_with_traces(unplug, lines)
+    side = None
+    if registry.in_phase(registry.SIDE, wanted):
+        with timer("side_l2"):
+            side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
+                                   through.bars, out / "side", ports)
+    return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
+                    bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
+                    lifecycle=steps, unplug=unplug, side=side)

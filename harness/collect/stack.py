@@ -1,0 +1,69 @@
+"""L0 boots L1 and we log in: one context manager for the nested stack.
+
+One boot serves every scenario run on it. On the way out, whatever happened,
+L1's dmesg is saved beside L0's console, QMP transcript and stderr in the run
+directory, and L0 QEMU is shut down.
+"""
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.base.deadline import Deadline
+from harness.base.progress import say
+from harness.images.store import Images
+from harness.l0.machine import L0Machine, L1Spec
+from harness.l0.qemu_binary import QemuBinary
+from harness.l1.session import L1Session
+from harness.l1.vfio import L1Vfio
+from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT
+from harness.platforms import VIommu
+
+SSH_DEADLINE = 90.0  # about 8 s is usual under TCG; 90 s leaves room for a loaded machine
+
+
+@dataclass
+class L1Stack:
+    viommu: VIommu
+    kernel: str
+    machine: L0Machine
+    session: L1Session
+    vfio: L1Vfio
+    boot_seconds: float
+
+    @property
+    def run_dir(self) -> Path:
+        return self.machine.files.directory
+
+
+@contextlib.contextmanager
+def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_dir: Path,
+           accel: str = "tcg", ssh_port: int | None = None,
+           ssh_deadline: float = SSH_DEADLINE,
+           kernel_args: tuple[str, ...] = ()) -> Iterator[L1Stack]:
+    spec = L1Spec(viommu=viommu, kernel=images.kernels[kernel].bzimage,
+                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args,
+                  guest_ports=(22, L1_QMP_PORT, L1_QTEST_PORT))
+    say(f"L1 {viommu.name}/{kernel}: booting ({accel}), artifacts in {run_dir}")
+    began = time.monotonic()
+    with L0Machine(qemu, spec, run_dir, accel=accel, ssh_port=ssh_port) as machine:
+        session = L1Session(machine.host_ports[22], images.rootfs.client_key,
+                            images.rootfs.host_key_pub, context=machine.console_tail)
+        try:
+            session.wait_ready(Deadline(f"L1 boot ({viommu.name}/{kernel})", ssh_deadline),
+                               alive=lambda: machine.running)
+            boot_seconds = time.monotonic() - began
+            say(f"L1 {viommu.name}/{kernel}: SSH ready after {boot_seconds:.1f} s")
+            yield L1Stack(viommu, kernel, machine, session, L1Vfio(session), boot_seconds)
+        finally:
+            _save_dmesg(session, run_dir / "l1-dmesg.txt")
+            session.close()
+
+
+def _save_dmesg(session: L1Session, path: Path) -> None:
+    try:
+        path.write_text(session.run("dmesg", timeout=15, check=False, stage="L1 dmesg").stdout)
+    except Exception as e:  # L1 may be gone; the console log still has the kernel's output
+        path.write_text(f"(dmesg not collected: {e})\n")

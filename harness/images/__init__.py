@@ -1,0 +1,1 @@
+"""The L1 images: kernels and rootfs built from the recipe, cached, locked, checked."""

@@ -1,0 +1,171 @@
+"""The image recipe (images/recipe.toml) and the keys that decide rebuilds.
+
+A key is a hash of exactly what an artifact is made from: the recipe's own
+section, the files it names, and the version of the build procedure. So a
+change to the rootfs package list does not rebuild two kernels, and a change
+to a kernel fragment rebuilds only the variants that use it.
+"""
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.base.errors import BadInput
+from harness.images import kconfig
+
+#: Bump when the build procedure itself changes in a way that changes its output.
+BUILD_FORMAT = {"kernel": 1, "rootfs": 1}
+
+
+def default_recipe_dir() -> Path:
+    """$VFIO_HARNESS_RECIPES, else the checkout the package runs from, else ./images.
+
+    The recipes live in the repository, not in the package: an editable install
+    finds them beside itself, any other (tox, a wheel) in the checkout it runs in.
+    """
+    env = os.environ.get("VFIO_HARNESS_RECIPES")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[2] / "images"
+    return beside if (beside / "recipe.toml").is_file() else Path.cwd() / "images"
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    name: str
+    package: str
+    version: str
+    sha256: str
+    tarball: str
+    base: tuple[str, ...]
+    trim: tuple[Path, ...]
+    required: tuple[Path, ...]  # the common fragments, then the variant's own
+    #: Merged after `required` but not checked, and only on the recipe's patched source.
+    unchecked: tuple[Path, ...] = ()
+    #: The harness's patches to the pinned source (Kconfig prompts).
+    patches: tuple[Path, ...] = ()
+    #: The variant whose object tree this one's compile starts from (None: from scratch).
+    built_from: str | None = None
+
+    def required_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
+        for fragment in self.required:
+            options.update(kconfig.parse(fragment.read_text()))
+        return options
+
+    @property
+    def has_dmabuf(self) -> bool:
+        """Whether the variant has VFIO dma-buf, as its checked fragments require."""
+        return self.required_options().get("CONFIG_VFIO_PCI_DMABUF") == "y"
+
+    def key(self) -> str:
+        return _digest("kernel", {
+            "package": self.package, "version": self.version, "sha256": self.sha256,
+            "base": self.base,
+            "trim": [_file_fingerprint(p) for p in self.trim],
+            "required": [_file_fingerprint(p) for p in self.required],
+            "unchecked": [_file_fingerprint(p) for p in self.unchecked],
+            "patches": [_file_fingerprint(p) for p in self.patches],
+        })
+
+    def patches_tag(self) -> str:
+        """What the patched source is called apart from the pristine one ("" if no patch)."""
+        if not self.patches:
+            return ""
+        blob = json.dumps([_file_fingerprint(p) for p in self.patches])
+        return "+recipe-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    mirror: str
+    suite: str
+    packages_file: Path
+    init: Path
+    sshd_config: Path
+    headroom_mb: int
+
+    @property
+    def packages(self) -> list[str]:
+        return [line.strip() for line in self.packages_file.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+
+    def base_key(self) -> str:
+        """What debootstrap alone depends on: a changed init script reuses the bootstrap."""
+        return _digest("rootfs-base", {"mirror": self.mirror, "suite": self.suite,
+                                       "packages": sorted(self.packages)})
+
+    def key(self) -> str:
+        return _digest("rootfs", {
+            "base": self.base_key(), "headroom_mb": self.headroom_mb,
+            "init": _file_fingerprint(self.init),
+            "sshd_config": _file_fingerprint(self.sshd_config),
+        })
+
+
+@dataclass(frozen=True)
+class Recipe:
+    directory: Path
+    mirror: str
+    suite: str
+    kernels: dict[str, KernelVariant]
+    rootfs: Rootfs
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> "Recipe":
+        directory = (directory or default_recipe_dir()).resolve()
+        path = directory / "recipe.toml"
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise BadInput(f"no image recipe at {path} (set VFIO_HARNESS_RECIPES or "
+                           f"run from a checkout of vfio-harness)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise BadInput(f"{path}: {e}") from None
+        try:
+            deb, k, r = data["debian"], data["kernel"], data["rootfs"]
+
+            def files(names: list[str]) -> tuple[Path, ...]:
+                paths = tuple(directory / n for n in names)
+                for p in paths:
+                    if not p.is_file():
+                        raise BadInput(f"{path}: names {p}, which does not exist")
+                return paths
+
+            kernels = {
+                name: KernelVariant(
+                    name=name, package=k["package"], version=k["version"],
+                    sha256=k["sha256"], tarball=k["tarball"], base=tuple(k["base"]),
+                    trim=files(k.get("trim", [])),
+                    required=files(k["required"] + frags),
+                    unchecked=files(k.get("unchecked", {}).get(name, [])),
+                    patches=files(k.get("patches", [])),
+                    built_from=k.get("built_from", {}).get(name))
+                for name, frags in k["variants"].items()
+            }
+            for name, v in kernels.items():
+                if v.built_from is not None and v.built_from not in kernels:
+                    raise BadInput(f"{path}: kernel variant {name} is built from "
+                                   f"{v.built_from!r}, which is not a variant")
+            rootfs = Rootfs(mirror=deb["mirror"], suite=deb["suite"],
+                            packages_file=files([r["packages"]])[0],
+                            init=files([r["init"]])[0],
+                            sshd_config=files([r["sshd_config"]])[0],
+                            headroom_mb=int(r["headroom_mb"]))
+        except KeyError as e:
+            raise BadInput(f"{path}: missing key {e}") from None
+        return cls(directory=directory, mirror=deb["mirror"], suite=deb["suite"],
+                   kernels=kernels, rootfs=rootfs)
+
+
+def _file_fingerprint(path: Path) -> tuple[str, str]:
+    return (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _digest(kind: str, material: dict) -> str:
+    blob = json.dumps({"kind": kind, "format": BUILD_FORMAT[kind.split("-")[0]],
+                       **material}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

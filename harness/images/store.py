@@ -1,0 +1,734 @@
+"""The L1 images: two kernel variants and a Debian sid rootfs, built into the cache.
+
+Layout of the cache (see paths.py for where it is):
+  downloads/           the pinned linux-source .deb
+  src/<pkg>_<ver>/     its extracted tree, shared by both variants
+  build/kernel-<v>/    the O= object tree of each variant, kept for incremental rebuilds
+  build/rootfs-base-<key>/  the debootstrap result, kept so a changed init script
+                            does not debootstrap again
+  artifacts/<name>-<key>/   what runs: bzImage, rootfs.qcow2, keys, manifest.json
+
+An artifact directory is complete only when its manifest exists: it is built
+as `<dir>.partial` and renamed, so an interrupted build is never mistaken for a
+finished one, and the manifest's sha256 catch an artifact corrupted since.
+"""
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.base import files
+from harness.base.checksum import sha256_file
+from harness.base.deadline import Deadline
+from harness.base.errors import BadInput, HarnessError, StageTimeout
+from harness.base.progress import say, step
+from harness.images import kconfig
+from harness.images.cache_lock import LOCKS, ArtifactLocks
+from harness.images.debian import PrivateApt, installed_version
+from harness.images.recipe import KernelVariant, Recipe, Rootfs
+from harness.images.series import Series
+from harness.platforms import X86_64, Platform
+
+MANIFEST = "manifest.json"
+#: In a kernel source the recipe's patches were applied to (and its series copies).
+RECIPE_PATCHES = ".vfio-harness-recipe-patches"
+#: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
+NEEDED_FREE_GIB = 8
+#: Host tools the build runs, and the Debian package that has each.
+BUILD_TOOLS = {
+    "make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc",
+    "dpkg-deb": "dpkg", "xz": "xz-utils", "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils", "ssh-keygen": "openssh-client",
+    "patch": "patch",
+}
+BUILD_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    variant: str
+    directory: Path
+    manifest: dict
+
+    @property
+    def bzimage(self) -> Path:
+        """The kernel image L0 boots (bzImage on x86_64), whatever the platform calls it."""
+        return self.directory / self.manifest.get("image", X86_64.kernel_image)
+
+
+@dataclass(frozen=True)
+class RootfsImage:
+    directory: Path
+    manifest: dict
+
+    @property
+    def qcow2(self) -> Path:
+        return self.directory / "rootfs.qcow2"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "id_ed25519"
+
+    @property
+    def host_key_pub(self) -> Path:
+        return self.directory / "ssh_host_ed25519_key.pub"
+
+    @property
+    def qemu_version(self) -> str:
+        return self.manifest["versions"][self.manifest.get("qemu_package", X86_64.l2_package)]
+
+
+@dataclass(frozen=True)
+class Images:
+    kernels: dict[str, KernelImage]
+    rootfs: RootfsImage
+
+
+@dataclass(frozen=True)
+class ArtifactState:
+    name: str
+    key: str
+    directory: Path
+    problem: str | None  # None when complete and intact
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class ImageStore:
+    """Knows the cache layout, verifies artifacts and builds what is missing."""
+
+    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None,
+                 platform: Platform = X86_64):
+        self.recipe = recipe
+        self.platform = platform
+        self.cache = cache
+        self.jobs = jobs or (os.cpu_count() or 1) + 1
+        self.artifacts = cache / "artifacts"
+        self.locks = ArtifactLocks(self.artifacts)
+        self.build_dir = cache / "build"
+
+    # -- where things are, and whether they are sound ---------------------------
+
+    def kernel_dir(self, variant: KernelVariant) -> Path:
+        return self.artifacts / f"kernel-{variant.name}-{variant.key()}"
+
+    def rootfs_dir(self) -> Path:
+        return self.artifacts / f"rootfs-{self.recipe.rootfs.key()}"
+
+    def states(self) -> list[ArtifactState]:
+        out = [ArtifactState(f"kernel-{v.name}", v.key(), self.kernel_dir(v),
+                             verify(self.kernel_dir(v)))
+               for v in self.recipe.kernels.values()]
+        out.append(ArtifactState("rootfs", self.recipe.rootfs.key(), self.rootfs_dir(),
+                                 verify(self.rootfs_dir())))
+        return out
+
+    def stale(self) -> list[Path]:
+        """Artifact dirs no current recipe key points at, and leftovers of interrupted builds."""
+        current = {s.directory for s in self.states()}
+        if not self.artifacts.is_dir():
+            return []
+        return sorted(p for p in self.artifacts.iterdir()
+                      if p not in current and p.name != LOCKS)
+
+    def load(self, variants: list[str] | None = None) -> Images:
+        """The built images, or an error saying how to build them."""
+        wanted = self._variants(variants)
+        bad = [s for s in self.states()
+               if s.problem and (s.name == "rootfs" or s.name[len("kernel-"):] in wanted)]
+        if bad:
+            raise HarnessError(
+                "images are not built: " + "; ".join(f"{s.name}: {s.problem}" for s in bad),
+                stage="images", details="run: vfio-harness images build")
+        return Images(kernels={n: self._kernel_image(n, self.kernel_dir(self.recipe.kernels[n]))
+                               for n in wanted},
+                      rootfs=self._rootfs_image())
+
+    def _kernel_image(self, role: str, directory: Path) -> KernelImage:
+        """An artifact this process boots from: held (shared) until it exits."""
+        self.locks.hold_shared(directory)
+        return KernelImage(role, directory, _read_manifest(directory))
+
+    def _rootfs_image(self) -> RootfsImage:
+        self.locks.hold_shared(self.rootfs_dir())
+        return RootfsImage(self.rootfs_dir(), _read_manifest(self.rootfs_dir()))
+
+    def _claimed(self, final: Path, force: bool, build: Callable[[], None]) -> None:
+        """Build `final` holding its exclusive lock: a second builder waits, then finds it
+        built and uses it; a rebuild waits for the processes that boot from it."""
+        with self.locks.exclusive(final):
+            if not force and verify(final) is None:
+                say(f"{final.name}: built meanwhile by another process: using it")
+                return
+            build()
+
+    def _variants(self, variants: list[str] | None) -> list[str]:
+        names = variants or list(self.recipe.kernels)
+        unknown = [n for n in names if n not in self.recipe.kernels]
+        if unknown:
+            raise BadInput(f"unknown kernel variant {unknown[0]!r}; the recipe has "
+                           f"{', '.join(self.recipe.kernels)}")
+        return names
+
+    # -- building ---------------------------------------------------------------
+
+    def build(self, variants: list[str] | None = None, force: bool = False,
+              kernels: bool = True) -> Images:
+        """Build whatever is missing, stale or corrupt; a no-op when all is intact.
+        `kernels=False`: only the rootfs (the kernel comes from elsewhere)."""
+        wanted = self._variants(variants)
+        states = {s.name: s for s in self.states()}  # hashes every artifact once
+        todo_kernels = [self.recipe.kernels[n] for n in wanted
+                        if kernels and (force or states[f"kernel-{n}"].problem)]
+        todo_rootfs = force or states["rootfs"].problem is not None
+        for s in states.values():
+            if s.problem and s.directory.exists():
+                say(f"{s.name}: {s.problem}: rebuilding")
+        if todo_kernels or todo_rootfs:
+            self._preflight(bool(todo_kernels), todo_rootfs)
+        # debootstrap waits on the network and the disk, the compiler on the CPU:
+        # running them side by side takes minutes off a build from scratch.
+        errors: list[BaseException] = []
+        rootfs_thread = None
+        if todo_rootfs:
+            rootfs_thread = threading.Thread(
+                target=_capture(errors, lambda: self._claimed(
+                    self.rootfs_dir(), force, lambda: self._build_rootfs(self.recipe.rootfs))),
+                name="rootfs")
+            rootfs_thread.start()
+        # A variant built from another's object tree comes after that one.
+        todo_kernels.sort(key=lambda v: v.built_from is not None)
+        try:
+            for variant in todo_kernels:
+                self._claimed(self.kernel_dir(variant), force,
+                              functools.partial(self._build_variant, variant))
+        finally:
+            if rootfs_thread:
+                rootfs_thread.join()
+        if errors:
+            raise errors[0]
+        if not kernels:
+            return Images({}, self._rootfs_image())
+        return self.load(wanted)
+
+    def _preflight(self, kernels: bool, rootfs: bool) -> None:
+        missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in BUILD_TOOLS.items()
+                   if not shutil.which(tool)]
+        if kernels:
+            missing += [f"{h} (apt-get install {pkg})" for h, pkg in BUILD_HEADERS.items()
+                        if not Path(h).exists()]
+        if missing:
+            raise BadInput("the image build needs: " + ", ".join(missing), stage="image build")
+        if rootfs and os.geteuid() != 0:
+            raise BadInput("debootstrap needs root to build the rootfs", stage="image build")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.cache).free / 2**30
+        if free < NEEDED_FREE_GIB:
+            raise BadInput(f"no space for the cache: {free:.1f} GiB free at {self.cache}, "
+                           f"a build needs about {NEEDED_FREE_GIB} GiB (choose another place "
+                           f"with --cache-dir or VFIO_HARNESS_CACHE)", stage="image build")
+
+    def kernel_source(self, variant: KernelVariant) -> Path:
+        """Where the variant's pinned source is (with the recipe's patches), built or not."""
+        return self.cache / "src" / f"{variant.package}_{variant.version}{variant.patches_tag()}"
+
+    def _kernel_source(self, variant: KernelVariant) -> Path:
+        src = self.kernel_source(variant)
+        if (src / ".complete").exists():
+            return src
+        apt = PrivateApt(self.cache / "apt", self.recipe.mirror, self.recipe.suite)
+        with step(f"kernel source: download {variant.package} {variant.version}"):
+            deb = apt.download(variant.package, variant.version, variant.sha256,
+                               self.cache / "downloads")
+        with step(f"kernel source: extract {deb.name}"):
+            tmp = src.with_name(src.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            _shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
+                   f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
+            for patch in variant.patches:
+                _shell(f"patch -p1 --batch --forward -d '{tmp}' < '{patch}'",
+                       f"apply the recipe's {patch.name}")
+            if variant.patches:
+                (tmp / RECIPE_PATCHES).write_text(
+                    "".join(f"{p.name}\n" for p in variant.patches))
+            (tmp / ".complete").write_text(variant.sha256 + "\n")
+            shutil.rmtree(src, ignore_errors=True)
+            tmp.rename(src)
+        return src
+
+    def _build_variant(self, variant: KernelVariant) -> None:
+        """A recipe variant: from scratch, or from the object tree of the variant it is
+        built from (copied, once that one is built and published), so that make compiles
+        only what their configs make different."""
+        obj = self.build_dir / f"kernel-{variant.name}"
+        if variant.built_from and not obj.exists():
+            base_variant = self.recipe.kernels[variant.built_from]
+            base = self.build_dir / f"kernel-{base_variant.name}"
+            if _built(base, self.kernel_dir(base_variant), self.platform):
+                with step(f"kernel {variant.name}: start from {base_variant.name}'s object "
+                          f"tree"):
+                    _copy_object_tree(base, obj, {base: obj})
+        self._build_kernel(variant)
+
+    def _build_kernel(self, variant: KernelVariant, src: Path | None = None,
+                      obj: Path | None = None, name: str | None = None,
+                      final: Path | None = None, key: str | None = None,
+                      extra: dict | None = None) -> None:
+        """Configure and compile `variant` (from `src` into `obj`, published as `final`,
+        for a series build; else the variant itself)."""
+        began = time.monotonic()
+        src = src or self._kernel_source(variant)
+        name = name or variant.name
+        obj = obj or self.build_dir / f"kernel-{name}"
+        obj.mkdir(parents=True, exist_ok=True)
+        log = self.build_dir / f"kernel-{name}.log"
+        stage = f"image build: kernel {name}"
+        unchecked = variant.unchecked if (src / RECIPE_PATCHES).exists() else ()
+        if variant.unchecked and not unchecked:
+            say(f"kernel {name}: {src} lacks the recipe's patches: built without "
+                f"{', '.join(p.name for p in variant.unchecked)}")
+        with step(f"kernel {name}: configure (log {log})"):
+            with log.open("w") as out:
+                _run(["make", "-C", str(src), f"O={obj}", *variant.base], out, stage)
+                _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
+                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
+                      *map(str, unchecked)], out, stage)
+                _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
+            kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
+                          name)
+        with step(f"kernel {name}: compile with -j{self.jobs} (log {log})"):
+            with log.open("a") as out:
+                _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}",
+                      self.platform.kernel_target], out,
+                     stage, progress=lambda: _compile_progress(log, name))
+
+        def fill(d: Path) -> dict:
+            shutil.copy2(obj / self.platform.kernel_built, d / self.platform.kernel_image)
+            shutil.copy2(obj / ".config", d / "config")
+            release = (obj / "include/config/kernel.release").read_text().strip()
+            return {"versions": {"kernel": release, variant.package: variant.version},
+                    **(extra or {})}
+
+        _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
+                 began, fill)
+
+    # -- a kernel image brought by the user ------------------------------------------
+
+    def user_kernel(self, bzimage: Path, config: Path | None = None,
+                    role: str | None = None) -> tuple[str, KernelImage]:
+        """(role, image) of a kernel built elsewhere, booted as is: its config (given, or
+        the one embedded with IKCONFIG) must have what the role's scenarios need."""
+        stage = "kernel image"
+        if not bzimage.is_file():
+            raise BadInput(f"kernel image {bzimage} does not exist", stage=stage)
+        if config is not None and not config.is_file():
+            raise BadInput(f"kernel config {config} does not exist", stage=stage)
+        text = config.read_text(errors="replace") if config else self._ikconfig(bzimage)
+        try:
+            final = kconfig.parse(text)
+        except HarnessError as e:
+            raise BadInput(f"the config of {bzimage} is not a kernel .config: {e.message}",
+                           stage=stage) from None
+        if role is None:
+            role = "dmabuf" if final.get("CONFIG_VFIO_PCI_DMABUF") == "y" else "no-dmabuf"
+        variant = self.recipe.kernels.get(role)
+        if variant is None:
+            raise BadInput(f"unknown kernel variant {role!r}; the recipe has "
+                           f"{', '.join(self.recipe.kernels)}", stage=stage)
+        missing = kconfig.lacking(variant.required_options(), final)
+        if missing:
+            raise BadInput(f"the kernel image {bzimage} lacks what the {role!r} scenarios need: "
+                           + ", ".join(missing), stage=stage)
+        sha = sha256_file(bzimage)
+        final_dir = self.artifacts / f"kernel-image-{sha[:16]}"
+        if verify(final_dir):
+            def fill(d: Path) -> dict:
+                shutil.copy2(bzimage, d / self.platform.kernel_image)
+                (d / "config").write_text(text)
+                return {"versions": {"kernel": bzimage_version(bzimage) or "unknown"},
+                        "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
+                                         "config": str(config.resolve()) if config else
+                                         "embedded (IKCONFIG)"}}
+            self._claimed(final_dir, False, lambda: _publish(
+                final_dir, f"kernel-image-{sha[:16]}", sha[:16], time.monotonic(), fill))
+        return role, self._kernel_image(role, final_dir)
+
+    def _ikconfig(self, bzimage: Path) -> str:
+        variant = next(iter(self.recipe.kernels.values()))
+        script = self._kernel_source(variant) / "scripts" / "extract-ikconfig"
+        proc = subprocess.run([str(script), str(bzimage)], capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode != 0 or "CONFIG_" not in proc.stdout:
+            raise BadInput(f"the kernel image {bzimage} has no embedded config "
+                           f"(CONFIG_IKCONFIG): give its .config with --kernel-config",
+                           stage="kernel image")
+        return proc.stdout
+
+    # -- a kernel tree of the user's ------------------------------------------------
+
+    def build_tree(self, tree: Path, variants: list[str] | None = None) -> Images:
+        """The images with each kernel variant built from the user's `tree`, out of tree
+        (O=, in the cache) with the variant's fragments; make decides what to rebuild."""
+        tree = tree.resolve()
+        if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
+            raise BadInput(f"{tree} is not a kernel source tree (no Makefile and Kconfig)",
+                           stage="kernel tree")
+        images = self.build(variants, kernels=False)
+        tag = f"tree-{hashlib.sha256(str(tree).encode()).hexdigest()[:12]}"
+        kernels = {}
+        for name in self._variants(variants):
+            variant = self.recipe.kernels[name]
+            final = self.artifacts / f"kernel-{name}+{tag}"
+            self._claimed(final, True, functools.partial(
+                self._build_kernel, variant, tree, self.build_dir / f"kernel-{name}+{tag}",
+                f"{name}+{tag}", final, f"{variant.key()}+{tag}",
+                {"kernel_tree": {"path": str(tree), "head": _git_head(tree)}}))
+            kernels[name] = self._kernel_image(name, final)
+        return Images(kernels, images.rootfs)
+
+    # -- a kernel with a series applied ---------------------------------------------
+
+    def series_key(self, variant: KernelVariant, series: Series) -> str:
+        return hashlib.sha256(f"{variant.key()} {series.sha256}".encode()).hexdigest()[:16]
+
+    def series_dir(self, variant: KernelVariant, series: Series) -> Path:
+        return self.artifacts / (f"kernel-{variant.name}+{series.name}-"
+                                 f"{self.series_key(variant, series)}")
+
+    def build_series(self, series: Series, images: Images) -> Images:
+        """`images` (built, and verified by the caller) with each kernel variant replaced by
+        its build with `series` applied to the pinned source; built incrementally from the
+        variant's own object tree."""
+        kernels = {}
+        for name in images.kernels:
+            variant = self.recipe.kernels[name]
+            final = self.series_dir(variant, series)
+            problem = verify(final)
+            if problem:
+                say(f"kernel {name}+{series.name}: {problem}: building "
+                    f"\"{series.title}\" ({len(series.patches)} patch(es))")
+                self._claimed(final, False, functools.partial(
+                    self._build_series_kernel, variant, series, final))
+            kernels[name] = self._kernel_image(name, final)
+        return Images(kernels, images.rootfs)
+
+    def _build_series_kernel(self, variant: KernelVariant, series: Series, final: Path) -> None:
+        pristine = self._kernel_source(variant)
+        src = self._series_source(pristine, series)
+        name = f"{variant.name}+{series.name}"
+        obj = self.build_dir / f"kernel-{name}"
+        base = self.build_dir / f"kernel-{variant.name}"
+        if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
+            with step(f"kernel {name}: start from {variant.name}'s object tree"):
+                _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
+                                              base: obj})
+        self._build_kernel(variant, src, obj, name, final, self.series_key(variant, series),
+                           {"series": series.record(), "base_variant": variant.name})
+
+    def _series_source(self, pristine: Path, series: Series) -> Path:
+        """The pinned source with the series applied: hard links to the pristine tree,
+        but for the files the series touches."""
+        src = pristine.with_name(f"{pristine.name}+{series.name}")
+        if (src / ".complete").exists():
+            return src
+        with step(f"{series.name}: apply {len(series.patches)} patch(es) to {pristine.name}"):
+            tmp = src.with_name(src.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            _shell(f"cp -al '{pristine}' '{tmp}'", "link the kernel source")
+            (tmp / ".complete").unlink(missing_ok=True)
+            try:
+                series.apply(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # a series that does not apply
+                raise
+            (tmp / ".complete").write_text(series.sha256 + "\n")
+            shutil.rmtree(src, ignore_errors=True)
+            tmp.rename(src)
+        return src
+
+    def _build_rootfs(self, rootfs: Rootfs) -> None:
+        began = time.monotonic()
+        base = self.build_dir / f"rootfs-base-{rootfs.base_key()}"
+        stage = "image build: rootfs"
+        if not (base / ".complete").exists():
+            log = self.build_dir / "rootfs-debootstrap.log"
+            with step(f"rootfs: debootstrap {rootfs.suite} with {len(rootfs.packages)} "
+                      f"packages (log {log})"):
+                shutil.rmtree(base, ignore_errors=True)
+                base.parent.mkdir(parents=True, exist_ok=True)
+                with log.open("w") as out:
+                    _run(["debootstrap", "--variant=minbase",
+                          "--include=" + ",".join(rootfs.packages), rootfs.suite, str(base),
+                          rootfs.mirror], out, stage,
+                         progress=lambda: _last_line(log, "rootfs: debootstrap"))
+                (base / ".complete").write_text(rootfs.base_key() + "\n")
+
+        def fill(d: Path) -> dict:
+            with step("rootfs: keys, init and sshd configuration"):
+                _customize(base, rootfs, d)
+            versions = {p: installed_version(base, p) or "not installed"
+                        for p in (self.platform.l2_package, "openssh-server", "python3")}
+            with step("rootfs: make the ext4 image"):
+                used = int(subprocess.run(["du", "-sb", "--exclude=.complete", str(base)],
+                                          capture_output=True, text=True, check=True,
+                                          timeout=300).stdout.split()[0])
+                size_mb = used // 2**20 * 5 // 4 + rootfs.headroom_mb
+                raw = d / "rootfs.raw"
+                with (self.build_dir / "rootfs-mkfs.log").open("w") as out:
+                    _run(["mkfs.ext4", "-q", "-F", "-L", "l1root", "-d", str(base), str(raw),
+                          f"{size_mb}M"], out, stage)
+                    _run(["qemu-img", "convert", "-O", "qcow2", str(raw),
+                          str(d / "rootfs.qcow2")], out, stage)
+                raw.unlink()
+                (d / "rootfs.qcow2").chmod(0o444)  # L0 boots it through a per-run overlay
+            return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages}
+
+        _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
+
+    # -- cleaning ---------------------------------------------------------------
+
+    def clean(self, everything: bool = False) -> list[Path]:
+        """Stale artifacts, and the sources and object trees of series (each rebuilt from
+        its variant's in seconds); or the whole cache."""
+        rebuildable = [*self.build_dir.glob("kernel-*+series-*"),
+                       *(self.cache / "src").glob("*+series-*")] if self.cache.is_dir() else []
+        if everything:
+            artifacts = sorted(p for p in self.artifacts.glob("*") if p.name != LOCKS) \
+                if self.artifacts.is_dir() else []
+            held = [self.locks.try_exclusive(p) for p in artifacts]
+            if any(h is None for h in held):
+                busy = [p.name for p, h in zip(artifacts, held, strict=True) if h is None]
+                raise BadInput(f"the cache is in use ({', '.join(busy)}): another vfio-harness "
+                               f"process boots from it; clean it when that run is over",
+                               stage="images clean")
+            shutil.rmtree(self.cache, ignore_errors=True)
+            return [self.cache]
+        removed = []
+        for path in self.stale() + sorted(rebuildable):
+            if path.parent == self.artifacts:
+                handle = self.locks.try_exclusive(path)
+                if handle is None:
+                    say(f"{path.name}: in use by another vfio-harness process: kept")
+                    continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+
+def verify(directory: Path) -> str | None:
+    """Why an artifact directory cannot be used, or None when it is complete and intact."""
+    if not directory.is_dir():
+        return "not built"
+    try:
+        manifest = _read_manifest(directory)
+        files = {name: (int(meta["size"]), str(meta["sha256"]))
+                 for name, meta in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "no valid manifest (an interrupted build, or a damaged one)"
+    for name, (size, sha) in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size or sha256_file(path) != sha:
+            return f"{name} does not match its manifest (corrupted)"
+    return None
+
+
+def _git_head(tree: Path) -> str | None:
+    """The commit a kernel tree is at, and whether it has changes, if it is a git tree."""
+    head = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True, timeout=60)
+    return head.stdout.strip() if head.returncode == 0 else None
+
+
+def bzimage_version(bzimage: Path) -> str | None:
+    """The release a bzImage names in its setup header (boot protocol: kernel_version at
+    0x20e is an offset from 0x200 to a NUL-terminated string)."""
+    data = bzimage.read_bytes()[:0x10000]
+    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
+        return None
+    start = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    end = data.find(b"\0", start)
+    return data[start:end].decode(errors="replace").split()[0] if 0 < start < end else None
+
+
+def _built(obj: Path, artifact: Path, platform: Platform) -> bool:
+    """Whether the object tree is the one the published artifact came from (its kernel
+    image is the artifact's): only then may a series build start from it."""
+    image = obj / platform.kernel_built
+    try:
+        want = _read_manifest(artifact)["files"][platform.kernel_image]["sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return image.is_file() and (obj / "source").is_symlink() and sha256_file(image) == want
+
+
+def _copy_object_tree(base: Path, obj: Path, moves: dict[Path, Path]) -> None:
+    tmp = obj.with_name(obj.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _shell(f"cp -a '{base}' '{tmp}'", "copy the object tree")
+    _repoint(tmp, {**moves, base: obj})
+    tmp.rename(obj)
+
+
+def _repoint(obj: Path, moves: dict[Path, Path]) -> None:
+    """Kbuild records the source tree's absolute path in its .cmd files (commands and
+    dependencies), and the tools build (objtool, on which every object depends) its
+    output directory's: point a copied object tree at its new places, or make rebuilds
+    it all, and would miss the headers a series changes."""
+    for old, new in moves.items():
+        found = subprocess.run(["grep", "-rlIZ", "--", str(old), str(obj)],
+                               capture_output=True, timeout=300).stdout.split(b"\0")
+        for path in (Path(p.decode()) for p in found if p):
+            path.write_text(path.read_text().replace(str(old), str(new)))
+    source = obj / "source"
+    if source.is_symlink():
+        target = Path(os.readlink(source))
+        source.unlink()
+        source.symlink_to(moves.get(target, target))
+
+
+def _read_manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+def _publish(final: Path, name: str, key: str, began: float,
+             fill: Callable[[Path], dict]) -> None:
+    """Fill `<final>.partial`, write its manifest last, then rename it into place."""
+    partial = final.with_name(final.name + ".partial")
+    for old in (partial, final):
+        shutil.rmtree(old, ignore_errors=True)
+    partial.mkdir(parents=True)
+    extra = fill(partial)
+    files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+             for p in sorted(partial.iterdir()) if p.is_file()}
+    manifest = {"name": name, "key": key,
+                "built": datetime.now(UTC).isoformat(timespec="seconds"),
+                "build_seconds": round(time.monotonic() - began, 1), "files": files, **extra}
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.rename(final)
+    say(f"{name}: ready in {final}")
+
+
+def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
+    """Make the bootstrap an L1: our init, sshd set-up, a fresh host key and client key.
+
+    Every path written here is overwritten on each build, so applying it again
+    to a reused bootstrap gives the same tree.
+    """
+    shutil.copy2(rootfs.init, base / "sbin/harness-init")
+    (base / "sbin/harness-init").chmod(0o755)
+    shutil.copy2(rootfs.sshd_config, base / "etc/ssh/sshd_config.d/vfio-harness.conf")
+    for old in (base / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
+    # The host key is made here and pinned by the client: no trust on first use.
+    hostkey = artifact / "ssh_host_ed25519_key"
+    clientkey = artifact / "id_ed25519"
+    for key, comment in ((hostkey, "vfio-harness-l1"), (clientkey, "vfio-harness")):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                        "-f", str(key)], check=True, capture_output=True, timeout=60)
+    shutil.move(hostkey, base / "etc/ssh/ssh_host_ed25519_key")
+    (base / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+    shutil.copy2(artifact / "ssh_host_ed25519_key.pub", base / "etc/ssh/")
+    ssh = base / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    shutil.copy2(artifact / "id_ed25519.pub", ssh / "authorized_keys")
+    (ssh / "authorized_keys").chmod(0o600)
+    (base / "etc/hostname").write_text("l1\n")
+    (base / "etc/hosts").write_text("127.0.0.1 localhost\n10.0.2.15 l1\n")
+
+
+def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
+         interval: float = 30.0, deadline_s: float = 3600.0) -> None:
+    """Run a build step into a log; report progress every `interval` seconds.
+
+    The deadline is generous (a kernel compiles in about 7 minutes here): it is
+    there so that a wedged step ends, naming itself, instead of hanging CI.
+    """
+    deadline = Deadline(stage, deadline_s)
+    out.write(f"$ {' '.join(cmd)}\n")
+    out.flush()
+    # A session of its own, so that an interrupt stops make's compilers too, not only make.
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        while True:
+            try:
+                proc.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline.expired:
+                    raise deadline.timeout(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... "
+                                           f"still running",
+                                           details=files.tail(Path(out.name), 20)) from None
+                if progress:
+                    progress()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    if proc.returncode != 0:
+        out.flush()
+        tail = files.tail(Path(out.name), 40) if hasattr(out, "name") else ""
+        raise HarnessError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... failed "
+                           f"(exit {proc.returncode}); full log: {getattr(out, 'name', '?')}",
+                           stage=stage, details=tail)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _shell(script: str, what: str) -> None:
+    try:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
+                              text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise StageTimeout(f"{what} did not finish in 900 s", stage="image build") from None
+    if proc.returncode != 0:
+        raise HarnessError(f"{what} failed (exit {proc.returncode})", stage="image build",
+                           details=proc.stderr[-3000:])
+
+
+def _compile_progress(log: Path, name: str) -> None:
+    text = log.read_text(errors="replace").splitlines()
+    compiled = sum(1 for line in text if line.startswith("  CC "))
+    last = next((line.strip() for line in reversed(text) if line.startswith("  ")), "")
+    say(f"kernel {name}: {compiled} files compiled so far; last: {last}")
+
+
+def _last_line(log: Path, prefix: str) -> None:
+    last = files.tail(log, 1)
+    if last:
+        say(f"{prefix}: {last.strip()}")
+
+
+def _capture(errors: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised by the main thread
+            errors.append(e)
+    return run
+

@@ -1,0 +1,101 @@
+"""Which accelerator L0 can use: KVM only where a real boot gets through.
+
+/dev/kvm existing proves nothing here: on a paravirtual KVM a stock kernel
+dies in its decompressor with "emulation failure". So the probe boots the L1
+kernel itself under KVM, with no root disk, and calls KVM usable only if the
+kernel runs to its root-mount panic. The answer is cached per L0 QEMU, kernel
+and host boot, since a probe costs a few seconds.
+"""
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.base.checksum import sha256_file
+from harness.l0.qemu_binary import QemuBinary
+from harness.platforms import X86_64, Platform
+
+#: What the kernel prints once it has booted far enough to look for its root disk.
+REACHED = ("VFS: Unable to mount root", "Kernel panic - not syncing")
+PROBE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str  # "kvm" or "tcg"
+    reason: str
+
+
+def probe_kvm(qemu: QemuBinary, kernel: Path, timeout: float = PROBE_SECONDS,
+              platform: Platform = X86_64) -> AccelChoice:
+    if not os.path.exists("/dev/kvm"):
+        return AccelChoice("tcg", "no /dev/kvm")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return AccelChoice("tcg", "/dev/kvm is not accessible to this user")
+    cmd = [str(qemu.path), "-accel", "kvm", "-M", platform.machine, "-cpu", platform.cpu,
+           "-m", "256M", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
+           "-kernel", str(kernel), "-append",
+           f"console={platform.console} panic=-1 root=/dev/nonexistent"]
+    began = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, errors="replace")
+        output = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        output = _text(e.stdout) + _text(e.stderr)
+        if any(marker in output for marker in REACHED):
+            return AccelChoice("kvm", "a kernel booted under KVM")
+        return AccelChoice("tcg", f"KVM boot probe got nowhere in {timeout:g} s: "
+                                  f"{_summary(output)}")
+    if any(marker in output for marker in REACHED):
+        return AccelChoice("kvm", f"a kernel booted under KVM in {time.monotonic() - began:.1f} s")
+    return AccelChoice("tcg", f"KVM boot probe failed: {_summary(output)}")
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+def _summary(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    telling = [line for line in lines if "KVM" in line or "error" in line.lower()]
+    return (telling or lines or ["no output"])[0][:200]
+
+
+def choose(qemu: QemuBinary, kernel: Path, cache: Path, force: str | None = None) -> AccelChoice:
+    """The accelerator to use: forced by the user, else the cached or fresh probe result."""
+    if force == "tcg":
+        return AccelChoice("tcg", "chosen by --accel")
+    key = {"qemu": str(qemu.path), "qemu_version": qemu.version_text,
+           "kernel": sha256_file(kernel), "boot_id": _boot_id()}
+    record = cache / "accel-probe.json"
+    try:
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            choice = AccelChoice(saved["accel"], saved["reason"] + " (cached probe)")
+            return _forced(choice, force)
+    except (OSError, ValueError, KeyError):
+        pass
+    choice = probe_kvm(qemu, kernel)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"key": key, "accel": choice.accel, "reason": choice.reason}))
+    return _forced(choice, force)
+
+
+def _forced(choice: AccelChoice, force: str | None) -> AccelChoice:
+    if force == "kvm" and choice.accel != "kvm":
+        from harness.base.errors import BadInput
+        raise BadInput(f"--accel kvm asked for, but KVM does not work here: {choice.reason}")
+    return choice
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"

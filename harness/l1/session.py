@@ -1,0 +1,258 @@
+"""L1: the guest, reached over SSH with paramiko.
+
+The host key was made when the rootfs was built and is pinned here: a key
+that does not match is refused, never added. A failed command raises with its
+output, L1's dmesg tail and L0's console tail, because the cause of a failure
+in L1 is usually in one of those.
+"""
+
+import base64
+import io
+import logging
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from harness.base.deadline import Deadline
+from harness.base.errors import HarnessError, StageTimeout
+
+# While L1 boots, slirp accepts connections before sshd runs, and paramiko's
+# transport thread logs each refused banner as a traceback. wait_ready reports
+# the last error itself when it gives up.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+logging.getLogger("paramiko").propagate = False
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class L1Session:
+    """An SSH connection to L1. `context` supplies L0's console tail for errors."""
+
+    def __init__(self, port: int, client_key: Path, host_key_pub: Path,
+                 context: Callable[[], str] = lambda: "", host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port
+        self.key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
+        kind, blob = host_key_pub.read_text().split()[:2]
+        self.host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        self.context = context
+        self._client: paramiko.SSHClient | None = None
+
+    # -- connecting -------------------------------------------------------------------
+
+    def _client_once(self, timeout: float) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        client.get_host_keys().add(name, self.host_key.get_name(), self.host_key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(self.host, self.port, username="root", pkey=self.key, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
+                       look_for_keys=False)
+        return client
+
+    def wait_ready(self, deadline: Deadline, alive: Callable[[], bool] = lambda: True) -> float:
+        """Connect as soon as sshd answers; the seconds it took. Fails fast if L0 died."""
+        began = time.monotonic()
+        last_error: Exception | None = None
+        while True:
+            if not alive():
+                raise HarnessError("L0 QEMU exited while L1 was booting", stage=deadline.stage,
+                                   details=self.context())
+            try:
+                self._client = self._client_once(timeout=min(5.0, max(deadline.remaining(), 1)))
+                return time.monotonic() - began
+            except paramiko.BadHostKeyException as e:
+                raise HarnessError(f"L1 presented a host key other than the pinned one ({e}); "
+                                   f"rebuild the images", stage=deadline.stage) from None
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                last_error = e
+            if deadline.expired:
+                raise deadline.timeout(f"SSH on 127.0.0.1:{self.port} never answered "
+                                       f"(last error: {last_error})",
+                                       details="L0 console tail:\n" + self.context())
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        if self._client:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "L1Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise HarnessError("not connected to L1", stage="L1")
+        return self._client
+
+    # -- running things ----------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = 60.0, check: bool = True,
+            stage: str = "L1 command", stdin: str | None = None) -> Result:
+        """Run a shell command in L1 with a deadline; raise with context when it fails."""
+        deadline = Deadline(stage, timeout)
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HarnessError(f"SSH connection to L1 is gone (running {command!r})",
+                               stage=stage, details=self.context())
+        chan = transport.open_session(timeout=timeout)
+        out, err = io.BytesIO(), io.BytesIO()
+        try:
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+            while True:
+                if chan.recv_ready():
+                    out.write(chan.recv(65536))
+                elif chan.recv_stderr_ready():
+                    err.write(chan.recv_stderr(65536))
+                elif chan.exit_status_ready() and not chan.recv_ready() \
+                        and not chan.recv_stderr_ready():
+                    break
+                else:
+                    if deadline.expired:
+                        raise StageTimeout(
+                            f"{command!r} did not finish in {timeout:g} s", stage=stage,
+                            details=_fmt(out, err) + self._failure_context())
+                    select.select([chan], [], [], min(0.2, deadline.remaining() + 0.01))
+            status = chan.recv_exit_status()
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"SSH failed while running {command!r}: {e}", stage=stage,
+                               details=self.context()) from None
+        finally:
+            chan.close()
+        result = Result(command, status, out.getvalue().decode(errors="replace"),
+                        err.getvalue().decode(errors="replace"))
+        if check and not result.ok:
+            raise HarnessError(f"{command!r} exited with {status}", stage=stage,
+                               details=_fmt(out, err) + self._failure_context())
+        return result
+
+    def open_helper(self, command: str, stage: str) -> "LineHelper":
+        """A long-lived command in L1 that answers one line per line asked: what would
+        otherwise start a process in L1 per question (an interpreter under TCG takes
+        longer to start than to answer) is started once."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HarnessError(f"SSH connection to L1 is gone (starting {command!r})",
+                               stage=stage, details=self.context())
+        try:
+            chan = transport.open_session(timeout=30)
+            chan.exec_command(command)
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"SSH failed while starting {command!r}: {e}", stage=stage,
+                               details=self.context()) from None
+        return LineHelper(command, chan)
+
+    def _failure_context(self) -> str:
+        dmesg = ""
+        try:
+            transport = self.client.get_transport()
+            if transport and transport.is_active():
+                _, so, _ = self.client.exec_command("dmesg | tail -n 30", timeout=10)
+                dmesg = so.read().decode(errors="replace")
+        except Exception as e:  # the context must never hide the original failure
+            dmesg = f"(dmesg unavailable: {e})"
+        return f"\n--- L1 dmesg tail ---\n{dmesg}\n--- L0 console tail ---\n{self.context()}"
+
+    def put(self, local: Path | bytes, remote: str, mode: int = 0o644,
+            timeout: float = 120.0) -> None:
+        def send(sftp: paramiko.SFTPClient) -> None:
+            if isinstance(local, bytes):
+                with sftp.open(remote, "wb") as f:
+                    f.write(local)
+            else:
+                sftp.put(str(local), remote)
+            sftp.chmod(remote, mode)
+        self._sftp(send, f"upload to {remote}", timeout)
+
+    def get(self, remote: str, local: Path, timeout: float = 120.0) -> None:
+        self._sftp(lambda sftp: sftp.get(remote, str(local)), f"download of {remote}", timeout)
+
+    def _sftp(self, action: Callable[[paramiko.SFTPClient], object], what: str,
+              timeout: float) -> None:
+        """An SFTP transfer with a deadline; a stalled or failed one raises, naming itself."""
+        try:
+            with self.client.open_sftp() as sftp:
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(timeout)
+                action(sftp)
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"{what} failed: {e or type(e).__name__}",
+                               stage="L1 file transfer") from None
+
+def _fmt(out: io.BytesIO, err: io.BytesIO) -> str:
+    return (f"--- stdout ---\n{out.getvalue().decode(errors='replace')[-3000:]}"
+            f"\n--- stderr ---\n{err.getvalue().decode(errors='replace')[-3000:]}")
+
+
+class LineHelper:
+    """One line out, one line back, each answer with a deadline that names its stage."""
+
+    def __init__(self, command: str, chan: paramiko.Channel):
+        self.command = command
+        self._chan = chan
+        self._pending = b""
+
+    @property
+    def closed(self) -> bool:
+        return self._chan.closed
+
+    def ask(self, line: str, timeout: float, stage: str) -> str:
+        """One answer. A question left unanswered (an interrupt, a deadline, a failure)
+        closes the helper: its late answer must never be taken for the next one's."""
+        try:
+            return self._ask(line, timeout, stage)
+        except BaseException:
+            self.close()
+            raise
+
+    def _ask(self, line: str, timeout: float, stage: str) -> str:
+        deadline = Deadline(stage, timeout)
+        try:
+            self._chan.sendall(line.encode() + b"\n")
+            while b"\n" not in self._pending:
+                if self._chan.recv_ready():
+                    self._pending += self._chan.recv(65536)
+                    continue
+                if self._chan.exit_status_ready() or self._chan.closed:
+                    err = self._chan.recv_stderr(65536).decode(errors="replace") \
+                        if self._chan.recv_stderr_ready() else ""
+                    raise HarnessError(f"{self.command!r} in L1 ended", stage=stage,
+                                       details=err)
+                if deadline.expired:
+                    raise StageTimeout(f"{self.command!r} gave no answer in {timeout:g} s",
+                                       stage=stage)
+                select.select([self._chan], [], [], min(0.2, deadline.remaining() + 0.01))
+        except (OSError, paramiko.SSHException) as e:
+            raise HarnessError(f"SSH failed while asking {self.command!r}: {e}",
+                               stage=stage) from None
+        answer, _, self._pending = self._pending.partition(b"\n")
+        return answer.decode(errors="replace")
+
+    def close(self) -> None:
+        try:
+            self._chan.close()
+        except (OSError, paramiko.SSHException):
+            pass

@@ -1,0 +1,180 @@
+"""L1-side VFIO: bind the passed-through devices to vfio-pci and ask the kernel about them.
+
+The work happens in guest/vfio_l1.py, run inside L1; this module uploads it,
+calls it over the L1 session and turns its JSON into typed records.
+"""
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.base.errors import HarnessError
+from harness.l1.session import L1Session, LineHelper
+
+GUEST_SCRIPT = Path(__file__).parent / "guest" / "vfio_l1.py"
+REMOTE_SCRIPT = "/run/vfio_l1.py"
+
+
+@dataclass(frozen=True)
+class Bar:
+    index: int
+    start: int
+    size: int
+    mem: bool
+
+
+@dataclass(frozen=True)
+class L1Device:
+    bdf: str
+    vendor_device: str
+    driver: str | None
+    iommu_group: str | None
+    group_members: tuple[str, ...]
+    group_dev: str | None
+    cdev: str | None
+    bars: tuple[Bar, ...]
+    reset_method: str = ""  # sysfs reset_method: empty when the kernel cannot reset it alone
+
+    @property
+    def alone_in_group(self) -> bool:
+        return self.group_members == (self.bdf,)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "L1Device":
+        return cls(bdf=d["bdf"], vendor_device=d["vendor_device"], driver=d["driver"],
+                   iommu_group=d["iommu_group"], group_members=tuple(d["group_members"]),
+                   group_dev=d["group_dev"], cdev=d["cdev"],
+                   bars=tuple(Bar(b["index"], b["start"], b["size"], b["mem"])
+                              for b in d["bars"]), reset_method=d.get("reset_method") or "")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    kernel: str
+    cmdline: str
+    iommus: tuple[str, ...]
+    dev_iommu: bool
+    dev_vfio_container: bool
+    devices: tuple[L1Device, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Inventory":
+        return cls(kernel=d["kernel"], cmdline=d["cmdline"], iommus=tuple(d["iommus"]),
+                   dev_iommu=d["dev_iommu"], dev_vfio_container=d["dev_vfio_container"],
+                   devices=tuple(L1Device.from_json(x) for x in d["devices"]))
+
+    def find(self, vendor_device: str) -> L1Device:
+        for dev in self.devices:
+            if dev.vendor_device == vendor_device:
+                return dev
+        raise HarnessError(f"no PCI device {vendor_device} in L1 (L0 did not add it, or the "
+                           f"L1 kernel does not see it)", stage="L1 devices")
+
+
+@dataclass(frozen=True)
+class DmabufProbe:
+    """The L1 kernel's answer to VFIO_DEVICE_FEATURE_PROBE for DMA_BUF on one device."""
+
+    bdf: str
+    supported: bool
+    errno: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DmabufFd:
+    """A dma-buf fd as the L1 kernel reports it in /proc/PID/fdinfo."""
+
+    fd: int
+    size: int
+    exp_name: str | None
+    ino: int = -1
+    #: live | revoked | several-ranges, as the kernel answers a private IOMMU_IOAS_MAP_FILE
+    #: of a copy of the fd; or why it could not be asked.
+    state: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    pid: int
+    dmabufs: tuple[DmabufFd, ...]
+    vfio_maps: tuple[str, ...]
+    fd_count: int = -1
+    vfio_device_fds: tuple[int, ...] = ()
+    trace_lines: int | None = None  # where L2's trace stood, when asked with the process
+    stderr_lines: int | None = None  # and its stderr
+    commands: dict[str, int | None] = field(default_factory=dict)  # BDF -> PCI command register
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ProcessView":
+        return cls(d["pid"], tuple(DmabufFd(x["fd"], x["size"], x["exp_name"], x.get("ino", -1),
+                                            x.get("state", "")) for x in d["dmabufs"]),
+                   tuple(d["vfio_maps"]), d.get("fd_count", -1),
+                   tuple(d.get("vfio_device_fds", ())), d.get("trace_lines"),
+                   d.get("stderr_lines"), d.get("commands", {}))
+
+
+class L1Vfio:
+    """The guest helper, started once per L1 session and asked one question per line."""
+
+    def __init__(self, session: L1Session):
+        self.session = session
+        session.put(GUEST_SCRIPT, REMOTE_SCRIPT, mode=0o755)
+        self._helper: LineHelper | None = None
+
+    def _call(self, action: str, *args: str, timeout: float = 30.0) -> dict:
+        stage = f"L1 vfio {action}"
+        if self._helper is None or self._helper.closed:  # first question, or one cut short
+            self._helper = self.session.open_helper(f"python3 {REMOTE_SCRIPT} serve", stage)
+        line = self._helper.ask(json.dumps({"action": action, "args": list(args)}), timeout,
+                                stage)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise HarnessError(f"{action} {' '.join(map(shlex.quote, args))} did not answer "
+                               f"JSON", stage=stage, details=line[-2000:]) from None
+        if isinstance(answer, dict) and "helper_error" in answer:
+            raise HarnessError(f"{action} failed in L1: {answer['helper_error']}", stage=stage)
+        return answer
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+
+    def inventory(self, vendor_devices: list[str]) -> Inventory:
+        return Inventory.from_json(self._call("inventory", *vendor_devices))
+
+    def bind(self, bdfs: list[str]) -> list[L1Device]:
+        answer = self._call("bind", *bdfs)
+        devices = [L1Device.from_json(d) for d in answer["devices"]]
+        if "error" in answer:
+            raise HarnessError(answer["error"], stage="L1 vfio bind",
+                               details="\n".join(f"{d.bdf}: driver={d.driver} cdev={d.cdev}"
+                                                 for d in devices))
+        return devices
+
+    def restore(self, bdfs: list[str]) -> list[L1Device]:
+        return [L1Device.from_json(d) for d in self._call("restore", *bdfs)["devices"]]
+
+    def probe_dmabuf(self, bdfs: list[str]) -> dict[str, DmabufProbe]:
+        return parse_probes(self._call("probe", *bdfs))
+
+    def wait_closed(self, pid: int, fewer_than: int, seconds: float) -> tuple[bool, float]:
+        """(whether PID came to hold fewer than `fewer_than` VFIO device fds, how long it
+        took): one round trip, the waiting done in L1."""
+        answer = self._call("wait-closed", str(pid), str(fewer_than), str(seconds),
+                            timeout=seconds + 30)
+        return bool(answer["closed"]), float(answer["waited_s"])
+
+    def process(self, pid: int, trace: str | None = None,
+                devices: tuple[str, ...] = (), stderr: str | None = None) -> ProcessView:
+        counted = ",".join(p for p in (trace or "/dev/null", stderr) if p)
+        extra = [counted, *devices] if trace or devices or stderr else []
+        return ProcessView.from_json(self._call("process", str(pid), *extra))
+
+
+def parse_probes(answer: dict) -> dict[str, DmabufProbe]:
+    return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])
+            for bdf, a in answer["probe"].items()}

@@ -1,0 +1,63 @@
+"""The two VFIO backends L2 can use, as data: what differs between them and nothing else.
+
+Scenarios and verdicts ask a backend what it does (how a BAR reaches the
+IOMMU, which L1 node it opens, what QEMU needs for it) instead of comparing
+its name, in the spirit of the kernel's vfio selftests' table of iommu modes.
+"""
+
+from dataclasses import dataclass
+
+from harness.base.errors import BadInput
+
+#: How a BAR reaches the IOMMU: through its dma-buf (IOMMU_IOAS_MAP_FILE), or by the
+#: address of its mmap (type1 follows the VMA to the device's pages).
+BY_DMABUF, BY_ADDRESS = "dma-buf", "address"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    node: str                      # the L1 device node it opens
+    bars_reach_iommu_by: str       # BY_DMABUF | BY_ADDRESS
+    #: The QEMU object it needs (a QEMU under test without it cannot run this backend).
+    qemu_object: str | None = None
+    #: The vfio-pci property naming that object.
+    device_property: str | None = None
+    #: The Inventory field that says whether L1 has `node`.
+    inventory_field: str = ""
+
+    @property
+    def maps_bars_by_dmabuf(self) -> bool:
+        return self.bars_reach_iommu_by == BY_DMABUF
+
+    def objects(self) -> list[str]:
+        return ["-object", self.qemu_object] if self.qemu_object else []
+
+    def device(self, bdf: str, extra: str = "") -> str:
+        props = [f"vfio-pci,host={bdf}"]
+        if self.device_property:
+            props.append(self.device_property)
+        if extra:
+            props.append(extra)
+        return ",".join(props)
+
+    def device_add(self, device: "object") -> dict[str, str]:
+        """The same device as QMP device_add arguments (a replug); `device`: an L2Device."""
+        bdf, extra = device.bdf, device.extra  # type: ignore[attr-defined]
+        args = dict(p.split("=", 1) for p in self.device(bdf, extra).split(",")[1:])
+        return {"driver": "vfio-pci", **args}
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("legacy", "/dev/vfio/vfio", BY_ADDRESS, inventory_field="dev_vfio_container"),
+    Backend("iommufd", "/dev/iommu", BY_DMABUF, qemu_object="iommufd,id=iofd0",
+            device_property="iommufd=iofd0", inventory_field="dev_iommu"),
+)}
+NAMES = tuple(BACKENDS)
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BadInput(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None

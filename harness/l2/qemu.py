@@ -1,0 +1,286 @@
+"""L2: the QEMU under test, started inside L1 with the devices as vfio-pci.
+
+It runs with `-accel qtest`, so no L2 guest OS is needed: the harness plays
+the guest through the qtest socket. Its QMP and qtest sockets listen on TCP
+inside L1 and L0 forwards them to loopback ports, so qemu.qmp on L0 talks to
+it directly. Trace events are on from the start, written to a file in L1
+that is fetched, with L2's stderr, into the run's artifacts.
+
+The two VFIO backends differ in two command-line details and in the L1 device
+node they need; `backends.Backend` holds that as data.
+"""
+
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.base.deadline import Deadline
+from harness.base.errors import HarnessError
+from harness.base.progress import say
+from harness.base.qmp import TranscribedQmp
+from harness.l1.session import L1Session
+from harness.l2.backends import Backend
+from harness.l2.qtest import Qtest
+from harness.platforms import X86_64, Platform
+
+#: L1 ports L2 listens on; L0 forwards each to a loopback port of its own.
+L1_QMP_PORT, L1_QTEST_PORT = 4444, 4445
+L2_QEMU = X86_64.l2_qemu
+#: Trace events on from the start: the evidence the verdicts read.
+TRACE_EVENTS = ("vfio_region_*", "vfio_listener_*", "iommufd_*", "vfio_container_*",
+                "vfio_legacy_*", "vfio_pci_reset*", "vfio_pci_hot_reset*")
+
+
+class L2Died(HarnessError):
+    """L2 ended on its own while the harness drove it; `end` says how, in L1's words."""
+
+    def __init__(self, message: str, end: str, *, stage: str | None = None,
+                 details: str = ""):
+        super().__init__(message, stage=stage, details=details)
+        self.end = end
+
+
+@dataclass(frozen=True)
+class L2Device:
+    bdf: str          # in L1
+    extra: str = ""   # more vfio-pci properties, e.g. x-no-mmap=on, id=, bus=
+
+
+@dataclass(frozen=True)
+class L2Spec:
+    backend: Backend
+    devices: tuple[L2Device, ...]
+    memory_mb: int = 128
+    traces: tuple[str, ...] = TRACE_EVENTS
+    qemu: str = L2_QEMU  # in L1: the packaged QEMU, or a build uploaded for this run
+    #: PCIe root ports (ids) on pcie.0, for devices that must be hot-pluggable: q35's root
+    #: bus is not.
+    root_ports: tuple[str, ...] = ()
+    #: Shared objects (paths in L1) preloaded into L2: a fixture the check needs, never
+    #: something the other checks' L2 runs with.
+    preload: tuple[str, ...] = ()
+    platform: Platform = X86_64
+
+
+@dataclass(frozen=True)
+class L2Paths:
+    """Where L2 writes inside L1 (a tmpfs: nothing of it survives L1)."""
+
+    directory: str
+
+    @property
+    def trace(self) -> str:
+        return f"{self.directory}/trace.log"
+
+    @property
+    def stderr(self) -> str:
+        return f"{self.directory}/stderr.log"
+
+    @property
+    def qtest_log(self) -> str:
+        return f"{self.directory}/qtest.log"
+
+    @property
+    def pid(self) -> str:
+        return f"{self.directory}/pid"
+
+    @property
+    def status(self) -> str:
+        """L2's exit status, written by the shell that waits for it (128+N: signal N)."""
+        return f"{self.directory}/exit-status"
+
+
+def launch_command(line: str, paths: L2Paths) -> str:
+    """L2 under a shell of its own that waits for it and writes how it ended, so that L1
+    can say whether it exited (and with what) or was killed (and by which signal); the
+    command prints L2's pid once it is known."""
+    d = shlex.quote(paths.directory)
+    keeper = (f"{line} </dev/null >{d}/stdout.log 2>{shlex.quote(paths.stderr)} & "
+              f"echo $! >{d}/pid.new && mv {d}/pid.new {shlex.quote(paths.pid)}; wait $!; "
+              f"echo $? >{d}/status.new && mv {d}/status.new {shlex.quote(paths.status)}")
+    return (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
+            f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }} && "
+            f"n=0; until [ -s {shlex.quote(paths.pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
+            f"n=$((n + 1)); done; cat {shlex.quote(paths.pid)}")
+
+
+def describe_status(text: str) -> str | None:
+    """How L2 ended, from the status its shell wrote: None if it has not ended."""
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    code = int(text)
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"was killed by {name} ({code - 128})"
+    return f"exited with status {code}"
+
+
+def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
+    preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
+    cmd = [*preload, spec.qemu, "-M", spec.platform.l2_machine, "-accel", "qtest",
+           "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
+           "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
+           "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",
+           "-m", f"{spec.memory_mb}M", "-nodefaults", "-display", "none",
+           *spec.backend.objects()]
+    for n, port in enumerate(spec.root_ports, start=1):
+        cmd += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={n}"]
+    for dev in spec.devices:
+        cmd += ["-device", spec.backend.device(dev.bdf, dev.extra)]
+    for pattern in spec.traces:
+        cmd += ["-trace", pattern]
+    return cmd + ["-D", paths.trace]
+
+
+@dataclass
+class L2Qemu:
+    """One L2 process in L1. A context manager: stopped, and its files fetched, on exit."""
+
+    session: L1Session
+    spec: L2Spec
+    artifacts: Path           # on L0
+    host_qmp_port: int        # L0 loopback ports forwarded to L1_QMP_PORT / L1_QTEST_PORT
+    host_qtest_port: int
+    start_timeout: float = 30.0
+    paths: L2Paths = field(init=False)
+    pid: int | None = field(default=None, init=False)
+    qmp: TranscribedQmp = field(init=False)
+    qtest: Qtest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.paths = L2Paths(f"/run/l2/{self.artifacts.name}")
+        self.qmp = TranscribedQmp(("127.0.0.1", self.host_qmp_port),
+                                  self.artifacts / "l2-qmp.jsonl", "L2")
+        self.qtest = Qtest("127.0.0.1", self.host_qtest_port,
+                           transcript=self.artifacts / "l2-qtest.txt")
+
+    def __enter__(self) -> "L2Qemu":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._refuse_stale()
+        cmd = build_command(self.spec, self.paths)
+        line = " ".join(shlex.quote(c) for c in cmd)
+        (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
+        started = self.session.run(launch_command(line, self.paths), stage="L2 start")
+        try:
+            self.pid = int(started.stdout.strip())
+        except ValueError:
+            raise HarnessError("L2 did not start: its shell never said its pid",
+                               stage="L2 start", details=started.stderr[-2000:]) from None
+        deadline = Deadline("L2 start", self.start_timeout)
+        try:
+            self.qmp.connect(deadline, alive=self.running, details=self.stderr)
+            self.qtest.connect(deadline.remaining())
+        except HarnessError as e:
+            explained = self.explain(e)
+            self.stop()
+            raise explained from None
+        except BaseException:  # an interrupt: never leave L2 or a client behind
+            self.stop()
+            raise
+
+    def _refuse_stale(self) -> None:
+        """An L2 that outlived its run (it could not be stopped) still holds the ports: the
+        next one would fail to bind, or its QMP client reach the old process. Say which."""
+        holders = self.session.run(
+            f"ss -Hltnp '( sport = :{L1_QMP_PORT} or sport = :{L1_QTEST_PORT} )'",
+            check=False, stage="L2 start").stdout.strip()
+        if holders:
+            raise HarnessError(f"a stale process still listens on L2's ports in L1 "
+                               f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
+                               stage="L2 start", details=holders)
+
+    def set_trace(self, pattern: str, enable: bool = True) -> None:
+        """Switch trace events at run time, for evidence only one step needs."""
+        self.qmp.cmd("trace-event-set-state", name=pattern, enable=enable)
+
+    def running(self) -> bool:
+        if self.pid is None:
+            return False
+        return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
+
+    def ended(self) -> str | None:
+        """How L2 ended, in L1's words ("was killed by SIGKILL (9)"), with the tail of its
+        stderr; None while it runs (or if L1 cannot say)."""
+        if self.pid is None:
+            return None
+        status = shlex.quote(self.paths.status)
+        # Gone (or a zombie its shell has not reaped yet) but its status not yet written:
+        # wait for it a moment, never for an L2 that still runs.
+        answer = self.session.run(
+            f"st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status 2>/dev/null); "
+            f"if [ -z \"$st\" ] || [ \"$st\" = Z ]; then for i in $(seq 150); do "
+            f"[ -s {status} ] && break; sleep 0.02; done; fi; cat {status} 2>/dev/null; "
+            f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
+            stage="L2 status")
+        status, _, tail = answer.stdout.partition("---\n")
+        how = describe_status(status)
+        if how is None:
+            return None
+        said = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
+        return (f"L2 QEMU (pid {self.pid}) {how}, as L1 saw it; its stderr ended: "
+                f"{said[-600:] or '(nothing)'}")
+
+    def explain(self, error: HarnessError) -> HarnessError:
+        """`error`, with how L2 ended if it did: a dead L2 is the story, not the closed
+        socket that showed it."""
+        try:
+            how = self.ended()
+        except HarnessError:  # L1 itself is gone: the error says enough
+            return error
+        if how is None:
+            return error
+        return L2Died(f"{error.message}: {how}", how, stage=error.stage, details=error.details)
+
+    def stderr(self) -> str:
+        return self.session.run(f"cat {shlex.quote(self.paths.stderr)}", check=False,
+                                stage="L2 stderr").stdout
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace.
+
+        Called on the way out of failures too, so it never raises: if L1 itself
+        is gone, L2 went with it and L0's shutdown finishes the job.
+        """
+        try:
+            self._terminate(timeout)
+        except HarnessError as e:
+            say(f"L2 {self.paths.directory}: not stopped cleanly: {e.message}")
+        self.qmp.close()
+        self.qtest.close()
+        for remote, local in ((self.paths.stderr, "l2-stderr.log"),
+                              (self.paths.trace, "l2-trace.log"),
+                              (self.paths.qtest_log, "l2-qtest-log.txt")):
+            try:
+                self.session.get(remote, self.artifacts / local)
+            except (OSError, HarnessError):
+                (self.artifacts / local).write_text("")  # L2 never wrote it, or L1 is gone
+
+    def _terminate(self, timeout: float) -> None:
+        if self.pid is None or not self.running():
+            return
+        if self.qmp.connected:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:  # the signals below still stop it
+                pass
+        for sig in (None, "TERM", "KILL"):
+            if sig:
+                self.session.run(f"kill -{sig} {self.pid}", check=False, stage="L2 stop")
+            end = time.monotonic() + timeout
+            while self.running() and time.monotonic() < end:
+                time.sleep(0.1)
+            if not self.running():
+                return

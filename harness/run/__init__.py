@@ -1,0 +1,1 @@
+"""A run: its plan, the L1s side by side, the cells they produce, the A/B run."""

@@ -1,0 +1,40 @@
+"""A/B: a baseline and a candidate on the same L1 boots, images, seed and cells, compared.
+
+The sides are set up by whoever asks (the CLI's `ab`: QEMU builds, kernel series,
+a kernel image); this runs the plan, writes each side's results.json and report,
+and compares them (compare.py). An interrupted A/B keeps what each side produced,
+each side's record saying it did not finish.
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.checks.matrix import CellResult
+from harness.results import compare, report, results_file
+from harness.run import runner
+from harness.run.plan import RunPlan, Side
+
+#: (cells of one side, the side, when the run began) -> that side's run record
+Record = Callable[[list[CellResult], Side, float], dict]
+
+
+def run(plan: RunPlan, record: Record, out: Path) -> tuple[compare.Comparison, dict[str, Path]]:
+    """The plan's two sides (baseline first), their records, and the comparison written
+    to `out` (compare.txt, .json, .xml, .html; the candidate's report gets the A/B
+    section)."""
+    baseline, candidate = plan.sides
+    began = time.monotonic()
+    cells: dict[Path, list[CellResult]] = {s.results: [] for s in plan.sides}
+    try:
+        for side, cell in runner.run(plan):
+            cells[side.results].append(cell)
+    finally:
+        for side in plan.sides:
+            ordered = plan.in_matrix_order(cells[side.results])
+            results_file.write(side.results, ordered, record(ordered, side, began))
+            report.write_html(side.results)
+    c = compare.compare(baseline.results, candidate.results)
+    written = compare.write(c, out)
+    report.write_html(candidate.results, extra=compare.html_section(c))
+    return c, written

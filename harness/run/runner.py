@@ -1,0 +1,185 @@
+"""The matrix run: one L1 boot per (vIOMMU, kernel), all of its cells on that boot.
+
+Shared by the CLI and the test front ends. Per L1: boot, know the QEMU under
+test (qemu_under_test.probe: one clear error before any cell if it cannot run
+the scenarios), bind the devices, then per backend collect the evidence
+(scenario.py) and judge it (verdicts.py against matrix.py). An L1 that cannot
+boot, or dies half-way, turns the cells it had not yet produced into `error`,
+with the reason, marked `infrastructure` (not the fault of what is under test);
+the cells it did produce keep their verdicts. An L2 that fails is an error of
+what is under test.
+"""
+
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness.base import files
+from harness.base.errors import BadInput, HarnessError, StageTimeout
+from harness.base.progress import say
+from harness.checks import matrix, registry
+from harness.checks.matrix import Cell, CellResult
+from harness.collect import scenario, stack
+from harness.collect.scenario import PassedThrough, Timer
+from harness.evidence.records import Evidence, summarize
+from harness.l0.machine import L1Spec
+from harness.l2.backends import Backend
+from harness.l2.backends import backend as backend_named
+from harness.l2.bundle import Bundle, upload
+from harness.l2.capabilities import QemuUnderTest, probe
+from harness.l2.qemu import L2_QEMU, L2Died
+from harness.platforms import viommu
+from harness.run import parallel
+from harness.run.plan import Boot, RunPlan, Side
+
+PACKAGED = "packaged in the rootfs"
+
+
+def run(plan: RunPlan) -> Iterator[tuple[Side, CellResult]]:
+    """Every selected cell of every side of the plan, `plan.jobs` L1 boots at a time (one
+    at a time with a fixed SSH port: they would share it). Cells come in the order they
+    are produced; `plan.in_matrix_order` sorts them back."""
+    boots = plan.boots()
+    if plan.jobs <= 1 or len(boots) <= 1 or plan.ssh_port is not None:
+        for boot in boots:
+            yield from run_boot(plan, boot)
+        return
+    say(f"{len(boots)} L1 boots, {min(plan.jobs, len(boots))} at a time")
+    yield from parallel.run(boots, plan.jobs, lambda b: run_boot(plan, b), lambda b: b.name)
+
+
+#: What an L1 takes on L0 beyond its guest RAM (L0 QEMU itself, the TCG code cache).
+L1_OVERHEAD_MB = 1024
+
+
+def default_jobs() -> int:
+    """L1s at once: two per core, as far as memory goes. Each L1 is one TCG vCPU, but it
+    spends much of its time waiting (SSH, QMP and qtest round trips, edu's timer): measured
+    here (2 cores), the 56-cell matrix took 71 s with two L1s at once and 54 s with four."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available_mb = int(info["MemAvailable"].split()[0]) // 1024
+    except (OSError, KeyError, ValueError):
+        available_mb = 0
+    per_l1 = L1Spec.memory_mb + L1_OVERHEAD_MB
+    return max(1, min(2 * len(os.sched_getaffinity(0)), available_mb // per_l1))
+
+
+def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
+    """All selected cells of one L1 boot, for each of its sides."""
+    vi, kernel = boot.viommu, boot.kernel
+    selection = plan.selection
+    wanted = matrix.cells((vi,), selection.backends, (kernel,), selection.checks)
+    done: set[tuple[Path, str]] = set()
+    run_dir = boot.directory / f"{vi}-{kernel}"
+    began = time.monotonic()
+    try:
+        with stack.booted(plan.qemu, boot.images, viommu(vi), kernel, run_dir, accel=plan.accel,
+                          ssh_port=plan.ssh_port) as l1:
+            for side in boot.sides:
+                under_test = qemu_under_test(l1, side.l2_qemu)
+                for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
+                                          side.results / f"{vi}-{kernel}", plan.seed,
+                                          side.traces):
+                    done.add((side.results, result.cell.id))
+                    say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
+                    yield side, result
+    except BadInput:
+        raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
+    except HarnessError as e:
+        say(f"L1 {vi}/{kernel}: {e.message}")
+        for side in boot.sides:
+            for cell in wanted:
+                if (side.results, cell.id) not in done:
+                    yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
+                                           time.monotonic() - began, str(run_dir),
+                                           error_stage=e.stage,
+                                           deadline=isinstance(e, StageTimeout),
+                                           infrastructure=True)
+
+
+def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
+    """The packaged QEMU, or `l2_qemu` uploaded into L1; probed before any cell."""
+    if l2_qemu:
+        bundle = Bundle.find(l2_qemu)
+        path, binary = upload(l1.session, bundle)
+        say(f"QEMU under test {l2_qemu}: uploaded with {bundle.describe()}")
+        found = probe(l1.session, path, str(l2_qemu), binary)
+    else:
+        found = probe(l1.session, L2_QEMU, PACKAGED)
+    say(f"QEMU under test: {found.version} ({found.origin}, sha256 {found.sha256[:16]}..., "
+        f"dma-buf event: {'yes' if found.has_dmabuf_event else 'NO'})")
+    return found
+
+
+def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, backends: tuple[str, ...],
+                checks: tuple[str, ...], out: Path, seed: int,
+                traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
+    """Every (backend, check) cell of this booted L1, backend by backend."""
+    with scenario.passed_through(l1) as through:
+        for name in backends:
+            cells = [Cell(l1.viommu.name, name, l1.kernel, c) for c in checks]
+            yield from _run_backend(l1, backend_named(name), cells, through, out / name, seed,
+                                    under_test, traces)
+
+
+def _environment_gap(be: Backend, through: PassedThrough,
+                     under_test: QemuUnderTest | None) -> str | None:
+    """Why this backend cannot run on this L1 at all, or None."""
+    inventory = through.inventory
+    if not getattr(inventory, be.inventory_field):
+        return f"L1 kernel {inventory.kernel} has no {be.node}, so no {be.name} backend"
+    if be.qemu_object and under_test and not under_test.has_object(be.qemu_object):
+        return (f"the QEMU under test ({under_test.version}) has no "
+                f"{be.qemu_object.split(',')[0]} object")
+    return None
+
+
+def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: PassedThrough,
+                 out: Path, seed: int, under_test: QemuUnderTest,
+                 traces: tuple[str, ...] = ()) -> list[CellResult]:
+    began = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"qemu_under_test": under_test.record()}
+    gap = _environment_gap(be, through, under_test)
+    if gap:
+        return [CellResult.settled(c, "skip", gap, record, 0.0, str(out)) for c in cells]
+    timer = Timer()
+    try:
+        evidence = scenario.collect(l1, be, through, {c.check for c in cells}, out, seed, timer,
+                                    under_test.path, under_test.facts(), traces)
+    except HarnessError as e:
+        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
+        stderr = files.tail(out / "l2-stderr.log")
+        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr},
+                           time.monotonic() - began, str(out), error_stage=e.stage,
+                           deadline=isinstance(e, StageTimeout),
+                           l2_end=e.end if isinstance(e, L2Died) else None) for c in cells]
+    own = {c.own_step for c in registry.REGISTRY.values() if c.own_step}
+    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
+    record["summary"] = summarize(evidence, traces)
+    return judge(cells, evidence, timer, shared, str(out), record)
+
+
+def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
+          artifacts: str, record: dict | None = None) -> list[CellResult]:
+    """Each cell's verdict on the evidence, held against its expectation."""
+    results = []
+    for cell in cells:
+        check = registry.get(cell.check)
+        duration = shared_seconds + timer.steps.get(check.own_step or "", 0.0)
+        try:
+            verdict = check.verdict(evidence)
+        except Exception as e:  # a bug in a verdict: this cell errs, the others stand
+            results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
+                                      {"traceback": traceback.format_exc()}, duration,
+                                      artifacts))
+            continue
+        results.append(CellResult.settled(
+            cell, verdict.observed, verdict.reason,
+            {**(record or {}), **verdict.evidence, "timing_s": timer.steps}, duration,
+            artifacts, verdict.findings, verdict.grounds))
+    return results

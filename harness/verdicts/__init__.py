@@ -1,0 +1,1 @@
+"""The checks' verdicts: pure functions of the evidence, nothing run here."""
