@@ -23,7 +23,9 @@ from harness.checks import registry
 from harness.collect import l2_probes, lifecycle, side_l2
 from harness.collect.stack import L1Stack
 from harness.evidence.records import (
+    DecodeStep,
     Evidence,
+    KernelProcess,
     L2Run,
     LifecycleStep,
     QemuFacts,
@@ -103,6 +105,34 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
 
 
+def _main_spec(be: Backend, devices: dict[str, str], qemu: str,
+               traces: tuple[str, ...]) -> L2Spec:
+    # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
+    # nvme is there for its reset method (FLR): the reset step resets it for real.
+    return L2Spec(be, (L2Device(devices["edu"], "id=edu"),
+                       L2Device(devices["ivshmem"],
+                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
+                       L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
+                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
+                  root_ports=(ROOT_PORT,))
+
+
+def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep],
+                  unplug: UnplugCycle | None, process: KernelProcess,
+                  mtree: tuple[str, ...], alive: bool,
+                  decode_steps: tuple[DecodeStep, ...]) -> L2Run:
+    """The creation-time verdicts read the trace up to the first lifecycle step: what a step
+    sets up again (a replugged device's regions and dma-bufs) is its own evidence. So do
+    its messages (a replugged BAR's refused mapping warns again)."""
+    first = [s.before for s in steps] + ([unplug.before] if unplug else [])
+    marks = [m.trace_line for m in first]
+    creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
+    said = [m.stderr_line for m in first]
+    stderr = stderr[:min(said)] if said and min(said) >= 0 else stderr
+    return L2Run(tuple(parse_trace("\n".join(creation))),
+                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
+
+
 def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
             facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
@@ -112,14 +142,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
-    # nvme is there for its reset method (FLR): the reset step resets it for real.
-    spec = L2Spec(be, (L2Device(devices["edu"], "id=edu"),
-                       L2Device(devices["ivshmem"],
-                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
-                       L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
-                  traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
-                  root_ports=(ROOT_PORT,))
+    spec = _main_spec(be, devices, qemu, traces)
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
@@ -178,17 +201,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         with timer("l2_stop"):
             l2.stop()
     lines = files.read(out / "l2-trace.log").splitlines()
-    # The creation-time verdicts read the trace up to the first lifecycle step: what a step
-    # sets up again (a replugged device's regions and dma-bufs) is its own evidence.
-    # So do its messages (a replugged BAR's refused mapping warns again).
-    first = [s.before for s in steps.values()] + ([unplug.before] if unplug else [])
-    marks = [m.trace_line for m in first]
-    creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
-    stderr = files.read(out / "l2-stderr.log").splitlines()
-    said = [m.stderr_line for m in first]
-    stderr = stderr[:min(said)] if said and min(said) >= 0 else stderr
-    main = L2Run(tuple(parse_trace("\n".join(creation))),
-                 tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
+    main = _creation_run(lines, files.read(out / "l2-stderr.log").splitlines(),
+                         list(steps.values()), unplug, process, mtree, alive, decode_steps)
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)

@@ -31,6 +31,7 @@ from harness.evidence.records import (
     L2Run,
     ListenerAddRam,
     P2PNotSupported,
+    P2PRead,
     P2PTransfer,
     RegionDmabuf,
     RegionMmap,
@@ -214,6 +215,17 @@ class Attribution:
     owners: dict[str, dict]
 
 
+def _shared_inodes(claimed: dict[str, int], inodes: dict[int, int], label: str) -> list[str]:
+    """Two regions whose fds are one dma-buf (one inode in the L1 kernel) share it."""
+    sharing: dict[int, list[str]] = defaultdict(list)
+    for name, fd in sorted(claimed.items()):
+        if inodes.get(fd, -1) >= 0:
+            sharing[inodes[fd]].append(name)
+    return [f"{label}{' and '.join(names)} hold one and the same dma-buf (the L1 kernel's "
+            f"inode {ino}: {', '.join(f'{n} fd {claimed[n]}' for n in names)}): each region "
+            f"needs its own" for ino, names in sorted(sharing.items()) if len(names) > 1]
+
+
 def attribute(run: L2Run, claimed: dict[str, int], regions: dict[str, list[str]],
               label: str = "") -> Attribution:
     """Each region's dma-buf (`claimed`: region name -> the fd L2 traced for it) must be a
@@ -232,15 +244,7 @@ def attribute(run: L2Run, claimed: dict[str, int], regions: dict[str, list[str]]
                                       f"about L2's dma-bufs as each device started decoding"],
                            owners)
     inodes = dict(steps[-1].kernel.dmabuf_inodes)
-    sharing: dict[int, list[str]] = defaultdict(list)
-    for name, fd in sorted(claimed.items()):
-        if inodes.get(fd, -1) >= 0:
-            sharing[inodes[fd]].append(name)
-    for ino, names in sorted(sharing.items()):
-        if len(names) > 1:
-            fds = ", ".join(f"{n} fd {claimed[n]}" for n in names)
-            problems.append(f"{label}{' and '.join(names)} hold one and the same dma-buf (the "
-                            f"L1 kernel's inode {ino}: {fds}): each region needs its own")
+    problems += _shared_inodes(claimed, inodes, label)
     devices = sorted({bdf for step in steps for bdf in step.commands})
     decodes = {bdf: tuple(step.decoding(bdf) for step in steps) for bdf in devices}
     unread = [bdf for bdf, seen in decodes.items() if None in seen]
@@ -351,6 +355,20 @@ def _qemu_lacks_dmabuf(ev: Evidence) -> str | None:
 
 # -- the verdicts -------------------------------------------------------------------------------
 
+def _per_region_evidence(run: L2Run, qualifying: list[str], sub_page: list[str]
+                         ) -> dict[str, object]:
+    return {
+        "qualifying_regions": {n: [(m.start, m.size) for m in _mmaps(run).get(n, [])]
+                               for n in qualifying},
+        "sub_page_regions": sub_page,
+        "vfio_region_dmabuf": [vars(d) for ds in _dmabufs(run).values() for d in ds],
+        "kernel_dmabuf_fds": run.process.dmabuf_fds if run.process else None,
+        "kernel_vfio_map_sizes": run.process.vfio_map_sizes() if run.process else None,
+        "mtree_mmaps": run.mtree_mmaps,
+        "x_no_mmap": None,
+    }
+
+
 def dmabuf_per_region(ev: Evidence) -> Verdict:
     probe_problem = _kernel_probe_problem(ev)
     if probe_problem:
@@ -373,16 +391,7 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
     sub_page = [n for n, size in bars.items() if size < PAGE]
     grounds = [_kernel_ground(ev), _bars_ground(ev), _trace_ground(run), _process_ground(run),
                f"info mtree: {len(run.mtree_mmaps)} mmaps"]
-    evidence: dict[str, object] = {
-        "qualifying_regions": {n: [(m.start, m.size) for m in _mmaps(run).get(n, [])]
-                               for n in qualifying},
-        "sub_page_regions": sub_page,
-        "vfio_region_dmabuf": [vars(d) for ds in _dmabufs(run).values() for d in ds],
-        "kernel_dmabuf_fds": run.process.dmabuf_fds if run.process else None,
-        "kernel_vfio_map_sizes": run.process.vfio_map_sizes() if run.process else None,
-        "mtree_mmaps": run.mtree_mmaps,
-        "x_no_mmap": None,
-    }
+    evidence = _per_region_evidence(run, qualifying, sub_page)
     problems = []
     lacks = _qemu_lacks_dmabuf(ev)
     if lacks:
@@ -403,27 +412,12 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
     if sub_page:
         checked.append(f"none for the sub-page {', '.join(sub_page)}")
     if ev.side is not None:
-        no_mmap = ev.side.run
-        edu = ev.side.devices.get("edu", "")
-        edu_regions = [n for n in _regions(no_mmap) if n.startswith(edu)]
-        mmapped = [n for n in _mmaps(no_mmap) if n.startswith(edu)]
-        with_dmabuf = [n for n in _dmabufs(no_mmap) if n.startswith(edu)]
-        if not edu_regions:
-            problems.append("x-no-mmap=on: edu's regions were never set up")
-        if mmapped or with_dmabuf:
-            problems.append(f"x-no-mmap=on: edu still has mmaps {mmapped} / "
-                            f"dma-bufs {with_dmabuf}")
-        others = [n for n, size in _side_bars(ev.side).items()
-                  if size >= PAGE and not n.startswith(edu)]
-        beside = _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
-        problems += beside.problems + _shared_between(own, beside, "the side L2's ")
-        unanswered += beside.unanswered
-        evidence["x_no_mmap"] = {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf,
-                                 "dmabufs": sorted(_dmabufs(no_mmap))}
-        grounds += [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap,
-                                                                              "x-no-mmap=on ")]
-        checked.append(f"none for edu with x-no-mmap=on, while {', '.join(others)} beside it "
-                       f"got {'its' if len(others) == 1 else 'theirs'}")
+        side = _x_no_mmap(ev.side, own)
+        problems += side.problems
+        unanswered += side.unanswered
+        evidence["x_no_mmap"] = side.evidence
+        grounds += side.grounds
+        checked.append(side.checked)
     evidence["attribution"] = own.owners
     grounds.append(_witness_ground(run))
     checked.append("each its own device's and no other region's (the L1 kernel revoked it "
@@ -436,6 +430,41 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
     fd_list = ", ".join(f"{n} fd {d[0].fd}" for n, d in sorted(_dmabufs(run).items()))
     return Verdict("pass", f"{'; '.join(checked)} ({fd_list})", evidence,
                    grounds=tuple(grounds))
+
+
+@dataclass(frozen=True)
+class _NoMmapSide:
+    """What the side L2 (edu with x-no-mmap=on) shows of dmabuf-per-region."""
+    problems: list[str]
+    unanswered: list[str]
+    evidence: dict
+    grounds: list[str]
+    checked: str
+
+
+def _x_no_mmap(side: SideRun, own: Attribution) -> _NoMmapSide:
+    """No mmap, no dma-buf for edu; the devices beside it get their own, not the main L2's."""
+    no_mmap = side.run
+    edu = side.devices.get("edu", "")
+    problems = []
+    edu_regions = [n for n in _regions(no_mmap) if n.startswith(edu)]
+    mmapped = [n for n in _mmaps(no_mmap) if n.startswith(edu)]
+    with_dmabuf = [n for n in _dmabufs(no_mmap) if n.startswith(edu)]
+    if not edu_regions:
+        problems.append("x-no-mmap=on: edu's regions were never set up")
+    if mmapped or with_dmabuf:
+        problems.append(f"x-no-mmap=on: edu still has mmaps {mmapped} / "
+                        f"dma-bufs {with_dmabuf}")
+    others = [n for n, size in _side_bars(side).items()
+              if size >= PAGE and not n.startswith(edu)]
+    beside = _dmabuf_problems(no_mmap, others, "x-no-mmap=on: ")
+    problems += beside.problems + _shared_between(own, beside, "the side L2's ")
+    return _NoMmapSide(
+        problems, list(beside.unanswered),
+        {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf, "dmabufs": sorted(_dmabufs(no_mmap))},
+        [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap, "x-no-mmap=on ")],
+        f"none for edu with x-no-mmap=on, while {', '.join(others)} beside it "
+        f"got {'its' if len(others) == 1 else 'theirs'}")
 
 
 def _shared_between(main: Attribution, other: Attribution, label: str) -> list[str]:
@@ -468,6 +497,43 @@ def _bar_access_problems(ev: Evidence) -> list[str]:
     return problems
 
 
+def _sub_page_fallback(run: L2Run, bars: dict[str, int], not_supported: list,
+                       unavailable: list) -> tuple[list[str], list[str]]:
+    """The fallback that still happens on a kernel with dma-buf: the sub-page BAR, whose
+    dma-buf is refused. Returns the regions that fell back, and the problems."""
+    problems = []
+    fallback = [n for n, size in bars.items() if size < PAGE]
+    if not fallback:
+        problems.append("the L1 kernel has no sub-page BAR on these devices: nothing "
+                        "exercised the fallback")
+    warned = sorted(u.region for u in unavailable)
+    if warned != sorted(fallback):
+        problems.append(f"'dma-buf unavailable' warnings for {warned}, "
+                        f"expected one for each of {fallback}")
+    if not_supported:
+        problems.append("QEMU said dma-buf is not supported in kernel, on a kernel that has it")
+    for name in fallback:
+        if name in _dmabufs(run):
+            problems.append(f"{name} fell back and yet has a dma-buf")
+    return fallback, problems
+
+
+def _whole_fallback(ev: Evidence, not_supported: list) -> list[str]:
+    """On a kernel without dma-buf every BAR falls back, said once, and no dma-buf exists."""
+    run = ev.main
+    problems = []
+    lacks = _qemu_lacks_dmabuf(ev)
+    if len(not_supported) != 1:
+        problems.append(f"{len(not_supported)} 'VFIO dma-buf not supported in kernel' "
+                        f"warnings, expected exactly one" + (f" ({lacks})" if lacks else ""))
+    if of_type(list(run.trace), RegionDmabuf):
+        problems.append("vfio_region_dmabuf traced on a kernel without VFIO dma-buf")
+    if run.process and run.process.dmabuf_fds:
+        problems.append(f"L2 holds dma-buf fds {run.process.dmabuf_fds} on a kernel "
+                        f"without VFIO dma-buf")
+    return problems
+
+
 def mmap_fallback(ev: Evidence) -> Verdict:
     run = ev.main
     probe_problem = _kernel_probe_problem(ev)
@@ -484,37 +550,13 @@ def mmap_fallback(ev: Evidence) -> Verdict:
     not_supported = of_type(messages, DmabufNotSupported)
     unavailable = of_type(messages, DmabufUnavailable)
     bars = kernel_bars(ev)
-    problems = []
     if ev.kernel_dmabuf:
-        # The fallback that still happens here: the sub-page BAR, whose dma-buf is refused.
-        path = "sub-page BAR"
-        fallback = [n for n, size in bars.items() if size < PAGE]
-        if not fallback:
-            problems.append("the L1 kernel has no sub-page BAR on these devices: nothing "
-                            "exercised the fallback")
-        warned = sorted(u.region for u in unavailable)
-        if warned != sorted(fallback):
-            problems.append(f"'dma-buf unavailable' warnings for {warned}, "
-                            f"expected one for each of {fallback}")
-        if not_supported:
-            problems.append("QEMU said dma-buf is not supported in kernel, on a kernel that has it")
-        for name in fallback:
-            if name in _dmabufs(run):
-                problems.append(f"{name} fell back and yet has a dma-buf")
-        warning = "'dma-buf unavailable' once per sub-page BAR"
+        path, warning = "sub-page BAR", "'dma-buf unavailable' once per sub-page BAR"
+        fallback, problems = _sub_page_fallback(run, bars, not_supported, unavailable)
     else:
-        path = "dma-buf not supported in kernel"
-        fallback = list(bars)
-        lacks = _qemu_lacks_dmabuf(ev)
-        if len(not_supported) != 1:
-            problems.append(f"{len(not_supported)} 'VFIO dma-buf not supported in kernel' "
-                            f"warnings, expected exactly one" + (f" ({lacks})" if lacks else ""))
-        if of_type(list(run.trace), RegionDmabuf):
-            problems.append("vfio_region_dmabuf traced on a kernel without VFIO dma-buf")
-        if run.process and run.process.dmabuf_fds:
-            problems.append(f"L2 holds dma-buf fds {run.process.dmabuf_fds} on a kernel "
-                            f"without VFIO dma-buf")
-        warning = "'VFIO dma-buf not supported in kernel' once"
+        path, warning = ("dma-buf not supported in kernel",
+                         "'VFIO dma-buf not supported in kernel' once")
+        fallback, problems = list(bars), _whole_fallback(ev, not_supported)
     problems += _mmapped_problems(run, list(bars))
     problems += _bar_access_problems(ev)
     if not run.alive_at_end:
@@ -553,6 +595,23 @@ def p2p_dma(ev: Evidence) -> Verdict:
         return _error(missing)
     assert p2p is not None
     return transfer(ev, p2p, ev.main.trace)
+
+
+def _arrived(ev: Evidence, p2p: P2PTransfer, mapping: list[dict]) -> tuple[str, str]:
+    """Bytes that arrived pass only by the route the backend maps BARs by, traced."""
+    by_dmabuf = [m for m in mapping if m["event"] == "IommufdMapFile" and m["ret"] == 0]
+    by_address = [m for m in mapping if m["event"] == "ListenerAddRam"]
+    if backend(ev.backend).maps_bars_by_dmabuf and not by_dmabuf:
+        return "fail", (f"the bytes arrived, but no successful iommufd_backend_map_file_dma "
+                        f"at BAR 2's IOVA {p2p.bar2_iova:#x} was traced: the route is unproven")
+    if not backend(ev.backend).maps_bars_by_dmabuf and not by_address:
+        return "fail", (f"the bytes arrived, but no vfio_listener_region_add_ram at BAR 2's "
+                        f"IOVA {p2p.bar2_iova:#x} was traced: the route is unproven")
+    how = (f"mapped through its dma-buf (iommufd_backend_map_file_dma fd "
+           f"{by_dmabuf[0]['fd']})" if by_dmabuf else "mapped by address")
+    return "pass", (f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
+                    f"0x{p2p.dst_offset:x} and L0 read them back out of the file "
+                    f"(BAR 2 {how})")
 
 
 def transfer(ev: Evidence, p2p: P2PTransfer, trace_seq: Sequence[TraceRecord]) -> Verdict:
@@ -603,21 +662,7 @@ def transfer(ev: Evidence, p2p: P2PTransfer, trace_seq: Sequence[TraceRecord]) -
     if p2p.engine_error:
         return verdict("fail", f"the DMA never started: {p2p.engine_error}")
     if p2p.arrived:
-        by_dmabuf = [m for m in mapping if m["event"] == "IommufdMapFile" and m["ret"] == 0]
-        by_address = [m for m in mapping if m["event"] == "ListenerAddRam"]
-        if backend(ev.backend).maps_bars_by_dmabuf and not by_dmabuf:
-            return verdict("fail", f"the bytes arrived, but no successful "
-                                   f"iommufd_backend_map_file_dma at BAR 2's IOVA "
-                                   f"{p2p.bar2_iova:#x} was traced: the route is unproven")
-        if not backend(ev.backend).maps_bars_by_dmabuf and not by_address:
-            return verdict("fail", f"the bytes arrived, but no vfio_listener_region_add_ram "
-                                   f"at BAR 2's IOVA {p2p.bar2_iova:#x} was traced: the route "
-                                   f"is unproven")
-        how = (f"mapped through its dma-buf (iommufd_backend_map_file_dma fd "
-               f"{by_dmabuf[0]['fd']})" if by_dmabuf else "mapped by address")
-        return verdict("pass", f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
-                               f"0x{p2p.dst_offset:x} and L0 read them back out of the file "
-                               f"(BAR 2 {how})")
+        return verdict(*_arrived(ev, p2p, mapping))
     where = f"; L1 kernel: {faults[0]}" if faults else "; no IOMMU fault at BAR 2 logged in L1"
     why = f"; {failures[0]}" if failures else ""
     refusal = "; the BAR's IOMMU mapping was refused" if refused else \
@@ -715,6 +760,20 @@ def _pieces_into_iommu(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]]
     return mapped, refused
 
 
+def _multi_range_findings(ev: Evidence, read: P2PRead,
+                          refused: list[tuple[int, list[int]]]) -> set[str]:
+    """What the pieces' mapping and the DMA read show, as findings an expectation names."""
+    findings = set()
+    rets = [r for _, piece in refused for r in piece]
+    if EOPNOTSUPP in rets and backend(ev.backend).maps_bars_by_dmabuf:
+        findings.add("multi-range-refused")
+    elif refused:
+        findings.add("bar-map-refused")
+    if not read.engine_error and not read.arrived and any(read.expected):
+        findings.add("read-missing")
+    return findings
+
+
 def multi_range(ev: Evidence) -> Verdict:
     """A BAR QEMU mmaps in pieces (around its MSI-X table): one dma-buf of as many ranges
     (the kernel's word: several-ranges), or none on a kernel without; each piece mapped
@@ -750,14 +809,7 @@ def multi_range(ev: Evidence) -> Verdict:
     mapped, refused = _pieces_into_iommu(ev, mr, pieces)
     evidence["pieces_mapped"] = [hex(s) for s in mapped]
     evidence["pieces_refused"] = [(hex(s), rets) for s, rets in refused]
-    findings = set()
-    rets = [r for _, piece in refused for r in piece]
-    if EOPNOTSUPP in rets and backend(ev.backend).maps_bars_by_dmabuf:
-        findings.add("multi-range-refused")
-    elif refused:
-        findings.add("bar-map-refused")
-    if not read.engine_error and not read.arrived and any(read.expected):
-        findings.add("read-missing")
+    findings = _multi_range_findings(ev, read, refused)
     if problems:
         return Verdict("fail", "; ".join(problems + unanswered), evidence, grounds=grounds)
     if unanswered:

@@ -105,6 +105,29 @@ def _dmabuf_problems(ev: Evidence, step: LifecycleStep, errors: list[str]) -> li
     return problems
 
 
+def _reset_dmabuf(ev: Evidence, step: LifecycleStep, errors: list[str]
+                  ) -> tuple[list[str], list[str]]:
+    """The reset device's own dma-buf: revoked while it was reset, live again after."""
+    dr = step.device_reset
+    assert dr is not None
+    name = region_name(dr.device, dr.bar)
+    fds = {r.fd for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name}
+    held = any(m.kernel.dmabuf_fds for m in (step.before, step.disabled, step.enabled))
+    if len(fds) != 1:  # (none at all: the step's own check says L2 holds no dma-buf)
+        if held:
+            errors.append(f"no single vfio_region_dmabuf for {name}: which dma-buf to follow "
+                          f"is unknown")
+        return [], []
+    fd = fds.pop()
+    states = [dict(m.kernel.dmabuf_states).get(fd)
+              for m in (step.before, step.disabled, step.enabled)]
+    if states != ["live", "revoked", "live"]:
+        return [f"the L1 kernel says {name}'s dma-buf (fd {fd}) was "
+                f"{' -> '.join(map(str, states))} across the reset, not "
+                f"live -> revoked -> live"], []
+    return [], [f"its dma-buf (fd {fd}) revoked and live again"]
+
+
 def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
                   errors: list[str]) -> tuple[list[str], str]:
     """Problems with the reset of a device that has a reset method, and what was shown."""
@@ -140,22 +163,9 @@ def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
              f"({how[0].event if how else 'untraced'}): register {dr.register:#x} "
              f"{dr.written:#x} -> {dr.after:#x}"]
     if ev.kernel_dmabuf:
-        name = region_name(dr.device, dr.bar)
-        fds = {r.fd for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name}
-        held = any(m.kernel.dmabuf_fds for m in (step.before, step.disabled, step.enabled))
-        if len(fds) != 1 and held:
-            errors.append(f"no single vfio_region_dmabuf for {name}: which dma-buf to follow "
-                          f"is unknown")
-        elif len(fds) == 1:  # (none at all: the step's own check says L2 holds no dma-buf)
-            fd = fds.pop()
-            states = [dict(m.kernel.dmabuf_states).get(fd)
-                      for m in (step.before, step.disabled, step.enabled)]
-            if states != ["live", "revoked", "live"]:
-                problems.append(f"the L1 kernel says {name}'s dma-buf (fd {fd}) was "
-                                f"{' -> '.join(map(str, states))} across the reset, not "
-                                f"live -> revoked -> live")
-            else:
-                shown.append(f"its dma-buf (fd {fd}) revoked and live again")
+        revoked, seen = _reset_dmabuf(ev, step, errors)
+        problems += revoked
+        shown += seen
     if dr.blocked.engine_error:
         problems.append(f"no DMA read of {dr.device} could be tried while its BAR was away: "
                         f"{dr.blocked.engine_error}")
@@ -173,8 +183,7 @@ def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
     return problems, ", ".join(shown)
 
 
-def _step(ev: Evidence, check: str) -> Verdict:
-    step = ev.lifecycle.get(check)
+def _step_missing(ev: Evidence, step: LifecycleStep | None, check: str) -> list[str]:
     missing = [] if step is not None else [f"the {check} step was not run"]
     missing += _missing(ev, ev.main)
     if step is not None:
@@ -182,12 +191,13 @@ def _step(ev: Evidence, check: str) -> Verdict:
                     for m in (step.before, step.disabled, step.enabled) if m.trace_line < 0]
         if step.blocked is None or step.after is None or step.bar_access is None:
             missing.append(f"the {check} step did not finish its transfers")
-    if missing:
-        return _error(missing)
-    assert step is not None and step.blocked is not None and step.after is not None
-    away, errors = AWAY[check], []
+    return missing
+
+
+def _left_the_map(ev: Evidence, step: LifecycleStep, away: str) -> list[str]:
+    """QEMU's witness that the BAR left L2's DMA map (and iommufd's IOAS) while away."""
+    problems = []
     end = step.iova + step.size - 1
-    problems = [] if step.alive else [f"L2 died during the {check} step"]
     if _in_dma_map(step.trace_earlier, step.iova) and not any(
             r.start == step.iova and r.end == end
             for r in of_type(list(step.trace_disabling), ListenerDel)):
@@ -198,6 +208,12 @@ def _step(ev: Evidence, check: str) -> Verdict:
             r.iova == step.iova and r.size == step.size and r.ret == 0
             for r in of_type(list(step.trace_disabling), IommufdUnmap)):
         problems.append(f"iommufd did not unmap BAR {step.bar} at {step.iova:#x} while {away}")
+    return problems
+
+
+def _decoding(step: LifecycleStep, errors: list[str]) -> list[str]:
+    """The L1 kernel's witness: the device decodes memory exactly when L2 says it does."""
+    problems = []
     for m, decoding in ((step.disabled, False), (step.enabled, True)):
         if m.command is None:
             errors.append(f"no command register of {step.device} from the L1 kernel at "
@@ -207,27 +223,26 @@ def _step(ev: Evidence, check: str) -> Verdict:
                             f" memory at '{m.label}' (command {m.command:#06x} as the L1 kernel "
                             f"reads it), while L2 had turned decoding "
                             f"{'off' if not decoding else 'on'}")
+    return problems
+
+
+def _blocked(step: LifecycleStep, away: str) -> list[str]:
+    """L0's witness: edu's DMA into the BAR while it was away did not land in ivshmem."""
     blocked = step.blocked
+    assert blocked is not None
     if blocked.engine_error:
-        problems.append(f"no DMA could be tried while {away}: {blocked.engine_error}")
-    elif blocked.arrived:
-        problems.append(f"edu's DMA reached BAR {step.bar} while {away}: the "
-                        f"{len(blocked.pattern)} bytes landed at file offset "
-                        f"{blocked.dst_offset:#x}")
-    problems += _dmabuf_problems(ev, step, errors)
-    resets = [r for r in of_type(list(step.trace_disabling), Other)
-              if r.event == "vfio_pci_reset" and step.device in r.text]
-    if check == "reset" and not resets:
-        problems.append(f"no vfio_pci_reset of {step.device} in L2's trace after system_reset")
-    after = transfer(ev, step.after, step.trace_enabling)
-    reset_shown = ""
-    if check == "reset" and step.device_reset is not None:
-        more, reset_shown = _device_reset(ev, step, after.observed != "pass", errors)
-        problems += more
-    if errors:
-        return _error(errors)
-    fd = _bar_dmabuf_fd(ev, step)
-    evidence = {
+        return [f"no DMA could be tried while {away}: {blocked.engine_error}"]
+    if blocked.arrived:
+        return [f"edu's DMA reached BAR {step.bar} while {away}: the "
+                f"{len(blocked.pattern)} bytes landed at file offset "
+                f"{blocked.dst_offset:#x}"]
+    return []
+
+
+def _step_evidence(step: LifecycleStep, after: Verdict, reset_shown: str) -> dict:
+    blocked = step.blocked
+    assert blocked is not None
+    return {
         "device": step.device, "bar": step.bar, "iova": hex(step.iova), "size": step.size,
         "moments": {m.label: {"trace_line": m.trace_line, "command": m.command,
                               "dmabufs": list(m.kernel.dmabuf_inodes),
@@ -248,11 +263,37 @@ def _step(ev: Evidence, check: str) -> Verdict:
             "registers": step.device_reset.read.expected.hex(),
             "summary": reset_shown},
     }
+
+
+def _step(ev: Evidence, check: str) -> Verdict:
+    step = ev.lifecycle.get(check)
+    missing = _step_missing(ev, step, check)
+    if missing:
+        return _error(missing)
+    assert step is not None and step.blocked is not None and step.after is not None
+    away = AWAY[check]
+    errors: list[str] = []
+    problems = [] if step.alive else [f"L2 died during the {check} step"]
+    problems += _left_the_map(ev, step, away) + _decoding(step, errors) + _blocked(step, away)
+    problems += _dmabuf_problems(ev, step, errors)
+    resets = [r for r in of_type(list(step.trace_disabling), Other)
+              if r.event == "vfio_pci_reset" and step.device in r.text]
+    if check == "reset" and not resets:
+        problems.append(f"no vfio_pci_reset of {step.device} in L2's trace after system_reset")
+    after = transfer(ev, step.after, step.trace_enabling)
+    reset_shown = ""
+    if check == "reset" and step.device_reset is not None:
+        more, reset_shown = _device_reset(ev, step, after.observed != "pass", errors)
+        problems += more
+    if errors:
+        return _error(errors)
+    fd = _bar_dmabuf_fd(ev, step)
+    evidence = _step_evidence(step, after, reset_shown)
     grounds = (f"L2 trace: {len(step.trace_disabling)} line(s) while {away}, "
                f"{len(step.trace_enabling)} while {BACK[check]}",
                "L1 kernel: L2's dma-bufs at 3 moments (fdinfo; revoke state by a private "
                "IOMMU_IOAS_MAP_FILE of a copy of each fd)",
-               f"L0: the ivshmem file at {blocked.dst_offset:#x} (blocked DMA) and "
+               f"L0: the ivshmem file at {step.blocked.dst_offset:#x} (blocked DMA) and "
                f"{step.after.dst_offset:#x} (P2P after)") + after.grounds
     if problems:  # not the transfer's findings: an expected failure must fail for its reason
         return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
@@ -293,10 +334,11 @@ def _replug_witness(cycle: UnplugCycle, name: str, fd: int, ino: int | None) -> 
             f"device's BAR")
 
 
-def dmabuf_unplug(ev: Evidence) -> Verdict:
-    """The device goes (its regions exited and finalized, its device fd closed, its dma-bufs
-    closed), comes back with new dma-bufs, P2P works, and cycles leave L2's fds flat."""
-    cycle = ev.unplug
+#: A problem the unplug cycle shows, and the finding it is (None: not a known one).
+Problem = tuple[str, str | None]
+
+
+def _unplug_missing(ev: Evidence, cycle: UnplugCycle | None) -> list[str]:
     missing = [] if cycle is not None else ["the unplug cycle was not run"]
     missing += _missing(ev, ev.main)
     if cycle is not None:
@@ -305,17 +347,18 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
                     if m.trace_line < 0]
         if cycle.after is None:
             missing.append("no P2P transfer after the device came back")
-    if missing:
-        return _error(missing)
-    assert cycle is not None and cycle.after is not None
-    dev, name = cycle.device, region_name(cycle.device, cycle.bar)
-    # (problem, the finding it shows, if it is a known one)
-    problems: list[tuple[str, str | None]] = []
+    return missing
+
+
+def _device_gone(cycle: UnplugCycle, name: str) -> list[Problem]:
+    """QEMU's witness (the region's exit and finalize) and the kernel's (one device fd
+    fewer) that the device itself went."""
+    problems: list[Problem] = []
     if not cycle.alive:
         problems.append(("L2 died during the unplug cycles", None))
     for event in ("vfio_region_exit", "vfio_region_finalize"):
-        if not any(isinstance(r, Other) and r.event == event and f"Device {dev}, region "
-                   f"{cycle.bar}" in r.text for r in cycle.trace_unplugging):
+        if not any(isinstance(r, Other) and r.event == event and f"Device {cycle.device}, "
+                   f"region {cycle.bar}" in r.text for r in cycle.trace_unplugging):
             problems.append((f"no {event} for {name} in L2's trace after device_del", None))
     gone = len(cycle.before.kernel.vfio_device_fds) - len(cycle.unplugged.kernel.vfio_device_fds)
     if gone != 1:
@@ -323,58 +366,78 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
                          f"(before {list(cycle.before.kernel.vfio_device_fds)}, after "
                          f"{list(cycle.unplugged.kernel.vfio_device_fds)}), not the device's "
                          f"one", None))
+    return problems
+
+
+def _dmabufs_across(ev: Evidence, cycle: UnplugCycle, name: str
+                    ) -> tuple[list[Problem], str | None, int | None, int | None]:
+    """The device's dma-buf followed across the cycle: the old one closed with the device,
+    a new live one after device_add, tied to the device's BAR. Returns the problems, why
+    the question cannot be answered (or None), and the old and new fds."""
+    problems: list[Problem] = []
     created = [r for r in of_type(list(ev.main.trace), RegionDmabuf) if r.name == name]
     old_fd = created[0].fd if created else None
     inodes_before = dict(cycle.before.kernel.dmabuf_inodes)
     inodes_unplugged = dict(cycle.unplugged.kernel.dmabuf_inodes)
     new = [r for r in of_type(list(cycle.trace_replugging), RegionDmabuf) if r.name == name]
-    if ev.kernel_dmabuf and not inodes_before:
+    new_fd = new[0].fd if new else None
+    if not ev.kernel_dmabuf:
+        if any(m.kernel.dmabuf_fds for m in (cycle.before, cycle.replugged, cycle.final)):
+            problems.append(("the L1 kernel shows dma-buf fds in L2 on a kernel without VFIO "
+                             "dma-buf", None))
+        return problems, None, old_fd, new_fd
+    if not inodes_before:
         problems.append((f"L2 holds no dma-buf on a kernel with VFIO dma-buf (the L1 kernel's "
                          f"view before the unplug): there is none of {name} to follow", None))
-    elif ev.kernel_dmabuf and old_fd is None:
-        return _error([f"no vfio_region_dmabuf for {name} in L2's trace: which of L2's "
-                       f"dma-bufs {sorted(inodes_before)} to follow is unknown"])
-    elif ev.kernel_dmabuf and old_fd not in inodes_before:
+        return problems, None, old_fd, new_fd
+    if old_fd is None:
+        return problems, (f"no vfio_region_dmabuf for {name} in L2's trace: which of L2's "
+                          f"dma-bufs {sorted(inodes_before)} to follow is unknown"), None, new_fd
+    if old_fd not in inodes_before:
         problems.append((f"the fd {old_fd} QEMU traced as the dma-buf of {name} is not a "
                          f"dma-buf in the L1 kernel's view (it shows {sorted(inodes_before)})",
                          None))
-    elif ev.kernel_dmabuf:
-        assert old_fd is not None
-        if inodes_unplugged.get(old_fd) == inodes_before[old_fd]:
-            problems.append((f"the dma-buf of {name} (fd {old_fd}, inode "
-                             f"{inodes_before[old_fd]}) is still open in L2 after the device "
-                             f"was unplugged and its device fd closed (the L1 kernel's fdinfo)",
-                             "dmabuf-outlives-device"))
-        if not new:
-            problems.append((f"no vfio_region_dmabuf for {name} once it was plugged again",
-                             None))
-        else:
-            state = dict(cycle.replugged.kernel.dmabuf_states).get(new[0].fd)
-            ino = dict(cycle.replugged.kernel.dmabuf_inodes).get(new[0].fd)
-            if state != "live" or ino in inodes_before.values():
-                problems.append((f"the L1 kernel shows the new dma-buf of {name} (fd "
-                                 f"{new[0].fd}) as {state or 'absent'}, inode {ino}: not a "
-                                 f"new live dma-buf", None))
-            witness = _replug_witness(cycle, name, new[0].fd, ino)
-            if witness is None:
-                return _error([f"no L1 kernel view between the replug and {name}'s device "
-                               f"decoding memory: whose the new dma-buf is cannot be told"])
-            if witness:
-                problems.append((witness, None))
-    elif any(m.kernel.dmabuf_fds for m in (cycle.before, cycle.replugged, cycle.final)):
-        problems.append(("the L1 kernel shows dma-buf fds in L2 on a kernel without VFIO "
-                         "dma-buf", None))
+        return problems, None, old_fd, new_fd
+    if inodes_unplugged.get(old_fd) == inodes_before[old_fd]:
+        problems.append((f"the dma-buf of {name} (fd {old_fd}, inode "
+                         f"{inodes_before[old_fd]}) is still open in L2 after the device "
+                         f"was unplugged and its device fd closed (the L1 kernel's fdinfo)",
+                         "dmabuf-outlives-device"))
+    if new_fd is None:
+        problems.append((f"no vfio_region_dmabuf for {name} once it was plugged again", None))
+        return problems, None, old_fd, new_fd
+    state = dict(cycle.replugged.kernel.dmabuf_states).get(new_fd)
+    ino = dict(cycle.replugged.kernel.dmabuf_inodes).get(new_fd)
+    if state != "live" or ino in inodes_before.values():
+        problems.append((f"the L1 kernel shows the new dma-buf of {name} (fd "
+                         f"{new_fd}) as {state or 'absent'}, inode {ino}: not a "
+                         f"new live dma-buf", None))
+    witness = _replug_witness(cycle, name, new_fd, ino)
+    if witness is None:
+        return problems, (f"no L1 kernel view between the replug and {name}'s device "
+                          f"decoding memory: whose the new dma-buf is cannot be told"), \
+            old_fd, new_fd
+    if witness:
+        problems.append((witness, None))
+    return problems, None, old_fd, new_fd
+
+
+def _fds_flat(ev: Evidence, cycle: UnplugCycle) -> list[Problem]:
+    """More cycles must leave L2's fd count where the first replug left it."""
     grown = cycle.final.kernel.fd_count - cycle.replugged.kernel.fd_count
     leaked = len(cycle.final.kernel.dmabuf_fds) - len(cycle.replugged.kernel.dmabuf_fds)
-    if grown:
-        # dma-bufs left behind explain the growth only if the leak is the known one
-        leak = "dmabuf-outlives-device" if grown == leaked and ev.kernel_dmabuf else None
-        problems.append((f"L2's fds grew from {cycle.replugged.kernel.fd_count} to "
-                         f"{cycle.final.kernel.fd_count} over {cycle.cycles - 1} more "
-                         f"unplug/plug cycles ({leaked} of them dma-bufs)", leak))
-    after = transfer(ev, cycle.after, cycle.trace_replugging)
-    evidence = {
-        "device": dev, "cycles": cycle.cycles,
+    if not grown:
+        return []
+    # dma-bufs left behind explain the growth only if the leak is the known one
+    leak = "dmabuf-outlives-device" if grown == leaked and ev.kernel_dmabuf else None
+    return [(f"L2's fds grew from {cycle.replugged.kernel.fd_count} to "
+             f"{cycle.final.kernel.fd_count} over {cycle.cycles - 1} more "
+             f"unplug/plug cycles ({leaked} of them dma-bufs)", leak)]
+
+
+def _unplug_evidence(cycle: UnplugCycle, after: Verdict) -> dict:
+    return {
+        "device": cycle.device, "cycles": cycle.cycles,
         "moments": {m.label: {"trace_line": m.trace_line, "fd_count": m.kernel.fd_count,
                               "vfio_device_fds": list(m.kernel.vfio_device_fds),
                               "dmabufs": list(m.kernel.dmabuf_inodes),
@@ -388,6 +451,24 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
             "vfio_device_fds": list(cycle.plugged.kernel.vfio_device_fds)},
         "after": after.evidence,
     }
+
+
+def dmabuf_unplug(ev: Evidence) -> Verdict:
+    """The device goes (its regions exited and finalized, its device fd closed, its dma-bufs
+    closed), comes back with new dma-bufs, P2P works, and cycles leave L2's fds flat."""
+    cycle = ev.unplug
+    missing = _unplug_missing(ev, cycle)
+    if missing:
+        return _error(missing)
+    assert cycle is not None and cycle.after is not None
+    dev, name = cycle.device, region_name(cycle.device, cycle.bar)
+    problems = _device_gone(cycle, name)
+    followed, unanswered, old_fd, new_fd = _dmabufs_across(ev, cycle, name)
+    if unanswered:
+        return _error([unanswered])
+    problems += followed + _fds_flat(ev, cycle)
+    after = transfer(ev, cycle.after, cycle.trace_replugging)
+    evidence = _unplug_evidence(cycle, after)
     grounds = (f"L2 trace: {len(cycle.trace_unplugging)} line(s) while unplugging, "
                f"{len(cycle.trace_replugging)} while plugging again",
                "L1 kernel: L2's fds, VFIO device fds and dma-bufs (fdinfo, revoke state) at 4 "
@@ -401,8 +482,8 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
     if after.observed != "pass":
         return Verdict(after.observed, f"once the device was plugged again: {after.reason}",
                        evidence, after.findings, grounds)
-    dmabufs = (f"its dma-buf (fd {old_fd}) closed, a new one (fd {new[0].fd}) live after "
-               f"device_add, " if ev.kernel_dmabuf and new else "")
+    dmabufs = (f"its dma-buf (fd {old_fd}) closed, a new one (fd {new_fd}) live after "
+               f"device_add, " if ev.kernel_dmabuf and new_fd is not None else "")
     return Verdict("pass", f"{dev} unplugged: regions exited and finalized, its device fd "
                            f"closed, {dmabufs}and once plugged again: {after.reason}; "
                            f"{cycle.cycles} cycles left L2 at {cycle.final.kernel.fd_count} "
