@@ -21,7 +21,7 @@ from harness.evidence.records import (
     P2PTransfer,
 )
 from harness.l1.vfio import ProcessView
-from harness.l2.dma_engine import EduEngine
+from harness.l2.dma_engine import DmaEngine, EduEngine
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import L2Qemu
 
@@ -104,7 +104,7 @@ def _watched(stack: L1Stack, dst: int,
     return before, after, tuple(dmesg_lines(stack)[dmesg_before:]), engine_error
 
 
-def p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int, key: str,
+def p2p(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, bar2: int, seed: int, key: str,
         dst: int) -> P2PTransfer:
     """edu copies a pattern (seeded by `seed` and `key`) from ivshmem BAR 2 to BAR 2 + dst."""
     machine = stack.machine
@@ -131,7 +131,7 @@ def p2p(stack: L1Stack, l2: L2Qemu, edu: EduEngine, bar2: int, seed: int, key: s
                        before=before, after=after, l1_dmesg=dmesg, engine_error=engine_error)
 
 
-def stage_pattern(l2: L2Qemu, edu: EduEngine, seed: int, key: str) -> tuple[bytes, str | None]:
+def stage_pattern(l2: L2Qemu, edu: DmaEngine, seed: int, key: str) -> tuple[bytes, str | None]:
     """Load edu's buffer with a pattern from L2's RAM, ready for a DMA that must be blocked;
     with why not, if edu does not answer through its BAR (then nothing is started)."""
     pattern = random.Random(f"{seed}/{key}/blocked").randbytes(P2P_SIZE)
@@ -144,7 +144,7 @@ def stage_pattern(l2: L2Qemu, edu: EduEngine, seed: int, key: str) -> tuple[byte
     return pattern, None
 
 
-def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None], iova: int,
+def blocked_dma(stack: L1Stack, edu: DmaEngine, staged: tuple[bytes, str | None], iova: int,
                 dst: int) -> BlockedDma:
     """edu writes its staged pattern to `iova` (BAR 2 + dst while the BAR is away)."""
     pattern, staging_error = staged
@@ -163,7 +163,7 @@ def blocked_dma(stack: L1Stack, edu: EduEngine, staged: tuple[bytes, str | None]
                       l1_dmesg=dmesg, engine_error=engine_error)
 
 
-def p2p_read(stack: L1Stack, l2: L2Qemu, edu: EduEngine, iova: int, size: int,
+def p2p_read(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, iova: int, size: int,
              expected: bytes | None = None) -> P2PRead:
     """edu reads `size` bytes of a BAR by DMA into its buffer (loaded with other bytes
     first) and writes them to a cleared place in L2's RAM; compared with what L2 reads

@@ -43,7 +43,7 @@ from harness.evidence.records import (
     UnplugCycle,
     parse_trace,
 )
-from harness.l2.dma_engine import EduEngine
+from harness.l2.dma_engine import DmaEngine, EduEngine
 from harness.l2.pci import BarInfo, PciConfig
 from harness.l2.qemu import L2Device, L2Qemu
 
@@ -144,7 +144,7 @@ class Away:
 Act = Callable[..., Away]
 
 
-def toggle_decode(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
+def toggle_decode(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: int,
                   key: str, iova: int, dst: int, moment: Callable[[str], Moment]) -> Away:
     """Memory decode off on ivshmem, as a guest driver does it, and on again."""
     staged = stage_pattern(l2, edu, seed, key)
@@ -155,7 +155,7 @@ def toggle_decode(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, s
     return Away(disabled, blocked, moment("memory decode on"))
 
 
-def reset_l2(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int,
+def reset_l2(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: int,
              key: str, iova: int, dst: int, moment: Callable[[str], Moment]) -> Away:
     """system_reset of L2, which clears every BAR (and resets nvme by FLR), then the BARs
     programmed again at their addresses."""
@@ -252,7 +252,7 @@ def _replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None 
     return between
 
 
-def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine, seed: int, key: str,
+def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: int, key: str,
            dst: int, cycles: int = UNPLUG_CYCLES) -> UnplugCycle:
     """ivshmem unplugged and plugged again `cycles` times; the first cycle bracketed by
     moments and followed by a P2P transfer, the last followed by a moment."""

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.base.errors import BadInput
+from harness.checks import matrix
 from harness.checks.matrix import Cell, CellResult
 from harness.results import report, results_file
 
@@ -210,3 +211,9 @@ def test_what_write_writes_follows_the_schema_in_the_repository(tmp_path):
     (out / "results.json").write_text(json.dumps(data))
     with pytest.raises(BadInput, match="at cells/1: 'infrastructure' is a required property"):
         results_file.load(out)
+
+
+def test_the_schema_knows_exactly_the_outcomes_a_cell_can_have():
+    """The schema is static JSON: it must not drift from the outcomes the matrix reports."""
+    schema = json.loads(results_file.SCHEMA_FILE.read_text())
+    assert tuple(schema["$defs"]["cell"]["properties"]["outcome"]["enum"]) == matrix.OUTCOMES

@@ -4,7 +4,7 @@ from harness.collect.scenario import PassedThrough
 from harness.l1.vfio import Inventory
 from harness.l2.backends import backend
 from harness.run.runner import _environment_gap
-from tests.unit.test_qemu_under_test import under_test
+from tests.unit.test_l2_capabilities import under_test
 
 
 def through(**changes) -> PassedThrough:
