@@ -119,6 +119,7 @@ class Platform:
     kernel_target: str               # what `make` builds
     kernel_built: str                # where the build leaves it, in the object tree
     kernel_image: str                # its name in an image artifact
+    kernel_magic: tuple[int, bytes]  # where its boot header's signature is, and what it is
     l2_qemu: str                     # the QEMU under test's binary name in L1
     l2_machine: str
     l2_package: str                  # the Debian package that ships it in the rootfs
@@ -129,6 +130,7 @@ X86_64 = Platform(
     viommus=VIOMMUS, default_viommus=("intel-iommu", "virtio-iommu"),
     devices=DEFAULT_DEVICES, console="ttyS0", kernel_target="bzImage",
     kernel_built="arch/x86/boot/bzImage", kernel_image="bzImage",
+    kernel_magic=(0x202, b"HdrS"),  # the boot protocol header (Documentation/arch/x86/boot.rst)
     l2_qemu="qemu-system-x86_64", l2_machine="q35", l2_package="qemu-system-x86")
 
 PLATFORMS = {p.arch: p for p in (X86_64,)}

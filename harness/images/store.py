@@ -336,6 +336,14 @@ class ImageStore:
             raise BadInput(f"kernel image {bzimage} does not exist", stage=stage)
         if config is not None and not config.is_file():
             raise BadInput(f"kernel config {config} does not exist", stage=stage)
+        at, magic = self.platform.kernel_magic
+        with bzimage.open("rb") as f:
+            f.seek(at)
+            if f.read(len(magic)) != magic:
+                raise BadInput(f"{bzimage} is not a {self.platform.arch} kernel image (no "
+                               f"{magic.decode()!r} boot header at {at:#x}): give the "
+                               f"{self.platform.kernel_image} the build made "
+                               f"({self.platform.kernel_built})", stage=stage)
         text = config.read_text(errors="replace") if config else self._ikconfig(bzimage)
         try:
             final = kconfig.parse(text)

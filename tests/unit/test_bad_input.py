@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.base import paths
 from harness.base.errors import BadInput
 from harness.checks.matrix import Cell, CellResult
 from harness.images import store as images_mod
@@ -51,6 +52,9 @@ class Kind:
     says: str
     files: dict[str, str | bytes] = field(default_factory=dict)
     mode: dict[str, int] = field(default_factory=dict)
+    #: It is told only with the kernel's own tools (scripts/extract-ikconfig): the run
+    #: fetches the kernel source into its cache first, unless the cache has it.
+    needs_source: bool = False
 
 
 def _results(cells: list[dict], complete: bool = True) -> str:
@@ -64,6 +68,9 @@ OLD_QEMU = "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\
 NO_VIOMMU_QEMU = ("#!/bin/sh\ncase \"$*\" in *help*) echo 'name \"edu\"';; "
                   "*) echo 'QEMU emulator version 11.1.3';; esac\n")
 #: All the dmabuf variant needs but IOMMUFD and what depends on it, as a user's .config.
+#: A kernel image as far as its boot header goes, and nothing inside.
+BZIMAGE = b"\0" * 0x202 + b"HdrS" + b"\0" * (4096 - 0x206)
+
 CONFIG_WITHOUT_IOMMUFD = "".join(
     f"{option}={value}\n" if option not in ("CONFIG_IOMMUFD", "CONFIG_VFIO_DEVICE_CDEV")
     else f"# {option} is not set\n"
@@ -135,13 +142,17 @@ CATALOGUE = [
          files={"bzImage": b"\0" * 4096}),
     Kind("kernel-image-missing", ("run", "--kernel-image", "{tmp}/bzImage"),
          "kernel image {tmp}/bzImage does not exist"),
+    Kind("kernel-image-not-a-kernel", ("run", "--kernel-image", "{tmp}/vmlinux"),
+         "{tmp}/vmlinux is not a x86_64 kernel image (no 'HdrS' boot header at 0x202)",
+         files={"vmlinux": b"\x7fELF" + b"\0" * 4092}),
     Kind("kernel-image-without-config", ("run", "--kernel-image", "{tmp}/bzImage"),
-         "has no embedded config (CONFIG_IKCONFIG)", files={"bzImage": b"\0" * 4096}),
+         "has no embedded config (CONFIG_IKCONFIG)", files={"bzImage": BZIMAGE},
+         needs_source=True),
     Kind("kernel-without-iommufd", ("run", "--kernel-image", "{tmp}/bzImage", "--kernel-config",
                                     "{tmp}/config"),
          "lacks what the 'dmabuf' scenarios need: CONFIG_IOMMUFD (is n, needs y), "
          "CONFIG_VFIO_DEVICE_CDEV (is n, needs y)",
-         files={"bzImage": b"\0" * 4096, "config": CONFIG_WITHOUT_IOMMUFD}),
+         files={"bzImage": BZIMAGE, "config": CONFIG_WITHOUT_IOMMUFD}),
     Kind("kernel-tree-not-a-tree", ("run", "--kernel-tree", "{tmp}"),
          "is not a kernel source tree (no Makefile and Kconfig)"),
     # the QEMU under test
@@ -193,11 +204,15 @@ def test_bad_input_is_one_clear_line_and_exit_2(kind, tmp_path):
     cache = tmp_path / "empty-cache"
     given = tmp_path / "given"
     given.mkdir()
+    source = paths.cache_dir(None) / "src"
+    if kind.needs_source and source.is_dir():  # the kernel source the images were built from
+        cache.mkdir()
+        (cache / "src").symlink_to(source)
     with _busy_port() as busy:
         fill = _given(kind, given, busy.getsockname()[1])
         p = subprocess.run([sys.executable, "-m", "harness", "--cache-dir", str(cache),
-                            *map(fill, kind.args)],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                            *map(fill, kind.args)], capture_output=True, text=True,
+                           timeout=300 if kind.needs_source else 60, cwd=tmp_path)
     out = p.stdout + p.stderr
     last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
     assert p.returncode == BAD_INPUT, out
