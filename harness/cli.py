@@ -15,7 +15,6 @@ import dataclasses
 import gc
 import json
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -256,7 +255,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-    _signals_raise()
+    reaper.unwind_on_signals()
     reaper.adopt_orphans()
     try:
         return _dispatch(args)
@@ -271,25 +270,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reap() -> None:
-    """Every child ended and waited for, before the last line; a further interrupt meanwhile
-    does not cut it short."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM,
-                                                             signal.SIGHUP)}
-    try:
-        killed = reaper.reap()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    """Every child ended and waited for, before the last line."""
+    killed = reaper.reap_all()
     if killed:
         say(f"killed {len(killed)} process(es) that had not ended: {killed}")
-
-
-def _signals_raise() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every QEMU is shut down on the way out."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
 
 
 def _store(args: argparse.Namespace, jobs: int | None = None) -> ImageStore:

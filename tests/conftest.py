@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.base import reaper
 from harness.checks import registry
 from harness.platforms import VIOMMUS
 
@@ -11,10 +12,20 @@ DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A marker per check, from the registry: a new check needs no line here."""
+    """A marker per check, from the registry: a new check needs no line here. A cancelled
+    job (SIGTERM) unwinds like Ctrl-C, and what the run started is waited for at the end,
+    as in the CLI."""
     for check in registry.REGISTRY.values():
         config.addinivalue_line("markers", f"{check.marker}: the {check.name} check: "
                                            f"{check.summary}")
+    reaper.unwind_on_signals()
+    reaper.adopt_orphans()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    killed = reaper.reap_all()
+    if killed:
+        print(f"vfio-harness: killed {len(killed)} process(es) that had not ended: {killed}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

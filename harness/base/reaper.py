@@ -59,3 +59,23 @@ def reap(timeout: float = 15.0) -> list[int]:
                 except ProcessLookupError:
                     pass
         time.sleep(0.02)
+
+
+def unwind_on_signals() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C (a CI job cancelled, a terminal closed), so
+    every QEMU is shut down on the way out."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def reap_all() -> list[int]:
+    """`reap`, with a further interrupt meanwhile unable to cut it short."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM,
+                                                             signal.SIGHUP)}
+    try:
+        return reap()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -152,11 +152,17 @@ class CellResult:
 
 def avocado_variants(cells_: list[Cell], params: dict) -> list[dict]:
     """The cells as avocado json_variants state (`avocado run --json-variants-load FILE`):
-    one variant per cell, named by its id, carrying its coordinates and `params`."""
+    one variant per cell, named by its id, carrying its coordinates and `params`, and the
+    selected cells of its L1 (`l1_cells`): the first test of an L1 runs those, no others."""
+    l1_cells: dict[tuple[str, str], list[list[str]]] = {}
+    for cell in cells_:
+        l1_cells.setdefault((cell.viommu, cell.kernel), []).append(
+            [cell.viommu, cell.backend, cell.kernel, cell.check])
     out = []
     for cell in cells_:
         values = {"viommu": cell.viommu, "backend": cell.backend, "kernel": cell.kernel,
-                  "check": cell.check, "expected": cell.expected, **params}
+                  "check": cell.check, "expected": cell.expected,
+                  "l1_cells": l1_cells[(cell.viommu, cell.kernel)], **params}
         node = "/run/matrix"
         out.append({"paths": ["/run/*"], "variant_id": cell.id,
                     "variant": [[node, [[node, key, value] for key, value in values.items()]]]})

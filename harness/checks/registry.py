@@ -176,6 +176,24 @@ def needed_steps(wanted: set[str]) -> set[str]:
     return {s for name in wanted for s in REGISTRY[name].needs}
 
 
+@dataclass(frozen=True)
+class Collection:
+    """What one backend's L2s do for a set of wanted checks, and nothing more: the main L2
+    always starts, programs the BARs and runs the decode witness; after that only the
+    steps the checks need (`creation`), their lifecycle steps in run order, the one that
+    leaves a device plugged afresh (`last`), and the side L2 if a check reads it."""
+
+    creation: frozenset[str]
+    lifecycle: tuple[Check, ...]
+    last: tuple[Check, ...]
+    side: bool
+
+
+def collection(wanted: set[str]) -> Collection:
+    return Collection(frozenset(needed_steps(wanted)), tuple(in_phase(LIFECYCLE, wanted)),
+                      tuple(in_phase(LAST, wanted)), bool(in_phase(SIDE, wanted)))
+
+
 QEMU_KEEPS_DMABUF = (
     "QEMU 11.1.3 hands each BAR's dma-buf fd to the mmap's RAMBlock (ram_block->fd, "
     "hw/vfio/region.c) and nothing closes it: an unplugged device's dma-buf stays open in "

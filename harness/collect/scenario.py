@@ -147,6 +147,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
+    todo = registry.collection(wanted)
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)
         l2.start()
@@ -173,11 +174,10 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         with timer("mtree"):
             mtree = l2_probes.mtree(l2)
         edu = EduEngine(l2.qtest, edu_bar0)
-        needed = registry.needed_steps(wanted)
-        if "bar_access" in needed:
+        if "bar_access" in todo.creation:
             with timer("bar_access"):
                 bar_access = l2_probes.bar_access(l2, edu, iv_bars[0])
-        if "p2p" in needed:
+        if "p2p" in todo.creation:
             with timer("p2p"):
                 p2p = l2_probes.p2p(stack, l2, edu, iv_bars[2], seed, key,
                                     registry.get("p2p-dma").p2p_destination(be.name))
@@ -186,11 +186,11 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             spec.devices[1], through.reset_methods.get(devices["ivshmem"], ""),
             lifecycle.Resettable(nvme_slot, nvme_bar, nvme_bar0, devices["nvme"],
                                  through.reset_methods.get(devices["nvme"], "")))
-        for check in registry.in_phase(registry.LIFECYCLE, wanted):
+        for check in todo.lifecycle:
             with timer(check.name):
                 steps[check.name] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
                                                   be.name)
-        for check in registry.in_phase(registry.LAST, wanted):  # it leaves a device plugged afresh
+        for check in todo.last:  # it leaves a device plugged afresh
             with timer(check.name):
                 unplug = check.step()(stack, l2, programmed, edu, seed, key,
                                       check.p2p_destination(be.name))
@@ -207,7 +207,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)
     side = None
-    if registry.in_phase(registry.SIDE, wanted):
+    if todo.side:
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)

@@ -2,7 +2,7 @@
 
 pytest asks for cells one test at a time in one process; avocado runs every
 test in a process of its own. Either way the first cell of a (vIOMMU, kernel)
-boots that L1 and runs all of its cells, and the others take their result:
+boots that L1 and runs its selected cells, and the others take their result:
 within a process from memory, across avocado's processes from
 `<out>/<viommu>-<kernel>/cells.json`, written atomically under a lock.
 
@@ -120,18 +120,20 @@ def read_store(path: Path, identity: RunIdentity) -> dict[str, dict] | None:
 class CellResults:
     """`boots`: the (vIOMMU, kernel) pairs this process will ask for; the first cell asked
     for then boots all of them, `jobs` at a time (pytest). Without it, one at a time, as
-    each is asked for (avocado: each test its own process)."""
+    each is asked for (avocado: each test its own process). `selection`: the cells a boot
+    runs (default: all of its L1's)."""
 
     def __init__(self, setup: Setup, out: Path, seed: int, run_id: str,
                  l2_qemu: Path | None = None, ssh_port: int | None = None,
-                 boots: list[tuple[str, str]] | None = None, jobs: int = 1):
+                 boots: list[tuple[str, str]] | None = None, jobs: int = 1,
+                 selection: Selection | None = None):
         self.setup, self.out, self.seed, self.l2_qemu = setup, out, seed, l2_qemu
         self.ssh_port = ssh_port
         self.boots = boots or []
         self.jobs = jobs
         self.identity = RunIdentity.of(run_id, seed, setup, l2_qemu)
-        self.plan = RunPlan(Selection(), setup.qemu, setup.images, setup.accel, seed, out,
-                            (Side(out, l2_qemu),), ssh_port, jobs)
+        self.plan = RunPlan(selection or Selection(), setup.qemu, setup.images, setup.accel,
+                            seed, out, (Side(out, l2_qemu),), ssh_port, jobs)
         self._memory: dict[str, dict] = {}
         self._done: set[tuple[str, str]] = set()  # the L1s whose cells are in memory
         #: The results this process produced itself (the others' are only records).

@@ -18,16 +18,44 @@ from harness.platforms import X86_64, Platform
 
 @dataclass(frozen=True)
 class Selection:
+    """The cells a run is to produce: a cross product of the four axes (the CLI's options),
+    narrowed to `only` when a front end selected cells one by one (pytest's -m and -k)."""
+
     viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
     backends: tuple[str, ...] = matrix.BACKENDS
     kernels: tuple[str, ...] = field(default_factory=lambda: tuple(Recipe.load().kernels))
     checks: tuple[str, ...] = field(default_factory=registry.names)
+    only: frozenset[str] | None = None  # cell ids; None: the whole cross product
+
+    @classmethod
+    def of_cells(cls, cells: list[Cell]) -> "Selection":
+        """Exactly `cells`: the axes they span, in their order, narrowed to their ids."""
+        def axis(name: str) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(getattr(c, name) for c in cells))
+        return cls(axis("viommu"), axis("backend"), axis("kernel"), axis("check"),
+                   frozenset(c.id for c in cells))
 
     def cells(self) -> list[Cell]:
-        return matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
+        every = matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
+        return every if self.only is None else [c for c in every if c.id in self.only]
+
+    def on_boot(self, viommu: str, kernel: str) -> list[Cell]:
+        """The cells one L1 boot produces: its backends and checks, no others."""
+        return [c for c in self.cells() if c.viommu == viommu and c.kernel == kernel]
+
+    def describe(self) -> str:
+        """One line: how many cells on which L1s, with which backends and checks."""
+        cells = self.cells()
+        l1s = list(dict.fromkeys(f"{c.viommu}/{c.kernel}" for c in cells))
+        backends = list(dict.fromkeys(c.backend for c in cells))
+        checks = list(dict.fromkeys(c.check for c in cells))
+        return (f"{len(cells)} cell(s) on {len(l1s)} L1(s) ({', '.join(l1s)}); backends "
+                f"{', '.join(backends)}; checks {', '.join(checks)}")
 
     def record(self) -> dict:
-        return {k: list(v) for k, v in vars(self).items()}
+        axes = {"viommus": list(self.viommus), "backends": list(self.backends),
+                "kernels": list(self.kernels), "checks": list(self.checks)}
+        return axes if self.only is None else {**axes, "cells": sorted(self.only)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,8 @@ class RunPlan:
         out = []
         for vi in self.selection.viommus:
             for kernel in self.selection.kernels:
+                if not self.selection.on_boot(vi, kernel):
+                    continue  # a front end's selection may leave out a whole L1
                 groups: dict[Path, list[Side]] = {}
                 for side in self.sides:
                     groups.setdefault((side.images or self.images).kernels[kernel].bzimage,

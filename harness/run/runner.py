@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.base import files
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say
-from harness.checks import matrix, registry
+from harness.checks import registry
 from harness.checks.matrix import Cell, CellResult
 from harness.collect import scenario, stack
 from harness.collect.scenario import PassedThrough, Timer
@@ -72,7 +72,7 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
     """All selected cells of one L1 boot, for each of its sides."""
     vi, kernel = boot.viommu, boot.kernel
     selection = plan.selection
-    wanted = matrix.cells((vi,), selection.backends, (kernel,), selection.checks)
+    wanted = selection.on_boot(vi, kernel)
     done: set[tuple[Path, str]] = set()
     run_dir = boot.directory / f"{vi}-{kernel}"
     began = time.monotonic()
@@ -81,7 +81,7 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
                           ssh_port=plan.ssh_port) as l1:
             for side in boot.sides:
                 under_test = qemu_under_test(l1, side.l2_qemu)
-                for result in cells_on_l1(l1, under_test, selection.backends, selection.checks,
+                for result in cells_on_l1(l1, under_test, wanted,
                                           side.results / f"{vi}-{kernel}", plan.seed,
                                           side.traces):
                     done.add((side.results, result.cell.id))
@@ -115,14 +115,16 @@ def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
     return found
 
 
-def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, backends: tuple[str, ...],
-                checks: tuple[str, ...], out: Path, seed: int,
-                traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
-    """Every (backend, check) cell of this booted L1, backend by backend."""
+def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, cells: list[Cell], out: Path,
+                seed: int, traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
+    """`cells` of this booted L1, backend by backend: each backend's L2 collects only what
+    its own cells' checks need."""
+    by_backend: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_backend.setdefault(cell.backend, []).append(cell)
     with scenario.passed_through(l1) as through:
-        for name in backends:
-            cells = [Cell(l1.viommu.name, name, l1.kernel, c) for c in checks]
-            yield from _run_backend(l1, backend_named(name), cells, through, out / name, seed,
+        for name, group in by_backend.items():
+            yield from _run_backend(l1, backend_named(name), group, through, out / name, seed,
                                     under_test, traces)
 
 

@@ -5,12 +5,12 @@
 
 (ci/avocado.sh does both.) Each test process asks harness.cell_results for
 its cell: the first cell of a (vIOMMU, kernel) in this avocado job boots that
-L1 and runs all of its cells; the others read the records it left in DIR,
-stamped with the job's id, so a second job never reads the first one's
-verdicts. A cell expected to skip is CANCEL with the reason; an expected
-failure that happened PASSes with "xfail: reason" on its whiteboard; anything
-not as expected FAILs; a harness error (a torn shared file, an L1 that did not
-boot) is an ERROR with its message.
+L1 and runs the cells of it that the variants file holds (no others); the
+others read the records it left in DIR, stamped with the job's id, so a second
+job never reads the first one's verdicts. A cell expected to skip is CANCEL
+with the reason; an expected failure that happened PASSes with "xfail: reason"
+on its whiteboard; anything not as expected FAILs; a harness error (a torn
+shared file, an L1 that did not boot) is an ERROR with its message.
 """
 
 from pathlib import Path
@@ -20,6 +20,7 @@ from avocado import Test
 from harness.base.errors import HarnessError
 from harness.checks import matrix
 from harness.run.cell_results import CellResults, Setup
+from harness.run.plan import Selection
 
 
 def job_id(logdir: str) -> str:
@@ -39,9 +40,12 @@ class Matrix(Test):
                                            p.get("qemu", default=None),
                                            accelerator=p.get("accel", default="auto"))
             ssh_port = p.get("ssh_port", default=None)
+            # the cells of this L1 that the variants file selected, and no others
+            selected = [matrix.Cell(*c) for c in p.get("l1_cells", default=None) or [cell]]
             results = CellResults(setup, Path(p.get("results")), int(p.get("seed")),
                                   job_id(self.logdir), Path(l2_qemu) if l2_qemu else None,
-                                  int(ssh_port) if ssh_port else None)
+                                  int(ssh_port) if ssh_port else None,
+                                  selection=Selection.of_cells(selected))
             record = results.get(cell)
         except HarnessError as e:
             self.error(f"{cell.id}: {e}")

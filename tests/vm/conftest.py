@@ -21,11 +21,14 @@ from harness.platforms import DEFAULT_DEVICES, viommu
 from harness.results import report, results_file
 from harness.run import runner
 from harness.run.cell_results import CellResults, Setup
+from harness.run.plan import Selection
 from tests.conftest import DEFAULT_VIOMMUS
 
 #: Lines for the end of the run (where results, report and kept artifacts are):
 #: a fixture's print() is captured, the terminal summary is not.
 SUMMARY = pytest.StashKey[list]()
+#: The matrix cells this session runs, once -m, -k and the like have deselected.
+SELECTED = pytest.StashKey[list]()
 
 
 def say(config: pytest.Config, line: str) -> None:
@@ -54,6 +57,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.matrix)
             for value in (cell.viommu, cell.backend, cell.kernel, cell.check):
                 item.add_marker(getattr(pytest.mark, marker(value)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The cells the session will run, after every deselection: the matrix plans these
+    and no more (the L1s they need, their backends and checks)."""
+    cells = [item.callspec.params["cell"] for item in session.items
+             if getattr(item, "callspec", None) and "cell" in item.callspec.params]
+    session.config.stash[SELECTED] = list(dict.fromkeys(cells))
+    if cells:
+        say(session.config, f"matrix plan: {Selection.of_cells(cells).describe()}")
+
+
+def selection_record(config: pytest.Config, selection: Selection) -> dict:
+    """What was selected, in the user's words as well as the cells'."""
+    return {**selection.record(), "markexpr": config.option.markexpr or None,
+            "keyword": config.option.keyword or None, "args": list(config.args)}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -129,21 +148,22 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     if seed is None:
         seed = matrix.new_seed()
     out = artifacts / "matrix"
-    boots = [(v, k) for v in pytestconfig.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS
-             for k in pytestconfig.getoption("--kernel") or list(Recipe.load().kernels)]
-    stamp = results_file.stamp("pytest", {"boots": boots})
+    selection = Selection.of_cells(pytestconfig.stash.get(SELECTED, []))
+    boots = list(dict.fromkeys((c.viommu, c.kernel) for c in selection.cells()))
+    stamp = results_file.stamp("pytest", selection_record(pytestconfig, selection))
     run_id = stamp["run_id"]
     results_file.begin(out, {**stamp, "seed": seed})
     say(pytestconfig, f"P2P seed: {seed}; run {run_id}")
     found = CellResults(Setup(qemu, images, accelerator), out, seed, run_id,
                         pytestconfig.getoption("--l2-qemu"), pytestconfig.getoption("--ssh-port"),
-                        boots, pytestconfig.getoption("--l1-jobs") or runner.default_jobs())
+                        boots, pytestconfig.getoption("--l1-jobs") or runner.default_jobs(),
+                        selection)
     yield found
     cells = list(found.produced.values())
     if not cells:
         return
     kept = [] if pytestconfig.getoption("--keep-artifacts") else results_file.prune(out, cells)
-    wanted = len(boots) * len(matrix.BACKENDS) * len(matrix.CHECKS)
+    wanted = len(selection.cells())
     results_file.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
                                "l0_qemu": qemu.version_text,
                                "l2_qemu": results_file.qemu_under_test(cells),

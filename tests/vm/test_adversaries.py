@@ -40,8 +40,8 @@ def test_adversary_gets_the_true_verdicts(adversary, adversary_l1, shim, tmp_pat
     wrapper.write_text(adversary.wrapper(shim if adversary.shim else None))
     under_test = runner.qemu_under_test(adversary_l1, wrapper)
     out = adversary_l1.run_dir / adversary.name
-    results = list(runner.cells_on_l1(adversary_l1, under_test, matrix.BACKENDS, matrix.CHECKS,
-                                      out, seed=1))
+    cells = matrix.cells((adversary_l1.viommu.name,), matrix.BACKENDS, (adversary_l1.kernel,))
+    results = list(runner.cells_on_l1(adversary_l1, under_test, cells, out, seed=1))
     kernel = adversary_l1.kernel
     summary = [{"cell": r.cell.id, "outcome": r.outcome, "met": r.met, "reason": r.reason}
                for r in results]
@@ -88,8 +88,8 @@ def test_an_l2_that_dies_is_named_in_l1s_words(adversary_l1, tmp_path):
     wrapper.write_text(DIES)
     under_test = runner.qemu_under_test(adversary_l1, wrapper)
     out = adversary_l1.run_dir / "dies"
-    results = list(runner.cells_on_l1(adversary_l1, under_test, ("legacy",), matrix.CHECKS,
-                                      out, seed=1))
+    cells = matrix.cells((adversary_l1.viommu.name,), ("legacy",), (adversary_l1.kernel,))
+    results = list(runner.cells_on_l1(adversary_l1, under_test, cells, out, seed=1))
     assert len(results) == len(matrix.CHECKS)
     said = (out / "legacy" / "l2-stderr.log").read_text().splitlines()
     assert "this L2 will be killed" in said[0]  # the wrapper's line: this L2 is the one killed

@@ -1,0 +1,72 @@
+"""The pytest front end as a user runs it: a selection is the work, and an interrupt
+leaves nothing running. Each test starts pytest itself, on the matrix, in a process of
+its own, and reads what that run left."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.l0.machine import SHM
+from tests.vm.test_failures import qemu_processes_using, qemu_zombies
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_matrix(pytestconfig: pytest.Config, artifacts: Path, *selection: str
+                  ) -> subprocess.Popen:
+    """The matrix test of this checkout under `selection`, with this session's images."""
+    passed = [a for option in ("--cache-dir", "--qemu")
+              if pytestconfig.getoption(option) for a in (option, pytestconfig.getoption(option))]
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *passed,
+         "--artifacts", str(artifacts), "--keep-artifacts", *selection,
+         "tests/vm/test_matrix.py"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_marker_selection_boots_its_l1s_and_writes_its_cells_only(pytestconfig, tmp_path):
+    """-m "intel_iommu and p2p_dma": the intel-iommu L1s, the P2P check, four cells."""
+    proc = pytest_matrix(pytestconfig, tmp_path, "-m", "intel_iommu and p2p_dma")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert "matrix plan: 4 cell(s) on 2 L1(s) (intel-iommu/dmabuf, intel-iommu/no-dmabuf)" \
+        in out, out[-3000:]
+    results = json.loads((tmp_path / "matrix" / "results.json").read_text())
+    assert sorted(c["id"] for c in results["cells"]) == sorted(
+        f"intel-iommu-{b}-{k}-p2p-dma" for b in ("legacy", "iommufd")
+        for k in ("dmabuf", "no-dmabuf"))
+    run = results["run"]
+    assert run["complete"] is True and run["front_end"] == "pytest"
+    assert run["selection"]["markexpr"] == "intel_iommu and p2p_dma"
+    assert run["selection"]["checks"] == ["p2p-dma"]
+    booted = sorted(p.parent.name for p in (tmp_path / "matrix").glob("*/l0-console.log"))
+    assert booted == ["intel-iommu-dmabuf", "intel-iommu-no-dmabuf"]
+    # each backend's L2 ran the P2P check's steps and no lifecycle step or side L2
+    for backend in (tmp_path / "matrix" / "intel-iommu-dmabuf").glob("*/"):
+        if (backend / "l2-trace.log").exists():
+            assert not (backend / "side").exists(), backend
+
+
+def test_sigterm_of_pytest_takes_its_qemu_and_files_with_it(pytestconfig, tmp_path):
+    """A CI job cancelled (SIGTERM) mid-cell: the L1 is shut down, reaped, and its ivshmem
+    file removed, as with the CLI."""
+    shm_before = set(SHM.glob("vfio-harness-*"))
+    proc = pytest_matrix(pytestconfig, tmp_path, "-k", "intel-iommu-legacy-dmabuf-reset",
+                         "--l1-jobs", "1")  # the L1 in pytest's own process, as in CI's tests
+    end = time.monotonic() + 120
+    while not qemu_processes_using(tmp_path):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < end, "the run never started QEMU"
+        time.sleep(0.2)
+    time.sleep(8)  # into the boot
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-3000:]
+    assert qemu_processes_using(tmp_path) == [], out[-3000:]
+    assert qemu_zombies() == []
+    assert set(SHM.glob("vfio-harness-*")) <= shm_before, out[-3000:]
