@@ -14,6 +14,9 @@
   ci/benchmark.py l2-scenario [--runs 5] [--viommu V] [--kernel K] [--backend B]
                                               one more L2 scenario (all checks of one
                                               backend) on an L1 that is already up
+  ci/benchmark.py selection [--runs 3]        a marker selection through pytest
+                                              (-m "intel_iommu and p2p_dma") against the
+                                              CLI's equivalent run, paired run by run
   ci/benchmark.py ab-series [--runs 3]        `vfio-harness ab --candidate-kernel-patches`
                                               of the default matrix for a new one-file
                                               drivers/vfio series: from series to verdict
@@ -108,6 +111,29 @@ def l2_scenario(args: argparse.Namespace) -> list[float]:
     return out
 
 
+SELECTED = ("-m", "intel_iommu and p2p_dma")
+SELECTED_CLI = ("--viommu", "intel-iommu", "--check", "p2p-dma")
+
+
+def selection(args: argparse.Namespace) -> list[float]:
+    """pytest's times; the CLI's go into args.paired."""
+    root = Path(__file__).resolve().parent.parent
+    out, args.paired = [], []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+            began = time.monotonic()
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            *SELECTED, "--artifacts", tmp, "tests/vm/test_matrix.py"],
+                           cwd=root, check=True, stdout=subprocess.DEVNULL)
+            out.append(time.monotonic() - began)
+            cells = json.loads((Path(tmp) / "matrix" / "results.json").read_text())["cells"]
+            if len(cells) != 4:
+                raise SystemExit(f"pytest's selection wrote {len(cells)} cells, not 4")
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+            args.paired.append(timed_cli(["run", "--results", tmp, *SELECTED_CLI]))
+    return out
+
+
 def _one_file_series(out: Path, token: str) -> Path:
     """A series never built before (its comment is new), touching one drivers/vfio file."""
     from harness.base import paths
@@ -150,7 +176,7 @@ def ab_series(args: argparse.Namespace) -> list[float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
-                                    "l2-scenario", "ab-series"])
+                                    "l2-scenario", "selection", "ab-series"])
     p.add_argument("--runs", type=int)
     p.add_argument("--viommu", default="intel-iommu")
     p.add_argument("--kernel", default="dmabuf")
@@ -159,9 +185,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, help="matrix: L1s at once")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
-    args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3}.get(args.what, 5)
+    args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
+                              "selection": 3}.get(args.what, 5)
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
-          "matrix": matrix_run, "l2-scenario": l2_scenario, "ab-series": ab_series}
+          "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
+          "ab-series": ab_series}
     samples = fn[args.what](args)
     for i, s in enumerate(samples):
         print(json.dumps({"run": i, "seconds": round(s, 2)}))
@@ -172,7 +200,12 @@ def main() -> int:
                   if args.what in ("l1-boot", "l2-scenario") else {}),
                **({"backend": args.backend} if args.what == "l2-scenario" else {}),
                **({"cells": "creation" if args.creation else "all",
-                   "jobs": args.jobs or "default"} if args.what == "matrix" else {})}
+                   "jobs": args.jobs or "default"} if args.what == "matrix" else {}),
+               **({"pytest": " ".join(SELECTED), "cli": " ".join(SELECTED_CLI),
+                   "cli_median_s": round(statistics.median(args.paired), 2),
+                   "cli_min_s": round(min(args.paired), 2),
+                   "cli_max_s": round(max(args.paired), 2)}
+                  if args.what == "selection" else {})}
     print(json.dumps(summary))
     if args.json:
         with args.json.open("a") as f:
