@@ -1,8 +1,10 @@
 """The matrix as a page people look at, and the merge of sharded runs.
 
 `render` turns results.json into one self-contained HTML file: a coloured
-table (rows vIOMMU x kernel, columns backend x check), each cell linking to
-its reason, its evidence and its artifacts further down the page. No script,
+table read at a glance (a row per check, in the order they run; columns
+grouped by vIOMMU, then kernel, then backend; an expected failure or skip shows
+its signature), each cell linking to its reason, its evidence and its artifacts
+further down the page. No script,
 no server: it opens from disk or from a CI artifact browser.
 
 `merge` joins the results.json of CI shards (each ran part of the matrix
@@ -71,10 +73,6 @@ def _order(cell: dict) -> tuple:
 def render(data: dict, base: Path) -> str:
     """The page for `data`; artifact links are relative to `base`, where it is written."""
     cells = sorted(data["cells"], key=_order)
-    rows = sorted({(c["viommu"], c["kernel"]) for c in cells})
-    cols = sorted({(c["backend"], c["check"]) for c in cells},
-                  key=lambda bc: (_backend_order(bc[0]), _check_order(bc[1])))
-    by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
     unmet = [c for c in cells if not c.get("met")]
     finished = data.get("run", {}).get("complete") is True
     e = html.escape
@@ -82,32 +80,17 @@ def render(data: dict, base: Path) -> str:
            f"<title>vfio-harness matrix{'' if finished else ' (INCOMPLETE RUN)'}</title>"
            "<style>",
            "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse}",
-           "td,th{border:1px solid #ccc;padding:.4em .6em;text-align:center}",
-           "td.cell a{color:#fff;text-decoration:none;display:block}",
+           "td,th{border:1px solid #ccc;padding:.3em .4em;text-align:center}",
+           "#matrix td.cell{min-width:6em} td.cell a{color:#fff;text-decoration:none;"
+           "display:block} #matrix th.check{text-align:left}",
            ".small{font-size:80%;opacity:.85} pre{background:#f5f5f5;padding:.6em;"
-           "overflow-x:auto;max-height:30em} .unmet{outline:3px solid #000}",
+           "overflow-x:auto;max-height:30em;white-space:pre-wrap;word-break:break-all}"
+           " .unmet{outline:3px solid #000}",
            "</style></head><body>",
            "<h1>vfio-harness matrix</h1>", _provenance(data.get("run", {})),
            f"<p id='summary'>{len(cells)} cells, {len(unmet)} not as expected: "
-           f"{_counts(cells)}</p>",
-           "<table id='matrix'><tr><th>vIOMMU</th><th>kernel</th>"]
-    out += [f"<th>{e(b)}<br><span class='small'>{e(c)}</span></th>" for b, c in cols]
-    out.append("</tr>")
-    for vi, kernel in rows:
-        out.append(f"<tr><th>{e(vi)}</th><th>{e(kernel)}</th>")
-        for backend, check in cols:
-            cell = by_key.get((vi, kernel, backend, check))
-            if cell is None:
-                out.append("<td class='absent'>not run</td>")
-                continue
-            outcome = cell["outcome"]
-            mark = "" if cell.get("met") else " unmet"
-            out.append(f"<td class='cell {e(outcome)}{mark}' data-cell='{e(cell['id'])}' "
-                       f"style='background:{COLOURS.get(outcome, '#000')}'>"
-                       f"<a href='#{e(cell['id'])}'>{e(outcome)}<br>"
-                       f"<span class='small'>expected {e(cell['expected'])}</span></a></td>")
-        out.append("</tr>")
-    out.append("</table>")
+           f"{_counts(cells)}</p>"]
+    out += _matrix_table(cells)
     for q in _qemus_under_test(data.get("run", {})):
         out.append(f"<p id='qemu-under-test'>QEMU under test: {e(q.get('version', '?'))} "
                    f"({e(q.get('origin', '?'))}), sha256 {e(q.get('sha256', '?'))}; "
@@ -121,6 +104,50 @@ def render(data: dict, base: Path) -> str:
         out.append(_cell_section(cell, base))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _matrix_table(cells: list[dict]) -> list[str]:
+    """Checks as rows; columns vIOMMU > kernel > backend, each level a header row."""
+    e = html.escape
+    checks = sorted({c["check"] for c in cells}, key=_check_order)
+    cols = sorted({(c["viommu"], c["kernel"], c["backend"]) for c in cells},
+                  key=lambda k: (k[0], k[1], _backend_order(k[2])))
+    by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
+    out = ["<table id='matrix'>"]
+    for depth, label in enumerate(("vIOMMU", "kernel", "backend")):
+        out.append(f"<tr><th>{label}</th>")
+        groups: list[tuple[tuple[str, ...], int]] = []
+        for col in cols:
+            key = col[:depth + 1]
+            if groups and groups[-1][0] == key:
+                groups[-1] = (key, groups[-1][1] + 1)
+            else:
+                groups.append((key, 1))
+        out += [f"<th colspan='{n}'>{e(key[-1])}</th>" for key, n in groups]
+        out.append("</tr>")
+    for check in checks:
+        out.append(f"<tr><th class='check'>{e(check)}</th>")
+        for vi, kernel, backend in cols:
+            cell = by_key.get((vi, kernel, backend, check))
+            out.append("<td class='absent'>not run</td>" if cell is None else _matrix_cell(cell))
+        out.append("</tr>")
+    out.append("</table>")
+    return out
+
+
+def _matrix_cell(cell: dict) -> str:
+    """The outcome; below it what was expected if it was not met, else the signature of an
+    expected failure or skip (what it must show to count)."""
+    e = html.escape
+    outcome = cell["outcome"]
+    if not cell.get("met"):
+        note = f"expected {cell['expected']}"
+    else:
+        note = ", ".join(cell.get("expected_signature") or [])
+    return (f"<td class='cell {e(outcome)}{'' if cell.get('met') else ' unmet'}' "
+            f"data-cell='{e(cell['id'])}' style='background:{COLOURS.get(outcome, '#000')}'>"
+            f"<a href='#{e(cell['id'])}' title='{e(cell['id'])}'>{e(outcome)}"
+            + (f"<br><span class='small'>{e(note)}</span>" if note else "") + "</a></td>")
 
 
 def _provenance(run: dict) -> str:

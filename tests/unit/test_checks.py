@@ -6,6 +6,7 @@ pytest markers, the report, the avocado variants and compare, with no other
 file touched."""
 
 import json
+import re
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):
     assert "toy_check: the toy-check check: a check made up for this test" in lines
     # the avocado variants
     assert cell.id in {v["variant_id"] for v in matrix.avocado_variants(matrix.cells(), {})}
-    # the report: a column of its own, after the creation-time checks it was registered
+    # the report: a row of its own, after the creation-time checks it was registered
     # beside and before the lifecycle steps
     base, cand = tmp_path / "base", tmp_path / "cand"
     legacy = Cell("intel-iommu", "legacy", "no-dmabuf", "toy-check")
@@ -91,9 +92,9 @@ def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):
         results_file.write(out, cells,
                            {**results_file.stamp("test", {}), "seed": 3, "complete": True})
     page = report.write_html(cand).read_text()
-    header = page[page.index("<table id='matrix'>"):page.index("</tr>",
-                                                               page.index("<table id='matrix'>"))]
-    assert header.index("p2p-dma") < header.index("toy-check") < header.index("reset")
+    table = page[page.index("<table id='matrix'>"):page.index("</table>")]
+    assert re.findall(r"<th class='check'>([^<]+)</th>", table) == ["p2p-dma", "toy-check",
+                                                                    "reset"]
     # compare: its regression is named, with the line that reproduces it
     text = compare.text(compare.compare(base, cand))
     assert f"+ {legacy.id}: pass -> fail" in text

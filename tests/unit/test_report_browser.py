@@ -96,3 +96,38 @@ def test_the_outcome_colours_are_on_screen(page, tmp_path):
         hexcode = report.COLOURS[name].lstrip("#")
         rgb = tuple(int(hexcode[i:i + 2], 16) for i in (0, 2, 4))
         assert rgb in colours, f"no {name} colour {report.COLOURS[name]} in the screenshot"
+
+
+def test_the_default_matrix_reads_at_a_glance_in_a_1400_pixel_window(tmp_path):
+    """Checks as rows in the order they run, columns vIOMMU > kernel > backend, each
+    expected failure or skip showing its signature, and no sideways scrolling."""
+    from harness.checks import matrix, registry
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cells = []
+    for cell in matrix.cells():  # the default matrix, every cell as expected
+        expectation = cell.expectation
+        observed = {"xfail": "fail"}.get(expectation.outcome, expectation.outcome)
+        cells.append(matrix.CellResult.settled(cell, observed, "as expected", {}, 1.0,
+                                               findings=frozenset(expectation.signature)))
+    results_file.write(out, cells, {**results_file.stamp("test", {}), "seed": 1,
+                                    "complete": True})
+    page = report.write_html(out)
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text().replace(
+        "</body>", "<script>document.body.dataset.width = "
+                   "document.documentElement.scrollWidth</script></body>"))
+    dom = chromium(tmp_path, "--window-size=1400,1000", "--dump-dom", measured.as_uri())
+    width = int(re.search(r'data-width="(\d+)"', dom).group(1))
+    assert width <= 1400, f"the page is {width} pixels wide in a 1400-pixel window"
+    table = dom[dom.index('<table id="matrix">'):dom.index("</table>")]
+    rows = re.findall(r'<th class="check">([^<]+)</th>', table)
+    assert rows == list(registry.names())
+    headers = re.findall(r"<tr><th>(\w+)</th>", table)
+    assert headers == ["vIOMMU", "kernel", "backend"]
+    assert table.count("<td class=\"cell") == len(cells) == 56
+    for c in cells:
+        if c.cell.expectation.signature:  # shown under the outcome, in its cell
+            shown = re.search(rf'data-cell="{c.cell.id}"[^>]*>.*?</td>', table).group(0)
+            assert ", ".join(c.cell.expectation.signature) in shown, shown
