@@ -33,8 +33,8 @@ from harness.l0 import accel
 from harness.l0.machine import check_port
 from harness.l0.qemu_binary import QemuBinary
 from harness.l2.bundle import Bundle
-from harness.platforms import VIOMMUS, viommu
-from harness.results import patchwork, report
+from harness.platforms import VIOMMUS, X86_64, Platform, viommu
+from harness.results import kcidb, patchwork, report
 from harness.run.plan import RunPlan, Selection, Side
 
 
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print JSON instead of text")
     cmp.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
     _patchwork_options(cmp)
+    _kcidb_option(cmp)
 
     cells = sub.add_parser("matrix", help="the cells and what each is expected to do")
     cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
@@ -193,6 +194,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="L1s booted at once (default: one per core; 1 with --ssh-port)")
     _series_option(p)
     _patchwork_options(p)
+    _kcidb_option(p)
 
 
 def _series_option(p: argparse.ArgumentParser) -> None:
@@ -209,6 +211,20 @@ def _patchwork_options(p: argparse.ArgumentParser) -> None:
                         "description, target_url) here; nothing is posted")
     p.add_argument("--patchwork-target-url", metavar="URL",
                    help="the check's target_url (default: the report's file:// URL)")
+
+
+def _kcidb_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kcidb", type=Path, metavar="FILE",
+                   help="also write the run (an A/B: both sides) as KCIDB JSON (schema v5.3), "
+                        "for `kcidb-submit`")
+
+
+def _kcidb(args: argparse.Namespace, *results_dirs: Path) -> None:
+    from harness.results import results_file
+
+    if args.kcidb:
+        kcidb.write(args.kcidb, *(results_file.load(d) for d in results_dirs))
+        print(f"KCIDB: {args.kcidb.resolve()}")
 
 
 def _patchwork(args: argparse.Namespace, make, report_page: Path) -> None:
@@ -283,6 +299,8 @@ def _store(args: argparse.Namespace, jobs: int | None = None) -> ImageStore:
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "patchwork_check", None):
         _results_dir(args.patchwork_check.parent, f"the Patchwork check {args.patchwork_check}")
+    if getattr(args, "kcidb", None):
+        _results_dir(args.kcidb.parent, f"the KCIDB file {args.kcidb}")
     if args.action == "images":
         return _images(args)
     if args.action == "doctor":
@@ -345,6 +363,7 @@ class _Prepared:
     out: Path
     series: Series | None = None  # --series: the series being validated
     stamp: dict = dataclasses.field(default_factory=dict)  # the run's identity, from its start
+    platform: Platform = X86_64
 
     @property
     def traces(self) -> tuple[str, ...]:
@@ -355,12 +374,14 @@ class _Prepared:
         from harness.run import runner
 
         return RunPlan(self.selection, self.qemu, self.images, self.choice.accel, self.seed,
-                       l1_dir, sides, args.ssh_port, args.jobs or runner.default_jobs())
+                       l1_dir, sides, args.ssh_port, args.jobs or runner.default_jobs(),
+                       self.platform)
 
     def info(self, cells: list, began: float, **extra: object) -> dict:
         from harness.results import results_file
 
-        return {**self.stamp, "seed": self.seed, "accel": self.choice.accel,
+        return {**self.stamp, "arch": self.platform.arch, "seed": self.seed,
+                "accel": self.choice.accel,
                 "accel_reason": self.choice.reason, "l0_qemu": self.qemu.version_text,
                 "l2_qemu": results_file.qemu_under_test(cells),
                 **results_file.kernels_info(self.images),
@@ -458,6 +479,7 @@ def _run(args: argparse.Namespace) -> int:
             print("\n" + results_file.table(cells))
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
+        _kcidb(args, p.out)
         if args.keep_artifacts or not finished:
             why = "" if args.keep_artifacts else ", the run did not finish"
             print(f"artifacts (all kept{why}): {p.out.resolve()}")
@@ -508,6 +530,7 @@ def _ab(args: argparse.Namespace) -> int:
           f"compare.html); candidate's report: {(sides[1].results / 'report.html').resolve()}")
     _patchwork(args, lambda url: patchwork.for_comparison(c, url),
                sides[1].results / "report.html")
+    _kcidb(args, sides[0].results, sides[1].results)
     return c.exit_code()
 
 
@@ -522,6 +545,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(json.dumps(c.record(), indent=2) if args.json else compare.text(c))
     print(f"A/B report: {written['text'].resolve()}", file=sys.stderr)
     _patchwork(args, lambda url: patchwork.for_comparison(c, url), written["html"])
+    _kcidb(args, args.baseline, args.candidate)
     return c.exit_code()
 
 

@@ -172,6 +172,9 @@ CATALOGUE = [
                                         "--patchwork-check", "{tmp}/a-file/check.json"),
          "{tmp}/a-file/check.json",
          files={"base/results.json": _results([FULL_CELL]), "a-file": ""}),
+    Kind("kcidb-file-unwritable", ("run", "--kcidb", "{tmp}/a-file/kcidb.json"),
+         "cannot write the KCIDB file {tmp}/a-file/kcidb.json to {tmp}/a-file: File exists",
+         files={"a-file": ""}),
 ]
 
 

@@ -164,7 +164,8 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
         return
     kept = [] if pytestconfig.getoption("--keep-artifacts") else results_file.prune(out, cells)
     wanted = len(selection.cells())
-    results_file.write(out, cells, {**stamp, "seed": seed, "accel": accelerator,
+    results_file.write(out, cells, {**stamp, "arch": found.plan.platform.arch,
+                                    "seed": seed, "accel": accelerator,
                                "l0_qemu": qemu.version_text,
                                "l2_qemu": results_file.qemu_under_test(cells),
                                **results_file.kernels_info(images),
