@@ -470,13 +470,17 @@ def _run(args: argparse.Namespace) -> int:
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
         kept = [] if args.keep_artifacts or not finished else results_file.prune(p.out, cells)
-        path = results_file.write(p.out, cells, p.info(cells, began))
+        info = p.info(cells, began)
+        path = results_file.write(p.out, cells, info)
         page = report.write_html(p.out)
         if args.junit:
             args.junit.parent.mkdir(parents=True, exist_ok=True)
-            args.junit.write_text(results_file.junit(cells))
+            args.junit.write_text(results_file.junit(cells, run=info))
         if cells:
             print("\n" + results_file.table(cells))
+        for cell in cells:
+            if not cell.met:
+                print(f"reproduce {cell.cell.id}: {results_file.reproduce(cell.record(), info)}")
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
         _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
         _kcidb(args, p.out)

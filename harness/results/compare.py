@@ -14,12 +14,11 @@ new failures marked, and a line to reproduce each.
 """
 
 import json
-import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.results.results_file import load
+from harness.results.results_file import load, reproduce
 
 NEW_FAILURE, FIXED, STILL_FAILING, UNCHANGED, INFRASTRUCTURE, ONE_SIDE = (
     "new failure", "fixed", "still failing", "unchanged", "infrastructure error",
@@ -148,21 +147,6 @@ def _describe(run: dict) -> str:
                                       if k in series else "")
                         for k, v in (run.get("kernels") or {}).items())
     return f"{qemu}; kernels {kernels or 'unknown'}; seed {run.get('seed', '?')}"
-
-
-def reproduce(cell: dict, run: dict) -> str:
-    """The command that reruns one cell as the candidate ran it."""
-    args = ["vfio-harness", "run", "--viommu", cell["viommu"], "--backend", cell["backend"],
-            "--kernel", cell["kernel"], "--check", cell["check"]]
-    if run.get("seed") is not None:
-        args += ["--seed", str(run["seed"])]
-    series = (run.get("kernel_series") or {}).get(cell["kernel"])
-    if series:
-        args += ["--kernel-patches", series["source"]]
-    for q in run.get("l2_qemu") or []:
-        if isinstance(q, dict) and q.get("origin") not in (None, "packaged in the rootfs"):
-            args += ["--l2-qemu", q["origin"]]
-    return " ".join(shlex.quote(a) for a in args)
 
 
 def text(c: Comparison) -> str:

@@ -17,7 +17,14 @@ import os
 from pathlib import Path
 
 from harness.base.errors import BadInput
-from harness.results.results_file import SCHEMA, incomplete_why, load, now, stamp
+from harness.results.results_file import (
+    SCHEMA,
+    incomplete_why,
+    load,
+    now,
+    reproduce,
+    stamp,
+)
 
 COLOURS = {"pass": "#2e7d32", "xfail": "#7cb342", "skip": "#9e9e9e", "fail": "#c62828",
            "xpass": "#ef6c00", "error": "#6a1b9a"}
@@ -101,7 +108,7 @@ def render(data: dict, base: Path) -> str:
                f"<pre>{e(json.dumps(data.get('run', {}), indent=2))}</pre></details>")
     out.append("<h2>Cells</h2>")
     for cell in cells:
-        out.append(_cell_section(cell, base))
+        out.append(_cell_section(cell, base, data.get("run", {})))
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -236,12 +243,15 @@ def _counts(cells: list[dict]) -> str:
     return ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
 
 
-def _cell_section(cell: dict, base: Path) -> str:
+def _cell_section(cell: dict, base: Path, run: dict) -> str:
     e = html.escape
     parts = [f"<section id='{e(cell['id'])}'><h3>{e(cell['id'])}: "
              f"<span style='color:{COLOURS.get(cell['outcome'], '#000')}'>"
              f"{e(cell['outcome'])}</span> (expected {e(cell['expected'])})</h3>",
              f"<p class='reason'>{e(cell.get('reason', ''))}</p>"]
+    if not cell.get("met") and not run.get("shards"):  # a merge: each shard ran its own way
+        parts.append(f"<p class='reproduce'>reproduce: <code>{e(reproduce(cell, run))}</code>"
+                     f"</p>")
     if cell.get("expected_because"):
         signature = ", ".join(cell.get("expected_signature", []))
         parts.append(f"<p class='small'>expected because {e(cell['expected_because'])}"

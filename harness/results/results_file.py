@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -242,7 +243,33 @@ def table(cells: list[CellResult]) -> str:
     return "\n".join(lines)
 
 
-def junit(cells: list[CellResult], name: str = "vfio-harness") -> str:
+def reproduce(cell: dict, run: dict) -> str:
+    """The command that reruns one cell as `run` ran it: its coordinates, seed, kernel
+    under test and QEMU under test."""
+    args = ["vfio-harness", "run", "--viommu", cell["viommu"], "--backend", cell["backend"],
+            "--kernel", cell["kernel"], "--check", cell["check"]]
+    if run.get("seed") is not None:
+        args += ["--seed", str(run["seed"])]
+    kernel = cell["kernel"]
+    series = (run.get("kernel_series") or {}).get(kernel)
+    if series:
+        args += ["--kernel-patches", series["source"]]
+    image = (run.get("kernel_images") or {}).get(kernel)
+    if image:
+        args += ["--kernel-image", image["path"]]
+        if image.get("config", "").startswith("/"):
+            args += ["--kernel-config", image["config"]]
+    tree = (run.get("kernel_trees") or {}).get(kernel)
+    if tree:
+        args += ["--kernel-tree", tree if isinstance(tree, str) else tree.get("path", "")]
+    for q in run.get("l2_qemu") or []:
+        if isinstance(q, dict) and q.get("origin") not in (None, "packaged in the rootfs"):
+            args += ["--l2-qemu", q["origin"]]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def junit(cells: list[CellResult], name: str = "vfio-harness",
+          run: dict | None = None) -> str:
     """JUnit XML (the xunit2 flavour GitLab and GitHub render): a testcase per cell.
 
     An expected skip is <skipped>; an xfail is <skipped> too, its message
@@ -262,7 +289,8 @@ def junit(cells: list[CellResult], name: str = "vfio-harness") -> str:
             tag = "error" if c.outcome == "error" else "failure"
             node = ET.SubElement(case, tag, message=f"expected {c.cell.expected}, got "
                                                     f"{c.outcome}: {c.reason}"[:1000])
-            node.text = f"{c.reason}\nartifacts: {c.artifacts}"
+            node.text = f"{c.reason}\nartifacts: {c.artifacts}" + (
+                f"\nreproduce: {reproduce(c.record(), run)}" if run is not None else "")
         elif c.outcome in ("skip", "xfail"):
             prefix = "xfail: " if c.outcome == "xfail" else ""
             ET.SubElement(case, "skipped", message=f"{prefix}{c.reason}"[:1000])

@@ -217,3 +217,18 @@ def test_the_schema_knows_exactly_the_outcomes_a_cell_can_have():
     """The schema is static JSON: it must not drift from the outcomes the matrix reports."""
     schema = json.loads(results_file.SCHEMA_FILE.read_text())
     assert tuple(schema["$defs"]["cell"]["properties"]["outcome"]["enum"]) == matrix.OUTCOMES
+
+
+def test_every_failing_cell_carries_its_reproduce_line_in_the_report_and_junit(tmp_path):
+    out, cells = make_run(tmp_path, {("legacy", "p2p-dma"): "pass", ("iommufd", "reset"): "fail"})
+    run = {**STAMP, "seed": 77, "complete": True,
+           "kernel_images": {"dmabuf": {"path": "/k/bzImage", "sha256": "ab",
+                                        "config": "/k/.config"}}}
+    results_file.write(out, cells, run)
+    page = report.write_html(out).read_text()
+    line = ("vfio-harness run --viommu intel-iommu --backend iommufd --kernel dmabuf --check "
+            "reset --seed 77 --kernel-image /k/bzImage --kernel-config /k/.config")
+    assert f"reproduce: <code>{line}</code>" in page
+    assert page.count("class='reproduce'") == 1  # the passing cell has none
+    xml = results_file.junit(cells, run=results_file.load(out)["run"])
+    assert f"reproduce: {line}" in xml
