@@ -219,19 +219,18 @@ def _kcidb_option(p: argparse.ArgumentParser) -> None:
                         "for `kcidb-submit`")
 
 
-def _kcidb(args: argparse.Namespace, *results_dirs: Path) -> None:
+def _publish(args: argparse.Namespace, make, report_page: Path, *results_dirs: Path) -> None:
+    """What goes to other systems, if asked for: the Patchwork check (`make` builds it for
+    a target URL) and the KCIDB file of `results_dirs`."""
     from harness.results import results_file
 
-    if args.kcidb:
-        kcidb.write(args.kcidb, *(results_file.load(d) for d in results_dirs))
-        print(f"KCIDB: {args.kcidb.resolve()}")
-
-
-def _patchwork(args: argparse.Namespace, make, report_page: Path) -> None:
     if args.patchwork_check:
         record = make(args.patchwork_target_url or report_page.resolve().as_uri())
         patchwork.write(args.patchwork_check, record)
         print(f"Patchwork check ({record['state']}): {args.patchwork_check.resolve()}")
+    if args.kcidb:
+        kcidb.write(args.kcidb, *(results_file.load(d) for d in results_dirs))
+        print(f"KCIDB: {args.kcidb.resolve()}")
 
 
 def _series(path: Path | None) -> Series | None:
@@ -482,8 +481,7 @@ def _run(args: argparse.Namespace) -> int:
             if not cell.met:
                 print(f"reproduce {cell.cell.id}: {results_file.reproduce(cell.record(), info)}")
         print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
-        _patchwork(args, lambda url: patchwork.for_run(cells, url), page)
-        _kcidb(args, p.out)
+        _publish(args, lambda url: patchwork.for_run(cells, url), page, p.out)
         if args.keep_artifacts or not finished:
             why = "" if args.keep_artifacts else ", the run did not finish"
             print(f"artifacts (all kept{why}): {p.out.resolve()}")
@@ -532,9 +530,8 @@ def _ab(args: argparse.Namespace) -> int:
     print("\n" + compare.text(c))
     print(f"A/B report: {written['text'].resolve()} (and compare.json, compare.xml, "
           f"compare.html); candidate's report: {(sides[1].results / 'report.html').resolve()}")
-    _patchwork(args, lambda url: patchwork.for_comparison(c, url),
-               sides[1].results / "report.html")
-    _kcidb(args, sides[0].results, sides[1].results)
+    _publish(args, lambda url: patchwork.for_comparison(c, url),
+             sides[1].results / "report.html", sides[0].results, sides[1].results)
     return c.exit_code()
 
 
@@ -548,8 +545,8 @@ def _compare(args: argparse.Namespace) -> int:
         args.junit.write_text(compare.junit(c))
     print(json.dumps(c.record(), indent=2) if args.json else compare.text(c))
     print(f"A/B report: {written['text'].resolve()}", file=sys.stderr)
-    _patchwork(args, lambda url: patchwork.for_comparison(c, url), written["html"])
-    _kcidb(args, args.baseline, args.candidate)
+    _publish(args, lambda url: patchwork.for_comparison(c, url), written["html"],
+             args.baseline, args.candidate)
     return c.exit_code()
 
 
