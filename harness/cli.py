@@ -62,27 +62,28 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the verdict matrix (default: all of it)")
     _run_options(run)
-    run.add_argument("--kernel-patches", type=Path, metavar="SERIES",
-                     help="a kernel series under test (an mbox, or a directory of patches), "
-                          "applied to the pinned source of each kernel variant")
-    run.add_argument("--kernel-tree", type=Path, metavar="DIR",
-                     help="your own kernel source tree, built out of tree (O= in the cache) "
-                          "with each variant's fragments and booted as L1")
-    run.add_argument("--kernel-image", type=Path, metavar="BZIMAGE",
-                     help="a kernel built elsewhere, booted as L1 as is, after checking its "
-                          "config; its variant is --kernel, else dmabuf if its config has "
-                          "VFIO_PCI_DMABUF")
-    run.add_argument("--kernel-config", type=Path, metavar="FILE",
-                     help="the .config of --kernel-image (default: the one it embeds, "
-                          "CONFIG_IKCONFIG)")
-    run.add_argument("--l2-qemu", type=Path, metavar="PATH",
-                     help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
-                          "rootfs's packaged one; uploaded into each L1")
+    _under_test_options(run)
     run.add_argument("--junit", type=Path, metavar="FILE",
                      help="also write JUnit XML, a testcase per cell")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep every artifact (default: only those of cells that did not "
                           "meet their expectation)")
+
+    shell = sub.add_parser("shell", help="a cell's L1 up, its L2 started as the cell starts "
+                                         "it, and a shell in L1; quitting tears it down")
+    shell.add_argument("cell", metavar="CELL-ID",
+                       help="as in results and reports, e.g. intel-iommu-iommufd-dmabuf-reset")
+    _under_test_options(shell)
+    _series_option(shell)
+    shell.add_argument("--no-l2", action="store_true",
+                       help="boot L1 and hand the devices to vfio-pci; leave L2 to you")
+    shell.add_argument("--results", type=Path, help="directory for the artifacts "
+                                                    "(default: ./results/shell-TIMESTAMP)")
+    shell.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                       help="L0 accelerator (auto: KVM only if a boot probe succeeds)")
+    shell.add_argument("--ssh-port", type=_port,
+                       help="fixed host port for L1's SSH (default: free)")
+    shell.epilog = "shell CELL-ID [options] -- COMMAND runs COMMAND in L1 instead of a shell"
 
     ab = sub.add_parser("ab", help="baseline against candidate: both QEMUs under test on the "
                                    "same L1 boots, images, seed and cells, then compared")
@@ -197,6 +198,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     _kcidb_option(p)
 
 
+def _under_test_options(p: argparse.ArgumentParser) -> None:
+    """The kernel and QEMU under test: the same for `run` and `shell`."""
+    p.add_argument("--kernel-patches", type=Path, metavar="SERIES",
+                   help="a kernel series under test (an mbox, or a directory of patches), "
+                        "applied to the pinned source of each kernel variant")
+    p.add_argument("--kernel-tree", type=Path, metavar="DIR",
+                   help="your own kernel source tree, built out of tree (O= in the cache) "
+                        "with each variant's fragments and booted as L1")
+    p.add_argument("--kernel-image", type=Path, metavar="BZIMAGE",
+                   help="a kernel built elsewhere, booted as L1 as is, after checking its "
+                        "config; its variant is --kernel, else dmabuf if its config has "
+                        "VFIO_PCI_DMABUF")
+    p.add_argument("--kernel-config", type=Path, metavar="FILE",
+                   help="the .config of --kernel-image (default: the one it embeds, "
+                        "CONFIG_IKCONFIG)")
+    p.add_argument("--l2-qemu", type=Path, metavar="PATH",
+                   help="a QEMU build (x86_64 system emulator) to test as L2 instead of the "
+                        "rootfs's packaged one; uploaded into each L1")
+
+
 def _series_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", type=Path, metavar="FILE",
                    help="the series being validated (QEMU's or the kernel's, an mbox or a "
@@ -268,7 +289,15 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `shell CELL -- COMMAND`: argparse's subparsers do not keep what follows "--"
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = _parser().parse_args(argv)
+    if command and args.action != "shell":
+        _parser().error(f"only shell takes a command after --: {' '.join(command)}")
+    if args.action == "shell":
+        args.command = command
     _quiet_libraries()
     reaper.unwind_on_signals()
     reaper.adopt_orphans()
@@ -317,6 +346,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _ab(args)
     if args.action == "compare":
         return _compare(args)
+    if args.action == "shell":
+        return _shell(args)
     raise BadInput(f"unknown action {args.action}")
 
 
@@ -548,6 +579,37 @@ def _compare(args: argparse.Namespace) -> int:
     _publish(args, lambda url: patchwork.for_comparison(c, url), written["html"],
              args.baseline, args.candidate)
     return c.exit_code()
+
+
+def _cell_named(name: str) -> matrix.Cell:
+    every = matrix.cells(tuple(VIOMMUS), matrix.BACKENDS, tuple(Recipe.load().kernels))
+    for cell in every:
+        if cell.id == name:
+            return cell
+    raise BadInput(f"no cell {name!r}: a cell is VIOMMU-BACKEND-KERNEL-CHECK, e.g. "
+                   f"{every[0].id} (`vfio-harness matrix` lists them)")
+
+
+def _shell(args: argparse.Namespace) -> int:
+    """The cell's L1 and L2 as a run would start them, a shell in L1, then all torn down."""
+    from harness.run import shell
+
+    cell = _cell_named(args.cell)
+    args.viommu, args.backend = [cell.viommu], [cell.backend]
+    args.kernel, args.check = [cell.kernel], [cell.check]
+    args.seed, args.jobs = None, 1
+    p = _prepare(args, [args.l2_qemu], "shell", _series(args.kernel_patches))
+    try:
+        if cell.kernel not in p.selection.kernels:
+            raise BadInput(f"the kernel image plays {p.selection.kernels[0]!r}, not the cell's "
+                           f"{cell.kernel!r}")
+        plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
+        code = shell.open_shell(plan, cell, args.command, start_l2=not args.no_l2)
+    finally:
+        (p.out / "results.json").unlink(missing_ok=True)  # a shell judges nothing
+    _reap()
+    say(f"{cell.id}: L2 and L1 stopped; artifacts in {p.out.resolve()}")
+    return code
 
 
 def _selection(args: argparse.Namespace):

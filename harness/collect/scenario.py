@@ -105,8 +105,9 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
 
 
-def _main_spec(be: Backend, devices: dict[str, str], qemu: str,
-               traces: tuple[str, ...]) -> L2Spec:
+def main_spec(be: Backend, devices: dict[str, str], qemu: str,
+              traces: tuple[str, ...]) -> L2Spec:
+    """The main L2 of a backend, as every cell of it runs (and `shell` starts it)."""
     # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
     # nvme is there for its reset method (FLR): the reset step resets it for real.
     return L2Spec(be, (L2Device(devices["edu"], "id=edu"),
@@ -142,7 +143,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    spec = _main_spec(be, devices, qemu, traces)
+    spec = main_spec(be, devices, qemu, traces)
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None

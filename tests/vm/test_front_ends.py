@@ -70,3 +70,24 @@ def test_sigterm_of_pytest_takes_its_qemu_and_files_with_it(pytestconfig, tmp_pa
     assert qemu_processes_using(tmp_path) == [], out[-3000:]
     assert qemu_zombies() == []
     assert set(SHM.glob("vfio-harness-*")) <= shm_before, out[-3000:]
+
+
+def test_a_shell_in_a_cell_has_its_l2_up_and_leaves_nothing(pytestconfig, tmp_path):
+    """`shell CELL -- COMMAND`: the cell's L2 runs in L1 with its devices' dma-bufs (edu BAR
+    0, ivshmem BAR 2, nvme BAR 0 on a dma-buf kernel), COMMAND's status is the exit status,
+    and quitting stops L2 and L1."""
+    passed = [a for option in ("--cache-dir", "--qemu")
+              if pytestconfig.getoption(option) for a in (option, pytestconfig.getoption(option))]
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", *passed, "shell", "intel-iommu-iommufd-dmabuf-reset",
+         "--results", str(tmp_path), "--",
+         "pgrep -a qemu-system; echo dmabufs=$(ls -l /proc/$(pgrep qemu-system)/fd "
+         "| grep -c dmabuf); exit 7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    said = out.stdout + out.stderr
+    assert out.returncode == 7, said[-3000:]
+    assert "L2 QMP: 127.0.0.1:" in said and "-object iommufd" in said, said[-3000:]
+    assert "dmabufs=3" in said, said[-3000:]
+    assert qemu_processes_using(tmp_path) == [] and qemu_zombies() == []
+    assert not (tmp_path / "results.json").exists()  # a shell judges nothing
+    assert (tmp_path / "intel-iommu-dmabuf" / "l0-console.log").exists()
