@@ -14,12 +14,12 @@ DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
 def pytest_configure(config: pytest.Config) -> None:
     """A marker per check, from the registry: a new check needs no line here. A cancelled
     job (SIGTERM) unwinds like Ctrl-C, and what the run started is waited for at the end,
-    as in the CLI."""
+    as in the CLI. (Unlike the CLI, pytest adopts no orphans: the tests that kill a harness
+    on purpose would leave its QEMUs as pytest's zombies until the session ended.)"""
     for check in registry.REGISTRY.values():
         config.addinivalue_line("markers", f"{check.marker}: the {check.name} check: "
                                            f"{check.summary}")
     reaper.unwind_on_signals()
-    reaper.adopt_orphans()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

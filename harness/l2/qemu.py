@@ -217,11 +217,15 @@ class L2Qemu:
         if self.pid is None:
             return None
         status = shlex.quote(self.paths.status)
-        # Gone (or a zombie its shell has not reaped yet) but its status not yet written:
-        # wait for it a moment, never for an L2 that still runs.
+        # Asked because a socket closed or a command failed: an L2 that is dying may still
+        # show a running state for a moment (its sockets close before it is a zombie, the
+        # longer the busier L1 is), so it gets up to 3 s to be gone or a zombie; then its
+        # shell gets up to 3 s to write its status. An L2 that still runs is left as is.
         answer = self.session.run(
-            f"st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status 2>/dev/null); "
-            f"if [ -z \"$st\" ] || [ \"$st\" = Z ]; then for i in $(seq 150); do "
+            f"gone() {{ st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status "
+            f"2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ] || [ \"$st\" = X ]; }}; "
+            f"for i in $(seq 150); do gone && break; sleep 0.02; done; "
+            f"if gone; then for i in $(seq 150); do "
             f"[ -s {status} ] && break; sleep 0.02; done; fi; cat {status} 2>/dev/null; "
             f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
             stage="L2 status")

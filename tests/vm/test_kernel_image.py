@@ -49,7 +49,7 @@ def test_a_kernel_without_iommufd_is_refused_naming_each_option(built_elsewhere,
 
 
 def test_an_image_without_a_config_is_refused(tmp_path):
-    fake = tmp_path / "bzImage"
-    fake.write_bytes(b"\0" * 4096)
+    fake = tmp_path / "bzImage"  # a boot header, and no kernel (so no config) behind it
+    fake.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * (4096 - 0x206))
     p = harness("run", "--kernel-image", str(fake), "--results", str(tmp_path / "r"))
     assert p.returncode == 2 and "has no embedded config (CONFIG_IKCONFIG)" in p.stderr
