@@ -592,6 +592,7 @@ def _cell_named(name: str) -> matrix.Cell:
 
 def _shell(args: argparse.Namespace) -> int:
     """The cell's L1 and L2 as a run would start them, a shell in L1, then all torn down."""
+    from harness.results import results_file
     from harness.run import shell
 
     cell = _cell_named(args.cell)
@@ -606,7 +607,7 @@ def _shell(args: argparse.Namespace) -> int:
         plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
         code = shell.open_shell(plan, cell, args.command, start_l2=not args.no_l2)
     finally:
-        (p.out / "results.json").unlink(missing_ok=True)  # a shell judges nothing
+        results_file.abandon(p.out)  # a shell judges nothing: no record of a run
     _reap()
     say(f"{cell.id}: L2 and L1 stopped; artifacts in {p.out.resolve()}")
     return code
