@@ -55,7 +55,7 @@ def test_a_check_is_registered_once_with_a_known_phase():
         registry.register(registry.Check("x", "x", "sometime", toy_verdict, {}))
     with pytest.raises(ValueError, match="unknown finding"):
         registry.register(registry.Check("y", "y", registry.CREATION, toy_verdict,
-                                     {"dmabuf": ("pass", "xfail[nonsense]")}))
+                                         {"dmabuf": ("pass", "xfail[nonsense]")}))
     assert "x" not in registry.REGISTRY and "y" not in registry.REGISTRY
 
 

@@ -166,10 +166,10 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     wanted = len(selection.cells())
     results_file.write(out, cells, {**stamp, "arch": found.plan.platform.arch,
                                     "seed": seed, "accel": accelerator,
-                               "l0_qemu": qemu.version_text,
-                               "l2_qemu": results_file.qemu_under_test(cells),
-                               **results_file.kernels_info(images),
-                               "complete": len(cells) == wanted})
+                                    "l0_qemu": qemu.version_text,
+                                    "l2_qemu": results_file.qemu_under_test(cells),
+                                    **results_file.kernels_info(images),
+                                    "complete": len(cells) == wanted})
     page = report.write_html(out)
     say(pytestconfig, f"matrix results: {out / 'results.json'}")
     say(pytestconfig, f"matrix report: {page}")
