@@ -18,7 +18,7 @@ from harness.base import files
 ORIGIN = "vfio_harness"
 VERSION = {"major": 5, "minor": 3}
 
-#: (outcome, infrastructure) -> KCIDB status
+#: outcome -> KCIDB status (an infrastructure error is MISS: see `status`)
 STATUS = {"pass": "PASS", "xpass": "PASS", "fail": "FAIL", "xfail": "FAIL", "skip": "SKIP",
           "error": "ERROR"}
 

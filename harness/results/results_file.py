@@ -261,7 +261,7 @@ def reproduce(cell: dict, run: dict) -> str:
             args += ["--kernel-config", image["config"]]
     tree = (run.get("kernel_trees") or {}).get(kernel)
     if tree:
-        args += ["--kernel-tree", tree if isinstance(tree, str) else tree.get("path", "")]
+        args += ["--kernel-tree", tree["path"]]  # as the image manifest records it
     for q in run.get("l2_qemu") or []:
         if isinstance(q, dict) and q.get("origin") not in (None, "packaged in the rootfs"):
             args += ["--l2-qemu", q["origin"]]
