@@ -33,7 +33,7 @@ from harness.l0 import accel
 from harness.l0.machine import check_port
 from harness.l0.qemu_binary import QemuBinary
 from harness.l2.bundle import Bundle
-from harness.platforms import VIOMMUS, X86_64, Platform, viommu
+from harness.platforms import AARCH64, ALL_VIOMMUS, PLATFORMS, X86_64, Platform, platform
 from harness.results import kcidb, patchwork, report
 from harness.run.plan import RunPlan, Selection, Side
 
@@ -48,13 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     images = sub.add_parser("images", help="build, list or clean the L1 images")
     isub = images.add_subparsers(dest="images_action", required=True)
     build = isub.add_parser("build", help="build what is missing, stale or corrupt")
+    _arch_option(build)
     build.add_argument("--kernel", action="append", help="only this kernel variant (repeatable)")
     build.add_argument("--force", action="store_true", help="rebuild even if intact")
     build.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: CPUs+1)")
     build.add_argument("--kernel-patches", type=Path, metavar="SERIES",
                        help="also build each kernel variant with this series applied (an mbox "
                             "or a directory of patches)")
-    isub.add_parser("list", help="what is built, and whether it is intact")
+    _arch_option(isub.add_parser("list", help="what is built, and whether it is intact"))
     clean = isub.add_parser("clean", help="remove artifacts no recipe points at")
     clean.add_argument("--all", action="store_true", help="remove the whole cache")
 
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="as in results and reports, e.g. intel-iommu-iommufd-dmabuf-reset")
     _under_test_options(shell)
     _series_option(shell)
+    _arch_option(shell)
     shell.add_argument("--no-l2", action="store_true",
                        help="boot L1 and hand the devices to vfio-pci; leave L2 to you")
     shell.add_argument("--results", type=Path, help="directory for the artifacts "
@@ -115,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     _kcidb_option(cmp)
 
     cells = sub.add_parser("matrix", help="the cells and what each is expected to do")
-    cells.add_argument("--viommu", action="append", choices=sorted(VIOMMUS))
+    _arch_option(cells)
+    cells.add_argument("--viommu", action="append", choices=ALL_VIOMMUS)
     cells.add_argument("--backend", action="append", choices=matrix.BACKENDS)
     cells.add_argument("--kernel", action="append")
     cells.add_argument("--check", action="append", choices=registry.names())
@@ -177,8 +180,10 @@ def _results_dir(out: Path, what: str = "results") -> Path:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """What selects cells and shapes a run: the same for `run` and `ab`."""
-    p.add_argument("--viommu", action="append", choices=sorted(VIOMMUS),
-                   help=f"vIOMMU (repeatable; default: {', '.join(matrix.DEFAULT_VIOMMUS)})")
+    _arch_option(p)
+    p.add_argument("--viommu", action="append", choices=ALL_VIOMMUS,
+                   help=f"vIOMMU (repeatable; default: {', '.join(matrix.DEFAULT_VIOMMUS)} on "
+                        f"x86_64, {', '.join(AARCH64.default_viommus)} on aarch64)")
     p.add_argument("--backend", action="append", choices=matrix.BACKENDS,
                    help="VFIO backend of L2 (repeatable; default: both)")
     p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
@@ -321,7 +326,17 @@ def _reap() -> None:
 
 
 def _store(args: argparse.Namespace, jobs: int | None = None) -> ImageStore:
-    return ImageStore(Recipe.load(), paths.cache_dir(args.cache_dir), jobs=jobs)
+    return ImageStore(Recipe.load(platform=_platform(args)), paths.cache_dir(args.cache_dir),
+                      jobs=jobs)
+
+
+def _arch_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=sorted(PLATFORMS), default=X86_64.arch,
+                   help=f"the platform L0 emulates and L1 runs (default: {X86_64.arch})")
+
+
+def _platform(args: argparse.Namespace) -> Platform:
+    return platform(getattr(args, "arch", None) or X86_64.arch)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -427,9 +442,10 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
     from harness.results import results_file
 
     selection = _selection(args)
-    qemu = QemuBinary.find(args.qemu)
+    plat = _platform(args)
+    qemu = QemuBinary.find(args.qemu, plat)
     for vi in selection.viommus:
-        qemu.require_devices([viommu(vi).driver])
+        qemu.require_devices(plat.viommu(vi).drivers)
     if args.ssh_port:
         check_port(args.ssh_port)
     for path in l2_qemus:
@@ -481,7 +497,8 @@ def _build(args: argparse.Namespace, selection: Selection, qemu: QemuBinary,
     if validated:
         say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "
             f"trace events it adds or changes: {', '.join(validated.trace_events()) or 'none'}")
-    return _Prepared(selection, qemu, store, images, choice, seed, out, validated, stamp)
+    return _Prepared(selection, qemu, store, images, choice, seed, out, validated, stamp,
+                     store.platform)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -582,7 +599,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _cell_named(name: str) -> matrix.Cell:
-    every = matrix.cells(tuple(VIOMMUS), matrix.BACKENDS, tuple(Recipe.load().kernels))
+    every = [c for p in PLATFORMS.values() for c in
+             matrix.cells(tuple(p.viommus), matrix.BACKENDS, tuple(Recipe.load().kernels),
+                          arch=p.arch)]
     for cell in every:
         if cell.id == name:
             return cell
@@ -596,6 +615,7 @@ def _shell(args: argparse.Namespace) -> int:
     from harness.run import shell
 
     cell = _cell_named(args.cell)
+    args.arch = cell.arch
     args.viommu, args.backend = [cell.viommu], [cell.backend]
     args.kernel, args.check = [cell.kernel], [cell.check]
     args.seed, args.jobs = None, 1
@@ -614,11 +634,15 @@ def _shell(args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace):
+    plat = _platform(args)
+    viommus = tuple(args.viommu or plat.default_viommus)
+    for name in viommus:
+        plat.viommu(name)  # one of this platform's, or bad input naming the platform
     return Selection(
-        viommus=tuple(args.viommu or matrix.DEFAULT_VIOMMUS),
+        viommus=viommus,
         backends=tuple(args.backend or matrix.BACKENDS),
-        kernels=tuple(args.kernel or Recipe.load().kernels),
-        checks=tuple(args.check or registry.names()))
+        kernels=tuple(args.kernel or Recipe.load(platform=plat).kernels),
+        checks=tuple(args.check or registry.names()), arch=plat.arch)
 
 
 def _matrix(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def findings(store: ImageStore, qemu_name: str | None) -> list[Finding]:
         out.append(Finding(not missing, "L0 devices",
                            "edu, ivshmem-plain, virtio-net-pci present" if not missing
                            else f"missing {', '.join(missing)}"))
-        viommus = {name: v.driver in qemu.devices for name, v in VIOMMUS.items()}
+        viommus = {name: set(v.drivers) <= qemu.devices for name, v in VIOMMUS.items()}
         out.append(Finding(any(viommus.values()), "vIOMMUs",
                            ", ".join(f"{n} {'yes' if ok else 'missing'}"
                                      for n, ok in viommus.items())))

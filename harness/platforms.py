@@ -22,16 +22,18 @@ class L0Files(Protocol):
 
 @dataclass(frozen=True)
 class VIommu:
-    """An emulated IOMMU: its L0 device and the L1 kernel arguments it needs."""
+    """An emulated IOMMU: its L0 device (or the machine property that makes one, as arm64
+    virt's SMMUv3 is) and the L1 kernel arguments it needs."""
 
     name: str
-    device: str
+    device: str | None
     kernel_args: tuple[str, ...] = ()
+    machine_props: str = ""
 
     @property
-    def driver(self) -> str:
-        """The QEMU device type, without its properties."""
-        return self.device.split(",")[0]
+    def drivers(self) -> list[str]:
+        """The QEMU device type L0 must have, without its properties (none: the machine's)."""
+        return [self.device.split(",")[0]] if self.device else []
 
 
 #: The vIOMMUs L0 can give L1. virtio-iommu on x86 has no MSI isolation, so
@@ -47,11 +49,14 @@ VIOMMUS = {
 }
 
 
-def viommu(name: str) -> VIommu:
-    try:
-        return VIOMMUS[name]
-    except KeyError:
-        raise BadInput(f"unknown vIOMMU {name!r}; known: {', '.join(VIOMMUS)}") from None
+#: arm64 virt: SMMUv3 is a machine property, not a device. GICv3's ITS isolates MSIs,
+#: so neither needs unsafe interrupts.
+ARM_VIOMMUS = {
+    v.name: v for v in (
+        VIommu("smmuv3", None, machine_props="iommu=smmuv3"),
+        VIommu("virtio-iommu", "virtio-iommu-pci"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,23 @@ DEFAULT_DEVICES: tuple[PassthroughDevice, ...] = (EduDevice(), IvshmemDevice(), 
 
 
 @dataclass(frozen=True)
+class L2Layout:
+    """L2's machine as the harness's own driver sees it under qtest (harness/l2/pci.py):
+    nothing in L2 runs firmware, so where config space, the BAR window and RAM are is data."""
+
+    machine: str
+    #: PCI config space memory-mapped (ECAM) at this address; None: ports 0xcf8/0xcfc.
+    ecam: int | None
+    mmio_window: tuple[int, int]   # where BARs are put: [start, end)
+    staging: int                   # an address in L2's RAM for DMA patterns
+
+
+@dataclass(frozen=True)
 class Platform:
     arch: str
+    debian_arch: str                 # the rootfs's Debian architecture
+    kernel_arch: str                 # Kbuild's ARCH=
+    cross_compile: str               # Kbuild's CROSS_COMPILE= on an x86_64 host ("" native)
     l0_qemu: str                     # the L0 system emulator's binary name
     machine: str                     # L0's machine type
     cpu: str
@@ -121,16 +141,68 @@ class Platform:
     kernel_image: str                # its name in an image artifact
     kernel_magic: tuple[int, bytes]  # where its boot header's signature is, and what it is
     l2_qemu: str                     # the QEMU under test's binary name in L1
-    l2_machine: str
+    l2: L2Layout
     l2_package: str                  # the Debian package that ships it in the rootfs
+    #: What goes before the names the platform's things get: cache artifacts and object
+    #: trees, cell ids. "" for x86_64, the first platform, so that caches, results and
+    #: baselines made before there were two keep their names.
+    tag: str
+
+    def viommu(self, name: str) -> VIommu:
+        try:
+            return self.viommus[name]
+        except KeyError:
+            raise BadInput(f"unknown vIOMMU {name!r} on {self.arch}; known: "
+                           f"{', '.join(self.viommus)}") from None
+
+    def make_args(self) -> list[str]:
+        """What every `make` of a kernel for this platform is given."""
+        return [f"ARCH={self.kernel_arch}",
+                *([f"CROSS_COMPILE={self.cross_compile}"] if self.cross_compile else [])]
 
 
 X86_64 = Platform(
-    arch="x86_64", l0_qemu="qemu-system-x86_64", machine="q35", cpu="max",
+    arch="x86_64", debian_arch="amd64", kernel_arch="x86", cross_compile="",
+    l0_qemu="qemu-system-x86_64", machine="q35", cpu="max",
     viommus=VIOMMUS, default_viommus=("intel-iommu", "virtio-iommu"),
     devices=DEFAULT_DEVICES, console="ttyS0", kernel_target="bzImage",
     kernel_built="arch/x86/boot/bzImage", kernel_image="bzImage",
     kernel_magic=(0x202, b"HdrS"),  # the boot protocol header (Documentation/arch/x86/boot.rst)
-    l2_qemu="qemu-system-x86_64", l2_machine="q35", l2_package="qemu-system-x86")
+    l2_qemu="qemu-system-x86_64", l2_package="qemu-system-x86",
+    # BARs inside q35's 32-bit PCI hole, above MMCONFIG (0xb0000000 + 256 MiB).
+    l2=L2Layout(machine="q35", ecam=None, mmio_window=(0xC0000000, 0xFEC00000),
+                staging=0x100000),
+    tag="")
 
-PLATFORMS = {p.arch: p for p in (X86_64,)}
+AARCH64 = Platform(
+    arch="aarch64", debian_arch="arm64", kernel_arch="arm64",
+    cross_compile="aarch64-linux-gnu-",
+    # GICv3 for its ITS (MSI isolation). pauth-impdef: TCG emulates the architected
+    # pointer-authentication cipher (QARMA) slowly; the implementation-defined one is cheap.
+    l0_qemu="qemu-system-aarch64", machine="virt,gic-version=3", cpu="max,pauth-impdef=on",
+    viommus=ARM_VIOMMUS, default_viommus=("smmuv3", "virtio-iommu"),
+    devices=DEFAULT_DEVICES, console="ttyAMA0", kernel_target="Image",
+    kernel_built="arch/arm64/boot/Image", kernel_image="Image",
+    kernel_magic=(0x38, b"ARM\x64"),  # the Image header (Documentation/arch/arm64/booting.rst)
+    l2_qemu="qemu-system-aarch64", l2_package="qemu-system-arm",
+    # hw/arm/virt.c's memory map without highmem: ECAM at 0x3f000000, the 32-bit PCI
+    # MMIO window below it, RAM from 1 GiB.
+    l2=L2Layout(machine="virt,highmem=off", ecam=0x3F000000,
+                mmio_window=(0x10000000, 0x3EFF0000), staging=0x40100000),
+    tag="aarch64-")
+
+PLATFORMS = {p.arch: p for p in (X86_64, AARCH64)}
+#: Every platform's vIOMMUs: the CLI offers them all, a selection checks its platform's.
+ALL_VIOMMUS = sorted({name for p in PLATFORMS.values() for name in p.viommus})
+
+
+def platform(arch: str) -> Platform:
+    try:
+        return PLATFORMS[arch]
+    except KeyError:
+        raise BadInput(f"unknown architecture {arch!r}; known: {', '.join(PLATFORMS)}") from None
+
+
+def viommu(name: str) -> VIommu:
+    """An x86_64 vIOMMU by name (the default platform's)."""
+    return X86_64.viommu(name)

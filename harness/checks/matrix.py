@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from harness.checks import registry
 from harness.checks.registry import EXERCISES, EXPECTATIONS, Expectation
 from harness.images.recipe import Recipe
-from harness.platforms import X86_64
+from harness.platforms import PLATFORMS, X86_64
 from harness.verdicts.creation import FINDINGS
 
 BACKENDS = registry.BACKENDS
@@ -55,10 +55,11 @@ class Cell:
     backend: str
     kernel: str
     check: str
+    arch: str = X86_64.arch
 
     @property
     def id(self) -> str:
-        return f"{self.viommu}-{self.backend}-{self.kernel}-{self.check}"
+        return f"{PLATFORMS[self.arch].tag}{self.viommu}-{self.backend}-{self.kernel}-{self.check}"
 
     @property
     def expectation(self) -> Expectation:
@@ -74,13 +75,13 @@ class Cell:
 
 
 def cells(viommus=DEFAULT_VIOMMUS, backends=BACKENDS, kernels: tuple[str, ...] | None = None,
-          selected: tuple[str, ...] | None = None) -> list[Cell]:
+          selected: tuple[str, ...] | None = None, arch: str = X86_64.arch) -> list[Cell]:
     """The cells of a selection, checks in the order they run (default: every check, every
     kernel variant of the recipe)."""
     names = registry.names() if selected is None else selected
     kernels = tuple(Recipe.load().kernels) if kernels is None else kernels
-    return [Cell(v, b, k, c) for v in viommus for k in kernels for b in backends for c in names
-            if (c, k, b) in EXPECTATIONS]
+    return [Cell(v, b, k, c, arch) for v in viommus for k in kernels for b in backends
+            for c in names if (c, k, b) in EXPECTATIONS]
 
 
 def settle(expectation: Expectation, observed: str, reason: str,

@@ -27,9 +27,6 @@ from harness.l2.qemu import L2Qemu
 
 P2P_SIZE = 64
 IVSHMEM_INTRMASK = 0x0
-#: Where in L2's RAM a blocked DMA's pattern is staged for edu to fetch (mapped for DMA
-#: whatever happens to the BARs).
-STAGING = 0x100000
 
 
 def enable_witnessed(stack: L1Stack, l2: L2Qemu, pci: PciConfig,
@@ -139,8 +136,9 @@ def stage_pattern(l2: L2Qemu, edu: DmaEngine, seed: int, key: str) -> tuple[byte
         edu.probe()
     except HarnessError as e:
         return pattern, e.message
-    l2.qtest.write(STAGING, pattern)
-    edu.read_into_device(STAGING, P2P_SIZE)
+    staging = l2.spec.platform.l2.staging  # in L2's RAM: mapped whatever befalls the BARs
+    l2.qtest.write(staging, pattern)
+    edu.read_into_device(staging, P2P_SIZE)
     return pattern, None
 
 
@@ -172,16 +170,17 @@ def p2p_read(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, iova: int, size: int,
     if expected is None:
         expected = l2.qtest.read(iova, size)
     decoy = bytes(b ^ 0xFF for b in expected) if any(expected) else b"\xa5" * size
+    staging = l2.spec.platform.l2.staging
     dmesg_before = len(dmesg_lines(stack))
     error = None
     try:
         edu.probe()
-        l2.qtest.write(STAGING, decoy)
-        edu.read_into_device(STAGING, size)        # edu's buffer: not the expected bytes
-        l2.qtest.write(STAGING, bytes(size))       # a clean destination
+        l2.qtest.write(staging, decoy)
+        edu.read_into_device(staging, size)        # edu's buffer: not the expected bytes
+        l2.qtest.write(staging, bytes(size))       # a clean destination
         edu.read_into_device(iova, size)           # the P2P read
-        edu.write_from_device(STAGING, size)
+        edu.write_from_device(staging, size)
     except HarnessError as e:  # edu does not answer, or its DMA never ends
         error = e.message
-    got = l2.qtest.read(STAGING, size)
+    got = l2.qtest.read(staging, size)
     return P2PRead(iova, expected, got, tuple(dmesg_lines(stack)[dmesg_before:]), error)

@@ -46,7 +46,7 @@ from harness.l2.qemu import (
     L2Qemu,
     L2Spec,
 )
-from harness.platforms import EduDevice, IvshmemDevice, NvmeDevice
+from harness.platforms import EduDevice, IvshmemDevice, NvmeDevice, Platform
 
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
 BAR_TRACE = "pci_update_mappings*"
@@ -106,7 +106,7 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
 
 
 def main_spec(be: Backend, devices: dict[str, str], qemu: str,
-              traces: tuple[str, ...]) -> L2Spec:
+              traces: tuple[str, ...], platform: Platform) -> L2Spec:
     """The main L2 of a backend, as every cell of it runs (and `shell` starts it)."""
     # ivshmem sits behind a PCIe root port, so that it can be unplugged and plugged again.
     # nvme is there for its reset method (FLR): the reset step resets it for real.
@@ -115,7 +115,7 @@ def main_spec(be: Backend, devices: dict[str, str], qemu: str,
                                 f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
                        L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
                   traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
-                  root_ports=(ROOT_PORT,))
+                  root_ports=(ROOT_PORT,), platform=platform)
 
 
 def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep],
@@ -143,7 +143,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
-    spec = main_spec(be, devices, qemu, traces)
+    spec = main_spec(be, devices, qemu, traces, stack.platform)
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
@@ -153,7 +153,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         l2 = L2Qemu(stack.session, spec, out, *ports)
         l2.start()
     try:
-        pci = PciConfig(l2.qtest)
+        pci = PciConfig(l2.qtest, l2.spec.platform.l2)
         # Only BAR programming needs these: on at run time, off again after.
         l2.set_trace(BAR_TRACE, True)
         with timer("assign_bars"):

@@ -40,10 +40,11 @@ def collect(stack: L1Stack, base: L2Spec, devices: dict[str, str],
     fixture = msix_split.install(stack)
     spec = L2Spec(base.backend, (L2Device(devices["edu"], "id=edu,x-no-mmap=on"),
                                  L2Device(devices["nvme"], "id=nvme")),
-                  qemu=base.qemu, traces=base.traces, preload=(fixture,))
+                  qemu=base.qemu, traces=base.traces, preload=(fixture,),
+                  platform=base.platform)
     with L2Qemu(stack.session, spec, out, *ports) as l2:
         try:
-            pci = PciConfig(l2.qtest)
+            pci = PciConfig(l2.qtest, l2.spec.platform.l2)
             edu_slot = pci.find(EduDevice().vendor_device)
             nvme_slot = pci.find(NvmeDevice().vendor_device)
             edu_bar0 = pci.place(edu_slot)[0][1]

@@ -19,7 +19,7 @@ from harness.l0.qemu_binary import QemuBinary
 from harness.l1.session import L1Session
 from harness.l1.vfio import L1Vfio
 from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT
-from harness.platforms import VIommu
+from harness.platforms import Platform, VIommu
 
 SSH_DEADLINE = 90.0  # about 8 s is usual under TCG; 90 s leaves room for a loaded machine
 
@@ -37,6 +37,10 @@ class L1Stack:
     def run_dir(self) -> Path:
         return self.machine.files.directory
 
+    @property
+    def platform(self) -> Platform:
+        return self.machine.spec.platform
+
 
 @contextlib.contextmanager
 def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_dir: Path,
@@ -44,7 +48,7 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
            ssh_deadline: float = SSH_DEADLINE,
            kernel_args: tuple[str, ...] = ()) -> Iterator[L1Stack]:
     spec = L1Spec(viommu=viommu, kernel=images.kernels[kernel].bzimage,
-                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args,
+                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args, platform=images.platform,
                   guest_ports=(22, L1_QMP_PORT, L1_QTEST_PORT))
     say(f"L1 {viommu.name}/{kernel}: booting ({accel}), artifacts in {run_dir}")
     began = time.monotonic()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.base.errors import BadInput
 from harness.images import kconfig
+from harness.platforms import X86_64, Platform
 
 #: Bump when the build procedure itself changes in a way that changes its output.
 BUILD_FORMAT = {"kernel": 1, "rootfs": 1}
@@ -49,6 +50,9 @@ class KernelVariant:
     patches: tuple[Path, ...] = ()
     #: The variant whose object tree this one's compile starts from (None: from scratch).
     built_from: str | None = None
+    #: The platform it is built for, and what each make is given for it (ARCH=, CROSS_COMPILE=).
+    arch: str = X86_64.arch
+    make_args: tuple[str, ...] = ()
 
     def required_options(self) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -63,6 +67,7 @@ class KernelVariant:
 
     def key(self) -> str:
         return _digest("kernel", {
+            "arch": self.arch, "make_args": self.make_args,
             "package": self.package, "version": self.version, "sha256": self.sha256,
             "base": self.base,
             "trim": [_file_fingerprint(p) for p in self.trim],
@@ -87,15 +92,20 @@ class Rootfs:
     init: Path
     sshd_config: Path
     headroom_mb: int
+    #: The Debian architecture, and the platform's QEMU under test (its package).
+    debian_arch: str = X86_64.debian_arch
+    qemu_package: str = X86_64.l2_package
 
     @property
     def packages(self) -> list[str]:
-        return [line.strip() for line in self.packages_file.read_text().splitlines()
-                if line.strip() and not line.lstrip().startswith("#")]
+        listed = [line.strip() for line in self.packages_file.read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+        return [self.qemu_package, *(p for p in listed if p != self.qemu_package)]
 
     def base_key(self) -> str:
         """What debootstrap alone depends on: a changed init script reuses the bootstrap."""
         return _digest("rootfs-base", {"mirror": self.mirror, "suite": self.suite,
+                                       "arch": self.debian_arch,
                                        "packages": sorted(self.packages)})
 
     def key(self) -> str:
@@ -113,9 +123,12 @@ class Recipe:
     suite: str
     kernels: dict[str, KernelVariant]
     rootfs: Rootfs
+    platform: Platform = X86_64
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> "Recipe":
+    def load(cls, directory: Path | None = None, platform: Platform = X86_64) -> "Recipe":
+        """The recipe as it builds for `platform`: the common parts and the platform's own
+        ([kernel.arch.<arch>]: its make targets, its fragments after the common ones)."""
         directory = (directory or default_recipe_dir()).resolve()
         path = directory / "recipe.toml"
         try:
@@ -135,15 +148,20 @@ class Recipe:
                         raise BadInput(f"{path}: names {p}, which does not exist")
                 return paths
 
+            arch = k.get("arch", {}).get(platform.arch)
+            if arch is None:
+                raise BadInput(f"{path}: no [kernel.arch.{platform.arch}] section: the recipe "
+                               f"does not say how to build a kernel for {platform.arch}")
             kernels = {
                 name: KernelVariant(
                     name=name, package=k["package"], version=k["version"],
-                    sha256=k["sha256"], tarball=k["tarball"], base=tuple(k["base"]),
-                    trim=files(k.get("trim", [])),
-                    required=files(k["required"] + frags),
+                    sha256=k["sha256"], tarball=k["tarball"], base=tuple(arch["base"]),
+                    trim=files(k.get("trim", []) + arch.get("trim", [])),
+                    required=files(k["required"] + arch.get("required", []) + frags),
                     unchecked=files(k.get("unchecked", {}).get(name, [])),
                     patches=files(k.get("patches", [])),
-                    built_from=k.get("built_from", {}).get(name))
+                    built_from=k.get("built_from", {}).get(name),
+                    arch=platform.arch, make_args=tuple(platform.make_args()))
                 for name, frags in k["variants"].items()
             }
             for name, v in kernels.items():
@@ -154,11 +172,13 @@ class Recipe:
                             packages_file=files([r["packages"]])[0],
                             init=files([r["init"]])[0],
                             sshd_config=files([r["sshd_config"]])[0],
-                            headroom_mb=int(r["headroom_mb"]))
+                            headroom_mb=int(r["headroom_mb"]),
+                            debian_arch=platform.debian_arch,
+                            qemu_package=platform.l2_package)
         except KeyError as e:
             raise BadInput(f"{path}: missing key {e}") from None
         return cls(directory=directory, mirror=deb["mirror"], suite=deb["suite"],
-                   kernels=kernels, rootfs=rootfs)
+                   kernels=kernels, rootfs=rootfs, platform=platform)
 
 
 def _file_fingerprint(path: Path) -> tuple[str, str]:

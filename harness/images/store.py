@@ -7,6 +7,8 @@ Layout of the cache (see paths.py for where it is):
   build/rootfs-base-<key>/  the debootstrap result, kept so a changed init script
                             does not debootstrap again
   artifacts/<name>-<key>/   what runs: bzImage, rootfs.qcow2, keys, manifest.json
+  build/<arch>/, artifacts/<arch>-<name>-<key>/  the same for a platform other than
+                            x86_64 (the kernel source is shared: the same pinned tree)
 
 An artifact directory is complete only when its manifest exists: it is built
 as `<dir>.partial` and renamed, so an interrupted build is never mistaken for a
@@ -32,12 +34,12 @@ from harness.base.checksum import sha256_file
 from harness.base.deadline import Deadline
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
-from harness.images import kconfig
+from harness.images import foreign, kconfig
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
 from harness.images.recipe import KernelVariant, Recipe, Rootfs
 from harness.images.series import Series
-from harness.platforms import X86_64, Platform
+from harness.platforms import PLATFORMS, X86_64, Platform
 
 MANIFEST = "manifest.json"
 #: In a kernel source the recipe's patches were applied to (and its series copies).
@@ -92,6 +94,7 @@ class RootfsImage:
 class Images:
     kernels: dict[str, KernelImage]
     rootfs: RootfsImage
+    platform: Platform = X86_64  # what they were built for: L0 boots them as that
 
 
 @dataclass(frozen=True)
@@ -109,23 +112,25 @@ class ArtifactState:
 class ImageStore:
     """Knows the cache layout, verifies artifacts and builds what is missing."""
 
-    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None,
-                 platform: Platform = X86_64):
+    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None):
         self.recipe = recipe
-        self.platform = platform
+        self.platform = recipe.platform
         self.cache = cache
         self.jobs = jobs or (os.cpu_count() or 1) + 1
         self.artifacts = cache / "artifacts"
         self.locks = ArtifactLocks(self.artifacts)
-        self.build_dir = cache / "build"
+        tag = self.platform.tag
+        self.build_dir = cache / "build" / tag.rstrip("-") if tag else cache / "build"
+        #: Set once this build has no more kernels to make: a foreign rootfs waits for it.
+        self._kernels_done = threading.Event()
 
     # -- where things are, and whether they are sound ---------------------------
 
     def kernel_dir(self, variant: KernelVariant) -> Path:
-        return self.artifacts / f"kernel-{variant.name}-{variant.key()}"
+        return self.artifacts / f"kernel-{self.platform.tag}{variant.name}-{variant.key()}"
 
     def rootfs_dir(self) -> Path:
-        return self.artifacts / f"rootfs-{self.recipe.rootfs.key()}"
+        return self.artifacts / f"rootfs-{self.platform.tag}{self.recipe.rootfs.key()}"
 
     def states(self) -> list[ArtifactState]:
         out = [ArtifactState(f"kernel-{v.name}", v.key(), self.kernel_dir(v),
@@ -136,8 +141,10 @@ class ImageStore:
         return out
 
     def stale(self) -> list[Path]:
-        """Artifact dirs no current recipe key points at, and leftovers of interrupted builds."""
-        current = {s.directory for s in self.states()}
+        """Artifact dirs no current recipe key points at, for any platform, and leftovers
+        of interrupted builds."""
+        current = {s.directory for p in PLATFORMS.values()
+                   for s in ImageStore(Recipe.load(self.recipe.directory, p), self.cache).states()}
         if not self.artifacts.is_dir():
             return []
         return sorted(p for p in self.artifacts.iterdir()
@@ -154,7 +161,7 @@ class ImageStore:
                 stage="images", details="run: vfio-harness images build")
         return Images(kernels={n: self._kernel_image(n, self.kernel_dir(self.recipe.kernels[n]))
                                for n in wanted},
-                      rootfs=self._rootfs_image())
+                      rootfs=self._rootfs_image(), platform=self.platform)
 
     def _kernel_image(self, role: str, directory: Path) -> KernelImage:
         """An artifact this process boots from: held (shared) until it exits."""
@@ -214,18 +221,23 @@ class ImageStore:
             for variant in todo_kernels:
                 self._claimed(self.kernel_dir(variant), force,
                               functools.partial(self._build_variant, variant))
+                self._kernels_done.set()  # one is enough to boot a foreign second stage
         finally:
+            self._kernels_done.set()
             if rootfs_thread:
                 rootfs_thread.join()
         if errors:
             raise errors[0]
         if not kernels:
-            return Images({}, self._rootfs_image())
+            return Images({}, self._rootfs_image(), self.platform)
         return self.load(wanted)
 
     def _preflight(self, kernels: bool, rootfs: bool) -> None:
         missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in BUILD_TOOLS.items()
                    if not shutil.which(tool)]
+        cross = self.platform.cross_compile
+        if kernels and cross and not shutil.which(f"{cross}gcc"):
+            missing.append(f"{cross}gcc (apt-get install gcc-{cross.rstrip('-')})")
         if kernels:
             missing += [f"{h} (apt-get install {pkg})" for h, pkg in BUILD_HEADERS.items()
                         if not Path(h).exists()]
@@ -302,16 +314,18 @@ class ImageStore:
                 f"{', '.join(p.name for p in variant.unchecked)}")
         with step(f"kernel {name}: configure (log {log})"):
             with log.open("w") as out:
-                _run(["make", "-C", str(src), f"O={obj}", *variant.base], out, stage)
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, *variant.base],
+                     out, stage)
                 _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
                       str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
                       *map(str, unchecked)], out, stage)
-                _run(["make", "-C", str(src), f"O={obj}", "olddefconfig"], out, stage)
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, "olddefconfig"],
+                     out, stage)
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
         with step(f"kernel {name}: compile with -j{self.jobs} (log {log})"):
             with log.open("a") as out:
-                _run(["make", "-C", str(src), f"O={obj}", f"-j{self.jobs}",
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, f"-j{self.jobs}",
                       self.platform.kernel_target], out,
                      stage, progress=lambda: _compile_progress(log, name))
 
@@ -399,13 +413,13 @@ class ImageStore:
         kernels = {}
         for name in self._variants(variants):
             variant = self.recipe.kernels[name]
-            final = self.artifacts / f"kernel-{name}+{tag}"
+            final = self.artifacts / f"kernel-{self.platform.tag}{name}+{tag}"
             self._claimed(final, True, functools.partial(
                 self._build_kernel, variant, tree, self.build_dir / f"kernel-{name}+{tag}",
                 f"{name}+{tag}", final, f"{variant.key()}+{tag}",
                 {"kernel_tree": {"path": str(tree), "head": _git_head(tree)}}))
             kernels[name] = self._kernel_image(name, final)
-        return Images(kernels, images.rootfs)
+        return Images(kernels, images.rootfs, self.platform)
 
     # -- a kernel with a series applied ---------------------------------------------
 
@@ -413,7 +427,7 @@ class ImageStore:
         return hashlib.sha256(f"{variant.key()} {series.sha256}".encode()).hexdigest()[:16]
 
     def series_dir(self, variant: KernelVariant, series: Series) -> Path:
-        return self.artifacts / (f"kernel-{variant.name}+{series.name}-"
+        return self.artifacts / (f"kernel-{self.platform.tag}{variant.name}+{series.name}-"
                                  f"{self.series_key(variant, series)}")
 
     def build_series(self, series: Series, images: Images) -> Images:
@@ -431,7 +445,7 @@ class ImageStore:
                 self._claimed(final, False, functools.partial(
                     self._build_series_kernel, variant, series, final))
             kernels[name] = self._kernel_image(name, final)
-        return Images(kernels, images.rootfs)
+        return Images(kernels, images.rootfs, self.platform)
 
     def _build_series_kernel(self, variant: KernelVariant, series: Series, final: Path) -> None:
         pristine = self._kernel_source(variant)
@@ -473,16 +487,27 @@ class ImageStore:
         stage = "image build: rootfs"
         if not (base / ".complete").exists():
             log = self.build_dir / "rootfs-debootstrap.log"
-            with step(f"rootfs: debootstrap {rootfs.suite} with {len(rootfs.packages)} "
-                      f"packages (log {log})"):
+            is_foreign = rootfs.debian_arch != foreign.host_arch()
+            with step(f"rootfs: debootstrap {rootfs.suite} {rootfs.debian_arch} with "
+                      f"{len(rootfs.packages)} packages{' (first stage)' * is_foreign} "
+                      f"(log {log})"):
                 shutil.rmtree(base, ignore_errors=True)
                 base.parent.mkdir(parents=True, exist_ok=True)
                 with log.open("w") as out:
-                    _run(["debootstrap", "--variant=minbase",
+                    _run(["debootstrap", "--variant=minbase", f"--arch={rootfs.debian_arch}",
+                          *(["--foreign"] if is_foreign else []),
                           "--include=" + ",".join(rootfs.packages), rootfs.suite, str(base),
                           rootfs.mirror], out, stage,
                          progress=lambda: _last_line(log, "rootfs: debootstrap"))
-                (base / ".complete").write_text(rootfs.base_key() + "\n")
+            if is_foreign:
+                kernel = self._booting_kernel()
+                with step(f"rootfs: second stage in a {self.platform.arch} L1 under TCG "
+                          f"(console {self.build_dir / 'second-stage-console.log'})"):
+                    configured = foreign.second_stage(base, kernel, self.platform,
+                                                      self.build_dir, _run)
+                    shutil.rmtree(base)
+                    configured.rename(base)
+            (base / ".complete").write_text(rootfs.base_key() + "\n")
 
         def fill(d: Path) -> dict:
             with step("rootfs: keys, init and sshd configuration"):
@@ -505,6 +530,19 @@ class ImageStore:
             return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages}
 
         _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
+
+    def _booting_kernel(self) -> Path:
+        """A kernel of this platform to boot a foreign second stage with: the first built
+        variant, once this build's kernels are done (they compile meanwhile)."""
+        if not self._kernels_done.wait(timeout=7200):
+            raise StageTimeout("no kernel to boot the rootfs's second stage after 7200 s",
+                               stage="image build: rootfs")
+        for variant in self.recipe.kernels.values():
+            if verify(self.kernel_dir(variant)) is None:
+                return self._kernel_image(variant.name, self.kernel_dir(variant)).bzimage
+        raise HarnessError(f"the {self.platform.arch} rootfs is configured by booting a "
+                           f"kernel of its own, and none is built", stage="image build: rootfs",
+                           details=f"run: vfio-harness images build --arch {self.platform.arch}")
 
     # -- cleaning ---------------------------------------------------------------
 

@@ -126,11 +126,11 @@ def build_command(qemu: Path, spec: L1Spec, files: RunFiles, host_ports: dict[in
     accel_arg = "kvm" if accel == "kvm" else "tcg,thread=multi"
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
                        for guest, host in sorted(host_ports.items()))
-    cmd = [str(qemu), "-accel", accel_arg, "-M", spec.platform.machine, "-cpu",
-           spec.platform.cpu,
+    machine = ",".join(filter(None, (spec.platform.machine, spec.viommu.machine_props)))
+    viommu = ["-device", spec.viommu.device] if spec.viommu.device else []
+    cmd = [str(qemu), "-accel", accel_arg, "-M", machine, "-cpu", spec.platform.cpu,
            "-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M",
-           "-nodefaults", "-display", "none", "-no-reboot",
-           "-device", spec.viommu.device,
+           "-nodefaults", "-display", "none", "-no-reboot", *viommu,
            "-kernel", str(spec.kernel), "-append", spec.append(),
            "-drive", f"file={files.overlay},if=virtio,format=qcow2,cache=unsafe",
            "-netdev", f"user,id=n0,restrict=on{forwards}",
@@ -227,7 +227,7 @@ class L0Machine:
                 raise
 
     def _pre_launch(self) -> None:
-        self.qemu.require_devices([self.spec.viommu.driver,
+        self.qemu.require_devices([*self.spec.viommu.drivers,
                                    *(d.device for d in self.spec.devices), "virtio-net-pci"])
         for path, what in ((self.spec.kernel, "L1 kernel"), (self.spec.rootfs, "L1 rootfs")):
             if not path.is_file():

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.base.errors import BadInput
-from harness.platforms import X86_64
+from harness.platforms import X86_64, Platform
 
-DEFAULT = X86_64.l0_qemu
 #: virtio-iommu on x86 needs the ACPI VIOT table (QEMU 7.0); 7.2 was seen to run the chain.
 MIN_VERSION = (7, 0)
 #: Devices L0 must have, and what each is for.
@@ -28,11 +27,13 @@ class QemuBinary:
     version_text: str
 
     @classmethod
-    def find(cls, name: str | None = None) -> "QemuBinary":
-        name = name or DEFAULT
+    def find(cls, name: str | None = None, platform: Platform = X86_64) -> "QemuBinary":
+        """`name` (--qemu), else the platform's L0 emulator on PATH."""
+        name = name or platform.l0_qemu
         found = shutil.which(name)
         if not found:
-            raise BadInput(f"L0 QEMU {name!r} not found (apt-get install qemu-system-x86, "
+            # Debian packages L0's emulator where it packages the one under test.
+            raise BadInput(f"L0 QEMU {name!r} not found (apt-get install {platform.l2_package}, "
                            f"or pass --qemu PATH)", stage="L0")
         try:
             out = subprocess.run([found, "--version"], capture_output=True, text=True,

@@ -1,17 +1,18 @@
 """PCI configuration space of L2, driven through qtest: the guest driver's part.
 
 With `-accel qtest` nothing in L2 assigns BARs or enables decoding, so the
-harness does what firmware and a driver would: configuration cycles through
-ports 0xcf8/0xcfc, bus numbers and a memory window for each bridge on bus 0
-(the hot-pluggable root port), BAR sizing, address assignment, MEM and
-bus-master enable. A function is named by one int, `bus << 5 | device`, so that
-callers need not care which bus it is on.
+harness does what firmware and a driver would: configuration cycles (through
+ports 0xcf8/0xcfc, or ECAM where the platform's L2 layout has one), bus numbers
+and a memory window for each bridge on bus 0 (the hot-pluggable root port), BAR
+sizing, address assignment, MEM and bus-master enable. A function is named by one
+int, `bus << 5 | device`, so that callers need not care which bus it is on.
 """
 
 from dataclasses import dataclass
 
 from harness.base.errors import HarnessError
 from harness.l2.qtest import Qtest
+from harness.platforms import L2Layout
 
 CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
 VENDOR_ID, COMMAND, HEADER_TYPE, BAR0 = 0x00, 0x04, 0x0C, 0x10
@@ -19,8 +20,6 @@ BUS_NUMBERS, MEMORY_WINDOW, PREF_WINDOW, PREF_BASE_UPPER, PREF_LIMIT_UPPER = \
     0x18, 0x20, 0x24, 0x28, 0x2C
 CMD_MEMORY, CMD_MASTER = 0x2, 0x4
 WINDOW_GRANULE = 1 << 20  # a bridge's memory window is in 1 MiB units
-#: Where BARs go in L2: inside q35's 32-bit PCI hole, above MMCONFIG (0xb0000000+256M).
-MMIO_WINDOW = (0xC0000000, 0xFEC00000)
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,11 @@ def config_address(slot: int, reg: int, bus: int = 0, fn: int = 0) -> int:
     return (1 << 31) | (bus << 16) | (slot << 11) | (fn << 8) | (reg & 0xFC)
 
 
+def ecam_offset(slot: int, reg: int, bus: int = 0, fn: int = 0) -> int:
+    """PCI Express ECAM: 1 MiB per bus, 32 KiB per device, 4 KiB per function."""
+    return (bus << 20) | (slot << 15) | (fn << 12) | (reg & 0xFFC)
+
+
 def location(bus: int, device: int) -> int:
     return bus << 5 | device
 
@@ -58,17 +62,23 @@ def decode_bar_size(low: int, high: int = 0xFFFFFFFF) -> tuple[int, bool, bool]:
 
 
 class PciConfig:
-    def __init__(self, qtest: Qtest):
+    def __init__(self, qtest: Qtest, layout: L2Layout):
         self.qtest = qtest
-        self._next = MMIO_WINDOW[0]
+        self.layout = layout
+        self._next = layout.mmio_window[0]
         self._bridges: dict[int, int] = {}              # secondary bus -> bridge
         self._windows: dict[int, tuple[int, int]] = {}  # secondary bus -> (start, end)
 
     def read32(self, slot: int, reg: int) -> int:
+        if self.layout.ecam is not None:
+            return self.qtest.readl(self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5))
         self.qtest.outl(CONFIG_ADDRESS, config_address(slot & 31, reg, slot >> 5))
         return self.qtest.inl(CONFIG_DATA)
 
     def write32(self, slot: int, reg: int, value: int) -> None:
+        if self.layout.ecam is not None:
+            self.qtest.writel(self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5), value)
+            return
         self.qtest.outl(CONFIG_ADDRESS, config_address(slot & 31, reg, slot >> 5))
         self.qtest.outl(CONFIG_DATA, value)
 
@@ -131,7 +141,7 @@ class PciConfig:
             raise HarnessError(f"slot {slot} BAR {bar.index} is an I/O BAR", stage="L2 PCI")
         align = max(bar.size, 0x1000)
         address = (self._next + align - 1) & ~(align - 1)
-        if address + bar.size > MMIO_WINDOW[1]:
+        if address + bar.size > self.layout.mmio_window[1]:
             raise HarnessError("L2 MMIO window exhausted", stage="L2 PCI")
         self._next = address + bar.size
         self.program(slot, bar, address)

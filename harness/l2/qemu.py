@@ -123,7 +123,7 @@ def describe_status(text: str) -> str | None:
 
 def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
     preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
-    cmd = [*preload, spec.qemu, "-M", spec.platform.l2_machine, "-accel", "qtest",
+    cmd = [*preload, spec.qemu, "-M", spec.platform.l2.machine, "-accel", "qtest",
            "-qtest", f"tcp:0.0.0.0:{L1_QTEST_PORT},server=on,wait=off",
            "-qtest-log", paths.qtest_log,  # by default qtest logs to stderr
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",

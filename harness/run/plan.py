@@ -26,17 +26,21 @@ class Selection:
     kernels: tuple[str, ...] = field(default_factory=lambda: tuple(Recipe.load().kernels))
     checks: tuple[str, ...] = field(default_factory=registry.names)
     only: frozenset[str] | None = None  # cell ids; None: the whole cross product
+    arch: str = X86_64.arch
 
     @classmethod
     def of_cells(cls, cells: list[Cell]) -> "Selection":
         """Exactly `cells`: the axes they span, in their order, narrowed to their ids."""
         def axis(name: str) -> tuple[str, ...]:
             return tuple(dict.fromkeys(getattr(c, name) for c in cells))
+        arches = axis("arch") or (X86_64.arch,)
+        if len(arches) > 1:
+            raise ValueError(f"cells of {len(arches)} platforms in one selection: {arches}")
         return cls(axis("viommu"), axis("backend"), axis("kernel"), axis("check"),
-                   frozenset(c.id for c in cells))
+                   frozenset(c.id for c in cells), arches[0])
 
     def cells(self) -> list[Cell]:
-        every = matrix.cells(self.viommus, self.backends, self.kernels, self.checks)
+        every = matrix.cells(self.viommus, self.backends, self.kernels, self.checks, self.arch)
         return every if self.only is None else [c for c in every if c.id in self.only]
 
     def on_boot(self, viommu: str, kernel: str) -> list[Cell]:
@@ -54,7 +58,8 @@ class Selection:
 
     def record(self) -> dict:
         axes = {"viommus": list(self.viommus), "backends": list(self.backends),
-                "kernels": list(self.kernels), "checks": list(self.checks)}
+                "kernels": list(self.kernels), "checks": list(self.checks),
+                **({"arch": self.arch} if self.arch != X86_64.arch else {})}
         return axes if self.only is None else {**axes, "cells": sorted(self.only)}
 
 

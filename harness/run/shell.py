@@ -38,12 +38,12 @@ def _start_l2(l1: stack.L1Stack, cell: Cell, through: scenario.PassedThrough, qe
               traces: tuple[str, ...], out: Path, devices: tuple[PassthroughDevice, ...]
               ) -> L2Qemu:
     """The cell's main L2, its BARs placed and decoding, its sockets let go."""
-    spec = scenario.main_spec(backend(cell.backend), through.devices, qemu, traces)
+    spec = scenario.main_spec(backend(cell.backend), through.devices, qemu, traces, l1.platform)
     ports = (l1.machine.host_ports[L1_QMP_PORT], l1.machine.host_ports[L1_QTEST_PORT])
     l2 = L2Qemu(l1.session, spec, out, *ports)
     l2.start()
     try:
-        pci = PciConfig(l2.qtest)
+        pci = PciConfig(l2.qtest, l2.spec.platform.l2)
         slots = [pci.find(d.vendor_device) for d in devices]
         for slot in slots:
             pci.place(slot)

@@ -7,7 +7,7 @@ import pytest
 
 from harness.base.errors import BadInput
 from harness.l0.machine import L1Spec, RunFiles, build_command, check_port, free_port
-from harness.platforms import VIOMMUS, viommu
+from harness.platforms import AARCH64, VIOMMUS, viommu
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 
@@ -42,7 +42,7 @@ def test_every_viommu_gives_exactly_one_iommu_device():
     for name, vi in VIOMMUS.items():
         cmd, _ = _cmd(name)
         iommu_devices = [d for d in _arg(cmd, "-device") if d.split(",")[0] in
-                         {v.driver for v in VIOMMUS.values()}]
+                         {d for v in VIOMMUS.values() for d in v.drivers}]
         assert iommu_devices == [vi.device], name
 
 
@@ -126,3 +126,29 @@ def _dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
+
+
+def test_arm64_smmuv3_is_a_machine_property_not_a_device():
+    spec = L1Spec(AARCH64.viommu("smmuv3"), Path("/k/Image"), Path("/r/rootfs.qcow2"),
+                  platform=AARCH64)
+    cmd = build_command(Path("/usr/bin/qemu-system-aarch64"), spec,
+                        RunFiles(Path("/tmp/run"), Path("/dev/shm/x.ivshmem")), {22: 2222}, "tcg")
+    assert _arg(cmd, "-M") == ["virt,gic-version=3,iommu=smmuv3"]
+    assert not {"smmuv3", "virtio-iommu-pci", "intel-iommu"} & {
+        d.split(",")[0] for d in _arg(cmd, "-device")}
+    assert "console=ttyAMA0" in _arg(cmd, "-append")[0].split()
+
+
+def test_arm64_virtio_iommu_needs_no_unsafe_interrupts():
+    """GICv3's ITS isolates MSIs: the x86 workaround must not leak onto arm64."""
+    spec = L1Spec(AARCH64.viommu("virtio-iommu"), Path("/k/Image"), Path("/r/rootfs.qcow2"),
+                  platform=AARCH64)
+    cmd = build_command(Path("/usr/bin/qemu-system-aarch64"), spec,
+                        RunFiles(Path("/tmp/run"), Path("/dev/shm/x.ivshmem")), {22: 2222}, "tcg")
+    assert "virtio-iommu-pci" in _arg(cmd, "-device")
+    assert "allow_unsafe_interrupts" not in _arg(cmd, "-append")[0]
+
+
+def test_a_vIOMMU_of_another_platform_is_bad_input():
+    with pytest.raises(BadInput, match="unknown vIOMMU 'intel-iommu' on aarch64"):
+        AARCH64.viommu("intel-iommu")

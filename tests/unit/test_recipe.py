@@ -7,6 +7,7 @@ import pytest
 
 from harness.base.errors import BadInput
 from harness.images.recipe import Recipe, default_recipe_dir
+from harness.platforms import AARCH64
 
 
 @pytest.fixture
@@ -106,3 +107,31 @@ def test_built_from_an_unknown_variant_is_bad_input(recipe_dir):
     path.write_text(path.read_text().replace('no-dmabuf = "dmabuf"', 'no-dmabuf = "nope"'))
     with pytest.raises(BadInput, match="built from 'nope'"):
         Recipe.load(recipe_dir)
+
+
+def test_each_architecture_has_its_own_keys_and_fragments(recipe_dir):
+    x86, arm = Recipe.load(recipe_dir), Recipe.load(recipe_dir, AARCH64)
+    for name in x86.kernels:
+        assert x86.kernels[name].key() != arm.kernels[name].key()
+    assert x86.rootfs.base_key() != arm.rootfs.base_key()
+    names = {p.name for p in arm.kernels["dmabuf"].required}
+    assert {"vfio.config", "aarch64.config", "dmabuf.config"} == names
+    assert "ARCH=arm64" in arm.kernels["dmabuf"].make_args
+    assert arm.rootfs.packages[0] == "qemu-system-arm"
+    assert "qemu-system-x86" not in arm.rootfs.packages
+
+
+def test_an_architecture_fragment_changes_only_that_architecture(recipe_dir):
+    before = keys(recipe_dir)
+    arm_before = Recipe.load(recipe_dir, AARCH64).kernels["dmabuf"].key()
+    with (recipe_dir / "kernel/aarch64.config").open("a") as f:
+        f.write("CONFIG_ARM_SMMU_V3_SVA=y\n")
+    assert keys(recipe_dir) == before
+    assert Recipe.load(recipe_dir, AARCH64).kernels["dmabuf"].key() != arm_before
+
+
+def test_a_recipe_without_the_architecture_is_bad_input(recipe_dir):
+    toml = recipe_dir / "recipe.toml"
+    toml.write_text(toml.read_text().replace("[kernel.arch.aarch64]", "[kernel.arch.riscv64]"))
+    with pytest.raises(BadInput, match=r"no \[kernel.arch.aarch64\] section"):
+        Recipe.load(recipe_dir, AARCH64)

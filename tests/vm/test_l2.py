@@ -56,7 +56,7 @@ def test_trace_events_switched_on_at_run_time(l1, tmp_path):
     stack, inventory = l1
     edu = inventory.find(EduDevice().vendor_device).bdf
     with l2(stack, L2Spec(backend("legacy"), (L2Device(edu),)), tmp_path) as q:
-        pci = PciConfig(q.qtest)
+        pci = PciConfig(q.qtest, q.spec.platform.l2)
         q.set_trace("pci_update_mappings*", True)
         slot = pci.find(EduDevice().vendor_device)
         address = pci.assign(slot, pci.bars(slot)[0])
