@@ -347,7 +347,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.action == "images":
         return _images(args)
     if args.action == "doctor":
-        found = doctor.findings(_store(args), args.qemu)
+        cache = paths.cache_dir(args.cache_dir)
+        found = doctor.findings([ImageStore(Recipe.load(platform=p), cache)
+                                 for p in PLATFORMS.values()], args.qemu)
         for f in found:
             print(f.line())
         return 0 if all(f.ok for f in found) else 1
@@ -373,11 +375,11 @@ def _images(args: argparse.Namespace) -> int:
         images = store.build(args.kernel, force=args.force)
         if args.kernel_patches:
             images = store.build_series(Series.load(args.kernel_patches), images)
-        say(f"images ready in {time.monotonic() - began:.1f} s: "
+        say(f"{store.platform.arch} images ready in {time.monotonic() - began:.1f} s: "
             f"{', '.join(images.kernels)} kernels, rootfs with QEMU {images.rootfs.qemu_version}")
         return 0
     if args.images_action == "list":
-        print(f"cache: {store.cache}")
+        print(f"cache: {store.cache} ({store.platform.arch})")
         for s in store.states():
             status = "ok" if s.ok else s.problem
             versions = ""
@@ -450,7 +452,7 @@ def _prepare(args: argparse.Namespace, l2_qemus: list[Path | None], name: str,
         check_port(args.ssh_port)
     for path in l2_qemus:
         if path:  # what L0 can tell (missing, not a binary, another architecture) before a boot
-            Bundle.find(path)
+            Bundle.find(path, plat)
     chosen = [f"--{o.replace('_', '-')}" for o in ("kernel_image", "kernel_tree",
                                                     "kernel_patches") if getattr(args, o, None)]
     if len(chosen) > 1:
@@ -492,7 +494,8 @@ def _build(args: argparse.Namespace, selection: Selection, qemu: QemuBinary,
         images = store.build_series(series, images)
     any_kernel = next(iter(images.kernels.values())).bzimage
     choice = accel.choose(qemu, any_kernel, store.cache,
-                          force=None if args.accel == "auto" else args.accel)
+                          force=None if args.accel == "auto" else args.accel,
+                          platform=store.platform)
     say(f"accelerator: {choice.accel.upper()} ({choice.reason})")
     if validated:
         say(f"series under test: {validated.title!r}, {len(validated.patches)} patch(es); "

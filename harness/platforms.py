@@ -141,6 +141,7 @@ class Platform:
     kernel_image: str                # its name in an image artifact
     kernel_magic: tuple[int, bytes]  # where its boot header's signature is, and what it is
     l2_qemu: str                     # the QEMU under test's binary name in L1
+    elf_machine: int                 # e_machine of L1's executables (EM_X86_64, EM_AARCH64)
     l2: L2Layout
     l2_package: str                  # the Debian package that ships it in the rootfs
     #: What goes before the names the platform's things get: cache artifacts and object
@@ -168,7 +169,7 @@ X86_64 = Platform(
     devices=DEFAULT_DEVICES, console="ttyS0", kernel_target="bzImage",
     kernel_built="arch/x86/boot/bzImage", kernel_image="bzImage",
     kernel_magic=(0x202, b"HdrS"),  # the boot protocol header (Documentation/arch/x86/boot.rst)
-    l2_qemu="qemu-system-x86_64", l2_package="qemu-system-x86",
+    l2_qemu="qemu-system-x86_64", l2_package="qemu-system-x86", elf_machine=62,
     # BARs inside q35's 32-bit PCI hole, above MMCONFIG (0xb0000000 + 256 MiB).
     l2=L2Layout(machine="q35", ecam=None, mmio_window=(0xC0000000, 0xFEC00000),
                 staging=0x100000),
@@ -184,7 +185,7 @@ AARCH64 = Platform(
     devices=DEFAULT_DEVICES, console="ttyAMA0", kernel_target="Image",
     kernel_built="arch/arm64/boot/Image", kernel_image="Image",
     kernel_magic=(0x38, b"ARM\x64"),  # the Image header (Documentation/arch/arm64/booting.rst)
-    l2_qemu="qemu-system-aarch64", l2_package="qemu-system-arm",
+    l2_qemu="qemu-system-aarch64", l2_package="qemu-system-arm", elf_machine=183,
     # hw/arm/virt.c's memory map without highmem: ECAM at 0x3f000000, the 32-bit PCI
     # MMIO window below it, RAM from 1 GiB.
     l2=L2Layout(machine="virt,highmem=off", ecam=0x3F000000,

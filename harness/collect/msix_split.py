@@ -15,23 +15,26 @@ from pathlib import Path
 
 from harness.base.errors import HarnessError
 from harness.collect.stack import L1Stack
+from harness.platforms import X86_64, Platform
 
 SOURCE = Path(__file__).parents[1] / "l1" / "guest" / "msix_split.c"
 #: The first words of each line the shim writes to L2's stderr.
 TAG = "vfio-harness msix-split: "
 
 
-def build(directory: Path) -> Path:
-    """The shared object, built once per source version into `directory`. L0's glibc is
-    older than L1's (bookworm and sid), so what is built here loads there."""
+def build(directory: Path, platform: Platform = X86_64) -> Path:
+    """The shared object for L1's architecture, built once per source version into
+    `directory`. L0's glibc is older than L1's (bookworm and sid), so what is built here
+    loads there."""
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    so = directory / f"msix_split-{digest}.so"
+    so = directory / f"msix_split-{platform.tag}{digest}.so"
     if so.exists():
         return so
-    gcc = shutil.which("gcc")
+    gcc = shutil.which(f"{platform.cross_compile}gcc")
     if gcc is None:
-        raise HarnessError("gcc is not on PATH: the multi-range fixture (an LD_PRELOAD shim "
-                           "for L2) cannot be built", stage="multi-range fixture")
+        raise HarnessError(f"{platform.cross_compile}gcc is not on PATH: the multi-range "
+                           f"fixture (an LD_PRELOAD shim for L2) cannot be built",
+                           stage="multi-range fixture")
     directory.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o",
                            str(so), str(SOURCE), "-ldl"], capture_output=True, text=True,
@@ -44,7 +47,7 @@ def build(directory: Path) -> Path:
 
 def install(stack: L1Stack) -> str:
     """The fixture's path in L1, uploaded there if this L1 does not have it yet."""
-    so = build(stack.run_dir / "fixtures")
+    so = build(stack.run_dir / "fixtures", stack.platform)
     remote = f"/run/{so.name}"
     if not stack.session.run(f"test -s {remote}", check=False, stage="multi-range fixture").ok:
         stack.session.put(so, remote)

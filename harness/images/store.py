@@ -334,6 +334,7 @@ class ImageStore:
             shutil.copy2(obj / ".config", d / "config")
             release = (obj / "include/config/kernel.release").read_text().strip()
             return {"versions": {"kernel": release, variant.package: variant.version},
+                    "arch": self.platform.arch, "image": self.platform.kernel_image,
                     **(extra or {})}
 
         _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
@@ -381,6 +382,7 @@ class ImageStore:
                 shutil.copy2(bzimage, d / self.platform.kernel_image)
                 (d / "config").write_text(text)
                 return {"versions": {"kernel": bzimage_version(bzimage) or "unknown"},
+                        "arch": self.platform.arch, "image": self.platform.kernel_image,
                         "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
                                          "config": str(config.resolve()) if config else
                                          "embedded (IKCONFIG)"}}
@@ -527,7 +529,8 @@ class ImageStore:
                           str(d / "rootfs.qcow2")], out, stage)
                 raw.unlink()
                 (d / "rootfs.qcow2").chmod(0o444)  # L0 boots it through a per-run overlay
-            return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages}
+            return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages,
+                    "arch": rootfs.debian_arch, "qemu_package": rootfs.qemu_package}
 
         _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
 
@@ -601,14 +604,19 @@ def _git_head(tree: Path) -> str | None:
 
 
 def bzimage_version(bzimage: Path) -> str | None:
-    """The release a bzImage names in its setup header (boot protocol: kernel_version at
-    0x20e is an offset from 0x200 to a NUL-terminated string)."""
-    data = bzimage.read_bytes()[:0x10000]
-    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
+    """The release a kernel image names: a bzImage in its setup header (boot protocol:
+    kernel_version at 0x20e is an offset from 0x200 to a NUL-terminated string); an
+    uncompressed image (arm64's Image) in its linux_banner, "Linux version X ..."."""
+    data = bzimage.read_bytes()
+    if len(data) >= 0x210 and data[0x202:0x206] == b"HdrS":
+        start = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+        end = data.find(b"\0", start)
+        return data[start:end].decode(errors="replace").split()[0] if 0 < start < end else None
+    at = data.find(b"Linux version ")
+    if at < 0:
         return None
-    start = int.from_bytes(data[0x20E:0x210], "little") + 0x200
-    end = data.find(b"\0", start)
-    return data[start:end].decode(errors="replace").split()[0] if 0 < start < end else None
+    words = data[at:at + 200].split(b"\0")[0].decode(errors="replace").split()
+    return words[2] if len(words) > 2 else None
 
 
 def _built(obj: Path, artifact: Path, platform: Platform) -> bool:

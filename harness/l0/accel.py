@@ -67,10 +67,15 @@ def _summary(output: str) -> str:
     return (telling or lines or ["no output"])[0][:200]
 
 
-def choose(qemu: QemuBinary, kernel: Path, cache: Path, force: str | None = None) -> AccelChoice:
+def choose(qemu: QemuBinary, kernel: Path, cache: Path, force: str | None = None,
+           platform: Platform = X86_64) -> AccelChoice:
     """The accelerator to use: forced by the user, else the cached or fresh probe result."""
     if force == "tcg":
         return AccelChoice("tcg", "chosen by --accel")
+    host = os.uname().machine
+    if platform.arch != host:
+        return _forced(AccelChoice("tcg", f"an {platform.arch} L1 on an {host} host: KVM "
+                                          f"runs only the host's own architecture"), force)
     key = {"qemu": str(qemu.path), "qemu_version": qemu.version_text,
            "kernel": sha256_file(kernel), "boot_id": _boot_id()}
     record = cache / "accel-probe.json"
@@ -81,7 +86,7 @@ def choose(qemu: QemuBinary, kernel: Path, cache: Path, force: str | None = None
             return _forced(choice, force)
     except (OSError, ValueError, KeyError):
         pass
-    choice = probe_kvm(qemu, kernel)
+    choice = probe_kvm(qemu, kernel, platform=platform)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"key": key, "accel": choice.accel, "reason": choice.reason}))
     return _forced(choice, force)

@@ -2,7 +2,7 @@
 
 `--l2-qemu` takes a binary, a build directory or an install prefix's bin/. A
 shell script (a wrapper) is uploaded as is. A binary is first checked on L0
-(an x86-64 ELF), then put into L1 with what its build needs there:
+(an ELF of L1's architecture), then put into L1 with what its build needs there:
 
 - its modules (QEMU_MODULE_DIR): `*.so` QEMU modules beside it (a build
   directory) or in its prefix's lib/.../qemu;
@@ -25,15 +25,13 @@ from pathlib import Path
 
 from harness.base.errors import BadInput, HarnessError
 from harness.l1.session import L1Session
-from harness.platforms import X86_64
+from harness.platforms import PLATFORMS, X86_64, Platform
 
 STAGE = "QEMU under test"
 UPLOADED = "/run/qemu-under-test"   # what L2 and the probe run
 BUNDLE = "/run/qemu-under-test.d"   # the binary and what it carries
-BINARY_NAME = X86_64.l2_qemu
-EM_X86_64 = 62
-ELF_MACHINES = {3: "i386", 40: "ARM", 183: "AArch64", 243: "RISC-V", 21: "PowerPC64",
-                22: "s390", 8: "MIPS", 258: "LoongArch"}
+ELF_MACHINES = {62: "x86-64", 3: "i386", 40: "ARM", 183: "AArch64", 243: "RISC-V",
+                21: "PowerPC64", 22: "s390", 8: "MIPS", 258: "LoongArch"}
 #: The C library's own objects: never carried (a loader cannot mix two of them).
 GLIBC = re.compile(r"^(ld-linux.*|libc|libm|libpthread|libdl|librt|libresolv|libutil)"
                    r"\.so(\.\d+)*$")
@@ -48,23 +46,25 @@ class Bundle:
     modules: Path | None
     data: Path | None
     lib_dirs: tuple[Path, ...]
+    platform: Platform = X86_64
 
     @classmethod
-    def find(cls, path: Path) -> "Bundle":
+    def find(cls, path: Path, platform: Platform = X86_64) -> "Bundle":
+        name = platform.l2_qemu
         if path.is_dir():
-            for candidate in (path / BINARY_NAME, path / "bin" / BINARY_NAME):
+            for candidate in (path / name, path / "bin" / name):
                 if candidate.is_file():
                     path = candidate
                     break
             else:
-                raise BadInput(f"no {BINARY_NAME} in {path} (a build directory or an install "
+                raise BadInput(f"no {name} in {path} (a build directory or an install "
                                f"prefix)", stage=STAGE)
         if not path.is_file():
             raise BadInput(f"QEMU under test {path} does not exist", stage=STAGE)
         head = path.read_bytes()[:64]
         if head.startswith(b"#!"):
-            return cls(path, True, None, None, ())
-        check_elf(path, head)
+            return cls(path, True, None, None, (), platform)
+        check_elf(path, head, platform)
         here = path.parent
         modules = next((d for d in (here, *sorted(here.parent.glob("lib*/**/qemu")))
                         if d.is_dir() and _has_modules(d)), None)
@@ -72,8 +72,9 @@ class Bundle:
                                  *sorted(here.glob("qemu-bundle/**/share/qemu")))
                      if (d / "bios-256k.bin").exists()), None)
         lib_dirs = tuple(d for d in (here / "lib", here.parent / "lib",
-                                     here.parent / "lib" / "x86_64-linux-gnu") if d.is_dir())
-        return cls(path, False, modules, data, lib_dirs)
+                                     here.parent / "lib" / f"{platform.arch}-linux-gnu")
+                         if d.is_dir())
+        return cls(path, False, modules, data, lib_dirs, platform)
 
     def describe(self) -> str:
         carried = [f"modules from {self.modules}" if self.modules else "",
@@ -81,14 +82,16 @@ class Bundle:
         return ", ".join(c for c in carried if c) or "the binary alone"
 
 
-def check_elf(path: Path, head: bytes) -> None:
+def check_elf(path: Path, head: bytes, platform: Platform = X86_64) -> None:
     if head[:4] != b"\x7fELF":
         raise BadInput(f"{path} is neither an executable (ELF) nor a script", stage=STAGE)
     machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
-    if head[4] != 2 or machine != EM_X86_64:
+    if head[4] != 2 or machine != platform.elf_machine:
         name = ELF_MACHINES.get(machine, f"machine {machine}")
-        raise BadInput(f"{path} is a {name}{'' if head[4] == 2 else ' 32-bit'} binary: L1 "
-                       f"runs x86-64 only", stage=STAGE)
+        other = next((p.arch for p in PLATFORMS.values() if p.elf_machine == machine), None)
+        hint = f" (for --arch {other})" if other and head[4] == 2 else ""
+        raise BadInput(f"{path} is a {name}{'' if head[4] == 2 else ' 32-bit'} binary{hint}: "
+                       f"L1 is {platform.arch}", stage=STAGE)
 
 
 def _has_modules(d: Path) -> bool:
@@ -131,7 +134,7 @@ def upload(session: L1Session, bundle: Bundle) -> tuple[str, str]:
     if bundle.script:
         session.put(bundle.binary, UPLOADED, mode=0o755)
         return UPLOADED, UPLOADED
-    binary = f"{BUNDLE}/{BINARY_NAME}"
+    binary = f"{BUNDLE}/{bundle.platform.l2_qemu}"
     session.put(bundle.binary, binary, mode=0o755)
     env, args = [], []
     for what, directory, names in (("modules", bundle.modules, None), ("data", bundle.data, None)):

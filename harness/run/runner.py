@@ -104,7 +104,7 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
 def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
     """The packaged QEMU, or `l2_qemu` uploaded into L1; probed before any cell."""
     if l2_qemu:
-        bundle = Bundle.find(l2_qemu)
+        bundle = Bundle.find(l2_qemu, l1.platform)
         path, binary = upload(l1.session, bundle)
         say(f"QEMU under test {l2_qemu}: uploaded with {bundle.describe()}")
         found = probe(l1.session, path, str(l2_qemu), binary)

@@ -64,6 +64,7 @@ def _results(cells: list[dict], complete: bool = True) -> str:
 
 
 AARCH64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44
+X86_64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\x3e\x00" + b"\0" * 44
 OLD_QEMU = "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\n"
 NO_VIOMMU_QEMU = ("#!/bin/sh\ncase \"$*\" in *help*) echo 'name \"edu\"';; "
                   "*) echo 'QEMU emulator version 11.1.3';; esac\n")
@@ -167,8 +168,12 @@ CATALOGUE = [
     Kind("l2-qemu-missing", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
          "QEMU under test {tmp}/qemu-system-x86_64 does not exist"),
     Kind("l2-qemu-another-architecture", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
-         "is a AArch64 binary: L1 runs x86-64 only",
+         "is a AArch64 binary (for --arch aarch64): L1 is x86_64",
          files={"qemu-system-x86_64": AARCH64_ELF}, mode={"qemu-system-x86_64": 0o755}),
+    Kind("l2-qemu-another-architecture-arm64",
+         ("run", "--arch", "aarch64", "--l2-qemu", "{tmp}/qemu-system-aarch64"),
+         "is a x86-64 binary (for --arch x86_64): L1 is aarch64",
+         files={"qemu-system-aarch64": X86_64_ELF}, mode={"qemu-system-aarch64": 0o755}),
     Kind("l2-qemu-neither-binary-nor-script", ("run", "--l2-qemu", "{tmp}/qemu-system-x86_64"),
          "is neither an executable (ELF) nor a script",
          files={"qemu-system-x86_64": "QEMU\n"}),

@@ -6,6 +6,7 @@ import pytest
 
 from harness.base.errors import BadInput
 from harness.l2.bundle import Bundle, missing_libraries, missing_versions
+from harness.platforms import AARCH64
 
 LDD = (Path(__file__).parent.parent / "data" / "ldd-sid-qemu-on-bookworm.txt").read_text()
 
@@ -29,10 +30,17 @@ def test_libraries_the_loader_cannot_find():
     assert missing_libraries(out) == ["libslirp-harness.so.0"]
 
 
-@pytest.mark.parametrize("machine, name", [(183, "AArch64"), (243, "RISC-V"), (22, "s390")])
+@pytest.mark.parametrize("machine, name", [(183, r"AArch64 binary \(for --arch aarch64\)"),
+                                           (243, "RISC-V binary"), (22, "s390 binary")])
 def test_another_architecture_is_refused_on_l0(tmp_path, machine, name):
-    with pytest.raises(BadInput, match=f"is a {name} binary: L1 runs x86-64 only"):
+    with pytest.raises(BadInput, match=f"is a {name}: L1 is x86_64"):
         Bundle.find(elf(tmp_path / "qemu-system-x86_64", machine))
+
+
+def test_an_x86_binary_is_refused_for_an_arm64_L1(tmp_path):
+    with pytest.raises(BadInput, match=r"x86-64 binary \(for --arch x86_64\): L1 is aarch64"):
+        Bundle.find(elf(tmp_path / "qemu-system-aarch64", 62), AARCH64)
+    assert Bundle.find(elf(tmp_path / "qemu-system-aarch64", 183), AARCH64).platform is AARCH64
 
 
 def test_a_32_bit_binary_is_refused(tmp_path):
