@@ -140,8 +140,8 @@ class CellResult:
 
     def record(self) -> dict:
         c = self.cell
-        return {"id": c.id, "viommu": c.viommu, "backend": c.backend, "kernel": c.kernel,
-                "check": c.check, "expected": c.expected,
+        return {"id": c.id, "arch": c.arch, "viommu": c.viommu, "backend": c.backend,
+                "kernel": c.kernel, "check": c.check, "expected": c.expected,
                 "expected_signature": list(c.expectation.signature), "outcome": self.outcome,
                 "met": self.met, "reason": self.reason, "expected_because": c.why,
                 "findings": list(self.findings), "grounds": list(self.grounds),

@@ -217,6 +217,8 @@ class ImageStore:
             rootfs_thread.start()
         # A variant built from another's object tree comes after that one.
         todo_kernels.sort(key=lambda v: v.built_from is not None)
+        if any(s.ok for name, s in states.items() if name.startswith("kernel-")):
+            self._kernels_done.set()  # a foreign second stage can boot one at once
         try:
             for variant in todo_kernels:
                 self._claimed(self.kernel_dir(variant), force,

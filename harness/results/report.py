@@ -72,8 +72,15 @@ def _backend_order(backend: str) -> tuple:
     return (BACKENDS.index(backend), "") if backend in BACKENDS else (len(BACKENDS), backend)
 
 
+def _viommu(cell: dict) -> str:
+    """The vIOMMU as the table heads it: with its platform where that is not x86_64 (a merge
+    of shards may hold both platforms' virtio-iommu)."""
+    arch = cell.get("arch", "x86_64")
+    return cell["viommu"] if arch == "x86_64" else f"{arch} {cell['viommu']}"
+
+
 def _order(cell: dict) -> tuple:
-    return (cell["viommu"], cell["kernel"], _backend_order(cell["backend"]),
+    return (_viommu(cell), cell["kernel"], _backend_order(cell["backend"]),
             _check_order(cell["check"]))
 
 
@@ -117,9 +124,9 @@ def _matrix_table(cells: list[dict]) -> list[str]:
     """Checks as rows; columns vIOMMU > kernel > backend, each level a header row."""
     e = html.escape
     checks = sorted({c["check"] for c in cells}, key=_check_order)
-    cols = sorted({(c["viommu"], c["kernel"], c["backend"]) for c in cells},
+    cols = sorted({(_viommu(c), c["kernel"], c["backend"]) for c in cells},
                   key=lambda k: (k[0], k[1], _backend_order(k[2])))
-    by_key = {(c["viommu"], c["kernel"], c["backend"], c["check"]): c for c in cells}
+    by_key = {(_viommu(c), c["kernel"], c["backend"], c["check"]): c for c in cells}
     out = ["<table id='matrix'>"]
     for depth, label in enumerate(("vIOMMU", "kernel", "backend")):
         out.append(f"<tr><th>{label}</th>")

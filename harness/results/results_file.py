@@ -246,7 +246,9 @@ def table(cells: list[CellResult]) -> str:
 def reproduce(cell: dict, run: dict) -> str:
     """The command that reruns one cell as `run` ran it: its coordinates, seed, kernel
     under test and QEMU under test."""
-    args = ["vfio-harness", "run", "--viommu", cell["viommu"], "--backend", cell["backend"],
+    args = ["vfio-harness", "run",
+            *(["--arch", cell["arch"]] if cell.get("arch", "x86_64") != "x86_64" else []),
+            "--viommu", cell["viommu"], "--backend", cell["backend"],
             "--kernel", cell["kernel"], "--check", cell["check"]]
     if run.get("seed") is not None:
         args += ["--seed", str(run["seed"])]

@@ -30,7 +30,6 @@ from harness.l2.backends import backend as backend_named
 from harness.l2.bundle import Bundle, upload
 from harness.l2.capabilities import QemuUnderTest, probe
 from harness.l2.qemu import L2Died
-from harness.platforms import viommu
 from harness.run import parallel
 from harness.run.plan import Boot, RunPlan, Side
 
@@ -77,8 +76,8 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
     run_dir = boot.directory / f"{vi}-{kernel}"
     began = time.monotonic()
     try:
-        with stack.booted(plan.qemu, boot.images, viommu(vi), kernel, run_dir, accel=plan.accel,
-                          ssh_port=plan.ssh_port) as l1:
+        with stack.booted(plan.qemu, boot.images, plan.platform.viommu(vi), kernel, run_dir,
+                          accel=plan.accel, ssh_port=plan.ssh_port) as l1:
             for side in boot.sides:
                 under_test = qemu_under_test(l1, side.l2_qemu)
                 for result in cells_on_l1(l1, under_test, wanted,

@@ -17,7 +17,7 @@ from harness.images.store import RootfsImage
 from harness.l2.backends import backend
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Qemu
-from harness.platforms import PassthroughDevice, viommu
+from harness.platforms import PassthroughDevice
 from harness.run import runner
 from harness.run.plan import RunPlan
 
@@ -63,8 +63,8 @@ def open_shell(plan: RunPlan, cell: Cell, command: list[str], start_l2: bool = T
     (boot,) = [b for b in plan.boots() if (b.viommu, b.kernel) == (cell.viommu, cell.kernel)]
     side = plan.sides[0]
     run_dir = boot.directory / f"{cell.viommu}-{cell.kernel}"
-    with stack.booted(plan.qemu, boot.images, viommu(cell.viommu), cell.kernel, run_dir,
-                      accel=plan.accel, ssh_port=plan.ssh_port) as l1:
+    with stack.booted(plan.qemu, boot.images, plan.platform.viommu(cell.viommu), cell.kernel,
+                      run_dir, accel=plan.accel, ssh_port=plan.ssh_port) as l1:
         under_test = runner.qemu_under_test(l1, side.l2_qemu)
         with scenario.passed_through(l1) as through:
             l2 = None
