@@ -49,7 +49,7 @@ else
   tail -n 40 /debootstrap/debootstrap.log > /dev/console 2>&1
 fi
 sync
-echo o > /proc/sysrq-trigger
+busybox poweroff -f 2>/dev/null || echo o > /proc/sysrq-trigger
 sleep 30
 """
 

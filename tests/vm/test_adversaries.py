@@ -5,65 +5,28 @@ test on real L1s of both kernels, on both backends, through the same path as a
 user's `--l2-qemu` build. Each must get the verdicts the catalogue names, with
 a reason pointing at the lie; every other cell must meet its expectation as
 with the honest QEMU; and no adversary may get through with every cell met.
+
+The two kernels' L1s run side by side (one child process each, as the matrix
+runs its L1s), each playing the adversaries this session selected one after
+another; each test then judges what its adversary got.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
 from harness.checks import matrix
 from harness.collect.stack import booted
 from harness.platforms import viommu
-from harness.run import runner
+from harness.run import parallel, runner
 from tests.vm.adversaries import CATALOGUE, build_shim
 from tests.vm.conftest import say
 
 VIOMMU = "intel-iommu"
-
-
-@pytest.fixture(scope="module", params=["dmabuf", "no-dmabuf"])
-def adversary_l1(request, qemu, images, accelerator, artifacts):
-    with booted(qemu, images, viommu(VIOMMU), request.param,
-                artifacts / f"adversaries-{request.param}", accel=accelerator) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="session")
-def shim(tmp_path_factory):
-    return build_shim(tmp_path_factory.mktemp("shim"))
-
-
-@pytest.mark.parametrize("adversary", CATALOGUE, ids=[a.name for a in CATALOGUE])
-def test_adversary_gets_the_true_verdicts(adversary, adversary_l1, shim, tmp_path,
-                                          pytestconfig):
-    wrapper = tmp_path / f"qemu-{adversary.name}"
-    wrapper.write_text(adversary.wrapper(shim if adversary.shim else None))
-    under_test = runner.qemu_under_test(adversary_l1, wrapper)
-    out = adversary_l1.run_dir / adversary.name
-    cells = matrix.cells((adversary_l1.viommu.name,), matrix.BACKENDS, (adversary_l1.kernel,))
-    results = list(runner.cells_on_l1(adversary_l1, under_test, cells, out, seed=1))
-    kernel = adversary_l1.kernel
-    summary = [{"cell": r.cell.id, "outcome": r.outcome, "met": r.met, "reason": r.reason}
-               for r in results]
-    (out / "adversary.json").write_text(json.dumps(summary, indent=1))
-    for r in results:
-        say(pytestconfig, f"adversary {adversary.name}: {r.cell.id}: {r.outcome}"
-                          f"{'' if r.met else ' (unmet)'}: {r.reason[:160]}")
-    problems = []
-    for r in results:
-        want = adversary.expected(kernel, r.cell.backend, r.cell.check)
-        if want is None:
-            if not r.met:
-                problems.append(f"{r.cell.id}: untouched by the lie, yet {r.outcome}: {r.reason}")
-            continue
-        outcome, fragment = want
-        if r.outcome != outcome or fragment not in r.reason or r.met:
-            problems.append(f"{r.cell.id}: wanted {outcome} with {fragment!r}, got "
-                            f"{r.outcome} (met={r.met}): {r.reason}")
-    assert not problems, "\n".join(problems)
-    if any(adversary.expected(kernel, b, c) for b in matrix.BACKENDS for c in matrix.CHECKS):
-        assert not all(r.met for r in results), f"{adversary.name} got through on {kernel}"
-
+KERNELS = ("dmabuf", "no-dmabuf")
+#: What the L2 that dies (below) is called among the adversaries' results.
+DIES_NAME = "dies"
 
 #: A QEMU under test that L1 kills (SIGKILL) once the harness is driving it (40 qtest
 #: commands in: BAR programming), whatever the machine's speed.
@@ -79,22 +42,92 @@ exec "$real" "$@"
 """
 
 
-def test_an_l2_that_dies_is_named_in_l1s_words(adversary_l1, tmp_path):
+def _selected(session: pytest.Session) -> dict[str, set[str]]:
+    """kernel -> the adversaries this session runs on it (after -k and the like)."""
+    wanted: dict[str, set[str]] = {}
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.module.__name__ == __name__ and "kernel" in params:
+            wanted.setdefault(params["kernel"], set()).add(
+                params["adversary"].name if "adversary" in params else DIES_NAME)
+    return wanted
+
+
+@pytest.fixture(scope="module")
+def played(request, qemu, images, accelerator, artifacts, tmp_path_factory):
+    """(adversary, kernel) -> the cell results it got, rows of plain values; the L1s of
+    both kernels side by side, each playing its selected adversaries in turn."""
+    shim = build_shim(tmp_path_factory.mktemp("shim"))
+    wrappers = tmp_path_factory.mktemp("wrappers")
+    wanted = _selected(request.session)
+
+    def play(kernel: str):
+        with booted(qemu, images, viommu(VIOMMU), kernel, artifacts / f"adversaries-{kernel}",
+                    accel=accelerator) as l1:
+            for adversary in CATALOGUE:
+                if adversary.name not in wanted[kernel]:
+                    continue
+                wrapper = wrappers / f"qemu-{adversary.name}-{kernel}"
+                wrapper.write_text(adversary.wrapper(shim if adversary.shim else None))
+                cells = matrix.cells((VIOMMU,), matrix.BACKENDS, (kernel,))
+                yield adversary.name, kernel, _rows(l1, wrapper, cells, l1.run_dir / adversary.name)
+            if DIES_NAME in wanted[kernel]:
+                wrapper = wrappers / f"qemu-{DIES_NAME}"
+                wrapper.write_text(DIES)
+                cells = matrix.cells((VIOMMU,), ("legacy",), (kernel,))
+                yield DIES_NAME, kernel, _rows(l1, wrapper, cells, l1.run_dir / DIES_NAME)
+
+    kernels = [k for k in KERNELS if k in wanted]
+    return {(name, kernel): rows for name, kernel, rows
+            in parallel.run(kernels, len(kernels), play, name=lambda k: f"adversaries-{k}")}
+
+
+def _rows(l1, wrapper: Path, cells: list, out: Path) -> list[dict]:
+    under_test = runner.qemu_under_test(l1, wrapper)
+    results = list(runner.cells_on_l1(l1, under_test, cells, out, seed=1))
+    rows = [{"cell": r.cell.id, "backend": r.cell.backend, "check": r.cell.check,
+             "outcome": r.outcome, "met": r.met, "reason": r.reason, "l2_end": r.l2_end,
+             "error_stage": r.error_stage, "out": str(out)} for r in results]
+    (out / "adversary.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("adversary", CATALOGUE, ids=[a.name for a in CATALOGUE])
+def test_adversary_gets_the_true_verdicts(adversary, kernel, played, pytestconfig):
+    results = played[(adversary.name, kernel)]
+    for r in results:
+        say(pytestconfig, f"adversary {adversary.name}: {r['cell']}: {r['outcome']}"
+                          f"{'' if r['met'] else ' (unmet)'}: {r['reason'][:160]}")
+    problems = []
+    for r in results:
+        want = adversary.expected(kernel, r["backend"], r["check"])
+        if want is None:
+            if not r["met"]:
+                problems.append(f"{r['cell']}: untouched by the lie, yet {r['outcome']}: "
+                                f"{r['reason']}")
+            continue
+        outcome, fragment = want
+        if r["outcome"] != outcome or fragment not in r["reason"] or r["met"]:
+            problems.append(f"{r['cell']}: wanted {outcome} with {fragment!r}, got "
+                            f"{r['outcome']} (met={r['met']}): {r['reason']}")
+    assert len(results) == len(matrix.cells((VIOMMU,), matrix.BACKENDS, (kernel,)))
+    assert not problems, "\n".join(problems)
+    if any(adversary.expected(kernel, b, c) for b in matrix.BACKENDS for c in matrix.CHECKS):
+        assert not all(r["met"] for r in results), f"{adversary.name} got through on {kernel}"
+
+
+@pytest.mark.parametrize("kernel", ["dmabuf"])  # the death does not depend on the kernel
+def test_an_l2_that_dies_is_named_in_l1s_words(kernel, played):
     """Every cell the dead L2 took says how it ended (the signal, as L1 saw it) and what
     it last wrote on stderr, not merely that a socket closed."""
-    if adversary_l1.kernel != "dmabuf":
-        pytest.skip("one kernel is enough: the death does not depend on it")
-    wrapper = tmp_path / "qemu-dies"
-    wrapper.write_text(DIES)
-    under_test = runner.qemu_under_test(adversary_l1, wrapper)
-    out = adversary_l1.run_dir / "dies"
-    cells = matrix.cells((adversary_l1.viommu.name,), ("legacy",), (adversary_l1.kernel,))
-    results = list(runner.cells_on_l1(adversary_l1, under_test, cells, out, seed=1))
+    results = played[(DIES_NAME, kernel)]
     assert len(results) == len(matrix.CHECKS)
-    said = (out / "legacy" / "l2-stderr.log").read_text().splitlines()
+    said = (Path(results[0]["out"]) / "legacy" / "l2-stderr.log").read_text().splitlines()
     assert "this L2 will be killed" in said[0]  # the wrapper's line: this L2 is the one killed
     for r in results:
-        assert r.outcome == "error", r.reason
-        assert "was killed by SIGKILL (9), as L1 saw it; its stderr ended: " in r.reason, r.reason
-        assert said[-1].strip() in r.reason, r.reason  # what it last wrote
-        assert r.l2_end and r.error_stage
+        assert r["outcome"] == "error", r["reason"]
+        assert "was killed by SIGKILL (9), as L1 saw it; its stderr ended: " in r["reason"], \
+            r["reason"]
+        assert said[-1].strip() in r["reason"], r["reason"]  # what it last wrote
+        assert r["l2_end"] and r["error_stage"]
