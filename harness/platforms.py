@@ -121,6 +121,10 @@ class L2Layout:
     ecam: int | None
     mmio_window: tuple[int, int]   # where BARs are put: [start, end)
     staging: int                   # an address in L2's RAM for DMA patterns
+    #: How a hot-unplug completes with no guest: True, PCIe native hotplug (the harness
+    #: powers the root port's slot off and on, as pciehp would); False, ACPI hotplug
+    #: (a system_reset completes it, as in QEMU's own device-plug test).
+    native_hotplug: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,8 +192,10 @@ AARCH64 = Platform(
     l2_qemu="qemu-system-aarch64", l2_package="qemu-system-arm", elf_machine=183,
     # hw/arm/virt.c's memory map without highmem: ECAM at 0x3f000000, the 32-bit PCI
     # MMIO window below it, RAM from 1 GiB.
+    # No ACPI in L2 under qtest: its root ports hot-plug natively.
     l2=L2Layout(machine="virt,highmem=off", ecam=0x3F000000,
-                mmio_window=(0x10000000, 0x3EFF0000), staging=0x40100000),
+                mmio_window=(0x10000000, 0x3EFF0000), staging=0x40100000,
+                native_hotplug=True),
     tag="aarch64-")
 
 PLATFORMS = {p.arch: p for p in (X86_64, AARCH64)}

@@ -224,15 +224,21 @@ def _present(l2: L2Qemu, qom_id: str) -> bool:
         return False
 
 
-def _unplug(stack: L1Stack, l2: L2Qemu, held: int) -> None:
-    """device_del, completed by a reset (nothing in L2 answers the hotplug controller,
-    as in QEMU's own device-plug test), until QOM and then the L1 kernel show it gone
-    (L2 held `held` VFIO device fds with it)."""
+def _unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, held: int) -> None:
+    """device_del, completed by what a guest would do (nothing in L2 answers the hotplug
+    controller): a reset with ACPI hotplug, as in QEMU's own device-plug test; the slot
+    powered off with native hotplug, as pciehp does. Until QOM and then the L1 kernel
+    show it gone (L2 held `held` VFIO device fds with it)."""
     assert l2.pid is not None
     l2.qmp.cmd("device_del", id=IVSHMEM_ID)
-    l2.qmp.cmd("system_reset")
+    if l2.spec.platform.l2.native_hotplug:
+        dev.pci.slot_power(dev.ivshmem_slot >> 5, on=False)
+        how = "its slot powered off"
+    else:
+        l2.qmp.cmd("system_reset")
+        how = "system_reset"
     wait_for(lambda: not _present(l2, IVSHMEM_ID), Deadline("L2 unplug", UNPLUG_DEADLINE_S),
-             "ivshmem still in L2 after device_del and system_reset", interval=0.02)
+             f"ivshmem still in L2 after device_del and {how}", interval=0.02)
     closed, _ = stack.vfio.wait_closed(l2.pid, held, UNPLUG_DEADLINE_S)
     if not closed:
         raise Deadline("L2 unplug", UNPLUG_DEADLINE_S).timeout(
@@ -245,6 +251,8 @@ def _replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None 
     taken once the other devices decode again and ivshmem does not yet (the reset that
     completed the unplug turned every device's decoding off), is returned."""
     l2.qmp.cmd("device_add", **l2.spec.backend.device_add(dev.ivshmem))
+    if l2.spec.platform.l2.native_hotplug:
+        dev.pci.slot_power(dev.ivshmem_slot >> 5, on=True)
     dev.reprogram_edu()
     dev.reprogram_resettable()
     between = moment("plugged, the others decoding") if moment else None
@@ -263,13 +271,13 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: in
 
     before = moment("before")
     held = len(before.kernel.vfio_device_fds)
-    _unplug(stack, l2, held)
+    _unplug(stack, l2, dev, held)
     unplugged = moment("unplugged")
     plugged = _replug(l2, dev, moment)
     replugged = moment("plugged again")
     after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug", dst)
     for _ in range(cycles - 1):
-        _unplug(stack, l2, held)
+        _unplug(stack, l2, dev, held)
         _replug(l2, dev)
     final = moment(f"after {cycles} cycles")
     return UnplugCycle(device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size, before=before,

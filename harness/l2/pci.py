@@ -19,6 +19,9 @@ VENDOR_ID, COMMAND, HEADER_TYPE, BAR0 = 0x00, 0x04, 0x0C, 0x10
 BUS_NUMBERS, MEMORY_WINDOW, PREF_WINDOW, PREF_BASE_UPPER, PREF_LIMIT_UPPER = \
     0x18, 0x20, 0x24, 0x28, 0x2C
 CMD_MEMORY, CMD_MASTER = 0x2, 0x4
+CAP_POINTER, CAP_PCIE, SLOT_CONTROL = 0x34, 0x10, 0x18
+#: Slot Control: Power Indicator Control (on 01b, off 11b), Power Controller Control (1: off).
+SLTCTL_PIC, SLTCTL_PIC_ON, SLTCTL_PIC_OFF, SLTCTL_PCC = 0x300, 0x100, 0x300, 0x400
 WINDOW_GRANULE = 1 << 20  # a bridge's memory window is in 1 MiB units
 
 
@@ -192,6 +195,30 @@ class PciConfig:
         self.write32(bridge, PREF_BASE_UPPER, 0)
         self.write32(bridge, PREF_LIMIT_UPPER, 0)
         self.enable(bridge)
+
+    def capability(self, slot: int, cap_id: int) -> int | None:
+        """Where a function's capability is in its config space (None: it has none)."""
+        at, seen = self.read32(slot, CAP_POINTER) & 0xFC, set()
+        while at and at not in seen:
+            seen.add(at)
+            header = self.read32(slot, at)
+            if header & 0xFF == cap_id:
+                return at
+            at = (header >> 8) & 0xFC
+        return None
+
+    def slot_power(self, bus: int, on: bool) -> None:
+        """Power the slot of the root port above `bus` on or off, as pciehp does: with the
+        power indicator off and the power controller off, QEMU completes a pending
+        unplug; a device plugged into a slot that is off is powered when it comes on."""
+        bridge = self._bridges[bus]
+        cap = self.capability(bridge, CAP_PCIE)
+        if cap is None:
+            raise HarnessError(f"the bridge above bus {bus} has no PCIe capability",
+                               stage="L2 PCI")
+        control = self.read32(bridge, cap + SLOT_CONTROL) & 0xFFFF & ~(SLTCTL_PIC | SLTCTL_PCC)
+        control |= SLTCTL_PIC_ON if on else SLTCTL_PIC_OFF | SLTCTL_PCC
+        self.write32(bridge, cap + SLOT_CONTROL, control)  # status bits (RW1C) written 0
 
     def enable(self, slot: int, memory: bool = True, master: bool = True) -> None:
         command = self.read32(slot, COMMAND) & 0xFFFF
