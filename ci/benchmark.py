@@ -6,6 +6,9 @@
                                               L0 start to SSH ready
   ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
                                               (slow: a full build per run)
+
+--arch aarch64 measures the arm64 platform instead (noop-rebuild, scratch-build,
+l1-boot, matrix; --viommu then defaults to smmuv3).
   ci/benchmark.py matrix [--runs 3] [--creation] [--jobs N]
                                               `vfio-harness run`, the default matrix
                                               (--creation: its 24 creation-time cells:
@@ -47,28 +50,31 @@ def timed_cli(args: list[str], env: dict | None = None) -> float:
 
 
 def noop_rebuild(args: argparse.Namespace) -> list[float]:
-    timed_cli(["images", "build"])  # make sure it is built; not counted
-    return [timed_cli(["images", "build"]) for _ in range(args.runs)]
+    build = ["images", "build", "--arch", args.arch]
+    timed_cli(build)  # make sure it is built; not counted
+    return [timed_cli(build) for _ in range(args.runs)]
 
 
 def scratch_build(args: argparse.Namespace) -> list[float]:
     out = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as cache:
-            out.append(timed_cli(["images", "build"], env={"VFIO_HARNESS_CACHE": cache}))
+            out.append(timed_cli(["images", "build", "--arch", args.arch],
+                                 env={"VFIO_HARNESS_CACHE": cache}))
     return out
 
 
 def l1_boot(args: argparse.Namespace) -> list[float]:
     from harness.collect.stack import booted
-    from harness.platforms import viommu
+    from harness.platforms import platform
     from harness.run.cell_results import Setup
 
-    setup = Setup.from_environment(kernels=[args.kernel])
+    plat = platform(args.arch)
+    setup = Setup.from_environment(kernels=[args.kernel], platform=plat)
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
         for i in range(args.runs):
-            with booted(setup.qemu, setup.images, viommu(args.viommu), args.kernel,
+            with booted(setup.qemu, setup.images, plat.viommu(args.viommu), args.kernel,
                         Path(tmp) / str(i), accel=setup.accel) as l1:
                 out.append(l1.boot_seconds)
     return out
@@ -80,6 +86,7 @@ CREATION = ("dmabuf-per-region", "mmap-fallback", "p2p-dma")
 def matrix_run(args: argparse.Namespace) -> list[float]:
     extra = [a for c in CREATION for a in ("--check", c)] if args.creation else []
     extra += ["--jobs", str(args.jobs)] if args.jobs else []
+    extra += ["--arch", args.arch]
     out = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as results:
@@ -178,7 +185,8 @@ def main() -> int:
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
                                     "l2-scenario", "selection", "ab-series"])
     p.add_argument("--runs", type=int)
-    p.add_argument("--viommu", default="intel-iommu")
+    p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
+    p.add_argument("--viommu")
     p.add_argument("--kernel", default="dmabuf")
     p.add_argument("--backend", default="iommufd")
     p.add_argument("--creation", action="store_true", help="matrix: the 24 creation-time cells")
@@ -187,6 +195,7 @@ def main() -> int:
     args = p.parse_args()
     args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
                               "selection": 3}.get(args.what, 5)
+    args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
           "ab-series": ab_series}
@@ -196,6 +205,7 @@ def main() -> int:
     summary = {"benchmark": args.what, "runs": len(samples),
                "median_s": round(statistics.median(samples), 2),
                "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
+               "arch": args.arch,
                **({"viommu": args.viommu, "kernel": args.kernel}
                   if args.what in ("l1-boot", "l2-scenario") else {}),
                **({"backend": args.backend} if args.what == "l2-scenario" else {}),

@@ -29,6 +29,7 @@ from harness.images.recipe import Recipe
 from harness.images.store import Images, ImageStore
 from harness.l0 import accel
 from harness.l0.qemu_binary import QemuBinary
+from harness.platforms import X86_64, Platform
 from harness.results.results_file import jsonable
 from harness.run import parallel, runner
 from harness.run.plan import Boot, RunPlan, Selection, Side
@@ -44,14 +45,16 @@ class Setup:
 
     @classmethod
     def from_environment(cls, cache: str | None = None, qemu: str | None = None,
-                         kernels: list[str] | None = None, accelerator: str = "auto") -> "Setup":
+                         kernels: list[str] | None = None, accelerator: str = "auto",
+                         platform: Platform = X86_64) -> "Setup":
         """The built images (all kernel variants, or `kernels`), L0 QEMU and accelerator."""
-        store = ImageStore(Recipe.load(), paths.cache_dir(cache))
+        store = ImageStore(Recipe.load(platform=platform), paths.cache_dir(cache))
         images = store.load(kernels)
-        binary = QemuBinary.find(qemu)
+        binary = QemuBinary.find(qemu, platform)
         kernel = next(iter(images.kernels.values())).bzimage
         forced = None if accelerator == "auto" else accelerator
-        return cls(binary, images, accel.choose(binary, kernel, store.cache, force=forced).accel)
+        return cls(binary, images, accel.choose(binary, kernel, store.cache, force=forced,
+                                                platform=platform).accel)
 
 
 @dataclass(frozen=True)
