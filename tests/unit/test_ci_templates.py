@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from harness.checks import matrix
+from harness.platforms import AARCH64, PLATFORMS
 
 CI = Path(__file__).parent.parent.parent / "ci"
 
@@ -20,16 +21,23 @@ def test_gitlab_shards_the_default_matrix_and_merges():
     assert "vfio-harness report merge results/shard-*" in " ".join(ci["report"]["script"])
     assert ci["images"]["cache"]["policy"] == "pull-push"
     assert ci["lint"]["script"][-1] == "mypy harness"
+    arm = ci["matrix-arm64"]
+    assert sorted(arm["parallel"]["matrix"][0]["VIOMMU"]) == sorted(AARCH64.default_viommus)
+    assert "--arch aarch64" in " ".join(arm["script"])
+    assert ci["report"]["needs"] == ["matrix", "matrix-arm64"]
+    assert "vfio-harness images build --arch aarch64" in ci["images"]["script"]
 
 
 def test_github_shards_the_default_matrix_and_merges():
     wf = yaml.safe_load((CI / "github" / "vfio-harness.yml").read_text())
     jobs = wf["jobs"]
     strategy = jobs["matrix"]["strategy"]["matrix"]
-    assert sorted(strategy["viommu"]) == sorted(matrix.DEFAULT_VIOMMUS)
+    excluded = {(e["arch"], e["viommu"]) for e in strategy["exclude"]}
+    shards = {(a, v) for a in strategy["arch"] for v in strategy["viommu"]} - excluded
+    assert shards == {(p.arch, v) for p in PLATFORMS.values() for v in p.default_viommus}
     assert sorted(strategy["kernel"]) == ["dmabuf", "no-dmabuf"]
     run = " ".join(step.get("run", "") for step in jobs["matrix"]["steps"])
-    assert "--viommu ${{ matrix.viommu }} --kernel ${{ matrix.kernel }}" in run
+    assert "--arch ${{ matrix.arch }} --viommu ${{ matrix.viommu }}" in run
     report = " ".join(step.get("run", "") for step in jobs["report"]["steps"])
     assert "vfio-harness report merge results/shard-*" in report
     assert any("action-junit-report" in step.get("uses", "") for step in jobs["report"]["steps"])
