@@ -76,7 +76,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="as in results and reports, e.g. intel-iommu-iommufd-dmabuf-reset")
     _under_test_options(shell)
     _series_option(shell)
-    _arch_option(shell)
     shell.add_argument("--no-l2", action="store_true",
                        help="boot L1 and hand the devices to vfio-pci; leave L2 to you")
     shell.add_argument("--results", type=Path, help="directory for the artifacts "
@@ -650,6 +649,9 @@ def _selection(args: argparse.Namespace):
 
 def _matrix(args: argparse.Namespace) -> int:
     cells = _selection(args).cells()
+    if args.avocado_variants and args.arch != X86_64.arch:
+        raise BadInput(f"the avocado front end runs x86_64 cells only; run {args.arch}'s "
+                       f"with `vfio-harness run --arch {args.arch}`")
     if args.avocado_variants:
         cells_dir = (args.results or Path("results") / "avocado").resolve()
         seed = args.seed if args.seed is not None else matrix.new_seed()

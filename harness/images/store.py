@@ -537,8 +537,8 @@ class ImageStore:
         _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
 
     def _booting_kernel(self) -> Path:
-        """A kernel of this platform to boot a foreign second stage with: the first built
-        variant, once this build's kernels are done (they compile meanwhile)."""
+        """A kernel of this platform to boot a foreign second stage with: the first variant
+        built, as soon as there is one (the others compile meanwhile)."""
         if not self._kernels_done.wait(timeout=7200):
             raise StageTimeout("no kernel to boot the rootfs's second stage after 7200 s",
                                stage="image build: rootfs")

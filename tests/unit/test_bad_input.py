@@ -98,6 +98,8 @@ CATALOGUE = [
                                              "intel-iommu"),
          "unknown vIOMMU 'intel-iommu' on aarch64; known: smmuv3, virtio-iommu"),
     Kind("arch-unknown", ("run", "--arch", "riscv64"), "invalid choice: 'riscv64'"),
+    Kind("arch-avocado", ("matrix", "--arch", "aarch64", "--avocado-variants", "{tmp}/v.json"),
+         "the avocado front end runs x86_64 cells only"),
     Kind("arch-unknown-images", ("images", "build", "--arch", "s390x"),
          "invalid choice: 's390x'"),
     Kind("check-unknown", ("run", "--check", "nope"), "invalid choice: 'nope'"),
