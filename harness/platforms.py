@@ -145,9 +145,9 @@ class Platform:
     kernel_image: str                # its name in an image artifact
     kernel_magic: tuple[int, bytes]  # where its boot header's signature is, and what it is
     l2_qemu: str                     # the QEMU under test's binary name in L1
-    elf_machine: int                 # e_machine of L1's executables (EM_X86_64, EM_AARCH64)
-    l2: L2Layout
     l2_package: str                  # the Debian package that ships it in the rootfs
+    l2: L2Layout
+    elf_machine: int                 # e_machine of L1's executables (EM_X86_64, EM_AARCH64)
     #: What goes before the names the platform's things get: cache artifacts and object
     #: trees, cell ids. "" for x86_64, the first platform, so that caches, results and
     #: baselines made before there were two keep their names.
