@@ -49,9 +49,9 @@ class L1Spec:
     guest_ports: tuple[int, ...] = (22,)
 
     def append(self) -> str:
-        return " ".join((f"console={self.platform.console}", "root=/dev/vda", "rw",
-                         "init=/sbin/harness-init", "panic=-1", *self.viommu.kernel_args,
-                         *self.kernel_args))
+        return " ".join((f"console={self.platform.console}", *self.platform.kernel_args,
+                         "root=/dev/vda", "rw", "init=/sbin/harness-init", "panic=-1",
+                         *self.viommu.kernel_args, *self.kernel_args))
 
 
 SHM = Path("/dev/shm")
