@@ -132,6 +132,10 @@ class ImageStore:
     def rootfs_dir(self) -> Path:
         return self.artifacts / f"rootfs-{self.platform.tag}{self.recipe.rootfs.key()}"
 
+    def current(self) -> set[Path]:
+        """The artifact directories the recipe points at now (built or not; nothing hashed)."""
+        return {*(self.kernel_dir(v) for v in self.recipe.kernels.values()), self.rootfs_dir()}
+
     def states(self) -> list[ArtifactState]:
         out = [ArtifactState(f"kernel-{v.name}", v.key(), self.kernel_dir(v),
                              verify(self.kernel_dir(v)))
@@ -143,8 +147,8 @@ class ImageStore:
     def stale(self) -> list[Path]:
         """Artifact dirs no current recipe key points at, for any platform, and leftovers
         of interrupted builds."""
-        current = {s.directory for p in PLATFORMS.values()
-                   for s in ImageStore(Recipe.load(self.recipe.directory, p), self.cache).states()}
+        current = {d for p in PLATFORMS.values()
+                   for d in ImageStore(Recipe.load(self.recipe.directory, p), self.cache).current()}
         if not self.artifacts.is_dir():
             return []
         return sorted(p for p in self.artifacts.iterdir()
