@@ -115,15 +115,23 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
 
 @pytest.mark.parametrize("kernels", [(KERNEL,), PARALLEL], ids=["one-l1", "parallel-l1s"])
 def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
+    from harness.l0.machine import SHM, sweep_stale_ivshmem
     proc = _start_run(tmp_path, kernels)
     _wait_for_qemu(tmp_path)
+    if len(kernels) == 1:
+        # QEMU shows in the process table before it has created its ivshmem backend
+        # file: a SIGKILL in between (its parent-death signal takes it too) leaves no
+        # file, and nothing for the sweep to do.
+        end = time.monotonic() + 60
+        while not list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem")):
+            assert time.monotonic() < end, "QEMU never created its ivshmem file"
+            time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     end = time.monotonic() + 30  # parallel L1s: each child unwinds, then its QEMU goes
     while qemu_processes_using(tmp_path) and time.monotonic() < end:
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
-    from harness.l0.machine import SHM, sweep_stale_ivshmem
     if len(kernels) > 1:  # the children unwound: they removed their ivshmem files themselves
         assert sweep_stale_ivshmem() == []
         return
