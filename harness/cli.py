@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="a kernel built elsewhere as the candidate's L1 kernel")
     ab.add_argument("--candidate-kernel-config", type=Path, metavar="FILE",
                     help="its .config (default: the one it embeds)")
+    ab.add_argument("--bisect", action="store_true",
+                    help="when the candidate's kernel series brings new failures, name the "
+                         "first patch that brings each: its prefixes built incrementally, "
+                         "only the new failures run on each")
     _run_options(ab)
     ab.add_argument("--junit", type=Path, metavar="FILE",
                     help="also write the comparison as JUnit XML, a testcase per cell")
@@ -159,6 +163,10 @@ def _port(text: str) -> int:
     return _int_in(text, 1, 65535, "a TCP port")
 
 
+def _positive(text: str) -> int:
+    return _int_in(text, 1, 10**6, "a number of patches")
+
+
 def _jobs(text: str) -> int:
     """L1s at once: each is 4 GiB of RAM and about half a core."""
     return _int_in(text, 1, 8, "a number of L1s at once")
@@ -207,6 +215,9 @@ def _under_test_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-patches", type=Path, metavar="SERIES",
                    help="a kernel series under test (an mbox, or a directory of patches), "
                         "applied to the pinned source of each kernel variant")
+    p.add_argument("--kernel-patches-first", type=_positive, metavar="N",
+                   help="apply only the series' first N patches (a bisect's reproduce line "
+                        "names the first bad patch this way)")
     p.add_argument("--kernel-tree", type=Path, metavar="DIR",
                    help="your own kernel source tree, built out of tree (O= in the cache) "
                         "with each variant's fragments and booted as L1")
@@ -258,8 +269,21 @@ def _publish(args: argparse.Namespace, make, report_page: Path, *results_dirs: P
         print(f"KCIDB: {args.kcidb.resolve()}")
 
 
-def _series(path: Path | None) -> Series | None:
-    return Series.load(path) if path else None
+def _under_test_series(args: argparse.Namespace) -> Series | None:
+    return _series(args.kernel_patches, args.kernel_patches_first)
+
+
+def _series(path: Path | None, first: int | None = None) -> Series | None:
+    if first is not None and path is None:
+        raise BadInput("--kernel-patches-first N takes the first N patches of "
+                       "--kernel-patches, which was not given")
+    series = Series.load(path) if path else None
+    if series and first is not None:
+        if first > len(series.patches):
+            raise BadInput(f"--kernel-patches-first {first}: {path} has "
+                           f"{len(series.patches)} patch(es)")
+        series = series.prefix(first)
+    return series
 
 
 def _user_kernel(store: ImageStore, args: argparse.Namespace, bzimage: Path,
@@ -507,7 +531,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.results import results_file  # L1-facing modules import paramiko: only when needed
     from harness.run import runner
 
-    p = _prepare(args, [args.l2_qemu], "run", _series(args.kernel_patches))
+    p = _prepare(args, [args.l2_qemu], "run", _under_test_series(args))
     plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
     began = time.monotonic()
     cells = []
@@ -551,6 +575,14 @@ def _ab(args: argparse.Namespace) -> int:
             or args.candidate_kernel_image):
         raise BadInput("ab needs something under test: --candidate-l2-qemu, "
                        "--candidate-kernel-patches or --candidate-kernel-image")
+    if args.bisect and not args.candidate_kernel_patches:
+        raise BadInput("--bisect bisects the candidate's kernel series: give "
+                       "--candidate-kernel-patches")
+    if args.bisect and (args.baseline_kernel_patches or args.candidate_kernel_image):
+        other = "--baseline-kernel-patches" if args.baseline_kernel_patches else \
+            "--candidate-kernel-image"
+        raise BadInput(f"--bisect bisects the candidate's series against the pinned kernel; "
+                       f"{other} would make the baseline another kernel")
     series = {side: _series(getattr(args, f"{side}_kernel_patches"))
               for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
@@ -574,6 +606,10 @@ def _ab(args: argparse.Namespace) -> int:
             run_id=f"{p.stamp['run_id']}/{side.results.name}")
 
     c, written = ab.run(p.plan(args, sides, p.out / "l1"), record, p.out)
+    if args.bisect and c.regressions and series["candidate"]:
+        c = _bisect(args, p, c, series["candidate"], sides[1])
+    elif args.bisect:
+        say("bisect: no new failure to bisect")
     if args.junit:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(compare.junit(c))
@@ -583,6 +619,63 @@ def _ab(args: argparse.Namespace) -> int:
     _publish(args, lambda url: patchwork.for_comparison(c, url),
              sides[1].results / "report.html", sides[0].results, sides[1].results)
     return c.exit_code()
+
+
+def _bisect(args: argparse.Namespace, p: _Prepared, c, series: Series, candidate: Side):
+    """Which patch of `series` brought each new failure of `c`: each step builds a prefix
+    and runs only the new failures still open on it, judged against the baseline."""
+    from harness.results import bisection, compare, results_file
+    from harness.run import bisect, runner
+
+    cells = {cell.id: cell for cell in p.selection.cells()}
+    baseline = {change.id: change.baseline for change in c.regressions}
+    say(f"bisect: {len(baseline)} new failure(s) over the {len(series.patches)} patches of "
+        f"{series.title!r}")
+
+    def step(k: int, ids: list[str]) -> tuple[dict, str]:
+        directory = p.out / "bisect" / f"patches-{k:02d}"
+        wanted = {cells[i].kernel for i in ids}
+        base = dataclasses.replace(p.images, kernels={
+            n: i for n, i in p.images.kernels.items() if n in wanted})
+        try:
+            images = p.store.build_prefix(series, k, base)
+        except BadInput:
+            raise
+        except HarnessError as e:
+            raise bisect.Unbuilt(_first_build_error(e)) from None
+        q = dataclasses.replace(p, selection=Selection.of_cells([cells[i] for i in ids]),
+                                images=images)
+        plan = q.plan(args, (Side(directory, candidate.l2_qemu, images, candidate.traces),),
+                      directory)
+        began = time.monotonic()
+        results = plan.in_matrix_order([r for _, r in runner.run(plan)])
+        results_file.write(directory, results, q.info(
+            results, began, bisect_patches=k, run_id=f"{p.stamp['run_id']}/bisect-{k}"))
+        results_file.prune(directory, results)
+        verdicts = {}
+        for r in results:
+            status = compare.classify(baseline[r.cell.id], r.record())
+            verdicts[r.cell.id] = None if status == compare.INFRASTRUCTURE else \
+                status == compare.NEW_FAILURE
+            said = {True: "bad", False: "good", None: "not judged"}[verdicts[r.cell.id]]
+            say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} {said}")
+        return verdicts, str(directory)
+
+    record = bisect.bisect(series, list(baseline), step,
+                           good_known=args.baseline_l2_qemu == args.candidate_l2_qemu)
+    bisection.write(candidate.results, record)
+    c = dataclasses.replace(c, bisect=record)
+    compare.write(c, p.out)
+    report.write_html(candidate.results, extra=compare.html_section(c))
+    return c
+
+
+def _first_build_error(e: HarnessError) -> str:
+    """The compiler's first error, as a maintainer would quote it, and where the log is."""
+    log = e.message.rsplit("full log: ", 1)[-1] if "full log: " in e.message else None
+    errors = [line.strip() for line in (e.details or "").splitlines() if ": error:" in line
+              or line.startswith("make") and "Error" in line]
+    return (errors[0] if errors else e.message.splitlines()[0]) + (f" (log {log})" if log else "")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -621,7 +714,7 @@ def _shell(args: argparse.Namespace) -> int:
     args.viommu, args.backend = [cell.viommu], [cell.backend]
     args.kernel, args.check = [cell.kernel], [cell.check]
     args.seed, args.jobs = None, 1
-    p = _prepare(args, [args.l2_qemu], "shell", _series(args.kernel_patches))
+    p = _prepare(args, [args.l2_qemu], "shell", _under_test_series(args))
     try:
         if cell.kernel not in p.selection.kernels:
             raise BadInput(f"the kernel image plays {p.selection.kernels[0]!r}, not the cell's "

@@ -49,6 +49,15 @@ class Series:
     source: Path
     title: str
     patches: tuple[Patch, ...]
+    of: int | None = None  # a prefix (the first len(patches) patches) of a series this long
+
+    def prefix(self, k: int) -> "Series":
+        """The series' first `k` patches: what a bisect step builds. Its own name and key
+        (a kernel built from it is cached as any series' is)."""
+        if not 0 <= k <= len(self.patches):
+            raise ValueError(f"no prefix of {k} patches in a series of {len(self.patches)}")
+        total = self.of or len(self.patches)
+        return Series(self.source, self.title, self.patches[:k], None if k == total else total)
 
     @property
     def sha256(self) -> str:
@@ -81,6 +90,7 @@ class Series:
 
     def record(self) -> dict:
         return {"source": str(self.source), "title": self.title, "sha256": self.sha256,
+                **({"first": len(self.patches), "of": self.of} if self.of else {}),
                 "files": self.files(), "trace_events": self.trace_events(),
                 "patches": [{"number": p.number, "subject": p.subject, "author": p.author,
                              "sha256": p.sha256, "files": p.files()} for p in self.patches]}
@@ -115,21 +125,35 @@ class Series:
         return cls(path, title or patches[0].subject, tuple(patches))
 
     def apply(self, tree: Path) -> None:
-        """Apply every patch to `tree`, in order. Files the series touches are first
-        made the tree's own (the tree may share unchanged files with others by hard link)."""
+        """Apply every patch to `tree`, in order."""
+        self.own_files(tree)
+        self.move(tree, 0, len(self.patches))
+
+    def own_files(self, tree: Path) -> None:
+        """Make the files the series touches the tree's own: the tree may share unchanged
+        files with others by hard link, and git apply writes in place."""
         for rel in self.files():
             target = tree / rel
             if target.is_file() and target.stat().st_nlink > 1:
                 shutil.copy2(target, target.with_name(target.name + ".vfio-harness-copy"))
                 os.replace(target.with_name(target.name + ".vfio-harness-copy"), target)
-        for p in self.patches:
-            proc = subprocess.run(["git", "apply", "--verbose", "-"], input=p.diff, cwd=tree,
-                                  capture_output=True, text=True, timeout=300,
-                                  env={**os.environ, "GIT_CEILING_DIRECTORIES":
-                                       str(tree.parent)})
+
+    def move(self, tree: Path, applied: int, wanted: int) -> None:
+        """Take `tree` from the first `applied` patches to the first `wanted`: forward by
+        applying, back by reverting in reverse order. Only the files of the patches in
+        between are rewritten, so make rebuilds only what they touch (a bisect step
+        starts from the previous step's tree, as in a git bisect work tree)."""
+        steps = [(p, False) for p in self.patches[applied:wanted]] if wanted >= applied else \
+            [(p, True) for p in reversed(self.patches[wanted:applied])]
+        for p, reverse in steps:
+            proc = subprocess.run(["git", "apply", "--verbose", *(["-R"] * reverse), "-"],
+                                  input=p.diff, cwd=tree, capture_output=True, text=True,
+                                  timeout=300, env={**os.environ, "GIT_CEILING_DIRECTORIES":
+                                                    str(tree.parent)})
             if proc.returncode != 0:
-                raise BadInput(f"patch {p.number}/{len(self.patches)} \"{p.subject}\" of "
-                               f"{self.source} does not apply to the kernel source: "
+                how = "cannot be reverted in" if reverse else "does not apply to"
+                raise BadInput(f"patch {p.number}/{self.of or len(self.patches)} "
+                               f"\"{p.subject}\" of {self.source} {how} the kernel source: "
                                f"{_first_error(proc.stderr)}", stage=STAGE,
                                details=proc.stderr[-2000:])
 

@@ -44,6 +44,8 @@ from harness.platforms import PLATFORMS, X86_64, Platform
 MANIFEST = "manifest.json"
 #: In a kernel source the recipe's patches were applied to (and its series copies).
 RECIPE_PATCHES = ".vfio-harness-recipe-patches"
+#: In a bisect work tree: how many of its series' patches it has applied.
+BISECT_APPLIED = ".vfio-harness-applied"
 #: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
 NEEDED_FREE_GIB = 8
 #: Host tools the build runs, and the Debian package that has each.
@@ -489,6 +491,63 @@ class ImageStore:
             tmp.rename(src)
         return src
 
+    # -- a prefix of a series: one bisect step -----------------------------------------
+
+    def build_prefix(self, series: Series, k: int, images: Images) -> Images:
+        """`images` with each kernel variant built with the first `k` patches of `series`
+        (k = 0: the variants as they are). A kernel built from a prefix is cached as any
+        series' is (a later bisect of the same series reuses it)."""
+        if k == 0:
+            return images
+        prefix = series.prefix(k)
+        kernels = {}
+        for name in images.kernels:
+            variant = self.recipe.kernels[name]
+            final = self.series_dir(variant, prefix)
+            if verify(final) is not None:
+                self._claimed(final, False, functools.partial(
+                    self._build_prefix_kernel, variant, series, k, final))
+            kernels[name] = self._kernel_image(name, final)
+        return Images(kernels, images.rootfs, self.platform)
+
+    def _build_prefix_kernel(self, variant: KernelVariant, series: Series, k: int,
+                             final: Path) -> None:
+        """One work tree per (source, series), moved from step to step by applying or
+        reverting the patches in between, and one object tree it is built into: a step
+        recompiles what those patches touch, not what the whole prefix does (a series that
+        touches include/linux/pci.h in its first patch would otherwise rebuild its users
+        at every step)."""
+        pristine = self._kernel_source(variant)
+        src = pristine.with_name(f"{pristine.name}+bisect-{series.name}")
+        prefix = series.prefix(k)
+        with self.locks.exclusive(src):
+            at = src / BISECT_APPLIED
+            if not at.exists():  # new, or a move that failed half-way: start again
+                with step(f"{series.name}: a bisect work tree linked to {pristine.name}"):
+                    shutil.rmtree(src, ignore_errors=True)
+                    _shell(f"cp -al '{pristine}' '{src}'", "link the kernel source")
+                    series.own_files(src)
+                    at.write_text("0\n")
+            applied = int(at.read_text())
+            if applied != k:
+                with step(f"{series.name}: from {applied} to {k} of {len(series.patches)} "
+                          f"patches"):
+                    at.unlink()
+                    series.move(src, applied, k)
+                    at.write_text(f"{k}\n")
+            obj = self.build_dir / f"kernel-{variant.name}+bisect-{series.name}"
+            base = self.build_dir / f"kernel-{variant.name}"
+            if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
+                with step(f"kernel {variant.name}+bisect-{series.name}: start from "
+                          f"{variant.name}'s object tree"):
+                    _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
+                                                  base: obj})
+            say(f"kernel {variant.name}+{prefix.name}: patches 1-{k} of "
+                f"{len(series.patches)} of \"{series.title}\"")
+            self._build_kernel(variant, src, obj, f"{variant.name}+{prefix.name}", final,
+                               self.series_key(variant, prefix),
+                               {"series": prefix.record(), "base_variant": variant.name})
+
     def _build_rootfs(self, rootfs: Rootfs) -> None:
         began = time.monotonic()
         base = self.build_dir / f"rootfs-base-{rootfs.base_key()}"
@@ -559,7 +618,10 @@ class ImageStore:
         """Stale artifacts, and the sources and object trees of series (each rebuilt from
         its variant's in seconds); or the whole cache."""
         rebuildable = [*self.build_dir.glob("kernel-*+series-*"),
-                       *(self.cache / "src").glob("*+series-*")] if self.cache.is_dir() else []
+                       *self.build_dir.glob("kernel-*+bisect-series-*"),
+                       *(self.cache / "src").glob("*+series-*"),
+                       *(self.cache / "src").glob("*+bisect-series-*")] \
+            if self.cache.is_dir() else []
         if everything:
             artifacts = sorted(p for p in self.artifacts.glob("*") if p.name != LOCKS) \
                 if self.artifacts.is_dir() else []

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.results import bisection
 from harness.results.results_file import load, reproduce
 
 NEW_FAILURE, FIXED, STILL_FAILING, UNCHANGED, INFRASTRUCTURE, ONE_SIDE = (
@@ -53,6 +54,10 @@ class Comparison:
     baseline_run: dict
     candidate_run: dict
     cells: list[CellChange]
+    bisect: dict | None = None  # which patch of the candidate's series brought each failure
+
+    def culprit(self, cell_id: str) -> str | None:
+        return bisection.culprit(self.bisect, cell_id)
 
     @property
     def regressions(self) -> list[CellChange]:
@@ -70,7 +75,8 @@ class Comparison:
         return {"baseline": {"dir": str(self.baseline_dir), "run": self.baseline_run},
                 "candidate": {"dir": str(self.candidate_dir), "run": self.candidate_run},
                 "counts": {s: len(self.by_status(s)) for s in ORDER},
-                "cells": [c.record() for c in self.cells]}
+                "cells": [c.record() for c in self.cells],
+                **({"bisect": self.bisect} if self.bisect else {})}
 
 
 def _infrastructure(cell: dict | None) -> bool:
@@ -133,8 +139,9 @@ def compare(baseline_dir: Path, candidate_dir: Path) -> Comparison:
             change.evidence_changes = evidence_changes(change.baseline, change.candidate)
         cells.append(change)
     cells.sort(key=lambda c: (ORDER.index(c.status), c.id))
+    series = {s["sha256"] for s in (cand.get("run", {}).get("kernel_series") or {}).values()}
     return Comparison(baseline_dir, candidate_dir, base.get("run", {}), cand.get("run", {}),
-                      cells)
+                      cells, bisection.load(candidate_dir, series))
 
 
 def _describe(run: dict) -> str:
@@ -155,6 +162,10 @@ def text(c: Comparison) -> str:
              f"baseline:  {c.baseline_dir}", f"           {_describe(c.baseline_run)}",
              f"candidate: {c.candidate_dir}", f"           {_describe(c.candidate_run)}", "",
              f"{len(c.cells)} cells: {counts}", ""]
+    if c.bisect:
+        lines += [*bisection.lines(c.bisect, lambda cell_id: next(
+            reproduce(x.candidate, c.candidate_run) for x in c.cells
+            if x.id == cell_id and x.candidate)), ""]
     if c.regressions:
         lines.append("New failures (marked +), with the evidence that changed:")
     for status in ORDER[:-1]:
@@ -171,6 +182,8 @@ def text(c: Comparison) -> str:
                 lines.append(f"      candidate: {cell.candidate.get('reason', '')}")
             if status in (NEW_FAILURE, FIXED) and cell.baseline:
                 lines.append(f"      baseline:  {cell.baseline.get('reason', '')}")
+            if c.culprit(cell.id):
+                lines.append(f"      bisect:    {c.culprit(cell.id)}")
             l2 = cell.id.rsplit("-", 2)[0] if cell.candidate is None else "-".join(
                 cell.candidate[k] for k in ("viommu", "backend", "kernel"))
             if shown == (l2, cell.evidence_changes) and cell.evidence_changes:
@@ -196,8 +209,9 @@ def junit(c: Comparison) -> str:
         case = ET.SubElement(suite, "testcase", classname="ab", name=cell.id)
         detail = "\n".join([cell.outcome_line(), *cell.evidence_changes])
         if cell.status == NEW_FAILURE:
+            culprit = f"; {c.culprit(cell.id)}" if c.culprit(cell.id) else ""
             ET.SubElement(case, "failure", message=f"new failure: {cell.outcome_line()}"
-                          ).text = detail
+                                                   f"{culprit}").text = detail
         elif cell.status == INFRASTRUCTURE:
             ET.SubElement(case, "error", message="infrastructure error").text = detail
         elif cell.status != UNCHANGED:
@@ -220,7 +234,8 @@ def html_section(c: Comparison) -> str:
             f"{e(_describe(c.candidate_run))}</p><p>"
             + ", ".join(f"{len(c.by_status(s))} {e(s)}" for s in ORDER) + "</p>"
             "<table><tr><th>cell</th><th>status</th><th>outcomes</th><th>evidence that "
-            "changed</th></tr>" + "".join(rows) + "</table></section>")
+            "changed</th></tr>" + "".join(rows) + "</table></section>"
+            + (bisection.html_section(c.bisect) if c.bisect else ""))
 
 
 def write(c: Comparison, out: Path) -> dict[str, Path]:

@@ -47,8 +47,10 @@ def for_comparison(comparison, target_url: str) -> dict:
     if regressions:
         names = ", ".join(c.id for c in regressions[:3])
         more = f" and {len(regressions) - 3} more" if len(regressions) > 3 else ""
-        return check("fail", f"{len(regressions)} new failure(s) against the baseline: "
-                             f"{names}{more}", target_url)
+        culprit = comparison.culprit(regressions[0].id)
+        return check("fail", (f"{culprit}: " if culprit else "")
+                     + f"{len(regressions)} new failure(s) against the baseline: "
+                       f"{names}{more}", target_url)
     if infra:
         return check("warning", f"no regression seen, but {len(infra)} cell(s) unknown "
                                 f"(infrastructure errors)", target_url)

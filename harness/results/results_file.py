@@ -256,6 +256,8 @@ def reproduce(cell: dict, run: dict) -> str:
     series = (run.get("kernel_series") or {}).get(kernel)
     if series:
         args += ["--kernel-patches", series["source"]]
+        if series.get("of"):
+            args += ["--kernel-patches-first", str(series["first"])]
     image = (run.get("kernel_images") or {}).get(kernel)
     if image:
         args += ["--kernel-image", image["path"]]

@@ -109,3 +109,35 @@ def test_files_are_shown_beside_the_cells_that_run_them():
     assert ("p2p-dma", "iommufd") in exercised_by("drivers/iommu/iommufd/io_pagetable.c")
     assert ("p2p-dma", "legacy") not in exercised_by("drivers/iommu/iommufd/io_pagetable.c")
     assert exercised_by("Documentation/driver-api/vfio.rst") == []
+
+
+def test_a_work_tree_moves_between_prefixes_touching_only_the_patches_in_between(made, tmp_path):
+    """A bisect step starts from the previous step's tree: forward applies, back reverts,
+    and a file no patch in between touches keeps its time (make leaves its objects)."""
+    import os
+
+    mbox, pristine = made
+    s = Series.load(mbox)
+    tree = tmp_path / "tree"
+    subprocess.run(["cp", "-al", str(pristine), str(tree)], check=True)
+    s.own_files(tree)
+    s.move(tree, 0, 2)
+    assert "return 2" in (tree / "drivers" / "a.c").read_text() and (tree / "drivers/b.c").exists()
+    os.utime(tree / "drivers" / "a.c", (1, 1))
+    s.move(tree, 2, 1)
+    assert not (tree / "drivers" / "b.c").exists()
+    assert (tree / "drivers" / "a.c").stat().st_mtime == 1  # patch 1 not touched again
+    s.move(tree, 1, 0)
+    assert "return 1" in (tree / "drivers" / "a.c").read_text()
+    assert "return 1" in (pristine / "drivers" / "a.c").read_text()
+
+
+def test_a_prefix_is_a_series_of_its_own_that_knows_its_length(made):
+    s = Series.load(made[0])
+    one = s.prefix(1)
+    assert [p.subject for p in one.patches] == ["drivers: a returns 2"]
+    assert one.sha256 != s.sha256 and one.name != s.name
+    assert one.record()["first"] == 1 and one.record()["of"] == 2
+    assert "of" not in s.record() and s.prefix(2) == s
+    with pytest.raises(ValueError):
+        s.prefix(3)
