@@ -23,6 +23,13 @@ l1-boot, matrix; --viommu then defaults to smmuv3).
   ci/benchmark.py ab-series [--runs 3]        `vfio-harness ab --candidate-kernel-patches`
                                               of the default matrix for a new one-file
                                               drivers/vfio series: from series to verdict
+  ci/benchmark.py bisect [--runs 3]           `vfio-harness ab --bisect` of the 10-patch
+                                              series whose 7th patch breaks whole-BAR
+                                              dma-bufs (tests/data/series/bisect-10.mbox),
+                                              on intel-iommu/dmabuf (14 cells): from series
+                                              to the named patch, the bisect's own time
+                                              beside it; the series' kernels are dropped
+                                              before each run
 
 Each prints one JSON line per run and a summary with the median; --json FILE
 appends the summary there. Run it on a machine doing nothing else.
@@ -180,10 +187,35 @@ def ab_series(args: argparse.Namespace) -> list[float]:
     return out
 
 
+BISECT_SERIES = Path(__file__).resolve().parent.parent / "tests/data/series/bisect-10.mbox"
+
+
+def bisect(args: argparse.Namespace) -> list[float]:
+    out = []
+    args.bisect_s = []
+    for _ in range(args.runs):
+        timed_cli(["images", "clean"])  # no kernel of the series or its prefixes left
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+            began = time.monotonic()
+            p = subprocess.run([sys.executable, "-m", "harness", "ab", "--bisect",
+                                "--candidate-kernel-patches", str(BISECT_SERIES),
+                                "--viommu", args.viommu, "--kernel", args.kernel,
+                                "--results", str(Path(tmp) / "ab")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out.append(time.monotonic() - began)
+            record = json.loads((Path(tmp) / "ab" / "compare.json").read_text())
+            named = {c["verdict"] + " " + str(c["first_bad"])
+                     for c in record["bisect"]["cells"].values()}
+            if p.returncode != 1 or named != {"first bad patch 7"}:
+                raise SystemExit(f"bisect did not name patch 7: exit {p.returncode}, {named}")
+            args.bisect_s.append(record["bisect"]["duration_s"])
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
-                                    "l2-scenario", "selection", "ab-series"])
+                                    "l2-scenario", "selection", "ab-series", "bisect"])
     p.add_argument("--runs", type=int)
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--viommu")
@@ -194,11 +226,11 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
     args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
-                              "selection": 3}.get(args.what, 5)
+                              "selection": 3, "bisect": 3}.get(args.what, 5)
     args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
-          "ab-series": ab_series}
+          "ab-series": ab_series, "bisect": bisect}
     samples = fn[args.what](args)
     for i, s in enumerate(samples):
         print(json.dumps({"run": i, "seconds": round(s, 2)}))
@@ -215,7 +247,10 @@ def main() -> int:
                    "cli_median_s": round(statistics.median(args.paired), 2),
                    "cli_min_s": round(min(args.paired), 2),
                    "cli_max_s": round(max(args.paired), 2)}
-                  if args.what == "selection" else {})}
+                  if args.what == "selection" else {}),
+               **({"bisect_median_s": round(statistics.median(args.bisect_s), 2),
+                   "bisect_min_s": min(args.bisect_s), "bisect_max_s": max(args.bisect_s)}
+                  if args.what == "bisect" else {})}
     print(json.dumps(summary))
     if args.json:
         with args.json.open("a") as f:

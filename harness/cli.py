@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -675,7 +676,8 @@ def _first_build_error(e: HarnessError) -> str:
     log = e.message.rsplit("full log: ", 1)[-1] if "full log: " in e.message else None
     errors = [line.strip() for line in (e.details or "").splitlines() if ": error:" in line
               or line.startswith("make") and "Error" in line]
-    return (errors[0] if errors else e.message.splitlines()[0]) + (f" (log {log})" if log else "")
+    first = re.sub(r"/\S*/src/[^/\s]+/", "", errors[0]) if errors else e.message.splitlines()[0]
+    return first + (f" (log {log})" if log else "")
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -44,8 +44,9 @@ from harness.platforms import PLATFORMS, X86_64, Platform
 MANIFEST = "manifest.json"
 #: In a kernel source the recipe's patches were applied to (and its series copies).
 RECIPE_PATCHES = ".vfio-harness-recipe-patches"
-#: In a bisect work tree: how many of its series' patches it has applied.
-BISECT_APPLIED = ".vfio-harness-applied"
+#: In a bisect work tree: how many of its series' patches it has applied, and the tree it
+#: was linked from.
+BISECT_APPLIED, BISECT_ORIGIN = ".vfio-harness-applied", ".vfio-harness-origin"
 #: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
 NEEDED_FREE_GIB = 8
 #: Host tools the build runs, and the Debian package that has each.
@@ -306,9 +307,11 @@ class ImageStore:
     def _build_kernel(self, variant: KernelVariant, src: Path | None = None,
                       obj: Path | None = None, name: str | None = None,
                       final: Path | None = None, key: str | None = None,
-                      extra: dict | None = None) -> None:
+                      extra: dict | None = None, configured: bool = False) -> None:
         """Configure and compile `variant` (from `src` into `obj`, published as `final`,
-        for a series build; else the variant itself)."""
+        for a series build; else the variant itself). `configured`: `obj` holds the
+        variant's .config and nothing that decides it changed (a bisect step whose series
+        touches no Kconfig file): the three configure steps are skipped."""
         began = time.monotonic()
         src = src or self._kernel_source(variant)
         name = name or variant.name
@@ -320,17 +323,10 @@ class ImageStore:
         if variant.unchecked and not unchecked:
             say(f"kernel {name}: {src} lacks the recipe's patches: built without "
                 f"{', '.join(p.name for p in variant.unchecked)}")
-        with step(f"kernel {name}: configure (log {log})"):
-            with log.open("w") as out:
-                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, *variant.base],
-                     out, stage)
-                _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
-                      *map(str, unchecked)], out, stage)
-                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, "olddefconfig"],
-                     out, stage)
-            kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
-                          name)
+        if configured and (obj / ".config").is_file():
+            log.write_text(f"# configured as before: {obj / '.config'}\n")
+        else:
+            self._configure(variant, src, obj, name, log, stage, unchecked)
         with step(f"kernel {name}: compile with -j{self.jobs} (log {log})"):
             with log.open("a") as out:
                 _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, f"-j{self.jobs}",
@@ -347,6 +343,20 @@ class ImageStore:
 
         _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
                  began, fill)
+
+    def _configure(self, variant: KernelVariant, src: Path, obj: Path, name: str, log: Path,
+                   stage: str, unchecked: tuple) -> None:
+        with step(f"kernel {name}: configure (log {log})"):
+            with log.open("w") as out:
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, *variant.base],
+                     out, stage)
+                _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
+                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
+                      *map(str, unchecked)], out, stage)
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, "olddefconfig"],
+                     out, stage)
+            kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
+                          name)
 
     # -- a kernel image brought by the user ------------------------------------------
 
@@ -513,21 +523,32 @@ class ImageStore:
     def _build_prefix_kernel(self, variant: KernelVariant, series: Series, k: int,
                              final: Path) -> None:
         """One work tree per (source, series), moved from step to step by applying or
-        reverting the patches in between, and one object tree it is built into: a step
-        recompiles what those patches touch, not what the whole prefix does (a series that
-        touches include/linux/pci.h in its first patch would otherwise rebuild its users
-        at every step)."""
+        reverting the patches in between, and one object tree per variant built in it: a
+        step recompiles what those patches touch, not what the whole prefix does (a series
+        that touches include/linux/pci.h in its first patch would otherwise rebuild its
+        users at every step). The work tree starts as the whole series' tree when that is
+        built (the A/B's candidate): the first step then reverts half the series instead of
+        applying the other half to a tree the series' headers have not touched."""
         pristine = self._kernel_source(variant)
         src = pristine.with_name(f"{pristine.name}+bisect-{series.name}")
+        whole = pristine.with_name(f"{pristine.name}+{series.name}")
+        whole_obj = self.build_dir / f"kernel-{variant.name}+{series.name}"
         prefix = series.prefix(k)
         with self.locks.exclusive(src):
             at = src / BISECT_APPLIED
             if not at.exists():  # new, or a move that failed half-way: start again
-                with step(f"{series.name}: a bisect work tree linked to {pristine.name}"):
+                from_whole = (whole / ".complete").exists() and _built(
+                    whole_obj, self.series_dir(variant, series), self.platform)
+                origin = whole if from_whole else pristine
+                with step(f"{series.name}: a bisect work tree linked to {origin.name}"):
                     shutil.rmtree(src, ignore_errors=True)
-                    _shell(f"cp -al '{pristine}' '{src}'", "link the kernel source")
-                    series.own_files(src)
-                    at.write_text("0\n")
+                    for old in self.build_dir.glob(f"kernel-*+bisect-{series.name}"):
+                        shutil.rmtree(old)  # built against the tree being replaced
+                    _shell(f"cp -al '{origin}' '{src}'", "link the kernel source")
+                    series.own_files(src)  # copies keep their times: the objects stay valid
+                    (src / ".complete").unlink(missing_ok=True)
+                    (src / BISECT_ORIGIN).write_text(f"{origin}\n")
+                    at.write_text(f"{len(series.patches) if from_whole else 0}\n")
             applied = int(at.read_text())
             if applied != k:
                 with step(f"{series.name}: from {applied} to {k} of {len(series.patches)} "
@@ -536,17 +557,39 @@ class ImageStore:
                     series.move(src, applied, k)
                     at.write_text(f"{k}\n")
             obj = self.build_dir / f"kernel-{variant.name}+bisect-{series.name}"
-            base = self.build_dir / f"kernel-{variant.name}"
-            if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
-                with step(f"kernel {variant.name}+bisect-{series.name}: start from "
-                          f"{variant.name}'s object tree"):
-                    _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
-                                                  base: obj})
+            if not obj.exists():
+                self._start_prefix_objects(variant, series, src, obj)
             say(f"kernel {variant.name}+{prefix.name}: patches 1-{k} of "
                 f"{len(series.patches)} of \"{series.title}\"")
             self._build_kernel(variant, src, obj, f"{variant.name}+{prefix.name}", final,
                                self.series_key(variant, prefix),
-                               {"series": prefix.record(), "base_variant": variant.name})
+                               {"series": prefix.record(), "base_variant": variant.name},
+                               configured=not any(Path(f).name.startswith("Kconfig")
+                                                  for f in series.files()))
+
+    def _start_prefix_objects(self, variant: KernelVariant, series: Series, src: Path,
+                              obj: Path) -> None:
+        """The object tree a variant's bisect steps build in: the whole series' when the
+        work tree was made from its source (their files' times agree), else the pinned
+        kernel's with the series' files touched, so that make rebuilds each of them
+        whatever the times say."""
+        whole_obj = self.build_dir / f"kernel-{variant.name}+{series.name}"
+        origin = Path((src / BISECT_ORIGIN).read_text().strip())
+        base = self.build_dir / f"kernel-{variant.name}"
+        if (whole_obj / "source").is_symlink() and Path(os.readlink(whole_obj / "source")) \
+                == origin and _built(whole_obj, self.series_dir(variant, series), self.platform):
+            start = whole_obj
+        elif _built(base, self.kernel_dir(variant), self.platform):
+            start = base
+            for rel in series.files():
+                if (src / rel).exists():
+                    os.utime(src / rel)
+        else:
+            return  # built from nothing, as a first build is
+        with step(f"kernel {variant.name}+bisect-{series.name}: start from {start.name}'s "
+                  f"object tree"):
+            _copy_object_tree(start, obj, {Path(os.readlink(start / "source")): src,
+                                           start: obj})
 
     def _build_rootfs(self, rootfs: Rootfs) -> None:
         began = time.monotonic()

@@ -55,13 +55,15 @@ class L1Spec:
 
 
 SHM = Path("/dev/shm")
+#: sun_path's size in struct sockaddr_un (Linux), the terminating NUL included.
+UNIX_PATH_MAX = 108
 
 
-def sweep_stale_ivshmem(shm: Path = SHM) -> list[Path]:
-    """Remove the ivshmem files of harness processes that are gone (a SIGKILL leaves
-    them: nothing ran to clean up), and say so."""
+def sweep_stale_shm(shm: Path = SHM) -> list[Path]:
+    """Remove the ivshmem files (and QMP sockets) in /dev/shm of harness processes that
+    are gone (a SIGKILL leaves them: nothing ran to clean up), and say so."""
     removed = []
-    for path in shm.glob("vfio-harness-*.ivshmem"):
+    for path in [*shm.glob("vfio-harness-*.ivshmem"), *shm.glob("vfio-harness-*.qmp")]:
         pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
         if not pid.isdigit() or _alive(int(pid)):
             continue
@@ -87,13 +89,22 @@ class RunFiles:
 
     directory: Path
     ivshmem: Path  # in /dev/shm, so that L0 reads what L2's DMA wrote
+    #: In the run directory, unless its path is too long for a UNIX socket (108 bytes with
+    #: the NUL: a deep results directory, pytest's tmp_path): then beside the ivshmem file.
+    short_qmp_socket: Path | None = None
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.short_qmp_socket or self.directory / "l0-qmp.sock"
 
     @classmethod
     def create(cls, directory: Path) -> "RunFiles":
         directory.mkdir(parents=True, exist_ok=True)
-        sweep_stale_ivshmem()
+        sweep_stale_shm()
         tag = f"{os.getpid()}-{time.monotonic_ns()}"
-        return cls(directory, SHM / f"vfio-harness-{tag}.ivshmem")
+        long = len(str(directory.resolve() / "l0-qmp.sock").encode()) >= UNIX_PATH_MAX
+        return cls(directory, SHM / f"vfio-harness-{tag}.ivshmem",
+                   SHM / f"vfio-harness-{tag}.qmp" if long else None)
 
     @property
     def console(self) -> Path:
@@ -102,10 +113,6 @@ class RunFiles:
     @property
     def stderr(self) -> Path:
         return self.directory / "l0-qemu-stderr.log"
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.directory / "l0-qmp.sock"
 
     @property
     def qmp_transcript(self) -> Path:

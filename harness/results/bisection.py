@@ -76,7 +76,10 @@ def lines(record: dict, reproduce_line=None) -> list[str]:
             out.append(f"      author: {r['patch']['author']}")
         out += [f"    + {c}" for c in cells]
         if r["verdict"] == FIRST_BAD and reproduce_line:
-            out.append(f"      reproduce: {reproduce(reproduce_line(cells[0]), r['first_bad'])}")
+            line = reproduce_line(cells[0])
+            if r["first_bad"] < total:
+                line = reproduce(line, r["first_bad"])
+            out.append(f"      reproduce: {line}")
     for k, why in record.get("unbuilt", {}).items():
         out.append(f"  patch {k}/{total} does not build (skipped, as git bisect skip does): "
                    f"{why}")

@@ -105,19 +105,31 @@ def test_free_port_is_bindable():
     assert check_port(free_port())
 
 
-def test_ivshmem_files_of_gone_processes_are_swept(tmp_path):
+def test_ivshmem_files_and_sockets_of_gone_processes_are_swept(tmp_path):
     import os
 
-    from harness.l0.machine import sweep_stale_ivshmem
+    from harness.l0.machine import sweep_stale_shm
 
     gone = _dead_pid()
     stale = tmp_path / f"vfio-harness-{gone}-123.ivshmem"
+    stale_sock = tmp_path / f"vfio-harness-{gone}-123.qmp"
     mine = tmp_path / f"vfio-harness-{os.getpid()}-456.ivshmem"
     other = tmp_path / "someone-else.ivshmem"
-    for p in (stale, mine, other):
+    for p in (stale, mine, other, stale_sock):
         p.write_bytes(b"")
-    assert sweep_stale_ivshmem(tmp_path) == [stale]
-    assert mine.exists() and other.exists() and not stale.exists()
+    assert sweep_stale_shm(tmp_path) == [stale, stale_sock]
+    assert mine.exists() and other.exists() and not stale.exists() and not stale_sock.exists()
+
+
+def test_a_qmp_socket_too_long_for_sun_path_goes_to_dev_shm(tmp_path):
+    """A UNIX socket path has 108 bytes (NUL included): a deep results directory (pytest's
+    tmp_path, a bisect step's) would make L0 refuse to start."""
+    from harness.l0.machine import SHM, RunFiles
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    files = RunFiles.create(deep)
+    assert files.qmp_socket.parent == SHM and files.qmp_socket.name.endswith(".qmp")
+    assert RunFiles.create(tmp_path / "r").qmp_socket == tmp_path / "r" / "l0-qmp.sock"
 
 
 def _dead_pid() -> int:

@@ -115,7 +115,7 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
 
 @pytest.mark.parametrize("kernels", [(KERNEL,), PARALLEL], ids=["one-l1", "parallel-l1s"])
 def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
-    from harness.l0.machine import SHM, sweep_stale_ivshmem
+    from harness.l0.machine import SHM, sweep_stale_shm
     proc = _start_run(tmp_path, kernels)
     _wait_for_qemu(tmp_path)
     if len(kernels) == 1:
@@ -133,12 +133,12 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
     if len(kernels) > 1:  # the children unwound: they removed their ivshmem files themselves
-        assert sweep_stale_ivshmem() == []
+        assert sweep_stale_shm() == []
         return
     # Nothing ran to remove its ivshmem file: the next run does, and says so.
     left = list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
     assert left, "SIGKILL left no ivshmem file: this test no longer tests the sweep"
-    assert set(left) <= set(sweep_stale_ivshmem())
+    assert set(left) <= set(sweep_stale_shm())
     assert not list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))
 
 

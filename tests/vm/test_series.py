@@ -83,3 +83,38 @@ def test_the_trace_events_a_series_adds_are_switched_on_and_reported(tmp_path):
     assert "vfio_region_dmabuf_revoke</td><td>never fired (the QEMU under test does not " \
            "have this event)" in page
     assert re.search(r"intel-iommu/dmabuf/legacy: \d+x 0000:00:02.0", page)  # writes to edu
+
+
+@pytest.mark.usefixtures("images")
+def test_bisect_names_the_first_bad_patch_past_one_that_does_not_build(tmp_path):
+    """Four patches: 2 does not build (3 mends it), 4 is the off-by-one. The bisect skips
+    2 as git bisect skip would, and names 4 in every form the A/B is written in."""
+    junit, check = tmp_path / "ab.xml", tmp_path / "check.json"
+    p = harness("ab", "--bisect", "--candidate-kernel-patches", str(SERIES / "bisect-skip-4.mbox"),
+                "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend", "legacy",
+                "--check", "dmabuf-per-region", "--results", str(tmp_path / "ab"),
+                "--seed", "12", "--junit", str(junit), "--patchwork-check", str(check))
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    named = 'first bad patch 4/4 "vfio/pci: reject dma-buf ranges that reach past the BAR"'
+    assert named in p.stdout, p.stdout
+    assert re.search(r"patch 2/4 does not build \(skipped, as git bisect skip does\): "
+                     r"drivers/vfio/pci/vfio_pci_rdwr\.c:\d+:\d+: error: .bar_probe_count. "
+                     r"undeclared", p.stdout), p.stdout
+    # the first bad patch is the last: its reproduce line is the whole series'
+    assert "--kernel-patches-first" not in p.stdout
+    record = json.loads((tmp_path / "ab" / "compare.json").read_text())["bisect"]
+    cell = record["cells"]["intel-iommu-legacy-dmabuf-dmabuf-per-region"]
+    assert cell["verdict"] == "first bad patch" and cell["first_bad"] == 4, cell
+    steps = [(s["patches"], s["built"], s["verdicts"]) for s in record["steps"]]
+    cell_id = "intel-iommu-legacy-dmabuf-dmabuf-per-region"
+    assert steps == [(2, False, {}), (1, True, {cell_id: "good"}), (3, True, {cell_id: "good"})]
+    # each built step has its own results, made by the prefix it says
+    for s in record["steps"][1:]:
+        run = json.loads((Path(s["results"]) / "results.json").read_text())["run"]
+        assert run["kernel_series"]["dmabuf"]["first"] == s["patches"]
+        assert run["kernel_series"]["dmabuf"]["of"] == 4
+    import xml.etree.ElementTree as ET
+    failure = ET.parse(junit).getroot().find("testcase/failure")
+    assert failure is not None and named in failure.get("message", "")
+    assert json.loads(check.read_text())["description"].startswith(named)
+    assert "id='bisect'" in (tmp_path / "ab" / "candidate" / "report.html").read_text()
