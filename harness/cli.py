@@ -12,10 +12,10 @@ passed, 1 anything else, 130 interrupted. QEMU never outlives the command.
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     _under_test_options(run)
     run.add_argument("--junit", type=Path, metavar="FILE",
                      help="also write JUnit XML, a testcase per cell")
+    run.add_argument("--bisect", action="store_true",
+                     help="with --kernel-patches: when cells miss their expectation, name the "
+                          "first patch of the series that makes each miss it")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep every artifact (default: only those of cells that did not "
                           "meet their expectation)")
@@ -532,39 +535,85 @@ def _run(args: argparse.Namespace) -> int:
     from harness.results import results_file  # L1-facing modules import paramiko: only when needed
     from harness.run import runner
 
-    p = _prepare(args, [args.l2_qemu], "run", _under_test_series(args))
-    plan = p.plan(args, (Side(p.out, args.l2_qemu, traces=p.traces),), p.out)
+    if args.bisect and not args.kernel_patches:
+        raise BadInput("--bisect bisects the kernel series under test: give --kernel-patches")
+    series = _under_test_series(args)
+    p = _prepare(args, [args.l2_qemu], "run", series)
+    side = Side(p.out, args.l2_qemu, traces=p.traces)
+    plan = p.plan(args, (side,), p.out)
     began = time.monotonic()
-    cells = []
+    cells: list = []
+    done = False
     try:
         for _, cell in runner.run(plan):
             cells.append(cell)
+        done = True
     finally:
         cells = plan.in_matrix_order(cells)
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
         kept = [] if args.keep_artifacts or not finished else results_file.prune(p.out, cells)
         info = p.info(cells, began)
-        path = results_file.write(p.out, cells, info)
-        page = report.write_html(p.out)
-        if args.junit:
-            args.junit.parent.mkdir(parents=True, exist_ok=True)
-            args.junit.write_text(results_file.junit(cells, run=info))
-        if cells:
-            print("\n" + results_file.table(cells))
-        for cell in cells:
-            if not cell.met:
-                print(f"reproduce {cell.cell.id}: {results_file.reproduce(cell.record(), info)}")
-        print(f"\nresults: {path.resolve()}\nreport:  {page.resolve()}")
-        _publish(args, lambda url: patchwork.for_run(cells, url), page, p.out)
-        if args.keep_artifacts or not finished:
-            why = "" if args.keep_artifacts else ", the run did not finish"
-            print(f"artifacts (all kept{why}): {p.out.resolve()}")
-        for directory in kept:
-            print(f"artifacts kept: {directory.resolve()}")
+        results_file.write(p.out, cells, info)
+        if not done:
+            _run_outputs(args, p, cells, info, finished, kept, None)
+    record = None
+    broken = [c for c in cells if not c.met and not c.infrastructure]
+    try:
+        if args.bisect and series and finished and broken:
+            record = _bisect_run(args, plan, p, series, side, [c.cell.id for c in broken])
+        elif args.bisect:
+            say("bisect: every cell met its expectation (or could not be judged): nothing "
+                "to bisect")
+    finally:
+        _run_outputs(args, p, cells, info, finished, kept, record)
     _reap()
     print(results_file.last_line(cells, finished))
     return results_file.exit_code(cells)
+
+
+def _run_outputs(args: argparse.Namespace, p: _Prepared, cells: list, info: dict,
+                 finished: bool, kept: list, bisected: dict | None) -> None:
+    """A run's report, JUnit, table, reproduce lines and checks, with what a bisect said."""
+    from harness.results import bisection, results_file
+
+    page = report.write_html(p.out, extra=bisection.html_section(bisected) if bisected else "")
+    culprit = functools.partial(bisection.culprit, bisected)
+    if args.junit:
+        args.junit.parent.mkdir(parents=True, exist_ok=True)
+        args.junit.write_text(results_file.junit(cells, run=info, culprit=culprit))
+    if cells:
+        print("\n" + results_file.table(cells))
+    by_id = {c.cell.id: c for c in cells}
+    if bisected:
+        print("\n" + "\n".join(bisection.lines(bisected, lambda cell_id: results_file.reproduce(
+            by_id[cell_id].record(), info))))
+    for cell in cells:
+        if not cell.met:
+            print(f"reproduce {cell.cell.id}: {results_file.reproduce(cell.record(), info)}")
+    print(f"\nresults: {(p.out / 'results.json').resolve()}\nreport:  {page.resolve()}")
+    _publish(args, lambda url: patchwork.for_run(cells, url, culprit), page, p.out)
+    if args.keep_artifacts or not finished:
+        why = "" if args.keep_artifacts else ", the run did not finish"
+        print(f"artifacts (all kept{why}): {p.out.resolve()}")
+    for directory in kept:
+        print(f"artifacts kept: {directory.resolve()}")
+
+
+def _bisect_run(args: argparse.Namespace, plan: RunPlan, p: _Prepared, series: Series,
+                side: Side, broken: list[str]) -> dict:
+    """Which patch of `series` made each cell miss its expectation: bad at a prefix where
+    it misses it; the pinned kernel is run too when an answer hangs on it."""
+    from harness.results import bisection
+    from harness.run import bisect
+
+    say(f"bisect: {len(broken)} cell(s) not as expected, over the {len(series.patches)} "
+        f"patches of {series.title!r}")
+    step = bisect.steps(plan, p.store, series, side, p.out / "bisect", _step_info(p),
+                        lambda r: None if r.infrastructure else not r.met)
+    record = bisect.bisect(series, broken, step, good_known=False)
+    bisection.write(p.out, record)
+    return record
 
 
 def _ab(args: argparse.Namespace) -> int:
@@ -623,45 +672,21 @@ def _ab(args: argparse.Namespace) -> int:
 
 
 def _bisect(args: argparse.Namespace, p: _Prepared, c, series: Series, candidate: Side):
-    """Which patch of `series` brought each new failure of `c`: each step builds a prefix
-    and runs only the new failures still open on it, judged against the baseline."""
-    from harness.results import bisection, compare, results_file
-    from harness.run import bisect, runner
+    """Which patch of `series` brought each new failure of `c`, judged against the
+    baseline: a cell is bad at a prefix where it is a new failure."""
+    from harness.results import bisection, compare
+    from harness.run import bisect
 
-    cells = {cell.id: cell for cell in p.selection.cells()}
     baseline = {change.id: change.baseline for change in c.regressions}
     say(f"bisect: {len(baseline)} new failure(s) over the {len(series.patches)} patches of "
         f"{series.title!r}")
 
-    def step(k: int, ids: list[str]) -> tuple[dict, str]:
-        directory = p.out / "bisect" / f"patches-{k:02d}"
-        wanted = {cells[i].kernel for i in ids}
-        base = dataclasses.replace(p.images, kernels={
-            n: i for n, i in p.images.kernels.items() if n in wanted})
-        try:
-            images = p.store.build_prefix(series, k, base)
-        except BadInput:
-            raise
-        except HarnessError as e:
-            raise bisect.Unbuilt(_first_build_error(e)) from None
-        q = dataclasses.replace(p, selection=Selection.of_cells([cells[i] for i in ids]),
-                                images=images)
-        plan = q.plan(args, (Side(directory, candidate.l2_qemu, images, candidate.traces),),
-                      directory)
-        began = time.monotonic()
-        results = plan.in_matrix_order([r for _, r in runner.run(plan)])
-        results_file.write(directory, results, q.info(
-            results, began, bisect_patches=k, run_id=f"{p.stamp['run_id']}/bisect-{k}"))
-        results_file.prune(directory, results)
-        verdicts = {}
-        for r in results:
-            status = compare.classify(baseline[r.cell.id], r.record())
-            verdicts[r.cell.id] = None if status == compare.INFRASTRUCTURE else \
-                status == compare.NEW_FAILURE
-            said = {True: "bad", False: "good", None: "not judged"}[verdicts[r.cell.id]]
-            say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} {said}")
-        return verdicts, str(directory)
+    def judge(r) -> bool | None:
+        status = compare.classify(baseline[r.cell.id], r.record())
+        return None if status == compare.INFRASTRUCTURE else status == compare.NEW_FAILURE
 
+    step = bisect.steps(p.plan(args, (candidate,), p.out), p.store, series, candidate,
+                        p.out / "bisect", _step_info(p), judge)
     record = bisect.bisect(series, list(baseline), step,
                            good_known=args.baseline_l2_qemu == args.candidate_l2_qemu)
     bisection.write(candidate.results, record)
@@ -671,13 +696,12 @@ def _bisect(args: argparse.Namespace, p: _Prepared, c, series: Series, candidate
     return c
 
 
-def _first_build_error(e: HarnessError) -> str:
-    """The compiler's first error, as a maintainer would quote it, and where the log is."""
-    log = e.message.rsplit("full log: ", 1)[-1] if "full log: " in e.message else None
-    errors = [line.strip() for line in (e.details or "").splitlines() if ": error:" in line
-              or line.startswith("make") and "Error" in line]
-    first = re.sub(r"/\S*/src/[^/\s]+/", "", errors[0]) if errors else e.message.splitlines()[0]
-    return first + (f" (log {log})" if log else "")
+def _step_info(p: _Prepared):
+    """A step's run record: its own cells and kernels (the prefix's), the run's stamp."""
+    def info(cells: list, began: float, k: int, at: RunPlan) -> dict:
+        return dataclasses.replace(p, selection=at.selection, images=at.images).info(
+            cells, began, bisect_patches=k, run_id=f"{p.stamp['run_id']}/bisect-{k}")
+    return info
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -505,10 +505,10 @@ class ImageStore:
 
     def build_prefix(self, series: Series, k: int, images: Images) -> Images:
         """`images` with each kernel variant built with the first `k` patches of `series`
-        (k = 0: the variants as they are). A kernel built from a prefix is cached as any
-        series' is (a later bisect of the same series reuses it)."""
+        (k = 0: the pinned variants, whatever `images` holds). A kernel built from a prefix
+        is cached as any series' is (a later bisect of the same series reuses it)."""
         if k == 0:
-            return images
+            return self.build(list(images.kernels))  # built already: verified, not rebuilt
         prefix = series.prefix(k)
         kernels = {}
         for name in images.kernels:

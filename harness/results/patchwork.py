@@ -24,7 +24,7 @@ def check(state: str, description: str, target_url: str) -> dict:
             "description": description[:255]}
 
 
-def for_run(cells: list[CellResult], target_url: str) -> dict:
+def for_run(cells: list[CellResult], target_url: str, culprit=lambda cell_id: None) -> dict:
     unmet = [c for c in cells if not c.met]
     infra = [c for c in unmet if c.infrastructure]
     if not cells:
@@ -35,8 +35,10 @@ def for_run(cells: list[CellResult], target_url: str) -> dict:
         return check("warning", f"{len(infra)} of {len(cells)} cells unknown: infrastructure "
                                 f"errors ({infra[0].reason.splitlines()[0][:120]})", target_url)
     first = next(c for c in unmet if c not in infra)
-    return check("fail", f"{len(unmet)} of {len(cells)} cells not as expected, first "
-                         f"{first.cell.id}: {first.outcome}", target_url)
+    blamed = culprit(first.cell.id)
+    return check("fail", (f"{blamed}: " if blamed else "")
+                 + f"{len(unmet)} of {len(cells)} cells not as expected, first "
+                   f"{first.cell.id}: {first.outcome}", target_url)
 
 
 def for_comparison(comparison, target_url: str) -> dict:

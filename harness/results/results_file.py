@@ -273,7 +273,7 @@ def reproduce(cell: dict, run: dict) -> str:
 
 
 def junit(cells: list[CellResult], name: str = "vfio-harness",
-          run: dict | None = None) -> str:
+          run: dict | None = None, culprit=lambda cell_id: None) -> str:
     """JUnit XML (the xunit2 flavour GitLab and GitHub render): a testcase per cell.
 
     An expected skip is <skipped>; an xfail is <skipped> too, its message
@@ -291,8 +291,10 @@ def junit(cells: list[CellResult], name: str = "vfio-harness",
                              name=c.cell.id, time=f"{c.duration_s:.2f}")
         if not c.met:
             tag = "error" if c.outcome == "error" else "failure"
-            node = ET.SubElement(case, tag, message=f"expected {c.cell.expected}, got "
-                                                    f"{c.outcome}: {c.reason}"[:1000])
+            blamed = culprit(c.cell.id)
+            node = ET.SubElement(case, tag, message=(f"{blamed}: " if blamed else "")
+                                 + f"expected {c.cell.expected}, got {c.outcome}: "
+                                   f"{c.reason}"[:1000])
             node.text = f"{c.reason}\nartifacts: {c.artifacts}" + (
                 f"\nreproduce: {reproduce(c.record(), run)}" if run is not None else "")
         elif c.outcome in ("skip", "xfail"):

@@ -19,12 +19,22 @@ that cell alone.
 with a function that builds and runs one step.
 """
 
+import dataclasses
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from harness.base.errors import BadInput, HarnessError
+from harness.base.progress import say
+from harness.checks.matrix import CellResult
 from harness.images.series import Series
+from harness.images.store import ImageStore
+from harness.results import results_file
 from harness.results.bisection import FIRST_BAD, NOT_THE_SERIES, RANGE
+from harness.run import runner
+from harness.run.plan import RunPlan, Selection, Side
 
 #: What a step says of one cell: bad (fails as with the whole series), good, or None
 #: (not judged: an infrastructure error).
@@ -163,3 +173,50 @@ def bisect(series: Series, cells: list[str], run_step: RunStep,
             "cells": out, "steps": [s.record() for s in steps],
             "unbuilt": {str(k): why for k, why in sorted(search.unbuilt.items())},
             "duration_s": round(time.monotonic() - began, 1)}
+
+
+def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Path,
+          info: Callable[[list[CellResult], float, int, RunPlan], dict],
+          judge: Callable[[CellResult], Verdict]) -> RunStep:
+    """The step function of a bisect over `series`: the prefix built (store.build_prefix),
+    the cells run on it as `plan` runs its own (same L0, seed, accelerator; `side`'s QEMU
+    and trace events), its results.json in out/patches-K, each cell judged."""
+    cells = {cell.id: cell for cell in plan.selection.cells()}
+
+    def step(k: int, ids: list[str]) -> tuple[dict[str, Verdict], str]:
+        directory = out / f"patches-{k:02d}"
+        wanted = {cells[i].kernel for i in ids}
+        base = dataclasses.replace(plan.images, kernels={
+            n: i for n, i in plan.images.kernels.items() if n in wanted})
+        try:
+            images = store.build_prefix(series, k, base)
+        except BadInput:
+            raise
+        except HarnessError as e:
+            raise Unbuilt(first_build_error(e)) from None
+        selection = Selection.of_cells([cells[i] for i in ids])
+        at = dataclasses.replace(plan, selection=selection, images=images, l1_dir=directory,
+                                 sides=(dataclasses.replace(side, results=directory,
+                                                            images=images),))
+        began = time.monotonic()
+        results = at.in_matrix_order([r for _, r in runner.run(at)])
+        results_file.write(directory, results, info(results, began, k, at))
+        results_file.prune(directory, results)
+        verdicts = {}
+        for r in results:
+            verdicts[r.cell.id] = judge(r)
+            said = {True: "bad", False: "good", None: "not judged"}[verdicts[r.cell.id]]
+            say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} {said}")
+        return verdicts, str(directory)
+
+    return step
+
+
+def first_build_error(e: HarnessError) -> str:
+    """The compiler's first error as a maintainer would quote it (the path from the top of
+    the tree), and where the log is."""
+    log = e.message.rsplit("full log: ", 1)[-1] if "full log: " in e.message else None
+    errors = [line.strip() for line in (e.details or "").splitlines() if ": error:" in line
+              or line.startswith("make") and "Error" in line]
+    first = re.sub(r"/\S*/src/[^/\s]+/", "", errors[0]) if errors else e.message.splitlines()[0]
+    return first + (f" (log {log})" if log else "")

@@ -193,6 +193,8 @@ CATALOGUE = [
          ("ab", "--bisect", "--candidate-kernel-patches", str(SERIES / "bisect-10.mbox"),
           "--baseline-kernel-patches", str(SERIES / "0001-comment-only.mbox")),
          "--baseline-kernel-patches would make the baseline another kernel"),
+    Kind("bisect-a-run-without-a-series", ("run", "--bisect"),
+         "--bisect bisects the kernel series under test: give --kernel-patches"),
     Kind("patches-first-without-a-series", ("run", "--kernel-patches-first", "2"),
          "--kernel-patches-first N takes the first N patches of --kernel-patches"),
     Kind("patches-first-beyond-the-series",

@@ -118,3 +118,29 @@ def test_bisect_names_the_first_bad_patch_past_one_that_does_not_build(tmp_path)
     assert failure is not None and named in failure.get("message", "")
     assert json.loads(check.read_text())["description"].startswith(named)
     assert "id='bisect'" in (tmp_path / "ab" / "candidate" / "report.html").read_text()
+
+
+@pytest.mark.usefixtures("images")
+def test_a_run_bisects_its_series_and_runs_the_pinned_kernel_when_the_answer_hangs_on_it(
+        tmp_path):
+    """A run has no baseline: with a one-patch series the culprit can only be patch 1, and
+    that holds only if the pinned kernel meets the expectation: the bisect runs it."""
+    junit = tmp_path / "run.xml"
+    p = harness("run", "--bisect", "--kernel-patches",
+                str(SERIES / "0001-off-by-one-rejects-whole-bar-dmabufs.mbox"),
+                "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend", "legacy",
+                "--check", "dmabuf-per-region", "--results", str(tmp_path / "run"),
+                "--seed", "12", "--junit", str(junit))
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    named = 'first bad patch 1/1 "vfio/pci: reject dma-buf ranges that reach past the BAR"'
+    assert named in p.stdout, p.stdout
+    record = json.loads((tmp_path / "run" / "bisect.json").read_text())
+    assert [(s["patches"], s["verdicts"]) for s in record["steps"]] == \
+        [(0, {"intel-iommu-legacy-dmabuf-dmabuf-per-region": "good"})]
+    pinned = json.loads((tmp_path / "run" / "bisect" / "patches-00" / "results.json")
+                        .read_text())["run"]
+    assert not pinned.get("kernel_series")  # the step ran the kernel without the series
+    import xml.etree.ElementTree as ET
+    failure = ET.parse(junit).getroot().find("testcase/failure")
+    assert failure is not None and failure.get("message", "").startswith(named)
+    assert "id='bisect'" in (tmp_path / "run" / "report.html").read_text()
