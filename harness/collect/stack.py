@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.base.deadline import Deadline
 from harness.base.progress import say
-from harness.images.store import Images
+from harness.images.store import Images, RootfsImage
 from harness.l0.machine import L0Machine, L1Spec
 from harness.l0.qemu_binary import QemuBinary
 from harness.l1.session import L1Session
@@ -71,3 +71,15 @@ def _save_dmesg(session: L1Session, path: Path) -> None:
         path.write_text(session.run("dmesg", timeout=15, check=False, stage="L1 dmesg").stdout)
     except Exception as e:  # L1 may be gone; the console log still has the kernel's output
         path.write_text(f"(dmesg not collected: {e})\n")
+
+
+def ssh_command(l1: L1Stack, rootfs: RootfsImage, known_hosts: Path,
+                command: list[str]) -> list[str]:
+    """OpenSSH into L1 with the image's client key, L1's host key pinned."""
+    port = l1.machine.host_ports[22]
+    kind, blob = rootfs.host_key_pub.read_text().split()[:2]
+    known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+    return ["ssh", "-p", str(port), "-i", str(rootfs.client_key), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "LogLevel=ERROR", *(["-t"] if not command else []), "root@127.0.0.1",
+            *command]

@@ -13,25 +13,12 @@ from pathlib import Path
 from harness.base.progress import say
 from harness.checks.matrix import Cell
 from harness.collect import scenario, stack
-from harness.images.store import RootfsImage
 from harness.l2.backends import backend
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Qemu
 from harness.platforms import PassthroughDevice
 from harness.run import runner
 from harness.run.plan import RunPlan
-
-
-def ssh_command(l1: stack.L1Stack, rootfs: RootfsImage, known_hosts: Path,
-                command: list[str]) -> list[str]:
-    """OpenSSH into L1 with the image's client key, L1's host key pinned."""
-    port = l1.machine.host_ports[22]
-    kind, blob = rootfs.host_key_pub.read_text().split()[:2]
-    known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
-    return ["ssh", "-p", str(port), "-i", str(rootfs.client_key), "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "LogLevel=ERROR", *(["-t"] if not command else []), "root@127.0.0.1",
-            *command]
 
 
 def _start_l2(l1: stack.L1Stack, cell: Cell, through: scenario.PassedThrough, qemu: str,
@@ -73,7 +60,8 @@ def open_shell(plan: RunPlan, cell: Cell, command: list[str], start_l2: bool = T
                                run_dir / cell.backend, plan.platform.devices)
             try:
                 _say_where(l1, cell, through, l2)
-                ssh = ssh_command(l1, boot.images.rootfs, run_dir / "known_hosts", command)
+                ssh = stack.ssh_command(l1, boot.images.rootfs, run_dir / "known_hosts",
+                                        command)
                 return subprocess.run(ssh).returncode
             finally:
                 if l2 is not None:
