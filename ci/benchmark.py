@@ -104,14 +104,14 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
 def l2_scenario(args: argparse.Namespace) -> list[float]:
     from harness.checks import matrix
     from harness.collect.stack import booted
-    from harness.platforms import viommu
+    from harness.platforms import X86_64
     from harness.run import runner
     from harness.run.cell_results import Setup
 
     setup = Setup.from_environment(kernels=[args.kernel])
     out = []
     with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp, \
-            booted(setup.qemu, setup.images, viommu(args.viommu), args.kernel,
+            booted(setup.qemu, setup.images, X86_64.viommu(args.viommu), args.kernel,
                    Path(tmp) / "l1", accel=setup.accel) as l1:
         under_test = runner.qemu_under_test(l1, None)
         for i in range(args.runs + 1):  # the first run warms L1's page cache: not counted
@@ -201,13 +201,14 @@ def bisect(args: argparse.Namespace) -> list[float]:
                                 "--candidate-kernel-patches", str(BISECT_SERIES),
                                 "--viommu", args.viommu, "--kernel", args.kernel,
                                 "--results", str(Path(tmp) / "ab")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             out.append(time.monotonic() - began)
             record = json.loads((Path(tmp) / "ab" / "compare.json").read_text())
             named = {c["verdict"] + " " + str(c["first_bad"])
-                     for c in record["bisect"]["cells"].values()}
+                     for c in record.get("bisect", {}).get("cells", {}).values()}
             if p.returncode != 1 or named != {"first bad patch 7"}:
-                raise SystemExit(f"bisect did not name patch 7: exit {p.returncode}, {named}")
+                raise SystemExit(f"bisect did not name patch 7: exit {p.returncode}, {named}\n"
+                                 + p.stdout[-3000:])
             args.bisect_s.append(record["bisect"]["duration_s"])
     return out
 

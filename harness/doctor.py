@@ -63,10 +63,9 @@ def _platform(store: ImageStore, qemu_name: str | None) -> list[Finding]:
                            ", ".join(f"{n} {'yes' if ok else 'missing'}"
                                      for n, ok in viommus.items())))
     if p.cross_compile:
-        gcc = f"{p.cross_compile}gcc"
-        out.append(Finding(bool(shutil.which(gcc)), f"{p.arch} compiler",
-                           f"{gcc} present" if shutil.which(gcc) else
-                           f"{gcc} missing (apt-get install gcc-{p.cross_compile.rstrip('-')})"))
+        lacking = p.missing_compiler()
+        out.append(Finding(lacking is None, f"{p.arch} compiler",
+                           f"{lacking} missing" if lacking else f"{p.cross_compile}gcc present"))
     states = {s.name: s for s in store.states()}
     kernel = next((s for name, s in states.items() if name.startswith("kernel-") and s.ok), None)
     if qemu and kernel:

@@ -7,6 +7,7 @@ is the one filled in today; another architecture is another record, not another
 code path.
 """
 
+import shutil
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -162,6 +163,14 @@ class Platform:
             raise BadInput(f"unknown vIOMMU {name!r} on {self.arch}; known: "
                            f"{', '.join(self.viommus)}") from None
 
+    def missing_compiler(self) -> str | None:
+        """The cross compiler this platform's kernels need and the host lacks, with the
+        package that brings it; None when it is there (or none is needed)."""
+        gcc = f"{self.cross_compile}gcc"
+        if not self.cross_compile or shutil.which(gcc):
+            return None
+        return f"{gcc} (apt-get install gcc-{self.cross_compile.rstrip('-')})"
+
     def make_args(self) -> list[str]:
         """What every `make` of a kernel for this platform is given."""
         return [f"ARCH={self.kernel_arch}",
@@ -214,8 +223,3 @@ def platform(arch: str) -> Platform:
         return PLATFORMS[arch]
     except KeyError:
         raise BadInput(f"unknown architecture {arch!r}; known: {', '.join(PLATFORMS)}") from None
-
-
-def viommu(name: str) -> VIommu:
-    """An x86_64 vIOMMU by name (the default platform's)."""
-    return X86_64.viommu(name)

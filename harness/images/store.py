@@ -244,9 +244,9 @@ class ImageStore:
     def _preflight(self, kernels: bool, rootfs: bool) -> None:
         missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in BUILD_TOOLS.items()
                    if not shutil.which(tool)]
-        cross = self.platform.cross_compile
-        if kernels and cross and not shutil.which(f"{cross}gcc"):
-            missing.append(f"{cross}gcc (apt-get install gcc-{cross.rstrip('-')})")
+        compiler = self.platform.missing_compiler()
+        if kernels and compiler:
+            missing.append(compiler)
         if kernels:
             missing += [f"{h} (apt-get install {pkg})" for h, pkg in BUILD_HEADERS.items()
                         if not Path(h).exists()]
@@ -399,7 +399,7 @@ class ImageStore:
             def fill(d: Path) -> dict:
                 shutil.copy2(bzimage, d / self.platform.kernel_image)
                 (d / "config").write_text(text)
-                return {"versions": {"kernel": bzimage_version(bzimage) or "unknown"},
+                return {"versions": {"kernel": kernel_version(bzimage) or "unknown"},
                         "arch": self.platform.arch, "image": self.platform.kernel_image,
                         "kernel_image": {"path": str(bzimage.resolve()), "sha256": sha,
                                          "config": str(config.resolve()) if config else
@@ -714,7 +714,7 @@ def _git_head(tree: Path) -> str | None:
     return head.stdout.strip() if head.returncode == 0 else None
 
 
-def bzimage_version(bzimage: Path) -> str | None:
+def kernel_version(bzimage: Path) -> str | None:
     """The release a kernel image names: a bzImage in its setup header (boot protocol:
     kernel_version at 0x20e is an offset from 0x200 to a NUL-terminated string); an
     uncompressed image (arm64's Image) in its linux_banner, "Linux version X ..."."""

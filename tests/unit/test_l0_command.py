@@ -7,13 +7,13 @@ import pytest
 
 from harness.base.errors import BadInput
 from harness.l0.machine import L1Spec, RunFiles, build_command, check_port, free_port
-from harness.platforms import AARCH64, VIOMMUS, viommu
+from harness.platforms import AARCH64, VIOMMUS, X86_64
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 
 
 def _cmd(vi="intel-iommu", accel="tcg", port=2222, tmp=Path("/tmp/run"), more=None):
-    spec = L1Spec(viommu(vi), Path("/k/bzImage"), Path("/r/rootfs.qcow2"))
+    spec = L1Spec(X86_64.viommu(vi), Path("/k/bzImage"), Path("/r/rootfs.qcow2"))
     files = RunFiles(tmp, Path("/dev/shm/x.ivshmem"))
     return build_command(QEMU, spec, files, {22: port, **(more or {})}, accel), files
 
@@ -89,7 +89,7 @@ def test_console_and_qmp_go_to_the_run_directory():
 
 def test_unknown_viommu_names_the_known_ones():
     with pytest.raises(BadInput, match="unknown vIOMMU 'smmuv3'.*intel-iommu"):
-        viommu("smmuv3")
+        X86_64.viommu("smmuv3")
 
 
 def test_busy_port_is_bad_input():

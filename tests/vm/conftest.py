@@ -17,7 +17,7 @@ from harness.images.recipe import Recipe
 from harness.images.store import Images, ImageStore
 from harness.l0 import accel
 from harness.l0.qemu_binary import QemuBinary
-from harness.platforms import DEFAULT_DEVICES, viommu
+from harness.platforms import DEFAULT_DEVICES, X86_64
 from harness.results import report, results_file
 from harness.run import runner
 from harness.run.cell_results import CellResults, Setup
@@ -128,7 +128,7 @@ def artifacts(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFact
 def l1(l1_params, qemu, images, accelerator, artifacts):
     """One L1 boot serves every test of a (vIOMMU, kernel) pair."""
     vi, kernel = l1_params
-    with booted(qemu, images, viommu(vi), kernel, artifacts / f"{vi}-{kernel}",
+    with booted(qemu, images, X86_64.viommu(vi), kernel, artifacts / f"{vi}-{kernel}",
                 accel=accelerator) as stack:
         yield stack
 

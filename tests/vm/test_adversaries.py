@@ -18,7 +18,7 @@ import pytest
 
 from harness.checks import matrix
 from harness.collect.stack import booted
-from harness.platforms import viommu
+from harness.platforms import X86_64
 from harness.run import parallel, runner
 from tests.vm.adversaries import CATALOGUE, build_shim
 from tests.vm.conftest import say
@@ -62,8 +62,8 @@ def played(request, qemu, images, accelerator, artifacts, tmp_path_factory):
     wanted = _selected(request.session)
 
     def play(kernel: str):
-        with booted(qemu, images, viommu(VIOMMU), kernel, artifacts / f"adversaries-{kernel}",
-                    accel=accelerator) as l1:
+        with booted(qemu, images, X86_64.viommu(VIOMMU), kernel,
+                    artifacts / f"adversaries-{kernel}", accel=accelerator) as l1:
             for adversary in CATALOGUE:
                 if adversary.name not in wanted[kernel]:
                     continue

@@ -10,12 +10,12 @@ from harness.evidence.records import Other, RegionSetup, parse_trace
 from harness.l2.backends import backend
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec
-from harness.platforms import EduDevice, IvshmemDevice, viommu
+from harness.platforms import X86_64, EduDevice, IvshmemDevice
 
 
 @pytest.fixture(scope="module")
 def l1(qemu, images, accelerator, artifacts):
-    with booted(qemu, images, viommu("intel-iommu"), "dmabuf", artifacts / "l2-tests",
+    with booted(qemu, images, X86_64.viommu("intel-iommu"), "dmabuf", artifacts / "l2-tests",
                 accel=accelerator) as stack:
         inventory = stack.vfio.inventory([EduDevice().vendor_device, IvshmemDevice().vendor_device])
         stack.vfio.bind([d.bdf for d in inventory.devices])
