@@ -9,5 +9,29 @@ vfio-harness images build
 step "arm64 L1 images (--arch aarch64: cross-built kernels, a rootfs configured in an arm64 L1)"
 vfio-harness images build --arch aarch64
 mkdir -p results
-step "tests: unit, then VM (one L1 boot per vIOMMU and kernel); artifacts in results/"
-exec python -m pytest -v -ra --junitxml=results/junit.xml --artifacts results/vm-artifacts "${@:-tests}"
+# Test files run side by side on ${VFIO_HARNESS_TEST_WORKERS:-2} workers (pytest-xdist, one
+# file per worker at a time: a file's tests share its L1s); the L1s of a VM test mostly wait
+# (SSH, QMP, qtest round trips), as the matrix's do. Tests marked `alone` look at the whole
+# machine (stray QEMUs, /dev/shm) and run after, by themselves.
+workers=${VFIO_HARNESS_TEST_WORKERS:-2}
+# A -m EXPR of the caller's narrows both phases: "(EXPR) and not alone", "(EXPR) and alone".
+args=() mark=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -m) mark="($2) and "; shift 2 ;;
+    -m*) mark="(${1#-m}) and "; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+[ ${#args[@]} -gt 0 ] || args=(tests)
+step "tests: unit and VM, ${workers} files at a time; artifacts in results/"
+# 5 is pytest's "no test selected": fine for one phase, not for both.
+python -m pytest -v -ra -n "$workers" --dist loadfile -m "${mark}not alone" \
+    --junitxml=results/junit.xml --artifacts results/vm-artifacts "${args[@]}" && first=0 || first=$?
+step "tests that look at the whole machine, alone"
+python -m pytest -v -ra -m "${mark}alone" --junitxml=results/junit-alone.xml \
+    --artifacts results/vm-artifacts-alone "${args[@]}" && second=0 || second=$?
+if [ "$first" = 5 ] && [ "$second" = 5 ]; then exit 5; fi
+for s in "$first" "$second"; do
+  if [ "$s" != 0 ] && [ "$s" != 5 ]; then exit "$s"; fi
+done

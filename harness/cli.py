@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bisect", action="store_true",
                      help="with --kernel-patches: when cells miss their expectation, name the "
                           "first patch of the series that makes each miss it")
+    run.add_argument("--keep-failed", type=_hold, nargs="?", const=1800.0, metavar="SECONDS",
+                     help="keep an L1 whose cells did not all meet their expectation up after "
+                          "them, say how to reach it, and go on when Enter is pressed or "
+                          "SECONDS (default 1800) are over; L1s then boot one at a time")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep every artifact (default: only those of cells that did not "
                           "meet their expectation)")
@@ -165,6 +169,10 @@ def _int_in(text: str, low: int, high: int, what: str) -> int:
 
 def _port(text: str) -> int:
     return _int_in(text, 1, 65535, "a TCP port")
+
+
+def _hold(text: str) -> float:
+    return float(_int_in(text, 1, 86400, "a number of seconds to hold an L1"))
 
 
 def _positive(text: str) -> int:
@@ -447,9 +455,10 @@ class _Prepared:
         """The run's plan, built once here and passed down whole."""
         from harness.run import runner
 
+        keep = getattr(args, "keep_failed", None) or 0.0
         return RunPlan(self.selection, self.qemu, self.images, self.choice.accel, self.seed,
-                       l1_dir, sides, args.ssh_port, args.jobs or runner.default_jobs(),
-                       self.platform)
+                       l1_dir, sides, args.ssh_port,
+                       1 if keep else args.jobs or runner.default_jobs(), self.platform, keep)
 
     def info(self, cells: list, began: float, **extra: object) -> dict:
         from harness.results import results_file
@@ -537,6 +546,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.bisect and not args.kernel_patches:
         raise BadInput("--bisect bisects the kernel series under test: give --kernel-patches")
+    if args.keep_failed and args.jobs and args.jobs > 1:
+        raise BadInput(f"--keep-failed holds each failing L1 in turn, one L1 at a time: "
+                       f"--jobs {args.jobs} cannot be")
     series = _under_test_series(args)
     p = _prepare(args, [args.l2_qemu], "run", series)
     side = Side(p.out, args.l2_qemu, traces=p.traces)

@@ -101,6 +101,7 @@ class RunPlan:
     ssh_port: int | None = None
     jobs: int = 1
     platform: Platform = X86_64
+    keep_failed: float = 0.0  # seconds an L1 with unmet cells is held up after them
 
     def boots(self) -> list[Boot]:
         """One L1 boot per (vIOMMU, kernel, kernel image): sides whose kernel is the same

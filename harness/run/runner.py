@@ -30,7 +30,7 @@ from harness.l2.backends import backend as backend_named
 from harness.l2.bundle import Bundle, upload
 from harness.l2.capabilities import QemuUnderTest, probe
 from harness.l2.qemu import L2Died
-from harness.run import parallel
+from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
 
 PACKAGED = "packaged in the rootfs"
@@ -78,6 +78,7 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
     try:
         with stack.booted(plan.qemu, boot.images, plan.platform.viommu(vi), kernel, run_dir,
                           accel=plan.accel, ssh_port=plan.ssh_port) as l1:
+            unmet: list[CellResult] = []
             for side in boot.sides:
                 under_test = qemu_under_test(l1, side.l2_qemu)
                 for result in cells_on_l1(l1, under_test, wanted,
@@ -85,7 +86,11 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
                                           side.traces):
                     done.add((side.results, result.cell.id))
                     say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
+                    if not result.met and not result.infrastructure:
+                        unmet.append(result)
                     yield side, result
+            if plan.keep_failed and unmet:
+                hold.hold(l1, boot.images.rootfs, unmet, plan.keep_failed)
     except BadInput:
         raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:

@@ -12,8 +12,12 @@ import pytest
 
 from harness.base.errors import HarnessError, StageTimeout
 from harness.collect.stack import booted
-from harness.platforms import viommu
+from harness.platforms import X86_64
 from harness.results.results_file import SCHEMA
+
+#: Alone on the machine: stray QEMU zombies and /dev/shm files are looked for machine-wide, and
+#: another test's L1s would be seen (ci/test.sh runs these after the rest).
+pytestmark = pytest.mark.alone
 
 VIOMMU, KERNEL = "intel-iommu", "dmabuf"
 
@@ -40,7 +44,7 @@ def qemu_zombies() -> list[str]:
 
 def test_ssh_deadline_names_the_stage_and_shows_the_console(qemu, images, accelerator, tmp_path):
     with pytest.raises(StageTimeout) as e:
-        with booted(qemu, images, viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
+        with booted(qemu, images, X86_64.viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
                     ssh_deadline=3.0):
             pass
     message = str(e.value)
@@ -56,7 +60,7 @@ def test_ssh_deadline_names_the_stage_and_shows_the_console(qemu, images, accele
 def test_l1_that_dies_at_boot_fails_fast_with_the_panic(qemu, images, accelerator, tmp_path):
     began = time.monotonic()
     with pytest.raises(HarnessError) as e:
-        with booted(qemu, images, viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
+        with booted(qemu, images, X86_64.viommu(VIOMMU), KERNEL, tmp_path, accel=accelerator,
                     kernel_args=("init=/no/such/init",)):
             pass
     assert "L0 QEMU exited while L1 was booting" in str(e.value)
@@ -161,7 +165,7 @@ def test_a_port_taken_before_qemu_binds_it_is_chosen_again(qemu, images, acceler
         return handed[-1]
 
     monkeypatch.setattr(l0, "free_port", racy)
-    spec = L1Spec(viommu=viommu(VIOMMU), kernel=images.kernels[KERNEL].bzimage,
+    spec = L1Spec(viommu=X86_64.viommu(VIOMMU), kernel=images.kernels[KERNEL].bzimage,
                   rootfs=images.rootfs.qcow2, kernel_args=(), guest_ports=(22,))
     try:
         with L0Machine(qemu, spec, tmp_path, accel=accelerator) as machine:

@@ -14,6 +14,10 @@ import pytest
 from harness.l0.machine import SHM
 from tests.vm.test_failures import qemu_processes_using, qemu_zombies
 
+#: Alone on the machine: an interrupted front end's zombies are looked for machine-wide, and
+#: another test's L1s would be seen (ci/test.sh runs these after the rest).
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -91,3 +95,45 @@ def test_a_shell_in_a_cell_has_its_l2_up_and_leaves_nothing(pytestconfig, tmp_pa
     assert qemu_processes_using(tmp_path) == [] and qemu_zombies() == []
     assert not (tmp_path / "results.json").exists()  # a shell judges nothing
     assert (tmp_path / "intel-iommu-dmabuf" / "l0-console.log").exists()
+
+
+def test_keep_failed_holds_the_failing_l1_until_enter_and_leaves_nothing(pytestconfig,
+                                                                          tmp_path):
+    """`run --keep-failed`: the L1 whose cell failed (a series that breaks whole-BAR
+    dma-bufs) stays up after its cells; the printed SSH line reaches it; Enter lets it go
+    and the run ends as usual, no QEMU left."""
+    passed = [a for option in ("--cache-dir", "--qemu")
+              if pytestconfig.getoption(option) for a in (option, pytestconfig.getoption(option))]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *passed, "run", "--keep-failed", "300",
+         "--kernel-patches", str(ROOT / "tests/data/series/"
+                                 "0001-off-by-one-rejects-whole-bar-dmabufs.mbox"),
+         "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend", "legacy",
+         "--check", "dmabuf-per-region", "--results", str(tmp_path)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    said, ssh = [], None
+    try:
+        end = time.monotonic() + 600
+        while ssh is None and time.monotonic() < end:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            said.append(line)
+            if "] reach it: " in line:
+                ssh = line.split("] reach it: ", 1)[1].split()
+        assert ssh, "".join(said)[-3000:]
+        assert "kept up for 1 cell(s) that did not meet their expectation: " \
+               "intel-iommu-legacy-dmabuf-dmabuf-per-region" in "".join(said)
+        inside = subprocess.run([a for a in ssh if a != "-t"] + ["cat /proc/cmdline"],
+                                capture_output=True, text=True, timeout=60)
+        assert inside.returncode == 0 and "harness-init" in inside.stdout, inside.stderr
+        assert qemu_processes_using(tmp_path)  # held, not gone
+        out, err = proc.communicate("\n", timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "let go (Enter was pressed)" in err, err[-3000:]
+    assert qemu_processes_using(tmp_path) == [] and qemu_zombies() == []
