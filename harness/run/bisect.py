@@ -197,6 +197,7 @@ def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Pat
         selection = Selection.of_cells([cells[i] for i in ids])
         at = dataclasses.replace(plan, selection=selection, images=images, l1_dir=directory,
                                  keep_failed=0.0,  # a bad step is the answer, not a hold
+                                 boot_per_backend=True,
                                  sides=(dataclasses.replace(side, results=directory,
                                                             images=images),))
         began = time.monotonic()

@@ -83,10 +83,11 @@ class Boot:
     images: Images
     directory: Path  # where its L1's artifacts go
     sides: tuple[Side, ...]
+    backend: str | None = None  # only this backend's cells (None: all of them)
 
     @property
     def name(self) -> str:
-        return f"{self.viommu}/{self.kernel}"
+        return f"{self.viommu}/{self.kernel}" + (f"/{self.backend}" if self.backend else "")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class RunPlan:
     jobs: int = 1
     platform: Platform = X86_64
     keep_failed: float = 0.0  # seconds an L1 with unmet cells is held up after them
+    #: One L1 per backend, side by side (a bisect step: a few cells, the boot a small part
+    #: of each L1's time); else one L1 runs both backends' cells, one after the other.
+    boot_per_backend: bool = False
 
     def boots(self) -> list[Boot]:
         """One L1 boot per (vIOMMU, kernel, kernel image): sides whose kernel is the same
@@ -115,10 +119,15 @@ class RunPlan:
                 for side in self.sides:
                     groups.setdefault((side.images or self.images).kernels[kernel].bzimage,
                                       []).append(side)
+                backends = list(dict.fromkeys(c.backend for c in self.selection.on_boot(
+                    vi, kernel))) if self.boot_per_backend else [None]
                 for n, group in enumerate(groups.values()):
-                    out.append(Boot(vi, kernel, group[0].images or self.images,
-                                    self.l1_dir / str(n) if len(groups) > 1 else self.l1_dir,
-                                    tuple(group)))
+                    directory = self.l1_dir / str(n) if len(groups) > 1 else self.l1_dir
+                    for be in backends:
+                        out.append(Boot(vi, kernel, group[0].images or self.images,
+                                        directory / be if be and len(backends) > 1
+                                        else directory, tuple(group),
+                                        be if len(backends) > 1 else None))
         return out
 
     def in_matrix_order(self, results: list) -> list:

@@ -71,7 +71,8 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
     """All selected cells of one L1 boot, for each of its sides."""
     vi, kernel = boot.viommu, boot.kernel
     selection = plan.selection
-    wanted = selection.on_boot(vi, kernel)
+    wanted = [c for c in selection.on_boot(vi, kernel)
+              if boot.backend in (None, c.backend)]
     done: set[tuple[Path, str]] = set()
     run_dir = boot.directory / f"{vi}-{kernel}"
     began = time.monotonic()

@@ -74,6 +74,22 @@ def test_cells_picked_one_by_one_boot_only_their_l1s_and_run_only_themselves():
     assert selection.record()["cells"] == sorted(c.id for c in picked)
 
 
+def test_a_bisect_step_boots_one_l1_per_backend_each_in_its_own_directory():
+    import dataclasses
+
+    picked = [matrix.Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"),
+              matrix.Cell("intel-iommu", "iommufd", "dmabuf", "p2p-dma"),
+              matrix.Cell("intel-iommu", "iommufd", "dmabuf", "reset")]
+    plan = dataclasses.replace(plan_of(Selection.of_cells(picked)), boot_per_backend=True)
+    boots = plan.boots()
+    assert [(b.name, b.directory) for b in boots] == [
+        ("intel-iommu/dmabuf/legacy", Path("/l1/legacy")),
+        ("intel-iommu/dmabuf/iommufd", Path("/l1/iommufd"))]
+    one = dataclasses.replace(plan_of(Selection.of_cells(picked[1:])), boot_per_backend=True)
+    assert [(b.name, b.directory, b.backend) for b in one.boots()] == [
+        ("intel-iommu/dmabuf", Path("/l1"), None)]  # one backend: one L1, as before
+
+
 def test_a_cross_product_is_recorded_by_its_axes():
     selection = Selection(("intel-iommu",), ("legacy",), ("dmabuf",), ("reset",))
     assert "cells" not in selection.record()
