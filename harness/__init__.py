@@ -37,10 +37,13 @@ registry names its collectors in collect/ as dotted paths, loaded when they run)
               msix_split.py); l2_probes.py: what the harness does through an L2
   results/    results_file.py: results.json (results.schema.json), its stamp, JUnit,
               the table; report.py: the HTML page, shard merging; compare.py:
-              baseline against candidate; patchwork.py: the CI bot's check
+              baseline against candidate; patchwork.py: the CI bot's check;
+              kcidb.py: KCIDB JSON; bisection.py: a bisect's answer in words
   run/        plan.py: a run's plan, built once; runner.py: the plan run (L1 boots,
               the QEMU under test, collect, judge); parallel.py: L1s side by side;
-              cell_results.py: the run's cells for pytest and avocado; ab.py: A/B
+              cell_results.py: the run's cells for pytest and avocado; ab.py: A/B;
+              bisect.py: which patch of a series brought each failure; hold.py: a
+              failing L1 kept up; shell.py: a shell in a cell
   cli.py      the one entry point; doctor.py: is this machine ready
 """
 __version__ = "0.1.0"
