@@ -39,7 +39,8 @@ from harness.run.plan import RunPlan, Selection, Side
 #: What a step says of one cell: bad (fails as with the whole series), good, or None
 #: (not judged: an infrastructure error).
 Verdict = bool | None
-
+#: A verdict as the record and the progress lines say it.
+SAID = {True: "bad", False: "good", None: "not judged"}
 
 
 @dataclass
@@ -125,8 +126,7 @@ class Step:
     def record(self) -> dict:
         return {"patches": self.patches, "cells": self.cells, "seconds": round(self.seconds, 1),
                 "built": self.unbuilt is None, "build_error": self.unbuilt,
-                "verdicts": {c: {True: "bad", False: "good", None: "not judged"}[v]
-                             for c, v in self.verdicts.items()},
+                "verdicts": {c: SAID[v] for c, v in self.verdicts.items()},
                 "results": self.results}
 
 
@@ -207,8 +207,8 @@ def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Pat
         verdicts = {}
         for r in results:
             verdicts[r.cell.id] = judge(r)
-            said = {True: "bad", False: "good", None: "not judged"}[verdicts[r.cell.id]]
-            say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} {said}")
+            say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} "
+                f"{SAID[verdicts[r.cell.id]]}")
         return verdicts, str(directory)
 
     return step
