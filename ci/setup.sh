@@ -6,6 +6,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 HOST_PACKAGES=(
   qemu-system-x86 qemu-utils          # L0
   qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # arm64 (--arch aarch64): L0, L1 kernel, fixtures
+  qemu-user-static                    # arm64 rootfs: its second stage in a chroot (not an L1 boot)
   debootstrap e2fsprogs debian-archive-keyring  # the L1 rootfs
   make gcc libc6-dev flex bison bc libelf-dev libssl-dev xz-utils patch  # the L1 kernel
   openssh-client python3-venv procps git

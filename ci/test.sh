@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source ci/setup.sh
 step "L1 images (cache: ${VFIO_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-harness})"
 vfio-harness images build
-step "arm64 L1 images (--arch aarch64: cross-built kernels, a rootfs configured in an arm64 L1)"
+step "arm64 L1 images (--arch aarch64: cross-built kernels, a rootfs configured by qemu-user)"
 vfio-harness images build --arch aarch64
 mkdir -p results
 # Test files run side by side on ${VFIO_HARNESS_TEST_WORKERS:-2} workers (pytest-xdist, one

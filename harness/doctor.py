@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.base.errors import HarnessError
+from harness.images import foreign
 from harness.images.store import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
 from harness.l0 import accel
 from harness.l0.qemu_binary import NEEDED_DEVICES, QemuBinary
@@ -66,6 +67,12 @@ def _platform(store: ImageStore, qemu_name: str | None) -> list[Finding]:
         lacking = p.missing_compiler()
         out.append(Finding(lacking is None, f"{p.arch} compiler",
                            f"{lacking} missing" if lacking else f"{p.cross_compile}gcc present"))
+    if p.debian_arch != foreign.host_arch():
+        registration, why_not = foreign.qemu_user(p)
+        out.append(Finding(True, f"{p.arch} rootfs",
+                           "second stage in a chroot, run by qemu-user in a private "
+                           "binfmt_misc" if registration else
+                           f"second stage in an {p.arch} L1 under TCG (slower): {why_not}"))
     states = {s.name: s for s in store.states()}
     kernel = next((s for name, s in states.items() if name.startswith("kernel-") and s.ok), None)
     if qemu and kernel:

@@ -610,15 +610,15 @@ class ImageStore:
                           "--include=" + ",".join(rootfs.packages), rootfs.suite, str(base),
                           rootfs.mirror], out, stage,
                          progress=lambda: _last_line(log, "rootfs: debootstrap"))
+            how = "debootstrap"
             if is_foreign:
-                kernel = self._booting_kernel()
-                with step(f"rootfs: second stage in a {self.platform.arch} L1 under TCG "
-                          f"(console {self.build_dir / 'second-stage-console.log'})"):
-                    configured = foreign.second_stage(base, kernel, self.platform,
-                                                      self.build_dir, _run)
+                configured, how = foreign.second_stage(base, self.platform, self.build_dir,
+                                                       _run, self._booting_kernel)
+                if configured != base:
                     shutil.rmtree(base)
                     configured.rename(base)
             (base / ".complete").write_text(rootfs.base_key() + "\n")
+            (base / ".configured-by").write_text(how + "\n")
 
         def fill(d: Path) -> dict:
             with step("rootfs: keys, init and sshd configuration"):
@@ -638,8 +638,10 @@ class ImageStore:
                           str(d / "rootfs.qcow2")], out, stage)
                 raw.unlink()
                 (d / "rootfs.qcow2").chmod(0o444)  # L0 boots it through a per-run overlay
+            made = base / ".configured-by"
             return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages,
-                    "arch": rootfs.debian_arch, "qemu_package": rootfs.qemu_package}
+                    "arch": rootfs.debian_arch, "qemu_package": rootfs.qemu_package,
+                    "configured_by": made.read_text().strip() if made.exists() else None}
 
         _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)
 
