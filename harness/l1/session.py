@@ -112,9 +112,15 @@ class L1Session:
         deadline = Deadline(stage, timeout)
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise HarnessError(f"SSH connection to L1 is gone (running {command!r})",
+            raise HarnessError(f"SSH connection to L1 is gone{self._why_gone(transport)} "
+                               f"(running {command!r})",
                                stage=stage, details=self.context())
-        chan = transport.open_session(timeout=timeout)
+        try:
+            chan = transport.open_session(timeout=timeout)
+        except (OSError, paramiko.SSHException) as e:  # the transport died, or sshd refused
+            raise HarnessError(f"SSH could not open a channel to run {command!r}: {e}"
+                               f"{self._why_gone(transport)}",
+                               stage=stage, details=self.context()) from None
         out, err = io.BytesIO(), io.BytesIO()
         try:
             chan.exec_command(command)
@@ -154,7 +160,8 @@ class L1Session:
         longer to start than to answer) is started once."""
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise HarnessError(f"SSH connection to L1 is gone (starting {command!r})",
+            raise HarnessError(f"SSH connection to L1 is gone{self._why_gone(transport)} "
+                               f"(starting {command!r})",
                                stage=stage, details=self.context())
         try:
             chan = transport.open_session(timeout=30)
@@ -163,6 +170,12 @@ class L1Session:
             raise HarnessError(f"SSH failed while starting {command!r}: {e}", stage=stage,
                                details=self.context()) from None
         return LineHelper(command, chan)
+
+    @staticmethod
+    def _why_gone(transport: paramiko.Transport | None) -> str:
+        """What ended the connection, as paramiko's transport thread recorded it."""
+        e = transport.get_exception() if transport is not None else None
+        return f" ({type(e).__name__}: {e})" if e else ""
 
     def _failure_context(self) -> str:
         dmesg = ""
