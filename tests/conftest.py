@@ -22,6 +22,31 @@ def pytest_configure(config: pytest.Config) -> None:
     reaper.unwind_on_signals()
 
 
+#: Test files that take longest (CI's junit, warm cache, two workers), longest first.
+#: ci/test.sh hands out whole files to two workers in collection order: one of these
+#: started last would run on alone while the other worker sat idle.
+LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/vm/test_series.py",
+                 "tests/pipelines/test_pipelines.py", "tests/vm/test_kernel_tree.py",
+                 "tests/vm/test_failures.py", "tests/vm/test_front_ends.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first (a stable sort: tests keep their order within a file)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    root = Path(config.rootpath)
+    gone = [name for name in LONGEST_FIRST if not (root / name).is_file()]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names no such file: {gone}")
+
+    def key(item: pytest.Item) -> int:
+        try:
+            rel = Path(item.fspath).relative_to(root).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(rel, len(rank))
+    items.sort(key=key)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     killed = reaper.reap_all()
     if killed:
