@@ -3,7 +3,8 @@
 Packages, from the bottom up: each imports only what is listed before it (the check
 registry names its collectors in collect/ as dotted paths, loaded when they run).
   base/       errors, files, progress, deadline, checksum, paths, reaper; qmp (QMP with
-              a transcript, for L0 and L2 alike)
+              a transcript, for L0 and L2 alike); userns (a command as root of private
+              namespaces: a binfmt_misc of its own)
   platforms.py  what an architecture decides, as one record (x86_64, aarch64):
               machine, vIOMMUs, L0 devices, console, kernel build and image, rootfs
               architecture, QEMU names, L2's layout (config access, BAR window,
@@ -11,7 +12,8 @@ registry names its collectors in collect/ as dotted paths, loaded when they run)
   evidence/   records.py: trace lines and messages as records; the evidence bundle
   images/     store.py: the L1 kernels and rootfs, built and cached; recipe.py,
               kconfig.py, debian.py, series.py (a kernel series applied by git),
-              foreign.py (another architecture's rootfs, configured in its own L1),
+              foreign.py (another architecture's rootfs, configured by qemu-user in a
+              chroot, or else in its own L1),
               cache_lock.py
   l0/         machine.py: the QEMU on this host that boots L1 (vIOMMU, edu, ivshmem,
               nvme); accel.py (KVM only if a real boot gets through, else TCG);

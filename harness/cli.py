@@ -421,6 +421,8 @@ def _images(args: argparse.Namespace) -> int:
             if s.ok:
                 manifest = json.loads((s.directory / "manifest.json").read_text())
                 versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+                if manifest.get("configured_by"):
+                    versions += f" ({manifest['configured_by']})"
             print(f"  {s.name:<18} {s.key}  {status:<10} {versions}")
         for stale in store.stale():
             print(f"  (stale) {stale.name}")
