@@ -138,8 +138,12 @@ def qemu_user(platform: Platform) -> tuple[str | None, str]:
     fields = lines[0].split(":") if lines else []
     if len(fields) < 7 or not Path(fields[6]).exists():
         return None, f"{conf} names no interpreter that exists"
-    tried = subprocess.run(userns.command(["sh", "-c", _CHROOT, "sh", lines[0], ""]),
-                           capture_output=True, text=True, timeout=60)
+    try:
+        tried = subprocess.run(userns.command(["sh", "-c", _CHROOT, "sh", lines[0], ""]),
+                               capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None, "registering a binfmt_misc handler in a namespace of our own did not " \
+                     "finish in 60 s"
     if tried.returncode != 0:
         said = (tried.stderr.strip().splitlines() or [f"exit {tried.returncode}"])[-1]
         return None, f"no binfmt_misc of our own here (Linux 6.7 or later has one per " \
