@@ -71,7 +71,12 @@ def test_stopping_early_asks_each_child_to_unwind(tmp_path: Path):
     deadline = time.monotonic() + 20
     while not (tmp_path / "2.started").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert (tmp_path / "2.started").exists(), "the second child never started its work"
     began = time.monotonic()
     gen.close()
-    assert time.monotonic() - began < 20
-    assert sorted(p.name for p in tmp_path.glob("*.unwound")) == ["1.unwound", "2.unwound"]
+    took = time.monotonic() - began
+    unwound = sorted(p.name for p in tmp_path.glob("*.unwound"))
+    # Once seen under CI load: close took 60 s (a child slept its sleep out). What unwound
+    # says which child that was.
+    assert took < 20, f"stopping took {took:.1f} s; unwound: {unwound}"
+    assert unwound == ["1.unwound", "2.unwound"]
