@@ -14,8 +14,9 @@ DEFAULT_VIOMMUS = ["intel-iommu", "virtio-iommu", "amd-iommu"]
 def pytest_configure(config: pytest.Config) -> None:
     """A marker per check, from the registry: a new check needs no line here. A cancelled
     job (SIGTERM) unwinds like Ctrl-C, and what the run started is waited for at the end,
-    as in the CLI. (Unlike the CLI, pytest adopts no orphans: the tests that kill a harness
-    on purpose would leave its QEMUs as pytest's zombies until the session ended.)"""
+    as in the CLI. (Unlike the CLI, pytest adopts orphans only while a test that asks for
+    them runs, the `orphans` fixture: those that kill a harness on purpose reap what it
+    leaves.)"""
     for check in registry.REGISTRY.values():
         config.addinivalue_line("markers", f"{check.marker}: the {check.name} check: "
                                            f"{check.summary}")
@@ -25,9 +26,10 @@ def pytest_configure(config: pytest.Config) -> None:
 #: Test files that take longest (CI's junit, warm cache, two workers), longest first.
 #: ci/test.sh hands out whole files to two workers in collection order: one of these
 #: started last would run on alone while the other worker sat idle.
-LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/vm/test_series.py",
-                 "tests/pipelines/test_pipelines.py", "tests/vm/test_kernel_tree.py",
-                 "tests/vm/test_failures.py", "tests/vm/test_front_ends.py")
+LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/pipelines/test_pipelines.py",
+                 "tests/vm/test_series.py", "tests/vm/test_ab.py", "tests/vm/test_failures.py",
+                 "tests/vm/test_kernel_tree.py", "tests/vm/test_l2.py",
+                 "tests/vm/test_front_ends.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,11 +5,12 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.base import paths
+from harness.base import paths, reaper
 from harness.checks import matrix
 from harness.collect.stack import booted
 from harness.collect.survey import Survey, survey
@@ -23,6 +24,7 @@ from harness.run import runner
 from harness.run.cell_results import CellResults, Setup
 from harness.run.plan import Selection
 from tests.conftest import DEFAULT_VIOMMUS
+from tests.vm.processes import Orphans
 
 #: Lines for the end of the run (where results, report and kept artifacts are):
 #: a fixture's print() is captured, the terminal summary is not.
@@ -175,3 +177,17 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     say(pytestconfig, f"matrix report: {page}")
     for directory in kept:
         say(pytestconfig, f"artifacts kept: {directory}")
+
+
+@pytest.fixture
+def orphans() -> Iterator[Orphans]:
+    """For the test's length its process adopts what its runs orphan: a QEMU they never
+    waited for is then the test's zombie, not init's (which would reap it unseen)."""
+    adopted = Orphans()
+    reaper.adopt_orphans()
+    try:
+        yield adopted
+    finally:
+        reaper.adopt_orphans(False)
+        left = adopted.reap()
+    assert not left, f"still running after the test, adopted from its runs: {left}"

@@ -14,32 +14,9 @@ from harness.base.errors import HarnessError, StageTimeout
 from harness.collect.stack import booted
 from harness.platforms import X86_64
 from harness.results.results_file import SCHEMA
-
-#: Alone on the machine: stray QEMU zombies and /dev/shm files are looked for machine-wide, and
-#: another test's L1s would be seen (ci/test.sh runs these after the rest).
-pytestmark = pytest.mark.alone
+from tests.vm.processes import descendants, qemu_processes_using
 
 VIOMMU, KERNEL = "intel-iommu", "dmabuf"
-
-
-def qemu_processes_using(path: Path) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(path) in line]
-
-
-def qemu_zombies() -> list[str]:
-    """QEMUs that exited and were never waited for: their command line is gone, so
-    `qemu_processes_using` cannot see them."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        comm, state = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2]
-        if state == "Z" and comm.startswith("qemu-system"):
-            found.append(f"{stat.parent.name} {comm}")
-    return found
 
 
 def test_ssh_deadline_names_the_stage_and_shows_the_console(qemu, images, accelerator, tmp_path):
@@ -92,7 +69,7 @@ PARALLEL = ("dmabuf", "no-dmabuf")  # two L1s side by side, each in a child proc
     (PARALLEL, 3.0), (PARALLEL, 12.0)],
     ids=lambda v: f"{v:g}s-after-l0" if isinstance(v, float) else
     ("parallel-l1s" if len(v) > 1 else "one-l1"))
-def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
+def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after, orphans):
     """At boot, at the probe, at an L2 start, among the cells: one clear last line, exit
     130, no traceback (a QMP client interrupted mid-close used to print one at exit)."""
     earlier = {"schema": SCHEMA, "run": {"run_id": "run-earlier", "complete": True},
@@ -106,7 +83,7 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
     assert proc.returncode == 130, out
     assert out.strip().splitlines()[-1] == \
         "vfio-harness: interrupted; QEMU processes were stopped", out[-2000:]
-    assert qemu_zombies() == []  # reaped before that line, not just signalled
+    assert orphans.qemu_zombies() == []  # reaped before that line, not just signalled
     assert "Traceback" not in out, out[max(0, out.find("Traceback") - 300):][:3000]
     assert qemu_processes_using(tmp_path) == []
     # Its own record, unfinished, never the earlier run's (kept aside under another name).
@@ -117,8 +94,12 @@ def test_sigterm_stops_the_run_and_its_qemu(tmp_path, kernels, after):
     assert list(tmp_path.glob("*/l0-console.log"))
 
 
-@pytest.mark.parametrize("kernels", [(KERNEL,), PARALLEL], ids=["one-l1", "parallel-l1s"])
-def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
+@pytest.mark.parametrize("kernels", [
+    # Alone: every L1 boot sweeps stale ivshmem files, and one beside this test would take
+    # the file it leaves before the test can see the sweep take it.
+    pytest.param((KERNEL,), id="one-l1", marks=pytest.mark.alone),
+    pytest.param(PARALLEL, id="parallel-l1s")])
+def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels, orphans):
     from harness.l0.machine import SHM, sweep_stale_shm
     proc = _start_run(tmp_path, kernels)
     _wait_for_qemu(tmp_path)
@@ -130,6 +111,7 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
         while not list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem")):
             assert time.monotonic() < end, "QEMU never created its ivshmem file"
             time.sleep(0.1)
+    run = {proc.pid} | descendants(proc.pid)  # the harness, its L1 workers, their QEMUs
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     end = time.monotonic() + 30  # parallel L1s: each child unwinds, then its QEMU goes
@@ -137,7 +119,8 @@ def test_sigkill_of_the_harness_takes_qemu_with_it(tmp_path, kernels):
         time.sleep(0.2)
     assert qemu_processes_using(tmp_path) == []
     if len(kernels) > 1:  # the children unwound: they removed their ivshmem files themselves
-        assert sweep_stale_shm() == []
+        assert orphans.reap() == []
+        assert [p for pid in run for p in SHM.glob(f"vfio-harness-{pid}-*")] == []
         return
     # Nothing ran to remove its ivshmem file: the next run does, and says so.
     left = list(SHM.glob(f"vfio-harness-{proc.pid}-*.ivshmem"))

@@ -12,11 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.l0.machine import SHM
-from tests.vm.test_failures import qemu_processes_using, qemu_zombies
-
-#: Alone on the machine: an interrupted front end's zombies are looked for machine-wide, and
-#: another test's L1s would be seen (ci/test.sh runs these after the rest).
-pytestmark = pytest.mark.alone
+from tests.vm.processes import qemu_processes_using
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,10 +52,10 @@ def test_a_marker_selection_boots_its_l1s_and_writes_its_cells_only(pytestconfig
             assert not (backend / "side").exists(), backend
 
 
-def test_sigterm_of_pytest_takes_its_qemu_and_files_with_it(pytestconfig, tmp_path):
+def test_sigterm_of_pytest_takes_its_qemu_and_files_with_it(pytestconfig, tmp_path,
+                                                               orphans):
     """A CI job cancelled (SIGTERM) mid-cell: the L1 is shut down, reaped, and its ivshmem
     file removed, as with the CLI."""
-    shm_before = set(SHM.glob("vfio-harness-*"))
     proc = pytest_matrix(pytestconfig, tmp_path, "-k", "intel-iommu-legacy-dmabuf-reset",
                          "--l1-jobs", "1")  # the L1 in pytest's own process, as in CI's tests
     end = time.monotonic() + 120
@@ -72,11 +68,12 @@ def test_sigterm_of_pytest_takes_its_qemu_and_files_with_it(pytestconfig, tmp_pa
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-3000:]
     assert qemu_processes_using(tmp_path) == [], out[-3000:]
-    assert qemu_zombies() == []
-    assert set(SHM.glob("vfio-harness-*")) <= shm_before, out[-3000:]
+    assert orphans.qemu_zombies() == []
+    assert list(SHM.glob(f"vfio-harness-{proc.pid}-*")) == [], out[-3000:]
 
 
-def test_a_shell_in_a_cell_has_its_l2_up_and_leaves_nothing(pytestconfig, tmp_path):
+def test_a_shell_in_a_cell_has_its_l2_up_and_leaves_nothing(pytestconfig, tmp_path,
+                                                             orphans):
     """`shell CELL -- COMMAND`: the cell's L2 runs in L1 with its devices' dma-bufs (edu BAR
     0, ivshmem BAR 2, nvme BAR 0 on a dma-buf kernel), COMMAND's status is the exit status,
     and quitting stops L2 and L1."""
@@ -92,13 +89,13 @@ def test_a_shell_in_a_cell_has_its_l2_up_and_leaves_nothing(pytestconfig, tmp_pa
     assert out.returncode == 7, said[-3000:]
     assert "L2 QMP: 127.0.0.1:" in said and "-object iommufd" in said, said[-3000:]
     assert "dmabufs=3" in said, said[-3000:]
-    assert qemu_processes_using(tmp_path) == [] and qemu_zombies() == []
+    assert qemu_processes_using(tmp_path) == [] and orphans.qemu_zombies() == []
     assert not (tmp_path / "results.json").exists()  # a shell judges nothing
     assert (tmp_path / "intel-iommu-dmabuf" / "l0-console.log").exists()
 
 
 def test_keep_failed_holds_the_failing_l1_until_enter_and_leaves_nothing(pytestconfig,
-                                                                          tmp_path):
+                                                                          tmp_path, orphans):
     """`run --keep-failed`: the L1 whose cell failed (a series that breaks whole-BAR
     dma-bufs) stays up after its cells; the printed SSH line reaches it; Enter lets it go
     and the run ends as usual, no QEMU left."""
@@ -136,4 +133,4 @@ def test_keep_failed_holds_the_failing_l1_until_enter_and_leaves_nothing(pytestc
             proc.communicate()
     assert proc.returncode == 1, out + err
     assert "let go (Enter was pressed)" in err, err[-3000:]
-    assert qemu_processes_using(tmp_path) == [] and qemu_zombies() == []
+    assert qemu_processes_using(tmp_path) == [] and orphans.qemu_zombies() == []
