@@ -11,7 +11,9 @@ vfio-harness images build --arch aarch64
 mkdir -p results
 # Test files run side by side on ${VFIO_HARNESS_TEST_WORKERS:-2} workers (pytest-xdist, one
 # file per worker at a time: a file's tests share its L1s); the L1s of a VM test mostly wait
-# (SSH, QMP, qtest round trips), as the matrix's do. Tests marked `alone` would be disturbed
+# (SSH, QMP, qtest round trips), as the matrix's do. Files are handed out in the order
+# tests/conftest.py collects them, the longest first (--no-loadscope-reorder: xdist's own
+# order, by number of tests, left the longest to the end). Tests marked `alone` would be disturbed
 # by the runs beside them (every L1 boot sweeps /dev/shm) and run after, by themselves.
 workers=${VFIO_HARNESS_TEST_WORKERS:-2}
 # A -m EXPR of the caller's narrows both phases: "(EXPR) and not alone", "(EXPR) and alone".
@@ -26,7 +28,7 @@ done
 [ ${#args[@]} -gt 0 ] || args=(tests)
 step "tests: unit and VM, ${workers} files at a time; artifacts in results/"
 # 5 is pytest's "no test selected": fine for one phase, not for both.
-python -m pytest -v -ra -n "$workers" --dist loadfile -m "${mark}not alone" \
+python -m pytest -v -ra -n "$workers" --dist loadfile --no-loadscope-reorder -m "${mark}not alone" \
     --junitxml=results/junit.xml --artifacts results/vm-artifacts "${args[@]}" && first=0 || first=$?
 step "tests that must not have other runs beside them, alone"
 python -m pytest -v -ra -m "${mark}alone" --junitxml=results/junit-alone.xml \

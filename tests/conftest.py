@@ -26,10 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
 #: Test files that take longest (CI's junit, warm cache, two workers), longest first.
 #: ci/test.sh hands out whole files to two workers in collection order: one of these
 #: started last would run on alone while the other worker sat idle.
-LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/pipelines/test_pipelines.py",
-                 "tests/vm/test_series.py", "tests/vm/test_ab.py", "tests/vm/test_failures.py",
-                 "tests/vm/test_kernel_tree.py", "tests/vm/test_l2.py",
-                 "tests/vm/test_front_ends.py")
+LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/vm/test_series.py",
+                 "tests/pipelines/test_pipelines.py", "tests/vm/test_ab.py",
+                 "tests/vm/test_failures.py", "tests/vm/test_front_ends.py", "tests/vm/test_l2.py",
+                 "tests/vm/test_matrix.py", "tests/vm/test_l1.py", "tests/unit/test_bad_input.py",
+                 "tests/vm/test_kernel_tree.py", "tests/vm/test_kernel_image.py",
+                 "tests/vm/test_arm64.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
