@@ -8,14 +8,16 @@ shell script (a wrapper) is uploaded as is. A binary is first checked on L0
   directory) or in its prefix's lib/.../qemu;
 - its data directory (-L): pc-bios/ beside it, or its prefix's share/qemu;
 - the shared libraries L1's loader cannot find, resolved on L0 (the bundle's
-  own lib/ first, then L0's loader). A C library older than the binary needs
-  cannot be carried: that is said, before any cell.
+  own lib/ first, then L0's loader, or for an arm64 binary on an x86 L0 its
+  RUNPATH and L0's aarch64 multiarch directories). A C library older than the
+  binary needs cannot be carried: that is said, before any cell.
 
 When anything is carried, /run/qemu-under-test is a small script that sets the
 environment and execs the binary, so the probe and every L2 run it alike.
 """
 
 import io
+import os
 import re
 import shlex
 import subprocess
@@ -108,14 +110,37 @@ def missing_versions(ldd: str) -> list[str]:
     return sorted({m.group(1) for m in _VERSION.finditer(ldd)})
 
 
-def resolve_on_l0(soname: str, bundle: Bundle) -> Path | None:
+def resolve_on_l0(soname: str, bundle: Bundle, root: Path = Path("/")) -> Path | None:
+    """Where L0 has `soname` for the binary: the bundle's own lib/ first; then, for a
+    binary of L0's own architecture, L0's loader (ldd); for another architecture's, which
+    L0's ldd cannot read, the binary's RUNPATH and L0's multiarch directories for that
+    architecture (where a cross build's libraries are: libglib2.0-dev:arm64 and the like)."""
     for d in bundle.lib_dirs:
         if (d / soname).exists():
             return (d / soname).resolve()
-    out = subprocess.run(["ldd", str(bundle.binary)], capture_output=True, text=True,
+    if bundle.platform.arch == os.uname().machine:
+        out = subprocess.run(["ldd", str(bundle.binary)], capture_output=True, text=True,
+                             timeout=60).stdout
+        m = re.search(rf"^\s*{re.escape(soname)} => (\S+)", out, re.M)
+        return Path(m.group(1)).resolve() if m and Path(m.group(1)).exists() else None
+    triplet = f"{bundle.platform.arch}-linux-gnu"
+    for d in (*runpath(bundle.binary), root / "usr/lib" / triplet, root / "lib" / triplet,
+              root / "usr" / triplet / "lib"):
+        if (d / soname).exists():
+            return (d / soname).resolve()
+    return None
+
+
+def runpath(binary: Path) -> list[Path]:
+    """The binary's RUNPATH (or RPATH) directories, $ORIGIN made its own directory."""
+    out = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True,
                          timeout=60).stdout
-    m = re.search(rf"^\s*{re.escape(soname)} => (\S+)", out, re.M)
-    return Path(m.group(1)).resolve() if m and Path(m.group(1)).exists() else None
+    m = re.search(r"\((?:RUNPATH|RPATH)\)\s+Library (?:runpath|rpath): \[([^]]*)\]", out)
+    if not m:
+        return []
+    origin = str(binary.resolve().parent)
+    return [Path(d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin))
+            for d in m.group(1).split(":") if d]
 
 
 def _tar(directory: Path, names: list[str] | None = None) -> bytes:

@@ -82,3 +82,44 @@ def test_neither_elf_nor_script_nor_anything(tmp_path):
         Bundle.find(tmp_path / "notes.txt")
     with pytest.raises(BadInput, match="no qemu-system-x86_64 in"):
         Bundle.find(tmp_path)
+
+
+def _cross_built(tmp_path: Path) -> Path:
+    """A real arm64 program (aarch64-linux-gnu-gcc) in a build's bin/, needing libdep.so.1
+    from ../deps by its RUNPATH and libother.so.2 from nowhere it names."""
+    import shutil
+    import subprocess
+    gcc = shutil.which("aarch64-linux-gnu-gcc")
+    if gcc is None:
+        pytest.skip("aarch64-linux-gnu-gcc is missing (ci/setup.sh installs it)")
+    (tmp_path / "deps").mkdir()
+    (tmp_path / "bin").mkdir()
+    for name, soname in (("dep", "libdep.so.1"), ("other", "libother.so.2")):
+        (tmp_path / f"{name}.c").write_text(f"int {name}(void) {{ return 1; }}\n")
+        subprocess.run([gcc, "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o",
+                        str(tmp_path / "deps" / soname), str(tmp_path / f"{name}.c")],
+                       check=True, timeout=120)
+    (tmp_path / "main.c").write_text("int dep(void); int other(void);\n"
+                                     "int main(void) { return dep() + other(); }\n")
+    binary = tmp_path / "bin" / "qemu-system-aarch64"
+    subprocess.run([gcc, "-o", str(binary), str(tmp_path / "main.c"), "-L",
+                    str(tmp_path / "deps"), "-l:libdep.so.1", "-l:libother.so.2",
+                    "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../deps"], check=True, timeout=120)
+    (tmp_path / "deps" / "libother.so.2").rename(tmp_path / "libother.so.2")
+    return binary
+
+
+def test_an_arm64_binarys_libraries_are_found_without_l0s_loader(tmp_path):
+    """L0's ldd cannot read an arm64 binary: its RUNPATH, then L0's aarch64 multiarch
+    directories (a cross build's libraries) are where its libraries are looked for."""
+    from harness.l2.bundle import resolve_on_l0, runpath
+    binary = _cross_built(tmp_path)
+    bundle = Bundle.find(binary, AARCH64)
+    assert runpath(binary) == [tmp_path / "bin" / ".." / "deps"]
+    assert resolve_on_l0("libdep.so.1", bundle) == tmp_path / "deps" / "libdep.so.1"
+    root = tmp_path / "root"
+    assert resolve_on_l0("libother.so.2", bundle, root) is None
+    (root / "usr/lib/aarch64-linux-gnu").mkdir(parents=True)
+    (tmp_path / "libother.so.2").rename(root / "usr/lib/aarch64-linux-gnu/libother.so.2")
+    assert resolve_on_l0("libother.so.2", bundle, root) == \
+        root / "usr/lib/aarch64-linux-gnu/libother.so.2"
