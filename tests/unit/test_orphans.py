@@ -17,13 +17,13 @@ from tests.vm.processes import Orphans, descendants
 
 
 def _leave_a_qemu_zombie(tmp_path) -> tuple[subprocess.Popen, int]:
-    """A parent that starts `qemu-system-x86_64` (/bin/true by another name) and exits
+    """A parent that starts `qemu-system-x86_64` (sleep 2, by another name) and exits
     once it has ended, never waiting for it."""
     fake = tmp_path / "qemu-system-x86_64"
-    shutil.copy("/bin/true", fake)
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, subprocess, sys, time
-        child = subprocess.Popen([{str(fake)!r}])
+        child = subprocess.Popen([{str(fake)!r}, "2"])
         print(child.pid, flush=True)
         while open(f"/proc/{{child.pid}}/stat").read().split()[2] != "Z":
             time.sleep(0.01)
@@ -37,7 +37,7 @@ def test_a_qemu_never_waited_for_is_the_tests_zombie_until_reaped(tmp_path):
     reaper.adopt_orphans()
     try:
         parent, pid = _leave_a_qemu_zombie(tmp_path)
-        assert pid in descendants(parent.pid)
+        assert pid in descendants(parent.pid)  # while it sleeps, below its parent
         parent.wait(timeout=30)
         end = time.monotonic() + 10
         while not adopted.qemu_zombies() and time.monotonic() < end:
