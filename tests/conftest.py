@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.base import paths, reaper
-from harness.base.errors import BadInput
+from harness.base import reaper
 from harness.checks import registry
 from harness.platforms import VIOMMUS
 
@@ -35,27 +34,11 @@ LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/vm/test_series.py",
                  "tests/vm/test_arm64.py")
 
 
-#: The kernel-tree test's first run on a cache is a full kernel build (342 s in CI from an
-#: empty cache, against 40 s warm): then it is the longest of all, and goes first.
-KERNEL_TREE = "tests/vm/test_kernel_tree.py"
-
-
-def _order(config: pytest.Config) -> tuple[str, ...]:
-    try:
-        cache = paths.cache_dir(config.getoption("--cache-dir"))
-    except BadInput:
-        return LONGEST_FIRST  # the VM fixtures say what is wrong with it
-    if list((cache / "build").glob("kernel-*+tree-*")):
-        return LONGEST_FIRST
-    return (KERNEL_TREE, *(name for name in LONGEST_FIRST if name != KERNEL_TREE))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest files first (a stable sort: tests keep their order within a file)."""
-    order = _order(config)
-    rank = {name: i for i, name in enumerate(order)}
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     root = Path(config.rootpath)
-    gone = [name for name in order if not (root / name).is_file()]
+    gone = [name for name in LONGEST_FIRST if not (root / name).is_file()]
     if gone:
         raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names no such file: {gone}")
 
