@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 
-from harness.base import reaper
 from tests.vm.processes import Orphans, descendants
 
 
@@ -33,9 +32,7 @@ def _leave_a_qemu_zombie(tmp_path) -> tuple[subprocess.Popen, int]:
 
 
 def test_a_qemu_never_waited_for_is_the_tests_zombie_until_reaped(tmp_path):
-    adopted = Orphans()
-    reaper.adopt_orphans()
-    try:
+    with Orphans() as adopted:
         parent, pid = _leave_a_qemu_zombie(tmp_path)
         assert pid in descendants(parent.pid)  # while it sleeps, below its parent
         parent.wait(timeout=30)
@@ -43,10 +40,7 @@ def test_a_qemu_never_waited_for_is_the_tests_zombie_until_reaped(tmp_path):
         while not adopted.qemu_zombies() and time.monotonic() < end:
             time.sleep(0.05)
         assert adopted.qemu_zombies() == [f"{pid} qemu-system-x86"]  # comm is 15 bytes
-    finally:
-        reaper.adopt_orphans(False)
-        left = adopted.reap()
-    assert left == [] and adopted.qemu_zombies() == []
+    assert adopted.left == [] and adopted.qemu_zombies() == []
     assert not os.path.exists(f"/proc/{pid}")
 
 

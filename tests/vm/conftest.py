@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.base import paths, reaper
+from harness.base import paths
 from harness.checks import matrix
 from harness.collect.stack import booted
 from harness.collect.survey import Survey, survey
@@ -183,11 +183,7 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
 def orphans() -> Iterator[Orphans]:
     """For the test's length its process adopts what its runs orphan: a QEMU they never
     waited for is then the test's zombie, not init's (which would reap it unseen)."""
-    adopted = Orphans()
-    reaper.adopt_orphans()
-    try:
+    with Orphans() as adopted:
         yield adopted
-    finally:
-        reaper.adopt_orphans(False)
-        left = adopted.reap()
-    assert not left, f"still running after the test, adopted from its runs: {left}"
+    assert not adopted.left, f"still running after the test, adopted from its runs: " \
+                             f"{adopted.left}"

@@ -52,19 +52,29 @@ def descendants(pid: int) -> set[int]:
 
 
 class Orphans:
-    """The test's process adopts what its runs leave behind; `qemu_zombies` lists the
-    QEMUs among them that ended and were never waited for."""
+    """While in its `with`, this process adopts what its runs leave behind (orphans);
+    `qemu_zombies` lists the QEMUs among its children that ended and were never waited
+    for. On leaving, it stops adopting and waits for what came to it; what was still
+    running at the deadline is left in `left`."""
 
     def __init__(self) -> None:
         self.before = set(reaper.children())
+        self.left: list[str] = []
+
+    def __enter__(self) -> "Orphans":
+        reaper.adopt_orphans()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        reaper.adopt_orphans(False)
+        self.left = self.reap()
 
     def qemu_zombies(self) -> list[str]:
         """QEMUs that exited and were never waited for: their command line is gone, so
         `qemu_processes_using` cannot see them."""
-        me = os.getpid()
-        return [f"{entry} {stat[0]}" for entry in os.listdir("/proc") if entry.isdigit()
-                and (stat := _stat(entry)) is not None and stat[1] == "Z"
-                and stat[2] == me and stat[0].startswith("qemu-system")]
+        return [f"{pid} {stat[0]}" for pid in reaper.children()
+                if (stat := _stat(str(pid))) is not None and stat[1] == "Z"
+                and stat[0].startswith("qemu-system")]
 
     def reap(self, timeout: float = 30.0) -> list[str]:
         """Wait for every process that came to the test (a test that SIGKILLs a harness
