@@ -115,20 +115,21 @@ def resolve_on_l0(soname: str, bundle: Bundle, root: Path = Path("/")) -> Path |
     binary of L0's own architecture, L0's loader (ldd); for another architecture's, which
     L0's ldd cannot read, the binary's RUNPATH and L0's multiarch directories for that
     architecture (where a cross build's libraries are: libglib2.0-dev:arm64 and the like)."""
-    for d in bundle.lib_dirs:
-        if (d / soname).exists():
-            return (d / soname).resolve()
-    if bundle.platform.arch == os.uname().machine:
-        out = subprocess.run(["ldd", str(bundle.binary)], capture_output=True, text=True,
-                             timeout=60).stdout
-        m = re.search(rf"^\s*{re.escape(soname)} => (\S+)", out, re.M)
-        return Path(m.group(1)).resolve() if m and Path(m.group(1)).exists() else None
-    triplet = f"{bundle.platform.arch}-linux-gnu"
-    for d in (*runpath(bundle.binary), root / "usr/lib" / triplet, root / "lib" / triplet,
-              root / "usr" / triplet / "lib"):
-        if (d / soname).exists():
-            return (d / soname).resolve()
-    return None
+    found = _first(soname, bundle.lib_dirs)
+    if found is not None:
+        return found
+    if bundle.platform.arch != os.uname().machine:
+        triplet = f"{bundle.platform.arch}-linux-gnu"
+        return _first(soname, (*runpath(bundle.binary), root / "usr/lib" / triplet,
+                               root / "lib" / triplet, root / "usr" / triplet / "lib"))
+    out = subprocess.run(["ldd", str(bundle.binary)], capture_output=True, text=True,
+                         timeout=60).stdout
+    m = re.search(rf"^\s*{re.escape(soname)} => (\S+)", out, re.M)
+    return Path(m.group(1)).resolve() if m and Path(m.group(1)).exists() else None
+
+
+def _first(soname: str, dirs: tuple[Path, ...]) -> Path | None:
+    return next(((d / soname).resolve() for d in dirs if (d / soname).exists()), None)
 
 
 def runpath(binary: Path) -> list[Path]:
