@@ -557,17 +557,18 @@ def _run(args: argparse.Namespace) -> int:
     plan = p.plan(args, (side,), p.out)
     began = time.monotonic()
     cells: list = []
+    outside: list = []  # what L1 kernels said outside every cell
     done = False
     try:
-        for _, cell in runner.run(plan):
-            cells.append(cell)
+        for _, item in runner.run(plan):
+            (cells if isinstance(item, matrix.CellResult) else outside).append(item)
         done = True
     finally:
         cells = plan.in_matrix_order(cells)
         finished = len(cells) == len(p.selection.cells())
         # An interrupted or broken run keeps everything: its last L1 and L2 are the story.
         kept = [] if args.keep_artifacts or not finished else results_file.prune(p.out, cells)
-        info = p.info(cells, began)
+        info = p.info(cells, began, **results_file.outside_cells(outside))
         results_file.write(p.out, cells, info)
         if not done:
             _run_outputs(args, p, cells, info, finished, kept, None)
@@ -582,8 +583,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         _run_outputs(args, p, cells, info, finished, kept, record)
     _reap()
-    print(results_file.last_line(cells, finished))
-    return results_file.exit_code(cells)
+    print(results_file.last_line(cells, finished, outside))
+    return results_file.exit_code(cells, outside)
 
 
 def _run_outputs(args: argparse.Namespace, p: _Prepared, cells: list, info: dict,

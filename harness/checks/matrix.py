@@ -15,7 +15,7 @@ from harness.checks import registry
 from harness.checks.registry import EXERCISES, EXPECTATIONS, Expectation
 from harness.images.recipe import Recipe
 from harness.platforms import PLATFORMS, X86_64
-from harness.verdicts.creation import FINDINGS
+from harness.verdicts.creation import FATAL, FINDINGS
 
 BACKENDS = registry.BACKENDS
 DEFAULT_VIOMMUS = X86_64.default_viommus
@@ -89,12 +89,16 @@ def settle(expectation: Expectation, observed: str, reason: str,
     """(reported outcome, met, reason) of a verdict held against its expectation.
 
     An expected failure or skip counts only with its signature: without it the
-    reason says which finding was missing, and the cell is not met.
+    reason says which finding was missing, and the cell is not met. A fatal finding
+    (the kernel's own complaint) the signature does not name fails an expected failure.
     """
     reported = observed
     if expectation.outcome == "xfail":
         reported = {"fail": "xfail", "pass": "xpass"}.get(observed, observed)
     met = reported == expectation.outcome
+    fatal = sorted(f for f in findings if f in FATAL and f not in expectation.signature)
+    if met and fatal and reported == "xfail":
+        return "fail", False, f"{reason} -- not the expected failure: {FINDINGS[fatal[0]]}"
     missing = [s for s in expectation.signature if s not in findings]
     if met and missing:
         wanted = "; ".join(FINDINGS[s] for s in missing)
@@ -149,6 +153,19 @@ class CellResult:
                 "infrastructure": self.infrastructure, "l2_end": self.l2_end,
                 "evidence": self.evidence, "duration_s": round(self.duration_s, 2),
                 "artifacts": self.artifacts}
+
+
+@dataclass(frozen=True)
+class L1Complaints:
+    """What an L1 kernel said outside every cell (its boot, between two L2s, its end): no
+    cell's to fail, and still a failure of the run, named in its last line."""
+
+    l1: str                        # vIOMMU/kernel
+    complaints: tuple[dict, ...]   # verdicts.kernel_health.Complaint records, with `said`
+
+    def describe(self) -> str:
+        more = f" (and {len(self.complaints) - 1} more)" if len(self.complaints) > 1 else ""
+        return f"L1 {self.l1}: {self.complaints[0]['said']}{more}"
 
 
 def avocado_variants(cells_: list[Cell], params: dict) -> list[dict]:

@@ -108,6 +108,12 @@ class Check:
                 out[(kernel, backend)] = expectation(entry, self.why.get((kernel, backend), ""))
         return out
 
+    def stands_on(self, step: str) -> bool:
+        """Whether this check's cell stood on a collection step: its own step, and every
+        step that is no check's own (starting L2, placing the BARs, the decode witness,
+        stopping L2: what every cell of the backend shares)."""
+        return step == self.own_step or step not in {c.own_step for c in REGISTRY.values()}
+
     def step(self) -> Callable:
         """The collector, imported now (only a run that plays the step needs it)."""
         if self.collector is None:

@@ -21,6 +21,7 @@ from harness.base.errors import HarnessError
 from harness.base.progress import say
 from harness.checks import registry
 from harness.collect import l2_probes, lifecycle, side_l2
+from harness.collect.kernel_witness import KernelWitness
 from harness.collect.stack import L1Stack
 from harness.evidence.records import (
     DecodeStep,
@@ -55,9 +56,11 @@ ROOT_PORT = "rp0"
 
 @dataclass
 class Timer:
-    """Seconds per collection step, recorded in every cell's evidence."""
+    """Seconds per collection step, recorded in every cell's evidence; with a witness, the
+    L1 kernel's log and taint read after each step, as that step's."""
 
     steps: dict[str, float] = field(default_factory=dict)
+    witness: KernelWitness | None = None
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -66,6 +69,8 @@ class Timer:
             yield
         finally:
             self.steps[name] = round(time.monotonic() - began, 2)
+            if self.witness is not None:
+                self.witness.read(name)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     unplug: UnplugCycle | None = None
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     todo = registry.collection(wanted)
+    if timer.witness is not None:
+        timer.witness.between(f"before the {be.name} L2")
     with timer("l2_start"):
         l2 = L2Qemu(stack.session, spec, out, *ports)
         l2.start()
@@ -214,4 +221,5 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                                    through.bars, out / "side", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
-                    lifecycle=steps, unplug=unplug, side=side)
+                    lifecycle=steps, unplug=unplug, side=side,
+                    kernel=timer.witness.take() if timer.witness is not None else ())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.base.deadline import Deadline
 from harness.base.progress import say
+from harness.collect.kernel_witness import KernelWitness
 from harness.images.store import Images, RootfsImage
 from harness.l0.machine import L0Machine, L1Spec
 from harness.l0.qemu_binary import QemuBinary
@@ -32,6 +33,7 @@ class L1Stack:
     session: L1Session
     vfio: L1Vfio
     boot_seconds: float
+    witness: KernelWitness
 
     @property
     def run_dir(self) -> Path:
@@ -60,7 +62,10 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
                                alive=lambda: machine.running)
             boot_seconds = time.monotonic() - began
             say(f"L1 {viommu.name}/{kernel}: SSH ready after {boot_seconds:.1f} s")
-            yield L1Stack(viommu, kernel, machine, session, L1Vfio(session), boot_seconds)
+            vfio = L1Vfio(session)
+            witness = KernelWitness(vfio)
+            witness.between("boot")
+            yield L1Stack(viommu, kernel, machine, session, vfio, boot_seconds, witness)
         finally:
             _save_dmesg(session, run_dir / "l1-dmesg.txt")
             session.close()

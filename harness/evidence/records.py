@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.evidence.kernel_log import KernelWindow
+
 # -- trace events -------------------------------------------------------------------------
 
 
@@ -536,6 +538,8 @@ class Evidence:
     lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
     unplug: UnplugCycle | None = None
     side: SideRun | None = None           # the second L2: x-no-mmap and multi-range
+    #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.
+    kernel: tuple[KernelWindow, ...] = ()
 
     @property
     def kernel_dmabuf(self) -> bool | None:

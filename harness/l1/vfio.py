@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.base.errors import HarnessError
+from harness.evidence.kernel_log import LogLine, parse_kmsg
 from harness.l1.session import L1Session, LineHelper
 
 GUEST_SCRIPT = Path(__file__).parent / "guest" / "vfio_l1.py"
@@ -173,6 +174,16 @@ class L1Vfio:
         counted = ",".join(p for p in (trace or "/dev/null", stderr) if p)
         extra = [counted, *devices] if trace or devices or stderr else []
         return ProcessView.from_json(self._call("process", str(pid), *extra))
+
+    def kernel_log(self, since: int, timeout: float = 15.0) -> tuple[tuple[LogLine, ...], int]:
+        """(the kernel's log lines after record `since`, its taint now): one round trip."""
+        return parse_kmsg(self._call("kmsg", str(since), timeout=timeout))
+
+    def stacks(self, pid: int, timeout: float = 15.0) -> str:
+        """The kernel stacks of a process's tasks, as text for a reason and an artifact."""
+        answer = self._call("stack", str(pid), timeout=timeout)
+        return "\n".join(f"task {tid} ({t['comm']}) state {t['state']}, in {t['wchan']}:\n"
+                         f"{t['stack']}" for tid, t in answer["tasks"].items())
 
 
 def parse_probes(answer: dict) -> dict[str, DmabufProbe]:

@@ -20,6 +20,7 @@ import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from harness import __version__
 from harness.base import files
 from harness.base.errors import BadInput
-from harness.checks.matrix import CellResult
+from harness.checks.matrix import CellResult, L1Complaints
 
 if TYPE_CHECKING:
     from harness.images.store import Images
@@ -303,11 +304,21 @@ def junit(cells: list[CellResult], name: str = "vfio-harness",
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-def last_line(cells: list[CellResult], finished: bool) -> str:
-    """The run's one closing line: how it went, and which cells a dead L2 took with it."""
+def outside_cells(said: Sequence[L1Complaints]) -> dict:
+    """The run record's part for what L1 kernels said outside every cell."""
+    return {"kernel_outside_cells": [{"l1": s.l1, "complaints": list(s.complaints)}
+                                     for s in said]} if said else {}
+
+
+def last_line(cells: list[CellResult], finished: bool,
+              outside: Sequence[L1Complaints] = ()) -> str:
+    """The run's one closing line: how it went, which cells a dead L2 took with it, and
+    what an L1 kernel said outside every cell."""
     unmet = sum(1 for c in cells if not c.met)
     line = (f"vfio-harness: {len(cells)} cell(s), {unmet} not as expected"
             + ("" if finished else "; the run did not finish"))
+    for said in outside:
+        line += f"; the L1 kernel complained outside every cell: {said.describe()}"
     died: dict[str, list[CellResult]] = {}
     for c in cells:
         if c.l2_end:
@@ -321,11 +332,12 @@ def last_line(cells: list[CellResult], finished: bool) -> str:
     return line
 
 
-def exit_code(cells: list[CellResult]) -> int:
+def exit_code(cells: list[CellResult], outside: Sequence[L1Complaints] = ()) -> int:
     """0 every cell met its expectation; 3 the only cells that did not were ended by a
-    deadline (the stage is in their reason); 1 otherwise, and for a run with no cell."""
+    deadline (the stage is in their reason); 1 otherwise, for a run with no cell, and for
+    one whose L1 kernel complained outside every cell."""
     unmet = [c for c in cells if not c.met]
-    if not cells:
+    if not cells or outside:
         return 1
     if not unmet:
         return 0

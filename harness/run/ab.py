@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.checks.matrix import CellResult
+from harness.checks.matrix import CellResult, L1Complaints
 from harness.results import compare, report, results_file
 from harness.run import runner
 from harness.run.plan import RunPlan, Side
@@ -26,13 +26,19 @@ def run(plan: RunPlan, record: Record, out: Path) -> tuple[compare.Comparison, d
     baseline, candidate = plan.sides
     began = time.monotonic()
     cells: dict[Path, list[CellResult]] = {s.results: [] for s in plan.sides}
+    outside: dict[Path, list[L1Complaints]] = {s.results: [] for s in plan.sides}
     try:
-        for side, cell in runner.run(plan):
-            cells[side.results].append(cell)
+        for side, item in runner.run(plan):
+            if isinstance(item, CellResult):
+                cells[side.results].append(item)
+            else:
+                outside[side.results].append(item)
     finally:
         for side in plan.sides:
             ordered = plan.in_matrix_order(cells[side.results])
-            results_file.write(side.results, ordered, record(ordered, side, began))
+            results_file.write(side.results, ordered, {
+                **record(ordered, side, began),
+                **results_file.outside_cells(outside[side.results])})
             report.write_html(side.results)
     c = compare.compare(baseline.results, candidate.results)
     written = compare.write(c, out)

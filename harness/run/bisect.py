@@ -201,7 +201,7 @@ def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Pat
                                  sides=(dataclasses.replace(side, results=directory,
                                                             images=images),))
         began = time.monotonic()
-        results = at.in_matrix_order([r for _, r in runner.run(at)])
+        results = at.in_matrix_order([r for _, r in runner.cells_only(runner.run(at))])
         results_file.write(directory, results, info(results, began, k, at))
         results_file.prune(directory, results)
         verdicts = {}

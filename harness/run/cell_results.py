@@ -160,7 +160,7 @@ class CellResults:
         records: dict[tuple[str, str], dict[str, dict]] = {b: {} for b in wanted}
 
         def work(boot: tuple[str, str]):
-            for _, result in runner.run_boot(self.plan, self._boot(*boot)):
+            for _, result in runner.cells_only(runner.run_boot(self.plan, self._boot(*boot))):
                 yield boot, result
 
         for boot, result in parallel.run(wanted, self.jobs, work, lambda b: "/".join(b)):
@@ -191,7 +191,8 @@ class CellResults:
             if shared is not None:
                 return shared
             records = {}
-            for _, result in runner.run_boot(self.plan, self._boot(viommu, kernel)):
+            for _, result in runner.cells_only(
+                    runner.run_boot(self.plan, self._boot(viommu, kernel))):
                 self.produced[result.cell.id] = result
                 records[result.cell.id] = result.record()
             self._write_store(store, records)

@@ -20,7 +20,7 @@ from harness.base import files
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say
 from harness.checks import registry
-from harness.checks.matrix import Cell, CellResult
+from harness.checks.matrix import Cell, CellResult, L1Complaints
 from harness.collect import scenario, stack
 from harness.collect.scenario import PassedThrough, Timer
 from harness.evidence.records import Evidence, summarize
@@ -32,14 +32,19 @@ from harness.l2.capabilities import QemuUnderTest, probe
 from harness.l2.qemu import L2Died
 from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
+from harness.verdicts import kernel_health
 
 PACKAGED = "packaged in the rootfs"
 
 
-def run(plan: RunPlan) -> Iterator[tuple[Side, CellResult]]:
+Item = CellResult | L1Complaints
+
+
+def run(plan: RunPlan) -> Iterator[tuple[Side, Item]]:
     """Every selected cell of every side of the plan, `plan.jobs` L1 boots at a time (one
     at a time with a fixed SSH port: they would share it). Cells come in the order they
-    are produced; `plan.in_matrix_order` sorts them back."""
+    are produced; `plan.in_matrix_order` sorts them back. What an L1 kernel said outside
+    every cell comes as `L1Complaints`, for each side of its boot."""
     boots = plan.boots()
     if plan.jobs <= 1 or len(boots) <= 1 or plan.ssh_port is not None:
         for boot in boots:
@@ -67,8 +72,14 @@ def default_jobs() -> int:
     return max(1, min(2 * len(os.sched_getaffinity(0)), available_mb // per_l1))
 
 
-def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
-    """All selected cells of one L1 boot, for each of its sides."""
+def cells_only(items: Iterator[tuple[Side, Item]]) -> Iterator[tuple[Side, CellResult]]:
+    """The cells of a run, for those who judge cells alone (a bisect step)."""
+    return ((side, item) for side, item in items if isinstance(item, CellResult))
+
+
+def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, Item]]:
+    """All selected cells of one L1 boot, for each of its sides; then, if its kernel
+    complained outside every cell, that."""
     vi, kernel = boot.viommu, boot.kernel
     selection = plan.selection
     wanted = [c for c in selection.on_boot(vi, kernel)
@@ -92,6 +103,12 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
                     yield side, result
             if plan.keep_failed and unmet:
                 hold.hold(l1, boot.images.rootfs, unmet, plan.keep_failed)
+            l1.witness.between("the end of L1")
+            said = outside_cells(f"{vi}/{kernel}", l1.witness.outside)
+            if said:
+                say(said.describe())
+                for side in boot.sides:
+                    yield side, said
     except BadInput:
         raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:
@@ -104,6 +121,14 @@ def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, CellResult]]:
                                            error_stage=e.stage,
                                            deadline=isinstance(e, StageTimeout),
                                            infrastructure=True)
+
+
+def outside_cells(l1: str, windows) -> L1Complaints | None:
+    """What the kernel said in windows that were no cell's, or None."""
+    said = kernel_health.complaints(windows)
+    if not said:
+        return None
+    return L1Complaints(l1, tuple({**c.record(), "said": c.describe()} for c in said))
 
 
 def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
@@ -154,21 +179,41 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     gap = _environment_gap(be, through, under_test)
     if gap:
         return [CellResult.settled(c, "skip", gap, record, 0.0, str(out)) for c in cells]
-    timer = Timer()
+    timer = Timer(witness=l1.witness)
     try:
         evidence = scenario.collect(l1, be, through, {c.check for c in cells}, out, seed, timer,
                                     under_test.path, under_test.facts(), traces)
     except HarnessError as e:
         say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: error: {e.message}")
         stderr = files.tail(out / "l2-stderr.log")
-        return [CellResult(c, "error", str(e), {**record, "l2_stderr_tail": stderr},
+        reason = str(e)
+        said = kernel_health.complaints(l1.witness.take())
+        if said:  # the kernel's word may be the story of the failure
+            reason += f"; the L1 kernel complained {said[0].describe()}"
+            write_reports(out, said)
+        extra = {"kernel_reports": [c.record() for c in said]} if said else {}
+        return [CellResult(c, "error", reason, {**record, **extra, "l2_stderr_tail": stderr},
                            time.monotonic() - began, str(out), error_stage=e.stage,
                            deadline=isinstance(e, StageTimeout),
                            l2_end=e.end if isinstance(e, L2Died) else None) for c in cells]
     own = {c.own_step for c in registry.REGISTRY.values() if c.own_step}
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
     record["summary"] = summarize(evidence, traces)
+    said = kernel_health.complaints(evidence.kernel)
+    if said:
+        write_reports(out, said, evidence.kernel)
     return judge(cells, evidence, timer, shared, str(out), record)
+
+
+def write_reports(out: Path, said: list, windows=()) -> None:
+    """The kernel's reports whole, and each step's log, beside the backend's L2 logs."""
+    text = ["# reports", *(f"\n## {c.describe()}\n" + "\n".join(
+        c.report.lines if c.report else ()) for c in said)]
+    for window in windows:
+        text.append(f"\n# L1 kernel log during {window.step} (taint {window.tainted_before:#x} "
+                    f"-> {window.tainted_after:#x})")
+        text.extend(f"[{line.usec / 1e6:12.6f}] {line.text}" for line in window.lines)
+    (out / "l1-kernel-reports.txt").write_text("\n".join(text) + "\n")
 
 
 def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: float,
@@ -179,7 +224,8 @@ def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: f
         check = registry.get(cell.check)
         duration = shared_seconds + timer.steps.get(check.own_step or "", 0.0)
         try:
-            verdict = check.verdict(evidence)
+            verdict = kernel_health.judge(
+                check.verdict(evidence), [w for w in evidence.kernel if check.stands_on(w.step)])
         except Exception as e:  # a bug in a verdict: this cell errs, the others stand
             results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
                                       {"traceback": traceback.format_exc()}, duration,

@@ -65,7 +65,14 @@ FINDINGS = {
                            "(EOPNOTSUPP, -95)",
     "read-missing": "edu's DMA read from the BAR did not bring back what L2 reads there "
                        "through the BAR's mmap",
+    "kernel-splat": "the L1 kernel logged a report of its own (WARNING, BUG, Oops, refcount, "
+                    "lockdep, KASAN/KFENCE/UBSAN, hung task, soft lockup) or took a new taint "
+                    "during the cell's steps",
 }
+#: The kernel's own complaint (verdicts/kernel_health.py): a finding no expected failure's
+#: signature explains away, unless it names it.
+SPLAT = "kernel-splat"
+FATAL = frozenset({SPLAT})
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py restore BDF...               undo bind: back to no override
   vfio_l1.py probe BDF...                 does the kernel offer VFIO dma-buf per device?
   vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
+  vfio_l1.py kmsg [SINCE]                 the kernel's log records after sequence number
+                                          SINCE, and its taint
+  vfio_l1.py stack PID                    a task's kernel stacks (/proc/PID/task/*/stack)
   vfio_l1.py serve                        the same actions, one JSON line each way
   vfio_l1.py process PID [FILES [BDF...]]
       the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
@@ -294,8 +297,58 @@ def wait_closed(args):
         time.sleep(0.02)
 
 
+#: The helper's own /dev/kmsg descriptor: each read returns only records it has not yet
+#: returned, so a question costs what came since the last one, not the whole boot log.
+_KMSG: list = []
+
+
+def kmsg(args):
+    """The kernel's log records after sequence number SINCE (all: -1), as
+    [seq, level, usec, text], and /proc/sys/kernel/tainted. A helper started afresh reads
+    from the first record kept; SINCE leaves out what an earlier one already returned."""
+    since = int(args[0]) if args else -1
+    if not _KMSG:
+        _KMSG.append(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))
+    records, lost = [], 0
+    while True:
+        try:
+            raw = os.read(_KMSG[0], 8192)
+        except BlockingIOError:
+            break
+        except BrokenPipeError:  # EPIPE: records overwritten before this reader got them
+            lost += 1
+            continue
+        if not raw:
+            break
+        head, _, body = raw.decode("utf-8", "replace").partition(";")
+        fields = head.split(",")
+        seq = int(fields[1])
+        if seq <= since:
+            continue
+        text = body.split("\n", 1)[0].replace("\\x0a", "\n")  # the dictionary lines left out
+        records.append([seq, int(fields[0]) & 7, int(fields[2]), text])
+    return {"records": records, "tainted": int(_read("/proc/sys/kernel/tainted", "0") or 0),
+            "lost": lost}
+
+
+def stack(args):
+    """The kernel stack of every task of PID (a QEMU stuck in a close, an ioctl, a quit),
+    with each task's state and what it waits in."""
+    pid = args[0]
+    tasks = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        base = f"/proc/{pid}/task/{tid}"
+        state = next((line.split(None, 1)[1] for line in
+                      (_read(base + "/status", "") or "").splitlines()
+                      if line.startswith("State:")), "?")
+        tasks[tid] = {"comm": _read(base + "/comm"), "state": state,
+                      "wchan": _read(base + "/wchan"), "stack": _read(base + "/stack", "")}
+    return {"pid": int(pid), "tasks": tasks}
+
+
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
-           "process": process, "wait-closed": wait_closed}
+           "process": process, "wait-closed": wait_closed,
+           "kmsg": kmsg, "stack": stack}
 
 
 def serve():

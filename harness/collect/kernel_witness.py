@@ -1,0 +1,48 @@
+"""The L1 kernel's log and taint, read after every step, so that what it says is the step's.
+
+One witness per L1 session. Its first read (the boot) and whatever it reads
+between the backends' L2s or at the end belong to no cell (`outside`); the
+reads after each timed step of a backend are that backend's evidence
+(`take`). A read costs one round trip to the guest helper, which keeps
+/dev/kmsg open and returns only records it has not returned before.
+"""
+
+from harness.base.errors import HarnessError
+from harness.evidence.kernel_log import KernelWindow
+from harness.l1.vfio import L1Vfio
+
+
+class KernelWitness:
+    def __init__(self, vfio: L1Vfio):
+        self.vfio = vfio
+        self.seq = -1
+        self.tainted = 0
+        self.windows: list[KernelWindow] = []
+        self.outside: list[KernelWindow] = []
+
+    def read(self, step: str) -> KernelWindow:
+        """What the kernel logged since the last read, as the window of `step`. Never raises:
+        an L1 that cannot answer gives a window that says why (missing evidence)."""
+        try:
+            lines, tainted = self.vfio.kernel_log(self.seq)
+        except HarnessError as e:
+            window = KernelWindow(step, (), self.tainted, self.tainted, e.message)
+        else:
+            if lines:
+                self.seq = lines[-1].seq
+            window = KernelWindow(step, lines, self.tainted, tainted)
+            self.tainted = tainted
+        self.windows.append(window)
+        return window
+
+    def between(self, when: str) -> KernelWindow:
+        """A read that belongs to no cell (the boot, between L2s, the end)."""
+        window = self.read(when)
+        self.windows.pop()
+        self.outside.append(window)
+        return window
+
+    def take(self) -> tuple[KernelWindow, ...]:
+        """The windows read since the last take, for one backend's evidence."""
+        taken, self.windows = tuple(self.windows), []
+        return taken
