@@ -23,6 +23,12 @@ l1-boot, matrix; --viommu then defaults to smmuv3).
   ci/benchmark.py ab-series [--runs 3]        `vfio-harness ab --candidate-kernel-patches`
                                               of the default matrix for a new one-file
                                               drivers/vfio series: from series to verdict
+  ci/benchmark.py witness [--runs 3] [--viommu V] [--kernel K]
+                                              what the kernel health witness (L1's log
+                                              and taint after every step) costs a cell:
+                                              `vfio-harness run` of one L1's 14 cells, the
+                                              witness's own seconds per cell (the larger
+                                              backend's), the run's time beside it
   ci/benchmark.py bisect [--runs 3]           `vfio-harness ab --bisect` of the 10-patch
                                               series whose 7th patch breaks whole-BAR
                                               dma-bufs (tests/data/series/bisect-10.mbox),
@@ -213,10 +219,22 @@ def bisect(args: argparse.Namespace) -> list[float]:
     return out
 
 
+def witness(args: argparse.Namespace) -> list[float]:
+    out, args.paired = [], []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as results:
+            args.paired.append(timed_cli(["run", "--results", results, "--arch", args.arch,
+                                          "--viommu", args.viommu, "--kernel", args.kernel]))
+            cells = json.loads((Path(results) / "results.json").read_text())["cells"]
+            out.append(max(c["evidence"]["kernel_witness_s"] for c in cells))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
-                                    "l2-scenario", "selection", "ab-series", "bisect"])
+                                    "l2-scenario", "selection", "ab-series", "bisect",
+                                    "witness"])
     p.add_argument("--runs", type=int)
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--viommu")
@@ -227,11 +245,11 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
     args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
-                              "selection": 3, "bisect": 3}.get(args.what, 5)
+                              "selection": 3, "bisect": 3, "witness": 3}.get(args.what, 5)
     args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
-          "ab-series": ab_series, "bisect": bisect}
+          "ab-series": ab_series, "bisect": bisect, "witness": witness}
     samples = fn[args.what](args)
     for i, s in enumerate(samples):
         print(json.dumps({"run": i, "seconds": round(s, 2)}))
@@ -240,7 +258,9 @@ def main() -> int:
                "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
                "arch": args.arch,
                **({"viommu": args.viommu, "kernel": args.kernel}
-                  if args.what in ("l1-boot", "l2-scenario") else {}),
+                  if args.what in ("l1-boot", "l2-scenario", "witness") else {}),
+               **({"per": "cell", "run_median_s": round(statistics.median(args.paired), 2)}
+                  if args.what == "witness" else {}),
                **({"backend": args.backend} if args.what == "l2-scenario" else {}),
                **({"cells": "creation" if args.creation else "all",
                    "jobs": args.jobs or "default"} if args.what == "matrix" else {}),

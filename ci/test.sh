@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 source ci/setup.sh
 step "L1 images (cache: ${VFIO_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-harness})"
 vfio-harness images build
+step "debug L1 kernel (the dmabuf kernel with lockdep, hung-task detection, KFENCE; from dmabuf's object tree)"
+vfio-harness images build --kernel debug
 step "arm64 L1 images (--arch aarch64: cross-built kernels, a rootfs configured by qemu-user)"
 vfio-harness images build --arch aarch64
 mkdir -p results

@@ -205,7 +205,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         f"x86_64, {', '.join(AARCH64.default_viommus)} on aarch64)")
     p.add_argument("--backend", action="append", choices=matrix.BACKENDS,
                    help="VFIO backend of L2 (repeatable; default: both)")
-    p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: all)")
+    p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: the "
+                   "recipe's matrix, dmabuf and no-dmabuf; debug on request)")
     p.add_argument("--check", action="append", choices=registry.names(),
                    help="check (repeatable; default: all)")
     p.add_argument("--results", type=Path, help="directory for results and artifacts "
@@ -777,7 +778,7 @@ def _selection(args: argparse.Namespace):
     return Selection(
         viommus=viommus,
         backends=tuple(args.backend or matrix.BACKENDS),
-        kernels=tuple(args.kernel or Recipe.load(platform=plat).kernels),
+        kernels=tuple(args.kernel or Recipe.load(platform=plat).matrix_kernels),
         checks=tuple(args.check or registry.names()), arch=plat.arch)
 
 

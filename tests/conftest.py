@@ -27,6 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 #: ci/test.sh hands out whole files to two workers in collection order: one of these
 #: started last would run on alone while the other worker sat idle.
 LONGEST_FIRST = ("tests/vm/test_adversaries.py", "tests/vm/test_series.py",
+                 "tests/vm/test_kernel_health.py",
                  "tests/pipelines/test_pipelines.py", "tests/vm/test_ab.py",
                  "tests/vm/test_failures.py", "tests/vm/test_front_ends.py", "tests/vm/test_l2.py",
                  "tests/vm/test_matrix.py", "tests/vm/test_l1.py", "tests/unit/test_bad_input.py",

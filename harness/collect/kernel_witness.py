@@ -7,6 +7,8 @@ reads after each timed step of a backend are that backend's evidence
 /dev/kmsg open and returns only records it has not returned before.
 """
 
+import time
+
 from harness.base.errors import HarnessError
 from harness.evidence.kernel_log import KernelWindow
 from harness.l1.vfio import L1Vfio
@@ -23,14 +25,17 @@ class KernelWitness:
     def read(self, step: str) -> KernelWindow:
         """What the kernel logged since the last read, as the window of `step`. Never raises:
         an L1 that cannot answer gives a window that says why (missing evidence)."""
+        began = time.monotonic()
         try:
             lines, tainted = self.vfio.kernel_log(self.seq)
         except HarnessError as e:
-            window = KernelWindow(step, (), self.tainted, self.tainted, e.message)
+            window = KernelWindow(step, (), self.tainted, self.tainted, e.message,
+                                  time.monotonic() - began)
         else:
             if lines:
                 self.seq = lines[-1].seq
-            window = KernelWindow(step, lines, self.tainted, tainted)
+            window = KernelWindow(step, lines, self.tainted, tainted,
+                                  read_s=time.monotonic() - began)
             self.tainted = tainted
         self.windows.append(window)
         return window

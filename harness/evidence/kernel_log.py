@@ -38,6 +38,7 @@ class KernelWindow:
     tainted_before: int
     tainted_after: int
     unread: str = ""   # why the kernel could not be asked after the step ("": it was)
+    read_s: float = 0.0  # what asking cost
 
     @property
     def new_taint(self) -> int:
@@ -67,6 +68,9 @@ class KernelReport:
 
 CUT_HERE = re.compile(r"^-+\[ cut here \]-+$")
 END = re.compile(r"^-+\[ end (trace|Kernel panic)")
+#: A WARN's own line: "WARNING: CPU: 0 PID: 412 at lib/refcount.c:28 FUNC" before Linux 7,
+#: "WARNING: lib/refcount.c:28 at FUNC, CPU#0: COMM/PID" in 7.2.
+WARN_AT = re.compile(r"^WARNING: (CPU: \d+ PID: \d+ at |\S+:\d+ at )")
 #: Headlines that start a report, in the order they are tried: (kind, pattern).
 HEADLINES = (
     ("kasan", re.compile(r"^BUG: KASAN: ")),
@@ -74,8 +78,9 @@ HEADLINES = (
     ("soft-lockup", re.compile(r"^(watchdog: )?BUG: soft lockup")),
     ("hung-task", re.compile(r"^INFO: task \S.* blocked for more than \d+ seconds")),
     ("rcu-stall", re.compile(r"^(rcu: )?INFO: rcu_\w+ (self-)?detected (stalls|stall)")),
-    ("warning", re.compile(r"^WARNING: CPU: \d+ PID: \d+ at ")),
-    ("lockdep", re.compile(r"^WARNING: .*(lock|RCU|rcu)")),
+    ("warning", WARN_AT),
+    ("lockdep", re.compile(r"^WARNING: (possible |inconsistent |bad unlock|suspicious RCU|"
+                           r"lock held|held lock|Nested lock|.*lock order|.*locking)")),
     ("lockdep", re.compile(r"^INFO: trying to register non-static key")),
     ("warning", re.compile(r"^WARNING: ")),
     ("bug", re.compile(r"^(kernel BUG at |BUG: )")),
@@ -85,7 +90,7 @@ HEADLINES = (
     ("panic", re.compile(r"^Kernel panic - not syncing")),
 )
 #: A line of a report that says where it was raised, kept apart from a WARN's message.
-WHERE = re.compile(r"^(WARNING: CPU: \d+ PID: \d+ at |kernel BUG at )")
+WHERE = re.compile(rf"{WARN_AT.pattern}|^kernel BUG at ")
 CALL_TRACE = re.compile(r"^\s*Call [Tt]race:")
 FRAME = re.compile(r"^\s+(\? )?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 #: Frames of the reporting machinery itself (and of a sleeping task), not of the code at fault.

@@ -53,6 +53,9 @@ class KernelVariant:
     #: The platform it is built for, and what each make is given for it (ARCH=, CROSS_COMPILE=).
     arch: str = X86_64.arch
     make_args: tuple[str, ...] = ()
+    #: The variant whose expectations it is held to ("": its own): the debug kernel is a
+    #: dmabuf kernel with the kernel's own checks on.
+    judged_as: str = ""
 
     def required_options(self) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -124,6 +127,8 @@ class Recipe:
     kernels: dict[str, KernelVariant]
     rootfs: Rootfs
     platform: Platform = X86_64
+    #: The variants a run takes by default and `images build` builds (the others on request).
+    matrix_kernels: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, directory: Path | None = None, platform: Platform = X86_64) -> "Recipe":
@@ -161,9 +166,14 @@ class Recipe:
                     unchecked=files(k.get("unchecked", {}).get(name, [])),
                     patches=files(k.get("patches", [])),
                     built_from=k.get("built_from", {}).get(name),
-                    arch=platform.arch, make_args=tuple(platform.make_args()))
+                    arch=platform.arch, make_args=tuple(platform.make_args()),
+                    judged_as=k.get("judged_as", {}).get(name, name))
                 for name, frags in k["variants"].items()
             }
+            default = tuple(k.get("matrix", {}).get("default", kernels))
+            for name in (*default, *(v.judged_as for v in kernels.values())):
+                if name not in kernels:
+                    raise BadInput(f"{path}: names kernel variant {name!r}, which is not one")
             for name, v in kernels.items():
                 if v.built_from is not None and v.built_from not in kernels:
                     raise BadInput(f"{path}: kernel variant {name} is built from "
@@ -178,7 +188,7 @@ class Recipe:
         except KeyError as e:
             raise BadInput(f"{path}: missing key {e}") from None
         return cls(directory=directory, mirror=deb["mirror"], suite=deb["suite"],
-                   kernels=kernels, rootfs=rootfs, platform=platform)
+                   kernels=kernels, rootfs=rootfs, platform=platform, matrix_kernels=default)
 
 
 def _file_fingerprint(path: Path) -> tuple[str, str]:

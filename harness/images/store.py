@@ -189,7 +189,7 @@ class ImageStore:
             build()
 
     def _variants(self, variants: list[str] | None) -> list[str]:
-        names = variants or list(self.recipe.kernels)
+        names = variants or list(self.recipe.matrix_kernels)
         unknown = [n for n in names if n not in self.recipe.kernels]
         if unknown:
             raise BadInput(f"unknown kernel variant {unknown[0]!r}; the recipe has "

@@ -23,7 +23,7 @@ class Selection:
 
     viommus: tuple[str, ...] = matrix.DEFAULT_VIOMMUS
     backends: tuple[str, ...] = matrix.BACKENDS
-    kernels: tuple[str, ...] = field(default_factory=lambda: tuple(Recipe.load().kernels))
+    kernels: tuple[str, ...] = field(default_factory=lambda: Recipe.load().matrix_kernels)
     checks: tuple[str, ...] = field(default_factory=registry.names)
     only: frozenset[str] | None = None  # cell ids; None: the whole cross product
     arch: str = X86_64.arch

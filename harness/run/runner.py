@@ -199,6 +199,8 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     own = {c.own_step for c in registry.REGISTRY.values() if c.own_step}
     shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
     record["summary"] = summarize(evidence, traces)
+    # what the kernel witness cost this backend, per cell (ci/benchmark.py witness)
+    record["kernel_witness_s"] = round(sum(w.read_s for w in evidence.kernel) / len(cells), 4)
     said = kernel_health.complaints(evidence.kernel)
     if said:
         write_reports(out, said, evidence.kernel)

@@ -1,4 +1,8 @@
-"""The kernel's reports read out of its log, and the witness's verdict over a cell."""
+"""The kernel's reports read out of its log, and the witness's verdict over a cell.
+
+tests/data/kernel/captured-*.txt are L1 logs as the witness read them (7.2.13, an
+adversarial series of tests/data/series); the others are written in the forms other
+kernels print (Linux 6.x's WARNING line, lockdep, hung task, an Oops, arm64)."""
 
 from pathlib import Path
 
@@ -36,6 +40,17 @@ def test_a_refcount_underflow_is_one_report_with_its_message_and_the_code_at_fau
                         "__fput")
     assert r.lines[-1].startswith("---[ end trace")
     assert not any("resetting" in x for x in r.lines)  # the lines around it are not its
+
+
+def test_linux_7_2s_refcount_warning_as_captured_from_the_double_put_series():
+    (r,) = reports(lines("captured-x86-7.2.13-double-put-at-l2-stop.txt"))
+    assert r.kind == "refcount"
+    assert r.headline == "refcount_t: underflow; use-after-free."
+    assert r.where == ("WARNING: lib/refcount.c:28 at refcount_warn_saturate+0x1b/0x70, "
+                       "CPU#0: call_rcu/93")
+    assert r.frames == ("vfio_pci_dma_buf_release", "dma_buf_release", "dentry_kill",
+                        "finish_dput")
+    assert r.lines[-1].startswith("---[ end trace")
 
 
 def test_an_arm64_warning_ends_with_its_call_trace():

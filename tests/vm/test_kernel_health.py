@@ -1,0 +1,90 @@
+"""The L1 kernel's own word, for real: adversarial kernel series whose bugs only the kernel
+itself reports (the fds close, the bytes arrive), caught by `ab` in the kernel's words and
+bisected to their patch; and the debug kernel variant, which must meet every expectation
+of the dmabuf kernel with its own checks on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.checks import matrix
+
+SERIES = Path(__file__).parent.parent / "data" / "series"
+
+
+def harness(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.usefixtures("images")
+def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_words(tmp_path):
+    """The series puts a dma-buf's kref when it is detached from its closed device and again
+    when it is released: every check of the feature still passes on its own evidence. The
+    order that trips it is a dma-buf released after its device was closed: the unplugged
+    ivshmem's, which QEMU 11.1.3 keeps open until L2 exits; there the kernel says
+    "refcount_t: underflow". It warns once per boot (refcount's WARN_ONCE; the taint stays
+    set), so the cells that stood on that L2's stop, the legacy backend's (it runs first),
+    are the new failures."""
+    p = harness("ab", "--candidate-kernel-patches",
+                str(SERIES / "0001-double-put-of-a-dmabuf-kref.mbox"), "--viommu",
+                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    for check in matrix.CHECKS:
+        assert f"+ intel-iommu-legacy-dmabuf-{check}: " in p.stdout, check
+    assert ("candidate: the L1 kernel complained during l2_stop: refcount: refcount_t: "
+            "underflow; use-after-free. (WARNING: lib/refcount.c:28 at ") in p.stdout
+    assert "call trace: vfio_pci_dma_buf_release < dma_buf_release" in p.stdout
+    # the expected failure is a plain failure now: its signature does not explain the splat
+    assert "+ intel-iommu-legacy-dmabuf-dmabuf-unplug: xfail -> fail" in p.stdout
+    record = json.loads((tmp_path / "compare.json").read_text())
+    legacy = len(matrix.CHECKS)
+    assert record["counts"]["new failure"] == legacy, record["counts"]
+    cells = {c["id"]: c for c in json.loads(
+        (tmp_path / "candidate" / "results.json").read_text())["cells"]}
+    cell = cells["intel-iommu-legacy-dmabuf-p2p-dma"]
+    assert "kernel-splat" in cell["findings"]
+    report = cell["evidence"]["kernel_reports"][0]
+    assert report["kind"] == "refcount" and report["step"] == "l2_stop"
+    assert "W" in report["new_taint"]
+    whole = tmp_path / "candidate" / cell["artifacts"] / "l1-kernel-reports.txt"
+    assert "---[ end trace" in whole.read_text()  # the whole report is kept
+    # the baseline's kernel said nothing in any cell
+    base = json.loads((tmp_path / "baseline" / "results.json").read_text())
+    assert all("kernel-splat" not in c["findings"] for c in base["cells"])
+    assert all(c["grounds"][-1] == "L1 kernel log and taint around each step: no report"
+               for c in base["cells"] if c["outcome"] in ("pass", "xfail"))
+
+
+@pytest.mark.usefixtures("images")
+def test_bisect_names_the_patch_that_brought_the_kernels_complaint(tmp_path):
+    """Three patches, the second the double put: the bisect names it (the unplug is the
+    check that releases a dma-buf after its device closed)."""
+    p = harness("ab", "--bisect", "--candidate-kernel-patches",
+                str(SERIES / "bisect-double-put-3.mbox"), "--viommu", "intel-iommu",
+                "--kernel", "dmabuf", "--backend", "legacy", "--check", "dmabuf-unplug",
+                "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    assert ('first bad patch 2/3 "vfio/pci: drop a dma-buf\'s mapping reference when it is '
+            'detached and when it is released"') in p.stdout, p.stdout
+    assert "--kernel-patches-first 2" in p.stdout
+
+
+def test_the_debug_kernel_meets_the_dmabuf_kernels_expectations_with_its_checks_on(
+        tmp_path, store):
+    config = (store.load(["debug"]).kernels["debug"].bzimage.parent / "config").read_text()
+    for option in ("CONFIG_PROVE_LOCKING=y", "CONFIG_DETECT_HUNG_TASK=y", "CONFIG_KFENCE=y",
+                   "CONFIG_DEBUG_OBJECTS=y", "CONFIG_VFIO_PCI_DMABUF=y"):
+        assert option in config, option
+    p = harness("run", "--viommu", "intel-iommu", "--kernel", "debug", "--results",
+                str(tmp_path), "--seed", "12")
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    record = json.loads((tmp_path / "results.json").read_text())
+    cells = record["cells"]
+    assert len(cells) == len(matrix.BACKENDS) * len(matrix.CHECKS)
+    assert {c["kernel"] for c in cells} == {"debug"}
+    assert not record["run"].get("kernel_outside_cells")  # a clean boot and teardown
+    assert all(c["met"] for c in cells)
