@@ -175,7 +175,7 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
                  traces: tuple[str, ...] = ()) -> list[CellResult]:
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    record = {"qemu_under_test": under_test.record()}
+    record: dict[str, object] = {"qemu_under_test": under_test.record()}
     gap = _environment_gap(be, through, under_test)
     if gap:
         return [CellResult.settled(c, "skip", gap, record, 0.0, str(out)) for c in cells]

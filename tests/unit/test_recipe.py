@@ -43,7 +43,8 @@ def test_common_fragment_changes_both_kernels_not_rootfs(recipe_dir):
     with (recipe_dir / "kernel/vfio.config").open("a") as f:
         f.write("CONFIG_VFIO_DEBUGFS=y\n")
     after = keys(recipe_dir)
-    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf",
+                                                                  "kernel-debug"}
 
 
 def test_init_script_changes_rootfs_but_reuses_the_bootstrap(recipe_dir):
@@ -67,7 +68,8 @@ def test_kernel_pin_changes_both_kernels(recipe_dir):
     toml = recipe_dir / "recipe.toml"
     toml.write_text(toml.read_text().replace('version = "7.2.13-1"', 'version = "7.2.14-1"'))
     after = keys(recipe_dir)
-    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf",
+                                                                  "kernel-debug"}
 
 
 def test_missing_fragment_is_bad_input(recipe_dir):
@@ -86,7 +88,8 @@ def test_the_recipes_own_patch_changes_both_kernels_and_their_source(recipe_dir)
     with (recipe_dir / "kernel/patches/vfio-pci-dmabuf-prompt.patch").open("a") as f:
         f.write(" \n")
     after = keys(recipe_dir)
-    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf"}
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf",
+                                                                  "kernel-debug"}
     assert Recipe.load(recipe_dir).kernels["dmabuf"].patches_tag() not in ("", tag)
 
 

@@ -82,12 +82,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         config = metafunc.config
         cells = matrix.cells(
             viommus=config.getoption("--matrix-viommu") or matrix.DEFAULT_VIOMMUS,
-            kernels=config.getoption("--kernel") or list(Recipe.load().kernels))
+            kernels=config.getoption("--kernel") or list(Recipe.load().matrix_kernels))
         metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
     if "l1_params" in metafunc.fixturenames:
         config = metafunc.config
         viommus = config.getoption("--viommu") or DEFAULT_VIOMMUS
-        kernels = config.getoption("--kernel") or list(Recipe.load().kernels)
+        kernels = config.getoption("--kernel") or list(Recipe.load().matrix_kernels)
         pairs = [(v, k) for v in viommus for k in kernels]
         metafunc.parametrize("l1_params", pairs, ids=[f"{v}-{k}" for v, k in pairs],
                              scope="module")
