@@ -22,29 +22,28 @@ class KernelWitness:
         self.windows: list[KernelWindow] = []
         self.outside: list[KernelWindow] = []
 
-    def read(self, step: str) -> KernelWindow:
-        """What the kernel logged since the last read, as the window of `step`. Never raises:
-        an L1 that cannot answer gives a window that says why (missing evidence)."""
+    def read(self, step: str) -> None:
+        """What the kernel logged since the last read, as the window of `step`."""
+        self.windows.append(self._ask(step))
+
+    def between(self, when: str) -> None:
+        """A read that belongs to no cell (the boot, between L2s, the end)."""
+        self.outside.append(self._ask(when))
+
+    def _ask(self, step: str) -> KernelWindow:
+        """Never raises: an L1 that cannot answer gives a window that says why (missing
+        evidence)."""
         began = time.monotonic()
         try:
             lines, tainted = self.vfio.kernel_log(self.seq)
         except HarnessError as e:
-            window = KernelWindow(step, (), self.tainted, self.tainted, e.message,
-                                  time.monotonic() - began)
-        else:
-            if lines:
-                self.seq = lines[-1].seq
-            window = KernelWindow(step, lines, self.tainted, tainted,
-                                  read_s=time.monotonic() - began)
-            self.tainted = tainted
-        self.windows.append(window)
-        return window
-
-    def between(self, when: str) -> KernelWindow:
-        """A read that belongs to no cell (the boot, between L2s, the end)."""
-        window = self.read(when)
-        self.windows.pop()
-        self.outside.append(window)
+            return KernelWindow(step, (), self.tainted, self.tainted, e.message,
+                                time.monotonic() - began)
+        if lines:
+            self.seq = lines[-1].seq
+        window = KernelWindow(step, lines, self.tainted, tainted,
+                              read_s=time.monotonic() - began)
+        self.tainted = tainted
         return window
 
     def take(self) -> tuple[KernelWindow, ...]:

@@ -179,12 +179,6 @@ class L1Vfio:
         """(the kernel's log lines after record `since`, its taint now): one round trip."""
         return parse_kmsg(self._call("kmsg", str(since), timeout=timeout))
 
-    def stacks(self, pid: int, timeout: float = 15.0) -> str:
-        """The kernel stacks of a process's tasks, as text for a reason and an artifact."""
-        answer = self._call("stack", str(pid), timeout=timeout)
-        return "\n".join(f"task {tid} ({t['comm']}) state {t['state']}, in {t['wchan']}:\n"
-                         f"{t['stack']}" for tid, t in answer["tasks"].items())
-
 
 def parse_probes(answer: dict) -> dict[str, DmabufProbe]:
     return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])

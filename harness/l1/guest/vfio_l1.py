@@ -12,7 +12,6 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
   vfio_l1.py kmsg [SINCE]                 the kernel's log records after sequence number
                                           SINCE, and its taint
-  vfio_l1.py stack PID                    a task's kernel stacks (/proc/PID/task/*/stack)
   vfio_l1.py serve                        the same actions, one JSON line each way
   vfio_l1.py process PID [FILES [BDF...]]
       the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
@@ -331,24 +330,9 @@ def kmsg(args):
             "lost": lost}
 
 
-def stack(args):
-    """The kernel stack of every task of PID (a QEMU stuck in a close, an ioctl, a quit),
-    with each task's state and what it waits in."""
-    pid = args[0]
-    tasks = {}
-    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
-        base = f"/proc/{pid}/task/{tid}"
-        state = next((line.split(None, 1)[1] for line in
-                      (_read(base + "/status", "") or "").splitlines()
-                      if line.startswith("State:")), "?")
-        tasks[tid] = {"comm": _read(base + "/comm"), "state": state,
-                      "wchan": _read(base + "/wchan"), "stack": _read(base + "/stack", "")}
-    return {"pid": int(pid), "tasks": tasks}
-
-
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
-           "kmsg": kmsg, "stack": stack}
+           "kmsg": kmsg}
 
 
 def serve():
