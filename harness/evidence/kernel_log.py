@@ -7,7 +7,11 @@ in the wrong order) show nowhere else: the ioctl returns, the fd closes, the
 bytes arrive. So the harness reads L1's log (/dev/kmsg records, with their
 sequence numbers) around every step and parses here, once, which records make
 up a report: where it starts (the "cut here" line, or the report's own
-headline), its headline, the top of its call trace, and every line of it.
+header, as the table of classes in report_classes.py knows them), its title
+and guilty frame (syzbot's way: "WARNING: refcount bug in FUNC"), its
+headline, the top of its call trace, and every line of it. Only the kernel's
+own records count: a line userspace wrote into the log (its facility says so)
+never starts or joins a report.
 
 `tainted` is /proc/sys/kernel/tainted: a bit the kernel sets when it warned,
 oopsed or locked up stays set, so a bit that was not set before a step and is
@@ -17,6 +21,11 @@ after is a complaint of its own, even where the report's text was lost.
 import re
 from dataclasses import dataclass
 
+from harness.evidence.guilty_frame import BACKTRACE, CALL_TRACE, guilty, top
+from harness.evidence.report_classes import classify, warn_at
+
+#: syslog's facility of the kernel's own records (LOG_KERN).
+KERNEL = 0
 #: Taint bits and their letters (Documentation/admin-guide/tainted-kernels.rst).
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
 
@@ -27,6 +36,13 @@ class LogLine:
     level: int    # 0 emerg .. 7 debug
     usec: int     # since boot
     text: str
+    facility: int = KERNEL  # syslog facility: 0 the kernel's own; userspace writes 1 and up
+
+    @property
+    def kernel(self) -> bool:
+        """Whether the kernel wrote it (a write to /dev/kmsg can choose its level, never
+        facility 0: devkmsg_write keeps LOG_USER for it)."""
+        return self.facility == KERNEL
 
 
 @dataclass(frozen=True)
@@ -47,7 +63,9 @@ class KernelWindow:
 
 @dataclass(frozen=True)
 class KernelReport:
-    kind: str                 # warning, bug, oops, lockdep, kasan, kfence, ubsan, hung-task, ...
+    kind: str                 # warning, refcount, lockdep, bug, oops, kasan, hung-task, ...
+    title: str                # syzbot's kind of title: "WARNING: refcount bug in FUNC"
+    guilty: str               # the function the report is about ("" if none was found)
     headline: str             # the report's first line (a WARN's message, if it has one)
     where: str                # the WARNING/BUG line that says where, if apart from the headline
     frames: tuple[str, ...]   # the top of its call trace, the reporting machinery left out
@@ -55,87 +73,66 @@ class KernelReport:
     usec: int
 
     def summary(self) -> str:
-        """One line for a reason: the headline, where, and the top of the call trace."""
+        """One line for a reason: the title, then the kernel's own words (headline, where,
+        the top of the call trace)."""
         said = self.headline + (f" ({self.where})" if self.where else "")
+        said = f"{self.title}: {said}" if said != self.title else said
         if self.frames:
             said += "; call trace: " + " < ".join(self.frames)
         return said
 
     def record(self) -> dict:
-        return {"kind": self.kind, "headline": self.headline, "where": self.where,
-                "frames": list(self.frames), "usec": self.usec, "lines": list(self.lines)}
+        return {"kind": self.kind, "title": self.title, "guilty": self.guilty,
+                "headline": self.headline, "where": self.where, "frames": list(self.frames),
+                "usec": self.usec, "lines": list(self.lines)}
 
 
 CUT_HERE = re.compile(r"^-+\[ cut here \]-+$")
 END = re.compile(r"^-+\[ end (trace|Kernel panic)")
-#: A WARN's own line: "WARNING: CPU: 0 PID: 412 at lib/refcount.c:28 FUNC" before Linux 7,
-#: "WARNING: lib/refcount.c:28 at FUNC, CPU#0: COMM/PID" in 7.2.
-WARN_AT = re.compile(r"^WARNING: (CPU: \d+ PID: \d+ at |\S+:\d+ at )")
-#: Headlines that start a report, in the order they are tried: (kind, pattern).
-HEADLINES = (
-    ("kasan", re.compile(r"^BUG: KASAN: ")),
-    ("kfence", re.compile(r"^BUG: KFENCE: ")),
-    ("soft-lockup", re.compile(r"^(watchdog: )?BUG: soft lockup")),
-    ("hung-task", re.compile(r"^INFO: task \S.* blocked for more than \d+ seconds")),
-    ("rcu-stall", re.compile(r"^(rcu: )?INFO: rcu_\w+ (self-)?detected (stalls|stall)")),
-    ("warning", WARN_AT),
-    ("lockdep", re.compile(r"^WARNING: (possible |inconsistent |bad unlock|suspicious RCU|"
-                           r"lock held|held lock|Nested lock|.*lock order|.*locking)")),
-    ("lockdep", re.compile(r"^INFO: trying to register non-static key")),
-    ("warning", re.compile(r"^WARNING: ")),
-    ("bug", re.compile(r"^(kernel BUG at |BUG: )")),
-    ("oops", re.compile(r"^(Oops: |Internal error: |general protection fault|"
-                        r"Unable to handle kernel )")),
-    ("ubsan", re.compile(r"^UBSAN: ")),
-    ("panic", re.compile(r"^Kernel panic - not syncing")),
-)
 #: A line of a report that says where it was raised, kept apart from a WARN's message.
-WHERE = re.compile(rf"{WARN_AT.pattern}|^kernel BUG at ")
-CALL_TRACE = re.compile(r"^\s*Call [Tt]race:")
-FRAME = re.compile(r"^\s+(\? )?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
-#: Frames of the reporting machinery itself (and of a sleeping task), not of the code at fault.
-MACHINERY = re.compile(
-    r"^(dump_stack\w*|show_stack|__warn\w*|warn_\w+|report_bug|handle_bug|exc_\w+|asm_exc_\w+|"
-    r"do_error_trap|do_trap|die|refcount_warn_saturate|__refcount_\w+|refcount_\w+|"
-    r"print_\w+|check_\w+|validate_chain|__lock_acquire|lock_acquire|lock_release|"
-    r"__might_\w+|__schedule|schedule\w*|io_schedule\w*|__wait_for_common|"
-    r"wait_for_completion\w*|do_wait_for_common|kasan_\w+|__kasan_\w+|kfence_\w+|"
-    r"ubsan_\w+|__ubsan_\w+|panic|debug_print_object|debug_object_\w+|"
-    r"bug_handler|call_break_hook|brk_handler|do_debug_exception|el1_\w+|el1h_\w+|"
-    r"arch_stack_walk|stack_trace_save\w*|dump_backtrace|__dump_stack|lockdep_\w+|"
-    r"_raw_spin_\w+|__mutex_lock\w*|mutex_lock\w*|down_\w+|rwsem_\w+)$")
-REFCOUNT = re.compile(r"refcount_t: |lib/refcount\.c")
+WHERE = re.compile(rf"{warn_at()}|^kernel BUG at ")
+#: Lines that open a list of frames: a call trace, or kmemleak's backtrace.
+TRACE_START = re.compile(rf"{CALL_TRACE.pattern}|{BACKTRACE.pattern}")
+#: Headlines that say what faulted after a header that said why (they continue its report).
+FAULT_LINES = ("Oops: ", "Internal error: ")
+FAULT_FIRSTS = ("BUG: ", "Unable to handle", "general protection", "kernel BUG at",
+                "Unhandled fault")
 MAX_LINES = 300
 TOP_FRAMES = 4
+#: Addresses and offsets vary from boot to boot; a title must not.
+VOLATILE = ((re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+"), ""),
+            (re.compile(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{8,}\b"), "ADDR"),
+            (re.compile(r"\s+"), " "))
 
 
 def headline_kind(text: str) -> str | None:
-    for kind, pattern in HEADLINES:
-        if pattern.match(text):
-            return kind
-    return None
+    found = classify(text)
+    return found[0].kind if found else None
 
 
 def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
-    """The reports among `lines`, in the order they were logged. A report runs from its
-    "cut here" line or headline to its "end trace" line, the end of its call trace (x86's
-    `</TASK>`; on arm64 the first line that is not a frame), the next report, or MAX_LINES.
-    Lines outside any report are left out (the window's artifact keeps them all)."""
-    out: list[KernelReport] = []
+    """The reports among the kernel's own `lines`, in the order they were logged. A
+    report runs from its "cut here" line or header to its "end trace" line, the end of
+    its call trace (x86's `</TASK>`; on arm64 and in kmemleak's backtrace the first line
+    that is not a frame), the next report, or MAX_LINES; a report that ends another (a
+    panic after a WARNING) is part of it. Lines userspace wrote and lines outside any
+    report are left out (the window's artifact keeps them all)."""
+    segments: list[tuple[list[LogLine], object]] = []   # (lines, the class that began it)
     current: list[LogLine] | None = None
+    began = None
     # None, "pending" (after "Call trace:"), "task" (x86, up to </TASK>), "closed" (after
-    # it) or "frames" (arm64: indented lines)
+    # it) or "frames" (arm64, kmemleak: indented lines)
     trace: str | None = None
 
     def finish() -> None:
-        nonlocal current, trace
+        nonlocal current, trace, began
         if current:
-            report = _report(current)
-            if report:
-                out.append(report)
-        current, trace = None, None
+            segments.append((current, began))
+        current, trace, began = None, None, None
 
     for line in lines:
+        if not line.kernel:
+            continue
         text = line.text.rstrip()
         if trace == "closed":  # after x86's </TASK>: only a WARN's end line is still its
             if END.match(text):
@@ -147,9 +144,10 @@ def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
             finish()
             current = []
             continue
-        if headline_kind(text) and not (current is not None and _continues(current, text)):
+        found = classify(text)
+        if found and not (current is not None and _continues(current, text)):
             finish()
-            current = [line]
+            current, began = [line], found[0]
             continue
         if current is None:
             continue
@@ -158,73 +156,80 @@ def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
             finish()  # the arm64 call trace ended; this line is not the report's
             continue
         current.append(line)
+        if found and began is None:
+            began = found[0]
         if END.match(text) or len(current) >= MAX_LINES:
             finish()
-        elif CALL_TRACE.match(text):
+        elif TRACE_START.match(text):
             trace = "pending"
         elif trace == "pending":
             trace = "task" if stripped == "<TASK>" else "frames"
         elif trace == "task" and stripped == "</TASK>":
             trace = "closed"
     finish()
-    return out
+    merged: list[list[LogLine]] = []
+    kinds: list[str] = []
+    for seg, cls in segments:
+        joins = getattr(cls, "joins", ())
+        if merged and ("*" in joins or kinds[-1] in joins):
+            merged[-1] = merged[-1] + seg
+            continue
+        merged.append(seg)
+        kinds.append(getattr(cls, "kind", "warning"))
+    return [r for r in (_report(seg) for seg in merged) if r]
 
 
 def _continues(current: list[LogLine], text: str) -> bool:
-    """A headline that belongs to the report it follows: a WARN's WARNING line after its
+    """A header that belongs to the report it follows: a WARN's WARNING line after its
     message, the Oops line after a BUG that says what faulted."""
-    if any(CALL_TRACE.match(x.text) for x in current):
+    if any(TRACE_START.match(x.text) for x in current):
         return False
     if WHERE.match(text):
         return not any(WHERE.match(x.text) for x in current)
     first = current[0].text if current else ""
-    return text.startswith(("Oops: ", "Internal error: ")) and first.startswith(
-        ("BUG: ", "Unable to handle", "general protection"))
+    return text.startswith(FAULT_LINES) and first.startswith(FAULT_FIRSTS)
 
 
 def _report(lines: list[LogLine]) -> KernelReport | None:
     texts = [x.text.rstrip() for x in lines]
-    kinds = [(i, headline_kind(t)) for i, t in enumerate(texts)]
-    found = [(i, k) for i, k in kinds if k]
-    if not found:
+    if not texts:
+        return None
+    first = next(((i, c) for i, t in enumerate(texts) if (c := classify(t))), None)
+    if first is None:
         # a "cut here" block with no WARNING/BUG line: the report was cut off; its first
         # line is all there is
-        if not texts:
-            return None
-        return KernelReport("warning", texts[0], "", _frames(texts), tuple(texts),
-                            lines[0].usec)
-    index, kind = found[0]
+        return KernelReport("warning", normalise(f"WARNING (cut off): {texts[0]}"), "",
+                            texts[0], "", top(texts, TOP_FRAMES), tuple(texts), lines[0].usec)
+    index, found = first
+    cls, match = found
     headline = texts[0] if index > 0 and texts[0] else texts[index]
     where = texts[index] if headline != texts[index] else ""
-    if kind == "warning" and REFCOUNT.search("\n".join(texts[:index + 1])):
-        kind = "refcount"
-    return KernelReport(kind, headline, where, _frames(texts), tuple(texts), lines[0].usec)
+    fields = {k: v or "" for k, v in match.groupdict().items()}
+    if cls.detail:
+        for text in texts:
+            m = cls.detail.search(text)
+            if m:
+                fields.update({k: v or "" for k, v in m.groupdict().items()})
+                break
+    frame = guilty(cls.frames, texts, fields.get("func", ""), cls.skip)
+    fmt = cls.title if frame or "{frame}" not in cls.title else cls.title.replace(
+        " in {frame}", "")
+    title = normalise(fmt.format_map(_Blank(fields, frame=frame)))
+    return KernelReport(cls.kind, title, frame, headline, where, top(texts, TOP_FRAMES),
+                        tuple(texts), lines[0].usec)
 
 
-def _frames(texts: list[str]) -> tuple[str, ...]:
-    """The top of the first call trace: the function names, unreliable ('?') frames and the
-    reporting machinery left out."""
-    out: list[str] = []
-    seen = False
-    for text in texts:
-        if CALL_TRACE.match(text):
-            if seen and out:
-                break
-            seen = True
-            continue
-        if not seen:
-            continue
-        m = FRAME.match(text)
-        if not m:
-            if out and not text.strip().startswith("<"):
-                break
-            continue
-        if m.group(1) or MACHINERY.match(m.group(2)):
-            continue
-        out.append(m.group(2))
-        if len(out) == TOP_FRAMES:
-            break
-    return tuple(out)
+class _Blank(dict):
+    """Title fields: a group the header did not fill is empty, never a KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def normalise(title: str) -> str:
+    for pattern, by in VOLATILE:
+        title = pattern.sub(by, title)
+    return title.strip(" .,:;!")
 
 
 def taint_letters(bits: int) -> str:
@@ -233,9 +238,11 @@ def taint_letters(bits: int) -> str:
 
 
 def parse_kmsg(answer: dict) -> tuple[tuple[LogLine, ...], int]:
-    """The guest helper's answer to `kmsg` (records as [seq, level, usec, text])."""
+    """The guest helper's answer to `kmsg` (records as [seq, level, usec, text, facility];
+    a helper of before the facility was read sends four fields: the kernel's)."""
     lines = []
-    for seq, level, usec, text in answer.get("records", ()):
+    for seq, level, usec, text, *facility in answer.get("records", ()):
         for part in str(text).split("\n"):
-            lines.append(LogLine(int(seq), int(level), int(usec), part))
+            lines.append(LogLine(int(seq), int(level), int(usec), part,
+                                 int(facility[0]) if facility else KERNEL))
     return tuple(lines), int(answer.get("tainted", 0))

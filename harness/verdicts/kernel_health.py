@@ -26,7 +26,7 @@ class Complaint:
         taint = f" (taint +{taint_letters(self.new_taint)})" if self.new_taint else ""
         if self.report is None:
             return f"during {self.step}: the kernel took a new taint{taint} and logged no report"
-        return f"during {self.step}: {self.report.kind}: {self.report.summary()}{taint}"
+        return f"during {self.step}: {self.report.summary()}{taint}"
 
     def record(self) -> dict:
         return {"step": self.step, "new_taint": taint_letters(self.new_taint),

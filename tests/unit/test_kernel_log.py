@@ -102,9 +102,9 @@ def test_a_report_fails_a_passing_cell_in_the_kernels_words():
     v = kernel_health.judge(PASSED, [window("l2_start"),
                                      window("l2_stop", "x86-refcount-underflow.txt", 0, 512)])
     assert v.observed == "fail" and SPLAT in v.findings
-    assert v.reason.startswith("the L1 kernel complained during l2_stop: refcount: "
-                               "refcount_t: underflow; use-after-free. (WARNING: CPU: 0 PID: "
-                               "412 at lib/refcount.c:28")
+    assert v.reason.startswith("the L1 kernel complained during l2_stop: WARNING: refcount "
+                               "bug in vfio_pci_dma_buf_release: refcount_t: underflow; "
+                               "use-after-free. (WARNING: CPU: 0 PID: 412 at lib/refcount.c:28")
     assert "call trace: vfio_pci_dma_buf_release < dma_buf_release" in v.reason
     assert "(taint +W)" in v.reason and v.reason.endswith("the check itself: pass: all good")
     assert v.evidence["kernel_reports"][0]["lines"][0] == "refcount_t: underflow; use-after-free."

@@ -303,8 +303,10 @@ _KMSG: list = []
 
 def kmsg(args):
     """The kernel's log records after sequence number SINCE (all: -1), as
-    [seq, level, usec, text], and /proc/sys/kernel/tainted. A helper started afresh reads
-    from the first record kept; SINCE leaves out what an earlier one already returned."""
+    [seq, level, usec, text, facility], and /proc/sys/kernel/tainted (facility 0 is the
+    kernel's own; what userspace writes into /dev/kmsg gets 1 or more). A helper started
+    afresh reads from the first record kept; SINCE leaves out what an earlier one already
+    returned."""
     since = int(args[0]) if args else -1
     if not _KMSG:
         _KMSG.append(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))
@@ -325,7 +327,7 @@ def kmsg(args):
         if seq <= since:
             continue
         text = body.split("\n", 1)[0].replace("\\x0a", "\n")  # the dictionary lines left out
-        records.append([seq, int(fields[0]) & 7, int(fields[2]), text])
+        records.append([seq, int(fields[0]) & 7, int(fields[2]), text, int(fields[0]) >> 3])
     return {"records": records, "tainted": int(_read("/proc/sys/kernel/tainted", "0") or 0),
             "lost": lost}
 
