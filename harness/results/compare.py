@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.results import bisection
 from harness.results.results_file import load, reproduce
+from harness.verdicts import kernel_health
 
 NEW_FAILURE, FIXED, STILL_FAILING, UNCHANGED, INFRASTRUCTURE, ONE_SIDE = (
     "new failure", "fixed", "still failing", "unchanged", "infrastructure error",
@@ -84,7 +85,16 @@ def _infrastructure(cell: dict | None) -> bool:
                 and cell.get("infrastructure"))
 
 
+def kernel_titles(cell: dict | None) -> set[str]:
+    """The titles of the kernel reports a cell stood on ("WARNING: refcount bug in F")."""
+    return set(kernel_health.titles((cell or {}).get("evidence")))
+
+
 def classify(baseline: dict | None, candidate: dict | None) -> str:
+    """A cell's change. The kernel's reports are held by title: a report the baseline's
+    kernel made too is the base's known bug, not the candidate's (the cell is unchanged
+    when the check itself saw the same on both sides); a title only the candidate's kernel
+    gave is a new failure even where the baseline failed too."""
     if baseline is None or candidate is None:
         return ONE_SIDE
     if _infrastructure(baseline) or _infrastructure(candidate):
@@ -94,18 +104,38 @@ def classify(baseline: dict | None, candidate: dict | None) -> str:
     if not baseline["met"] and candidate["met"]:
         return FIXED
     if not baseline["met"]:
+        before, after = kernel_titles(baseline), kernel_titles(candidate)
+        if after - before:
+            return NEW_FAILURE
+        if after and after == before and _check_saw(baseline) == _check_saw(candidate):
+            return UNCHANGED
         return STILL_FAILING
     return UNCHANGED
+
+
+def _check_saw(cell: dict) -> tuple:
+    """What the check itself observed under a kernel report (kernel_health keeps it)."""
+    evidence = cell.get("evidence") or {}
+    return cell["outcome"], evidence.get("check_observed"), tuple(sorted(cell.get("findings", [])))
+
+
+def kernel_changes(baseline: dict, candidate: dict) -> list[str]:
+    """Both sides' kernel report titles: new, gone, and said on both."""
+    before, after = kernel_titles(baseline), kernel_titles(candidate)
+    return ([f"+ kernel report: {t}" for t in sorted(after - before)]
+            + [f"- kernel report gone: {t}" for t in sorted(before - after)]
+            + [f"= kernel report on both sides: {t}" for t in sorted(before & after)])
 
 
 def evidence_changes(baseline: dict, candidate: dict) -> list[str]:
     """What changed between two cells' evidence summaries, one line per change."""
     a = baseline.get("evidence", {}).get("summary") or {}
     b = candidate.get("evidence", {}).get("summary") or {}
+    out = kernel_changes(baseline, candidate)
     if not a or not b:
-        return ["no evidence summary on " + ("either side" if not a and not b else
-                                             "the baseline" if not a else "the candidate")]
-    out = []
+        return out + ["no evidence summary on " + ("either side" if not a and not b else
+                                                   "the baseline" if not a else
+                                                   "the candidate")]
     for event in sorted(set(a.get("events", {})) | set(b.get("events", {}))):
         ea, eb = a.get("events", {}).get(event, {}), b.get("events", {}).get(event, {})
         for subject in sorted(set(ea) | set(eb)):
@@ -194,6 +224,11 @@ def text(c: Comparison) -> str:
             if status == NEW_FAILURE and cell.candidate:
                 lines.append(f"      reproduce: {reproduce(cell.candidate, c.candidate_run)}")
         lines.append("")
+    known = sorted({t for cell in c.by_status(UNCHANGED) for t in kernel_titles(cell.candidate)})
+    if known:
+        lines += ["Unchanged: the baseline's kernel made the same report(s) in the same cells "
+                  "(a known bug of the base, not the candidate's):",
+                  *(f"  = {t}" for t in known), ""]
     verdict = ("REGRESSION: the candidate broke what the baseline did" if c.regressions else
                "UNKNOWN: infrastructure errors hide some cells" if c.by_status(INFRASTRUCTURE)
                else "no regression")

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from harness.base import files
+from harness.verdicts import kernel_health
 
 ORIGIN = "vfio_harness"
 VERSION = {"major": 5, "minor": 3}
@@ -75,6 +76,7 @@ def document(*runs: dict) -> dict:
                          "expected": cell["expected"], "met": cell["met"],
                          "signature": cell.get("expected_signature", []),
                          "findings": cell.get("findings", []),
+                         "kernel_reports": kernel_health.titles(cell.get("evidence")),
                          "error_stage": cell.get("error_stage")}})
     return doc
 

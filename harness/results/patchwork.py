@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from harness.checks.matrix import CellResult
+from harness.verdicts import kernel_health
 
 CONTEXT = "vfio-harness"
 STATES = ("pending", "success", "warning", "fail")
@@ -36,13 +37,15 @@ def for_run(cells: list[CellResult], target_url: str, culprit=lambda cell_id: No
                                 f"errors ({infra[0].reason.splitlines()[0][:120]})", target_url)
     first = next(c for c in unmet if c not in infra)
     blamed = culprit(first.cell.id)
+    said = next((t for c in unmet for t in kernel_health.titles(c.evidence)), None)
     return check("fail", (f"{blamed}: " if blamed else "")
+                 + (f"the kernel: {said}; " if said else "")
                  + f"{len(unmet)} of {len(cells)} cells not as expected, first "
                    f"{first.cell.id}: {first.outcome}", target_url)
 
 
 def for_comparison(comparison, target_url: str) -> dict:
-    from harness.results.compare import INFRASTRUCTURE
+    from harness.results.compare import INFRASTRUCTURE, kernel_titles
 
     regressions = comparison.regressions
     infra = comparison.by_status(INFRASTRUCTURE)
@@ -50,7 +53,10 @@ def for_comparison(comparison, target_url: str) -> dict:
         names = ", ".join(c.id for c in regressions[:3])
         more = f" and {len(regressions) - 3} more" if len(regressions) > 3 else ""
         culprit = comparison.culprit(regressions[0].id)
+        said = next((t for c in regressions for t in sorted(kernel_titles(c.candidate)
+                                                              - kernel_titles(c.baseline))), None)
         return check("fail", (f"{culprit}: " if culprit else "")
+                     + (f"the kernel: {said}; " if said else "")
                      + f"{len(regressions)} new failure(s) against the baseline: "
                        f"{names}{more}", target_url)
     if infra:

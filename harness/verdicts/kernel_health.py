@@ -46,6 +46,14 @@ def complaints(windows: list[KernelWindow] | tuple[KernelWindow, ...]) -> list[C
     return out
 
 
+def titles(evidence: dict | None) -> list[str]:
+    """The titles of the kernel reports a cell's evidence holds, in the order they came
+    (a results.json cell's evidence and a CellResult's alike)."""
+    said = [r.get("title") or r.get("headline", "")
+            for r in (evidence or {}).get("kernel_reports") or ()]
+    return list(dict.fromkeys(said))
+
+
 def unread(windows) -> list[str]:
     return [f"after {w.step}: {w.unread}" for w in windows if w.unread]
 
@@ -56,6 +64,7 @@ def judge(verdict: Verdict, windows: list[KernelWindow]) -> Verdict:
     evidence = {**verdict.evidence, "kernel_windows": [w.step for w in windows]}
     if said:
         evidence["kernel_reports"] = [c.record() for c in said]
+        evidence["check_observed"] = verdict.observed  # compare holds it apart from the report
         first = said[0].describe()
         more = f" (and {len(said) - 1} more report(s))" if len(said) > 1 else ""
         return Verdict("fail", f"the L1 kernel complained {first}{more}; the check itself: "

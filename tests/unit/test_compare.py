@@ -110,3 +110,63 @@ def test_the_compare_command_exit_codes(tmp_path, sides, code):
     assert "Traceback" not in p.stderr
     if code == 2:
         assert "vfio-harness: error: no results.json at /nonexistent" in p.stderr
+
+
+KERNEL = Path(__file__).parent.parent / "data" / "kernel"
+
+
+def _kernel_said(*samples: str):
+    """An edit: the dmabuf kernel's legacy cells fail on the kernel reports of `samples`
+    (the witness's verdict, on the samples' lines), over what their checks saw."""
+    from harness.evidence.kernel_log import KernelWindow, LogLine
+    from harness.verdicts import kernel_health
+    from harness.verdicts.creation import Verdict
+
+    def edit(data):
+        for cell in data["cells"]:
+            if (cell["kernel"], cell["backend"]) != ("dmabuf", "legacy"):
+                continue
+            windows = [KernelWindow("l2_stop", tuple(
+                LogLine(i, 4, 0, t) for i, t in enumerate((KERNEL / s).read_text().splitlines())),
+                0, 1 << 9) for s in samples]
+            v = kernel_health.judge(Verdict(cell["outcome"], cell["reason"], cell["evidence"],
+                                            frozenset(cell["findings"]), ()), windows)
+            cell.update(outcome=v.observed, met=False, reason=v.reason, evidence=v.evidence,
+                        findings=sorted(v.findings))
+    return edit
+
+
+REFCOUNT = "captured-x86-7.2.13-double-put-at-l2-stop.txt"
+
+
+def test_the_same_kernel_report_on_both_sides_is_the_bases_known_bug_not_a_regression(tmp_path):
+    base = _edited(tmp_path / "a", BASE, _kernel_said(REFCOUNT))
+    cand = _edited(tmp_path / "b", BASE, _kernel_said(REFCOUNT))
+    c = compare.compare(base, cand)
+    assert not c.regressions and not c.by_status(compare.STILL_FAILING) and c.exit_code() == 0
+    report = compare.text(c)
+    assert "= WARNING: refcount bug in vfio_pci_dma_buf_release" in report
+    assert report.rstrip().endswith("no regression")
+
+
+def test_a_new_kernel_report_title_is_a_new_failure_even_where_the_base_failed_too(tmp_path):
+    base = _edited(tmp_path / "a", BASE, _kernel_said(REFCOUNT))
+    cand = _edited(tmp_path / "b", BASE, _kernel_said(REFCOUNT, "x86-lockdep-circular.txt"))
+    c = compare.compare(base, cand)
+    legacy = [x for x in c.cells if "-legacy-dmabuf-" in x.id]
+    assert legacy and all(x.status == compare.NEW_FAILURE for x in legacy)
+    changes = legacy[0].evidence_changes
+    assert "+ kernel report: possible deadlock in vfio_pci_dma_buf_release" in changes
+    assert "= kernel report on both sides: WARNING: refcount bug in vfio_pci_dma_buf_release" \
+        in changes
+    report = compare.text(c)
+    assert "candidate: the L1 kernel complained during l2_stop: WARNING: refcount bug" in report
+    assert "+ kernel report: possible deadlock in vfio_pci_dma_buf_release" in report
+
+
+def test_a_kernel_report_the_candidate_no_longer_makes_is_a_fix(tmp_path):
+    base = _edited(tmp_path / "a", BASE, _kernel_said(REFCOUNT))
+    c = compare.compare(base, BASE)
+    fixed = c.by_status(compare.FIXED)
+    assert fixed and "- kernel report gone: WARNING: refcount bug in vfio_pci_dma_buf_release" \
+        in fixed[0].evidence_changes

@@ -69,3 +69,19 @@ def test_compare_writes_both_sides_as_checkouts(tmp_path):
     kcidb_io.schema.LATEST.validate(doc)
     assert len(doc["checkouts"]) == 2 and len({t["id"] for t in doc["tests"]}) == 2
     assert sorted(t["status"] for t in doc["tests"]) == ["FAIL", "PASS"]
+
+
+def test_a_cell_the_kernel_failed_carries_the_reports_title(tmp_path):
+    out, cells = make_run(tmp_path / "run", {("legacy", "p2p-dma"): "pass"})
+    said = {"kernel_reports": [{"title": "WARNING: refcount bug in vfio_pci_dma_buf_release"}]}
+    cells = [CellResult(c.cell, "fail", "the L1 kernel complained during l2_stop: WARNING: "
+                        "refcount bug in vfio_pci_dma_buf_release: ...", said, 1.0, c.artifacts,
+                        findings=frozenset({"kernel-splat"})) for c in cells]
+    results_file.write(out, cells, {**results_file.stamp("test", {}), "arch": "x86_64",
+                                    "seed": 1, "complete": True})
+    doc = kcidb.document(results_file.load(out))
+    kcidb_io.schema.LATEST.validate(doc)
+    (test,) = doc["tests"]
+    assert test["status"] == "FAIL"
+    assert test["misc"]["kernel_reports"] == ["WARNING: refcount bug in vfio_pci_dma_buf_release"]
+    assert "WARNING: refcount bug in vfio_pci_dma_buf_release" in test["comment"]

@@ -47,3 +47,13 @@ def test_compare_writes_the_check(tmp_path):
     assert p.returncode == 1
     record = json.loads(check.read_text())
     assert record["state"] == "fail" and record["target_url"].startswith("file://")
+
+
+def test_a_kernel_report_is_named_by_its_title_in_the_check():
+    said = {"kernel_reports": [{"title": "WARNING: refcount bug in vfio_pci_dma_buf_release",
+                                "headline": "refcount_t: underflow; use-after-free."}]}
+    splat = CellResult(Cell("intel-iommu", "legacy", "dmabuf", "p2p-dma"), "fail", "why",
+                       said, 1.0)
+    description = patchwork.for_run([cell("pass"), splat], URL)["description"]
+    assert description.startswith("the kernel: WARNING: refcount bug in "
+                                   "vfio_pci_dma_buf_release; 1 of 2 cells not as expected")
