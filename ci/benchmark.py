@@ -37,6 +37,11 @@ l1-boot, matrix; --viommu then defaults to smmuv3).
                                               beside it; the series' kernels are dropped
                                               before each run
 
+  ci/benchmark.py report-parse [--runs 5]     reading a 300-line kernel log into reports
+                                              (the captured refcount report, then every
+                                              class's sample in turn): seconds per parse,
+                                              the median of 50 parses per run
+
 Each prints one JSON line per run and a summary with the median; --json FILE
 appends the summary there. Run it on a machine doing nothing else.
 """
@@ -230,11 +235,31 @@ def witness(args: argparse.Namespace) -> list[float]:
     return out
 
 
+def report_parse(args: argparse.Namespace) -> list[float]:
+    from harness.evidence.kernel_log import LogLine, reports
+    from harness.evidence.report_classes import CLASSES
+
+    data = Path(__file__).resolve().parent.parent / "tests" / "data" / "kernel"
+    names = ["captured-x86-7.2.13-double-put-at-l2-stop.txt", *(c.sample for c in CLASSES)]
+    texts = [t for n in names for t in (data / n).read_text().splitlines()][:300]
+    lines = [LogLine(i, 4, i, t) for i, t in enumerate(texts)]
+    args.found = len(reports(lines))
+    out = []
+    for _ in range(args.runs):
+        each = []
+        for _ in range(50):
+            began = time.perf_counter()
+            reports(lines)
+            each.append(time.perf_counter() - began)
+        out.append(statistics.median(each))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
                                     "l2-scenario", "selection", "ab-series", "bisect",
-                                    "witness"])
+                                    "witness", "report-parse"])
     p.add_argument("--runs", type=int)
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--viommu")
@@ -249,19 +274,26 @@ def main() -> int:
     args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
-          "ab-series": ab_series, "bisect": bisect, "witness": witness}
+          "ab-series": ab_series, "bisect": bisect, "witness": witness,
+          "report-parse": report_parse}
     samples = fn[args.what](args)
+    def rounded(seconds: float) -> float:
+        return round(seconds, 2 if seconds >= 1 else 6)
+
     for i, s in enumerate(samples):
-        print(json.dumps({"run": i, "seconds": round(s, 2)}))
+        print(json.dumps({"run": i, "seconds": rounded(s)}))
     summary = {"benchmark": args.what, "runs": len(samples),
-               "median_s": round(statistics.median(samples), 2),
-               "min_s": round(min(samples), 2), "max_s": round(max(samples), 2),
+               "median_s": rounded(statistics.median(samples)),
+               "min_s": rounded(min(samples)), "max_s": rounded(max(samples)),
                "arch": args.arch,
                **({"viommu": args.viommu, "kernel": args.kernel}
                   if args.what in ("l1-boot", "l2-scenario", "witness") else {}),
                **({"per": "cell", "run_median_s": round(statistics.median(args.paired), 2)}
                   if args.what == "witness" else {}),
                **({"backend": args.backend} if args.what == "l2-scenario" else {}),
+               **({"per": "parse of 300 lines", "reports": args.found,
+                   "median_ms": round(statistics.median(samples) * 1000, 2)}
+                  if args.what == "report-parse" else {}),
                **({"cells": "creation" if args.creation else "all",
                    "jobs": args.jobs or "default"} if args.what == "matrix" else {}),
                **({"pytest": " ".join(SELECTED), "cli": " ".join(SELECTED_CLI),

@@ -201,20 +201,22 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     record["summary"] = summarize(evidence, traces)
     # what the kernel witness cost this backend, per cell (ci/benchmark.py witness)
     record["kernel_witness_s"] = round(sum(w.read_s for w in evidence.kernel) / len(cells), 4)
-    said = kernel_health.complaints(evidence.kernel)
-    if said:
-        write_reports(out, said, evidence.kernel)
+    write_reports(out, kernel_health.complaints(evidence.kernel), evidence.kernel)
     return judge(cells, evidence, timer, shared, str(out), record)
 
 
 def write_reports(out: Path, said: list, windows=()) -> None:
-    """The kernel's reports whole, and each step's log, beside the backend's L2 logs."""
-    text = ["# reports", *(f"\n## {c.describe()}\n" + "\n".join(
-        c.report.lines if c.report else ()) for c in said)]
+    """The kernel's reports whole, and each step's log, beside the backend's L2 logs (what
+    userspace wrote into the log is marked: it is never a report)."""
+    text = ["# reports" + ("" if said else ": none"),
+            *(f"\n## {c.describe()}\n" + "\n".join(c.report.lines if c.report else ())
+              for c in said)]
     for window in windows:
         text.append(f"\n# L1 kernel log during {window.step} (taint {window.tainted_before:#x} "
                     f"-> {window.tainted_after:#x})")
-        text.extend(f"[{line.usec / 1e6:12.6f}] {line.text}" for line in window.lines)
+        text.extend(f"[{line.usec / 1e6:12.6f}] "
+                    + ("" if line.kernel else f"(userspace, facility {line.facility}) ")
+                    + line.text for line in window.lines)
     (out / "l1-kernel-reports.txt").write_text("\n".join(text) + "\n")
 
 
