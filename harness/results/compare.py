@@ -67,16 +67,33 @@ class Comparison:
     def by_status(self, status: str) -> list[CellChange]:
         return [c for c in self.cells if c.status == status]
 
+    def outside(self) -> tuple[set[str], set[str]]:
+        """(titles the candidate's kernels gave outside every cell, the baseline's):
+        at a boot, between L2s, at the end."""
+        return outside_titles(self.candidate_run), outside_titles(self.baseline_run)
+
+    @property
+    def new_outside(self) -> list[str]:
+        """Outside-cell reports only the candidate's kernels made: new failures of the
+        run, if of no cell."""
+        candidate, baseline = self.outside()
+        return sorted(candidate - baseline)
+
     def exit_code(self) -> int:
         """0 nothing regressed, 1 something did (infrastructure errors count: nothing is
-        known of those cells)."""
-        return 1 if self.regressions or self.by_status(INFRASTRUCTURE) else 0
+        known of those cells; so does a new report outside every cell)."""
+        return 1 if (self.regressions or self.by_status(INFRASTRUCTURE)
+                     or self.new_outside) else 0
 
     def record(self) -> dict:
+        candidate, baseline = self.outside()
         return {"baseline": {"dir": str(self.baseline_dir), "run": self.baseline_run},
                 "candidate": {"dir": str(self.candidate_dir), "run": self.candidate_run},
                 "counts": {s: len(self.by_status(s)) for s in ORDER},
                 "cells": [c.record() for c in self.cells],
+                "kernel_outside_cells": {"new": self.new_outside,
+                                         "gone": sorted(baseline - candidate),
+                                         "both": sorted(candidate & baseline)},
                 **({"bisect": self.bisect} if self.bisect else {})}
 
 
@@ -111,6 +128,12 @@ def classify(baseline: dict | None, candidate: dict | None) -> str:
             return UNCHANGED
         return STILL_FAILING
     return UNCHANGED
+
+
+def outside_titles(run: dict) -> set[str]:
+    """The titles of what a run's L1 kernels said outside every cell."""
+    return {c.get("title") or c.get("headline") or c.get("said", "")
+            for l1 in run.get("kernel_outside_cells") or () for c in l1.get("complaints", ())}
 
 
 def _check_saw(cell: dict) -> tuple:
@@ -224,12 +247,20 @@ def text(c: Comparison) -> str:
             if status == NEW_FAILURE and cell.candidate:
                 lines.append(f"      reproduce: {reproduce(cell.candidate, c.candidate_run)}")
         lines.append("")
+    candidate, baseline = c.outside()
+    if candidate | baseline:
+        lines += ["Outside every cell (boots, between L2s, ends), the kernels' reports:",
+                  *(f"+ {t}" for t in sorted(candidate - baseline)),
+                  *(f"- gone: {t}" for t in sorted(baseline - candidate)),
+                  *(f"= on both sides: {t}" for t in sorted(candidate & baseline)), ""]
     known = sorted({t for cell in c.by_status(UNCHANGED) for t in kernel_titles(cell.candidate)})
     if known:
         lines += ["Unchanged: the baseline's kernel made the same report(s) in the same cells "
                   "(a known bug of the base, not the candidate's):",
                   *(f"  = {t}" for t in known), ""]
     verdict = ("REGRESSION: the candidate broke what the baseline did" if c.regressions else
+               "REGRESSION: the candidate's kernel made a new report outside every cell"
+               if c.new_outside else
                "UNKNOWN: infrastructure errors hide some cells" if c.by_status(INFRASTRUCTURE)
                else "no regression")
     lines.append(verdict)

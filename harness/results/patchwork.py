@@ -59,6 +59,9 @@ def for_comparison(comparison, target_url: str) -> dict:
                      + (f"the kernel: {said}; " if said else "")
                      + f"{len(regressions)} new failure(s) against the baseline: "
                        f"{names}{more}", target_url)
+    if comparison.new_outside:
+        return check("fail", f"the kernel: {comparison.new_outside[0]}; a new report outside "
+                             f"every cell (boot, between L2s or end)", target_url)
     if infra:
         return check("warning", f"no regression seen, but {len(infra)} cell(s) unknown "
                                 f"(infrastructure errors)", target_url)

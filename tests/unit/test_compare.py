@@ -170,3 +170,24 @@ def test_a_kernel_report_the_candidate_no_longer_makes_is_a_fix(tmp_path):
     fixed = c.by_status(compare.FIXED)
     assert fixed and "- kernel report gone: WARNING: refcount bug in vfio_pci_dma_buf_release" \
         in fixed[0].evidence_changes
+
+
+def _outside(*titles: str):
+    def edit(data):
+        data["run"]["kernel_outside_cells"] = [{"l1": "intel-iommu/dmabuf", "complaints": [
+            {"step": "L1 boot", "kind": "lockdep", "title": t, "said": f"during boot: {t}"}
+            for t in titles]}]
+    return edit
+
+
+def test_a_report_outside_every_cell_is_held_by_title_too(tmp_path):
+    lockdep = "possible deadlock in msi_domain_get_virq"
+    base = _edited(tmp_path / "a", BASE, _outside(lockdep))
+    same = compare.compare(base, _edited(tmp_path / "b", BASE, _outside(lockdep)))
+    assert same.exit_code() == 0 and "= on both sides: " + lockdep in compare.text(same)
+    new = compare.compare(base, _edited(tmp_path / "c", BASE, _outside(
+        lockdep, "WARNING in vfio_pci_core_close_device")))
+    assert new.exit_code() == 1 and new.new_outside == ["WARNING in vfio_pci_core_close_device"]
+    assert compare.text(new).rstrip().endswith(
+        "REGRESSION: the candidate's kernel made a new report outside every cell")
+    assert new.record()["kernel_outside_cells"]["both"] == [lockdep]

@@ -35,8 +35,9 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     for check in matrix.CHECKS:
         assert f"+ intel-iommu-legacy-dmabuf-{check}: " in p.stdout, check
-    assert ("candidate: the L1 kernel complained during l2_stop: refcount: refcount_t: "
-            "underflow; use-after-free. (WARNING: lib/refcount.c:28 at ") in p.stdout
+    assert ("candidate: the L1 kernel complained during l2_stop: WARNING: refcount bug in "
+            "vfio_pci_dma_buf_release: refcount_t: underflow; use-after-free. (WARNING: "
+            "lib/refcount.c:28 at ") in p.stdout
     assert "call trace: vfio_pci_dma_buf_release < dma_buf_release" in p.stdout
     # the expected failure is a plain failure now: its signature does not explain the splat
     assert "+ intel-iommu-legacy-dmabuf-dmabuf-unplug: xfail -> fail" in p.stdout
@@ -49,6 +50,9 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     assert "kernel-splat" in cell["findings"]
     report = cell["evidence"]["kernel_reports"][0]
     assert report["kind"] == "refcount" and report["step"] == "l2_stop"
+    assert report["title"] == "WARNING: refcount bug in vfio_pci_dma_buf_release"
+    assert report["guilty"] == "vfio_pci_dma_buf_release"
+    assert "+ kernel report: WARNING: refcount bug in vfio_pci_dma_buf_release" in p.stdout
     assert "W" in report["new_taint"]
     whole = tmp_path / "candidate" / cell["artifacts"] / "l1-kernel-reports.txt"
     assert "---[ end trace" in whole.read_text()  # the whole report is kept
@@ -57,6 +61,40 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     assert all("kernel-splat" not in c["findings"] for c in base["cells"])
     assert all(c["grounds"][-1] == "L1 kernel log and taint around each step: no report"
                for c in base["cells"] if c["outcome"] in ("pass", "xfail"))
+
+
+#: A QEMU under test that, as L2 starts (a step every cell stands on), writes into L1's
+#: kernel log from userspace a line in the very form of a kernel WARN, then runs the real one.
+USERSPACE_WARNING = """#!/bin/sh
+case " $* " in *" -qtest "*)
+  echo "<4>WARNING: CPU: 0 PID: 1 at drivers/vfio/pci/vfio_pci_dmabuf.c:1 \
+vfio_pci_dma_buf_move+0x0/0x10 (written by vfio-harness's test from userspace)" > /dev/kmsg ;;
+esac
+exec /usr/bin/qemu-system-x86_64 "$@"
+"""
+
+
+@pytest.mark.usefixtures("images")
+def test_a_warning_userspace_writes_into_the_kernel_log_fails_no_cell(tmp_path):
+    """Only the kernel's own records are reports: a line a program writes into /dev/kmsg
+    carries the user facility, whatever it says. The line must be there (in the artifact,
+    marked as userspace's, in the window of the step it came in) and every cell must
+    still meet its expectation, with no complaint outside the cells either."""
+    wrapper = tmp_path / "qemu-writes-a-warning"
+    wrapper.write_text(USERSPACE_WARNING)
+    wrapper.chmod(0o755)
+    p = harness("run", "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend",
+                "iommufd", "--l2-qemu", str(wrapper), "--results", str(tmp_path / "out"),
+                "--seed", "12")
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    cells = record["cells"]
+    assert cells and all(c["met"] and "kernel-splat" not in c["findings"] for c in cells)
+    assert not record["run"].get("kernel_outside_cells")
+    log = (tmp_path / "out" / cells[0]["artifacts"] / "l1-kernel-reports.txt").read_text()
+    assert log.startswith("# reports: none")
+    step = log.split("# L1 kernel log during l2_start", 1)[1].split("\n# ", 1)[0]
+    assert "(userspace, facility 1) WARNING: CPU: 0 PID: 1 at drivers/vfio/pci/" in step
 
 
 @pytest.mark.usefixtures("images")
