@@ -84,7 +84,8 @@ def test_a_warning_userspace_writes_into_the_kernel_log_fails_no_cell(tmp_path):
     wrapper.write_text(USERSPACE_WARNING)
     wrapper.chmod(0o755)
     p = harness("run", "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend",
-                "iommufd", "--l2-qemu", str(wrapper), "--results", str(tmp_path / "out"),
+                "iommufd", "--l2-qemu", str(wrapper), "--keep-artifacts", "--results",
+                str(tmp_path / "out"),
                 "--seed", "12")
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "results.json").read_text())
