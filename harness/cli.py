@@ -23,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 from harness import doctor
-from harness.base import paths, reaper
+from harness.base import paths, reaper, sizes
 from harness.base.errors import BadInput, HarnessError
 from harness.base.progress import say
 from harness.checks import matrix, registry
+from harness.images import cache_book
 from harness.images.recipe import Recipe
 from harness.images.series import Series
 from harness.images.store import Images, ImageStore, KernelImage
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfio-harness", description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", help="image cache (default: $VFIO_HARNESS_CACHE or "
                                        "$XDG_CACHE_HOME/vfio-harness)")
+    p.add_argument("--cache-max", type=_size, metavar="SIZE",
+                   help="the cache's budget, kept after each build by removing the least "
+                        "recently used series trees and kernels (default: "
+                        "$VFIO_HARNESS_CACHE_MAX or 40G)")
     p.add_argument("--qemu", help="L0 QEMU binary (default: qemu-system-x86_64 on PATH)")
     sub = p.add_subparsers(dest="action", required=True)
 
@@ -59,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     _arch_option(isub.add_parser("list", help="what is built, and whether it is intact"))
     clean = isub.add_parser("clean", help="remove artifacts no recipe points at")
     clean.add_argument("--all", action="store_true", help="remove the whole cache")
+    prune = isub.add_parser("prune", help="remove series trees and kernels, least recently "
+                                          "used first (never the recipes' images, never what "
+                                          "a running process holds)")
+    prune.add_argument("--max-size", type=_size, metavar="SIZE",
+                       help="until the cache is at most this large (e.g. 20G)")
+    prune.add_argument("--older-than", type=_days, metavar="DAYS",
+                       help="whatever was not used for this many days")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
 
     sub.add_parser("doctor", help="what this host can do")
 
@@ -173,6 +186,23 @@ def _port(text: str) -> int:
 
 def _hold(text: str) -> float:
     return float(_int_in(text, 1, 86400, "a number of seconds to hold an L1"))
+
+
+def _size(text: str) -> int:
+    try:
+        return sizes.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 <= days <= 36500:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}")
+    return days
 
 
 def _positive(text: str) -> int:
@@ -363,7 +393,7 @@ def _reap() -> None:
 
 def _store(args: argparse.Namespace, jobs: int | None = None) -> ImageStore:
     return ImageStore(Recipe.load(platform=_platform(args)), paths.cache_dir(args.cache_dir),
-                      jobs=jobs)
+                      jobs=jobs, budget=paths.cache_max(args.cache_max))
 
 
 def _arch_option(p: argparse.ArgumentParser) -> None:
@@ -431,6 +461,13 @@ def _images(args: argparse.Namespace) -> int:
     if args.images_action == "clean":
         for path in store.clean(everything=args.all):
             print(f"removed {path}")
+        return 0
+    if args.images_action == "prune":
+        if args.max_size is None and args.older_than is None:
+            raise BadInput("images prune: say how much to keep: --max-size SIZE and/or "
+                           "--older-than DAYS")
+        cache_book.prune(store.cache, store.everyones_images(), args.max_size,
+                         args.older_than, args.dry_run)
         return 0
     raise BadInput(f"unknown images action {args.images_action}")
 

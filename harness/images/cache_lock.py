@@ -7,7 +7,8 @@ with a deadline naming the holders, for the users to finish. Two builders of the
 same artifact meet on the same lock: the second finds it built and uses it.
 
 Locks are flock(2) on files beside the artifacts (`artifacts/.locks/NAME.lock`),
-released by the kernel when a holder dies, even by SIGKILL. Each holder also
+released by the kernel when a holder dies, even by SIGKILL; `NAME.used` beside
+it says when the artifact was last used. Each holder also
 leaves its pid in `NAME.holders/`, so that a wait can say whom it waits for.
 """
 
@@ -43,6 +44,7 @@ class ArtifactLocks:
         _wait(handle, fcntl.LOCK_SH, Deadline(f"image cache: {artifact.name}", seconds),
               f"{artifact.name} is being built or removed by another process", holders)
         _register(holders)
+        _touch(lock)
         self._shared[artifact.name] = handle
 
     @contextlib.contextmanager
@@ -56,6 +58,7 @@ class ArtifactLocks:
         with lock.open("a") as handle:
             _wait(handle, fcntl.LOCK_EX, Deadline(f"image cache: {artifact.name}", seconds),
                   f"{artifact.name} is in use by other vfio-harness processes", holders)
+            _touch(lock)
             try:
                 yield
             finally:
@@ -85,6 +88,17 @@ def _wait(handle, kind: int, deadline: Deadline, what: str, holders: Path) -> No
 
     wait_for(attempt, deadline, what, interval=0.5,
              details=lambda: f"holders: {', '.join(_holders(holders)) or 'unknown'}")
+
+
+def _touch(lock: Path) -> None:
+    """The artifact's last use, in a stamp beside its lock (a lock file is also made by
+    whoever only asks whether it is free): the cache's bookkeeping evicts the least
+    recently used (cache_book)."""
+    used_stamp(lock).touch()
+
+
+def used_stamp(lock: Path) -> Path:
+    return lock.with_suffix(".used")
 
 
 def _register(holders: Path) -> None:

@@ -34,7 +34,7 @@ from harness.base.checksum import sha256_file
 from harness.base.deadline import Deadline
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
-from harness.images import foreign, kconfig
+from harness.images import cache_book, foreign, kconfig
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
 from harness.images.recipe import KernelVariant, Recipe, Rootfs
@@ -49,6 +49,9 @@ RECIPE_PATCHES = ".vfio-harness-recipe-patches"
 BISECT_APPLIED, BISECT_ORIGIN = ".vfio-harness-applied", ".vfio-harness-origin"
 #: Rough peak use of a full build: kernel source, two object trees, rootfs and its image.
 NEEDED_FREE_GIB = 8
+#: A series' kernel: an object tree copied from its variant's (about 0.46 GB), a source
+#: overlay and the kernel, with room to spare.
+SERIES_NEEDS_GIB = 1.5
 #: Host tools the build runs, and the Debian package that has each.
 BUILD_TOOLS = {
     "make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc",
@@ -115,8 +118,11 @@ class ArtifactState:
 class ImageStore:
     """Knows the cache layout, verifies artifacts and builds what is missing."""
 
-    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None):
+    def __init__(self, recipe: Recipe, cache: Path, jobs: int | None = None,
+                 budget: int | None = None):
         self.recipe = recipe
+        #: Bytes the cache may hold, kept after each build (None: no budget kept)
+        self.budget = budget
         self.platform = recipe.platform
         self.cache = cache
         self.jobs = jobs or (os.cpu_count() or 1) + 1
@@ -147,11 +153,20 @@ class ImageStore:
                                  verify(self.rootfs_dir())))
         return out
 
+    def everyones_images(self) -> set[Path]:
+        """The artifact directories every platform's recipe points at now."""
+        return {d for p in PLATFORMS.values()
+                for d in ImageStore(Recipe.load(self.recipe.directory, p), self.cache).current()}
+
+    def keep_budget(self) -> None:
+        """After a build: the cache back within its budget, least recently used first."""
+        if self.budget is not None:
+            cache_book.keep_within(self.cache, self.everyones_images(), self.budget)
+
     def stale(self) -> list[Path]:
         """Artifact dirs no current recipe key points at, for any platform, and leftovers
         of interrupted builds."""
-        current = {d for p in PLATFORMS.values()
-                   for d in ImageStore(Recipe.load(self.recipe.directory, p), self.cache).current()}
+        current = self.everyones_images()
         if not self.artifacts.is_dir():
             return []
         return sorted(p for p in self.artifacts.iterdir()
@@ -237,9 +252,10 @@ class ImageStore:
                 rootfs_thread.join()
         if errors:
             raise errors[0]
-        if not kernels:
-            return Images({}, self._rootfs_image(), self.platform)
-        return self.load(wanted)
+        images = self.load(wanted) if kernels else Images({}, self._rootfs_image(), self.platform)
+        if todo_kernels or todo_rootfs:
+            self.keep_budget()  # after load: what this process boots is held, never evicted
+        return images
 
     def _preflight(self, kernels: bool, rootfs: bool) -> None:
         missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in BUILD_TOOLS.items()
@@ -254,12 +270,18 @@ class ImageStore:
             raise BadInput("the image build needs: " + ", ".join(missing), stage="image build")
         if rootfs and os.geteuid() != 0:
             raise BadInput("debootstrap needs root to build the rootfs", stage="image build")
+        self._room(NEEDED_FREE_GIB, "the image build")
+
+    def _room(self, needs_gib: float, what: str) -> None:
+        """Refuse a build the disk cannot hold before it writes anything: a build that
+        dies half-way through a write leaves nothing usable, and says so too late."""
         self.cache.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.cache).free / 2**30
-        if free < NEEDED_FREE_GIB:
-            raise BadInput(f"no space for the cache: {free:.1f} GiB free at {self.cache}, "
-                           f"a build needs about {NEEDED_FREE_GIB} GiB (choose another place "
-                           f"with --cache-dir or VFIO_HARNESS_CACHE)", stage="image build")
+        if free < needs_gib:
+            raise BadInput(f"no room for {what}: {free:.1f} GiB free where the cache is "
+                           f"({self.cache}), it needs about {needs_gib:g} GiB; make room with "
+                           f"`vfio-harness images prune --max-size SIZE` (or put the cache "
+                           f"elsewhere: --cache-dir, VFIO_HARNESS_CACHE)", stage="image build")
 
     def kernel_source(self, variant: KernelVariant) -> Path:
         """Where the variant's pinned source is (with the recipe's patches), built or not."""
@@ -454,20 +476,28 @@ class ImageStore:
         """`images` (built, and verified by the caller) with each kernel variant replaced by
         its build with `series` applied to the pinned source; built incrementally from the
         variant's own object tree."""
-        kernels = {}
+        kernels, built = {}, False
         for name in images.kernels:
             variant = self.recipe.kernels[name]
             final = self.series_dir(variant, series)
             problem = verify(final)
             if problem:
+                self._room(SERIES_NEEDS_GIB, f"kernel {name}+{series.name}")
                 say(f"kernel {name}+{series.name}: {problem}: building "
                     f"\"{series.title}\" ({len(series.patches)} patch(es))")
                 self._claimed(final, False, functools.partial(
                     self._build_series_kernel, variant, series, final))
+                built = True
             kernels[name] = self._kernel_image(name, final)
+        if built:
+            self.keep_budget()
         return Images(kernels, images.rootfs, self.platform)
 
     def _build_series_kernel(self, variant: KernelVariant, series: Series, final: Path) -> None:
+        with self.locks.exclusive(Path(series.name)):  # its trees: never pruned meanwhile
+            self._build_series_trees(variant, series, final)
+
+    def _build_series_trees(self, variant: KernelVariant, series: Series, final: Path) -> None:
         pristine = self._kernel_source(variant)
         src = self._series_source(pristine, series)
         name = f"{variant.name}+{series.name}"
@@ -511,14 +541,18 @@ class ImageStore:
             return Images({n: self._kernel_image(n, self.kernel_dir(self.recipe.kernels[n]))
                            for n in images.kernels}, images.rootfs, self.platform)
         prefix = series.prefix(k)
-        kernels = {}
+        kernels, built = {}, False
         for name in images.kernels:
             variant = self.recipe.kernels[name]
             final = self.series_dir(variant, prefix)
             if verify(final) is not None:
+                self._room(SERIES_NEEDS_GIB, f"kernel {name}+{prefix.name}")
                 self._claimed(final, False, functools.partial(
                     self._build_prefix_kernel, variant, series, k, final))
+                built = True
             kernels[name] = self._kernel_image(name, final)
+        if built:
+            self.keep_budget()
         return Images(kernels, images.rootfs, self.platform)
 
     def _build_prefix_kernel(self, variant: KernelVariant, series: Series, k: int,
