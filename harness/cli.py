@@ -73,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="whatever was not used for this many days")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
 
-    sub.add_parser("doctor", help="what this host can do")
+    doc = sub.add_parser("doctor", help="what this host can do, the cache, and what killed "
+                                        "runs left behind")
+    doc.add_argument("--clean", action="store_true",
+                     help="first remove the L0 QEMUs and /dev/shm files of harness processes "
+                          "that are gone")
 
     run = sub.add_parser("run", help="run the verdict matrix (default: all of it)")
     _run_options(run)
@@ -414,7 +418,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _images(args)
     if args.action == "doctor":
         cache = paths.cache_dir(args.cache_dir)
-        found = doctor.findings([ImageStore(Recipe.load(platform=p), cache)
+        if args.clean:
+            for line in doctor.clean():
+                print(line)
+        found = doctor.findings([ImageStore(Recipe.load(platform=p), cache,
+                                            budget=paths.cache_max(args.cache_max))
                                  for p in PLATFORMS.values()], args.qemu)
         for f in found:
             print(f.line())

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.base.errors import HarnessError
-from harness.images import foreign
+from harness.base.sizes import human
+from harness.images import cache_book, foreign
 from harness.images.store import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
-from harness.l0 import accel
+from harness.l0 import accel, strays
 from harness.l0.qemu_binary import NEEDED_DEVICES, QemuBinary
 
 
@@ -40,9 +41,37 @@ def findings(stores: list[ImageStore], qemu_name: str | None) -> list[Finding]:
     out.append(Finding(free >= NEEDED_FREE_GIB or built, "disk",
                        f"{free:.1f} GiB free for the cache at {cache} "
                        f"(a build needs about {NEEDED_FREE_GIB} GiB per platform)"))
+    out += _cache(stores[0])
+    out += [Finding(False, "stray", s.describe()) for s in strays.find()]
     for store in stores:
         out += _platform(store, qemu_name)
     return out
+
+
+def _cache(store: ImageStore) -> list[Finding]:
+    """The cache by kind, against its budget, and what `images prune` could take."""
+    if not store.cache.is_dir():
+        return [Finding(True, "cache", f"{store.cache}: empty")]
+    book = cache_book.survey(store.cache, store.everyones_images())
+    kinds = ", ".join(f"{kind} {human(size)}" for kind, size in sorted(
+        book.by_kind().items(), key=lambda kv: -kv[1]))
+    within = store.budget is None or book.total <= store.budget
+    budget = f" of a budget of {human(store.budget)}" if store.budget is not None else ""
+    evictable = sum(e.size for g in book.groups() for e in g)
+    return [Finding(within, "cache", f"{human(book.total)}{budget} at {store.cache}: {kinds}"),
+            Finding(True, "cache", f"{human(evictable)} of it is series trees and kernels "
+                                   f"that `vfio-harness images prune` may remove "
+                                   f"(--max-size SIZE, --older-than DAYS)")]
+
+
+def clean() -> list[str]:
+    """`doctor --clean`: remove the strays, and say what went."""
+    gone = []
+    for stray in strays.find():
+        stray.remove()
+        gone.append(f"removed {stray.kind} {stray.pid or stray.path} (harness process "
+                    f"{stray.owner} is gone)")
+    return gone
 
 
 def _platform(store: ImageStore, qemu_name: str | None) -> list[Finding]:

@@ -20,6 +20,7 @@ from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import BadInput, HarnessError
 from harness.base.progress import say
 from harness.base.qmp import TranscribedQmp
+from harness.l0 import strays
 from harness.l0.qemu_binary import QemuBinary
 from harness.platforms import (
     DEFAULT_DEVICES,
@@ -54,7 +55,7 @@ class L1Spec:
                          *self.viommu.kernel_args, *self.kernel_args))
 
 
-SHM = Path("/dev/shm")
+SHM = strays.SHM
 #: sun_path's size in struct sockaddr_un (Linux), the terminating NUL included.
 UNIX_PATH_MAX = 108
 
@@ -62,25 +63,12 @@ UNIX_PATH_MAX = 108
 def sweep_stale_shm(shm: Path = SHM) -> list[Path]:
     """Remove the ivshmem files (and QMP sockets) in /dev/shm of harness processes that
     are gone (a SIGKILL leaves them: nothing ran to clean up), and say so."""
-    removed = []
-    for path in [*shm.glob("vfio-harness-*.ivshmem"), *shm.glob("vfio-harness-*.qmp")]:
-        pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        path.unlink(missing_ok=True)
-        removed.append(path)
-        say(f"removed {path}, left by harness process {pid}, which is gone")
+    removed: list[Path] = []
+    for stray in strays.shm_files(shm):
+        stray.remove()
+        removed += [stray.path] if stray.path else []
+        say(f"removed {stray.path}, left by harness process {stray.owner}, which is gone")
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
