@@ -37,6 +37,12 @@ l1-boot, matrix; --viommu then defaults to smmuv3).
                                               beside it; the series' kernels are dropped
                                               before each run
 
+  ci/benchmark.py prune [--runs 3] [--series 50]
+                                              `images prune` of a cache holding 50 series
+                                              as a CI runner leaves them (each a source
+                                              tree linked to the pristine one, an object
+                                              tree with the real tree's 6,700 files, a
+                                              kernel), down to nothing of theirs
   ci/benchmark.py report-parse [--runs 5]     reading a 300-line kernel log into reports
                                               (the captured refcount report, then every
                                               class's sample in turn): seconds per parse,
@@ -235,6 +241,43 @@ def witness(args: argparse.Namespace) -> list[float]:
     return out
 
 
+def prune(args: argparse.Namespace) -> list[float]:
+    from harness.base import paths
+    from harness.images import cache_book
+    from harness.images.linked_tree import link_tree
+    from harness.images.recipe import Recipe
+    from harness.images.store import ImageStore
+
+    store = ImageStore(Recipe.load(), paths.cache_dir())
+    variant = store.recipe.kernels["dmabuf"]
+    pristine, objects = store.kernel_source(variant), store.build_dir / "kernel-dmabuf"
+    kernel = store.kernel_dir(variant)
+    if not (pristine.is_dir() and objects.is_dir() and kernel.is_dir()):
+        raise SystemExit("prune: build the images first (vfio-harness images build)")
+    out = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-", dir=store.cache) as tmp:
+            cache = Path(tmp)
+            for n in range(args.series):
+                name = f"series-{n:012x}"
+                link_tree(pristine, cache / "src" / f"{pristine.name}+{name}",
+                          ["drivers/vfio/pci/vfio_pci_dmabuf.c"])
+                (cache / "build").mkdir(exist_ok=True)
+                (cache / "artifacts").mkdir(exist_ok=True)
+                subprocess.run(["cp", "-al", str(objects),
+                                str(cache / "build" / f"kernel-dmabuf+{name}")], check=True)
+                subprocess.run(["cp", "-al", str(kernel), str(
+                    cache / "artifacts" / f"kernel-dmabuf+{name}-{n:016x}")], check=True)
+            out.append(timed_cli(["--cache-dir", str(cache), "images", "prune", "--max-size",
+                                  "1M"]))
+            left = list((cache / "build").iterdir())
+            if left:
+                raise SystemExit(f"prune left {len(left)} object trees")
+            while cache_book.being_deleted(cache):  # its trash, deleted behind it: not timed
+                time.sleep(0.5)
+    return out
+
+
 def report_parse(args: argparse.Namespace) -> list[float]:
     from harness.evidence.kernel_log import LogLine, reports
     from harness.evidence.report_classes import CLASSES
@@ -259,7 +302,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
                                     "l2-scenario", "selection", "ab-series", "bisect",
-                                    "witness", "report-parse"])
+                                    "witness", "report-parse", "prune"])
     p.add_argument("--runs", type=int)
     p.add_argument("--arch", default="x86_64", choices=["x86_64", "aarch64"])
     p.add_argument("--viommu")
@@ -267,15 +310,17 @@ def main() -> int:
     p.add_argument("--backend", default="iommufd")
     p.add_argument("--creation", action="store_true", help="matrix: the 24 creation-time cells")
     p.add_argument("--jobs", type=int, help="matrix: L1s at once")
+    p.add_argument("--series", type=int, default=50, help="prune: series in the cache")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
     args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
-                              "selection": 3, "bisect": 3, "witness": 3}.get(args.what, 5)
+                              "selection": 3, "bisect": 3, "witness": 3,
+                              "prune": 3}.get(args.what, 5)
     args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
     fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
           "ab-series": ab_series, "bisect": bisect, "witness": witness,
-          "report-parse": report_parse}
+          "report-parse": report_parse, "prune": prune}
     samples = fn[args.what](args)
     def rounded(seconds: float) -> float:
         return round(seconds, 2 if seconds >= 1 else 6)
@@ -291,6 +336,7 @@ def main() -> int:
                **({"per": "cell", "run_median_s": round(statistics.median(args.paired), 2)}
                   if args.what == "witness" else {}),
                **({"backend": args.backend} if args.what == "l2-scenario" else {}),
+               **({"series": args.series} if args.what == "prune" else {}),
                **({"per": "parse of 300 lines", "reports": args.found,
                    "median_ms": round(statistics.median(samples) * 1000, 2)}
                   if args.what == "report-parse" else {}),

@@ -31,12 +31,13 @@ from pathlib import Path
 
 from harness.base import files
 from harness.base.checksum import sha256_file
-from harness.base.deadline import Deadline
+from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
 from harness.images import cache_book, foreign, kconfig
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
+from harness.images.linked_tree import link_tree
 from harness.images.recipe import KernelVariant, Recipe, Rootfs
 from harness.images.series import Series
 from harness.platforms import PLATFORMS, X86_64, Platform
@@ -277,6 +278,13 @@ class ImageStore:
         dies half-way through a write leaves nothing usable, and says so too late."""
         self.cache.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.cache).free / 2**30
+        if free < needs_gib and cache_book.being_deleted(self.cache):
+            # an eviction's trash is still being deleted: the room it frees is coming
+            wait_for(lambda: not cache_book.being_deleted(self.cache) or shutil.disk_usage(
+                self.cache).free / 2**30 >= needs_gib,
+                Deadline("image build: evicted trees being deleted", 300),
+                "the trash of an eviction is still being deleted", interval=1.0)
+            free = shutil.disk_usage(self.cache).free / 2**30
         if free < needs_gib:
             raise BadInput(f"no room for {what}: {free:.1f} GiB free where the cache is "
                            f"({self.cache}), it needs about {needs_gib:g} GiB; make room with "
@@ -511,15 +519,15 @@ class ImageStore:
                            {"series": series.record(), "base_variant": variant.name})
 
     def _series_source(self, pristine: Path, series: Series) -> Path:
-        """The pinned source with the series applied: hard links to the pristine tree,
-        but for the files the series touches."""
+        """The pinned source with the series applied: linked to the pristine tree, but for
+        the files the series touches (linked_tree)."""
         src = pristine.with_name(f"{pristine.name}+{series.name}")
         if (src / ".complete").exists():
             return src
         with step(f"{series.name}: apply {len(series.patches)} patch(es) to {pristine.name}"):
             tmp = src.with_name(src.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            _shell(f"cp -al '{pristine}' '{tmp}'", "link the kernel source")
+            link_tree(pristine, tmp, series.files())
             (tmp / ".complete").unlink(missing_ok=True)
             try:
                 series.apply(tmp)
@@ -579,8 +587,8 @@ class ImageStore:
                     shutil.rmtree(src, ignore_errors=True)
                     for old in self.build_dir.glob(f"kernel-*+bisect-{series.name}"):
                         shutil.rmtree(old)  # built against the tree being replaced
-                    _shell(f"cp -al '{origin}' '{src}'", "link the kernel source")
-                    series.own_files(src)  # copies keep their times: the objects stay valid
+                    link_tree(origin, src, series.files())  # copies keep their times:
+                    series.own_files(src)  # the objects stay valid
                     (src / ".complete").unlink(missing_ok=True)
                     (src / BISECT_ORIGIN).write_text(f"{origin}\n")
                     at.write_text(f"{len(series.patches) if from_whole else 0}\n")
@@ -781,20 +789,33 @@ def _built(obj: Path, artifact: Path, platform: Platform) -> bool:
 def _copy_object_tree(base: Path, obj: Path, moves: dict[Path, Path]) -> None:
     tmp = obj.with_name(obj.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    _shell(f"cp -a '{base}' '{tmp}'", "copy the object tree")
+    # --reflink=auto: where the filesystem shares extents (btrfs, XFS) the copy is free;
+    # on ext4 it is a copy (hard links are no way out: kbuild rewrites .cmd files in place)
+    _shell(f"cp -a --reflink=auto '{base}' '{tmp}'", "copy the object tree")
     _repoint(tmp, {**moves, base: obj})
     tmp.rename(obj)
+
+
+#: Object subtrees whose builds change into the source tree (make -C): there a path is
+#: the physical one (make's CURDIR), through any symlink of a linked source tree.
+PHYSICAL = ("tools",)
 
 
 def _repoint(obj: Path, moves: dict[Path, Path]) -> None:
     """Kbuild records the source tree's absolute path in its .cmd files (commands and
     dependencies), and the tools build (objtool, on which every object depends) its
     output directory's: point a copied object tree at its new places, or make rebuilds
-    it all, and would miss the headers a series changes."""
+    it all, and would miss the headers a series changes. Where a source tree is linked
+    (linked_tree) and the tools build reaches its sources through a symlink, their
+    physical path is the pristine one: those records keep it."""
     for old, new in moves.items():
         found = subprocess.run(["grep", "-rlIZ", "--", str(old), str(obj)],
                                capture_output=True, timeout=300).stdout.split(b"\0")
         for path in (Path(p.decode()) for p in found if p):
+            sub = path.relative_to(obj).parts[0]
+            if sub in PHYSICAL and (new / sub).is_symlink() and \
+                    (new / sub).resolve() == (old / sub).resolve():
+                continue
             path.write_text(path.read_text().replace(str(old), str(new)))
     source = obj / "source"
     if source.is_symlink():

@@ -94,6 +94,17 @@ def test_a_tiny_budget_evicts_the_least_recently_used_and_keeps_defaults_and_a_h
     assert (cache / "artifacts" / "kernel-dmabuf-0123456789abcdef" / "data").is_file()
     assert (cache / "src" / "linux-source-7.2" / "Makefile").read_text() == "pinned\n"
     assert not list(cache.glob("*/*.partial"))  # nothing left half-removed
+    _deleted(cache)
+
+
+def _deleted(cache: Path) -> None:
+    """The evicted entries left their places at once; their trash is deleted behind them,
+    within a bound."""
+    deadline = time.monotonic() + 60
+    while cache_book.being_deleted(cache) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cache_book.being_deleted(cache) == 0
+    assert not [t for t in (cache / cache_book.TRASH).iterdir()]
 
 
 def test_a_budget_the_cache_is_within_removes_nothing(cache):
@@ -117,6 +128,8 @@ def test_prune_by_age_and_dry_run_through_the_cli(cache, tmp_path):
     assert not (cache / "build" / "kernel-dmabuf+series-aaaaaaaaaaaa").exists()
     assert not (cache / "build" / "kernel-dmabuf+series-bbbbbbbbbbbb").exists()
     assert (cache / "build" / "kernel-dmabuf+series-cccccccccccc").is_dir()
+    assert "the disk space is freed in the background" in real.stdout
+    _deleted(cache)
     before, after = (parse_size(x) for x in re.findall(
         r"([\d.]+ [KMG]iB|\d+ B) (?:before|after)", real.stdout.splitlines()[-1]))
     assert after < before
