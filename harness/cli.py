@@ -27,7 +27,7 @@ from harness.base import paths, reaper, sizes
 from harness.base.errors import BadInput, HarnessError
 from harness.base.progress import say
 from harness.checks import matrix, registry
-from harness.images import cache_book
+from harness.images import command as images_command
 from harness.images.recipe import Recipe
 from harness.images.series import Series
 from harness.images.store import Images, ImageStore, KernelImage
@@ -415,7 +415,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "kcidb", None):
         _results_dir(args.kcidb.parent, f"the KCIDB file {args.kcidb}")
     if args.action == "images":
-        return _images(args)
+        return images_command.run(args, _store(args, jobs=getattr(args, "jobs", None)))
     if args.action == "doctor":
         cache = paths.cache_dir(args.cache_dir)
         if args.clean:
@@ -440,44 +440,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.action == "shell":
         return _shell(args)
     raise BadInput(f"unknown action {args.action}")
-
-
-def _images(args: argparse.Namespace) -> int:
-    store = _store(args, jobs=getattr(args, "jobs", None))
-    if args.images_action == "build":
-        began = time.monotonic()
-        images = store.build(args.kernel, force=args.force)
-        if args.kernel_patches:
-            images = store.build_series(Series.load(args.kernel_patches), images)
-        say(f"{store.platform.arch} images ready in {time.monotonic() - began:.1f} s: "
-            f"{', '.join(images.kernels)} kernels, rootfs with QEMU {images.rootfs.qemu_version}")
-        return 0
-    if args.images_action == "list":
-        print(f"cache: {store.cache} ({store.platform.arch})")
-        for s in store.states():
-            status = "ok" if s.ok else s.problem
-            versions = ""
-            if s.ok:
-                manifest = json.loads((s.directory / "manifest.json").read_text())
-                versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
-                if manifest.get("configured_by"):
-                    versions += f" ({manifest['configured_by']})"
-            print(f"  {s.name:<18} {s.key}  {status:<10} {versions}")
-        for stale in store.stale():
-            print(f"  (stale) {stale.name}")
-        return 0
-    if args.images_action == "clean":
-        for path in store.clean(everything=args.all):
-            print(f"removed {path}")
-        return 0
-    if args.images_action == "prune":
-        if args.max_size is None and args.older_than is None:
-            raise BadInput("images prune: say how much to keep: --max-size SIZE and/or "
-                           "--older-than DAYS")
-        cache_book.prune(store.cache, store.everyones_images(), args.max_size,
-                         args.older_than, args.dry_run)
-        return 0
-    raise BadInput(f"unknown images action {args.images_action}")
 
 
 @dataclass

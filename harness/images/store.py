@@ -38,8 +38,10 @@ from harness.images import cache_book, foreign, kconfig
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
 from harness.images.linked_tree import link_tree
+from harness.images.object_tree import copy_object_tree
 from harness.images.recipe import KernelVariant, Recipe, Rootfs
 from harness.images.series import Series
+from harness.images.shell import shell
 from harness.platforms import PLATFORMS, X86_64, Platform
 
 MANIFEST = "manifest.json"
@@ -307,10 +309,10 @@ class ImageStore:
             tmp = src.with_name(src.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            _shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
+            shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
                    f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
             for patch in variant.patches:
-                _shell(f"patch -p1 --batch --forward -d '{tmp}' < '{patch}'",
+                shell(f"patch -p1 --batch --forward -d '{tmp}' < '{patch}'",
                        f"apply the recipe's {patch.name}")
             if variant.patches:
                 (tmp / RECIPE_PATCHES).write_text(
@@ -331,7 +333,7 @@ class ImageStore:
             if _built(base, self.kernel_dir(base_variant), self.platform):
                 with step(f"kernel {variant.name}: start from {base_variant.name}'s object "
                           f"tree"):
-                    _copy_object_tree(base, obj, {base: obj})
+                    copy_object_tree(base, obj, {base: obj})
         self._build_kernel(variant)
 
     def _build_kernel(self, variant: KernelVariant, src: Path | None = None,
@@ -513,7 +515,7 @@ class ImageStore:
         base = self.build_dir / f"kernel-{variant.name}"
         if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
             with step(f"kernel {name}: start from {variant.name}'s object tree"):
-                _copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
+                copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
                                               base: obj})
         self._build_kernel(variant, src, obj, name, final, self.series_key(variant, series),
                            {"series": series.record(), "base_variant": variant.name})
@@ -631,7 +633,7 @@ class ImageStore:
             return  # built from nothing, as a first build is
         with step(f"kernel {variant.name}+bisect-{series.name}: start from {start.name}'s "
                   f"object tree"):
-            _copy_object_tree(start, obj, {Path(os.readlink(start / "source")): src,
+            copy_object_tree(start, obj, {Path(os.readlink(start / "source")): src,
                                            start: obj})
 
     def _build_rootfs(self, rootfs: Rootfs) -> None:
@@ -786,44 +788,6 @@ def _built(obj: Path, artifact: Path, platform: Platform) -> bool:
     return image.is_file() and (obj / "source").is_symlink() and sha256_file(image) == want
 
 
-def _copy_object_tree(base: Path, obj: Path, moves: dict[Path, Path]) -> None:
-    tmp = obj.with_name(obj.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    # --reflink=auto: where the filesystem shares extents (btrfs, XFS) the copy is free;
-    # on ext4 it is a copy (hard links are no way out: kbuild rewrites .cmd files in place)
-    _shell(f"cp -a --reflink=auto '{base}' '{tmp}'", "copy the object tree")
-    _repoint(tmp, {**moves, base: obj})
-    tmp.rename(obj)
-
-
-#: Object subtrees whose builds change into the source tree (make -C): there a path is
-#: the physical one (make's CURDIR), through any symlink of a linked source tree.
-PHYSICAL = ("tools",)
-
-
-def _repoint(obj: Path, moves: dict[Path, Path]) -> None:
-    """Kbuild records the source tree's absolute path in its .cmd files (commands and
-    dependencies), and the tools build (objtool, on which every object depends) its
-    output directory's: point a copied object tree at its new places, or make rebuilds
-    it all, and would miss the headers a series changes. Where a source tree is linked
-    (linked_tree) and the tools build reaches its sources through a symlink, their
-    physical path is the pristine one: those records keep it."""
-    for old, new in moves.items():
-        found = subprocess.run(["grep", "-rlIZ", "--", str(old), str(obj)],
-                               capture_output=True, timeout=300).stdout.split(b"\0")
-        for path in (Path(p.decode()) for p in found if p):
-            sub = path.relative_to(obj).parts[0]
-            if sub in PHYSICAL and (new / sub).is_symlink() and \
-                    (new / sub).resolve() == (old / sub).resolve():
-                continue
-            path.write_text(path.read_text().replace(str(old), str(new)))
-    source = obj / "source"
-    if source.is_symlink():
-        target = Path(os.readlink(source))
-        source.unlink()
-        source.symlink_to(moves.get(target, target))
-
-
 def _read_manifest(directory: Path) -> dict:
     return json.loads((directory / MANIFEST).read_text())
 
@@ -921,17 +885,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-
-
-def _shell(script: str, what: str) -> None:
-    try:
-        proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
-                              text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        raise StageTimeout(f"{what} did not finish in 900 s", stage="image build") from None
-    if proc.returncode != 0:
-        raise HarnessError(f"{what} failed (exit {proc.returncode})", stage="image build",
-                           details=proc.stderr[-3000:])
 
 
 def _compile_progress(log: Path, name: str) -> None:
