@@ -2,22 +2,28 @@
 
 Packages, from the bottom up: each imports only what is listed before it (the check
 registry names its collectors in collect/ as dotted paths, loaded when they run).
-  base/       errors, files, progress, deadline, checksum, paths, reaper; qmp (QMP with
+  base/       errors, files, progress, deadline, checksum, paths, sizes, reaper; qmp (QMP with
               a transcript, for L0 and L2 alike); userns (a command as root of private
               namespaces: a binfmt_misc of its own)
   platforms.py  what an architecture decides, as one record (x86_64, aarch64):
               machine, vIOMMUs, L0 devices, console, kernel build and image, rootfs
               architecture, QEMU names, L2's layout (config access, BAR window,
               RAM, hotplug)
-  evidence/   records.py: trace lines and messages as records; the evidence bundle
+  evidence/   records.py: trace lines and messages as records; the evidence bundle;
+              kernel_log.py: the L1 kernel's log read as reports, report_classes.py
+              (every kind of report, as a table, and the harmless lines),
+              guilty_frame.py (the function a report is about)
   images/     store.py: the L1 kernels and rootfs, built and cached; recipe.py,
               kconfig.py, debian.py, series.py (a kernel series applied by git),
               foreign.py (another architecture's rootfs, configured by qemu-user in a
-              chroot, or else in its own L1),
-              cache_lock.py
+              chroot, or else in its own L1), linked_tree.py (a series' source tree
+              linked to the pristine one), object_tree.py (an object tree copied for a
+              series), cache_lock.py, cache_book.py (what the cache holds; prune, the
+              budget), command.py (the images subcommands)
   l0/         machine.py: the QEMU on this host that boots L1 (vIOMMU, edu, ivshmem,
               nvme); accel.py (KVM only if a real boot gets through, else TCG);
-              qemu_binary.py (the L0 QEMU binary)
+              qemu_binary.py (the L0 QEMU binary); strays.py (QEMUs and /dev/shm files
+              of harness processes that are gone)
   l1/         session.py: the SSH session into L1 and a long-lived helper over it;
               vfio.py: bind devices to vfio-pci, groups, cdevs, the kernel's dma-buf
               probe; guest/: what runs inside L1 (vfio_l1.py; msix_split.c, the
@@ -29,7 +35,8 @@ registry names its collectors in collect/ as dotted paths, loaded when they run)
               dma_engine.py: playing L2's guest driver (config cycles, BARs, edu)
   verdicts/   creation.py: the creation-time checks and multi-range, pure functions
               of the evidence, their findings, the attribution of dma-bufs;
-              lifecycle.py: the lifecycle checks
+              lifecycle.py: the lifecycle checks; kernel_health.py: the L1 kernel's own
+              word laid over every cell
   checks/     registry.py: one record per check; matrix.py: a cell, its expectation
               held against its outcome (CellResult)
   collect/    stack.py: L0 boots L1 and we log in; survey.py: what L1 offers;
