@@ -16,6 +16,7 @@ import functools
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -382,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         last, code = f"vfio-harness: error: {e}", e.exit_code
     except KeyboardInterrupt:
         last, code = "vfio-harness: interrupted; QEMU processes were stopped", 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reap()
+        return 141
     gc.collect()  # finalizers of what the failure left behind run now, not after the last line
     _reap()
     print(last, file=sys.stderr)

@@ -301,3 +301,14 @@ def test_exit_code_3_when_only_deadlines_ended_cells():
     assert exit_code([fine, late]) == 3
     assert exit_code([late, wrong]) == 1
     assert exit_code([]) == 1
+
+
+def test_a_reader_that_goes_away_ends_the_listing_without_a_traceback(tmp_path):
+    """`vfio-harness images list | head -1`: the pipe closes under the listing (here
+    before its first line: `true` reads nothing and has exited by then)."""
+    p = subprocess.run(f"{sys.executable} -m harness --cache-dir {tmp_path} images list "
+                       f"--arch aarch64 | true; echo \"${{PIPESTATUS[0]}}\" >&2",
+                       shell=True, executable="/bin/bash", capture_output=True, text=True,
+                       timeout=60)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "141"  # as a shell tool ends on SIGPIPE
