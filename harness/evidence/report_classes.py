@@ -262,11 +262,6 @@ HARMLESS: tuple[Harmless, ...] = (
     Harmless(_c(r"WARNING: The mand mount option has been deprecated"),
              "fs/namespace.c's pr_warn_once for an old mount option, a user's choice",
              "WARNING: The mand mount option has been deprecated and"),
-    Harmless(_c(r"BUG: MAX_LOCKDEP_(?:KEYS|ENTRIES|CHAINS|CHAIN_HLOCKS) too low"),
-             "lockdep ran out of its own table space and turned itself off: a limit of the "
-             "debug build, not a bug of the code under test (it blinds lockdep, which the "
-             "witness does not hide: lockdep's 'turned off' state stays in the log)",
-             "BUG: MAX_LOCKDEP_CHAIN_HLOCKS too low!"),
     Harmless(_c(r"INFO: lockdep is turned off"),
              "a line inside another report (hung task), not a report",
              "INFO: lockdep is turned off."),

@@ -184,6 +184,13 @@ def test_each_harmless_line_has_its_reason_and_starts_no_report(harmless):
     assert reports([LogLine(0, 4, 0, example)]) == []
 
 
+def test_lockdep_running_out_of_room_is_a_report_not_harmless():
+    """It turns lockdep off for the rest of the boot: every later lock check is blind, and
+    syzbot reports it too."""
+    (r,) = reports([LogLine(0, 4, 0, "BUG: MAX_LOCKDEP_CHAIN_HLOCKS too low!")])
+    assert r.title == "BUG: MAX_LOCKDEP_CHAIN_HLOCKS too low"
+
+
 def test_a_clean_log_with_harmless_and_userspace_lines_stays_clean():
     window = KernelWindow("l2_start", lines("benign.txt") + lines("harmless.txt") + (
         LogLine(90, 4, 0, "WARNING: written by a test from userspace", 1),), 0, 0)
