@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from harness.evidence.guilty_frame import BACKTRACE, CALL_TRACE, guilty, top
-from harness.evidence.report_classes import classify, warn_at
+from harness.evidence.report_classes import ReportClass, classify, warn_at
 
 #: syslog's facility of the kernel's own records (LOG_KERN).
 KERNEL = 0
@@ -105,11 +105,6 @@ VOLATILE = ((re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+"), ""),
             (re.compile(r"\s+"), " "))
 
 
-def headline_kind(text: str) -> str | None:
-    found = classify(text)
-    return found[0].kind if found else None
-
-
 def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
     """The reports among the kernel's own `lines`, in the order they were logged. A
     report runs from its "cut here" line or header to its "end trace" line, the end of
@@ -117,9 +112,9 @@ def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
     that is not a frame), the next report, or MAX_LINES; a report that ends another (a
     panic after a WARNING) is part of it. Lines userspace wrote and lines outside any
     report are left out (the window's artifact keeps them all)."""
-    segments: list[tuple[list[LogLine], object]] = []   # (lines, the class that began it)
+    segments: list[tuple[list[LogLine], ReportClass | None]] = []  # (lines, its class)
     current: list[LogLine] | None = None
-    began = None
+    began: ReportClass | None = None
     # None, "pending" (after "Call trace:"), "task" (x86, up to </TASK>), "closed" (after
     # it) or "frames" (arm64, kmemleak: indented lines)
     trace: str | None = None
@@ -170,12 +165,12 @@ def reports(lines: tuple[LogLine, ...] | list[LogLine]) -> list[KernelReport]:
     merged: list[list[LogLine]] = []
     kinds: list[str] = []
     for seg, cls in segments:
-        joins = getattr(cls, "joins", ())
+        joins = cls.joins if cls else ()
         if merged and ("*" in joins or kinds[-1] in joins):
             merged[-1] = merged[-1] + seg
             continue
         merged.append(seg)
-        kinds.append(getattr(cls, "kind", "warning"))
+        kinds.append(cls.kind if cls else "warning")
     return [r for r in (_report(seg) for seg in merged) if r]
 
 
