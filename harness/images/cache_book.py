@@ -175,7 +175,7 @@ def evict(book: Book, max_size: int | None = None, older_than_days: float | None
         # a series' trees are held by name while it builds (ImageStore), its kernels by
         # every process that boots them
         names = {e.path.name: e.path for e in group}
-        if SERIES.search("+" + group[0].group):
+        if group[0].group.startswith("series-"):
             names[group[0].group] = Path(group[0].group)
         held = [locks.try_exclusive(p) for p in names.values()]
         try:
@@ -198,8 +198,8 @@ def _remove(path: Path, trash: Path) -> None:
     """Out of its place at once (a rename: atomic, so no half-removed entry is ever
     taken for a built one) into this eviction's trash, which is deleted behind it."""
     trash.mkdir(parents=True, exist_ok=True)
-    try:
-        path.rename(trash / path.name)
+    try:  # x86's and arm64's object trees of one series share a name: keep both apart
+        path.rename(trash / f"{time.monotonic_ns()}-{path.name}")
     except FileNotFoundError:
         pass
 
@@ -227,7 +227,7 @@ def _being_emptied() -> set[str]:
             argv = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"rm" in argv[:3] and b"-rf" in argv:
+        if b"rm" in argv[:4] and b"-rf" in argv:  # "nice -n 19 rm -rf ..."
             out.update(a.decode(errors="replace") for a in argv if a.startswith(b"/"))
     return out
 

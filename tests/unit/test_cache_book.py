@@ -176,3 +176,16 @@ def test_the_budget_comes_from_the_option_the_environment_or_the_default(monkeyp
     monkeypatch.setenv("VFIO_HARNESS_CACHE_MAX", "lots")
     with pytest.raises(BadInput, match="VFIO_HARNESS_CACHE_MAX: not a size: 'lots'"):
         paths.cache_max()
+
+
+def test_a_series_with_trees_of_two_platforms_goes_whole(cache):
+    """x86's and arm64's object trees of one series have the same name (build/ and
+    build/aarch64/): both go, neither in the way of the other."""
+    _fill(cache / "build" / "aarch64" / "kernel-dmabuf+series-aaaaaaaaaaaa", 1)
+    old = time.time() - 9 * DAY
+    os.utime(cache / "build" / "aarch64" / "kernel-dmabuf+series-aaaaaaaaaaaa", (old, old))
+    gone = cache_book.evict(cache_book.survey(cache, _protected(cache)), older_than_days=2.5)
+    assert not (cache / "build" / "aarch64" / "kernel-dmabuf+series-aaaaaaaaaaaa").exists()
+    assert not (cache / "build" / "kernel-dmabuf+series-aaaaaaaaaaaa").exists()
+    assert sum(e.path.name == "kernel-dmabuf+series-aaaaaaaaaaaa" for e in gone) == 2
+    _deleted(cache)
