@@ -31,17 +31,22 @@ KINDS = (
     ("series source", "src", re.compile(r".+\+(?:bisect-)?series-[0-9a-f]+$")),
     ("source", "src", re.compile(r".+")),
     ("series objects", "build", re.compile(r"kernel-.+\+(?:bisect-)?series-[0-9a-f]+$")),
+    ("tree objects", "build", re.compile(r"kernel-.+\+tree-[0-9a-f]+$")),
     ("object tree", "build", re.compile(r"kernel-[^+]+$")),
     ("rootfs base", "build", re.compile(r"rootfs-base-.+")),
     ("series kernel", "artifacts", re.compile(r"kernel-.+\+series-[0-9a-f]+-[0-9a-f]+$")),
+    ("tree kernel", "artifacts", re.compile(r"kernel-.+\+tree-[0-9a-f]+$")),
     ("artifact", "artifacts", re.compile(r".+")),
     ("downloads", "downloads", re.compile(r".+")),
     ("apt", "apt", re.compile(r".+")),
+    ("test tree", "test-trees", re.compile(r".+")),
+    ("tools", "tools", re.compile(r".+")),
 )
 #: Where evicted entries wait for their deletion (in the background).
 TRASH = ".trash"
-#: The group a series' paths share: "series-<sha12>", with or without "bisect-".
-SERIES = re.compile(r"\+(?:bisect-)?(series-[0-9a-f]+)")
+#: The group a series' paths share: "series-<sha12>", with or without "bisect-"; a user's
+#: kernel tree's (--kernel-tree): "tree-<sha12>".
+SERIES = re.compile(r"\+(?:bisect-)?((?:series|tree)-[0-9a-f]+)")
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def paths(cache: Path) -> list[Path]:
     """The cache's entries: each directory (or file) under its places. The build
     directory has a subdirectory per foreign platform (build/aarch64/...)."""
     out: list[Path] = []
-    for place in ("src", "build", "artifacts", "downloads", "apt"):
+    for place in ("src", "build", "artifacts", "downloads", "apt", "test-trees", "tools"):
         top = cache / place
         if not top.is_dir():
             continue
@@ -149,8 +154,10 @@ def survey(cache: Path, protected: Iterable[Path]) -> Book:
             keep = "the recipe's image"
         elif kind in ("source", "object tree", "rootfs base"):
             keep = f"a {kind} every build starts from"
-        elif kind in ("downloads", "apt"):
+        elif kind in ("downloads", "apt", "tools"):
             keep = "packages the next build would fetch again"
+        elif kind == "test tree":
+            keep = "the tests' kernel git tree (tests/vm/test_kernel_tree.py)"
         entries.append(Entry(p, kind, sized.get(p, 0), last_used(locks, p), keep))
     return Book(cache, entries)
 

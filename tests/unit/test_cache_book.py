@@ -37,6 +37,8 @@ def cache(tmp_path) -> Path:
     (c / "src" / "linux-source-7.2" / "Makefile").write_text("pinned\n")
     _fill(c / "build" / "kernel-dmabuf", 8)
     _fill(c / "artifacts" / "kernel-dmabuf-0123456789abcdef", 2)
+    _fill(c / "build" / "kernel-dmabuf+tree-0123456789ab", 1)  # a user's --kernel-tree
+    _fill(c / "test-trees" / "linux", 1)
     now = time.time()
     for age, sha in ((3, "aaaaaaaaaaaa"), (2, "bbbbbbbbbbbb"), (1, "cccccccccccc")):
         overlay = c / "src" / f"linux-source-7.2+series-{sha}"
@@ -68,14 +70,17 @@ def test_the_book_sees_each_kind_and_counts_hard_links_once(cache):
     assert kinds["kernel-dmabuf+series-aaaaaaaaaaaa"] == "series objects"
     assert kinds["kernel-dmabuf+series-aaaaaaaaaaaa-aaaa0000"] == "series kernel"
     assert kinds["kernel-dmabuf-0123456789abcdef"] == "artifact"
+    assert kinds["kernel-dmabuf+tree-0123456789ab"] == "tree objects"
+    assert kinds["linux"] == "test tree"
     size = {e.path.name: e.size for e in book.entries}
     # the overlay shares the pristine tree's 8 MiB by hard links: only its own file counts
     assert MIB <= size["linux-source-7.2+series-aaaaaaaaaaaa"] < 2 * MIB
     assert size["linux-source-7.2"] >= 8 * MIB
     groups = book.groups()
-    assert [g[0].group for g in groups] == ["series-aaaaaaaaaaaa", "series-bbbbbbbbbbbb",
-                                            "series-cccccccccccc"]  # least recently used first
-    assert all(len(g) == 3 for g in groups)
+    assert [g[0].group for g in groups if g[0].group.startswith("series-")] == [
+        "series-aaaaaaaaaaaa", "series-bbbbbbbbbbbb", "series-cccccccccccc"]  # LRU first
+    assert all(len(g) == 3 for g in groups if g[0].group.startswith("series-"))
+    assert "tree-0123456789ab" in [g[0].group for g in groups]  # evictable, rebuilt by make
 
 
 def test_a_tiny_budget_evicts_the_least_recently_used_and_keeps_defaults_and_a_held_one(cache):
@@ -89,7 +94,8 @@ def test_a_tiny_budget_evicts_the_least_recently_used_and_keeps_defaults_and_a_h
     assert "kernel-dmabuf+series-aaaaaaaaaaaa-aaaa0000" not in names  # a run boots from it
     assert (cache / "build" / "kernel-dmabuf+series-aaaaaaaaaaaa").is_dir()  # its group too
     assert {"kernel-dmabuf+series-bbbbbbbbbbbb", "linux-source-7.2+series-cccccccccccc"} <= names
-    for name in ("linux-source-7.2", "kernel-dmabuf", "kernel-dmabuf-0123456789abcdef"):
+    for name in ("linux-source-7.2", "kernel-dmabuf", "kernel-dmabuf-0123456789abcdef",
+                 "linux"):
         assert name not in names
     assert (cache / "artifacts" / "kernel-dmabuf-0123456789abcdef" / "data").is_file()
     assert (cache / "src" / "linux-source-7.2" / "Makefile").read_text() == "pinned\n"
@@ -109,7 +115,7 @@ def _deleted(cache: Path) -> None:
 
 def test_a_budget_the_cache_is_within_removes_nothing(cache):
     assert cache_book.keep_within(cache, _protected(cache), budget=10 * 2**30) == []
-    assert len(list((cache / "build").iterdir())) == 4
+    assert len(list((cache / "build").iterdir())) == 5
 
 
 def test_prune_by_age_and_dry_run_through_the_cli(cache, tmp_path):
