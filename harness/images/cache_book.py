@@ -42,6 +42,8 @@ KINDS = (
     ("test tree", "test-trees", re.compile(r".+")),
     ("tools", "tools", re.compile(r".+")),
 )
+#: The cache's places that hold entries, in KINDS' order.
+PLACES = tuple(dict.fromkeys(where for _, where, _ in KINDS))
 #: Where evicted entries wait for their deletion (in the background).
 TRASH = ".trash"
 #: The group a series' paths share: "series-<sha12>", with or without "bisect-"; a user's
@@ -100,7 +102,7 @@ def paths(cache: Path) -> list[Path]:
     """The cache's entries: each directory (or file) under its places. The build
     directory has a subdirectory per foreign platform (build/aarch64/...)."""
     out: list[Path] = []
-    for place in ("src", "build", "artifacts", "downloads", "apt", "test-trees", "tools"):
+    for place in PLACES:
         top = cache / place
         if not top.is_dir():
             continue

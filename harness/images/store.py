@@ -310,10 +310,10 @@ class ImageStore:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             shell(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO './{variant.tarball}' "
-                   f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
+                  f"| tar -xJ -C '{tmp}' --strip-components=1", "extract kernel source")
             for patch in variant.patches:
                 shell(f"patch -p1 --batch --forward -d '{tmp}' < '{patch}'",
-                       f"apply the recipe's {patch.name}")
+                      f"apply the recipe's {patch.name}")
             if variant.patches:
                 (tmp / RECIPE_PATCHES).write_text(
                     "".join(f"{p.name}\n" for p in variant.patches))
