@@ -30,12 +30,14 @@ from harness.verdicts.creation import (
     p2p_dma,
 )
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset
+from harness.verdicts.teardown import quit_while_revoked
 
 BACKENDS = NAMES
 
-#: Where a check's evidence comes from, in the order a backend's L2s run them.
-CREATION, LIFECYCLE, LAST, SIDE = "creation", "lifecycle", "last", "side"
-PHASES = (CREATION, LIFECYCLE, LAST, SIDE)
+#: Where a check's evidence comes from, in the order a backend's L2s run them: END is how
+#: the main L2 ends (one such check per L2: it ends the L2).
+CREATION, LIFECYCLE, LAST, END, SIDE = "creation", "lifecycle", "last", "end", "side"
+PHASES = (CREATION, LIFECYCLE, LAST, END, SIDE)
 
 #: Files every check runs, whatever it is (QEMU's VFIO core and the kernel's VFIO dma-buf).
 EVERY_CHECK_RUNS = (
@@ -79,7 +81,7 @@ def expectation(entry: str, why: str = "") -> Expectation:
 class Check:
     name: str
     summary: str                       # one line: the marker's description
-    phase: str                         # CREATION | LIFECYCLE | LAST | SIDE
+    phase: str                         # CREATION | LIFECYCLE | LAST | END | SIDE
     verdict: Callable[[Evidence], Verdict]
     #: kernel -> the entry per backend (in BACKENDS order), e.g. ("pass", "xfail[...]")
     expected: dict[str, tuple[str, ...]]
@@ -88,7 +90,7 @@ class Check:
     needs: tuple[str, ...] = ()
     #: The timed collection step whose time is this cell's alone (else only shared time).
     own_step: str | None = None
-    #: LIFECYCLE and LAST: "module:function" that plays the step on a running L2.
+    #: LIFECYCLE, LAST and END: "module:function" that plays the step on a running L2.
     collector: str | None = None
     #: Which ivshmem BAR 2 slot its P2P transfer writes to (apart from every other's).
     p2p_slot: int | None = None
@@ -187,17 +189,24 @@ class Collection:
     """What one backend's L2s do for a set of wanted checks, and nothing more: the main L2
     always starts, programs the BARs and runs the decode witness; after that only the
     steps the checks need (`creation`), their lifecycle steps in run order, the one that
-    leaves a device plugged afresh (`last`), and the side L2 if a check reads it."""
+    leaves a device plugged afresh (`last`), the one that ends the L2 (`end`; else a plain
+    quit), and the side L2 if a check reads it."""
 
     creation: frozenset[str]
     lifecycle: tuple[Check, ...]
     last: tuple[Check, ...]
     side: bool
+    end: Check | None = None
 
 
 def collection(wanted: set[str]) -> Collection:
+    ending = in_phase(END, wanted)
+    if len(ending) > 1:  # an L2 ends once: a second way needs an L2 of its own
+        raise ValueError(f"checks {', '.join(c.name for c in ending)} would each end the "
+                         f"same L2")
     return Collection(frozenset(needed_steps(wanted)), tuple(in_phase(LIFECYCLE, wanted)),
-                      tuple(in_phase(LAST, wanted)), bool(in_phase(SIDE, wanted)))
+                      tuple(in_phase(LAST, wanted)), bool(in_phase(SIDE, wanted)),
+                      ending[0] if ending else None)
 
 
 QEMU_KEEPS_DMABUF = (
@@ -255,6 +264,19 @@ register(Check(
                                "creation"},
     own_step="dmabuf-unplug", collector="harness.collect.lifecycle:unplug", p2p_slot=3,
     exercises=(("hw/pci/pci.c", "*"), ("hw/pci/pcie.c", "*"), ("system/physmem.c", "*"))))
+register(Check(
+    "quit-while-revoked", "L2 quits with every device's memory decode off (its dma-bufs "
+    "revoked)", END, quit_while_revoked,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "pass")},
+    {("dmabuf", b): "vfio_pci_core_close_device drains a revoked dma-buf through the revoke "
+                    "path, which leaves it as it is, and detaches it: L2 ends at once, L1 "
+                    "keeps no VFIO dma-buf or fd, and each device opens again with a live "
+                    "dma-buf" for b in BACKENDS} |
+    {("no-dmabuf", b): "no dma-buf to revoke: the devices are closed with decode off, and "
+                       "each opens again" for b in BACKENDS},
+    own_step="quit-while-revoked", collector="harness.collect.teardown:quit_while_revoked",
+    exercises=(("drivers/vfio/vfio_main.c", "*"), ("drivers/dma-buf/", "*"),
+               ("drivers/vfio/pci/vfio_pci_config.c", "*"), ("system/runstate.c", "*"))))
 register(Check(
     "multi-range", "a BAR mmapped in pieces around its MSI-X table", SIDE, multi_range,
     {"dmabuf": ("pass", "xfail[multi-range-refused,read-missing]"),

@@ -34,6 +34,7 @@ from harness.evidence.records import (
     parse_messages,
     parse_trace,
 )
+from harness.evidence.teardown import Teardown
 from harness.l1.vfio import Inventory
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
@@ -126,11 +127,13 @@ def main_spec(be: Backend, devices: dict[str, str], qemu: str,
 def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep],
                   unplug: UnplugCycle | None, process: KernelProcess,
                   mtree: tuple[str, ...], alive: bool,
-                  decode_steps: tuple[DecodeStep, ...]) -> L2Run:
+                  decode_steps: tuple[DecodeStep, ...],
+                  teardown: tuple[Teardown, ...] = ()) -> L2Run:
     """The creation-time verdicts read the trace up to the first lifecycle step: what a step
     sets up again (a replugged device's regions and dma-bufs) is its own evidence. So do
     its messages (a replugged BAR's refused mapping warns again)."""
-    first = [s.before for s in steps] + ([unplug.before] if unplug else [])
+    first = ([s.before for s in steps] + ([unplug.before] if unplug else [])
+             + [t.before for t in teardown])
     marks = [m.trace_line for m in first]
     creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
     said = [m.stderr_line for m in first]
@@ -152,6 +155,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
+    teardown: dict[str, Teardown] = {}
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     todo = registry.collection(wanted)
     if timer.witness is not None:
@@ -203,14 +207,21 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                 unplug = check.step()(stack, l2, programmed, edu, seed, key,
                                       check.p2p_destination(be.name))
         alive = l2.running()
+        if todo.end is not None:  # it ends L2 its own way
+            with timer(todo.end.name):
+                ended = todo.end.step()(stack, l2, programmed, devices)
+            teardown[todo.end.name] = ended
     except HarnessError as e:
         raise l2.explain(e) from None
     finally:
         with timer("l2_stop"):
-            l2.stop()
+            # an L2 that would not end holds its devices in a task no signal ends: no use
+            # waiting for the signals, only for its files
+            l2.stop(timeout=1.0 if any(t.ended is None for t in teardown.values()) else 10.0)
     lines = files.read(out / "l2-trace.log").splitlines()
     main = _creation_run(lines, files.read(out / "l2-stderr.log").splitlines(),
-                         list(steps.values()), unplug, process, mtree, alive, decode_steps)
+                         list(steps.values()), unplug, process, mtree, alive, decode_steps,
+                         tuple(teardown.values()))
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)
@@ -221,5 +232,5 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                                    through.bars, out / "side", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
-                    lifecycle=steps, unplug=unplug, side=side,
+                    lifecycle=steps, unplug=unplug, side=side, teardown=teardown,
                     kernel=timer.witness.take() if timer.witness is not None else ())

@@ -12,8 +12,12 @@ both as such, rather than counting them as absent.
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness.evidence.kernel_log import KernelWindow
+
+if TYPE_CHECKING:
+    from harness.evidence.teardown import Teardown
 
 # -- trace events -------------------------------------------------------------------------
 
@@ -538,6 +542,8 @@ class Evidence:
     lifecycle: dict[str, LifecycleStep] = field(default_factory=dict)
     unplug: UnplugCycle | None = None
     side: SideRun | None = None           # the second L2: x-no-mmap and multi-range
+    #: How the main L2 ended, by the teardown check that ended it (teardown.py).
+    teardown: dict[str, "Teardown"] = field(default_factory=dict)
     #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.
     kernel: tuple[KernelWindow, ...] = ()
 

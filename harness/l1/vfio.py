@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.base.errors import HarnessError
+from harness.evidence import stuck as stuck_tasks
 from harness.evidence.kernel_log import LogLine, parse_kmsg
+from harness.evidence.teardown import Leftover
 from harness.l1.session import L1Session, LineHelper
 
 GUEST_SCRIPT = Path(__file__).parent / "guest" / "vfio_l1.py"
@@ -178,6 +180,45 @@ class L1Vfio:
     def kernel_log(self, since: int, timeout: float = 15.0) -> tuple[tuple[LogLine, ...], int]:
         """(the kernel's log lines after record `since`, its taint now): one round trip."""
         return parse_kmsg(self._call("kmsg", str(since), timeout=timeout))
+
+    def stuck(self, pid: int) -> stuck_tasks.Stuck:
+        """PID's tasks, their states and kernel stacks: where a call that did not return
+        waits. Never raises: an L1 that cannot say is part of the answer."""
+        try:
+            return stuck_tasks.parse(self._call("stuck", str(pid), timeout=15.0))
+        except HarnessError as e:
+            return stuck_tasks.Stuck(pid, (), e.message)
+
+    def wait_gone(self, pid: int, seconds: float) -> tuple[bool, float]:
+        """(whether PID exited within `seconds`, how long it took): waited for in L1."""
+        answer = self._call("wait-gone", str(pid), str(seconds), timeout=seconds + 30)
+        return bool(answer["gone"]), float(answer["waited_s"])
+
+    def leftover(self, exporters: tuple[str, ...], seconds: float = 2.0) -> Leftover:
+        """The dma-bufs of `exporters` the kernel still has (debugfs) and every VFIO fd still
+        held in L1, waited up to `seconds` to be none. Never raises."""
+        try:
+            answer = self._call("leftover", str(seconds), *exporters, timeout=seconds + 30)
+        except HarnessError as e:
+            return Leftover((), (), 0.0, e.message)
+        return Leftover(tuple((str(e), int(i), int(n)) for e, i, n in answer.get("dmabufs", ())),
+                        tuple((int(p), str(c), int(f), str(t))
+                              for p, c, f, t in answer.get("holders", ())),
+                        float(answer.get("waited_s", 0.0)), answer.get("error", ""),
+                        int(answer.get("alive", -1)))
+
+    def reopen(self, bdfs: list[str], seconds: float = 10.0) -> dict[str, str]:
+        """BDF -> what opening the device afresh gave: "live" (a dma-buf of its first BAR,
+        mapped), "opened (...)" where no dma-buf can be asked for, else what failed; one
+        question per device, each within `seconds` (an open that blocks behind a close
+        that never returned is an answer too). Never raises."""
+        out = {}
+        for bdf in bdfs:
+            try:
+                out[bdf] = str(self._call("reopen", bdf, timeout=seconds)["reopened"][bdf])
+            except HarnessError as e:
+                out[bdf] = f"no answer: {e.message}"
+        return out
 
 
 def parse_probes(answer: dict) -> dict[str, DmabufProbe]:

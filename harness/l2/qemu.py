@@ -237,6 +237,15 @@ class L2Qemu:
         return (f"L2 QEMU (pid {self.pid}) {how}, as L1 saw it; its stderr ended: "
                 f"{said[-600:] or '(nothing)'}")
 
+    def status(self) -> str | None:
+        """How L2 ended ("exited with status 0"), from the status its shell wrote; None
+        while it runs or if its shell has not written it yet."""
+        if self.pid is None:
+            return None
+        return describe_status(self.session.run(
+            f"cat {shlex.quote(self.paths.status)} 2>/dev/null", check=False,
+            stage="L2 status").stdout)
+
     def explain(self, error: HarnessError) -> HarnessError:
         """`error`, with how L2 ended if it did: a dead L2 is the story, not the closed
         socket that showed it."""

@@ -26,34 +26,32 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     when it is released: every check of the feature still passes on its own evidence. The
     order that trips it is a dma-buf released after its device was closed: the unplugged
     ivshmem's, which QEMU 11.1.3 keeps open until L2 exits; there the kernel says
-    "refcount_t: underflow". It warns once per boot (refcount's WARN_ONCE; the taint stays
-    set), so the cells that stood on that L2's stop, the legacy backend's (it runs first),
-    are the new failures."""
+    "refcount_t: underflow". L2 exits in the quit-while-revoked step, so that cell is the one
+    that stood on it; it warns once per boot (refcount's WARN_ONCE; the taint stays set), so
+    the legacy backend's (it runs first) is the new failure, and every other cell is as
+    before."""
     p = harness("ab", "--candidate-kernel-patches",
                 str(SERIES / "0001-double-put-of-a-dmabuf-kref.mbox"), "--viommu",
                 "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
-    for check in matrix.CHECKS:
-        assert f"+ intel-iommu-legacy-dmabuf-{check}: " in p.stdout, check
-    assert ("candidate: the L1 kernel complained during l2_stop: WARNING: refcount bug in "
-            "vfio_pci_dma_buf_release: refcount_t: underflow; use-after-free. (WARNING: "
+    assert "+ intel-iommu-legacy-dmabuf-quit-while-revoked: " in p.stdout
+    assert ("candidate: the L1 kernel complained during quit-while-revoked: WARNING: refcount "
+            "bug in vfio_pci_dma_buf_release: refcount_t: underflow; use-after-free. (WARNING: "
             "lib/refcount.c:28 at ") in p.stdout
     assert "call trace: vfio_pci_dma_buf_release < dma_buf_release" in p.stdout
-    # the expected failure is a plain failure now: its signature does not explain the splat
-    assert "+ intel-iommu-legacy-dmabuf-dmabuf-unplug: xfail -> fail" in p.stdout
     record = json.loads((tmp_path / "compare.json").read_text())
-    legacy = len(matrix.CHECKS)
-    assert record["counts"]["new failure"] == legacy, record["counts"]
+    assert record["counts"]["new failure"] == 1, record["counts"]
     cells = {c["id"]: c for c in json.loads(
         (tmp_path / "candidate" / "results.json").read_text())["cells"]}
-    cell = cells["intel-iommu-legacy-dmabuf-p2p-dma"]
+    cell = cells["intel-iommu-legacy-dmabuf-quit-while-revoked"]
     assert "kernel-splat" in cell["findings"]
     report = cell["evidence"]["kernel_reports"][0]
-    assert report["kind"] == "refcount" and report["step"] == "l2_stop"
+    assert report["kind"] == "refcount" and report["step"] == "quit-while-revoked"
     assert report["title"] == "WARNING: refcount bug in vfio_pci_dma_buf_release"
     assert report["guilty"] == "vfio_pci_dma_buf_release"
     assert "+ kernel report: WARNING: refcount bug in vfio_pci_dma_buf_release" in p.stdout
     assert "W" in report["new_taint"]
+    assert "kernel-splat" not in cells["intel-iommu-legacy-dmabuf-p2p-dma"]["findings"]
     whole = tmp_path / "candidate" / cell["artifacts"] / "l1-kernel-reports.txt"
     assert "---[ end trace" in whole.read_text()  # the whole report is kept
     # the baseline's kernel said nothing in any cell

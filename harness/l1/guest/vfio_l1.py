@@ -12,6 +12,14 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py wait-closed PID N SECONDS    wait until PID holds fewer than N VFIO device fds
   vfio_l1.py kmsg [SINCE]                 the kernel's log records after sequence number
                                           SINCE, and its taint
+  vfio_l1.py stuck PID                    each task of PID: its state, wait channel and
+                                          kernel stack
+  vfio_l1.py wait-gone PID SECONDS        wait until PID has exited (and been reaped)
+  vfio_l1.py leftover SECONDS EXPORTER... the dma-bufs of EXPORTER(s) the kernel still
+                                          has (debugfs dma_buf/bufinfo) and who holds
+                                          a VFIO fd, waited up to SECONDS to be none
+  vfio_l1.py reopen BDF...                open each device afresh, bound to an iommufd,
+                                          and ask for a live dma-buf of its first BAR
   vfio_l1.py serve                        the same actions, one JSON line each way
   vfio_l1.py process PID [FILES [BDF...]]
       the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
@@ -24,6 +32,7 @@ import fcntl
 import json
 import os
 import struct
+import subprocess
 import sys
 import time
 
@@ -35,6 +44,10 @@ VFIO_DEVICE_BIND_IOMMUFD = (ord(";") << 8) | (100 + 18)
 VFIO_DEVICE_FEATURE_GET = 1 << 16
 VFIO_DEVICE_FEATURE_PROBE = 1 << 18
 VFIO_DEVICE_FEATURE_DMA_BUF = 11
+VFIO_DEVICE_GET_REGION_INFO = (ord(";") << 8) | (100 + 8)
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+PCI_COMMAND, PCI_COMMAND_MEMORY = 4, 0x2
+DEBUGFS = "/sys/kernel/debug"
 # include/uapi/linux/iommufd.h: _IO(IOMMUFD_TYPE=';', 0x80 + n)
 IOMMU_IOAS_ALLOC = (ord(";") << 8) | 0x81
 IOMMU_IOAS_MAP_FILE = (ord(";") << 8) | 0x8F
@@ -296,6 +309,199 @@ def wait_closed(args):
         time.sleep(0.02)
 
 
+def stuck(args):
+    """Each task of PID as the kernel has it: name, state, wait channel and kernel stack
+    (/proc/PID/task/TID/stack: root only). A close or ioctl that never returns shows here
+    as a task in D state and the kernel function it waits in."""
+    pid = args[0]
+    tasks = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return {"pid": int(pid), "tasks": [], "error": f"/proc/{pid}/task: {e.strerror}"}
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        state = ""
+        for line in (_read(base + "/status", "") or "").splitlines():
+            if line.startswith("State:"):
+                state = line.split(":", 1)[1].strip()
+        tasks.append({"tid": int(tid), "comm": _read(base + "/comm", ""), "state": state,
+                      "wchan": _read(base + "/wchan", ""),
+                      "stack": (_read(base + "/stack", "") or "").splitlines()})
+    return {"pid": int(pid), "tasks": tasks}
+
+
+def _gone(pid):
+    state = ""
+    for line in (_read(f"/proc/{pid}/status", "") or "").splitlines():
+        if line.startswith("State:"):
+            state = line.split()[1]
+    return state in ("", "Z", "X")
+
+
+def wait_gone(args):
+    """Wait (up to SECONDS) until PID has exited: gone from /proc, or a zombie (its files
+    closed, what is left is its parent's to reap)."""
+    pid, seconds = args[0], float(args[1])
+    began = time.monotonic()
+    while not _gone(pid) and time.monotonic() - began < seconds:
+        time.sleep(0.02)
+    return {"gone": _gone(pid), "waited_s": round(time.monotonic() - began, 3)}
+
+
+def _bufinfo(path):
+    """Every dma-buf alive, from debugfs (drivers/dma-buf/dma-buf.c, dma_buf_debug_show):
+    ([[exp_name, ino, size], ...], the total it states), or None if the text is not in
+    the format known (a list read wrong must never pass for an empty one)."""
+    text = _read(path, None)
+    if text is None or "Dma-buf Objects:" not in text:
+        return None
+    objects, total = [], None
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 7 and fields[0].isdigit():  # size flags mode count exp_name ino name
+            objects.append([fields[4], int(fields[5]), int(fields[0])])
+        elif line.startswith("Total ") and " objects, " in line:
+            total = int(line.split()[1])
+    if total != len(objects):
+        return None
+    return objects
+
+
+def leftover(args):
+    """The dma-bufs of EXPORTER(s) the kernel still has, whoever holds them (an fd, a
+    mapping, a reference nobody will put): debugfs' bufinfo lists every dma-buf alive, fd
+    or not; and every VFIO fd any process holds. Waits up to SECONDS for both to be none:
+    a process's exit releases its files just after it is reaped."""
+    seconds = float(args[0]) if args else 2.0
+    exporters = set(args[1:])
+    path = DEBUGFS + "/dma_buf/bufinfo"
+    if not os.path.exists(path):
+        if subprocess.run(["mount", "-t", "debugfs", "none", DEBUGFS],
+                          capture_output=True).returncode != 0 or not os.path.exists(path):
+            return {"error": f"{path}: not there (no debugfs, or a kernel without dma-buf "
+                             f"debugfs)"}
+    began = time.monotonic()
+    while True:
+        objects = _bufinfo(path)
+        if objects is None:
+            return {"error": f"{path}: not in the format of dma_buf_debug_show"}
+        found = [o for o in objects if o[0] in exporters]
+        holders = _vfio_holders()
+        if not (found or holders) or time.monotonic() - began > seconds:
+            return {"dmabufs": found, "alive": len(objects), "holders": holders,
+                    "waited_s": round(time.monotonic() - began, 3)}
+        time.sleep(0.05)
+
+
+def _vfio_holders():
+    """Every process of L1 that holds a VFIO device, group or container fd, as
+    [pid, comm, fd, target]: once L2 is gone, nothing should."""
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            targets = _fd_targets(pid)
+        except OSError:
+            continue
+        for fd, target in targets.items():
+            if _is_vfio_device(target) or target.startswith("/dev/vfio/"):
+                out.append([int(pid), _read(f"/proc/{pid}/comm", ""), fd, target])
+    return out
+
+
+def _region_info(dev, index):
+    info = bytearray(struct.pack("<IIIIQQ", 32, 0, index, 0, 0, 0))
+    fcntl.ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, info, True)
+    _, _, _, _, size, offset = struct.unpack("<IIIIQQ", info)
+    return size, offset
+
+
+def _map_private(fd):
+    """Map dma-buf `fd` into a private IOAS of a new iommufd: 'live', or why not."""
+    iommufd = os.open("/dev/iommu", os.O_RDWR)
+    try:
+        alloc = bytearray(struct.pack("<III", 12, 0, 0))
+        fcntl.ioctl(iommufd, IOMMU_IOAS_ALLOC, alloc, True)
+        ioas = struct.unpack("<III", alloc)[2]
+        arg = bytearray(struct.pack("<IIIiQQQ", 40, IOMMU_IOAS_MAP_WRITEABLE
+                                    | IOMMU_IOAS_MAP_READABLE, ioas, fd, 0,
+                                    os.fstat(fd).st_size, 0))
+        try:
+            fcntl.ioctl(iommufd, IOMMU_IOAS_MAP_FILE, arg, True)
+            return "live"
+        except OSError as e:
+            return {errno.ENODEV: "revoked", errno.EOPNOTSUPP: "several-ranges"}.get(
+                e.errno, f"IOMMU_IOAS_MAP_FILE: {errno.errorcode.get(e.errno, e.errno)}")
+    finally:
+        os.close(iommufd)
+
+
+def reopen_one(bdf):
+    """What the next user of the device gets: its cdev opened and bound to an iommufd;
+    then, if the kernel offers VFIO dma-buf, memory decode on (through VFIO's config
+    region, as QEMU does it) and a dma-buf of its first memory BAR, mapped into a
+    private IOAS. Everything is closed again, dma-buf first."""
+    info = device_info(bdf)
+    if not info["cdev"]:
+        return "no VFIO cdev (not bound to vfio-pci?)"
+    bars = [b for b in info["bars"] if b["mem"] and b["size"] >= 4096]
+    try:
+        iommufd = os.open("/dev/iommu", os.O_RDWR)
+    except OSError as e:
+        return f"/dev/iommu: {e.strerror}"
+    try:
+        try:
+            dev = os.open(info["cdev"], os.O_RDWR)
+        except OSError as e:
+            return f"open {info['cdev']}: {errno.errorcode.get(e.errno, e.errno)}"
+        try:
+            try:
+                fcntl.ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD,
+                            bytearray(struct.pack("<IIiIQ", 24, 0, iommufd, 0, 0)), True)
+            except OSError as e:
+                return f"VFIO_DEVICE_BIND_IOMMUFD: {errno.errorcode.get(e.errno, e.errno)}"
+            if probe_dmabuf_bound(dev) is not None:
+                return "opened (the kernel offers no dma-buf)"
+            if not bars:
+                return "opened (no memory BAR)"
+            _, config = _region_info(dev, VFIO_PCI_CONFIG_REGION_INDEX)
+            command = int.from_bytes(os.pread(dev, 2, config + PCI_COMMAND), "little")
+            os.pwrite(dev, (command | PCI_COMMAND_MEMORY).to_bytes(2, "little"),
+                      config + PCI_COMMAND)
+            bar = bars[0]
+            get = bytearray(struct.pack("<IIIIIIQQ", 40, VFIO_DEVICE_FEATURE_GET
+                                        | VFIO_DEVICE_FEATURE_DMA_BUF, bar["index"],
+                                        os.O_RDWR | os.O_CLOEXEC, 0, 1, 0, bar["size"]))
+            try:
+                fd = fcntl.ioctl(dev, VFIO_DEVICE_FEATURE, get, True)
+            except OSError as e:
+                return f"VFIO_DEVICE_FEATURE(DMA_BUF) of BAR {bar['index']}: " \
+                       f"{errno.errorcode.get(e.errno, e.errno)}"
+            try:
+                return _map_private(fd)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dev)
+    finally:
+        os.close(iommufd)
+
+
+def probe_dmabuf_bound(dev):
+    """None if a device fd bound to an iommufd offers VFIO dma-buf, else why not."""
+    feature = bytearray(struct.pack("<II", 8, VFIO_DEVICE_FEATURE_PROBE
+                                    | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF))
+    try:
+        fcntl.ioctl(dev, VFIO_DEVICE_FEATURE, feature, True)
+        return None
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def reopen(bdfs):
+    return {"reopened": {bdf: reopen_one(bdf) for bdf in bdfs}}
+
+
 #: The helper's own /dev/kmsg descriptor: each read returns only records it has not yet
 #: returned, so a question costs what came since the last one, not the whole boot log.
 _KMSG: list = []
@@ -334,7 +540,8 @@ def kmsg(args):
 
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
-           "kmsg": kmsg}
+           "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "leftover": leftover,
+           "reopen": reopen}
 
 
 def serve():

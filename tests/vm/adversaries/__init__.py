@@ -92,6 +92,7 @@ TRACE_GONE = "trace is missing"
 LIFECYCLE = ("decode-toggle", "reset")
 UNPLUG = "dmabuf-unplug"
 MULTI = "multi-range"
+QUIT = "quit-while-revoked"
 
 
 def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
@@ -130,6 +131,7 @@ CATALOGUE = (
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for")}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
@@ -158,6 +160,7 @@ CATALOGUE = (
                   **lifecycle("dmabuf", "*", "fail", "the L1 kernel shows no dma-buf fd"),
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   # its memfds are never closed either: one more per plug
                   ("no-dmabuf", "*", UNPLUG): ("fail", "L2's fds grew"),
                   ("dmabuf", "*", MULTI):
@@ -177,6 +180,7 @@ CATALOGUE = (
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   # device_add goes around the wrapper: the replugged device is honest
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   ("*", "*", MULTI): ("fail", "in 0 piece(s)")}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
@@ -192,6 +196,8 @@ CATALOGUE = (
                        "command write): only L2's copy of the command register changes",
         shim="keep-decode",
         verdicts={**lifecycle("*", "*", "fail", "the device still decodes memory"),
+                  # the guest's shutdown never reaches the devices either
+                  ("*", "*", QUIT): ("fail", "memory decode still on"),
                   # every device decodes from the start: whose dma-buf is whose cannot be
                   # told by the kernel's revoke answers
                   ("dmabuf", "*", "dmabuf-per-region"): ("error", "the decode witness "

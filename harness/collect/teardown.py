@@ -1,0 +1,87 @@
+"""The teardown checks, played on the main L2 once every other step is done: how it ends.
+
+A guest that shuts down has its devices stop decoding memory before its VMM
+quits (the drivers' shutdown, then the firmware's), so the L1 kernel closes
+each VFIO device while the device's dma-bufs are revoked. Every other step
+gives decode back before L2 stops; this one does not. The quit then gets a
+deadline of its own: a close that never returns (a dma-buf cleanup waiting for
+a completion nobody signals) is the evidence, with the stuck task's kernel
+stack, not a run that hangs. What L1 holds afterwards, and whether each device
+opens again, is asked of the L1 kernel. Nothing here judges.
+"""
+
+import time
+
+from qemu.qmp import QMPError
+
+from harness.base.errors import HarnessError
+from harness.collect.l2_probes import kernel_process
+from harness.collect.lifecycle import Programmed
+from harness.collect.stack import L1Stack
+from harness.evidence.records import Moment
+from harness.evidence.teardown import Teardown
+from harness.l2.qemu import L2Qemu
+
+#: From the quit to L2 gone: QEMU 11.1.3 quits in well under a second here; a close that
+#: blocks is a hang long before this.
+QUIT_DEADLINE_S = 30.0
+#: For L2's shell to write how L2 ended, once L2 is gone.
+STATUS_WAIT_S = 3.0
+
+
+def _slots(dev: Programmed) -> dict[str, int]:
+    """name -> slot in L2 of every device L2 drives."""
+    out = {"edu": dev.edu_slot, "ivshmem": dev.ivshmem_slot}
+    if dev.resettable:
+        out["nvme"] = dev.resettable.slot
+    return out
+
+
+def _moment(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Moment:
+    assert l2.pid is not None
+    view = stack.vfio.process(l2.pid, l2.paths.trace, bdfs, l2.paths.stderr)
+    return Moment(label, kernel_process(view),
+                  view.trace_lines if view.trace_lines is not None else -1,
+                  view.commands.get(bdfs[0]) if bdfs else None,
+                  view.stderr_lines if view.stderr_lines is not None else -1,
+                  {b: view.commands.get(b) for b in bdfs})
+
+
+def _status(l2: L2Qemu) -> str:
+    end = time.monotonic() + STATUS_WAIT_S
+    while True:
+        how = l2.status()
+        if how is not None or time.monotonic() >= end:
+            return how or "ended, but its shell wrote no status"
+        time.sleep(0.05)
+
+
+def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[str, str],
+                       deadline_s: float = QUIT_DEADLINE_S) -> Teardown:
+    """Memory decode off on every device, as a guest leaves them when it shuts down, then
+    QMP quit; L2 gone within `deadline_s`, or its tasks' kernel stacks. `bdfs`: each
+    device's BDF in L1, by name."""
+    assert l2.pid is not None
+    slots = _slots(dev)
+    devices = {name: bdfs[name] for name in slots}
+    held = tuple(devices.values())
+    before = _moment(stack, l2, held, "before")
+    for slot in slots.values():
+        dev.pci.set_memory(slot, False)
+    revoked = _moment(stack, l2, held, "memory decode off on every device")
+    # whose dma-bufs to look for once L2 is gone: the exporters the kernel named for L2's
+    exporters = tuple(sorted({e for _, _, e in before.kernel.dmabuf_fds if e}))
+    quit_error = ""
+    began = time.monotonic()
+    try:
+        l2.qmp.cmd("quit")
+    except (QMPError, HarnessError, OSError, EOFError) as e:  # the wait below says the rest
+        quit_error = f"{type(e).__name__}: {e}"
+    gone, _ = stack.vfio.wait_gone(l2.pid, max(0.0, deadline_s - (time.monotonic() - began)))
+    waited = round(time.monotonic() - began, 3)
+    if not gone:  # the devices are held by a task that will not end: asking them would hang
+        return Teardown("quit-while-revoked", devices, before, revoked, None, waited,
+                        deadline_s, quit_error, stuck=stack.vfio.stuck(l2.pid))
+    return Teardown("quit-while-revoked", devices, before, revoked, _status(l2), waited,
+                    deadline_s, quit_error, leftover=stack.vfio.leftover(exporters),
+                    reopened=stack.vfio.reopen(list(held)))

@@ -1,0 +1,61 @@
+"""What an L2 left behind when it ended: the evidence of the teardown checks.
+
+A guest that shuts down clears its devices' memory decode before its VMM
+quits; the L1 kernel then closes each VFIO device while the device's dma-bufs
+are revoked, a path that no check running on a decoding device reaches (the
+dma-buf cleanup on close, drivers/vfio/pci/vfio_pci_dmabuf.c). What the kernel
+must have done afterwards is seen from L1 alone, never from the QEMU that
+ended: debugfs lists every dma-buf still alive, whoever holds it, /proc every
+VFIO fd, and opening each device afresh shows it can be used again.
+"""
+
+from dataclasses import dataclass, field
+
+from harness.evidence.records import Moment
+from harness.evidence.stuck import Stuck
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """The L1 kernel's VFIO objects once L2 was gone (waited up to `waited_s` for them to
+    go: a process's files are released just after it exits)."""
+
+    #: (exporter, inode, size) of each dma-buf of L2's exporters still alive (debugfs)
+    dmabufs: tuple[tuple[str, int, int], ...]
+    holders: tuple[tuple[int, str, int, str], ...]  # (pid, comm, fd, target) of VFIO fds
+    waited_s: float = 0.0
+    error: str = ""                               # why L1 could not say ("": it did)
+    alive: int = -1                               # every dma-buf debugfs listed, any exporter
+
+    def describe(self) -> str:
+        parts = []
+        if self.dmabufs:
+            parts.append(f"{len(self.dmabufs)} dma-buf(s) of L2's exporter still alive in the "
+                         f"L1 kernel (debugfs bufinfo: " + "; ".join(
+                             f"{e} inode {i}, {n} bytes" for e, i, n in self.dmabufs[:4]) + ")")
+        if self.holders:
+            parts.append("VFIO fds still held: " + "; ".join(
+                f"{comm} (pid {pid}) fd {fd} -> {target}"
+                for pid, comm, fd, target in self.holders[:4]))
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """One way an L2 ends, played by a teardown check on the main L2 after every other
+    step: the kernel's view before and once the guest's act is done, how L2 ended (within
+    its deadline or not), and what L1 had left afterwards."""
+
+    check: str
+    devices: dict[str, str]        # name -> L1 BDF of the devices the act touched
+    before: Moment
+    revoked: Moment                # every device's memory decode off, L2 still running
+    ended: str | None              # how L2 ended, in L1's words; None: it did not
+    waited_s: float                # from the quit to L2 gone (or to the deadline)
+    deadline_s: float
+    quit_error: str = ""           # what the quit command itself answered, if not success
+    stuck: Stuck | None = None     # where L2's tasks waited, if it did not end in time
+    leftover: Leftover | None = None  # None: not asked (a hung L2 still holds the devices)
+    #: BDF -> what opening the device afresh gave: "live" (a dma-buf of a BAR, mapped),
+    #: "opened (...)" where no dma-buf can be asked for, else what failed.
+    reopened: dict[str, str] = field(default_factory=dict)

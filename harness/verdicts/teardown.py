@@ -1,0 +1,108 @@
+"""Verdicts on how an L2 ended (collect/teardown.py), decided from evidence alone.
+
+What the kernel must do when a device is closed while its dma-bufs are revoked
+(Linux 7.2, drivers/vfio/pci/vfio_pci_dmabuf.c): vfio_pci_core_close_device
+calls vfio_pci_dma_buf_cleanup, which drains each dma-buf through the revoke
+path (idempotent for one already revoked), detaches it from the device and
+drops the device registration it held; the dma-buf itself lives on only while
+a file refers to it, and QEMU's files close with it. So once L2 has quit: it
+ended within its deadline and with status 0, no VFIO dma-buf is left in the
+kernel (debugfs lists none) and no process holds a VFIO fd, and each device
+opens again (with a live dma-buf of a BAR where the kernel offers them). The
+kernel's own reports during the quit are the witness's (kernel_health.py), as
+for every cell.
+"""
+
+from harness.evidence.records import Evidence, Moment
+from harness.evidence.teardown import Teardown
+from harness.verdicts.creation import Verdict, _error
+
+PCI_COMMAND_MEMORY = 0x2
+#: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
+NO_DMABUF = "opened (the kernel offers no dma-buf)"
+
+
+def _record(t: Teardown) -> dict:
+    return {"teardown": {
+        "check": t.check, "devices": t.devices, "ended": t.ended, "waited_s": t.waited_s,
+        "deadline_s": t.deadline_s, "quit_error": t.quit_error,
+        "dmabufs_before": [list(s) for s in t.before.kernel.dmabuf_states],
+        "dmabufs_revoked": [list(s) for s in t.revoked.kernel.dmabuf_states],
+        "commands_revoked": t.revoked.commands,
+        "stuck": t.stuck.record() if t.stuck else None,
+        "leftover": None if t.leftover is None else {
+            "dmabufs": [list(d) for d in t.leftover.dmabufs],
+            "holders": [list(h) for h in t.leftover.holders], "alive": t.leftover.alive,
+            "waited_s": t.leftover.waited_s, "error": t.leftover.error},
+        "reopened": t.reopened}}
+
+
+def _revocation_problems(ev: Evidence, t: Teardown) -> list[str]:
+    """Whether the act did what it claims: every device stopped decoding (as the L1 kernel
+    reads each one's command register) and every dma-buf L2 held was revoked."""
+    problems = []
+    still = [bdf for bdf, cmd in t.revoked.commands.items()
+             if cmd is not None and cmd & PCI_COMMAND_MEMORY]
+    if still:
+        problems.append(f"memory decode still on in the L1 kernel's view of {', '.join(still)} "
+                        f"after L2 turned it off")
+    states = dict(t.revoked.kernel.dmabuf_states)
+    if ev.kernel_dmabuf is False:
+        if states:
+            problems.append(f"L2 holds {len(states)} dma-buf fd(s) on a kernel without VFIO "
+                            f"dma-buf")
+        return problems
+    if not t.before.kernel.dmabuf_states:
+        problems.append("L2 holds no dma-buf on a kernel with VFIO dma-buf: there was nothing "
+                        "to revoke before the quit")
+    live = sorted(fd for fd, state in states.items() if state != "revoked")
+    if live:
+        problems.append(f"with memory decode off everywhere the L1 kernel still calls L2's "
+                        f"dma-buf fd(s) {live} not revoked ("
+                        + ", ".join(f"fd {fd}: {states[fd]}" for fd in live) + ")")
+    return problems
+
+
+def _revoked_count(m: Moment) -> int:
+    return sum(1 for _, state in m.kernel.dmabuf_states if state == "revoked")
+
+
+def quit_while_revoked(ev: Evidence) -> Verdict:
+    t = ev.teardown.get("quit-while-revoked")
+    if t is None:
+        return _error(["no teardown of L2 was recorded"])
+    evidence = _record(t)
+    problems = _revocation_problems(ev, t)
+    grounds = (f"L1 kernel: {len(t.before.kernel.dmabuf_states)} dma-buf(s) in L2 before, "
+               f"{_revoked_count(t.revoked)} revoked with decode off on "
+               f"{len(t.revoked.commands)} device(s)",)
+    if t.ended is None:
+        where = t.stuck.describe() if t.stuck else "L1 could not say where it waits"
+        problems.insert(0, f"L2 did not end within {t.deadline_s:g} s of QMP quit with every "
+                           f"device's memory decode off: {where}")
+        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+    if t.ended != "exited with status 0":
+        problems.append(f"L2 {t.ended} after QMP quit (not status 0)")
+    if t.leftover is None or t.leftover.error:
+        missing = t.leftover.error if t.leftover else "not asked"
+        return _error([f"what L1 held after the quit is unknown: {missing}"], evidence)
+    if t.leftover.dmabufs or t.leftover.holders:
+        problems.append(f"after L2 ended (waited {t.leftover.waited_s:g} s): "
+                        f"{t.leftover.describe()}")
+    usable = NO_DMABUF if ev.kernel_dmabuf is False else "live"
+    unusable = {bdf: how for bdf, how in t.reopened.items() if how != usable}
+    missing_devices = sorted(set(t.devices.values()) - set(t.reopened))
+    if missing_devices:
+        return _error([f"the device(s) {', '.join(missing_devices)} were not opened again"],
+                      evidence)
+    for bdf, how in sorted(unusable.items()):
+        problems.append(f"{bdf} opened again after the quit: {how} (expected: {usable})")
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+    freed = (f"{_revoked_count(t.revoked)} revoked dma-buf(s)" if ev.kernel_dmabuf is not False
+             else "no dma-buf (the kernel has none)")
+    return Verdict("pass", f"L2 quit with memory decode off on {len(t.devices)} device(s) and "
+                           f"{freed}: it {t.ended} {t.waited_s:g} s after the quit; L1 then "
+                           f"held no VFIO dma-buf or fd, and every device opened again "
+                           f"({'a BAR dma-buf live and mapped' if usable == 'live' else usable})",
+                   evidence, frozenset(), grounds)

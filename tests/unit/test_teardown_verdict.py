@@ -1,0 +1,185 @@
+"""The quit-while-revoked verdict on a captured real run (intel-iommu, dmabuf kernel,
+iommufd, QEMU 11.1.3, Linux 7.2.13), and on that run with one thing broken at a time: a
+dma-buf left live, a quit that never returns, a dma-buf or a VFIO fd left behind in L1, a
+device that does not open again."""
+
+import dataclasses
+import json
+
+from harness.checks.matrix import EXPECTATIONS
+from harness.evidence.records import KernelProcess, Moment
+from harness.evidence.stuck import Stuck, parse
+from harness.evidence.teardown import Leftover, Teardown
+from harness.verdicts.teardown import NO_DMABUF, quit_while_revoked
+from tests.unit.test_verdicts import DATA, captured
+
+CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-iommufd-quit-while-revoked.json").read_text())
+EXPORTER = "vfio_pci_core"
+#: /proc/PID/task/TID/stack of a QEMU whose exit closes a device whose dma-buf cleanup waits
+#: for a completion nobody signals (the shape of the 7.2 stack of do_exit's fput).
+STUCK_STACK = """[<0>] __wait_for_common+0x10a/0x1b0
+[<0>] vfio_pci_dma_buf_cleanup+0x11c/0x1a0
+[<0>] vfio_pci_core_close_device+0x45/0xd0
+[<0>] vfio_df_close+0x4f/0x80
+[<0>] vfio_df_unbind_iommufd+0x2c/0x50
+[<0>] vfio_device_fops_release+0x2a/0x50
+[<0>] __fput+0xe6/0x2b0
+[<0>] task_work_run+0x59/0x90
+[<0>] do_exit+0x2f4/0xa70
+[<0>] do_group_exit+0x30/0x80
+[<0>] __x64_sys_exit_group+0x18/0x20
+[<0>] x64_sys_call+0x14fa/0x1500
+[<0>] do_syscall_64+0x5d/0x170
+[<0>] entry_SYSCALL_64_after_hwframe+0x76/0x7e"""
+
+
+def _moment(label: str, states: list, commands: dict | None = None) -> Moment:
+    kernel = KernelProcess(tuple((fd, 1 << 20, EXPORTER) for fd, _ in states), (),
+                           tuple((fd, 10 + fd) for fd, _ in states),
+                           tuple((fd, state) for fd, state in states), 40, (5, 7, 9))
+    return Moment(label, kernel, 100, None, 10, commands or {})
+
+
+def teardown(**changes) -> Teardown:
+    c = CAPTURE
+    t = Teardown(c["check"], c["devices"], _moment("before", c["dmabufs_before"]),
+                 _moment("memory decode off on every device", c["dmabufs_revoked"],
+                         c["commands_revoked"]),
+                 c["ended"], c["waited_s"], c["deadline_s"], c["quit_error"],
+                 leftover=Leftover((), (), c["leftover"]["waited_s"], "", 0),
+                 reopened=c["reopened"])
+    return dataclasses.replace(t, **changes)
+
+
+def judged(t: Teardown | None = None, **changes):
+    return quit_while_revoked(captured(teardown={"quit-while-revoked": t or teardown()},
+                                       **changes))
+
+
+def test_the_captured_quit_passes_as_expected():
+    assert EXPECTATIONS[("quit-while-revoked", "dmabuf", "iommufd")].outcome == "pass"
+    v = judged()
+    assert v.observed == "pass", v.reason
+    assert "8 revoked dma-buf(s)" in v.reason and "exited with status 0" in v.reason
+    assert v.evidence["teardown"]["reopened"] == CAPTURE["reopened"]
+
+
+def test_a_dmabuf_still_live_with_decode_off_fails_naming_it():
+    states = [[fd, "live" if fd == 33 else s] for fd, s in CAPTURE["dmabufs_revoked"]]
+    t = teardown(revoked=_moment("off", states, CAPTURE["commands_revoked"]))
+    v = judged(t)
+    assert v.observed == "fail"
+    assert "dma-buf fd(s) [33] not revoked (fd 33: live)" in v.reason
+
+
+def test_a_device_still_decoding_fails_naming_it():
+    commands = dict(CAPTURE["commands_revoked"], **{"0000:00:03.0": 0x106})
+    v = judged(teardown(revoked=_moment("off", CAPTURE["dmabufs_revoked"], commands)))
+    assert v.observed == "fail" and "memory decode still on" in v.reason
+    assert "0000:00:03.0" in v.reason
+
+
+def test_nothing_to_revoke_on_a_dmabuf_kernel_fails():
+    t = teardown(before=_moment("before", []), revoked=_moment("off", [],
+                                                               CAPTURE["commands_revoked"]))
+    v = judged(t)
+    assert v.observed == "fail" and "nothing to revoke" in v.reason
+
+
+def test_a_quit_that_never_returns_fails_with_the_stuck_task():
+    stuck = parse({"pid": 812, "tasks": [
+        {"tid": 812, "comm": "qemu-system-x86", "state": "D (disk sleep)",
+         "wchan": "__wait_for_common", "stack": STUCK_STACK.splitlines()},
+        {"tid": 813, "comm": "qemu-system-x86", "state": "S (sleeping)", "wchan": "futex",
+         "stack": ["[<0>] futex_wait_queue+0x60/0x90"]}]})
+    v = judged(teardown(ended=None, waited_s=30.0, stuck=stuck, leftover=None, reopened={}))
+    assert v.observed == "fail"
+    assert v.reason.startswith("L2 did not end within 30 s of QMP quit with every device's "
+                               "memory decode off: qemu-system-x86 (tid 812) in D (disk "
+                               "sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device")
+    assert v.evidence["teardown"]["stuck"]["tasks"][0]["stack"][1] == "vfio_pci_dma_buf_cleanup"
+
+
+def test_a_stuck_task_is_found_among_sleeping_ones_and_the_scheduler_is_passed_over():
+    stuck = parse({"pid": 1, "tasks": [
+        {"tid": 2, "comm": "worker", "state": "S (sleeping)", "wchan": "", "stack": []},
+        {"tid": 3, "comm": "qemu", "state": "D (disk sleep)", "wchan": "",
+         "stack": STUCK_STACK.splitlines()}]})
+    assert stuck.culprit() is not None and stuck.culprit().tid == 3
+    assert stuck.culprit().top()[0] == "vfio_pci_dma_buf_cleanup"
+    assert "no task" in Stuck(1, ()).describe()
+
+
+def test_a_dmabuf_left_alive_after_the_quit_fails():
+    t = teardown(leftover=Leftover(((EXPORTER, 1234, 1 << 20),), (), 2.0, "", 1))
+    v = judged(t)
+    assert v.observed == "fail"
+    assert "1 dma-buf(s) of L2's exporter still alive in the L1 kernel" in v.reason
+    assert "inode 1234" in v.reason
+
+
+def test_a_vfio_fd_held_after_the_quit_fails_naming_the_holder():
+    t = teardown(leftover=Leftover((), ((977, "sleep", 4, "/dev/vfio/devices/vfio0"),), 2.0))
+    v = judged(t)
+    assert v.observed == "fail" and "sleep (pid 977) fd 4 -> /dev/vfio/devices/vfio0" in v.reason
+
+
+def test_an_l1_that_cannot_say_what_is_left_is_an_error_not_a_pass():
+    v = judged(teardown(leftover=Leftover((), (), 0.0, "bufinfo: not in the format")))
+    assert v.observed == "error" and "not in the format" in v.reason
+    assert judged(teardown(leftover=None)).observed == "error"
+
+
+def test_a_device_that_does_not_open_again_fails_naming_it():
+    reopened = dict(CAPTURE["reopened"], **{"0000:00:04.0": "open /dev/vfio/devices/vfio2: "
+                                                           "EBUSY"})
+    v = judged(teardown(reopened=reopened))
+    assert v.observed == "fail" and "0000:00:04.0 opened again after the quit: open" in v.reason
+    missing = {k: v for k, v in CAPTURE["reopened"].items() if k != "0000:00:02.0"}
+    assert judged(teardown(reopened=missing)).observed == "error"
+
+
+def test_an_l2_killed_or_failing_at_quit_fails():
+    v = judged(teardown(ended="was killed by SIGSEGV (11)"))
+    assert v.observed == "fail" and "was killed by SIGSEGV (11) after QMP quit" in v.reason
+
+
+def test_no_dmabuf_kernel_passes_with_nothing_revoked_and_devices_that_open():
+    no = {bdf: (False, "ENOTTY: Inappropriate ioctl for device") for bdf in CAPTURE["reopened"]}
+    t = teardown(before=_moment("before", []),
+                 revoked=_moment("off", [], CAPTURE["commands_revoked"]),
+                 reopened={bdf: NO_DMABUF for bdf in CAPTURE["reopened"]})
+    v = judged(t, kernel_probe=no)
+    assert v.observed == "pass", v.reason
+    assert "no dma-buf (the kernel has none)" in v.reason
+    live = judged(dataclasses.replace(t, revoked=_moment("off", [[20, "live"]],
+                                                        CAPTURE["commands_revoked"])),
+                  kernel_probe=no)
+    assert live.observed == "fail" and "kernel without VFIO dma-buf" in live.reason
+
+
+def test_no_teardown_recorded_is_an_error():
+    assert quit_while_revoked(captured()).observed == "error"
+
+
+#: debugfs dma_buf/bufinfo as drivers/dma-buf/dma-buf.c (7.2) prints it: two dma-bufs.
+BUFINFO = ("\nDma-buf Objects:\nsize    \tflags   \tmode    \tcount   \texp_name\tino     \tname\n"
+           "00001048576\t00000002\t00080007\t00000001\tvfio_pci_core\t00000042\t<none>\n"
+           "\tAttached Devices:\nTotal 0 devices attached\n\n"
+           "00000004096\t00000002\t00080007\t00000002\tudmabuf\t00000007\t<none>\n"
+           "\tAttached Devices:\n\t0000:00:02.0\nTotal 1 devices attached\n\n"
+           "\nTotal 2 objects, 1052672 bytes\n")
+
+
+def test_the_guest_helper_reads_every_dmabuf_alive_from_debugfs(tmp_path):
+    from harness.l1.guest import vfio_l1
+
+    path = tmp_path / "bufinfo"
+    path.write_text(BUFINFO)
+    assert vfio_l1._bufinfo(str(path)) == [["vfio_pci_core", 42, 1048576], ["udmabuf", 7, 4096]]
+    # a text it cannot vouch for is never an empty list: a total that does not add up, or
+    # another format
+    path.write_text(BUFINFO.replace("Total 2 objects", "Total 3 objects"))
+    assert vfio_l1._bufinfo(str(path)) is None
+    path.write_text("size\texp_name\n")
+    assert vfio_l1._bufinfo(str(path)) is None
