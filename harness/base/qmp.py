@@ -21,6 +21,7 @@ class TranscribedQmp:
         self.transcript = transcript
         self.who = who
         self._qmp: QEMUMonitorProtocol | None = None
+        self._timeout = 30.0  # each answer's, unless a command asks for less
 
     def connect(self, deadline: Deadline, alive=lambda: True, details=lambda: "") -> None:
         """Connect, retrying until the deadline: the listener may not be up yet."""
@@ -32,7 +33,8 @@ class TranscribedQmp:
             qmp = QEMUMonitorProtocol(self.address)
             try:
                 qmp.connect()
-                qmp.settimeout(max(deadline.seconds, 30.0))
+                self._timeout = max(deadline.seconds, 30.0)
+                qmp.settimeout(self._timeout)
                 self._qmp = qmp
                 self._log({"event": "connected", "address": str(self.address)})
                 return
@@ -51,10 +53,21 @@ class TranscribedQmp:
         return self._qmp is not None
 
     def cmd(self, command: str, **args: object) -> object:
+        return self._cmd(command, None, args)
+
+    def cmd_within(self, seconds: float, command: str, **args: object) -> object:
+        """One command whose answer is waited for `seconds` at most (not the connection's
+        own timeout); after that the connection is lost for good: a QEMU whose main loop is
+        stuck answers nothing more."""
+        return self._cmd(command, seconds, args)
+
+    def _cmd(self, command: str, timeout: float | None, args: dict) -> object:
         if self._qmp is None:
             raise HarnessError(f"QMP {command}: {self.who} is not connected", stage=self.who)
         entry: dict = {"execute": command, "arguments": args}
         try:
+            if timeout is not None:
+                self._qmp.settimeout(max(timeout, 0.1))
             entry["return"] = self._qmp.cmd(command, **args)
             return entry["return"]
         except ExecuteError as e:  # QEMU answered with an error: the caller's to judge
@@ -65,6 +78,8 @@ class TranscribedQmp:
             raise HarnessError(f"QMP {command}: the connection to {self.who} QEMU was lost "
                                f"({e!r}; {self.who} QEMU exited?)", stage=self.who) from None
         finally:
+            if timeout is not None and self._qmp is not None:
+                self._qmp.settimeout(self._timeout)
             self._log(entry)
 
     def events(self) -> list[dict]:

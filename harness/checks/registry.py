@@ -30,7 +30,7 @@ from harness.verdicts.creation import (
     p2p_dma,
 )
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset
-from harness.verdicts.teardown import quit_while_revoked
+from harness.verdicts.teardown import quit_while_revoked, unplug_while_revoked
 
 BACKENDS = NAMES
 
@@ -264,6 +264,24 @@ register(Check(
                                "creation"},
     own_step="dmabuf-unplug", collector="harness.collect.lifecycle:unplug", p2p_slot=3,
     exercises=(("hw/pci/pci.c", "*"), ("hw/pci/pcie.c", "*"), ("system/physmem.c", "*"))))
+register(Check(
+    "unplug-while-revoked", "ivshmem unplugged with its memory decode off (its dma-bufs "
+    "revoked), then plugged again", LAST, unplug_while_revoked,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("dmabuf", b): "QEMU closes the device while its dma-bufs are revoked and, keeping them "
+                    "open (its 11.1.3 leak), still referenced: vfio_pci_dma_buf_cleanup "
+                    "drains them through the revoke path, a no-op for a revoked one, and "
+                    "detaches them; the close returns, they stay revoked, and the device "
+                    "plugged again gets a new live dma-buf" for b in BACKENDS} |
+    {("no-dmabuf", "legacy"): "no dma-buf: the device is closed with decode off and plugged "
+                              "again, and P2P works by address",
+     ("no-dmabuf", "iommufd"): "once the device is plugged again, iommufd still cannot map "
+                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
+                               "creation"},
+    own_step="unplug-while-revoked", collector="harness.collect.teardown:unplug_while_revoked",
+    p2p_slot=4,
+    exercises=(("hw/pci/pci.c", "*"), ("hw/pci/pcie.c", "*"), ("system/physmem.c", "*"),
+               ("drivers/vfio/pci/vfio_pci_config.c", "*"), ("drivers/vfio/vfio_main.c", "*"))))
 register(Check(
     "quit-while-revoked", "L2 quits with every device's memory decode off (its dma-bufs "
     "revoked)", END, quit_while_revoked,

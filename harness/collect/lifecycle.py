@@ -49,6 +49,7 @@ from harness.l2.qemu import L2Device, L2Qemu
 
 if TYPE_CHECKING:
     from harness.checks.registry import Check
+    from harness.evidence.teardown import UnplugRevoked
 
 UNPLUG_CYCLES = 5
 UNPLUG_DEADLINE_S = 10.0
@@ -115,7 +116,9 @@ class Programmed:
         self.reprogram_resettable()
 
 
-def _moment(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
+def view_at(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
+    """The L1 kernel's view of L2 now (its dma-bufs, VFIO fds, ivshmem's and nvme's command
+    registers, where its trace and stderr stood), labelled."""
     assert l2.pid is not None
     others = (dev.resettable.bdf,) if dev.resettable else ()
     view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf, *others),
@@ -202,7 +205,7 @@ def run(check: "Check", stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEng
     key = f"{key}/{check.name}"
 
     def moment(label: str) -> Moment:
-        return _moment(stack, l2, dev, label)
+        return view_at(stack, l2, dev, label)
 
     before = moment("before")
     away = check.step()(stack, l2, dev, edu, seed, key, iova, dst, moment)
@@ -245,7 +248,7 @@ def _unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, held: int) -> None:
             "the L1 kernel still shows ivshmem's VFIO device fd open in L2")
 
 
-def _replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None = None
+def replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None = None
             ) -> Moment | None:
     """device_add, then every BAR programmed and decoding on, ivshmem's last; `moment`,
     taken once the other devices decode again and ivshmem does not yet (the reset that
@@ -267,18 +270,18 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: in
     bar2, iova = dev.ivshmem_bars[2]
 
     def moment(label: str) -> Moment:
-        return _moment(stack, l2, dev, label)
+        return view_at(stack, l2, dev, label)
 
     before = moment("before")
     held = len(before.kernel.vfio_device_fds)
     _unplug(stack, l2, dev, held)
     unplugged = moment("unplugged")
-    plugged = _replug(l2, dev, moment)
+    plugged = replug(l2, dev, moment)
     replugged = moment("plugged again")
     after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug", dst)
     for _ in range(cycles - 1):
         _unplug(stack, l2, dev, held)
-        _replug(l2, dev)
+        replug(l2, dev)
     final = moment(f"after {cycles} cycles")
     return UnplugCycle(device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size, before=before,
                        unplugged=unplugged, replugged=replugged, final=final,
@@ -310,3 +313,10 @@ def unplug_with_traces(cycle: UnplugCycle, lines: list[str]) -> UnplugCycle:
     return replace(cycle, trace_unplugging=_between(lines, before, unplugged),
                    trace_replugging=_between(lines, unplugged, replugged),
                    trace_earlier=_between(lines, 0, before))
+
+
+def revoked_unplug_with_traces(step: "UnplugRevoked", lines: list[str]) -> "UnplugRevoked":
+    if step.unplugged is None or step.replugged is None:
+        return step
+    return replace(step, trace_replugging=_between(lines, step.unplugged.trace_line,
+                                                   step.replugged.trace_line))

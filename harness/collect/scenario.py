@@ -34,7 +34,7 @@ from harness.evidence.records import (
     parse_messages,
     parse_trace,
 )
-from harness.evidence.teardown import Teardown
+from harness.evidence.teardown import Ending, UnplugRevoked
 from harness.l1.vfio import Inventory
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
@@ -128,7 +128,7 @@ def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep
                   unplug: UnplugCycle | None, process: KernelProcess,
                   mtree: tuple[str, ...], alive: bool,
                   decode_steps: tuple[DecodeStep, ...],
-                  teardown: tuple[Teardown, ...] = ()) -> L2Run:
+                  teardown: tuple[Ending, ...] = ()) -> L2Run:
     """The creation-time verdicts read the trace up to the first lifecycle step: what a step
     sets up again (a replugged device's regions and dma-bufs) is its own evidence. So do
     its messages (a replugged BAR's refused mapping warns again)."""
@@ -155,7 +155,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     bar_access = p2p = None
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
-    teardown: dict[str, Teardown] = {}
+    teardown: dict[str, Ending] = {}
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     todo = registry.collection(wanted)
     if timer.witness is not None:
@@ -202,10 +202,14 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             with timer(check.name):
                 steps[check.name] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
                                                   be.name)
-        for check in todo.last:  # it leaves a device plugged afresh
+        for check in todo.last:  # each leaves the device plugged afresh
             with timer(check.name):
-                unplug = check.step()(stack, l2, programmed, edu, seed, key,
+                played = check.step()(stack, l2, programmed, edu, seed, key,
                                       check.p2p_destination(be.name))
+            if isinstance(played, UnplugCycle):
+                unplug = played
+            else:
+                teardown[check.name] = played
         alive = l2.running()
         if todo.end is not None:  # it ends L2 its own way
             with timer(todo.end.name):
@@ -217,7 +221,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         with timer("l2_stop"):
             # an L2 that would not end holds its devices in a task no signal ends: no use
             # waiting for the signals, only for its files
-            l2.stop(timeout=1.0 if any(t.ended is None for t in teardown.values()) else 10.0)
+            l2.stop(timeout=1.0 if any(not t.completed for t in teardown.values()) else 10.0)
     lines = files.read(out / "l2-trace.log").splitlines()
     main = _creation_run(lines, files.read(out / "l2-stderr.log").splitlines(),
                          list(steps.values()), unplug, process, mtree, alive, decode_steps,
@@ -225,6 +229,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     steps = {check: lifecycle.with_traces(step, lines) for check, step in steps.items()}
     if unplug is not None:
         unplug = lifecycle.unplug_with_traces(unplug, lines)
+    teardown = {name: lifecycle.revoked_unplug_with_traces(t, lines)
+                if isinstance(t, UnplugRevoked) else t for name, t in teardown.items()}
     side = None
     if todo.side:
         with timer("side_l2"):

@@ -14,17 +14,21 @@ import time
 
 from qemu.qmp import QMPError
 
+from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import HarnessError
-from harness.collect.l2_probes import kernel_process
-from harness.collect.lifecycle import Programmed
+from harness.collect.l2_probes import kernel_process, p2p
+from harness.collect.lifecycle import IVSHMEM_ID, Programmed, replug, view_at
 from harness.collect.stack import L1Stack
 from harness.evidence.records import Moment
-from harness.evidence.teardown import Teardown
+from harness.evidence.teardown import Teardown, UnplugRevoked
+from harness.l2.dma_engine import DmaEngine
 from harness.l2.qemu import L2Qemu
 
 #: From the quit to L2 gone: QEMU 11.1.3 quits in well under a second here; a close that
 #: blocks is a hang long before this.
 QUIT_DEADLINE_S = 30.0
+#: From device_del to the device gone from QOM and its fd closed in L1: 0.3 to 0.6 s here.
+UNPLUG_DEADLINE_S = 20.0
 #: For L2's shell to write how L2 ended, once L2 is gone.
 STATUS_WAIT_S = 3.0
 
@@ -85,3 +89,63 @@ def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[s
     return Teardown("quit-while-revoked", devices, before, revoked, _status(l2), waited,
                     deadline_s, quit_error, leftover=stack.vfio.leftover(exporters),
                     reopened=stack.vfio.reopen(list(held)))
+
+
+def _in_qom(l2: L2Qemu, qom_id: str, deadline: Deadline) -> bool:
+    """Whether QOM still has the device; an L2 whose main loop does not answer within the
+    deadline raises (a close that never returns blocks that loop)."""
+    try:
+        l2.qmp.cmd_within(min(deadline.remaining(), 5.0), "qom-get",
+                          path=f"/machine/peripheral/{qom_id}", property="type")
+        return True
+    except QMPError:
+        return False
+
+
+def unplug_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine,
+                         seed: int, key: str, dst: int,
+                         deadline_s: float = UNPLUG_DEADLINE_S) -> UnplugRevoked:
+    """ivshmem's memory decode off, as its guest driver leaves it when it lets the device
+    go, then device_del completed as the other unplug does it (a reset with ACPI hotplug,
+    the slot powered off with native hotplug); within `deadline_s` QOM and the L1 kernel
+    must show it gone, else L2's tasks' kernel stacks are the evidence. Then plugged again,
+    its BARs programmed, and the P2P transfer through BAR 2."""
+    assert l2.pid is not None
+    _, iova = dev.ivshmem_bars[2]
+
+    def moment(label: str) -> Moment:
+        return view_at(stack, l2, dev, label)
+
+    before = moment("before")
+    held = len(before.kernel.vfio_device_fds)
+    dev.pci.set_memory(dev.ivshmem_slot, False)
+    revoked = moment("ivshmem's memory decode off")
+    deadline = Deadline("unplug-while-revoked", deadline_s)
+    began = time.monotonic()
+    common = {"check": "unplug-while-revoked", "device": dev.ivshmem_bdf, "bar": 2,
+              "iova": iova, "before": before, "revoked": revoked, "deadline_s": deadline_s}
+    try:
+        l2.qmp.cmd_within(deadline.remaining(), "device_del", id=IVSHMEM_ID)
+        if l2.spec.platform.l2.native_hotplug:
+            dev.pci.slot_power(dev.ivshmem_slot >> 5, on=False)
+        else:
+            l2.qmp.cmd_within(deadline.remaining(), "system_reset")
+        wait_for(lambda: not _in_qom(l2, IVSHMEM_ID, deadline), deadline,
+                 "ivshmem still in L2's QOM", interval=0.02)
+        closed, _ = stack.vfio.wait_closed(l2.pid, held, deadline.remaining())
+        if not closed:
+            raise deadline.timeout("the L1 kernel still shows ivshmem's VFIO device fd open "
+                                   "in L2")
+    except HarnessError as e:
+        return UnplugRevoked(**common, unplugged=None,  # type: ignore[arg-type]
+                             waited_s=round(time.monotonic() - began, 3),
+                             not_done=e.message, stuck=stack.vfio.stuck(l2.pid),
+                             alive=l2.running())
+    waited = round(time.monotonic() - began, 3)
+    unplugged = moment("unplugged")
+    replug(l2, dev)
+    replugged = moment("plugged again")
+    after = p2p(stack, l2, edu, iova, seed, f"{key}/unplug-while-revoked", dst)
+    return UnplugRevoked(**common, unplugged=unplugged,  # type: ignore[arg-type]
+                         waited_s=waited, replugged=replugged, after=after,
+                         alive=l2.running())

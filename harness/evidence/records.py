@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from harness.evidence.kernel_log import KernelWindow
 
 if TYPE_CHECKING:
-    from harness.evidence.teardown import Teardown
+    from harness.evidence.teardown import Ending
 
 # -- trace events -------------------------------------------------------------------------
 
@@ -543,7 +543,7 @@ class Evidence:
     unplug: UnplugCycle | None = None
     side: SideRun | None = None           # the second L2: x-no-mmap and multi-range
     #: How the main L2 ended, by the teardown check that ended it (teardown.py).
-    teardown: dict[str, "Teardown"] = field(default_factory=dict)
+    teardown: dict[str, "Ending"] = field(default_factory=dict)
     #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.
     kernel: tuple[KernelWindow, ...] = ()
 

@@ -11,7 +11,7 @@ VFIO fd, and opening each device afresh shows it can be used again.
 
 from dataclasses import dataclass, field
 
-from harness.evidence.records import Moment
+from harness.evidence.records import Moment, P2PTransfer, TraceRecord
 from harness.evidence.stuck import Stuck
 
 
@@ -59,3 +59,40 @@ class Teardown:
     #: BDF -> what opening the device afresh gave: "live" (a dma-buf of a BAR, mapped),
     #: "opened (...)" where no dma-buf can be asked for, else what failed.
     reopened: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        """Whether the act came to its end in time (else L2 holds its devices in a task
+        that may never end, and the L1 with it)."""
+        return self.ended is not None
+
+
+@dataclass(frozen=True)
+class UnplugRevoked:
+    """ivshmem unplugged from a running L2 after the guest turned its memory decode off:
+    QEMU closes the VFIO device while the device's dma-bufs are revoked (and, QEMU 11.1.3
+    keeping them open, while they are still open). Then plugged again and used."""
+
+    check: str
+    device: str                    # L1 BDF
+    bar: int
+    iova: int                      # BAR 2 in L2, before and after
+    before: Moment
+    revoked: Moment                # ivshmem's memory decode off, still plugged
+    unplugged: Moment | None       # once QOM and the L1 kernel show it gone; None: never
+    waited_s: float                # from device_del to unplugged (or to giving up)
+    deadline_s: float
+    not_done: str = ""             # what did not complete in time ("": the unplug did)
+    stuck: Stuck | None = None     # L2's tasks then, if it did not
+    replugged: Moment | None = None
+    after: P2PTransfer | None = None  # P2P through BAR 2 once it is back
+    alive: bool = True
+    trace_replugging: tuple[TraceRecord, ...] = ()  # between `unplugged` and `replugged`
+
+    @property
+    def completed(self) -> bool:
+        return self.unplugged is not None
+
+
+#: What a teardown check records: one of these, by check (Evidence.teardown).
+Ending = Teardown | UnplugRevoked

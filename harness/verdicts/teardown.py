@@ -14,8 +14,9 @@ for every cell.
 """
 
 from harness.evidence.records import Evidence, Moment
-from harness.evidence.teardown import Teardown
-from harness.verdicts.creation import Verdict, _error
+from harness.evidence.stuck import Stuck
+from harness.evidence.teardown import Teardown, UnplugRevoked
+from harness.verdicts.creation import Verdict, _error, transfer
 
 PCI_COMMAND_MEMORY = 0x2
 #: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
@@ -63,13 +64,17 @@ def _revocation_problems(ev: Evidence, t: Teardown) -> list[str]:
     return problems
 
 
+def _where(stuck: Stuck | None) -> str:
+    return stuck.describe() if stuck else "L1 could not say where it waits"
+
+
 def _revoked_count(m: Moment) -> int:
     return sum(1 for _, state in m.kernel.dmabuf_states if state == "revoked")
 
 
 def quit_while_revoked(ev: Evidence) -> Verdict:
     t = ev.teardown.get("quit-while-revoked")
-    if t is None:
+    if not isinstance(t, Teardown):
         return _error(["no teardown of L2 was recorded"])
     evidence = _record(t)
     problems = _revocation_problems(ev, t)
@@ -77,7 +82,7 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
                f"{_revoked_count(t.revoked)} revoked with decode off on "
                f"{len(t.revoked.commands)} device(s)",)
     if t.ended is None:
-        where = t.stuck.describe() if t.stuck else "L1 could not say where it waits"
+        where = _where(t.stuck)
         problems.insert(0, f"L2 did not end within {t.deadline_s:g} s of QMP quit with every "
                            f"device's memory decode off: {where}")
         return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
@@ -106,3 +111,83 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
                            f"held no VFIO dma-buf or fd, and every device opened again "
                            f"({'a BAR dma-buf live and mapped' if usable == 'live' else usable})",
                    evidence, frozenset(), grounds)
+
+
+def _states(m: Moment) -> dict[int, str]:
+    return dict(m.kernel.dmabuf_states)
+
+
+def _inodes(m: Moment) -> dict[int, int]:
+    return dict(m.kernel.dmabuf_inodes)
+
+
+def unplug_while_revoked(ev: Evidence) -> Verdict:
+    """The unplug of a device whose dma-bufs are revoked: ivshmem's own dma-bufs (those that
+    went from live to revoked exactly when its decode went off; edu's and nvme's stay live)
+    are revoked when QEMU closes the device; the close returns (QOM and L1 show the device
+    gone within the deadline); the dma-bufs QEMU keeps open afterwards stay revoked (the
+    kernel detached them); the device plugged again gets a new dma-buf, live once it
+    decodes, and the P2P transfer through it works (judged as every transfer is)."""
+    u = ev.teardown.get("unplug-while-revoked")
+    if not isinstance(u, UnplugRevoked):
+        return _error(["no unplug of a revoked device was recorded"])
+    before, revoked = _states(u.before), _states(u.revoked)
+    own = sorted(fd for fd, state in revoked.items()
+                 if state == "revoked" and before.get(fd) == "live")
+    evidence = {"unplug_while_revoked": {
+        "device": u.device, "own_dmabufs": own, "waited_s": u.waited_s,
+        "deadline_s": u.deadline_s, "not_done": u.not_done,
+        "stuck": u.stuck.record() if u.stuck else None,
+        "states": {m.label: [list(x) for x in m.kernel.dmabuf_states]
+                   for m in (u.before, u.revoked, u.unplugged, u.replugged) if m}}}
+    grounds: tuple[str, ...] = (f"L1 kernel: {len(own)} dma-buf(s) of {u.device} revoked by "
+                                f"its decode going off, {len(revoked)} in L2 then",)
+    problems = []
+    command = u.revoked.commands.get(u.device)
+    if command is not None and command & PCI_COMMAND_MEMORY:
+        problems.append(f"memory decode still on in the L1 kernel's view of {u.device} after "
+                        f"L2 turned it off")
+    dmabuf = ev.kernel_dmabuf is not False
+    if dmabuf and not own:
+        problems.append(f"no dma-buf of L2 went from live to revoked when {u.device}'s memory "
+                        f"decode went off: there was nothing revoked to close")
+    if not dmabuf and revoked:
+        problems.append(f"L2 holds {len(revoked)} dma-buf fd(s) on a kernel without VFIO "
+                        f"dma-buf")
+    if u.unplugged is None:
+        problems.insert(0, f"the unplug of {u.device} with its dma-buf(s) revoked did not "
+                           f"complete within {u.deadline_s:g} s ({u.not_done}): "
+                           f"{_where(u.stuck)}")
+        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+    if len(u.unplugged.kernel.vfio_device_fds) >= len(u.before.kernel.vfio_device_fds):
+        problems.append(f"L2 still holds {len(u.unplugged.kernel.vfio_device_fds)} VFIO device "
+                        f"fd(s) after the unplug (as many as before)")
+    after_close = _states(u.unplugged)
+    live = [fd for fd in own if after_close.get(fd) not in (None, "revoked")]
+    if live:
+        problems.append(f"the dma-buf(s) {live} of {u.device} are "
+                        + ", ".join(f"fd {fd}: {after_close[fd]}" for fd in live)
+                        + " after its device was closed (not revoked)")
+    if u.replugged is None or u.after is None:
+        return _error(["the device was not plugged again"], evidence)
+    new = {fd for fd, ino in _inodes(u.replugged).items()
+           if ino not in set(_inodes(u.before).values())}
+    new_live = sorted(fd for fd in new if _states(u.replugged).get(fd) == "live")
+    if dmabuf and not new_live:
+        problems.append(f"{u.device} plugged again has no new live dma-buf in L2 (new fds "
+                        f"{sorted(new)}): the device closed with its dma-bufs revoked is not "
+                        f"usable again")
+    after = transfer(ev, u.after, u.trace_replugging)
+    evidence["p2p_after"] = after.evidence
+    grounds += (f"unplugged in {u.waited_s:g} s",) + after.grounds
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+    if after.observed != "pass":
+        return Verdict(after.observed, f"once {u.device} was plugged again: {after.reason}",
+                       evidence, after.findings, grounds)
+    kept = [fd for fd in own if fd in after_close]
+    return Verdict("pass", f"{u.device} unplugged {u.waited_s:g} s after device_del with "
+                           f"{len(own) if dmabuf else 'no'} dma-buf(s) revoked"
+                           + (f" ({len(kept)} kept open by QEMU, revoked)" if kept else "")
+                           + f"; plugged again{' with a new live dma-buf' if dmabuf else ''}, "
+                           f"and {after.reason}", evidence, after.findings, grounds)

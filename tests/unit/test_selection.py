@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from harness.checks import matrix, registry
 from harness.run.plan import RunPlan, Selection, Side
 
@@ -52,7 +54,20 @@ def test_the_whole_matrix_collects_everything():
     todo = collection(*registry.names())
     assert todo.side and todo.creation == {"bar_access", "p2p"}
     assert names(todo.lifecycle) == ["decode-toggle", "reset"]
-    assert names(todo.last) == ["dmabuf-unplug"]
+    assert names(todo.last) == ["dmabuf-unplug", "unplug-while-revoked"]
+    assert todo.end is not None and todo.end.name == "quit-while-revoked"
+
+
+def test_an_l2_ends_once_so_two_checks_that_end_it_cannot_share_it():
+    registry.register(registry.Check("toy-end", "ends L2 its own way", registry.END,
+                                     lambda ev: None,  # type: ignore[arg-type,return-value]
+                                     {"dmabuf": ("pass", "pass")}))
+    try:
+        with pytest.raises(ValueError, match="would each end the same L2"):
+            collection("quit-while-revoked", "toy-end")
+        assert collection("toy-end").end.name == "toy-end"
+    finally:
+        registry.unregister("toy-end")
 
 
 def plan_of(selection: Selection) -> RunPlan:

@@ -36,6 +36,29 @@ for a in "${args[@]}"; do
   case $a in vfio-pci,*x-no-mmap*) ;; vfio-pci,*) a="$a,x-no-mmap=on" ;; esac
   new+=("$a")
 done"""
+#: A process of its own beside L2 that takes a copy of every dma-buf fd L2 opens
+#: (pidfd_getfd) and keeps them until 20 s after L2 is gone: a dma-buf outlives its L2.
+HOLD_DMABUFS = KEEP + """
+python3 - $$ >/dev/null 2>&1 <<'PY' &
+import ctypes, os, sys, time
+pid, libc, held, pidfd = int(sys.argv[1]), ctypes.CDLL(None, use_errno=True), {}, -1
+while True:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        break
+    if pidfd < 0:
+        pidfd = libc.syscall(434, pid, 0)
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dmabuf:") and (fd, target) not in held:
+            held[(fd, target)] = libc.syscall(438, pidfd, int(fd), 0)
+    time.sleep(0.1)
+time.sleep(20)
+PY"""
 #: QEMU's dma-buf warnings in words the harness has never seen.
 REWORD = ("sed -u -e 's/VFIO dma-buf not supported in kernel/VFIO dma-buf unsupported by this "
           "kernel/' -e 's/dma-buf unavailable, using mmap fallback/dma-buf could not be "
@@ -237,6 +260,13 @@ CATALOGUE = (
                         "left open (revoked), not a new one",
         shim="stale-dmabuf",
         verdicts={("dmabuf", "*", UNPLUG): ("fail", "as revoked, inode")}),
+    # Relations between processes: what an L2 leaves behind once it is gone.
+    Adversary(
+        "hold-dmabufs", "a process beside L2 keeps a copy of each of its dma-bufs until 20 s "
+                        "after L2 has quit",
+        args=HOLD_DMABUFS,
+        verdicts={("dmabuf", "*", QUIT): ("fail", "of L2's exporter still alive in the L1 "
+                                                  "kernel")}),
     Adversary(
         "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
         stderr_filter=REWORD,
