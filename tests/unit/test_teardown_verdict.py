@@ -7,10 +7,10 @@ import dataclasses
 import json
 
 from harness.checks.matrix import EXPECTATIONS
-from harness.evidence.records import KernelProcess, Moment
+from harness.evidence.records import KernelProcess, Moment, P2PTransfer, parse_trace
 from harness.evidence.stuck import Stuck, parse
-from harness.evidence.teardown import Leftover, Teardown
-from harness.verdicts.teardown import NO_DMABUF, quit_while_revoked
+from harness.evidence.teardown import Leftover, Teardown, UnplugRevoked
+from harness.verdicts.teardown import NO_DMABUF, quit_while_revoked, unplug_while_revoked
 from tests.unit.test_verdicts import DATA, captured
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-iommufd-quit-while-revoked.json").read_text())
@@ -183,3 +183,95 @@ def test_the_guest_helper_reads_every_dmabuf_alive_from_debugfs(tmp_path):
     assert vfio_l1._bufinfo(str(path)) is None
     path.write_text("size\texp_name\n")
     assert vfio_l1._bufinfo(str(path)) is None
+
+
+# -- unplug-while-revoked ------------------------------------------------------------------
+
+UNPLUG = json.loads((DATA / "intel-iommu-dmabuf-iommufd-unplug-while-revoked.json").read_text())
+IVSHMEM_BDF = UNPLUG["device"]
+BAR2 = 0xC0200000
+
+
+def _view(label: str, device_fds: tuple[int, ...], command: int | None = 0x106) -> Moment:
+    states = UNPLUG["states"][label]
+    kernel = KernelProcess(tuple((fd, 1 << 20, EXPORTER) for fd, _ in states), (),
+                           tuple((fd, 100 + fd) for fd, _ in states),  # a new fd: a new inode
+                           tuple((fd, state) for fd, state in states), 40, device_fds)
+    return Moment(label, kernel, 100, command, 10, {IVSHMEM_BDF: command})
+
+
+def unplugged_step(**changes) -> UnplugRevoked:
+    pattern = bytes(range(64))
+    u = UnplugRevoked(
+        "unplug-while-revoked", IVSHMEM_BDF, 2, BAR2, _view("before", (5, 7, 9)),
+        _view("ivshmem's memory decode off", (5, 7, 9), 0x104),
+        _view("unplugged", (5, 9), None), UNPLUG["waited_s"], UNPLUG["deadline_s"],
+        replugged=_view("plugged again", (5, 7, 9)),
+        after=P2PTransfer(seed=7, size=64, bar2_iova=BAR2, src_offset=0, dst_offset=0xA000,
+                          pattern=pattern, source_in_file=pattern, before=bytes(64),
+                          after=pattern, l1_dmesg=()),
+        trace_replugging=tuple(parse_trace(
+            f"1@1.0:iommufd_backend_map_file_dma  iommufd=15 ioas=2 iova=0x{BAR2:x} "
+            f"size=0x100000 fd=34 start=0x0 readonly=0 (0)")))
+    return dataclasses.replace(u, **changes)
+
+
+def judged_unplug(u: UnplugRevoked | None = None, **changes):
+    return unplug_while_revoked(captured(
+        teardown={"unplug-while-revoked": u or unplugged_step()}, **changes))
+
+
+def test_the_captured_unplug_of_a_revoked_device_passes():
+    assert EXPECTATIONS[("unplug-while-revoked", "dmabuf", "iommufd")].outcome == "pass"
+    v = judged_unplug()
+    assert v.observed == "pass", v.reason
+    assert v.reason.startswith(f"{IVSHMEM_BDF} unplugged 0.243 s after device_del with 1 "
+                               f"dma-buf(s) revoked (1 kept open by QEMU, revoked); plugged "
+                               f"again with a new live dma-buf")
+    assert v.evidence["unplug_while_revoked"]["own_dmabufs"] == [33]
+
+
+def test_an_unplug_whose_close_never_returns_fails_with_the_stuck_task():
+    stuck = parse({"pid": 812, "tasks": [
+        {"tid": 812, "comm": "qemu-system-x86", "state": "D (disk sleep)",
+         "wchan": "__wait_for_common", "stack": STUCK_STACK.replace(
+             "do_exit+0x2f4/0xa70", "__do_sys_close+0x3d/0x80").splitlines()}]})
+    u = unplugged_step(unplugged=None, replugged=None, after=None, waited_s=20.0,
+                       not_done="ivshmem still in L2's QOM (gave up after 20 s)", stuck=stuck)
+    v = judged_unplug(u)
+    assert v.observed == "fail"
+    assert v.reason.startswith(f"the unplug of {IVSHMEM_BDF} with its dma-buf(s) revoked did "
+                               "not complete within 20 s (ivshmem still in L2's QOM (gave up "
+                               "after 20 s)): qemu-system-x86 (tid 812) in D (disk sleep): "
+                               "vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device")
+
+
+def test_a_dmabuf_live_again_after_its_device_closed_fails():
+    states = [[fd, "live" if fd == 33 else s] for fd, s in UNPLUG["states"]["unplugged"]]
+    unplugged = _view("unplugged", (5, 9), None)
+    unplugged = dataclasses.replace(unplugged, kernel=dataclasses.replace(
+        unplugged.kernel, dmabuf_states=tuple(map(tuple, states))))
+    v = judged_unplug(unplugged_step(unplugged=unplugged))
+    assert v.observed == "fail" and "fd 33: live after its device was closed" in v.reason
+
+
+def test_a_device_plugged_again_without_a_new_live_dmabuf_fails():
+    replugged = _view("plugged again", (5, 7, 9))
+    replugged = dataclasses.replace(replugged, kernel=dataclasses.replace(
+        replugged.kernel, dmabuf_states=tuple((fd, "revoked" if fd == 34 else s)
+                                              for fd, s in replugged.kernel.dmabuf_states)))
+    v = judged_unplug(unplugged_step(replugged=replugged))
+    assert v.observed == "fail" and "has no new live dma-buf" in v.reason
+
+
+def test_nothing_revoked_by_the_decode_going_off_fails():
+    v = judged_unplug(unplugged_step(revoked=_view("before", (5, 7, 9), 0x104)))
+    assert v.observed == "fail" and "no dma-buf of L2 went from live to revoked" in v.reason
+    still = judged_unplug(unplugged_step(revoked=_view("ivshmem's memory decode off",
+                                                       (5, 7, 9), 0x106)))
+    assert still.observed == "fail" and "memory decode still on" in still.reason
+
+
+def test_a_device_fd_still_held_after_the_unplug_fails():
+    v = judged_unplug(unplugged_step(unplugged=_view("unplugged", (5, 7, 9), None)))
+    assert v.observed == "fail" and "still holds 3 VFIO device fd(s)" in v.reason
