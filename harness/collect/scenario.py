@@ -34,6 +34,7 @@ from harness.evidence.records import (
     parse_messages,
     parse_trace,
 )
+from harness.evidence.stuck import Hang
 from harness.evidence.teardown import Ending, UnplugRevoked
 from harness.l1.vfio import Inventory
 from harness.l2.dma_engine import EduEngine
@@ -62,10 +63,12 @@ class Timer:
 
     steps: dict[str, float] = field(default_factory=dict)
     witness: KernelWitness | None = None
+    current: str = ""  # the step under way (the one a hang is in)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         began = time.monotonic()
+        self.current = name
         try:
             yield
         finally:
@@ -105,10 +108,14 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
             {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
             inventory)
     finally:
-        try:
-            stack.vfio.restore(bdfs)
-        except HarnessError as e:  # housekeeping on a disposable L1: never the reason shown
-            say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: {e.message}")
+        if stack.held:  # unbinding a device a stuck task holds would block as well
+            say(f"L1 {stack.viommu.name}/{stack.kernel}: devices left bound ({stack.held})")
+        else:
+            try:
+                stack.vfio.restore(bdfs)
+            except HarnessError as e:  # housekeeping on a disposable L1: never the reason
+                say(f"L1 {stack.viommu.name}/{stack.kernel}: devices not restored: "
+                    f"{e.message}")
 
 
 def main_spec(be: Backend, devices: dict[str, str], qemu: str,
@@ -142,6 +149,30 @@ def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep
                  tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
 
 
+def _hang(stack: L1Stack, l2: L2Qemu, step: str, error: HarnessError) -> Hang | None:
+    """The failure of a step as a hang, if that is what it is: L2 still there with a task
+    blocked in the kernel (a close, an unplug, an ioctl that never returns leaves QMP or
+    qtest unanswered until their deadlines); None for any other failure."""
+    try:
+        if l2.pid is None or not l2.running():
+            return None
+    except HarnessError:  # L1 itself is gone: the error says enough
+        return None
+    stuck = stack.vfio.stuck(l2.pid)
+    if stuck.culprit() is None:
+        return None
+    return Hang(step, error.message, stuck)
+
+
+def _held(check: str, ending: Ending) -> str:
+    """Why the L1 can no longer be used after this teardown ("": it can): a task of L2 that
+    did not return holds its devices, and no signal ends it."""
+    if ending.completed:
+        return ""
+    where = ending.stuck.describe() if ending.stuck else "L1 could not say where it waits"
+    return f"L2 hung in {check}: {where}"
+
+
 def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
             facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
@@ -156,6 +187,9 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     steps: dict[str, LifecycleStep] = {}
     unplug: UnplugCycle | None = None
     teardown: dict[str, Ending] = {}
+    held = ""                  # why this L1 can no longer be used ("": it can)
+    hang: Hang | None = None   # a step that never returned
+    not_run: list[str] = []    # checks whose steps an L2 stuck in the kernel took with it
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     todo = registry.collection(wanted)
     if timer.witness is not None:
@@ -203,6 +237,9 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                 steps[check.name] = lifecycle.run(check, stack, l2, programmed, edu, seed, key,
                                                   be.name)
         for check in todo.last:  # each leaves the device plugged afresh
+            if held:  # L2 is stuck in the kernel: nothing more can be asked of it
+                not_run.append(check.name)
+                continue
             with timer(check.name):
                 played = check.step()(stack, l2, programmed, edu, seed, key,
                                       check.p2p_destination(be.name))
@@ -210,18 +247,32 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                 unplug = played
             else:
                 teardown[check.name] = played
+                held = _held(check.name, played)
         alive = l2.running()
-        if todo.end is not None:  # it ends L2 its own way
+        if todo.end is not None and held:
+            not_run.append(todo.end.name)
+        elif todo.end is not None:  # it ends L2 its own way
             with timer(todo.end.name):
                 ended = todo.end.step()(stack, l2, programmed, devices)
             teardown[todo.end.name] = ended
+            held = _held(todo.end.name, ended)
     except HarnessError as e:
-        raise l2.explain(e) from None
+        hang = _hang(stack, l2, timer.current, e)
+        if hang is None:
+            raise l2.explain(e) from None
+        held = hang.describe()
     finally:
         with timer("l2_stop"):
             # an L2 that would not end holds its devices in a task no signal ends: no use
-            # waiting for the signals, only for its files
-            l2.stop(timeout=1.0 if any(not t.completed for t in teardown.values()) else 10.0)
+            # asking it to quit or waiting for the signals, only for its files
+            l2.stop(timeout=1.0, graceful=False) if held else l2.stop()
+    if hang is not None:  # only the hung step's checks are judged here: on what hung
+        hung = {c.name for c in registry.REGISTRY.values()
+                if c.own_step == hang.step and c.name in wanted} or set(wanted)
+        return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes,
+                        main=L2Run((), (), None, (), False), bars=through.bars, qemu=facts,
+                        held=held, hang=hang, not_run=tuple(sorted(set(wanted) - hung)),
+                        kernel=timer.witness.take() if timer.witness is not None else ())
     lines = files.read(out / "l2-trace.log").splitlines()
     main = _creation_run(lines, files.read(out / "l2-stderr.log").splitlines(),
                          list(steps.values()), unplug, process, mtree, alive, decode_steps,
@@ -232,11 +283,14 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     teardown = {name: lifecycle.revoked_unplug_with_traces(t, lines)
                 if isinstance(t, UnplugRevoked) else t for name, t in teardown.items()}
     side = None
-    if todo.side:
+    if todo.side and held:
+        not_run.extend(c.name for c in registry.in_phase(registry.SIDE, wanted))
+    elif todo.side:
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
                     lifecycle=steps, unplug=unplug, side=side, teardown=teardown,
+                    held=held, not_run=tuple(not_run),
                     kernel=timer.witness.take() if timer.witness is not None else ())

@@ -34,6 +34,9 @@ class L1Stack:
     vfio: L1Vfio
     boot_seconds: float
     witness: KernelWitness
+    #: Why this L1 can no longer be used ("": it can): an L2 stuck in its kernel holds
+    #: devices that no signal gives back. Its cells left go to a fresh L1.
+    held: str = ""
 
     @property
     def run_dir(self) -> Path:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from harness.evidence.kernel_log import KernelWindow
 
 if TYPE_CHECKING:
+    from harness.evidence.stuck import Hang
     from harness.evidence.teardown import Ending
 
 # -- trace events -------------------------------------------------------------------------
@@ -544,6 +545,12 @@ class Evidence:
     side: SideRun | None = None           # the second L2: x-no-mmap and multi-range
     #: How the main L2 ended, by the teardown check that ended it (teardown.py).
     teardown: dict[str, "Ending"] = field(default_factory=dict)
+    #: Why the L1 can no longer be used after this backend's L2 ("": it can), and the
+    #: checks whose steps did not run because of it (a fresh L1 runs them).
+    held: str = ""
+    not_run: tuple[str, ...] = ()
+    #: A step that never returned (stuck.py): the checks it belonged to fail on it alone.
+    hang: "Hang | None" = None
     #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.
     kernel: tuple[KernelWindow, ...] = ()
 

@@ -98,3 +98,16 @@ def parse(answer: dict) -> Stuck:
                            and re.fullmatch(r"[\w.]+", s)))
                   for t in answer.get("tasks", ()))
     return Stuck(int(answer.get("pid", -1)), tasks, answer.get("error", ""))
+
+
+@dataclass(frozen=True)
+class Hang:
+    """A step of L2 that did not return within its deadline, with L2 stuck in the kernel:
+    which step, what gave up waiting, and where L2's tasks wait."""
+
+    step: str
+    error: str
+    stuck: Stuck
+
+    def describe(self) -> str:
+        return f"L2 hung in {self.step} ({self.error}): {self.stuck.describe()}"

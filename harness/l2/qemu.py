@@ -261,14 +261,15 @@ class L2Qemu:
         return self.session.run(f"cat {shlex.quote(self.paths.stderr)}", check=False,
                                 stage="L2 stderr").stdout
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """QMP quit, then SIGTERM, then SIGKILL; then fetch stderr and the trace.
+    def stop(self, timeout: float = 10.0, graceful: bool = True) -> None:
+        """QMP quit (unless not `graceful`: an L2 stuck in the kernel answers nothing), then
+        SIGTERM, then SIGKILL; then fetch stderr and the trace.
 
         Called on the way out of failures too, so it never raises: if L1 itself
         is gone, L2 went with it and L0's shutdown finishes the job.
         """
         try:
-            self._terminate(timeout)
+            self._terminate(timeout, graceful)
         except HarnessError as e:
             say(f"L2 {self.paths.directory}: not stopped cleanly: {e.message}")
         self.qmp.close()
@@ -281,10 +282,10 @@ class L2Qemu:
             except (OSError, HarnessError):
                 (self.artifacts / local).write_text("")  # L2 never wrote it, or L1 is gone
 
-    def _terminate(self, timeout: float) -> None:
+    def _terminate(self, timeout: float, graceful: bool = True) -> None:
         if self.pid is None or not self.running():
             return
-        if self.qmp.connected:
+        if graceful and self.qmp.connected:
             try:
                 self.qmp.cmd("quit")
             except Exception:  # the signals below still stop it

@@ -29,6 +29,7 @@ from harness import __version__
 from harness.base import files
 from harness.base.errors import BadInput
 from harness.checks.matrix import CellResult, L1Complaints
+from harness.verdicts.creation import HUNG
 
 if TYPE_CHECKING:
     from harness.images.store import Images
@@ -312,8 +313,8 @@ def outside_cells(said: Sequence[L1Complaints]) -> dict:
 
 def last_line(cells: list[CellResult], finished: bool,
               outside: Sequence[L1Complaints] = ()) -> str:
-    """The run's one closing line: how it went, which cells a dead L2 took with it, and
-    what an L1 kernel said outside every cell."""
+    """The run's one closing line: how it went, which cells a dead L2 took with it, which
+    hung, and what an L1 kernel said outside every cell."""
     unmet = sum(1 for c in cells if not c.met)
     line = (f"vfio-harness: {len(cells)} cell(s), {unmet} not as expected"
             + ("" if finished else "; the run did not finish"))
@@ -329,6 +330,10 @@ def last_line(cells: list[CellResult], finished: bool,
         how = "; ".join(f"{where}: {(v[0].l2_end or '').split(', as L1')[0]}"
                         for where, v in died.items())
         line += f"; L2 QEMU died and took {taken} cell(s) with it ({how})"
+    hung = [c.cell.id for c in cells if HUNG in c.findings]
+    if hung:
+        line += (f"; {len(hung)} cell(s) hung in the L1 kernel, each L1 discarded "
+                 f"({', '.join(hung[:4])}{', ...' if len(hung) > 4 else ''})")
     return line
 
 

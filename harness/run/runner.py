@@ -32,7 +32,7 @@ from harness.l2.capabilities import QemuUnderTest, probe
 from harness.l2.qemu import L2Died
 from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
-from harness.verdicts import kernel_health
+from harness.verdicts import kernel_health, teardown
 
 PACKAGED = "packaged in the rootfs"
 
@@ -79,42 +79,70 @@ def cells_only(items: Iterator[tuple[Side, Item]]) -> Iterator[tuple[Side, CellR
 
 def run_boot(plan: RunPlan, boot: Boot) -> Iterator[tuple[Side, Item]]:
     """All selected cells of one L1 boot, for each of its sides; then, if its kernel
-    complained outside every cell, that."""
+    complained outside every cell, that. An L2 that hangs in the L1 kernel takes that L1
+    with it: the cells it left go to a fresh L1 of the same kind, each side's alike."""
     vi, kernel = boot.viommu, boot.kernel
-    selection = plan.selection
-    wanted = [c for c in selection.on_boot(vi, kernel)
+    wanted = [c for c in plan.selection.on_boot(vi, kernel)
               if boot.backend in (None, c.backend)]
+    pending = {side.results: list(wanted) for side in boot.sides}
+    attempt = 1
+    while True:
+        left: dict[Path, list[Cell]] = {}
+        yield from _run_l1(plan, boot, pending, attempt, left)
+        pending = {side: [c for c in pending[side] if c in set(cells)]  # the run's order
+                   for side, cells in left.items() if cells}
+        if not pending:
+            return
+        attempt += 1
+        say(f"L1 {vi}/{kernel}: discarded; {sum(map(len, pending.values()))} cell(s) it "
+            f"could not run go to a fresh L1 (#{attempt})")
+
+
+def _run_l1(plan: RunPlan, boot: Boot, pending: dict[Path, list[Cell]], attempt: int,
+            left: dict[Path, list[Cell]]) -> Iterator[tuple[Side, Item]]:
+    """The `pending` cells of each side (by its results directory) on one L1 boot; what an
+    L2 stuck in its kernel kept from running goes to `left`."""
+    vi, kernel = boot.viommu, boot.kernel
+    sides = [side for side in boot.sides if side.results in pending]
     done: set[tuple[Path, str]] = set()
-    run_dir = boot.directory / f"{vi}-{kernel}"
+    name = f"{vi}-{kernel}" if attempt == 1 else f"{vi}-{kernel}.l1-{attempt}"
+    run_dir = boot.directory / name
     began = time.monotonic()
     try:
         with stack.booted(plan.qemu, boot.images, plan.platform.viommu(vi), kernel, run_dir,
                           accel=plan.accel, ssh_port=plan.ssh_port) as l1:
             unmet: list[CellResult] = []
-            for side in boot.sides:
+            for side in sides:
+                wanted = pending[side.results]
+                if l1.held:  # a side before it took this L1: it runs on a fresh one
+                    left[side.results] = list(wanted)
+                    continue
                 under_test = qemu_under_test(l1, side.l2_qemu)
-                for result in cells_on_l1(l1, under_test, wanted,
-                                          side.results / f"{vi}-{kernel}", plan.seed,
-                                          side.traces):
+                not_run: list[Cell] = []
+                for result in cells_on_l1(l1, under_test, wanted, side.results / name,
+                                          plan.seed, side.traces, not_run):
                     done.add((side.results, result.cell.id))
                     say(f"{result.cell.id}: {result.outcome} ({result.reason[:100]})")
                     if not result.met and not result.infrastructure:
                         unmet.append(result)
                     yield side, result
-            if plan.keep_failed and unmet:
+                if not_run:
+                    left[side.results] = not_run
+            if plan.keep_failed and unmet and not l1.held:
                 hold.hold(l1, boot.images.rootfs, unmet, plan.keep_failed)
             l1.witness.between("the end of L1")
             said = outside_cells(f"{vi}/{kernel}", l1.witness.outside)
             if said:
                 say(said.describe())
-                for side in boot.sides:
+                for side in sides:
                     yield side, said
     except BadInput:
         raise  # the user's to fix, not a verdict: the whole run stops with exit code 2
     except HarnessError as e:
         say(f"L1 {vi}/{kernel}: {e.message}")
-        for side in boot.sides:
-            for cell in wanted:
+        left.clear()  # every cell not yet produced is this error's, on every side
+        for side in sides:
+            for cell in pending[side.results]:
                 if (side.results, cell.id) not in done:
                     yield side, CellResult(cell, "error", f"L1 {vi}/{kernel}: {e}", {},
                                            time.monotonic() - began, str(run_dir),
@@ -146,16 +174,22 @@ def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
 
 
 def cells_on_l1(l1: stack.L1Stack, under_test: QemuUnderTest, cells: list[Cell], out: Path,
-                seed: int, traces: tuple[str, ...] = ()) -> Iterator[CellResult]:
+                seed: int, traces: tuple[str, ...] = (),
+                not_run: list[Cell] | None = None) -> Iterator[CellResult]:
     """`cells` of this booted L1, backend by backend: each backend's L2 collects only what
-    its own cells' checks need."""
+    its own cells' checks need. Once an L2 hangs in the kernel (`l1.held`), the cells not
+    yet run go to `not_run`."""
     by_backend: dict[str, list[Cell]] = {}
     for cell in cells:
         by_backend.setdefault(cell.backend, []).append(cell)
+    left = not_run if not_run is not None else []
     with scenario.passed_through(l1) as through:
         for name, group in by_backend.items():
+            if l1.held:
+                left.extend(group)
+                continue
             yield from _run_backend(l1, backend_named(name), group, through, out / name, seed,
-                                    under_test, traces)
+                                    under_test, traces, left)
 
 
 def _environment_gap(be: Backend, through: PassedThrough,
@@ -172,7 +206,8 @@ def _environment_gap(be: Backend, through: PassedThrough,
 
 def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: PassedThrough,
                  out: Path, seed: int, under_test: QemuUnderTest,
-                 traces: tuple[str, ...] = ()) -> list[CellResult]:
+                 traces: tuple[str, ...] = (), not_run: list[Cell] | None = None
+                 ) -> list[CellResult]:
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, object] = {"qemu_under_test": under_test.record()}
@@ -196,11 +231,19 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
                            time.monotonic() - began, str(out), error_stage=e.stage,
                            deadline=isinstance(e, StageTimeout),
                            l2_end=e.end if isinstance(e, L2Died) else None) for c in cells]
+    if evidence.held:
+        l1.held = evidence.held
+        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: {evidence.held}")
+    if not_run is not None:
+        not_run.extend(c for c in cells if c.check in evidence.not_run)
+    cells = [c for c in cells if c.check not in evidence.not_run]
     own = {c.own_step for c in registry.REGISTRY.values() if c.own_step}
-    shared = (time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own)) / len(cells)
+    shared = ((time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own))
+              / max(1, len(cells)))
     record["summary"] = summarize(evidence, traces)
     # what the kernel witness cost this backend, per cell (ci/benchmark.py witness)
-    record["kernel_witness_s"] = round(sum(w.read_s for w in evidence.kernel) / len(cells), 4)
+    record["kernel_witness_s"] = round(sum(w.read_s for w in evidence.kernel)
+                                       / max(1, len(cells)), 4)
     write_reports(out, kernel_health.complaints(evidence.kernel), evidence.kernel)
     return judge(cells, evidence, timer, shared, str(out), record)
 
@@ -229,7 +272,8 @@ def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: f
         duration = shared_seconds + timer.steps.get(check.own_step or "", 0.0)
         try:
             verdict = kernel_health.judge(
-                check.verdict(evidence), [w for w in evidence.kernel if check.stands_on(w.step)])
+                teardown.hung(evidence) or check.verdict(evidence),
+                [w for w in evidence.kernel if check.stands_on(w.step)])
         except Exception as e:  # a bug in a verdict: this cell errs, the others stand
             results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",
                                       {"traceback": traceback.format_exc()}, duration,

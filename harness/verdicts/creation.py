@@ -68,11 +68,13 @@ FINDINGS = {
     "kernel-splat": "the L1 kernel logged a report of its own (WARNING, BUG, Oops, refcount, "
                     "lockdep, KASAN/KFENCE/UBSAN, hung task, soft lockup) or took a new taint "
                     "during the cell's steps",
+    "hung": "a step of L2 (a quit, a close, an unplug) did not return within its deadline: "
+            "a task of L2 waits in the kernel, and the L1 is discarded",
 }
-#: The kernel's own complaint (verdicts/kernel_health.py): a finding no expected failure's
-#: signature explains away, unless it names it.
-SPLAT = "kernel-splat"
-FATAL = frozenset({SPLAT})
+#: The kernel's own complaint (verdicts/kernel_health.py), and a step that never returned:
+#: findings no expected failure's signature explains away, unless it names them.
+SPLAT, HUNG = "kernel-splat", "hung"
+FATAL = frozenset({SPLAT, HUNG})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ for every cell.
 from harness.evidence.records import Evidence, Moment
 from harness.evidence.stuck import Stuck
 from harness.evidence.teardown import Teardown, UnplugRevoked
-from harness.verdicts.creation import Verdict, _error, transfer
+from harness.verdicts.creation import HUNG, Verdict, _error, transfer
 
 PCI_COMMAND_MEMORY = 0x2
 #: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
@@ -85,7 +85,7 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
         where = _where(t.stuck)
         problems.insert(0, f"L2 did not end within {t.deadline_s:g} s of QMP quit with every "
                            f"device's memory decode off: {where}")
-        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+        return Verdict("fail", "; ".join(problems), evidence, frozenset({HUNG}), grounds)
     if t.ended != "exited with status 0":
         problems.append(f"L2 {t.ended} after QMP quit (not status 0)")
     if t.leftover is None or t.leftover.error:
@@ -158,7 +158,7 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
         problems.insert(0, f"the unplug of {u.device} with its dma-buf(s) revoked did not "
                            f"complete within {u.deadline_s:g} s ({u.not_done}): "
                            f"{_where(u.stuck)}")
-        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+        return Verdict("fail", "; ".join(problems), evidence, frozenset({HUNG}), grounds)
     if len(u.unplugged.kernel.vfio_device_fds) >= len(u.before.kernel.vfio_device_fds):
         problems.append(f"L2 still holds {len(u.unplugged.kernel.vfio_device_fds)} VFIO device "
                         f"fd(s) after the unplug (as many as before)")
@@ -191,3 +191,15 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
                            + (f" ({len(kept)} kept open by QEMU, revoked)" if kept else "")
                            + f"; plugged again{' with a new live dma-buf' if dmabuf else ''}, "
                            f"and {after.reason}", evidence, after.findings, grounds)
+
+
+def hung(ev: Evidence) -> Verdict | None:
+    """The verdict of every check whose step never returned (Evidence.hang): a failure in
+    the kernel's own terms (where L2's task waits), whatever the check would have judged;
+    None if no step hung."""
+    if ev.hang is None:
+        return None
+    h = ev.hang
+    return Verdict("fail", h.describe(), {"hang": {"step": h.step, "error": h.error,
+                                                   "stuck": h.stuck.record()}},
+                   frozenset({HUNG}), (f"L1 kernel: L2's tasks during {h.step}",))
