@@ -193,6 +193,17 @@ def test_the_last_line_says_which_cells_a_dead_l2_took():
         "vfio-harness: 1 cell(s), 0 not as expected; the run did not finish"
 
 
+def test_the_last_line_counts_the_cells_that_hung():
+    cells = [CellResult.settled(Cell("intel-iommu", backend, "dmabuf", "unplug-while-revoked"),
+                                "fail", "L2 hung in unplug-while-revoked", {}, 1.0, "",
+                                frozenset({"hung"})) for backend in ("legacy", "iommufd")]
+    assert all(not c.met for c in cells)  # a hang is never an expected outcome
+    assert results_file.last_line(cells, True) == (
+        "vfio-harness: 2 cell(s), 2 not as expected; 2 cell(s) hung in the L1 kernel, each L1 "
+        "discarded (intel-iommu-legacy-dmabuf-unplug-while-revoked, "
+        "intel-iommu-iommufd-dmabuf-unplug-while-revoked)")
+
+
 def test_what_write_writes_follows_the_schema_in_the_repository(tmp_path):
     import jsonschema
 

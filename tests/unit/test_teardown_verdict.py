@@ -275,3 +275,18 @@ def test_nothing_revoked_by_the_decode_going_off_fails():
 def test_a_device_fd_still_held_after_the_unplug_fails():
     v = judged_unplug(unplugged_step(unplugged=_view("unplugged", (5, 7, 9), None)))
     assert v.observed == "fail" and "still holds 3 VFIO device fd(s)" in v.reason
+
+
+def test_a_step_that_hung_fails_its_check_in_the_kernels_terms():
+    from harness.evidence.stuck import Hang
+    from harness.verdicts.teardown import hung
+
+    assert hung(captured()) is None
+    stuck = parse({"pid": 9, "tasks": [{"tid": 93, "comm": "call_rcu", "state": "D (disk sleep)",
+                                        "wchan": "", "stack": STUCK_STACK.splitlines()}]})
+    v = hung(captured(hang=Hang("dmabuf-unplug", "QMP device_add: no answer", stuck)))
+    assert v is not None and v.observed == "fail" and v.findings == {"hung"}
+    assert v.reason == ("L2 hung in dmabuf-unplug (QMP device_add: no answer): call_rcu (tid 93) "
+                        "in D (disk sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device"
+                        " < vfio_df_close < vfio_df_unbind_iommufd < vfio_device_fops_release "
+                        "< __fput")

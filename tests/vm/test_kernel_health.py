@@ -110,6 +110,57 @@ def test_bisect_names_the_patch_that_brought_the_kernels_complaint(tmp_path):
     assert "--kernel-patches-first 2" in p.stdout
 
 
+@pytest.mark.usefixtures("images")
+def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kernels_words(
+        tmp_path):
+    """The series drains a closing device's dma-bufs in cleanup itself again, as the
+    upstream code did before its fix: a dma-buf already revoked gets its registered
+    reference put a second time (refcount_t underflow) and cleanup then waits for a
+    completion nobody signals. Only a device closed while its dma-bufs are revoked goes
+    there: unplug-while-revoked on both backends. Each fails on the kernel's WARNING and on
+    the hang, with the stuck task's stack; each hang takes its L1, and the cells left run on
+    a fresh one. (dmabuf-unplug may meet it too: whether QEMU's reset turns decode off
+    before it closes the unplugged device varies from run to run.)"""
+    p = harness("ab", "--candidate-kernel-patches",
+                str(SERIES / "0001-cleanup-drains-a-revoked-dmabuf-again.mbox"), "--viommu",
+                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    record = json.loads((tmp_path / "compare.json").read_text())
+    cells = {c["id"]: c for c in json.loads(
+        (tmp_path / "candidate" / "results.json").read_text())["cells"]}
+    assert len(cells) == len(matrix.BACKENDS) * len(matrix.CHECKS)  # none lost to the hangs
+    new = {c["id"] for c in cells.values() if not c["met"]}
+    for backend in matrix.BACKENDS:
+        cell = cells[f"intel-iommu-{backend}-dmabuf-unplug-while-revoked"]
+        assert f"+ {cell['id']}: pass -> fail" in p.stdout
+        assert "hung" in cell["findings"] and "kernel-splat" in cell["findings"]
+        assert cell["reason"].startswith(
+            "the L1 kernel complained during unplug-while-revoked: WARNING: refcount bug in "
+            "vfio_pci_dma_buf_cleanup: refcount_t: underflow; use-after-free."), cell["reason"]
+        assert "did not complete within 20 s" in cell["reason"]
+        assert "in D (disk sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device" \
+            in cell["reason"]
+    assert new <= {f"intel-iommu-{b}-dmabuf-{c}" for b in matrix.BACKENDS
+                   for c in ("unplug-while-revoked", "dmabuf-unplug")}, new
+    assert record["counts"]["new failure"] == len(new)
+    assert "+ kernel report: WARNING: refcount bug in vfio_pci_dma_buf_cleanup" in p.stdout
+    assert "discarded;" in p.stderr + p.stdout and "go to a fresh L1 (#2)" in p.stderr + p.stdout
+    assert list((tmp_path / "candidate").glob("intel-iommu-dmabuf.l1-*/*"))  # its artifacts
+
+
+@pytest.mark.usefixtures("images")
+def test_bisect_names_the_patch_that_makes_a_closing_device_hang(tmp_path):
+    """Three patches, the second the revoked-cleanup bug between two comments: the bisect
+    names it, each step judging only the cell that hung."""
+    p = harness("ab", "--bisect", "--candidate-kernel-patches",
+                str(SERIES / "bisect-revoked-cleanup-3.mbox"), "--viommu", "intel-iommu",
+                "--kernel", "dmabuf", "--backend", "legacy", "--check", "unplug-while-revoked",
+                "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    assert ('first bad patch 2/3 "vfio/pci: drain a closing device\'s dma-bufs in cleanup '
+            'itself"') in p.stdout, p.stdout
+
+
 def test_the_debug_kernel_meets_the_dmabuf_kernels_expectations_with_its_checks_on(
         tmp_path, store):
     config = (store.load(["debug"]).kernels["debug"].bzimage.parent / "config").read_text()
