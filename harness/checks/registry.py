@@ -30,14 +30,20 @@ from harness.verdicts.creation import (
     p2p_dma,
 )
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset
-from harness.verdicts.teardown import quit_while_revoked, unplug_while_revoked
+from harness.verdicts.teardown import (
+    dmabuf_closed_before_unmap,
+    quit_while_revoked,
+    unplug_while_revoked,
+)
 
 BACKENDS = NAMES
 
 #: Where a check's evidence comes from, in the order a backend's L2s run them: END is how
-#: the main L2 ends (one such check per L2: it ends the L2).
-CREATION, LIFECYCLE, LAST, END, SIDE = "creation", "lifecycle", "last", "end", "side"
-PHASES = (CREATION, LIFECYCLE, LAST, END, SIDE)
+#: the main L2 ends (one such check per L2: it ends the L2); ALONE runs in L1 with no L2
+#: at all, between the main L2 and the side one.
+CREATION, LIFECYCLE, LAST, END, ALONE, SIDE = ("creation", "lifecycle", "last", "end",
+                                               "alone", "side")
+PHASES = (CREATION, LIFECYCLE, LAST, END, ALONE, SIDE)
 
 #: Files every check runs, whatever it is (QEMU's VFIO core and the kernel's VFIO dma-buf).
 EVERY_CHECK_RUNS = (
@@ -81,7 +87,7 @@ def expectation(entry: str, why: str = "") -> Expectation:
 class Check:
     name: str
     summary: str                       # one line: the marker's description
-    phase: str                         # CREATION | LIFECYCLE | LAST | END | SIDE
+    phase: str                         # CREATION | LIFECYCLE | LAST | END | ALONE | SIDE
     verdict: Callable[[Evidence], Verdict]
     #: kernel -> the entry per backend (in BACKENDS order), e.g. ("pass", "xfail[...]")
     expected: dict[str, tuple[str, ...]]
@@ -90,13 +96,17 @@ class Check:
     needs: tuple[str, ...] = ()
     #: The timed collection step whose time is this cell's alone (else only shared time).
     own_step: str | None = None
-    #: LIFECYCLE, LAST and END: "module:function" that plays the step on a running L2.
+    #: LIFECYCLE, LAST and END: "module:function" that plays the step on a running L2;
+    #: ALONE: one that plays it in L1 on a device no L2 holds.
     collector: str | None = None
     #: Which ivshmem BAR 2 slot its P2P transfer writes to (apart from every other's).
     p2p_slot: int | None = None
     #: (path prefix in QEMU or the kernel, "*" | backend) of the code it runs beyond
     #: EVERY_CHECK_RUNS.
     exercises: tuple[tuple[str, str], ...] = ()
+    #: The one backend whose cells play its step (the others' are skipped by its verdict):
+    #: a check of the kernel alone need not run once per backend.
+    only_backend: str | None = None
 
     @property
     def marker(self) -> str:
@@ -147,7 +157,9 @@ def register(check: Check) -> Check:
     expected = check.expectations()  # a bad entry fails here, not at a cell
     REGISTRY[check.name] = check
     EXPECTATIONS.update({(check.name, k, b): e for (k, b), e in expected.items()})
-    for prefix, backend in (*EVERY_CHECK_RUNS, *check.exercises):
+    every = [(p, b) for p, b in EVERY_CHECK_RUNS  # a check with no QEMU runs only the kernel's
+             if check.phase != ALONE or p.startswith("drivers/")]
+    for prefix, backend in (*every, *check.exercises):
         EXERCISES.append((prefix, (check.name,),
                           BACKENDS if backend == "*" else (backend,)))
     return check
@@ -197,6 +209,7 @@ class Collection:
     last: tuple[Check, ...]
     side: bool
     end: Check | None = None
+    alone: tuple[Check, ...] = ()
 
 
 def collection(wanted: set[str]) -> Collection:
@@ -206,7 +219,7 @@ def collection(wanted: set[str]) -> Collection:
                          f"same L2")
     return Collection(frozenset(needed_steps(wanted)), tuple(in_phase(LIFECYCLE, wanted)),
                       tuple(in_phase(LAST, wanted)), bool(in_phase(SIDE, wanted)),
-                      ending[0] if ending else None)
+                      ending[0] if ending else None, tuple(in_phase(ALONE, wanted)))
 
 
 QEMU_KEEPS_DMABUF = (
@@ -295,6 +308,25 @@ register(Check(
     own_step="quit-while-revoked", collector="harness.collect.teardown:quit_while_revoked",
     exercises=(("drivers/vfio/vfio_main.c", "*"), ("drivers/dma-buf/", "*"),
                ("drivers/vfio/pci/vfio_pci_config.c", "*"), ("system/runstate.c", "*"))))
+register(Check(
+    "dmabuf-closed-before-unmap", "in L1, no QEMU: a BAR's dma-buf mapped into an IOAS, its "
+    "fd closed while mapped, then unmapped", ALONE, dmabuf_closed_before_unmap,
+    {"dmabuf": ("skip[iommufd-only]", "pass"),
+     "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
+    {("dmabuf", "iommufd"): "IOMMU_IOAS_MAP_FILE takes a reference of its own on the dma-buf "
+                            "(iopt_map_file_pages: dma_buf_get), so closing the fd leaves it "
+                            "alive and mapped; the unmap releases the area's pages "
+                            "(iopt_release_pages: dma_buf_put), and with the last reference "
+                            "vfio_pci_dma_buf_release takes it off its device's list: the "
+                            "device then closes without waiting, and opens again",
+     ("no-dmabuf", "iommufd"): "the kernel has no VFIO dma-buf, so there is nothing to map",
+     ("dmabuf", "legacy"): "a check of the kernel alone, played in the iommufd cell",
+     ("no-dmabuf", "legacy"): "a check of the kernel alone, played in the iommufd cell"},
+    own_step="dmabuf-closed-before-unmap",
+    collector="harness.collect.teardown:closed_before_unmap", only_backend="iommufd",
+    exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),
+               ("drivers/vfio/pci/vfio_pci_config.c", "iommufd"),
+               ("drivers/vfio/device_cdev.c", "iommufd"))))
 register(Check(
     "multi-range", "a BAR mmapped in pieces around its MSI-X table", SIDE, multi_range,
     {"dmabuf": ("pass", "xfail[multi-range-refused,read-missing]"),

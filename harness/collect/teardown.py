@@ -20,7 +20,7 @@ from harness.collect.l2_probes import kernel_process, p2p
 from harness.collect.lifecycle import IVSHMEM_ID, Programmed, replug, view_at
 from harness.collect.stack import L1Stack
 from harness.evidence.records import Moment
-from harness.evidence.teardown import Teardown, UnplugRevoked
+from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
 from harness.l2.dma_engine import DmaEngine
 from harness.l2.qemu import L2Qemu
 
@@ -149,3 +149,30 @@ def unplug_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEn
     return UnplugRevoked(**common, unplugged=unplugged,  # type: ignore[arg-type]
                          waited_s=waited, replugged=replugged, after=after,
                          alive=l2.running())
+
+
+#: The whole of closed-before-unmap in L1: about 0.1 s here.
+ALONE_DEADLINE_S = 20.0
+
+
+def closed_before_unmap(stack: L1Stack, bdf: str,
+                        deadline_s: float = ALONE_DEADLINE_S) -> ClosedBeforeUnmap:
+    """The guest helper plays the order itself on `bdf` (no L2 holds it now); an answer
+    that does not come within `deadline_s` is a hang, with the helper's own stack."""
+    helper = stack.vfio.helper_pid()
+    began = time.monotonic()
+    try:
+        answer = stack.vfio.closed_before_unmap(bdf, deadline_s)
+    except HarnessError as e:
+        return ClosedBeforeUnmap("dmabuf-closed-before-unmap", bdf, (), {},
+                                 waited_s=round(time.monotonic() - began, 3),
+                                 deadline_s=deadline_s, not_done=e.message,
+                                 stuck=stack.vfio.stuck(helper))
+    waited = round(time.monotonic() - began, 3)
+    return ClosedBeforeUnmap(
+        "dmabuf-closed-before-unmap", bdf,
+        tuple((str(n), str(r)) for n, r in answer.get("steps", ())),
+        {str(k): v for k, v in answer.get("alive", {}).items()},
+        int(answer.get("bar", -1)), int(answer.get("size", 0)),
+        float(answer.get("close_s", -1.0)), waited, deadline_s, answer.get("error", ""),
+        reopened=stack.vfio.reopen([bdf])[bdf])

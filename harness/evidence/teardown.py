@@ -94,5 +94,32 @@ class UnplugRevoked:
         return self.unplugged is not None
 
 
+
+
+@dataclass(frozen=True)
+class ClosedBeforeUnmap:
+    """The guest helper in L1, no QEMU: a BAR's dma-buf mapped into an IOAS the device is
+    attached to, its fd closed while mapped, then unmapped and the device closed; then the
+    device opened afresh."""
+
+    check: str
+    device: str                                   # L1 BDF
+    steps: tuple[tuple[str, str], ...]            # (step, "ok" or the errno), in order
+    alive: dict[str, bool | None]                 # moment -> debugfs lists the dma-buf
+    bar: int = -1
+    size: int = 0
+    close_s: float = -1.0                         # how long the device's close took
+    waited_s: float = 0.0                         # the helper's answer, all of it
+    deadline_s: float = 0.0
+    error: str = ""                               # why it could not be played at all
+    not_done: str = ""                            # no answer within the deadline: why
+    stuck: Stuck | None = None
+    reopened: str = ""
+
+    @property
+    def completed(self) -> bool:
+        return not self.not_done
+
+
 #: What a teardown check records: one of these, by check (Evidence.teardown).
-Ending = Teardown | UnplugRevoked
+Ending = Teardown | UnplugRevoked | ClosedBeforeUnmap

@@ -221,6 +221,15 @@ class L1Vfio:
         return out
 
 
+    def helper_pid(self) -> int:
+        """The helper's own pid: where to look if a question to it never comes back."""
+        return int(self._call("pid")["pid"])
+
+    def closed_before_unmap(self, bdf: str, seconds: float) -> dict:
+        """The helper's `closed-before-unmap` answer for one device, within `seconds`."""
+        return self._call("closed-before-unmap", bdf, timeout=seconds)
+
+
 def parse_probes(answer: dict) -> dict[str, DmabufProbe]:
     return {bdf: DmabufProbe(bdf, a["supported"], a["errno"], a["error"])
             for bdf, a in answer["probe"].items()}

@@ -68,6 +68,8 @@ FINDINGS = {
     "kernel-splat": "the L1 kernel logged a report of its own (WARNING, BUG, Oops, refcount, "
                     "lockdep, KASAN/KFENCE/UBSAN, hung task, soft lockup) or took a new taint "
                     "during the cell's steps",
+    "iommufd-only": "the check drives iommufd itself, with no QEMU: it is played once per "
+                    "L1, in the iommufd backend's cell",
     "hung": "a step of L2 (a quit, a close, an unplug) did not return within its deadline: "
             "a task of L2 waits in the kernel, and the L1 is discarded",
 }

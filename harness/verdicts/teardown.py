@@ -15,7 +15,7 @@ for every cell.
 
 from harness.evidence.records import Evidence, Moment
 from harness.evidence.stuck import Stuck
-from harness.evidence.teardown import Teardown, UnplugRevoked
+from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
 from harness.verdicts.creation import HUNG, Verdict, _error, transfer
 
 PCI_COMMAND_MEMORY = 0x2
@@ -203,3 +203,63 @@ def hung(ev: Evidence) -> Verdict | None:
     return Verdict("fail", h.describe(), {"hang": {"step": h.step, "error": h.error,
                                                    "stuck": h.stuck.record()}},
                    frozenset({HUNG}), (f"L1 kernel: L2's tasks during {h.step}",))
+
+
+#: What debugfs must say of the dma-buf at each moment of closed-before-unmap: iommufd
+#: holds its own reference from IOMMU_IOAS_MAP_FILE (dma_buf_get in iopt_map_file_pages)
+#: until the area's pages are released by the unmap (iopt_release_pages: dma_buf_put).
+ALIVE = {"mapped": True, "fd closed, still mapped": True, "unmapped": False}
+PLAYED = ("IOMMU_IOAS_ALLOC", "open", "VFIO_DEVICE_BIND_IOMMUFD",
+          "VFIO_DEVICE_ATTACH_IOMMUFD_PT", "memory decode on", "VFIO_DEVICE_FEATURE(DMA_BUF)",
+          "IOMMU_IOAS_MAP_FILE", "close the dma-buf fd", "IOMMU_IOAS_UNMAP", "close the device")
+
+
+def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
+    """A dma-buf whose fd is closed while iommufd maps it: iommufd's own reference keeps it
+    alive (debugfs lists it) until the unmap, which releases it (vfio_pci_dma_buf_release
+    takes it off the device's list); every step answers, the device closes and opens
+    again with a live dma-buf."""
+    if ev.backend != "iommufd":
+        return Verdict("skip", "played once per L1, in the iommufd backend's cell", {},
+                       frozenset({"iommufd-only"}))
+    if ev.kernel_dmabuf is False:
+        return Verdict("skip", "the L1 kernel has no VFIO dma-buf: nothing to map",
+                       {}, frozenset({"kernel-lacks-dmabuf"}))
+    c = ev.teardown.get("dmabuf-closed-before-unmap")
+    if not isinstance(c, ClosedBeforeUnmap):
+        return _error(["the helper's closed-before-unmap was not recorded"])
+    evidence = {"closed_before_unmap": {
+        "device": c.device, "bar": c.bar, "size": c.size, "steps": [list(x) for x in c.steps],
+        "alive": c.alive, "close_s": c.close_s, "waited_s": c.waited_s, "error": c.error,
+        "not_done": c.not_done, "stuck": c.stuck.record() if c.stuck else None,
+        "reopened": c.reopened}}
+    if not c.completed:
+        return Verdict("fail", f"the helper's closed-before-unmap on {c.device} did not answer "
+                               f"within {c.deadline_s:g} s ({c.not_done}): {_where(c.stuck)}",
+                       evidence, frozenset({HUNG}))
+    if c.error:
+        return _error([f"closed-before-unmap could not be played on {c.device}: {c.error}"],
+                      evidence)
+    problems = [f"{name}: {result}" for name, result in c.steps if result != "ok"]
+    played = [name for name, _ in c.steps]
+    if not problems and played != list(PLAYED):
+        problems.append(f"the steps played were {played}, not {list(PLAYED)}")
+    for moment, wanted in ALIVE.items():
+        seen = c.alive.get(moment)
+        if not problems and seen is None:
+            return _error([f"debugfs could not say whether the dma-buf was alive once "
+                           f"{moment}"], evidence)
+        if seen is not None and seen != wanted:
+            problems.append(f"the dma-buf was {'still' if seen else 'no longer'} alive in the "
+                            f"L1 kernel once {moment} (debugfs)")
+    if c.reopened != "live":
+        problems.append(f"{c.device} opened again: {c.reopened} (expected: live)")
+    grounds = (f"L1 kernel: BAR {c.bar} ({c.size} bytes) of {c.device}, its dma-buf alive "
+               + ", ".join(f"{m}: {v}" for m, v in c.alive.items()),)
+    if problems:
+        return Verdict("fail", f"closed-before-unmap on {c.device}: " + "; ".join(problems),
+                       evidence, frozenset(), grounds)
+    return Verdict("pass", f"BAR {c.bar}'s dma-buf of {c.device}, mapped into an IOAS, outlived "
+                           f"its fd while mapped and went with the unmap; the device closed in "
+                           f"{c.close_s:g} s and opened again with a live dma-buf", evidence,
+                   frozenset(), grounds)

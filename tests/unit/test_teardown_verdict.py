@@ -9,9 +9,14 @@ import json
 from harness.checks.matrix import EXPECTATIONS
 from harness.evidence.records import KernelProcess, Moment, P2PTransfer, parse_trace
 from harness.evidence.stuck import Stuck, parse
-from harness.evidence.teardown import Leftover, Teardown, UnplugRevoked
-from harness.verdicts.teardown import NO_DMABUF, quit_while_revoked, unplug_while_revoked
-from tests.unit.test_verdicts import DATA, captured
+from harness.evidence.teardown import ClosedBeforeUnmap, Leftover, Teardown, UnplugRevoked
+from harness.verdicts.teardown import (
+    NO_DMABUF,
+    dmabuf_closed_before_unmap,
+    quit_while_revoked,
+    unplug_while_revoked,
+)
+from tests.unit.test_verdicts import DATA, EDU, IVSHMEM, captured
 
 CAPTURE = json.loads((DATA / "intel-iommu-dmabuf-iommufd-quit-while-revoked.json").read_text())
 EXPORTER = "vfio_pci_core"
@@ -290,3 +295,65 @@ def test_a_step_that_hung_fails_its_check_in_the_kernels_terms():
                         "in D (disk sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device"
                         " < vfio_df_close < vfio_df_unbind_iommufd < vfio_device_fops_release "
                         "< __fput")
+
+
+# -- dmabuf-closed-before-unmap ------------------------------------------------------------
+
+ALONE = json.loads((DATA / "intel-iommu-dmabuf-closed-before-unmap.json").read_text())
+
+
+def alone(**changes) -> ClosedBeforeUnmap:
+    c = ALONE
+    played = ClosedBeforeUnmap("dmabuf-closed-before-unmap", c["device"],
+                               tuple(map(tuple, c["steps"])), dict(c["alive"]), c["bar"],
+                               c["size"], c["close_s"], c["waited_s"], 20.0, c["error"],
+                               reopened=c["reopened"])
+    return dataclasses.replace(played, **changes)
+
+
+def judged_alone(c: ClosedBeforeUnmap | None = None, **changes):
+    return dmabuf_closed_before_unmap(captured(
+        teardown={"dmabuf-closed-before-unmap": c or alone()}, **changes))
+
+
+def test_the_captured_dmabuf_outlives_its_fd_while_mapped_and_goes_with_the_unmap():
+    v = judged_alone()
+    assert v.observed == "pass", v.reason
+    assert "outlived its fd while mapped and went with the unmap" in v.reason
+
+
+def test_it_is_played_once_per_l1_in_the_iommufd_cell():
+    assert judged_alone(backend="legacy").findings == {"iommufd-only"}
+    assert EXPECTATIONS[("dmabuf-closed-before-unmap", "dmabuf", "legacy")].outcome == "skip"
+    no = {bdf: (False, "ENOTTY: Inappropriate ioctl for device") for bdf in (EDU, IVSHMEM)}
+    assert judged_alone(kernel_probe=no).findings == {"kernel-lacks-dmabuf"}
+
+
+def test_a_dmabuf_freed_with_its_fd_while_still_mapped_fails():
+    v = judged_alone(alone(alive={"mapped": True, "fd closed, still mapped": False,
+                                  "unmapped": False}))
+    assert v.observed == "fail"
+    assert "no longer alive in the L1 kernel once fd closed, still mapped" in v.reason
+
+
+def test_a_dmabuf_left_alive_after_the_unmap_fails():
+    v = judged_alone(alone(alive={"mapped": True, "fd closed, still mapped": True,
+                                  "unmapped": True}))
+    assert v.observed == "fail" and "still alive in the L1 kernel once unmapped" in v.reason
+
+
+def test_a_step_refused_fails_naming_it_and_an_answer_that_never_came_is_a_hang():
+    steps = tuple((n, "ENODEV" if n == "IOMMU_IOAS_UNMAP" else r) for n, r in ALONE["steps"])
+    v = judged_alone(alone(steps=steps))
+    assert v.observed == "fail" and "IOMMU_IOAS_UNMAP: ENODEV" in v.reason
+    stuck = parse({"pid": 400, "tasks": [{"tid": 400, "comm": "python3",
+                                          "state": "D (disk sleep)", "wchan": "",
+                                          "stack": STUCK_STACK.splitlines()}]})
+    hung = judged_alone(alone(steps=(), alive={}, not_done="no answer in 20 s", stuck=stuck))
+    assert hung.observed == "fail" and hung.findings == {"hung"}
+    assert "did not answer within 20 s (no answer in 20 s): python3 (tid 400)" in hung.reason
+
+
+def test_a_device_that_does_not_open_again_fails():
+    v = judged_alone(alone(reopened="open /dev/vfio/devices/vfio1: EBUSY"))
+    assert v.observed == "fail" and "opened again: open" in v.reason

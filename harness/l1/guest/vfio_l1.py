@@ -20,6 +20,9 @@ it reports does not depend on the QEMU under test.
                                           a VFIO fd, waited up to SECONDS to be none
   vfio_l1.py reopen BDF...                open each device afresh, bound to an iommufd,
                                           and ask for a live dma-buf of its first BAR
+  vfio_l1.py closed-before-unmap BDF      a BAR's dma-buf mapped into an IOAS, its fd
+                                          closed, then unmapped and the device closed
+  vfio_l1.py pid                          the helper's own pid
   vfio_l1.py serve                        the same actions, one JSON line each way
   vfio_l1.py process PID [FILES [BDF...]]
       the dma-buf fds (and whether each is revoked), VFIO device fds and mappings a
@@ -50,7 +53,9 @@ PCI_COMMAND, PCI_COMMAND_MEMORY = 4, 0x2
 DEBUGFS = "/sys/kernel/debug"
 # include/uapi/linux/iommufd.h: _IO(IOMMUFD_TYPE=';', 0x80 + n)
 IOMMU_IOAS_ALLOC = (ord(";") << 8) | 0x81
+IOMMU_IOAS_UNMAP = (ord(";") << 8) | 0x86
 IOMMU_IOAS_MAP_FILE = (ord(";") << 8) | 0x8F
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = (ord(";") << 8) | (100 + 19)
 IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_MAP_READABLE = 1 << 1, 1 << 2
 SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 
@@ -498,6 +503,102 @@ def probe_dmabuf_bound(dev):
         return errno.errorcode.get(e.errno, str(e.errno))
 
 
+def _errno(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def _alive(inode):
+    """Whether debugfs lists a dma-buf of this inode (None: it cannot say)."""
+    objects = _bufinfo(DEBUGFS + "/dma_buf/bufinfo")
+    return None if objects is None else any(o[1] == inode for o in objects)
+
+
+def closed_before_unmap(args):
+    """The order a VMM may take, with no QEMU: the device's cdev bound to an iommufd and
+    attached to a new IOAS, memory decode on, a dma-buf of its largest memory BAR mapped
+    into the IOAS (IOMMU_IOAS_MAP_FILE), the dma-buf fd closed while mapped, then the
+    mapping undone and the device closed. Each step's answer ("ok" or the errno), and
+    whether debugfs still lists the dma-buf after each act."""
+    bdf = args[0]
+    out = {"bdf": bdf, "steps": [], "alive": {}}
+
+    def step(name, act):
+        try:
+            result = act()
+            out["steps"].append([name, "ok"])
+            return result
+        except OSError as e:
+            out["steps"].append([name, _errno(e)])
+            raise
+
+    info = device_info(bdf)
+    bars = sorted((b for b in info["bars"] if b["mem"] and b["size"] >= 4096),
+                  key=lambda b: -b["size"])
+    if not info["cdev"] or not bars:
+        out["error"] = "no VFIO cdev or no memory BAR of a page or more"
+        return out
+    bar = bars[0]
+    out["bar"], out["size"] = bar["index"], bar["size"]
+    iommufd = os.open("/dev/iommu", os.O_RDWR)
+    dev = fd = None
+    try:
+        alloc = bytearray(struct.pack("<III", 12, 0, 0))
+        step("IOMMU_IOAS_ALLOC", lambda: fcntl.ioctl(iommufd, IOMMU_IOAS_ALLOC, alloc, True))
+        ioas = struct.unpack("<III", alloc)[2]
+        dev = step("open", lambda: os.open(info["cdev"], os.O_RDWR))
+        step("VFIO_DEVICE_BIND_IOMMUFD", lambda: fcntl.ioctl(
+            dev, VFIO_DEVICE_BIND_IOMMUFD,
+            bytearray(struct.pack("<IIiIQ", 24, 0, iommufd, 0, 0)), True))
+        step("VFIO_DEVICE_ATTACH_IOMMUFD_PT", lambda: fcntl.ioctl(
+            dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, bytearray(struct.pack("<III", 12, 0, ioas)),
+            True))
+        _, config = _region_info(dev, VFIO_PCI_CONFIG_REGION_INDEX)
+        command = int.from_bytes(os.pread(dev, 2, config + PCI_COMMAND), "little")
+        step("memory decode on", lambda: os.pwrite(
+            dev, (command | PCI_COMMAND_MEMORY).to_bytes(2, "little"), config + PCI_COMMAND))
+        get = bytearray(struct.pack("<IIIIIIQQ", 40, VFIO_DEVICE_FEATURE_GET
+                                    | VFIO_DEVICE_FEATURE_DMA_BUF, bar["index"],
+                                    os.O_RDWR | os.O_CLOEXEC, 0, 1, 0, bar["size"]))
+        fd = step("VFIO_DEVICE_FEATURE(DMA_BUF)",
+                  lambda: fcntl.ioctl(dev, VFIO_DEVICE_FEATURE, get, True))
+        inode = os.fstat(fd).st_ino
+        out["inode"] = inode
+        arg = bytearray(struct.pack("<IIIiQQQ", 40, IOMMU_IOAS_MAP_WRITEABLE
+                                    | IOMMU_IOAS_MAP_READABLE, ioas, fd, 0, bar["size"], 0))
+        step("IOMMU_IOAS_MAP_FILE", lambda: fcntl.ioctl(iommufd, IOMMU_IOAS_MAP_FILE, arg,
+                                                        True))
+        iova = struct.unpack("<IIIiQQQ", arg)[6]
+        out["iova"] = iova
+        out["alive"]["mapped"] = _alive(inode)
+        os.close(fd)
+        fd = None
+        out["steps"].append(["close the dma-buf fd", "ok"])
+        out["alive"]["fd closed, still mapped"] = _alive(inode)
+        step("IOMMU_IOAS_UNMAP", lambda: fcntl.ioctl(
+            iommufd, IOMMU_IOAS_UNMAP, bytearray(struct.pack("<IIQQ", 24, ioas, iova,
+                                                             bar["size"])), True))
+        began = time.monotonic()  # the last reference goes with the unmap
+        while _alive(inode) and time.monotonic() - began < 1.0:
+            time.sleep(0.02)
+        out["alive"]["unmapped"] = _alive(inode)
+    except OSError:
+        pass  # the step that failed says which
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if dev is not None:
+            began = time.monotonic()
+            os.close(dev)
+            out["close_s"] = round(time.monotonic() - began, 3)
+            out["steps"].append(["close the device", "ok"])
+        os.close(iommufd)
+    return out
+
+
+def own_pid(args):
+    return {"pid": os.getpid()}
+
+
 def reopen(bdfs):
     return {"reopened": {bdf: reopen_one(bdf) for bdf in bdfs}}
 
@@ -541,7 +642,7 @@ def kmsg(args):
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
            "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "leftover": leftover,
-           "reopen": reopen}
+           "reopen": reopen, "closed-before-unmap": closed_before_unmap, "pid": own_pid}
 
 
 def serve():
