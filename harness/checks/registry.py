@@ -29,7 +29,7 @@ from harness.verdicts.creation import (
     multi_range,
     p2p_dma,
 )
-from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset
+from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset, reset_while_revoked
 from harness.verdicts.teardown import (
     dmabuf_closed_before_unmap,
     quit_while_revoked,
@@ -267,6 +267,22 @@ register(Check(
                                "creation"},
     own_step="reset", collector="harness.collect.lifecycle:reset_l2", p2p_slot=2,
     exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"))))
+register(Check(
+    "reset-while-revoked", "every device's memory decode off, then L2 reset: nvme's FLR meets "
+    "its dma-buf revoked", LIFECYCLE, reset_while_revoked,
+    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {("dmabuf", b): "VFIO_DEVICE_RESET revokes through vfio_pci_dma_buf_move, a no-op for a "
+                    "dma-buf already revoked, and un-revokes after the FLR only if the device "
+                    "decodes memory: the dma-bufs stay revoked until the guest turns decode "
+                    "on again, then live, the same fd and inode" for b in BACKENDS} |
+    {("no-dmabuf", "legacy"): "no dma-buf: the reset and the BARs' return work as in reset",
+     ("no-dmabuf", "iommufd"): "once the BARs are programmed again, iommufd still cannot map "
+                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
+                               "creation"},
+    own_step="reset-while-revoked", collector="harness.collect.lifecycle:reset_while_revoked",
+    p2p_slot=5,
+    exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"),
+               ("drivers/pci/pci.c", "*"))))
 register(Check(
     "dmabuf-unplug", "ivshmem unplugged and plugged again, five times", LAST, dmabuf_unplug,
     {"dmabuf": ("xfail[dmabuf-outlives-device]", "xfail[dmabuf-outlives-device]"),

@@ -159,21 +159,29 @@ def toggle_decode(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, s
 
 
 def reset_l2(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: int,
-             key: str, iova: int, dst: int, moment: Callable[[str], Moment]) -> Away:
+             key: str, iova: int, dst: int, moment: Callable[[str], Moment],
+             revoked_first: bool = False) -> Away:
     """system_reset of L2, which clears every BAR (and resets nvme by FLR), then the BARs
-    programmed again at their addresses."""
+    programmed again at their addresses. `revoked_first`: every device's memory decode
+    turned off before the reset, as a guest's shutdown leaves them before a reboot, so
+    that the FLR meets dma-bufs already revoked (the BAR is away from that moment)."""
     r = dev.resettable
     if r:  # a value its reset clears: proof that the device itself was reset
         l2.qtest.writel(r.bar0 + NVME_CC, NVME_CC_VALUE)
         cc_before = l2.qtest.readl(r.bar0 + NVME_CC)
         registers = l2.qtest.read(r.bar0, NVME_READ)
+    if revoked_first:
+        for slot in (dev.edu_slot, dev.ivshmem_slot, *([r.slot] if r else [])):
+            dev.pci.set_memory(slot, False)
+        disabled = moment("memory decode off on every device")
     l2.qmp.cmd("system_reset")
     # edu is on the root bus: its BAR reads back 0 once the reset has cleared it (ivshmem,
     # behind a root port that lost its bus numbers, is not even reachable then).
     wait_for(lambda: dev.pci.address(dev.edu_slot, dev.edu_bar) == 0,
              Deadline("L2 reset", RESET_DEADLINE_S), "edu BAR 0 still assigned after "
              "system_reset")
-    disabled = moment("after system_reset")
+    if not revoked_first:
+        disabled = moment("after system_reset")
     # edu comes back first, so that it can try to reach BAR 2 while BAR 2 is still away.
     dev.reprogram_edu()
     staged = stage_pattern(l2, edu, seed, key)
@@ -194,6 +202,14 @@ def reset_l2(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: 
                            read)
 
     return Away(disabled, blocked, enabled, device_reset, dev.reset_method)
+
+
+def reset_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine,
+                        seed: int, key: str, iova: int, dst: int,
+                        moment: Callable[[str], Moment]) -> Away:
+    """Every device's memory decode off, then system_reset (nvme reset by FLR with its
+    dma-buf already revoked), then the BARs programmed again."""
+    return reset_l2(stack, l2, dev, edu, seed, key, iova, dst, moment, revoked_first=True)
 
 
 def run(check: "Check", stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: EduEngine,

@@ -28,8 +28,12 @@ from harness.verdicts.creation import Verdict, _error, _missing, region_name, tr
 
 PCI_COMMAND_MEMORY = 0x2
 #: How each step takes the BAR away, in the words of a reason.
-AWAY = {"decode-toggle": "memory decode was off", "reset": "L2 was reset and BAR 2 unassigned"}
-BACK = {"decode-toggle": "memory decode came back", "reset": "the BARs were programmed again"}
+AWAY = {"decode-toggle": "memory decode was off", "reset": "L2 was reset and BAR 2 unassigned",
+        "reset-while-revoked": "every device's memory decode was off and L2 was reset"}
+BACK = {"decode-toggle": "memory decode came back", "reset": "the BARs were programmed again",
+        "reset-while-revoked": "the BARs were programmed again"}
+#: The steps that reset L2 (and nvme by FLR).
+RESETS = ("reset", "reset-while-revoked")
 
 
 def _mapped_at(trace: tuple[TraceRecord, ...], iova: int) -> bool:
@@ -137,7 +141,7 @@ def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
     if not dr.reset_method:
         errors.append(f"the L1 kernel has no reset method for {dr.device} (sysfs reset_method "
                       f"is empty): a reset of the device itself cannot be shown")
-    how = [r for r in of_type(list(step.trace_disabling), Other)
+    how = [r for r in of_type(list(step.trace_disabling + step.trace_enabling), Other)
            if (r.event.startswith("vfio_pci_reset_") or r.event.startswith("vfio_pci_hot_reset"))
            and dr.device in r.text]
     if not how:
@@ -276,13 +280,13 @@ def _step(ev: Evidence, check: str) -> Verdict:
     problems = [] if step.alive else [f"L2 died during the {check} step"]
     problems += _left_the_map(ev, step, away) + _decoding(step, errors) + _blocked(step, away)
     problems += _dmabuf_problems(ev, step, errors)
-    resets = [r for r in of_type(list(step.trace_disabling), Other)
+    resets = [r for r in of_type(list(step.trace_disabling + step.trace_enabling), Other)
               if r.event == "vfio_pci_reset" and step.device in r.text]
-    if check == "reset" and not resets:
+    if check in RESETS and not resets:
         problems.append(f"no vfio_pci_reset of {step.device} in L2's trace after system_reset")
     after = transfer(ev, step.after, step.trace_enabling)
     reset_shown = ""
-    if check == "reset" and step.device_reset is not None:
+    if check in RESETS and step.device_reset is not None:
         more, reset_shown = _device_reset(ev, step, after.observed != "pass", errors)
         problems += more
     if errors:
@@ -303,7 +307,7 @@ def _step(ev: Evidence, check: str) -> Verdict:
     revoked = (f"its dma-buf (fd {fd}) revoked and live again, the same fd and inode, "
                if ev.kernel_dmabuf and fd is not None else "")
     device_reset = ""
-    if check == "reset":
+    if check in RESETS:
         device_reset = (f"; QEMU reset {step.device} (vfio_pci_reset; L1 reset_method: "
                         f"{step.reset_method or 'none, so the device itself was not reset'})")
         if reset_shown:
@@ -496,3 +500,7 @@ def decode_toggle(ev: Evidence) -> Verdict:
 
 def reset(ev: Evidence) -> Verdict:
     return _step(ev, "reset")
+
+
+def reset_while_revoked(ev: Evidence) -> Verdict:
+    return _step(ev, "reset-while-revoked")

@@ -53,7 +53,7 @@ def test_lifecycle_steps_keep_the_run_order_whatever_the_selection_order():
 def test_the_whole_matrix_collects_everything():
     todo = collection(*registry.names())
     assert todo.side and todo.creation == {"bar_access", "p2p"}
-    assert names(todo.lifecycle) == ["decode-toggle", "reset"]
+    assert names(todo.lifecycle) == ["decode-toggle", "reset", "reset-while-revoked"]
     assert names(todo.last) == ["dmabuf-unplug", "unplug-while-revoked"]
     assert todo.end is not None and todo.end.name == "quit-while-revoked"
 

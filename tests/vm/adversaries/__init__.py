@@ -112,10 +112,12 @@ def build_shim(out: Path) -> Path:
 
 
 TRACE_GONE = "trace is missing"
-LIFECYCLE = ("decode-toggle", "reset")
+LIFECYCLE = ("decode-toggle", "reset", "reset-while-revoked")
 UNPLUG = "dmabuf-unplug"
 MULTI = "multi-range"
 QUIT = "quit-while-revoked"
+UNPLUG_REVOKED = "unplug-while-revoked"
+NOTHING_REVOKED = "no dma-buf of L2 went from live to revoked"
 
 
 def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
@@ -154,6 +156,7 @@ CATALOGUE = (
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   **lifecycle("dmabuf", "*", "fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED),
                   ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for")}),
     Adversary(
@@ -183,6 +186,8 @@ CATALOGUE = (
                   **lifecycle("dmabuf", "*", "fail", "the L1 kernel shows no dma-buf fd"),
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
+                  ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED),
+                  ("no-dmabuf", "iommufd", UNPLUG_REVOKED): ("fail", "not the expected failure"),
                   ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   # its memfds are never closed either: one more per plug
                   ("no-dmabuf", "*", UNPLUG): ("fail", "L2's fds grew"),
@@ -203,7 +208,6 @@ CATALOGUE = (
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   # device_add goes around the wrapper: the replugged device is honest
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
-                  ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   ("*", "*", MULTI): ("fail", "in 0 piece(s)")}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
@@ -213,6 +217,7 @@ CATALOGUE = (
                   ("*", "*", "p2p-dma"): ("fail", "never reached the ivshmem file"),
                   **lifecycle("*", "*", "fail", "no DMA could be tried"),
                   ("*", "*", UNPLUG): ("fail", "never reached the ivshmem file"),
+                  ("*", "*", UNPLUG_REVOKED): ("fail", "never reached the ivshmem file"),
                   ("*", "*", MULTI): ("fail", "the mmap is not of the device")}),
     Adversary(
         "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
@@ -221,6 +226,7 @@ CATALOGUE = (
         verdicts={**lifecycle("*", "*", "fail", "the device still decodes memory"),
                   # the guest's shutdown never reaches the devices either
                   ("*", "*", QUIT): ("fail", "memory decode still on"),
+                  ("*", "*", UNPLUG_REVOKED): ("fail", "memory decode still on"),
                   # every device decodes from the start: whose dma-buf is whose cannot be
                   # told by the kernel's revoke answers
                   ("dmabuf", "*", "dmabuf-per-region"): ("error", "the decode witness "
@@ -239,8 +245,12 @@ CATALOGUE = (
                   # the reset revokes every device's dma-bufs, edu's too: only iommufd's
                   # mapping of the wrong BAR shows
                   ("dmabuf", "iommufd", "reset"): ("fail", "the bytes did not arrive"),
+                  ("dmabuf", "iommufd", "reset-while-revoked"): ("fail", "the bytes did not "
+                                                                         "arrive"),
                   # the replugged device borrows edu's again
-                  ("dmabuf", "*", UNPLUG): ("fail", "not a new live dma-buf")}),
+                  ("dmabuf", "*", UNPLUG): ("fail", "not a new live dma-buf"),
+                  # ivshmem has no dma-buf of its own for its decode to revoke
+                  ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED)}),
     Adversary(
         "foreign-dmabuf", "gives ivshmem's BAR 2 a new dma-buf of its own, made from edu's "
                           "BAR 0: right size, exporter and fd count, wrong device",
@@ -251,15 +261,20 @@ CATALOGUE = (
                                                              "off', not revoked"),
                   ("dmabuf", "iommufd", "p2p-dma"): ("fail", "the bytes did not arrive"),
                   ("dmabuf", "iommufd", "reset"): ("fail", "the bytes did not arrive"),
+                  ("dmabuf", "iommufd", "reset-while-revoked"): ("fail", "the bytes did not "
+                                                                         "arrive"),
                   # the replugged device gets one of edu's again: live while edu decodes
                   # and ivshmem, back, does not yet
                   ("dmabuf", "*", UNPLUG): ("fail", "was live while the other devices "
-                                                    "decoded memory again")}),
+                                                    "decoded memory again"),
+                  ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED)}),
     Adversary(
         "stale-dmabuf", "gives a device plugged again the dma-buf its unplugged predecessor "
                         "left open (revoked), not a new one",
         shim="stale-dmabuf",
-        verdicts={("dmabuf", "*", UNPLUG): ("fail", "as revoked, inode")}),
+        verdicts={("dmabuf", "*", UNPLUG): ("fail", "as revoked, inode"),
+                  # the device dmabuf-unplug plugged again holds no dma-buf of its own
+                  ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED)}),
     # Relations between processes: what an L2 leaves behind once it is gone.
     Adversary(
         "hold-dmabufs", "a process beside L2 keeps a copy of each of its dma-bufs until 20 s "
