@@ -9,7 +9,9 @@ registry names its collectors in collect/ as dotted paths, loaded when they run)
               machine, vIOMMUs, L0 devices, console, kernel build and image, rootfs
               architecture, QEMU names, L2's layout (config access, BAR window,
               RAM, hotplug)
-  evidence/   records.py: trace lines and messages as records; the evidence bundle;
+  evidence/   records.py: trace lines and messages as records; gathered.py: the evidence
+              bundle a verdict judges, and its summary for A/B; teardown.py: how an L2
+              ended; stuck.py: a step that never returned, and where L2 waits;
               kernel_log.py: the L1 kernel's log read as reports, report_classes.py
               (every kind of report, as a table, and the harmless lines),
               guilty_frame.py (the function a report is about)

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.evidence.records import Evidence
+from harness.evidence.gathered import Evidence
 from harness.l2.backends import NAMES
 from harness.verdicts.creation import (
     FINDINGS,

@@ -23,9 +23,9 @@ from harness.checks import registry
 from harness.collect import l2_probes, lifecycle, side_l2
 from harness.collect.kernel_witness import KernelWitness
 from harness.collect.stack import L1Stack
+from harness.evidence.gathered import Evidence
 from harness.evidence.records import (
     DecodeStep,
-    Evidence,
     KernelProcess,
     L2Run,
     LifecycleStep,

@@ -23,7 +23,7 @@ from harness.checks import registry
 from harness.checks.matrix import Cell, CellResult, L1Complaints
 from harness.collect import scenario, stack
 from harness.collect.scenario import PassedThrough, Timer
-from harness.evidence.records import Evidence, summarize
+from harness.evidence.gathered import Evidence, summarize
 from harness.l0.machine import L1Spec
 from harness.l2.backends import Backend
 from harness.l2.backends import backend as backend_named

@@ -20,11 +20,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.evidence.gathered import Evidence
 from harness.evidence.records import (
     ContainerDmaMapFailed,
     DmabufNotSupported,
     DmabufUnavailable,
-    Evidence,
     IoasMapFailed,
     IommufdMap,
     IommufdMapFile,

@@ -9,8 +9,8 @@ worked, judged exactly as the creation-time one (verdicts.transfer). Missing
 evidence is `error`, as everywhere.
 """
 
+from harness.evidence.gathered import Evidence
 from harness.evidence.records import (
-    Evidence,
     IommufdMap,
     IommufdMapFile,
     IommufdUnmap,

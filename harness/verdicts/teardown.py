@@ -13,7 +13,8 @@ kernel's own reports during the quit are the witness's (kernel_health.py), as
 for every cell.
 """
 
-from harness.evidence.records import Evidence, Moment
+from harness.evidence.gathered import Evidence
+from harness.evidence.records import Moment
 from harness.evidence.stuck import Stuck
 from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
 from harness.verdicts.creation import HUNG, Verdict, _error, transfer

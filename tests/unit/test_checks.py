@@ -14,7 +14,7 @@ from harness.checks import matrix, registry
 from harness.checks.matrix import Cell, CellResult
 from harness.cli import _parser
 from harness.collect.scenario import Timer
-from harness.evidence.records import Evidence
+from harness.evidence.gathered import Evidence
 from harness.results import compare, report, results_file
 from harness.run import runner
 from harness.verdicts.creation import Verdict

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from harness.collect.l2_probes import mtree_mmaps
+from harness.evidence.gathered import Evidence
 from harness.evidence.records import (
     BarAccess,
     DecodeStep,
-    Evidence,
     KernelProcess,
     L2Run,
     P2PTransfer,
