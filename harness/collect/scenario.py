@@ -149,12 +149,20 @@ def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep
                  tuple(parse_messages("\n".join(stderr))), process, mtree, alive, decode_steps)
 
 
+#: How long an L2 that failed a step gets to be gone before it counts as stuck.
+DYING_S = 5.0
+
+
 def _hang(stack: L1Stack, l2: L2Qemu, step: str, error: HarnessError) -> Hang | None:
     """The failure of a step as a hang, if that is what it is: L2 still there with a task
     blocked in the kernel (a close, an unplug, an ioctl that never returns leaves QMP or
     qtest unanswered until their deadlines); None for any other failure."""
     try:
         if l2.pid is None or not l2.running():
+            return None
+        # an L2 that is dying (killed, its exit closing its devices: an FLR sleeps in D
+        # state for a while) is gone within moments; one stuck in the kernel is not
+        if stack.vfio.wait_gone(l2.pid, DYING_S)[0]:
             return None
     except HarnessError:  # L1 itself is gone: the error says enough
         return None

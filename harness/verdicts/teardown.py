@@ -17,7 +17,7 @@ from harness.evidence.gathered import Evidence
 from harness.evidence.records import Moment
 from harness.evidence.stuck import Stuck
 from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
-from harness.verdicts.creation import HUNG, Verdict, _error, transfer
+from harness.verdicts.creation import HUNG, Verdict, _error, _missing, transfer
 
 PCI_COMMAND_MEMORY = 0x2
 #: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
@@ -132,6 +132,9 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
     u = ev.teardown.get("unplug-while-revoked")
     if not isinstance(u, UnplugRevoked):
         return _error(["no unplug of a revoked device was recorded"])
+    missing = _missing(ev, ev.main)  # the P2P after is judged on the trace, too
+    if missing:
+        return _error(missing)
     before, revoked = _states(u.before), _states(u.revoked)
     own = sorted(fd for fd, state in revoked.items()
                  if state == "revoked" and before.get(fd) == "live")
@@ -144,7 +147,7 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
     grounds: tuple[str, ...] = (f"L1 kernel: {len(own)} dma-buf(s) of {u.device} revoked by "
                                 f"its decode going off, {len(revoked)} in L2 then",)
     problems = []
-    command = u.revoked.commands.get(u.device)
+    command = u.revoked.command  # the unplugged device's, as the L1 kernel reads it
     if command is not None and command & PCI_COMMAND_MEMORY:
         problems.append(f"memory decode still on in the L1 kernel's view of {u.device} after "
                         f"L2 turned it off")

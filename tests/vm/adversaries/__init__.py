@@ -134,6 +134,7 @@ CATALOGUE = (
                   ("*", "*", "p2p-dma"): ("error", TRACE_GONE),
                   **lifecycle("*", "*", "error", TRACE_GONE),
                   ("*", "*", UNPLUG): ("error", TRACE_GONE),
+                  ("*", "*", UNPLUG_REVOKED): ("error", TRACE_GONE),
                   ("*", "*", MULTI): ("error", TRACE_GONE)}),
     Adversary(
         "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
@@ -170,6 +171,7 @@ CATALOGUE = (
                   # the leak is still there, and the replugged BAR is not mapped either
                   ("dmabuf", "iommufd", UNPLUG): ("fail", "once the device was plugged "
                                                          "again: the bytes did not arrive"),
+                  ("dmabuf", "iommufd", UNPLUG_REVOKED): ("fail", "the bytes did not arrive"),
                   # two ranges of a page each, for pieces of two pages and one
                   ("dmabuf", "*", MULTI): ("fail", "is 8192 bytes, the region's mmaps are "
                                                    "12288")}),
