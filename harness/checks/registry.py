@@ -222,6 +222,13 @@ def collection(wanted: set[str]) -> Collection:
                       ending[0] if ending else None, tuple(in_phase(ALONE, wanted)))
 
 
+def still_unmapped(once: str) -> str:
+    """Why iommufd's P2P after a step fails on a kernel without VFIO dma-buf, as it did at
+    creation: `once` says when the BAR was back."""
+    return (f"{once}, iommufd still cannot map BAR 2 without a dma-buf: the P2P after the "
+            f"step fails as at creation")
+
+
 QEMU_KEEPS_DMABUF = (
     "QEMU 11.1.3 hands each BAR's dma-buf fd to the mmap's RAMBlock (ram_block->fd, "
     "hw/vfio/region.c) and nothing closes it: an unplugged device's dma-buf stays open in "
@@ -262,9 +269,7 @@ register(Check(
     "reset", "L2 reset: BARs cleared and programmed again, nvme reset by FLR", LIFECYCLE,
     reset,
     {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
-    {("no-dmabuf", "iommufd"): "once the BARs are programmed again, iommufd still cannot map "
-                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
-                               "creation"},
+    {("no-dmabuf", "iommufd"): still_unmapped("once the BARs are programmed again")},
     own_step="reset", collector="harness.collect.lifecycle:reset_l2", p2p_slot=2,
     exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"))))
 register(Check(
@@ -276,9 +281,7 @@ register(Check(
                     "decodes memory: the dma-bufs stay revoked until the guest turns decode "
                     "on again, then live, the same fd and inode" for b in BACKENDS} |
     {("no-dmabuf", "legacy"): "no dma-buf: the reset and the BARs' return work as in reset",
-     ("no-dmabuf", "iommufd"): "once the BARs are programmed again, iommufd still cannot map "
-                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
-                               "creation"},
+     ("no-dmabuf", "iommufd"): still_unmapped("once the BARs are programmed again")},
     own_step="reset-while-revoked", collector="harness.collect.lifecycle:reset_while_revoked",
     p2p_slot=5,
     exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"),
@@ -304,9 +307,7 @@ register(Check(
                     "plugged again gets a new live dma-buf" for b in BACKENDS} |
     {("no-dmabuf", "legacy"): "no dma-buf: the device is closed with decode off and plugged "
                               "again, and P2P works by address",
-     ("no-dmabuf", "iommufd"): "once the device is plugged again, iommufd still cannot map "
-                               "BAR 2 without a dma-buf: the P2P after the step fails as at "
-                               "creation"},
+     ("no-dmabuf", "iommufd"): still_unmapped("once the device is plugged again")},
     own_step="unplug-while-revoked", collector="harness.collect.teardown:unplug_while_revoked",
     p2p_slot=4,
     exercises=(("hw/pci/pci.c", "*"), ("hw/pci/pcie.c", "*"), ("system/physmem.c", "*"),

@@ -231,25 +231,10 @@ def dmabuf_state(pid, fd):
     finally:
         os.close(pidfd)
     try:
-        iommufd = os.open("/dev/iommu", os.O_RDWR)
-    except OSError as e:
-        os.close(copy)
-        return f"/dev/iommu: {e.strerror}"
-    try:
-        alloc = bytearray(struct.pack("<III", 12, 0, 0))
-        fcntl.ioctl(iommufd, IOMMU_IOAS_ALLOC, alloc, True)
-        ioas = struct.unpack("<III", alloc)[2]
-        size = os.fstat(copy).st_size
-        arg = bytearray(struct.pack("<IIIiQQQ", 40, IOMMU_IOAS_MAP_WRITEABLE
-                                    | IOMMU_IOAS_MAP_READABLE, ioas, copy, 0, size, 0))
-        try:
-            fcntl.ioctl(iommufd, IOMMU_IOAS_MAP_FILE, arg, True)
-            return "live"
-        except OSError as e:
-            return {errno.ENODEV: "revoked", errno.EOPNOTSUPP: "several-ranges"}.get(
-                e.errno, f"IOMMU_IOAS_MAP_FILE: {errno.errorcode.get(e.errno, e.errno)}")
+        return _map_private(copy)
+    except OSError as e:  # no iommufd, or no IOAS from it
+        return f"iommufd: {e.strerror}"
     finally:
-        os.close(iommufd)
         os.close(copy)
 
 
