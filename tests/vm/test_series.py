@@ -40,9 +40,11 @@ def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidenc
     assert "0000:00:02.0 BAR 0: dma-buf unavailable, using mmap fallback" in p.stdout
     assert "reject dma-buf ranges that reach past the BAR" in p.stdout  # the series is named
     record = json.loads((tmp_path / "compare.json").read_text())
-    # no BAR gets a dma-buf: every cell but legacy P2P (BAR 2 mapped by address) breaks
-    assert record["counts"]["new failure"] == CELLS - 1, record["counts"]
-    assert record["counts"]["unchanged"] == 1, record["counts"]
+    # no BAR gets a dma-buf, QEMU's or the guest helper's: every cell breaks but legacy P2P
+    # (BAR 2 mapped by address) and the legacy cell of the check with no QEMU (a skip)
+    assert record["counts"]["new failure"] == CELLS - 2, record["counts"]
+    assert record["counts"]["unchanged"] == 2, record["counts"]
+    assert "+ intel-iommu-iommufd-dmabuf-dmabuf-closed-before-unmap: pass -> fail" in p.stdout
     series = record["candidate"]["run"]["kernel_series"]["dmabuf"]
     assert series["patches"][0]["files"] == ["drivers/vfio/pci/vfio_pci_dmabuf.c"]
 
