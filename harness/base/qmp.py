@@ -73,6 +73,12 @@ class TranscribedQmp:
         except ExecuteError as e:  # QEMU answered with an error: the caller's to judge
             entry["error"] = str(e)
             raise
+        except TimeoutError:  # the peer is there but its main loop does not answer
+            waited = timeout if timeout is not None else self._timeout
+            entry["error"] = f"no answer within {waited:g} s"
+            raise HarnessError(f"QMP {command}: no answer from {self.who} QEMU within "
+                               f"{waited:g} s (its main loop is stuck?)", stage=self.who
+                               ) from None
         except Exception as e:  # no answer at all: the connection went (QEMU exited?)
             entry["error"] = repr(e)
             raise HarnessError(f"QMP {command}: the connection to {self.who} QEMU was lost "

@@ -261,7 +261,8 @@ def _unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, held: int) -> None:
     closed, _ = stack.vfio.wait_closed(l2.pid, held, UNPLUG_DEADLINE_S)
     if not closed:
         raise Deadline("L2 unplug", UNPLUG_DEADLINE_S).timeout(
-            "the L1 kernel still shows ivshmem's VFIO device fd open in L2")
+            "the L1 kernel still shows ivshmem's VFIO device open in L2 (its fd, "
+            "or a task in its release)")
 
 
 def replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None = None

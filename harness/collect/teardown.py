@@ -134,8 +134,8 @@ def unplug_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEn
                  "ivshmem still in L2's QOM", interval=0.02)
         closed, _ = stack.vfio.wait_closed(l2.pid, held, deadline.remaining())
         if not closed:
-            raise deadline.timeout("the L1 kernel still shows ivshmem's VFIO device fd open "
-                                   "in L2")
+            raise deadline.timeout("the L1 kernel still shows ivshmem's VFIO device open "
+                                   "in L2 (its fd, or a task in its release)")
     except HarnessError as e:
         return UnplugRevoked(**common, unplugged=None,  # type: ignore[arg-type]
                              waited_s=round(time.monotonic() - began, 3),

@@ -9,7 +9,7 @@ in L1 is usually in one of those.
 import base64
 import io
 import logging
-import select
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +122,7 @@ class L1Session:
                                f"{self._why_gone(transport)}",
                                stage=stage, details=self.context()) from None
         out, err = io.BytesIO(), io.BytesIO()
+        readable = _readable(chan)
         try:
             chan.exec_command(command)
             if stdin is not None:
@@ -140,7 +141,7 @@ class L1Session:
                         raise StageTimeout(
                             f"{command!r} did not finish in {timeout:g} s", stage=stage,
                             details=_fmt(out, err) + self._failure_context())
-                    select.select([chan], [], [], min(0.2, deadline.remaining() + 0.01))
+                    _wait(chan, readable, min(0.2, deadline.remaining() + 0.01))
             status = chan.recv_exit_status()
         except (OSError, paramiko.SSHException) as e:
             raise HarnessError(f"SSH failed while running {command!r}: {e}", stage=stage,
@@ -215,6 +216,27 @@ class L1Session:
             raise HarnessError(f"{what} failed: {e or type(e).__name__}",
                                stage="L1 file transfer") from None
 
+def _readable(chan: paramiko.Channel) -> threading.Event:
+    """An event set when the channel has output, on either stream, or is at its end.
+    Not select() on the channel: its fileno() is an OS pipe that paramiko's transport
+    thread writes to without a lock, so a channel closed while output still arrives makes
+    that thread write to a closed fd and die with EBADF, taking every channel of the
+    connection with it (paramiko issues 692 and 2271)."""
+    event = threading.Event()
+    chan.in_buffer.set_event(event)
+    chan.in_stderr_buffer.set_event(event)
+    return event
+
+
+def _wait(chan: paramiko.Channel, readable: threading.Event, seconds: float) -> None:
+    """Until output comes or, once the output has ended (then `readable` stays set), until
+    the exit status does."""
+    if chan.eof_received:
+        chan.status_event.wait(seconds)
+    else:
+        readable.wait(seconds)
+
+
 def _fmt(out: io.BytesIO, err: io.BytesIO) -> str:
     return (f"--- stdout ---\n{out.getvalue().decode(errors='replace')[-3000:]}"
             f"\n--- stderr ---\n{err.getvalue().decode(errors='replace')[-3000:]}")
@@ -226,6 +248,7 @@ class LineHelper:
     def __init__(self, command: str, chan: paramiko.Channel):
         self.command = command
         self._chan = chan
+        self._readable = _readable(chan)
         self._pending = b""
 
     @property
@@ -257,7 +280,7 @@ class LineHelper:
                 if deadline.expired:
                     raise StageTimeout(f"{self.command!r} gave no answer in {timeout:g} s",
                                        stage=stage)
-                select.select([self._chan], [], [], min(0.2, deadline.remaining() + 0.01))
+                _wait(self._chan, self._readable, min(0.2, deadline.remaining() + 0.01))
         except (OSError, paramiko.SSHException) as e:
             raise HarnessError(f"SSH failed while asking {self.command!r}: {e}",
                                stage=stage) from None

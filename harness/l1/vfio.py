@@ -165,8 +165,8 @@ class L1Vfio:
         return parse_probes(self._call("probe", *bdfs))
 
     def wait_closed(self, pid: int, fewer_than: int, seconds: float) -> tuple[bool, float]:
-        """(whether PID came to hold fewer than `fewer_than` VFIO device fds, how long it
-        took): one round trip, the waiting done in L1."""
+        """(whether PID came to hold fewer than `fewer_than` VFIO device fds with every
+        release of one returned, how long it took): one round trip, the waiting in L1."""
         answer = self._call("wait-closed", str(pid), str(fewer_than), str(seconds),
                             timeout=seconds + 30)
         return bool(answer["closed"]), float(answer["waited_s"])

@@ -357,3 +357,20 @@ def test_a_step_refused_fails_naming_it_and_an_answer_that_never_came_is_a_hang(
 def test_a_device_that_does_not_open_again_fails():
     v = judged_alone(alone(reopened="open /dev/vfio/devices/vfio1: EBUSY"))
     assert v.observed == "fail" and "opened again: open" in v.reason
+
+
+def test_a_close_whose_release_has_not_returned_is_not_taken_for_a_close(monkeypatch):
+    """The fd leaves L2's table before the kernel's release runs: while a task of L2 is
+    still in the release (the stuck stack above), the device is not closed, and the
+    answer names that task; once the release returns, it is."""
+    from harness.l1.guest import vfio_l1
+    stacks = {"7": STUCK_STACK, "8": "[<0>] do_sys_poll+0x1/0x2\n"}
+    monkeypatch.setattr(vfio_l1, "_vfio_device_fds", lambda pid: ["21"])
+    monkeypatch.setattr(vfio_l1.os, "listdir", lambda path: sorted(stacks))
+    monkeypatch.setattr(vfio_l1, "_read", lambda path, default=None: stacks[path.split("/")[4]])
+    answer = vfio_l1.wait_closed(["1770", "2", "0.05"])
+    assert answer["closed"] is False and answer["closing"] == [7], answer
+    stacks["7"] = "[<0>] futex_wait+0x1/0x2\n"
+    answer = vfio_l1.wait_closed(["1770", "2", "0.05"])
+    assert answer["closed"] is True and answer["closing"] == [] and answer["waited_s"] < 0.05
+    assert vfio_l1.wait_closed(["1770", "1", "0.05"])["closed"] is False  # still held

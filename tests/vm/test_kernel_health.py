@@ -137,7 +137,11 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
         assert cell["reason"].startswith(
             "the L1 kernel complained during unplug-while-revoked: WARNING: refcount bug in "
             "vfio_pci_dma_buf_cleanup: refcount_t: underflow; use-after-free."), cell["reason"]
-        assert "did not complete within 20 s" in cell["reason"]
+        # The close is waited for until its release returns; in the moment between the fd
+        # leaving L2's table and the release beginning, the hang shows at the replug instead.
+        assert ("did not complete within 20 s" in cell["reason"]
+                or "L2 hung in unplug-while-revoked (QMP device_add: no answer" in cell["reason"]
+                ), cell["reason"]
         assert "in D (disk sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device" \
             in cell["reason"]
     assert new <= {f"intel-iommu-{b}-dmabuf-{c}" for b in matrix.BACKENDS

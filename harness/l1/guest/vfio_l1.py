@@ -287,16 +287,35 @@ def _vfio_device_fds(pid):
 
 
 def wait_closed(args):
-    """Wait (up to SECONDS) until PID holds fewer than N VFIO device fds: QEMU closes an
-    unplugged device's fd some time after the device left QOM."""
+    """Wait (up to SECONDS) until PID holds fewer than N VFIO device fds and none of its
+    tasks is still in a VFIO device's release: QEMU closes an unplugged device's fd some
+    time after the device left QOM, and the fd leaves the table before the kernel's
+    release returns, so a release that hangs would otherwise pass for a close."""
     pid, n, seconds = args[0], int(args[1]), float(args[2])
     began = time.monotonic()
     while True:
         held = _vfio_device_fds(pid)
-        if len(held) < n or time.monotonic() - began > seconds:
-            return {"vfio_device_fds": sorted(held), "closed": len(held) < n,
+        closing = _releasing(pid) if len(held) < n else []
+        closed = len(held) < n and not closing
+        if closed or time.monotonic() - began > seconds:
+            return {"vfio_device_fds": sorted(held), "closed": closed, "closing": closing,
                     "waited_s": round(time.monotonic() - began, 3)}
         time.sleep(0.02)
+
+
+#: Where a task of L2 is while it closes a VFIO device (its fd already out of the table).
+RELEASE_FRAMES = ("vfio_device_fops_release", "vfio_df_close", "vfio_df_unbind_iommufd")
+
+
+def _releasing(pid):
+    """The tids of PID whose kernel stack is in a VFIO device's release."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    return sorted(int(t) for t in tids
+                  if any(f in (_read(f"/proc/{pid}/task/{t}/stack", "") or "")
+                         for f in RELEASE_FRAMES))
 
 
 def stuck(args):
