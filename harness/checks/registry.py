@@ -29,6 +29,7 @@ from harness.verdicts.creation import (
     multi_range,
     p2p_dma,
 )
+from harness.verdicts.killed import kill_while_mapped
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset, reset_while_revoked
 from harness.verdicts.teardown import (
     dmabuf_closed_before_unmap,
@@ -40,10 +41,11 @@ BACKENDS = NAMES
 
 #: Where a check's evidence comes from, in the order a backend's L2s run them: END is how
 #: the main L2 ends (one such check per L2: it ends the L2); ALONE runs in L1 with no L2
-#: at all, between the main L2 and the side one.
-CREATION, LIFECYCLE, LAST, END, ALONE, SIDE = ("creation", "lifecycle", "last", "end",
-                                               "alone", "side")
-PHASES = (CREATION, LIFECYCLE, LAST, END, ALONE, SIDE)
+#: at all, between the main L2 and the side one; OWN starts an L2 of its own (with the
+#: one device it plays on) once the main L2 has ended: a second way for an L2 to end.
+CREATION, LIFECYCLE, LAST, END, ALONE, OWN, SIDE = ("creation", "lifecycle", "last", "end",
+                                                    "alone", "own", "side")
+PHASES = (CREATION, LIFECYCLE, LAST, END, ALONE, OWN, SIDE)
 
 #: Files every check runs, whatever it is (QEMU's VFIO core and the kernel's VFIO dma-buf).
 EVERY_CHECK_RUNS = (
@@ -97,7 +99,8 @@ class Check:
     #: The timed collection step whose time is this cell's alone (else only shared time).
     own_step: str | None = None
     #: LIFECYCLE, LAST and END: "module:function" that plays the step on a running L2;
-    #: ALONE: one that plays it in L1 on a device no L2 holds.
+    #: ALONE: one that plays it in L1 on a device no L2 holds; OWN: one that starts the L2
+    #: it plays on.
     collector: str | None = None
     #: Which ivshmem BAR 2 slot its P2P transfer writes to (apart from every other's).
     p2p_slot: int | None = None
@@ -210,6 +213,7 @@ class Collection:
     side: bool
     end: Check | None = None
     alone: tuple[Check, ...] = ()
+    own: tuple[Check, ...] = ()
 
 
 def collection(wanted: set[str]) -> Collection:
@@ -219,7 +223,8 @@ def collection(wanted: set[str]) -> Collection:
                          f"same L2")
     return Collection(frozenset(needed_steps(wanted)), tuple(in_phase(LIFECYCLE, wanted)),
                       tuple(in_phase(LAST, wanted)), bool(in_phase(SIDE, wanted)),
-                      ending[0] if ending else None, tuple(in_phase(ALONE, wanted)))
+                      ending[0] if ending else None, tuple(in_phase(ALONE, wanted)),
+                      tuple(in_phase(OWN, wanted)))
 
 
 def still_unmapped(once: str) -> str:
@@ -344,6 +349,28 @@ register(Check(
     exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),
                ("drivers/vfio/pci/vfio_pci_config.c", "iommufd"),
                ("drivers/vfio/device_cdev.c", "iommufd"))))
+register(Check(
+    "kill-while-mapped", "an L2 of its own SIGKILLed while its IOAS maps ivshmem's BAR 2 "
+    "through the BAR's dma-buf", OWN, kill_while_mapped,
+    {"dmabuf": ("skip[iommufd-only]", "pass"),
+     "no-dmabuf": ("skip[iommufd-only]", "pass")},
+    {("dmabuf", "iommufd"): "the exit releases L2's files with nothing unmapped: the IOAS "
+                            "area's own reference (iopt_map_file_pages: dma_buf_get) goes "
+                            "with the iommufd context (iopt_release_pages: dma_buf_put), the "
+                            "device's close cleans its dma-bufs up (vfio_pci_dma_buf_cleanup), "
+                            "the last reference frees each: L2 is gone at once, L1 keeps no "
+                            "VFIO dma-buf or fd, and the device opens again live",
+     ("no-dmabuf", "iommufd"): "no dma-buf: the IOMMU map of BAR 2 is refused as at creation "
+                               "and the IOAS maps L2's RAM alone; the kill still leaves "
+                               "nothing behind and the device opens again",
+     ("dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd cell",
+     ("no-dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd "
+                              "cell"},
+    own_step="kill-while-mapped", collector="harness.collect.killed:kill_while_mapped",
+    only_backend="iommufd",
+    exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),
+               ("drivers/vfio/vfio_main.c", "iommufd"), ("backends/iommufd.c", "iommufd"),
+               ("kernel/exit.c", "iommufd"))))
 register(Check(
     "multi-range", "a BAR mmapped in pieces around its MSI-X table", SIDE, multi_range,
     {"dmabuf": ("pass", "xfail[multi-range-refused,read-missing]"),

@@ -35,7 +35,7 @@ from harness.evidence.records import (
     parse_trace,
 )
 from harness.evidence.stuck import Hang
-from harness.evidence.teardown import ClosedBeforeUnmap, Ending, UnplugRevoked
+from harness.evidence.teardown import Ending, Teardown, UnplugRevoked
 from harness.l1.vfio import Inventory
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
@@ -140,7 +140,7 @@ def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep
     sets up again (a replugged device's regions and dma-bufs) is its own evidence. So do
     its messages (a replugged BAR's refused mapping warns again)."""
     first = ([s.before for s in steps] + ([unplug.before] if unplug else [])
-             + [t.before for t in teardown if not isinstance(t, ClosedBeforeUnmap)])
+             + [t.before for t in teardown if isinstance(t, Teardown | UnplugRevoked)])
     marks = [m.trace_line for m in first]
     creation = lines[:min(marks)] if marks and min(marks) >= 0 else lines
     said = [m.stderr_line for m in first]
@@ -300,6 +300,16 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             alone = check.step()(stack, devices["ivshmem"])
         teardown[check.name] = alone
         held = _held(check.name, alone)
+    for check in todo.own:  # an L2 of its own, on the device the main L2 let go
+        if check.only_backend not in (None, be.name):
+            continue
+        if held:
+            not_run.append(check.name)
+            continue
+        with timer(check.name):
+            own = check.step()(stack, spec, devices["ivshmem"], out / check.name, ports)
+        teardown[check.name] = own
+        held = _held(check.name, own)
     side = None
     if todo.side and held:
         not_run.extend(c.name for c in registry.in_phase(registry.SIDE, wanted))

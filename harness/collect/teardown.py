@@ -41,7 +41,8 @@ def _slots(dev: Programmed) -> dict[str, int]:
     return out
 
 
-def _moment(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Moment:
+def moment_of(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Moment:
+    """The L1 kernel's view of L2 and of each of `bdfs`' command registers, now."""
     assert l2.pid is not None
     view = stack.vfio.process(l2.pid, l2.paths.trace, bdfs, l2.paths.stderr)
     return Moment(label, kernel_process(view),
@@ -51,7 +52,8 @@ def _moment(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Mo
                   {b: view.commands.get(b) for b in bdfs})
 
 
-def _status(l2: L2Qemu) -> str:
+def ended_status(l2: L2Qemu) -> str:
+    """How L2 ended, once it is gone: its shell may take a moment to write it."""
     end = time.monotonic() + STATUS_WAIT_S
     while True:
         how = l2.status()
@@ -69,10 +71,10 @@ def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[s
     slots = _slots(dev)
     devices = {name: bdfs[name] for name in slots}
     held = tuple(devices.values())
-    before = _moment(stack, l2, held, "before")
+    before = moment_of(stack, l2, held, "before")
     for slot in slots.values():
         dev.pci.set_memory(slot, False)
-    revoked = _moment(stack, l2, held, "memory decode off on every device")
+    revoked = moment_of(stack, l2, held, "memory decode off on every device")
     # whose dma-bufs to look for once L2 is gone: the exporters the kernel named for L2's
     exporters = tuple(sorted({e for _, _, e in before.kernel.dmabuf_fds if e}))
     quit_error = ""
@@ -86,7 +88,7 @@ def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[s
     if not gone:  # the devices are held by a task that will not end: asking them would hang
         return Teardown("quit-while-revoked", devices, before, revoked, None, waited,
                         deadline_s, quit_error, stuck=stack.vfio.stuck(l2.pid))
-    return Teardown("quit-while-revoked", devices, before, revoked, _status(l2), waited,
+    return Teardown("quit-while-revoked", devices, before, revoked, ended_status(l2), waited,
                     deadline_s, quit_error, leftover=stack.vfio.leftover(exporters),
                     reopened=stack.vfio.reopen(list(held)))
 

@@ -121,5 +121,31 @@ class ClosedBeforeUnmap:
         return not self.not_done
 
 
+@dataclass(frozen=True)
+class Killed:
+    """An L2 of its own, ivshmem alone, SIGKILLed while its IOAS maps BAR 2 (through the
+    BAR's dma-buf where the kernel has them): the process exit closes the IOAS, the
+    device and the dma-bufs in whatever order the kernel releases them, with the mapping
+    still in place. Then what L1 had left, and the device opened afresh."""
+
+    check: str
+    device: str                    # L1 BDF
+    iova: int                      # BAR 2 in L2
+    mapped: Moment                 # the L1 kernel's view of L2 just before the kill
+    ended: str | None              # how L2 ended, in L1's words; None: it did not
+    waited_s: float                # from the kill to L2 gone (or to the deadline)
+    deadline_s: float
+    #: QEMU's IOMMU mappings of BAR 2 as it traced them (by dma-buf, or the refused ones)
+    maps: tuple[TraceRecord, ...] = ()
+    stuck: Stuck | None = None
+    leftover: Leftover | None = None
+    reopened: str = ""
+    error: str = ""                # why it could not be played ("": it was)
+
+    @property
+    def completed(self) -> bool:
+        return self.ended is not None or bool(self.error)
+
+
 #: What a teardown check records: one of these, by check (Evidence.teardown).
-Ending = Teardown | UnplugRevoked | ClosedBeforeUnmap
+Ending = Teardown | UnplugRevoked | ClosedBeforeUnmap | Killed

@@ -16,7 +16,7 @@ for every cell.
 from harness.evidence.gathered import Evidence
 from harness.evidence.records import Moment
 from harness.evidence.stuck import Stuck
-from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
+from harness.evidence.teardown import ClosedBeforeUnmap, Leftover, Teardown, UnplugRevoked
 from harness.verdicts.creation import HUNG, Verdict, _error, _missing, transfer
 
 PCI_COMMAND_MEMORY = 0x2
@@ -65,7 +65,16 @@ def _revocation_problems(ev: Evidence, t: Teardown) -> list[str]:
     return problems
 
 
-def _where(stuck: Stuck | None) -> str:
+def left_behind(leftover: Leftover | None) -> tuple[list[str], str]:
+    """(what L1 still held once L2 was gone, as problems; why L1 could not say, or "")."""
+    if leftover is None or leftover.error:
+        return [], leftover.error if leftover else "not asked"
+    if leftover.dmabufs or leftover.holders:
+        return [f"after L2 ended (waited {leftover.waited_s:g} s): {leftover.describe()}"], ""
+    return [], ""
+
+
+def where(stuck: Stuck | None) -> str:
     return stuck.describe() if stuck else "L1 could not say where it waits"
 
 
@@ -83,18 +92,15 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
                f"{_revoked_count(t.revoked)} revoked with decode off on "
                f"{len(t.revoked.commands)} device(s)",)
     if t.ended is None:
-        where = _where(t.stuck)
         problems.insert(0, f"L2 did not end within {t.deadline_s:g} s of QMP quit with every "
-                           f"device's memory decode off: {where}")
+                           f"device's memory decode off: {where(t.stuck)}")
         return Verdict("fail", "; ".join(problems), evidence, frozenset({HUNG}), grounds)
     if t.ended != "exited with status 0":
         problems.append(f"L2 {t.ended} after QMP quit (not status 0)")
-    if t.leftover is None or t.leftover.error:
-        missing = t.leftover.error if t.leftover else "not asked"
-        return _error([f"what L1 held after the quit is unknown: {missing}"], evidence)
-    if t.leftover.dmabufs or t.leftover.holders:
-        problems.append(f"after L2 ended (waited {t.leftover.waited_s:g} s): "
-                        f"{t.leftover.describe()}")
+    left, unknown = left_behind(t.leftover)
+    if unknown:
+        return _error([f"what L1 held after the quit is unknown: {unknown}"], evidence)
+    problems += left
     usable = NO_DMABUF if ev.kernel_dmabuf is False else "live"
     unusable = {bdf: how for bdf, how in t.reopened.items() if how != usable}
     missing_devices = sorted(set(t.devices.values()) - set(t.reopened))
@@ -161,7 +167,7 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
     if u.unplugged is None:
         problems.insert(0, f"the unplug of {u.device} with its dma-buf(s) revoked did not "
                            f"complete within {u.deadline_s:g} s ({u.not_done}): "
-                           f"{_where(u.stuck)}")
+                           f"{where(u.stuck)}")
         return Verdict("fail", "; ".join(problems), evidence, frozenset({HUNG}), grounds)
     if len(u.unplugged.kernel.vfio_device_fds) >= len(u.before.kernel.vfio_device_fds):
         problems.append(f"L2 still holds {len(u.unplugged.kernel.vfio_device_fds)} VFIO device "
@@ -239,7 +245,7 @@ def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
         "reopened": c.reopened}}
     if not c.completed:
         return Verdict("fail", f"the helper's closed-before-unmap on {c.device} did not answer "
-                               f"within {c.deadline_s:g} s ({c.not_done}): {_where(c.stuck)}",
+                               f"within {c.deadline_s:g} s ({c.not_done}): {where(c.stuck)}",
                        evidence, frozenset({HUNG}))
     if c.error:
         return _error([f"closed-before-unmap could not be played on {c.device}: {c.error}"],

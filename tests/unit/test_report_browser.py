@@ -126,7 +126,7 @@ def test_the_default_matrix_reads_at_a_glance_in_a_1400_pixel_window(tmp_path):
     assert rows == list(registry.names())
     headers = re.findall(r"<tr><th>(\w+)</th>", table)
     assert headers == ["vIOMMU", "kernel", "backend"]
-    assert table.count("<td class=\"cell") == len(cells) == 88
+    assert table.count("<td class=\"cell") == len(cells) == 96
     for c in cells:
         if c.cell.expectation.signature:  # shown under the outcome, in its cell
             shown = re.search(rf'data-cell="{c.cell.id}"[^>]*>.*?</td>', table).group(0)
