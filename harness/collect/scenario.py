@@ -35,7 +35,7 @@ from harness.evidence.records import (
     parse_trace,
 )
 from harness.evidence.stuck import Hang
-from harness.evidence.teardown import Ending, Teardown, UnplugRevoked
+from harness.evidence.teardown import Ending, LeftAfter, Teardown, UnplugRevoked
 from harness.l1.vfio import Inventory
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
@@ -132,7 +132,7 @@ def main_spec(be: Backend, devices: dict[str, str], qemu: str,
 
 
 def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep],
-                  unplug: UnplugCycle | None, process: KernelProcess,
+                  unplug: UnplugCycle | None, process: KernelProcess | None,
                   mtree: tuple[str, ...], alive: bool,
                   decode_steps: tuple[DecodeStep, ...],
                   teardown: tuple[Ending, ...] = ()) -> L2Run:
@@ -172,6 +172,11 @@ def _hang(stack: L1Stack, l2: L2Qemu, step: str, error: HarnessError) -> Hang | 
     return Hang(step, error.message, stuck)
 
 
+def _exporters(process: KernelProcess | None) -> tuple[str, ...]:
+    """The exporters of the dma-bufs an L2 held, as the L1 kernel named them."""
+    return tuple(sorted({e for _, _, e in process.dmabuf_fds if e})) if process else ()
+
+
 def _held(check: str, ending: Ending) -> str:
     """Why the L1 can no longer be used after this teardown ("": it can): a task of L2 that
     did not return holds its devices, and no signal ends it."""
@@ -198,6 +203,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     held = ""                  # why this L1 can no longer be used ("": it can)
     hang: Hang | None = None   # a step that never returned
     not_run: list[str] = []    # checks whose steps an L2 stuck in the kernel took with it
+    left: list[LeftAfter] = []  # what L1 held once each L2 no teardown check judges ended
+    process: KernelProcess | None = None  # the main L2 as the L1 kernel last saw it
     key = f"{stack.viommu.name}/{stack.kernel}/{be.name}"  # seeds this backend's patterns
     todo = registry.collection(wanted)
     if timer.witness is not None:
@@ -274,6 +281,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             # an L2 that would not end holds its devices in a task no signal ends: no use
             # asking it to quit or waiting for the signals, only for its files
             l2.stop(timeout=1.0, graceful=False) if held else l2.stop()
+    if hang is None and todo.end is None:  # a plain stop: no teardown check asks after it
+        left.append(LeftAfter("l2_stop", stack.vfio.leftover(_exporters(process))))
     if hang is not None:  # only the hung step's checks are judged here: on what hung
         hung = {c.name for c in registry.REGISTRY.values()
                 if c.own_step == hang.step and c.name in wanted} or set(wanted)
@@ -317,8 +326,9 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)
+            left.append(LeftAfter("side_l2", stack.vfio.leftover(_exporters(side.run.process))))
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
                     lifecycle=steps, unplug=unplug, side=side, teardown=teardown,
-                    held=held, not_run=tuple(not_run),
+                    held=held, not_run=tuple(not_run), left=tuple(left),
                     kernel=timer.witness.take() if timer.witness is not None else ())

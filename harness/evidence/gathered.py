@@ -31,7 +31,7 @@ from harness.evidence.records import (
     UnplugCycle,
 )
 from harness.evidence.stuck import Hang
-from harness.evidence.teardown import Ending
+from harness.evidence.teardown import Ending, LeftAfter
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Evidence:
     hang: Hang | None = None
     #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.
     kernel: tuple[KernelWindow, ...] = ()
+    #: What L1 still held once each L2 that no teardown check judges had ended.
+    left: tuple[LeftAfter, ...] = ()
 
     @property
     def kernel_dmabuf(self) -> bool | None:

@@ -41,6 +41,17 @@ class Leftover:
 
 
 @dataclass(frozen=True)
+class LeftAfter:
+    """What the L1 kernel still had once one L2 had ended on its own terms (the side L2's
+    quit, the main L2's plain stop): a dma-buf or VFIO fd that outlives every process
+    that could hold it is the trace of a reference leaked on some path of that L2's life,
+    which no check of that L2 need have looked at."""
+
+    step: str                      # the timed step that ended that L2 (side_l2, l2_stop)
+    leftover: Leftover
+
+
+@dataclass(frozen=True)
 class Teardown:
     """One way an L2 ends, played by a teardown check on the main L2 after every other
     step: the kernel's view before and once the guest's act is done, how L2 ended (within

@@ -32,7 +32,7 @@ from harness.l2.capabilities import QemuUnderTest, probe
 from harness.l2.qemu import L2Died
 from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
-from harness.verdicts import kernel_health, teardown
+from harness.verdicts import kernel_health, left_behind, teardown
 
 PACKAGED = "packaged in the rootfs"
 
@@ -271,8 +271,9 @@ def judge(cells: list[Cell], evidence: Evidence, timer: Timer, shared_seconds: f
         check = registry.get(cell.check)
         duration = shared_seconds + timer.steps.get(check.own_step or "", 0.0)
         try:
-            verdict = kernel_health.judge(
+            verdict = kernel_health.judge(left_behind.judge(
                 teardown.hung(evidence) or check.verdict(evidence),
+                [a for a in evidence.left if check.stands_on(a.step)]),
                 [w for w in evidence.kernel if check.stands_on(w.step)])
         except Exception as e:  # a bug in a verdict: this cell errs, the others stand
             results.append(CellResult(cell, "error", f"verdict {cell.check} crashed: {e!r}",

@@ -72,11 +72,15 @@ FINDINGS = {
                     "L1, in the iommufd backend's cell",
     "hung": "a step of L2 (a quit, a close, an unplug) did not return within its deadline: "
             "a task of L2 waits in the kernel, and the L1 is discarded",
+    "left-behind": "once the cell's L2 had ended, the L1 kernel still had a dma-buf of its "
+                   "exporter alive (debugfs) or a process held a VFIO fd: a reference of "
+                   "that L2's was never given back",
 }
-#: The kernel's own complaint (verdicts/kernel_health.py), and a step that never returned:
-#: findings no expected failure's signature explains away, unless it names them.
-SPLAT, HUNG = "kernel-splat", "hung"
-FATAL = frozenset({SPLAT, HUNG})
+#: The kernel's own complaint (verdicts/kernel_health.py), a step that never returned, and
+#: what an ended L2 left in the kernel (verdicts/left_behind.py): findings no expected
+#: failure's signature explains away, unless it names them.
+SPLAT, HUNG, LEFT = "kernel-splat", "hung", "left-behind"
+FATAL = frozenset({SPLAT, HUNG, LEFT})
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,38 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
                for c in base["cells"] if c["outcome"] in ("pass", "xfail"))
 
 
+@pytest.mark.usefixtures("images")
+def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path):
+    """The series drops the dma-buf put on IOMMU_IOAS_MAP_FILE's error path: every refused
+    map of a dma-buf leaks it, with no report and no answer QEMU would not get anyway.
+    iommufd refuses exactly one here: the side L2's nvme BAR 0 dma-buf of two ranges
+    (EOPNOTSUPP, the multi-range cell's expected failure). Once that L2 has quit, debugfs
+    still lists that dma-buf: both cells that stood on the side L2 fail on it, the expected
+    failure included, and nothing else changes."""
+    p = harness("ab", "--candidate-kernel-patches",
+                str(SERIES / "0001-refused-map-file-leaks-its-dmabuf.mbox"), "--viommu",
+                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    side = {f"intel-iommu-iommufd-dmabuf-{c}" for c in ("multi-range", "dmabuf-per-region")}
+    record = json.loads((tmp_path / "compare.json").read_text())
+    cells = {c["id"]: c for c in json.loads(
+        (tmp_path / "candidate" / "results.json").read_text())["cells"]}
+    assert {i for i, c in cells.items() if not c["met"]} == side, p.stdout
+    assert record["counts"]["new failure"] == len(side), record["counts"]
+    for cell_id in side:
+        cell = cells[cell_id]
+        assert f"+ {cell_id}: " in p.stdout
+        assert cell["outcome"] == "fail" and "left-behind" in cell["findings"]
+        assert cell["reason"].startswith(
+            "once its L2 had ended (side_l2, waited 2 s): 1 dma-buf(s) of L2's exporter still "
+            "alive in the L1 kernel (debugfs bufinfo: vfio_pci_core inode "), cell["reason"]
+        assert "kernel-splat" not in cell["findings"]  # the kernel itself said nothing
+    refused = cells["intel-iommu-iommufd-dmabuf-multi-range"]["reason"]
+    assert "not the expected failure: once the cell's L2 had ended" in refused, refused
+    base = json.loads((tmp_path / "baseline" / "results.json").read_text())
+    assert all(c["met"] and "left-behind" not in c["findings"] for c in base["cells"])
+
+
 #: A QEMU under test that, as L2 starts (a step every cell stands on), writes into L1's
 #: kernel log from userspace a line in the very form of a kernel WARN, then runs the real one.
 USERSPACE_WARNING = """#!/bin/sh
