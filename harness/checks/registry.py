@@ -110,6 +110,9 @@ class Check:
     #: The one backend whose cells play its step (the others' are skipped by its verdict):
     #: a check of the kernel alone need not run once per backend.
     only_backend: str | None = None
+    #: Its step is played only where the kernel has VFIO dma-buf (elsewhere its verdict
+    #: skips on the kernel's own probe): a step that costs an L2 of its own.
+    needs_dmabuf: bool = False
 
     @property
     def marker(self) -> str:
@@ -353,21 +356,20 @@ register(Check(
     "kill-while-mapped", "an L2 of its own SIGKILLed while its IOAS maps ivshmem's BAR 2 "
     "through the BAR's dma-buf", OWN, kill_while_mapped,
     {"dmabuf": ("skip[iommufd-only]", "pass"),
-     "no-dmabuf": ("skip[iommufd-only]", "pass")},
+     "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
     {("dmabuf", "iommufd"): "the exit releases L2's files with nothing unmapped: the IOAS "
                             "area's own reference (iopt_map_file_pages: dma_buf_get) goes "
                             "with the iommufd context (iopt_release_pages: dma_buf_put), the "
                             "device's close cleans its dma-bufs up (vfio_pci_dma_buf_cleanup), "
                             "the last reference frees each: L2 is gone at once, L1 keeps no "
                             "VFIO dma-buf or fd, and the device opens again live",
-     ("no-dmabuf", "iommufd"): "no dma-buf: the IOMMU map of BAR 2 is refused as at creation "
-                               "and the IOAS maps L2's RAM alone; the kill still leaves "
-                               "nothing behind and the device opens again",
+     ("no-dmabuf", "iommufd"): "the kernel has no VFIO dma-buf, so nothing is mapped through "
+                               "one (the L2 of its own is not started)",
      ("dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd cell",
      ("no-dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd "
                               "cell"},
     own_step="kill-while-mapped", collector="harness.collect.killed:kill_while_mapped",
-    only_backend="iommufd",
+    only_backend="iommufd", needs_dmabuf=True,
     exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),
                ("drivers/vfio/vfio_main.c", "iommufd"), ("backends/iommufd.c", "iommufd"),
                ("kernel/exit.c", "iommufd"))))

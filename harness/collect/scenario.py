@@ -23,7 +23,7 @@ from harness.checks import registry
 from harness.collect import l2_probes, lifecycle, side_l2
 from harness.collect.kernel_witness import KernelWitness
 from harness.collect.stack import L1Stack
-from harness.evidence.gathered import Evidence
+from harness.evidence.gathered import Evidence, kernel_has_dmabuf
 from harness.evidence.records import (
     DecodeStep,
     KernelProcess,
@@ -310,7 +310,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         teardown[check.name] = alone
         held = _held(check.name, alone)
     for check in todo.own:  # an L2 of its own, on the device the main L2 let go
-        if check.only_backend not in (None, be.name):
+        if check.only_backend not in (None, be.name) or (
+                check.needs_dmabuf and kernel_has_dmabuf(through.probes) is False):
             continue
         if held:
             not_run.append(check.name)

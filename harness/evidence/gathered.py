@@ -67,17 +67,21 @@ class Evidence:
 
     @property
     def kernel_dmabuf(self) -> bool | None:
-        """The kernel's own answer: True if every device supports VFIO dma-buf, False if
-        every one answered ENOTTY (the stub of a kernel built without it), None if the
-        probe gave no usable answer (no device probed, mixed or other errors)."""
-        answers = list(self.kernel_probe.values())
-        if not answers:
-            return None
-        if all(ok for ok, _ in answers):
-            return True
-        if all(not ok and (err or "").startswith("ENOTTY") for ok, err in answers):
-            return False
+        return kernel_has_dmabuf(self.kernel_probe)
+
+
+def kernel_has_dmabuf(probes: dict[str, tuple[bool, str | None]]) -> bool | None:
+    """The kernel's own answer: True if every device supports VFIO dma-buf, False if
+    every one answered ENOTTY (the stub of a kernel built without it), None if the
+    probe gave no usable answer (no device probed, mixed or other errors)."""
+    answers = list(probes.values())
+    if not answers:
         return None
+    if all(ok for ok, _ in answers):
+        return True
+    if all(not ok and (err or "").startswith("ENOTTY") for ok, err in answers):
+        return False
+    return None
 
 
 # -- a compact, run-independent view of one backend's evidence, for A/B comparison ----------
