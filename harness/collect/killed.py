@@ -57,8 +57,9 @@ def kill_while_mapped(stack: L1Stack, base: L2Spec, bdf: str, out: Path,
         raise l2.explain(e) from None
     finally:
         l2.stop(timeout=1.0, graceful=False) if not gone else l2.stop()
-    maps = tuple(r for r in parse_trace(files.read(out / "l2-trace.log"))
+    trace = parse_trace(files.read(out / "l2-trace.log"))
+    maps = tuple(r for r in trace
                  if isinstance(r, IommufdMapFile | IommufdMap) and r.iova == iova)
     return Killed("kill-while-mapped", bdf, iova, mapped, ended, waited, deadline_s, maps,
-                  leftover=stack.vfio.leftover(exporters),
+                  len(trace), leftover=stack.vfio.leftover(exporters),
                   reopened=stack.vfio.reopen([bdf])[bdf])

@@ -148,6 +148,7 @@ class Killed:
     deadline_s: float
     #: QEMU's IOMMU mappings of BAR 2 as it traced them (by dma-buf, or the refused ones)
     maps: tuple[TraceRecord, ...] = ()
+    traced: int = -1               # trace records the L2 wrote in all (0: no evidence)
     stuck: Stuck | None = None
     leftover: Leftover | None = None
     reopened: str = ""

@@ -29,6 +29,7 @@ def _record(k: Killed) -> dict:
         "device": k.device, "iova": k.iova, "ended": k.ended, "waited_s": k.waited_s,
         "deadline_s": k.deadline_s, "dmabufs_before": [list(s) for s in
                                                        k.mapped.kernel.dmabuf_states],
+        "traced": k.traced,
         "maps": [{"event": type(m).__name__, **dataclasses.asdict(m)} for m in k.maps],
         "stuck": k.stuck.record() if k.stuck else None,
         "leftover": None if k.leftover is None else {
@@ -59,6 +60,9 @@ def kill_while_mapped(ev: Evidence) -> Verdict:
         return Verdict("fail", f"L2 did not end within {k.deadline_s:g} s of SIGKILL with "
                                f"BAR 2 of {k.device} mapped: {where(k.stuck)}", evidence,
                        frozenset({HUNG}), grounds)
+    if k.traced == 0:
+        return _error([f"the L2 of kill-while-mapped wrote no trace: whether BAR 2 of "
+                       f"{k.device} was mapped through its dma-buf is unknown"], evidence)
     problems = []
     if not by_file:
         problems.append(f"QEMU traced no successful iommufd_backend_map_file_dma at BAR 2's "

@@ -22,7 +22,7 @@ def killed(kernel: str = "dmabuf", **changes) -> Killed:
                  for m in c["maps"])
     k = Killed("kill-while-mapped", c["device"], c["iova"],
                _moment("BAR 2 mapped, before the kill", c["dmabufs_before"]), c["ended"],
-               c["waited_s"], c["deadline_s"], maps,
+               c["waited_s"], c["deadline_s"], maps, c.get("traced", 40),
                leftover=Leftover((), (), c["leftover"]["waited_s"], "", 0),
                reopened=c["reopened"])
     return dataclasses.replace(k, **changes)
@@ -92,3 +92,8 @@ def test_an_l2_that_ended_otherwise_or_a_device_that_does_not_open_fails():
 def test_an_l1_that_cannot_say_what_is_left_is_an_error():
     v = judged(killed(leftover=Leftover((), (), 0.0, "SSH connection to L1 is gone")))
     assert v.observed == "error" and "unknown: SSH connection to L1 is gone" in v.reason
+
+
+def test_an_l2_that_wrote_no_trace_is_an_error_not_a_verdict_on_the_mapping():
+    v = judged(killed(maps=(), traced=0))
+    assert v.observed == "error" and "wrote no trace" in v.reason

@@ -118,6 +118,9 @@ MULTI = "multi-range"
 QUIT = "quit-while-revoked"
 UNPLUG_REVOKED = "unplug-while-revoked"
 NOTHING_REVOKED = "no dma-buf of L2 went from live to revoked"
+KILL = "kill-while-mapped"
+NOTHING_MAPPED = "nothing was mapped through a dma-buf when L2 was killed"
+LEFT_BY_SIDE = "once its L2 had ended (side_l2"
 
 
 def lifecycle(kernel: str, backend: str, outcome: str, fragment: str) -> dict:
@@ -135,7 +138,8 @@ CATALOGUE = (
                   **lifecycle("*", "*", "error", TRACE_GONE),
                   ("*", "*", UNPLUG): ("error", TRACE_GONE),
                   ("*", "*", UNPLUG_REVOKED): ("error", TRACE_GONE),
-                  ("*", "*", MULTI): ("error", TRACE_GONE)}),
+                  ("*", "*", MULTI): ("error", TRACE_GONE),
+                  ("dmabuf", "iommufd", KILL): ("error", "wrote no trace")}),
     Adversary(
         "hide-dmabuf-event", "creates its dma-bufs but never traces vfio_region_dmabuf",
         args=HIDE_DMABUF_EVENT,
@@ -159,7 +163,8 @@ CATALOGUE = (
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED),
                   ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
-                  ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for")}),
+                  ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for"),
+                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED)}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
         shim="shrink-dmabuf",
@@ -174,7 +179,8 @@ CATALOGUE = (
                   ("dmabuf", "iommufd", UNPLUG_REVOKED): ("fail", "the bytes did not arrive"),
                   # two ranges of a page each, for pieces of two pages and one
                   ("dmabuf", "*", MULTI): ("fail", "is 8192 bytes, the region's mmaps are "
-                                                   "12288")}),
+                                                   "12288"),
+                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED)}),
     Adversary(
         "forge-dmabuf", "hands out a memfd of the right size as each BAR's dma-buf",
         shim="forge-dmabuf",
@@ -196,7 +202,10 @@ CATALOGUE = (
                   ("dmabuf", "*", MULTI):
                   ("fail", "from the trace is not a dma-buf in the L1 kernel's view"),
                   ("no-dmabuf", "*", MULTI):
-                  ("fail", "a dma-buf on a kernel without VFIO dma-buf")}),
+                  ("fail", "a dma-buf on a kernel without VFIO dma-buf"),
+                  # iommufd maps the memfd by file, but the kernel knows no dma-buf of L2's
+                  ("dmabuf", "iommufd", KILL): ("fail", "no live dma-buf in L2 before the "
+                                                        "kill")}),
     Adversary(
         "drop-mmaps", "never mmaps a BAR (x-no-mmap=on on every device)",
         args=NO_MMAP,
@@ -210,7 +219,8 @@ CATALOGUE = (
                   **lifecycle("no-dmabuf", "iommufd", "fail", "not the expected failure"),
                   # device_add goes around the wrapper: the replugged device is honest
                   ("dmabuf", "*", UNPLUG): ("fail", "L2 holds no dma-buf"),
-                  ("*", "*", MULTI): ("fail", "in 0 piece(s)")}),
+                  ("*", "*", MULTI): ("fail", "in 0 piece(s)"),
+                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED)}),
     Adversary(
         "anon-bar-mmap", "maps anonymous memory where each BAR's mmap of the device should be",
         shim="anon-bar-mmap",
@@ -220,7 +230,8 @@ CATALOGUE = (
                   **lifecycle("*", "*", "fail", "no DMA could be tried"),
                   ("*", "*", UNPLUG): ("fail", "never reached the ivshmem file"),
                   ("*", "*", UNPLUG_REVOKED): ("fail", "never reached the ivshmem file"),
-                  ("*", "*", MULTI): ("fail", "the mmap is not of the device")}),
+                  ("*", "*", MULTI): ("fail", "the mmap is not of the device"),
+                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED)}),
     Adversary(
         "keep-decode", "never lets the device see memory decode turned off (nor the reset's "
                        "command write): only L2's copy of the command register changes",
@@ -283,7 +294,12 @@ CATALOGUE = (
                         "after L2 has quit",
         args=HOLD_DMABUFS,
         verdicts={("dmabuf", "*", QUIT): ("fail", "of L2's exporter still alive in the L1 "
-                                                  "kernel")}),
+                                                  "kernel"),
+                  ("dmabuf", "iommufd", KILL): ("fail", "of L2's exporter still alive in the "
+                                                        "L1 kernel"),
+                  # the side L2's, which no teardown check judges: what it left behind
+                  ("dmabuf", "*", "dmabuf-per-region"): ("fail", LEFT_BY_SIDE),
+                  ("dmabuf", "*", MULTI): ("fail", LEFT_BY_SIDE)}),
     Adversary(
         "reword-warnings", "words its dma-buf warnings differently from any known QEMU",
         stderr_filter=REWORD,
