@@ -61,5 +61,5 @@ def kill_while_mapped(stack: L1Stack, base: L2Spec, bdf: str, out: Path,
     maps = tuple(r for r in trace
                  if isinstance(r, IommufdMapFile | IommufdMap) and r.iova == iova)
     return Killed("kill-while-mapped", bdf, iova, mapped, ended, waited, deadline_s, maps,
-                  len(trace), leftover=stack.vfio.leftover(exporters),
+                  traced=len(trace), leftover=stack.vfio.leftover(exporters),
                   reopened=stack.vfio.reopen([bdf])[bdf])

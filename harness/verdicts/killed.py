@@ -17,7 +17,7 @@ import dataclasses
 from harness.evidence.gathered import Evidence
 from harness.evidence.records import IommufdMapFile
 from harness.evidence.teardown import Killed
-from harness.verdicts.creation import HUNG, Verdict, _error
+from harness.verdicts.creation import HUNG, LEFT, Verdict, _error
 from harness.verdicts.teardown import left_behind, where
 
 CHECK = "kill-while-mapped"
@@ -81,7 +81,7 @@ def kill_while_mapped(ev: Evidence) -> Verdict:
                         f"live)")
     if problems:
         return Verdict("fail", f"kill-while-mapped on {k.device}: " + "; ".join(problems),
-                       evidence, frozenset(), grounds)
+                       evidence, frozenset({LEFT}) if left else frozenset(), grounds)
     return Verdict("pass", f"L2 {KILLED} with BAR 2's dma-buf mapped into its IOAS at "
                            f"{k.iova:#x}: gone {k.waited_s:g} s after the signal; L1 then held "
                            f"no VFIO dma-buf or fd, and {k.device} opened again (a BAR dma-buf "

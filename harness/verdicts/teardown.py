@@ -17,7 +17,7 @@ from harness.evidence.gathered import Evidence
 from harness.evidence.records import Moment
 from harness.evidence.stuck import Stuck
 from harness.evidence.teardown import ClosedBeforeUnmap, Leftover, Teardown, UnplugRevoked
-from harness.verdicts.creation import HUNG, Verdict, _error, _missing, transfer
+from harness.verdicts.creation import HUNG, LEFT, Verdict, _error, _missing, transfer
 
 PCI_COMMAND_MEMORY = 0x2
 #: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
@@ -101,6 +101,7 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
     if unknown:
         return _error([f"what L1 held after the quit is unknown: {unknown}"], evidence)
     problems += left
+    found = frozenset({LEFT}) if left else frozenset()
     usable = NO_DMABUF if ev.kernel_dmabuf is False else "live"
     unusable = {bdf: how for bdf, how in t.reopened.items() if how != usable}
     missing_devices = sorted(set(t.devices.values()) - set(t.reopened))
@@ -110,7 +111,7 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
     for bdf, how in sorted(unusable.items()):
         problems.append(f"{bdf} opened again after the quit: {how} (expected: {usable})")
     if problems:
-        return Verdict("fail", "; ".join(problems), evidence, frozenset(), grounds)
+        return Verdict("fail", "; ".join(problems), evidence, found, grounds)
     freed = (f"{_revoked_count(t.revoked)} revoked dma-buf(s)" if ev.kernel_dmabuf is not False
              else "no dma-buf (the kernel has none)")
     return Verdict("pass", f"L2 quit with memory decode off on {len(t.devices)} device(s) and "

@@ -76,7 +76,7 @@ def test_a_dmabuf_or_a_vfio_fd_left_after_the_kill_fails_naming_it():
     left = Leftover((("vfio_pci_core", 4711, 1 << 20),),
                     ((1, "init", 9, "/dev/vfio/devices/vfio0"),), 2.0)
     v = judged(killed(leftover=left))
-    assert v.observed == "fail"
+    assert v.observed == "fail" and v.findings == {"left-behind"}
     assert "1 dma-buf(s) of L2's exporter still alive" in v.reason
     assert "init (pid 1) fd 9 -> /dev/vfio/devices/vfio0" in v.reason
 

@@ -118,7 +118,7 @@ def test_a_stuck_task_is_found_among_sleeping_ones_and_the_scheduler_is_passed_o
 def test_a_dmabuf_left_alive_after_the_quit_fails():
     t = teardown(leftover=Leftover(((EXPORTER, 1234, 1 << 20),), (), 2.0, "", 1))
     v = judged(t)
-    assert v.observed == "fail"
+    assert v.observed == "fail" and v.findings == {"left-behind"}
     assert "1 dma-buf(s) of L2's exporter still alive in the L1 kernel" in v.reason
     assert "inode 1234" in v.reason
 
