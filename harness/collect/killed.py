@@ -14,9 +14,9 @@ from pathlib import Path
 
 from harness.base import files
 from harness.base.errors import HarnessError
-from harness.collect.lifecycle import IVSHMEM_ID
+from harness.collect.lifecycle import IVSHMEM_ID, moment_of
 from harness.collect.stack import L1Stack
-from harness.collect.teardown import ended_status, moment_of
+from harness.collect.teardown import ended_status
 from harness.evidence.records import IommufdMap, IommufdMapFile, parse_trace
 from harness.evidence.teardown import Killed
 from harness.l2.pci import PciConfig

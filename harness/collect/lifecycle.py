@@ -116,18 +116,23 @@ class Programmed:
         self.reprogram_resettable()
 
 
-def view_at(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
-    """The L1 kernel's view of L2 now (its dma-bufs, VFIO fds, ivshmem's and nvme's command
-    registers, where its trace and stderr stood), labelled."""
+def moment_of(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Moment:
+    """The L1 kernel's view of L2 now (its dma-bufs, VFIO fds, where its trace and stderr
+    stood) and of each of `bdfs`' command registers (the first's is the moment's own),
+    labelled."""
     assert l2.pid is not None
-    others = (dev.resettable.bdf,) if dev.resettable else ()
-    view = stack.vfio.process(l2.pid, l2.paths.trace, (dev.ivshmem_bdf, *others),
-                              l2.paths.stderr)
+    view = stack.vfio.process(l2.pid, l2.paths.trace, bdfs, l2.paths.stderr)
     return Moment(label, kernel_process(view),
                   view.trace_lines if view.trace_lines is not None else -1,
-                  view.commands.get(dev.ivshmem_bdf),
+                  view.commands.get(bdfs[0]) if bdfs else None,
                   view.stderr_lines if view.stderr_lines is not None else -1,
-                  {b: view.commands.get(b) for b in others})
+                  {b: view.commands.get(b) for b in bdfs})
+
+
+def view_at(stack: L1Stack, l2: L2Qemu, dev: Programmed, label: str) -> Moment:
+    """The moment of a lifecycle step: ivshmem's command register, and nvme's."""
+    others = (dev.resettable.bdf,) if dev.resettable else ()
+    return moment_of(stack, l2, (dev.ivshmem_bdf, *others), label)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from qemu.qmp import QMPError
 
 from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import HarnessError
-from harness.collect.l2_probes import kernel_process, p2p
-from harness.collect.lifecycle import IVSHMEM_ID, Programmed, replug, view_at
+from harness.collect.l2_probes import p2p
+from harness.collect.lifecycle import IVSHMEM_ID, Programmed, moment_of, replug, view_at
 from harness.collect.stack import L1Stack
 from harness.evidence.records import Moment
 from harness.evidence.teardown import ClosedBeforeUnmap, Teardown, UnplugRevoked
@@ -39,17 +39,6 @@ def _slots(dev: Programmed) -> dict[str, int]:
     if dev.resettable:
         out["nvme"] = dev.resettable.slot
     return out
-
-
-def moment_of(stack: L1Stack, l2: L2Qemu, bdfs: tuple[str, ...], label: str) -> Moment:
-    """The L1 kernel's view of L2 and of each of `bdfs`' command registers, now."""
-    assert l2.pid is not None
-    view = stack.vfio.process(l2.pid, l2.paths.trace, bdfs, l2.paths.stderr)
-    return Moment(label, kernel_process(view),
-                  view.trace_lines if view.trace_lines is not None else -1,
-                  view.commands.get(bdfs[0]) if bdfs else None,
-                  view.stderr_lines if view.stderr_lines is not None else -1,
-                  {b: view.commands.get(b) for b in bdfs})
 
 
 def ended_status(l2: L2Qemu) -> str:

@@ -356,7 +356,8 @@ class Moment:
     trace_line: int
     command: int | None  # the device's PCI command register as the L1 kernel reads it
     stderr_line: int = -1  # how many lines of stderr L2 had written by then
-    #: Other devices' command registers (BDF -> value), as the L1 kernel reads them.
+    #: The command register of each device asked about (BDF -> value; the first's is
+    #: `command`), as the L1 kernel reads them.
     commands: dict[str, int | None] = field(default_factory=dict)
 
 
