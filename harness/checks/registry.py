@@ -333,20 +333,26 @@ register(Check(
     own_step="quit-while-revoked", collector="harness.collect.teardown:quit_while_revoked",
     exercises=(("drivers/vfio/vfio_main.c", "*"), ("drivers/dma-buf/", "*"),
                ("drivers/vfio/pci/vfio_pci_config.c", "*"), ("system/runstate.c", "*"))))
+def iommufd_only(why: str, without_dmabuf: str) -> tuple[dict, dict]:
+    """(expected, why) of a check of the kernel's iommufd dma-buf path, played once per L1
+    in the iommufd cell: it passes there on the dmabuf kernel, and skips elsewhere."""
+    legacy = "a check of the kernel's iommufd path, played once per L1, in the iommufd cell"
+    return ({"dmabuf": ("skip[iommufd-only]", "pass"),
+             "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
+            {("dmabuf", "iommufd"): why, ("no-dmabuf", "iommufd"): without_dmabuf,
+             ("dmabuf", "legacy"): legacy, ("no-dmabuf", "legacy"): legacy})
+
+
 register(Check(
     "dmabuf-closed-before-unmap", "in L1, no QEMU: a BAR's dma-buf mapped into an IOAS, its "
     "fd closed while mapped, then unmapped", ALONE, dmabuf_closed_before_unmap,
-    {"dmabuf": ("skip[iommufd-only]", "pass"),
-     "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
-    {("dmabuf", "iommufd"): "IOMMU_IOAS_MAP_FILE takes a reference of its own on the dma-buf "
-                            "(iopt_map_file_pages: dma_buf_get), so closing the fd leaves it "
-                            "alive and mapped; the unmap releases the area's pages "
-                            "(iopt_release_pages: dma_buf_put), and with the last reference "
-                            "vfio_pci_dma_buf_release takes it off its device's list: the "
-                            "device then closes without waiting, and opens again",
-     ("no-dmabuf", "iommufd"): "the kernel has no VFIO dma-buf, so there is nothing to map",
-     ("dmabuf", "legacy"): "a check of the kernel alone, played in the iommufd cell",
-     ("no-dmabuf", "legacy"): "a check of the kernel alone, played in the iommufd cell"},
+    *iommufd_only("IOMMU_IOAS_MAP_FILE takes a reference of its own on the dma-buf "
+                  "(iopt_map_file_pages: dma_buf_get), so closing the fd leaves it alive and "
+                  "mapped; the unmap releases the area's pages (iopt_release_pages: "
+                  "dma_buf_put), and with the last reference vfio_pci_dma_buf_release takes "
+                  "it off its device's list: the device then closes without waiting, and "
+                  "opens again",
+                  "the kernel has no VFIO dma-buf, so there is nothing to map"),
     own_step="dmabuf-closed-before-unmap",
     collector="harness.collect.teardown:closed_before_unmap", only_backend="iommufd",
     exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),
@@ -355,19 +361,13 @@ register(Check(
 register(Check(
     "kill-while-mapped", "an L2 of its own SIGKILLed while its IOAS maps ivshmem's BAR 2 "
     "through the BAR's dma-buf", OWN, kill_while_mapped,
-    {"dmabuf": ("skip[iommufd-only]", "pass"),
-     "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
-    {("dmabuf", "iommufd"): "the exit releases L2's files with nothing unmapped: the IOAS "
-                            "area's own reference (iopt_map_file_pages: dma_buf_get) goes "
-                            "with the iommufd context (iopt_release_pages: dma_buf_put), the "
-                            "device's close cleans its dma-bufs up (vfio_pci_dma_buf_cleanup), "
-                            "the last reference frees each: L2 is gone at once, L1 keeps no "
-                            "VFIO dma-buf or fd, and the device opens again live",
-     ("no-dmabuf", "iommufd"): "the kernel has no VFIO dma-buf, so nothing is mapped through "
-                               "one (the L2 of its own is not started)",
-     ("dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd cell",
-     ("no-dmabuf", "legacy"): "the IOAS is iommufd's: played once per L1, in the iommufd "
-                              "cell"},
+    *iommufd_only("the exit releases L2's files with nothing unmapped: the IOAS area's own "
+                  "reference (iopt_map_file_pages: dma_buf_get) goes with the iommufd context "
+                  "(iopt_release_pages: dma_buf_put), the device's close cleans its dma-bufs "
+                  "up (vfio_pci_dma_buf_cleanup), the last reference frees each: L2 is gone "
+                  "at once, L1 keeps no VFIO dma-buf or fd, and the device opens again live",
+                  "the kernel has no VFIO dma-buf, so nothing is mapped through one (the L2 "
+                  "of its own is not started)"),
     own_step="kill-while-mapped", collector="harness.collect.killed:kill_while_mapped",
     only_backend="iommufd", needs_dmabuf=True,
     exercises=(("drivers/iommu/iommufd/", "iommufd"), ("drivers/dma-buf/", "iommufd"),

@@ -18,7 +18,7 @@ from harness.evidence.gathered import Evidence
 from harness.evidence.records import IommufdMapFile
 from harness.evidence.teardown import Killed
 from harness.verdicts.creation import HUNG, LEFT, Verdict, _error
-from harness.verdicts.teardown import left_behind, where
+from harness.verdicts.teardown import iommufd_dmabuf_only, left_behind, where
 
 CHECK = "kill-while-mapped"
 KILLED = "was killed by SIGKILL (9)"
@@ -40,12 +40,9 @@ def _record(k: Killed) -> dict:
 
 
 def kill_while_mapped(ev: Evidence) -> Verdict:
-    if ev.backend != "iommufd":
-        return Verdict("skip", "played once per L1, in the iommufd backend's cell", {},
-                       frozenset({"iommufd-only"}))
-    if ev.kernel_dmabuf is False:
-        return Verdict("skip", "the L1 kernel has no VFIO dma-buf: nothing is mapped through "
-                               "one", {}, frozenset({"kernel-lacks-dmabuf"}))
+    skipped = iommufd_dmabuf_only(ev, "nothing is mapped through one")
+    if skipped:
+        return skipped
     k = ev.teardown.get(CHECK)
     if not isinstance(k, Killed):
         return _error(["no kill of an L2 with a mapped BAR was recorded"])

@@ -225,17 +225,26 @@ PLAYED = ("IOMMU_IOAS_ALLOC", "open", "VFIO_DEVICE_BIND_IOMMUFD",
           "IOMMU_IOAS_MAP_FILE", "close the dma-buf fd", "IOMMU_IOAS_UNMAP", "close the device")
 
 
+def iommufd_dmabuf_only(ev: Evidence, nothing: str) -> Verdict | None:
+    """The skip of a check of the kernel's iommufd dma-buf path outside the one cell per L1
+    that plays it (registry.iommufd_only); None in that cell."""
+    if ev.backend != "iommufd":
+        return Verdict("skip", "played once per L1, in the iommufd backend's cell", {},
+                       frozenset({"iommufd-only"}))
+    if ev.kernel_dmabuf is False:
+        return Verdict("skip", f"the L1 kernel has no VFIO dma-buf: {nothing}", {},
+                       frozenset({"kernel-lacks-dmabuf"}))
+    return None
+
+
 def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
     """A dma-buf whose fd is closed while iommufd maps it: iommufd's own reference keeps it
     alive (debugfs lists it) until the unmap, which releases it (vfio_pci_dma_buf_release
     takes it off the device's list); every step answers, the device closes and opens
     again with a live dma-buf."""
-    if ev.backend != "iommufd":
-        return Verdict("skip", "played once per L1, in the iommufd backend's cell", {},
-                       frozenset({"iommufd-only"}))
-    if ev.kernel_dmabuf is False:
-        return Verdict("skip", "the L1 kernel has no VFIO dma-buf: nothing to map",
-                       {}, frozenset({"kernel-lacks-dmabuf"}))
+    skipped = iommufd_dmabuf_only(ev, "nothing to map")
+    if skipped:
+        return skipped
     c = ev.teardown.get("dmabuf-closed-before-unmap")
     if not isinstance(c, ClosedBeforeUnmap):
         return _error(["the helper's closed-before-unmap was not recorded"])
