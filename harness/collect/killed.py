@@ -44,7 +44,7 @@ def kill_while_mapped(stack: L1Stack, base: L2Spec, bdf: str, out: Path,
         iova = pci.place(slot)[BAR][1]
         pci.set_memory(slot, True)  # the listener maps the BAR into the IOAS, now
         mapped = moment_of(stack, l2, (bdf,), "BAR 2 mapped, before the kill")
-        exporters = tuple(sorted({e for _, _, e in mapped.kernel.dmabuf_fds if e}))
+        exporters = mapped.kernel.exporters
         began = time.monotonic()
         stack.session.run(f"kill -KILL {l2.pid}", stage="kill-while-mapped")
         gone, _ = stack.vfio.wait_gone(l2.pid, deadline_s)

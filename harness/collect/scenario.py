@@ -172,11 +172,6 @@ def _hang(stack: L1Stack, l2: L2Qemu, step: str, error: HarnessError) -> Hang | 
     return Hang(step, error.message, stuck)
 
 
-def _exporters(process: KernelProcess | None) -> tuple[str, ...]:
-    """The exporters of the dma-bufs an L2 held, as the L1 kernel named them."""
-    return tuple(sorted({e for _, _, e in process.dmabuf_fds if e})) if process else ()
-
-
 def _held(check: str, ending: Ending) -> str:
     """Why the L1 can no longer be used after this teardown ("": it can): a task of L2 that
     did not return holds its devices, and no signal ends it."""
@@ -282,7 +277,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             # asking it to quit or waiting for the signals, only for its files
             l2.stop(timeout=1.0, graceful=False) if held else l2.stop()
     if hang is None and todo.end is None:  # a plain stop: no teardown check asks after it
-        left.append(LeftAfter("l2_stop", stack.vfio.leftover(_exporters(process))))
+        left.append(LeftAfter("l2_stop", stack.vfio.leftover(
+            process.exporters if process else ())))
     if hang is not None:  # only the hung step's checks are judged here: on what hung
         hung = {c.name for c in registry.REGISTRY.values()
                 if c.own_step == hang.step and c.name in wanted} or set(wanted)
@@ -327,7 +323,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
                                    through.bars, out / "side", ports)
-            left.append(LeftAfter("side_l2", stack.vfio.leftover(_exporters(side.run.process))))
+            left.append(LeftAfter("side_l2", stack.vfio.leftover(
+                side.run.process.exporters if side.run.process else ())))
     return Evidence(backend=be.name, devices=devices, kernel_probe=through.probes, main=main,
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
                     lifecycle=steps, unplug=unplug, side=side, teardown=teardown,

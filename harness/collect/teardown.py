@@ -65,7 +65,7 @@ def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[s
         dev.pci.set_memory(slot, False)
     revoked = moment_of(stack, l2, held, "memory decode off on every device")
     # whose dma-bufs to look for once L2 is gone: the exporters the kernel named for L2's
-    exporters = tuple(sorted({e for _, _, e in before.kernel.dmabuf_fds if e}))
+    exporters = before.kernel.exporters
     quit_error = ""
     began = time.monotonic()
     try:

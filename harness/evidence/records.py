@@ -332,6 +332,12 @@ class KernelProcess:
     fd_count: int = -1
     vfio_device_fds: tuple[int, ...] = ()
 
+    @property
+    def exporters(self) -> tuple[str, ...]:
+        """Who exported the dma-bufs it holds, as the kernel names them: whose dma-bufs to
+        look for in the kernel once the process is gone."""
+        return tuple(sorted({e for _, _, e in self.dmabuf_fds if e}))
+
     def vfio_map_sizes(self) -> list[int]:
         """Sizes of the process's mappings of VFIO device fds: its BAR mmaps, as the kernel
         sees them (not as QEMU reports them)."""
