@@ -27,6 +27,11 @@ class Leftover:
     error: str = ""                               # why L1 could not say ("": it did)
     alive: int = -1                               # every dma-buf debugfs listed, any exporter
 
+    def record(self) -> dict:
+        return {"dmabufs": [list(d) for d in self.dmabufs],
+                "holders": [list(h) for h in self.holders], "alive": self.alive,
+                "waited_s": self.waited_s, "error": self.error}
+
     def describe(self) -> str:
         parts = []
         if self.dmabufs:

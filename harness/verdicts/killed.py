@@ -32,10 +32,7 @@ def _record(k: Killed) -> dict:
         "traced": k.traced,
         "maps": [{"event": type(m).__name__, **dataclasses.asdict(m)} for m in k.maps],
         "stuck": k.stuck.record() if k.stuck else None,
-        "leftover": None if k.leftover is None else {
-            "dmabufs": [list(d) for d in k.leftover.dmabufs],
-            "holders": [list(h) for h in k.leftover.holders],
-            "waited_s": k.leftover.waited_s, "error": k.leftover.error},
+        "leftover": k.leftover.record() if k.leftover else None,
         "reopened": k.reopened, "error": k.error}}
 
 

@@ -20,9 +20,7 @@ def judge(verdict: Verdict, left: list[LeftAfter]) -> Verdict:
     if not left:
         return verdict
     evidence = {**verdict.evidence, "left_behind": [
-        {"step": a.step, "dmabufs": [list(d) for d in a.leftover.dmabufs],
-         "holders": [list(h) for h in a.leftover.holders], "waited_s": a.leftover.waited_s,
-         "error": a.leftover.error} for a in left]}
+        {"step": a.step, **a.leftover.record()} for a in left]}
     kept = [a for a in left if a.leftover.dmabufs or a.leftover.holders]
     if kept:
         first = kept[0]

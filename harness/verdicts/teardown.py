@@ -32,10 +32,7 @@ def _record(t: Teardown) -> dict:
         "dmabufs_revoked": [list(s) for s in t.revoked.kernel.dmabuf_states],
         "commands_revoked": t.revoked.commands,
         "stuck": t.stuck.record() if t.stuck else None,
-        "leftover": None if t.leftover is None else {
-            "dmabufs": [list(d) for d in t.leftover.dmabufs],
-            "holders": [list(h) for h in t.leftover.holders], "alive": t.leftover.alive,
-            "waited_s": t.leftover.waited_s, "error": t.leftover.error},
+        "leftover": t.leftover.record() if t.leftover else None,
         "reopened": t.reopened}}
 
 
