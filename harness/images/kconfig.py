@@ -1,6 +1,6 @@
 """Kernel config fragments and the check that every required option stuck.
 
-`olddefconfig` silently drops an option whose dependencies are not met; a
+Kconfig silently drops an option whose dependencies are not met; a
 kernel built that way would boot and then fail a scenario for a reason far
 from its cause. So the build checks every line of the required fragments
 against the final .config and fails naming the first option that did not stick.
@@ -50,7 +50,7 @@ def check(required: dict[str, str], final: dict[str, str], variant: str) -> None
         more = f" (and {len(bad) - 1} more: {others})" if others else ""
         raise HarnessError(
             f"{option} did not stick in kernel variant {variant!r}: wanted {wanted}, "
-            f"olddefconfig gave {got}{more}; check its 'depends on' in Kconfig",
+            f"the final .config has {got}{more}; check its 'depends on' in Kconfig",
             stage="kernel config")
 
 

@@ -41,8 +41,9 @@ class KernelVariant:
     version: str
     sha256: str
     tarball: str
-    base: tuple[str, ...]
-    trim: tuple[Path, ...]
+    #: Merged before `required`, not checked: how the build gets what is required (a
+    #: selector of an option with no prompt) and what only makes it faster.
+    choices: tuple[Path, ...]
     required: tuple[Path, ...]  # the common fragments, then the variant's own
     #: Merged after `required` but not checked, and only on the recipe's patched source.
     unchecked: tuple[Path, ...] = ()
@@ -72,8 +73,8 @@ class KernelVariant:
         return _digest("kernel", {
             "arch": self.arch, "make_args": self.make_args,
             "package": self.package, "version": self.version, "sha256": self.sha256,
-            "base": self.base,
-            "trim": [_file_fingerprint(p) for p in self.trim],
+            "base": "allnoconfig",
+            "choices": [_file_fingerprint(p) for p in self.choices],
             "required": [_file_fingerprint(p) for p in self.required],
             "unchecked": [_file_fingerprint(p) for p in self.unchecked],
             "patches": [_file_fingerprint(p) for p in self.patches],
@@ -160,8 +161,8 @@ class Recipe:
             kernels = {
                 name: KernelVariant(
                     name=name, package=k["package"], version=k["version"],
-                    sha256=k["sha256"], tarball=k["tarball"], base=tuple(arch["base"]),
-                    trim=files(k.get("trim", []) + arch.get("trim", [])),
+                    sha256=k["sha256"], tarball=k["tarball"],
+                    choices=files(k.get("choices", []) + arch.get("choices", [])),
                     required=files(k["required"] + arch.get("required", []) + frags),
                     unchecked=files(k.get("unchecked", {}).get(name, [])),
                     patches=files(k.get("patches", [])),

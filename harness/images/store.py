@@ -378,15 +378,19 @@ class ImageStore:
 
     def _configure(self, variant: KernelVariant, src: Path, obj: Path, name: str, log: Path,
                    stage: str, unchecked: tuple) -> None:
+        """allnoconfig with the fragments as KCONFIG_ALLCONFIG: an option no fragment asks
+        for, and that none needs, is off (merged onto defconfig or after allnoconfig, an
+        option the fragments make visible would take its default: IPv6 came with NET)."""
         with step(f"kernel {name}: configure (log {log})"):
+            wanted = obj / "fragments.config"
             with log.open("w") as out:
-                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, *variant.base],
-                     out, stage)
+                obj.mkdir(parents=True, exist_ok=True)
                 _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-                      str(obj / ".config"), *map(str, variant.trim), *map(str, variant.required),
+                      *map(str, variant.choices), *map(str, variant.required),
                       *map(str, unchecked)], out, stage)
-                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, "olddefconfig"],
-                     out, stage)
+                (obj / ".config").rename(wanted)
+                _run(["make", "-C", str(src), f"O={obj}", *variant.make_args,
+                      f"KCONFIG_ALLCONFIG={wanted}", "allnoconfig"], out, stage)
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
 

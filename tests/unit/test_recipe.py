@@ -47,6 +47,16 @@ def test_common_fragment_changes_both_kernels_not_rootfs(recipe_dir):
                                                                   "kernel-debug"}
 
 
+@pytest.mark.parametrize("fragment", ["guest.config", "choices.config"])
+def test_a_guest_or_choices_fragment_changes_every_kernel_not_rootfs(recipe_dir, fragment):
+    before = keys(recipe_dir)
+    with (recipe_dir / "kernel" / fragment).open("a") as f:
+        f.write("CONFIG_PACKET=y\n")
+    after = keys(recipe_dir)
+    assert {k for k in before if before[k] != after[k]} == {"kernel-dmabuf", "kernel-no-dmabuf",
+                                                                  "kernel-debug"}
+
+
 def test_init_script_changes_rootfs_but_reuses_the_bootstrap(recipe_dir):
     before = keys(recipe_dir)
     with (recipe_dir / "rootfs/harness-init").open("a") as f:
@@ -118,7 +128,10 @@ def test_each_architecture_has_its_own_keys_and_fragments(recipe_dir):
         assert x86.kernels[name].key() != arm.kernels[name].key()
     assert x86.rootfs.base_key() != arm.rootfs.base_key()
     names = {p.name for p in arm.kernels["dmabuf"].required}
-    assert {"vfio.config", "aarch64.config", "dmabuf.config"} == names
+    assert {"guest.config", "vfio.config", "aarch64.config", "dmabuf.config"} == names
+    assert [p.name for p in x86.kernels["dmabuf"].choices] == ["choices.config",
+                                                               "choices-x86_64.config"]
+    assert [p.name for p in arm.kernels["dmabuf"].choices] == ["choices.config"]
     assert "ARCH=arm64" in arm.kernels["dmabuf"].make_args
     assert arm.rootfs.packages[0] == "qemu-system-arm"
     assert "qemu-system-x86" not in arm.rootfs.packages
