@@ -34,7 +34,7 @@ from harness.base.checksum import sha256_file
 from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
-from harness.images import cache_book, foreign, kconfig
+from harness.images import cache_book, compiler_cache, foreign, kconfig
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
 from harness.images.linked_tree import link_tree
@@ -363,7 +363,7 @@ class ImageStore:
             with log.open("a") as out:
                 _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, f"-j{self.jobs}",
                       self.platform.kernel_target], out,
-                     stage, progress=lambda: _compile_progress(log, name))
+                     stage, progress=lambda: _compile_progress(log, name), env=self._compiler_env())
 
         def fill(d: Path) -> dict:
             shutil.copy2(obj / self.platform.kernel_built, d / self.platform.kernel_image)
@@ -375,6 +375,9 @@ class ImageStore:
 
         _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
                  began, fill)
+
+    def _compiler_env(self) -> dict[str, str]:
+        return compiler_cache.environment(self.cache, f"{self.platform.cross_compile}gcc")
 
     def _configure(self, variant: KernelVariant, src: Path, obj: Path, name: str, log: Path,
                    stage: str, unchecked: tuple) -> None:
@@ -390,7 +393,8 @@ class ImageStore:
                       *map(str, unchecked)], out, stage)
                 (obj / ".config").rename(wanted)
                 _run(["make", "-C", str(src), f"O={obj}", *variant.make_args,
-                      f"KCONFIG_ALLCONFIG={wanted}", "allnoconfig"], out, stage)
+                      f"KCONFIG_ALLCONFIG={wanted}", "allnoconfig"], out, stage,
+                     env=self._compiler_env())
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
 
@@ -843,7 +847,8 @@ def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
 
 
 def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
-         interval: float = 30.0, deadline_s: float = 3600.0) -> None:
+         interval: float = 30.0, deadline_s: float = 3600.0,
+         env: dict[str, str] | None = None) -> None:
     """Run a build step into a log; report progress every `interval` seconds.
 
     The deadline is generous (a kernel compiles in about 7 minutes here): it is
@@ -854,7 +859,7 @@ def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = 
     out.flush()
     # A session of its own, so that an interrupt stops make's compilers too, not only make.
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **env} if env else None)
     try:
         while True:
             try:
