@@ -33,12 +33,15 @@ def available(compiler: str = "gcc") -> bool:
 def environment(cache: Path, compiler: str = "gcc") -> dict[str, str]:
     """What a build's make is run with ({} without ccache: it compiles as before).
     CCACHE_BASEDIR makes paths inside the cache relative, so that two object trees
-    at the same depth (build/kernel-dmabuf, build/kernel-dmabuf+series-...) share."""
+    at the same depth (build/kernel-dmabuf, build/kernel-dmabuf+series-...) share.
+    CCACHE_DEPEND: a miss costs one compile, not a preprocessor run and then a compile
+    (a kernel file's preprocessing is a large part of its compile); the compiler's own
+    dependency list (kbuild's -Wp,-MMD) says which headers a hit must match."""
     if not available(compiler):
         return {}
     return {"PATH": f"{MASQUERADE}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "CCACHE_DIR": str(directory(cache)), "CCACHE_MAXSIZE": MAX_SIZE,
-            "CCACHE_BASEDIR": str(cache)}
+            "CCACHE_BASEDIR": str(cache), "CCACHE_DEPEND": "1"}
 
 
 def summary(cache: Path) -> str:

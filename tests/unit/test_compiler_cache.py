@@ -17,24 +17,32 @@ needs_ccache = pytest.mark.skipif(not compiler_cache.available(),
 @needs_ccache
 def test_two_trees_at_the_same_depth_share_what_was_compiled(tmp_path):
     """As two object trees of one source (a variant's and a series'): the second tree's
-    compile of the same file is a hit, and the object is the one gcc made."""
+    compile of the same file is a hit (in depend mode, from kbuild's -Wp,-MMD list), and
+    the object is the one gcc made."""
     cache = tmp_path / "cache"
     src = cache / "src" / "linux"
     src.mkdir(parents=True)
-    (src / "f.c").write_text("int f(int x) { return x * 3; }\n")
+    (src / "f.h").write_text("#define THREE 3\n")
+    (src / "f.c").write_text('#include "f.h"\nint f(int x) { return x * THREE; }\n')
     env = {**os.environ, **compiler_cache.environment(cache)}
     assert env["PATH"].split(":")[0] == str(compiler_cache.MASQUERADE)
     objects = []
     for tree in ("kernel-dmabuf", "kernel-dmabuf+series-aaaaaaaaaaaa"):
         obj = cache / "build" / tree
         obj.mkdir(parents=True)
-        subprocess.run(["gcc", "-O2", "-c", "-o", "f.o", str(src / "f.c")], cwd=obj, env=env,
-                       check=True)
+        subprocess.run(["gcc", "-Wp,-MMD,.f.o.d", "-O2", "-c", "-o", "f.o", str(src / "f.c")],
+                       cwd=obj, env=env, check=True)
         objects.append((obj / "f.o").read_bytes())
     assert objects[0] == objects[1]
     stats = compiler_cache.summary(cache)
     assert "1 hits, 1 misses" in stats, stats
     assert (cache / "ccache").is_dir()
+    (src / "f.h").write_text("#define THREE 4\n")  # a header changed: no stale hit
+    obj = cache / "build" / "kernel-dmabuf"
+    subprocess.run(["gcc", "-Wp,-MMD,.f.o.d", "-O2", "-c", "-o", "f.o", str(src / "f.c")],
+                   cwd=obj, env=env, check=True)
+    assert (obj / "f.o").read_bytes() != objects[0]
+    assert "1 hits, 2 misses" in compiler_cache.summary(cache)
 
 
 def test_without_ccache_a_build_runs_as_before(tmp_path, monkeypatch):
