@@ -327,12 +327,18 @@ class ImageStore:
         built from (copied, once that one is built and published), so that make compiles
         only what their configs make different."""
         obj = self.build_dir / f"kernel-{variant.name}"
-        if variant.built_from and not obj.exists():
+        # Its own tree, configured from other fragments (the recipe changed since), would
+        # recompile nearly every file; the base's, one symbol away, only what reads it.
+        stale = obj.exists() and _configured_key(obj) != variant.key()
+        if variant.built_from and (stale or not obj.exists()):
             base_variant = self.recipe.kernels[variant.built_from]
             base = self.build_dir / f"kernel-{base_variant.name}"
             if _built(base, self.kernel_dir(base_variant), self.platform):
+                why = " (its own was configured by another recipe)" if stale else ""
                 with step(f"kernel {variant.name}: start from {base_variant.name}'s object "
-                          f"tree"):
+                          f"tree{why}"):
+                    if stale:
+                        shutil.rmtree(obj)
                     copy_object_tree(base, obj, {base: obj})
         self._build_kernel(variant)
 
@@ -397,6 +403,7 @@ class ImageStore:
                      env=self._compiler_env())
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
+            (obj / CONFIGURED_KEY).write_text(variant.key() + "\n")
 
     # -- a kernel image brought by the user ------------------------------------------
 
@@ -783,6 +790,17 @@ def kernel_version(bzimage: Path) -> str | None:
         return None
     words = data[at:at + 200].split(b"\0")[0].decode(errors="replace").split()
     return words[2] if len(words) > 2 else None
+
+
+#: In an object tree: the key of the recipe variant its .config was made for.
+CONFIGURED_KEY = ".vfio-harness-configured"
+
+
+def _configured_key(obj: Path) -> str:
+    try:
+        return (obj / CONFIGURED_KEY).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _built(obj: Path, artifact: Path, platform: Platform) -> bool:
