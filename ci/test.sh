@@ -30,7 +30,8 @@ done
 [ ${#args[@]} -gt 0 ] || args=(tests)
 step "tests: unit and VM, ${workers} files at a time; artifacts in results/"
 # 5 is pytest's "no test selected": fine for one phase, not for both.
-python -m pytest -v -ra -n "$workers" --dist loadfile --no-loadscope-reorder -m "${mark}not alone" \
+# --durations: the slowest tests, as CI measured them, at the end of the log.
+python -m pytest -v -ra --durations=25 -n "$workers" --dist loadfile --no-loadscope-reorder -m "${mark}not alone" \
     --junitxml=results/junit.xml --artifacts results/vm-artifacts "${args[@]}" && first=0 || first=$?
 step "tests that must not have other runs beside them, alone"
 python -m pytest -v -ra -m "${mark}alone" --junitxml=results/junit-alone.xml \
