@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -29,12 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.base import files
 from harness.base.checksum import sha256_file
 from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
 from harness.images import cache_book, compiler_cache, foreign, kconfig
+from harness.images.build_step import compile_progress as _compile_progress
+from harness.images.build_step import last_line as _last_line
+from harness.images.build_step import run as _run
 from harness.images.cache_lock import LOCKS, ArtifactLocks
 from harness.images.debian import PrivateApt, installed_version
 from harness.images.linked_tree import link_tree
@@ -862,69 +863,6 @@ def _customize(base: Path, rootfs: Rootfs, artifact: Path) -> None:
     (ssh / "authorized_keys").chmod(0o600)
     (base / "etc/hostname").write_text("l1\n")
     (base / "etc/hosts").write_text("127.0.0.1 localhost\n10.0.2.15 l1\n")
-
-
-def _run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
-         interval: float = 30.0, deadline_s: float = 3600.0,
-         env: dict[str, str] | None = None) -> None:
-    """Run a build step into a log; report progress every `interval` seconds.
-
-    The deadline is generous (a kernel compiles in about 7 minutes here): it is
-    there so that a wedged step ends, naming itself, instead of hanging CI.
-    """
-    deadline = Deadline(stage, deadline_s)
-    out.write(f"$ {' '.join(cmd)}\n")
-    out.flush()
-    # A session of its own, so that an interrupt stops make's compilers too, not only make.
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **env} if env else None)
-    try:
-        while True:
-            try:
-                proc.wait(timeout=interval)
-                break
-            except subprocess.TimeoutExpired:
-                if deadline.expired:
-                    raise deadline.timeout(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... "
-                                           f"still running",
-                                           details=files.tail(Path(out.name), 20)) from None
-                if progress:
-                    progress()
-    except BaseException:
-        _kill_group(proc)
-        raise
-    if proc.returncode != 0:
-        out.flush()
-        tail = files.tail(Path(out.name), 40) if hasattr(out, "name") else ""
-        raise HarnessError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} ... failed "
-                           f"(exit {proc.returncode}); full log: {getattr(out, 'name', '?')}",
-                           stage=stage, details=tail)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=10)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _compile_progress(log: Path, name: str) -> None:
-    text = log.read_text(errors="replace").splitlines()
-    compiled = sum(1 for line in text if line.startswith("  CC "))
-    last = next((line.strip() for line in reversed(text) if line.startswith("  ")), "")
-    say(f"kernel {name}: {compiled} files compiled so far; last: {last}")
-
-
-def _last_line(log: Path, prefix: str) -> None:
-    last = files.tail(log, 1)
-    if last:
-        say(f"{prefix}: {last.strip()}")
 
 
 def _capture(errors: list[BaseException], fn: Callable[[], None]) -> Callable[[], None]:

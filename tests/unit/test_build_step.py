@@ -7,7 +7,7 @@ import time
 import pytest
 
 from harness.base.errors import StageTimeout
-from harness.images.store import _run
+from harness.images.build_step import run as _run
 
 
 def test_a_hanging_step_ends_at_its_deadline_with_its_children(tmp_path):
