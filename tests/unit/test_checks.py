@@ -10,9 +10,9 @@ import re
 
 import pytest
 
+from harness.arguments import parser as _parser
 from harness.checks import matrix, registry
 from harness.checks.matrix import Cell, CellResult
-from harness.cli import _parser
 from harness.collect.scenario import Timer
 from harness.evidence.gathered import Evidence
 from harness.results import compare, report, results_file
