@@ -35,10 +35,12 @@ registry names its collectors in collect/ as dotted paths, loaded when they run)
               capabilities.py: what that QEMU is and can do; bundle.py: a build's
               modules, firmware and libraries carried into L1; qtest.py, pci.py,
               dma_engine.py: playing L2's guest driver (config cycles, BARs, edu)
-  verdicts/   creation.py: the creation-time checks and multi-range, pure functions
-              of the evidence, their findings, the attribution of dma-bufs;
-              lifecycle.py: the lifecycle checks; kernel_health.py: the L1 kernel's own
-              word laid over every cell
+  verdicts/   verdict.py: what a verdict is, its findings, the evidence every verdict
+              needs first; creation.py: the creation-time checks and multi-range, pure
+              functions of the evidence, the attribution of dma-bufs; p2p.py: a P2P
+              transfer's verdict (creation, lifecycle, teardown); lifecycle.py: the
+              lifecycle checks; kernel_health.py: the L1 kernel's own word laid over
+              every cell
   checks/     registry.py: one record per check; matrix.py: a cell, its expectation
               held against its outcome (CellResult)
   collect/    stack.py: L0 boots L1 and we log in; survey.py: what L1 offers;

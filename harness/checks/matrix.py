@@ -16,7 +16,7 @@ from harness.checks import registry
 from harness.checks.registry import EXERCISES, EXPECTATIONS, Expectation
 from harness.images.recipe import Recipe
 from harness.platforms import PLATFORMS, X86_64
-from harness.verdicts.creation import FATAL, FINDINGS
+from harness.verdicts.verdict import FATAL, FINDINGS
 
 BACKENDS = registry.BACKENDS
 DEFAULT_VIOMMUS = X86_64.default_viommus

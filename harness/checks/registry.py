@@ -21,21 +21,16 @@ from dataclasses import dataclass, field
 
 from harness.evidence.gathered import Evidence
 from harness.l2.backends import NAMES
-from harness.verdicts.creation import (
-    FINDINGS,
-    Verdict,
-    dmabuf_per_region,
-    mmap_fallback,
-    multi_range,
-    p2p_dma,
-)
+from harness.verdicts.creation import dmabuf_per_region, mmap_fallback, multi_range
 from harness.verdicts.killed import kill_while_mapped
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset, reset_while_revoked
+from harness.verdicts.p2p import p2p_dma
 from harness.verdicts.teardown import (
     dmabuf_closed_before_unmap,
     quit_while_revoked,
     unplug_while_revoked,
 )
+from harness.verdicts.verdict import FINDINGS, Verdict
 
 BACKENDS = NAMES
 

@@ -29,7 +29,7 @@ from harness import __version__
 from harness.base import files
 from harness.base.errors import BadInput
 from harness.checks.matrix import CellResult, L1Complaints
-from harness.verdicts.creation import HUNG
+from harness.verdicts.verdict import HUNG
 
 if TYPE_CHECKING:
     from harness.images.store import Images

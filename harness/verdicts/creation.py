@@ -15,9 +15,7 @@ only on positive evidence of this run:
 Whether an outcome was expected is the matrix's business, not theirs.
 """
 
-import re
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import defaultdict
 from dataclasses import dataclass
 
 from harness.evidence.gathered import Evidence
@@ -32,65 +30,26 @@ from harness.evidence.records import (
     ListenerAddRam,
     P2PNotSupported,
     P2PRead,
-    P2PTransfer,
     RegionDmabuf,
     RegionMmap,
     RegionSetup,
     SideRun,
-    TraceRecord,
     UnknownDmabufWarning,
-    Unparsed,
     of_type,
 )
 from harness.l2.backends import backend
+from harness.verdicts.verdict import (
+    Verdict,
+    error_verdict,
+    in_range,
+    iommu_faults,
+    missing_evidence,
+    trace_ground,
+)
 
 PAGE = 4096
 EDU_ID = 0x010000ED
 DMABUF_EXPORTER = "vfio_pci_core"
-
-#: What a verdict can establish beyond pass or fail, by name: the signatures of
-#: expected failures and skips in matrix.py are made of these.
-FINDINGS = {
-    "kernel-lacks-dmabuf": "the L1 kernel's VFIO_DEVICE_FEATURE_PROBE(DMA_BUF) answered ENOTTY "
-                           "for every passed-through device",
-    "bar-map-refused": "the IOMMU mapping of the BAR's IOVA was refused (a map at that IOVA "
-                       "returned an error)",
-    "bytes-missing": "the pattern reached the source BAR in L0's file, the destination was "
-                     "clean, and the bytes did not arrive",
-    "dma-faulted": "the L1 kernel logged an IOMMU fault at the BAR's IOVA during the DMA",
-    "dmabuf-outlives-device": "the dma-buf of an unplugged device's BAR stays open in L2 "
-                              "after its device fd was closed (the L1 kernel's fdinfo), one "
-                              "more per unplug",
-    "multi-range-refused": "iommufd refused to map the pieces of a dma-buf of several ranges "
-                           "(EOPNOTSUPP, -95)",
-    "read-missing": "edu's DMA read from the BAR did not bring back what L2 reads there "
-                       "through the BAR's mmap",
-    "kernel-splat": "the L1 kernel logged a report of its own (WARNING, BUG, Oops, refcount, "
-                    "lockdep, KASAN/KFENCE/UBSAN, hung task, soft lockup) or took a new taint "
-                    "during the cell's steps",
-    "iommufd-only": "the check drives iommufd itself, with no QEMU: it is played once per "
-                    "L1, in the iommufd backend's cell",
-    "hung": "a step of L2 (a quit, a close, an unplug) did not return within its deadline: "
-            "a task of L2 waits in the kernel, and the L1 is discarded",
-    "left-behind": "once the cell's L2 had ended, the L1 kernel still had a dma-buf of its "
-                   "exporter alive (debugfs) or a process held a VFIO fd: a reference of "
-                   "that L2's was never given back",
-}
-#: The kernel's own complaint (verdicts/kernel_health.py), a step that never returned, and
-#: what an ended L2 left in the kernel (verdicts/left_behind.py): findings no expected
-#: failure's signature explains away, unless it names them.
-SPLAT, HUNG, LEFT = "kernel-splat", "hung", "left-behind"
-FATAL = frozenset({SPLAT, HUNG, LEFT})
-
-
-@dataclass(frozen=True)
-class Verdict:
-    observed: str  # pass | fail | skip | error (evidence missing)
-    reason: str
-    evidence: dict
-    findings: frozenset[str] = frozenset()
-    grounds: tuple[str, ...] = ()
-
 
 def _regions(run: L2Run) -> dict[str, RegionSetup]:
     return {r.name: r for r in of_type(list(run.trace), RegionSetup)}
@@ -128,47 +87,11 @@ def _page_up(size: int) -> int:
 
 # -- evidence that must be there before anything is judged ----------------------------------
 
-def _missing(ev: Evidence, run: L2Run | None, label: str = "",
-             devices: dict[str, str] | None = None,
-             bars: dict[str, dict[int, int]] | None = None) -> list[str]:
-    """Why this L2 run's evidence cannot be judged at all; empty if it can. `devices` and
-    `bars`: the L2's, if not the main L2's."""
-    if run is None:
-        return [f"{label}no L2 run was recorded"]
-    if not run.trace:
-        return [f"{label}L2's trace is missing (the trace file is empty): no evidence to judge"]
-    problems = []
-    for u in of_type(list(run.trace), Unparsed):
-        problems.append(f"{label}a {u.event} line no longer parses: {u.text!r}")
-    set_up = {r.device for r in of_type(list(run.trace), RegionSetup)}
-    for name, bdf in sorted((devices or ev.devices).items()):
-        if bdf not in set_up:
-            problems.append(f"{label}no vfio_region_setup for {name} ({bdf}) in L2's trace: the "
-                            f"trace is missing or incomplete")
-    if run.process is None:
-        problems.append(f"{label}no view of the L2 process from the L1 kernel")
-    known = ev.bars if bars is None else bars
-    if not known or any(bdf not in known for bdf in (devices or ev.devices).values()):
-        problems.append("no L1 kernel view of the devices' BARs")
-    return problems[:6]
-
-
 def _kernel_probe_problem(ev: Evidence) -> str | None:
     if ev.kernel_dmabuf is None:
         return (f"the L1 kernel's VFIO dma-buf probe gave no usable answer "
                 f"({ev.kernel_probe or 'no device probed'}): whether it has dma-buf is unknown")
     return None
-
-
-def _error(problems: list[str], evidence: dict | None = None) -> Verdict:
-    return Verdict("error", "evidence missing: " + "; ".join(problems), evidence or {})
-
-
-def _trace_ground(run: L2Run, label: str = "") -> str:
-    counts = Counter(type(r).__name__ for r in run.trace)
-    return (f"{label}L2 trace: {counts['RegionSetup']} vfio_region_setup, "
-            f"{counts['RegionMmap']} vfio_region_mmap, {counts['RegionDmabuf']} "
-            f"vfio_region_dmabuf")
 
 
 def _kernel_ground(ev: Evidence) -> str:
@@ -387,7 +310,7 @@ def _per_region_evidence(run: L2Run, qualifying: list[str], sub_page: list[str]
 def dmabuf_per_region(ev: Evidence) -> Verdict:
     probe_problem = _kernel_probe_problem(ev)
     if probe_problem:
-        return _error([probe_problem], {"kernel_probe": ev.kernel_probe})
+        return error_verdict([probe_problem], {"kernel_probe": ev.kernel_probe})
     if ev.kernel_dmabuf is False:
         said = sorted({err or "" for _, err in ev.kernel_probe.values()})
         return Verdict("skip", f"the L1 kernel has no VFIO dma-buf: VFIO_DEVICE_FEATURE_PROBE"
@@ -396,15 +319,16 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
                        {"kernel_probe": ev.kernel_probe}, frozenset({"kernel-lacks-dmabuf"}),
                        (_kernel_ground(ev),))
     run = ev.main
-    missing = _missing(ev, run)
+    missing = missing_evidence(ev, run)
     if ev.side is not None:
-        missing += _missing(ev, ev.side.run, "x-no-mmap=on: ", ev.side.devices, ev.side.bars)
+        missing += missing_evidence(ev, ev.side.run, "x-no-mmap=on: ", ev.side.devices,
+                                    ev.side.bars)
     if missing:
-        return _error(missing)
+        return error_verdict(missing)
     bars = kernel_bars(ev)
     qualifying = [n for n, size in bars.items() if size >= PAGE]
     sub_page = [n for n, size in bars.items() if size < PAGE]
-    grounds = [_kernel_ground(ev), _bars_ground(ev), _trace_ground(run), _process_ground(run),
+    grounds = [_kernel_ground(ev), _bars_ground(ev), trace_ground(run), _process_ground(run),
                f"info mtree: {len(run.mtree_mmaps)} mmaps"]
     evidence = _per_region_evidence(run, qualifying, sub_page)
     problems = []
@@ -441,7 +365,7 @@ def dmabuf_per_region(ev: Evidence) -> Verdict:
         return Verdict("fail", "; ".join(problems + unanswered), evidence,
                        grounds=tuple(grounds))
     if unanswered:
-        return _error(unanswered, evidence)
+        return error_verdict(unanswered, evidence)
     fd_list = ", ".join(f"{n} fd {d[0].fd}" for n, d in sorted(_dmabufs(run).items()))
     return Verdict("pass", f"{'; '.join(checked)} ({fd_list})", evidence,
                    grounds=tuple(grounds))
@@ -477,7 +401,7 @@ def _x_no_mmap(side: SideRun, own: Attribution) -> _NoMmapSide:
     return _NoMmapSide(
         problems, list(beside.unanswered),
         {"edu_mmaps": mmapped, "edu_dmabufs": with_dmabuf, "dmabufs": sorted(_dmabufs(no_mmap))},
-        [_trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap, "x-no-mmap=on ")],
+        [trace_ground(no_mmap, "x-no-mmap=on "), _process_ground(no_mmap, "x-no-mmap=on ")],
         f"none for edu with x-no-mmap=on, while {', '.join(others)} beside it "
         f"got {'its' if len(others) == 1 else 'theirs'}")
 
@@ -552,7 +476,7 @@ def _whole_fallback(ev: Evidence, not_supported: list) -> list[str]:
 def mmap_fallback(ev: Evidence) -> Verdict:
     run = ev.main
     probe_problem = _kernel_probe_problem(ev)
-    missing = ([probe_problem] if probe_problem else []) + _missing(ev, run)
+    missing = ([probe_problem] if probe_problem else []) + missing_evidence(ev, run)
     if ev.bar_access is None:
         missing.append("BAR access through L2 was not tried")
     unknown = of_type(list(run.messages), UnknownDmabufWarning)
@@ -560,7 +484,7 @@ def mmap_fallback(ev: Evidence) -> Verdict:
         missing.append(f"QEMU warned about dma-buf in a wording this harness does not know: "
                        f"{u.text!r}")
     if missing:
-        return _error(missing, {"warnings_in_unknown_wording": [u.text for u in unknown]})
+        return error_verdict(missing, {"warnings_in_unknown_wording": [u.text for u in unknown]})
     messages = list(run.messages)
     not_supported = of_type(messages, DmabufNotSupported)
     unavailable = of_type(messages, DmabufUnavailable)
@@ -587,7 +511,7 @@ def mmap_fallback(ev: Evidence) -> Verdict:
         "l2_alive": run.alive_at_end,
         "bar_iommu_mapping_failures": mapping_failures,  # recorded, not judged
     }
-    grounds = (_kernel_ground(ev), _bars_ground(ev), _trace_ground(run), _process_ground(run),
+    grounds = (_kernel_ground(ev), _bars_ground(ev), trace_ground(run), _process_ground(run),
                f"L2 stderr: {len(messages)} message(s)",
                "BAR access through L2 (qtest): edu id and liveness, ivshmem BAR 0")
     if problems:
@@ -598,100 +522,6 @@ def mmap_fallback(ev: Evidence) -> Verdict:
                            f"right through L2; QEMU kept running", evidence, grounds=grounds)
 
 
-def _in_range(address: int, span: tuple[int, int]) -> bool:
-    return span[0] <= address < span[1]
-
-
-def p2p_dma(ev: Evidence) -> Verdict:
-    p2p = ev.p2p
-    missing = [] if p2p is not None else ["the P2P transfer was not run"]
-    missing += _missing(ev, ev.main)
-    if missing:
-        return _error(missing)
-    assert p2p is not None
-    return transfer(ev, p2p, ev.main.trace)
-
-
-def _arrived(ev: Evidence, p2p: P2PTransfer, mapping: list[dict]) -> tuple[str, str]:
-    """Bytes that arrived pass only by the route the backend maps BARs by, traced."""
-    by_dmabuf = [m for m in mapping if m["event"] == "IommufdMapFile" and m["ret"] == 0]
-    by_address = [m for m in mapping if m["event"] == "ListenerAddRam"]
-    if backend(ev.backend).maps_bars_by_dmabuf and not by_dmabuf:
-        return "fail", (f"the bytes arrived, but no successful iommufd_backend_map_file_dma "
-                        f"at BAR 2's IOVA {p2p.bar2_iova:#x} was traced: the route is unproven")
-    if not backend(ev.backend).maps_bars_by_dmabuf and not by_address:
-        return "fail", (f"the bytes arrived, but no vfio_listener_region_add_ram at BAR 2's "
-                        f"IOVA {p2p.bar2_iova:#x} was traced: the route is unproven")
-    how = (f"mapped through its dma-buf (iommufd_backend_map_file_dma fd "
-           f"{by_dmabuf[0]['fd']})" if by_dmabuf else "mapped by address")
-    return "pass", (f"{p2p.size} bytes went ivshmem BAR 2 -> edu -> BAR 2 + "
-                    f"0x{p2p.dst_offset:x} and L0 read them back out of the file "
-                    f"(BAR 2 {how})")
-
-
-def transfer(ev: Evidence, p2p: P2PTransfer, trace_seq: Sequence[TraceRecord]) -> Verdict:
-    """A P2P transfer judged by its bytes and by the mapping of BAR 2 in `trace_seq` (the
-    whole trace at creation; the lines after the BAR came back, in a lifecycle step)."""
-    trace = list(trace_seq)
-    bar2 = (p2p.bar2_iova, p2p.bar2_iova + 0x100000)
-    mapping = [vars(r) | {"event": type(r).__name__} for r in trace
-               if isinstance(r, IommufdMapFile | IommufdMap | ListenerAddRam)
-               and _in_range(getattr(r, "iova", getattr(r, "start", -1)), bar2)]
-    refused = [m for m in mapping if m.get("ret", 0) < 0]
-    refused += [vars(m) for m in ev.main.messages
-                if isinstance(m, ContainerDmaMapFailed) and _in_range(m.iova, bar2)]
-    failures = [m.text for m in ev.main.messages
-                if isinstance(m, IoasMapFailed | ContainerDmaMapFailed | P2PNotSupported)]
-    faults = [f for f in iommu_faults(p2p.l1_dmesg)
-              if any(_in_range(int(a, 16), bar2) for a in re.findall(r"0x[0-9a-fA-F]+", f))]
-    source_ok = p2p.source_in_file == p2p.pattern
-    clean = not any(p2p.before)
-    findings = set()
-    if refused:
-        findings.add("bar-map-refused")
-    if faults:
-        findings.add("dma-faulted")
-    if source_ok and clean and not p2p.engine_error and not p2p.arrived:
-        findings.add("bytes-missing")
-    evidence = {
-        "seed": p2p.seed, "size": p2p.size, "bar2_iova": hex(p2p.bar2_iova),
-        "pattern": p2p.pattern.hex(), "read_back": p2p.after.hex(),
-        "destination_before": p2p.before.hex(),
-        "source_offset": p2p.src_offset, "destination_offset": p2p.dst_offset,
-        "bar2_mapping": mapping, "bar2_mapping_refused": refused, "mapping_failures": failures,
-        "l1_dmesg_during_dma": list(p2p.l1_dmesg),
-    }
-    grounds = (f"L0: {p2p.size} bytes at ivshmem file offsets {p2p.src_offset:#x} (source) and "
-               f"{p2p.dst_offset:#x} (destination)", _trace_ground(ev.main),
-               f"L2 trace: {len(mapping)} IOMMU mapping event(s) at BAR 2's IOVA",
-               f"L1 dmesg during the DMA: {len(p2p.l1_dmesg)} line(s)")
-
-    def verdict(observed: str, reason: str) -> Verdict:
-        return Verdict(observed, reason, evidence, frozenset(findings), grounds)
-
-    if not source_ok:
-        return verdict("fail", "the pattern written to BAR 2 through L2 never reached the "
-                               "ivshmem file: the BAR mmap path is broken")
-    if not clean:
-        return verdict("fail", "the destination was not clean before the DMA")
-    if p2p.engine_error:
-        return verdict("fail", f"the DMA never started: {p2p.engine_error}")
-    if p2p.arrived:
-        return verdict(*_arrived(ev, p2p, mapping))
-    where = f"; L1 kernel: {faults[0]}" if faults else "; no IOMMU fault at BAR 2 logged in L1"
-    why = f"; {failures[0]}" if failures else ""
-    refusal = "; the BAR's IOMMU mapping was refused" if refused else \
-        "; no refused IOMMU mapping of BAR 2 was traced"
-    return verdict("fail", f"the bytes did not arrive (read {p2p.after[:8].hex()}..., "
-                           f"wanted {p2p.pattern[:8].hex()}...){refusal}{why}{where}")
-
-
-def iommu_faults(dmesg: tuple[str, ...]) -> list[str]:
-    """Fault lines of the L1 kernel, those naming the faulting address first."""
-    faults = [line.strip() for line in dmesg if "fault" in line.lower()]
-    return sorted(faults, key=lambda line: not re.search(r"fault addr|page fault from", line))
-
-
 EOPNOTSUPP = -95
 
 
@@ -699,7 +529,7 @@ def _multi_range_missing(ev: Evidence, mr: SideRun) -> list[str]:
     """Why the multi-range evidence cannot be judged: the side L2's, the fixture's word that
     it made the BAR split, the DMA read, QEMU's warnings in a known wording."""
     run = mr.run
-    missing = _missing(ev, run, devices=mr.devices, bars=mr.bars)
+    missing = missing_evidence(ev, run, devices=mr.devices, bars=mr.bars)
     if region_name(mr.device, mr.bar) not in _side_bars(mr):
         missing.append(f"the L1 kernel has no {region_name(mr.device, mr.bar)}")
     if not mr.withheld:
@@ -761,11 +591,11 @@ def _pieces_into_iommu(ev: Evidence, mr: SideRun, pieces: list[tuple[int, int]]
     for start, size in pieces:
         span = (mr.iova + start, mr.iova + start + size)
         events = [r for r in run.trace if isinstance(r, IommufdMapFile | IommufdMap)
-                  and _in_range(r.iova, span)]
+                  and in_range(r.iova, span)]
         failed = [m for m in run.messages
-                  if isinstance(m, ContainerDmaMapFailed) and _in_range(m.iova, span)]
+                  if isinstance(m, ContainerDmaMapFailed) and in_range(m.iova, span)]
         added = [r for r in run.trace if isinstance(r, ListenerAddRam)
-                 and _in_range(r.start, span)]
+                 and in_range(r.start, span)]
         if failed or any(r.ret < 0 for r in events):
             refused.append((start, [m.ret for m in failed] or
                             [r.ret for r in events if r.ret < 0]))
@@ -798,17 +628,17 @@ def multi_range(ev: Evidence) -> Verdict:
     mr = ev.side
     probe_problem = _kernel_probe_problem(ev)
     if mr is None or probe_problem:
-        return _error([probe_problem or "the side L2 (multi-range) was not run"])
+        return error_verdict([probe_problem or "the side L2 (multi-range) was not run"])
     missing = _multi_range_missing(ev, mr)
     if missing:
-        return _error(missing)
+        return error_verdict(missing)
     run, read = mr.run, mr.read
     assert run.process is not None and read is not None
     name = region_name(mr.device, mr.bar)
     pieces = sorted((m.start, m.size) for m in _mmaps(run).get(name, []))
     dmabufs = _dmabufs(run)
     grounds = (_kernel_ground(ev), "L1 kernel: BARs " + ", ".join(
-        f"{n} {s:#x}" for n, s in _side_bars(mr).items()), _trace_ground(run),
+        f"{n} {s:#x}" for n, s in _side_bars(mr).items()), trace_ground(run),
         _process_ground(run), f"the fixture: {'; '.join(mr.withheld)}",
         f"edu's DMA read of {len(read.expected)} bytes at {read.iova:#x}")
     evidence: dict[str, object] = {
@@ -828,7 +658,7 @@ def multi_range(ev: Evidence) -> Verdict:
     if problems:
         return Verdict("fail", "; ".join(problems + unanswered), evidence, grounds=grounds)
     if unanswered:
-        return _error(unanswered, evidence)
+        return error_verdict(unanswered, evidence)
     if not any(read.expected):
         return Verdict("fail", f"L2 read zeros from {name} through its mmap: nothing to "
                                f"compare a DMA read with", evidence, grounds=grounds)

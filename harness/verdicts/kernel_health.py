@@ -13,7 +13,7 @@ Which windows a cell stood on is the registry's to say (`Check.stands_on`).
 import dataclasses
 
 from harness.evidence.kernel_log import KernelReport, KernelWindow, reports, taint_letters
-from harness.verdicts.creation import SPLAT, Verdict
+from harness.verdicts.verdict import SPLAT, Verdict
 
 
 @dataclasses.dataclass(frozen=True)

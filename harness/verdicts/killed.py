@@ -17,8 +17,8 @@ import dataclasses
 from harness.evidence.gathered import Evidence
 from harness.evidence.records import IommufdMapFile
 from harness.evidence.teardown import Killed
-from harness.verdicts.creation import HUNG, LEFT, Verdict, _error
 from harness.verdicts.teardown import iommufd_dmabuf_only, left_behind, where
+from harness.verdicts.verdict import HUNG, LEFT, Verdict, error_verdict
 
 CHECK = "kill-while-mapped"
 KILLED = "was killed by SIGKILL (9)"
@@ -42,10 +42,10 @@ def kill_while_mapped(ev: Evidence) -> Verdict:
         return skipped
     k = ev.teardown.get(CHECK)
     if not isinstance(k, Killed):
-        return _error(["no kill of an L2 with a mapped BAR was recorded"])
+        return error_verdict(["no kill of an L2 with a mapped BAR was recorded"])
     evidence = _record(k)
     if k.error:
-        return _error([f"kill-while-mapped could not be played: {k.error}"], evidence)
+        return error_verdict([f"kill-while-mapped could not be played: {k.error}"], evidence)
     by_file = [m for m in k.maps if isinstance(m, IommufdMapFile) and m.ret == 0]
     live = sorted(fd for fd, state in k.mapped.kernel.dmabuf_states if state == "live")
     grounds = (f"QEMU's trace: {len(by_file)} IOMMU mapping(s) of BAR 2 at {k.iova:#x} "
@@ -55,7 +55,7 @@ def kill_while_mapped(ev: Evidence) -> Verdict:
                                f"BAR 2 of {k.device} mapped: {where(k.stuck)}", evidence,
                        frozenset({HUNG}), grounds)
     if k.traced == 0:
-        return _error([f"the L2 of kill-while-mapped wrote no trace: whether BAR 2 of "
+        return error_verdict([f"the L2 of kill-while-mapped wrote no trace: whether BAR 2 of "
                        f"{k.device} was mapped through its dma-buf is unknown"], evidence)
     problems = []
     if not by_file:
@@ -68,7 +68,7 @@ def kill_while_mapped(ev: Evidence) -> Verdict:
         problems.append(f"L2 {k.ended} after SIGKILL")
     left, unknown = left_behind(k.leftover)
     if unknown:
-        return _error([f"what L1 held after the kill is unknown: {unknown}"], evidence)
+        return error_verdict([f"what L1 held after the kill is unknown: {unknown}"], evidence)
     problems += left
     if k.reopened != "live":
         problems.append(f"{k.device} opened again after the kill: {k.reopened} (expected: "

@@ -11,7 +11,7 @@ itself found, and no expected failure explains it away unless it names it.
 """
 
 from harness.evidence.teardown import LeftAfter
-from harness.verdicts.creation import LEFT, Verdict
+from harness.verdicts.verdict import LEFT, Verdict
 
 
 def judge(verdict: Verdict, left: list[LeftAfter]) -> Verdict:

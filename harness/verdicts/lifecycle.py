@@ -24,7 +24,9 @@ from harness.evidence.records import (
     of_type,
 )
 from harness.l2.backends import backend
-from harness.verdicts.creation import Verdict, _error, _missing, region_name, transfer
+from harness.verdicts.creation import region_name
+from harness.verdicts.p2p import transfer
+from harness.verdicts.verdict import Verdict, error_verdict, missing_evidence
 
 PCI_COMMAND_MEMORY = 0x2
 #: How each step takes the BAR away, in the words of a reason.
@@ -189,7 +191,7 @@ def _device_reset(ev: Evidence, step: LifecycleStep, transfer_failed: bool,
 
 def _step_missing(ev: Evidence, step: LifecycleStep | None, check: str) -> list[str]:
     missing = [] if step is not None else [f"the {check} step was not run"]
-    missing += _missing(ev, ev.main)
+    missing += missing_evidence(ev, ev.main)
     if step is not None:
         missing += [f"no trace position at '{m.label}'"
                     for m in (step.before, step.disabled, step.enabled) if m.trace_line < 0]
@@ -273,7 +275,7 @@ def _step(ev: Evidence, check: str) -> Verdict:
     step = ev.lifecycle.get(check)
     missing = _step_missing(ev, step, check)
     if missing:
-        return _error(missing)
+        return error_verdict(missing)
     assert step is not None and step.blocked is not None and step.after is not None
     away = AWAY[check]
     errors: list[str] = []
@@ -290,7 +292,7 @@ def _step(ev: Evidence, check: str) -> Verdict:
         more, reset_shown = _device_reset(ev, step, after.observed != "pass", errors)
         problems += more
     if errors:
-        return _error(errors)
+        return error_verdict(errors)
     fd = _bar_dmabuf_fd(ev, step)
     evidence = _step_evidence(step, after, reset_shown)
     grounds = (f"L2 trace: {len(step.trace_disabling)} line(s) while {away}, "
@@ -344,7 +346,7 @@ Problem = tuple[str, str | None]
 
 def _unplug_missing(ev: Evidence, cycle: UnplugCycle | None) -> list[str]:
     missing = [] if cycle is not None else ["the unplug cycle was not run"]
-    missing += _missing(ev, ev.main)
+    missing += missing_evidence(ev, ev.main)
     if cycle is not None:
         missing += [f"no trace position at '{m.label}'" for m in
                     (cycle.before, cycle.unplugged, cycle.replugged, cycle.final)
@@ -463,13 +465,13 @@ def dmabuf_unplug(ev: Evidence) -> Verdict:
     cycle = ev.unplug
     missing = _unplug_missing(ev, cycle)
     if missing:
-        return _error(missing)
+        return error_verdict(missing)
     assert cycle is not None and cycle.after is not None
     dev, name = cycle.device, region_name(cycle.device, cycle.bar)
     problems = _device_gone(cycle, name)
     followed, unanswered, old_fd, new_fd = _dmabufs_across(ev, cycle, name)
     if unanswered:
-        return _error([unanswered])
+        return error_verdict([unanswered])
     problems += followed + _fds_flat(ev, cycle)
     after = transfer(ev, cycle.after, cycle.trace_replugging)
     evidence = _unplug_evidence(cycle, after)

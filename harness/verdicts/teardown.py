@@ -17,7 +17,8 @@ from harness.evidence.gathered import Evidence
 from harness.evidence.records import Moment
 from harness.evidence.stuck import Stuck
 from harness.evidence.teardown import ClosedBeforeUnmap, Leftover, Teardown, UnplugRevoked
-from harness.verdicts.creation import HUNG, LEFT, Verdict, _error, _missing, transfer
+from harness.verdicts.p2p import transfer
+from harness.verdicts.verdict import HUNG, LEFT, Verdict, error_verdict, missing_evidence
 
 PCI_COMMAND_MEMORY = 0x2
 #: What a device opened afresh answers where the kernel offers no VFIO dma-buf.
@@ -82,7 +83,7 @@ def _revoked_count(m: Moment) -> int:
 def quit_while_revoked(ev: Evidence) -> Verdict:
     t = ev.teardown.get("quit-while-revoked")
     if not isinstance(t, Teardown):
-        return _error(["no teardown of L2 was recorded"])
+        return error_verdict(["no teardown of L2 was recorded"])
     evidence = _record(t)
     problems = _revocation_problems(ev, t)
     grounds = (f"L1 kernel: {len(t.before.kernel.dmabuf_states)} dma-buf(s) in L2 before, "
@@ -96,14 +97,14 @@ def quit_while_revoked(ev: Evidence) -> Verdict:
         problems.append(f"L2 {t.ended} after QMP quit (not status 0)")
     left, unknown = left_behind(t.leftover)
     if unknown:
-        return _error([f"what L1 held after the quit is unknown: {unknown}"], evidence)
+        return error_verdict([f"what L1 held after the quit is unknown: {unknown}"], evidence)
     problems += left
     found = frozenset({LEFT}) if left else frozenset()
     usable = NO_DMABUF if ev.kernel_dmabuf is False else "live"
     unusable = {bdf: how for bdf, how in t.reopened.items() if how != usable}
     missing_devices = sorted(set(t.devices.values()) - set(t.reopened))
     if missing_devices:
-        return _error([f"the device(s) {', '.join(missing_devices)} were not opened again"],
+        return error_verdict([f"the device(s) {', '.join(missing_devices)} were not opened again"],
                       evidence)
     for bdf, how in sorted(unusable.items()):
         problems.append(f"{bdf} opened again after the quit: {how} (expected: {usable})")
@@ -135,10 +136,10 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
     decodes, and the P2P transfer through it works (judged as every transfer is)."""
     u = ev.teardown.get("unplug-while-revoked")
     if not isinstance(u, UnplugRevoked):
-        return _error(["no unplug of a revoked device was recorded"])
-    missing = _missing(ev, ev.main)  # the P2P after is judged on the trace, too
+        return error_verdict(["no unplug of a revoked device was recorded"])
+    missing = missing_evidence(ev, ev.main)  # the P2P after is judged on the trace, too
     if missing:
-        return _error(missing)
+        return error_verdict(missing)
     before, revoked = _states(u.before), _states(u.revoked)
     own = sorted(fd for fd, state in revoked.items()
                  if state == "revoked" and before.get(fd) == "live")
@@ -177,7 +178,7 @@ def unplug_while_revoked(ev: Evidence) -> Verdict:
                         + ", ".join(f"fd {fd}: {after_close[fd]}" for fd in live)
                         + " after its device was closed (not revoked)")
     if u.replugged is None or u.after is None:
-        return _error(["the device was not plugged again"], evidence)
+        return error_verdict(["the device was not plugged again"], evidence)
     new = {fd for fd, ino in _inodes(u.replugged).items()
            if ino not in set(_inodes(u.before).values())}
     new_live = sorted(fd for fd in new if _states(u.replugged).get(fd) == "live")
@@ -244,7 +245,7 @@ def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
         return skipped
     c = ev.teardown.get("dmabuf-closed-before-unmap")
     if not isinstance(c, ClosedBeforeUnmap):
-        return _error(["the helper's closed-before-unmap was not recorded"])
+        return error_verdict(["the helper's closed-before-unmap was not recorded"])
     evidence = {"closed_before_unmap": {
         "device": c.device, "bar": c.bar, "size": c.size, "steps": [list(x) for x in c.steps],
         "alive": c.alive, "close_s": c.close_s, "waited_s": c.waited_s, "error": c.error,
@@ -255,7 +256,7 @@ def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
                                f"within {c.deadline_s:g} s ({c.not_done}): {where(c.stuck)}",
                        evidence, frozenset({HUNG}))
     if c.error:
-        return _error([f"closed-before-unmap could not be played on {c.device}: {c.error}"],
+        return error_verdict([f"closed-before-unmap could not be played on {c.device}: {c.error}"],
                       evidence)
     problems = [f"{name}: {result}" for name, result in c.steps if result != "ok"]
     played = [name for name, _ in c.steps]
@@ -264,7 +265,7 @@ def dmabuf_closed_before_unmap(ev: Evidence) -> Verdict:
     for moment, wanted in ALIVE.items():
         seen = c.alive.get(moment)
         if not problems and seen is None:
-            return _error([f"debugfs could not say whether the dma-buf was alive once "
+            return error_verdict([f"debugfs could not say whether the dma-buf was alive once "
                            f"{moment}"], evidence)
         if seen is not None and seen != wanted:
             problems.append(f"the dma-buf was {'still' if seen else 'no longer'} alive in the "

@@ -17,7 +17,7 @@ from harness.collect.scenario import Timer
 from harness.evidence.gathered import Evidence
 from harness.results import compare, report, results_file
 from harness.run import runner
-from harness.verdicts.creation import Verdict
+from harness.verdicts.verdict import Verdict
 from tests.conftest import pytest_configure
 
 

@@ -120,7 +120,7 @@ def _kernel_said(*samples: str):
     (the witness's verdict, on the samples' lines), over what their checks saw."""
     from harness.evidence.kernel_log import KernelWindow, LogLine
     from harness.verdicts import kernel_health
-    from harness.verdicts.creation import Verdict
+    from harness.verdicts.verdict import Verdict
 
     def edit(data):
         for cell in data["cells"]:

@@ -20,7 +20,7 @@ from harness.evidence.kernel_log import (
 )
 from harness.l1.guest import vfio_l1
 from harness.verdicts import kernel_health
-from harness.verdicts.creation import SPLAT, Verdict
+from harness.verdicts.verdict import SPLAT, Verdict
 
 DATA = Path(__file__).parent.parent / "data" / "kernel"
 

@@ -6,7 +6,7 @@ from harness.checks.matrix import settle
 from harness.checks.registry import expectation
 from harness.evidence.teardown import LeftAfter, Leftover
 from harness.verdicts import left_behind
-from harness.verdicts.creation import LEFT, Verdict
+from harness.verdicts.verdict import LEFT, Verdict
 
 REFUSED = Verdict("fail", "iommufd refused to map the pieces", {},
                   frozenset({"multi-range-refused", "read-missing"}))

@@ -13,7 +13,7 @@ from harness.evidence import guilty_frame
 from harness.evidence.kernel_log import KernelWindow, LogLine, reports
 from harness.evidence.report_classes import CLASSES, HARMLESS, classify
 from harness.verdicts import kernel_health
-from harness.verdicts.creation import Verdict
+from harness.verdicts.verdict import Verdict
 
 DATA = Path(__file__).parent.parent / "data" / "kernel"
 

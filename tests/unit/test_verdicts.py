@@ -24,7 +24,9 @@ from harness.evidence.records import (
     parse_messages,
     parse_trace,
 )
-from harness.verdicts.creation import dmabuf_per_region, iommu_faults, mmap_fallback, p2p_dma
+from harness.verdicts.creation import dmabuf_per_region, mmap_fallback
+from harness.verdicts.p2p import p2p_dma
+from harness.verdicts.verdict import iommu_faults
 
 DATA = Path(__file__).parent.parent / "data" / "qemu-11.1.3"
 EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
