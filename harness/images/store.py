@@ -530,6 +530,7 @@ class ImageStore:
         obj = self.build_dir / f"kernel-{name}"
         base = self.build_dir / f"kernel-{variant.name}"
         if not obj.exists() and _built(base, self.kernel_dir(variant), self.platform):
+            _touch_own_files(series, src)
             with step(f"kernel {name}: start from {variant.name}'s object tree"):
                 copy_object_tree(base, obj, {Path(os.readlink(base / "source")): src,
                                               base: obj})
@@ -642,9 +643,7 @@ class ImageStore:
             start = whole_obj
         elif _built(base, self.kernel_dir(variant), self.platform):
             start = base
-            for rel in series.files():
-                if (src / rel).exists():
-                    os.utime(src / rel)
+            _touch_own_files(series, src)
         else:
             return  # built from nothing, as a first build is
         with step(f"kernel {variant.name}+bisect-{series.name}: start from {start.name}'s "
@@ -791,6 +790,18 @@ def kernel_version(bzimage: Path) -> str | None:
         return None
     words = data[at:at + 200].split(b"\0")[0].decode(errors="replace").split()
     return words[2] if len(words) > 2 else None
+
+
+def _touch_own_files(series: Series, src: Path) -> None:
+    """Before a series' tree starts from its variant's object tree: the series' own files
+    newer than any object, so that make recompiles each of them whatever the times say.
+    A source tree outlives the variant's objects: after a recipe change rebuilt them, its
+    patched files (written when the series was first applied) were older than the objects
+    copied, and make built a "series" kernel without the series (CI: an off-by-one series
+    judged 24 unchanged)."""
+    for rel in series.files():
+        if (src / rel).exists():
+            os.utime(src / rel)
 
 
 #: In an object tree: the key of the recipe variant its .config was made for.
