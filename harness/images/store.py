@@ -598,7 +598,8 @@ class ImageStore:
         prefix = series.prefix(k)
         with self.locks.exclusive(src):
             at = src / BISECT_APPLIED
-            if not at.exists():  # new, or a move that failed half-way: start again
+            fresh = not at.exists()
+            if fresh:  # new, or a move that failed half-way: start again
                 from_whole = (whole / ".complete").exists() and _built(
                     whole_obj, self.series_dir(variant, series), self.platform)
                 origin = whole if from_whole else pristine
@@ -620,7 +621,7 @@ class ImageStore:
                     at.write_text(f"{k}\n")
             obj = self.build_dir / f"kernel-{variant.name}+bisect-{series.name}"
             if not obj.exists():
-                self._start_prefix_objects(variant, series, src, obj)
+                self._start_prefix_objects(variant, series, src, obj, fresh)
             say(f"kernel {variant.name}+{prefix.name}: patches 1-{k} of "
                 f"{len(series.patches)} of \"{series.title}\"")
             self._build_kernel(variant, src, obj, f"{variant.name}+{prefix.name}", final,
@@ -630,17 +631,21 @@ class ImageStore:
                                                   for f in series.files()))
 
     def _start_prefix_objects(self, variant: KernelVariant, series: Series, src: Path,
-                              obj: Path) -> None:
+                              obj: Path, fresh: bool) -> None:
         """The object tree a variant's bisect steps build in: the whole series' when the
         work tree was made from its source (their files' times agree), else the pinned
         kernel's with the series' files touched, so that make rebuilds each of them
-        whatever the times say."""
+        whatever the times say. A work tree kept from an earlier bisect (`fresh` false)
+        was moved since, and the whole series' objects may have been rebuilt after: its
+        files' times say nothing, so they are touched whichever tree it starts from."""
         whole_obj = self.build_dir / f"kernel-{variant.name}+{series.name}"
         origin = Path((src / BISECT_ORIGIN).read_text().strip())
         base = self.build_dir / f"kernel-{variant.name}"
         if (whole_obj / "source").is_symlink() and Path(os.readlink(whole_obj / "source")) \
                 == origin and _built(whole_obj, self.series_dir(variant, series), self.platform):
             start = whole_obj
+            if not fresh:
+                _touch_own_files(series, src)
         elif _built(base, self.kernel_dir(variant), self.platform):
             start = base
             _touch_own_files(series, src)
