@@ -8,7 +8,7 @@ HOST_PACKAGES=(
   qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # arm64 (--arch aarch64): L0, L1 kernel, fixtures
   qemu-user-static                    # arm64 rootfs: its second stage in a chroot (not an L1 boot)
   debootstrap e2fsprogs debian-archive-keyring  # the L1 rootfs
-  make gcc libc6-dev flex bison bc libelf-dev libssl-dev xz-utils patch ccache  # the L1 kernel
+  make gcc libc6-dev flex bison bc libelf-dev libssl-dev xz-utils patch  # the L1 kernel
   openssh-client python3-venv procps git
   patchelf                            # builds the carried-libraries QEMU of a VM test
   chromium                            # renders the HTML report in its test

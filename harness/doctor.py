@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.base.errors import HarnessError
 from harness.base.sizes import human
-from harness.images import cache_book, compiler_cache, foreign
+from harness.images import cache_book, foreign
 from harness.images.store import BUILD_HEADERS, BUILD_TOOLS, NEEDED_FREE_GIB, ImageStore
 from harness.l0 import accel, strays
 from harness.l0.qemu_binary import NEEDED_DEVICES, QemuBinary
@@ -42,7 +42,6 @@ def findings(stores: list[ImageStore], qemu_name: str | None) -> list[Finding]:
                        f"{free:.1f} GiB free for the cache at {cache} "
                        f"(a build needs about {NEEDED_FREE_GIB} GiB per platform)"))
     out += _cache(stores[0])
-    out.append(Finding(True, "compiler cache", compiler_cache.summary(cache)))
     out += [Finding(False, "stray", s.describe()) for s in strays.find()]
     for store in stores:
         out += _platform(store, qemu_name)

@@ -14,8 +14,7 @@ from harness.base.progress import say
 
 
 def run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = None,
-         interval: float = 30.0, deadline_s: float = 3600.0,
-         env: dict[str, str] | None = None) -> None:
+         interval: float = 30.0, deadline_s: float = 3600.0) -> None:
     """Run a build step into a log; report progress every `interval` seconds.
 
     The deadline is generous (a kernel compiles in about 7 minutes here): it is
@@ -26,7 +25,7 @@ def run(cmd: list[str], out, stage: str, progress: Callable[[], None] | None = N
     out.flush()
     # A session of its own, so that an interrupt stops make's compilers too, not only make.
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **env} if env else None)
+                            start_new_session=True)
     try:
         while True:
             try:

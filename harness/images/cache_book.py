@@ -24,7 +24,6 @@ from pathlib import Path
 
 from harness.base.progress import say
 from harness.base.sizes import human
-from harness.images import compiler_cache
 from harness.images.cache_lock import LOCKS, ArtifactLocks, used_stamp
 
 #: What a cache holds, by kind: (kind, where, name pattern). The first match names a path.
@@ -42,10 +41,7 @@ KINDS = (
     ("apt", "apt", re.compile(r".+")),
     ("test tree", "test-trees", re.compile(r".+")),
     ("tools", "tools", re.compile(r".+")),
-    ("compiler cache", "ccache", re.compile(r"ccache$")),
 )
-#: Places that are one entry as a whole (ccache's own hash directories are not entries).
-WHOLE = ("ccache",)
 #: The cache's places that hold entries, in KINDS' order.
 PLACES = tuple(dict.fromkeys(where for _, where, _ in KINDS))
 #: Where evicted entries wait for their deletion (in the background).
@@ -110,9 +106,6 @@ def paths(cache: Path) -> list[Path]:
         top = cache / place
         if not top.is_dir():
             continue
-        if place in WHOLE:
-            out.append(top)
-            continue
         for p in sorted(top.iterdir()):
             if p.name == LOCKS or p.name.endswith((".log", ".partial")):
                 continue
@@ -165,8 +158,6 @@ def survey(cache: Path, protected: Iterable[Path]) -> Book:
             keep = f"a {kind} every build starts from"
         elif kind in ("downloads", "apt", "tools"):
             keep = "packages the next build would fetch again"
-        elif kind == "compiler cache":
-            keep = f"ccache keeps itself within {compiler_cache.MAX_SIZE}"
         elif kind == "test tree":
             keep = "the tests' kernel git tree (tests/vm/test_kernel_tree.py)"
         entries.append(Entry(p, kind, sized.get(p, 0), last_used(locks, p), keep))

@@ -32,7 +32,7 @@ from harness.base.checksum import sha256_file
 from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import BadInput, HarnessError, StageTimeout
 from harness.base.progress import say, step
-from harness.images import cache_book, compiler_cache, foreign, kconfig
+from harness.images import cache_book, foreign, kconfig
 from harness.images.build_step import compile_progress as _compile_progress
 from harness.images.build_step import last_line as _last_line
 from harness.images.build_step import run as _run
@@ -370,7 +370,7 @@ class ImageStore:
             with log.open("a") as out:
                 _run(["make", "-C", str(src), f"O={obj}", *variant.make_args, f"-j{self.jobs}",
                       self.platform.kernel_target], out,
-                     stage, progress=lambda: _compile_progress(log, name), env=self._compiler_env())
+                     stage, progress=lambda: _compile_progress(log, name))
 
         def fill(d: Path) -> dict:
             shutil.copy2(obj / self.platform.kernel_built, d / self.platform.kernel_image)
@@ -382,9 +382,6 @@ class ImageStore:
 
         _publish(final or self.kernel_dir(variant), f"kernel-{name}", key or variant.key(),
                  began, fill)
-
-    def _compiler_env(self) -> dict[str, str]:
-        return compiler_cache.environment(self.cache, f"{self.platform.cross_compile}gcc")
 
     def _configure(self, variant: KernelVariant, src: Path, obj: Path, name: str, log: Path,
                    stage: str, unchecked: tuple) -> None:
@@ -400,8 +397,7 @@ class ImageStore:
                       *map(str, unchecked)], out, stage)
                 (obj / ".config").rename(wanted)
                 _run(["make", "-C", str(src), f"O={obj}", *variant.make_args,
-                      f"KCONFIG_ALLCONFIG={wanted}", "allnoconfig"], out, stage,
-                     env=self._compiler_env())
+                      f"KCONFIG_ALLCONFIG={wanted}", "allnoconfig"], out, stage)
             kconfig.check(variant.required_options(), kconfig.parse((obj / ".config").read_text()),
                           name)
             (obj / CONFIGURED_KEY).write_text(variant.key() + "\n")

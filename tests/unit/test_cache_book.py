@@ -39,7 +39,6 @@ def cache(tmp_path) -> Path:
     _fill(c / "artifacts" / "kernel-dmabuf-0123456789abcdef", 2)
     _fill(c / "build" / "kernel-dmabuf+tree-0123456789ab", 1)  # a user's --kernel-tree
     _fill(c / "test-trees" / "linux", 1)
-    _fill(c / "ccache" / "a" / "b", 1)
     now = time.time()
     for age, sha in ((3, "aaaaaaaaaaaa"), (2, "bbbbbbbbbbbb"), (1, "cccccccccccc")):
         overlay = c / "src" / f"linux-source-7.2+series-{sha}"
@@ -73,8 +72,6 @@ def test_the_book_sees_each_kind_and_counts_hard_links_once(cache):
     assert kinds["kernel-dmabuf-0123456789abcdef"] == "artifact"
     assert kinds["kernel-dmabuf+tree-0123456789ab"] == "tree objects"
     assert kinds["linux"] == "test tree"
-    assert kinds["ccache"] == "compiler cache"  # one entry: ccache bounds it, never prune
-    assert not [e for e in book.entries if e.path.parent.name == "ccache"]
     size = {e.path.name: e.size for e in book.entries}
     # the overlay shares the pristine tree's 8 MiB by hard links: only its own file counts
     assert MIB <= size["linux-source-7.2+series-aaaaaaaaaaaa"] < 2 * MIB
@@ -98,7 +95,7 @@ def test_a_tiny_budget_evicts_the_least_recently_used_and_keeps_defaults_and_a_h
     assert (cache / "build" / "kernel-dmabuf+series-aaaaaaaaaaaa").is_dir()  # its group too
     assert {"kernel-dmabuf+series-bbbbbbbbbbbb", "linux-source-7.2+series-cccccccccccc"} <= names
     for name in ("linux-source-7.2", "kernel-dmabuf", "kernel-dmabuf-0123456789abcdef",
-                 "linux", "ccache"):
+                 "linux"):
         assert name not in names
     assert (cache / "artifacts" / "kernel-dmabuf-0123456789abcdef" / "data").is_file()
     assert (cache / "src" / "linux-source-7.2" / "Makefile").read_text() == "pinned\n"
