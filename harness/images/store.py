@@ -391,7 +391,6 @@ class ImageStore:
         with step(f"kernel {name}: configure (log {log})"):
             wanted = obj / "fragments.config"
             with log.open("w") as out:
-                obj.mkdir(parents=True, exist_ok=True)
                 _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
                       *map(str, variant.choices), *map(str, variant.required),
                       *map(str, unchecked)], out, stage)
