@@ -86,6 +86,10 @@ def parser(description: str = "") -> argparse.ArgumentParser:
                     help="the QEMU build under test (say, with a series applied)")
     ab.add_argument("--baseline-l2-qemu", type=Path, metavar="PATH",
                     help="the QEMU to compare it with (default: the rootfs's packaged one)")
+    ab.add_argument("--baseline-results", type=Path, metavar="DIR",
+                    help="an earlier run to take as the baseline instead of running it: "
+                         "finished, of the packaged QEMU, on the same cells, seed, images "
+                         "and accelerator this A/B's baseline would be (else refused)")
     ab.add_argument("--candidate-kernel-patches", type=Path, metavar="SERIES",
                     help="a kernel series under test: the candidate's L1 kernels have it")
     ab.add_argument("--baseline-kernel-patches", type=Path, metavar="SERIES",

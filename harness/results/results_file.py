@@ -179,7 +179,19 @@ def kernels_info(images: "Images") -> dict:
             "kernel_images": {n: i.manifest["kernel_image"] for n, i in k.items()
                               if "kernel_image" in i.manifest},
             "kernel_trees": {n: i.manifest["kernel_tree"] for n, i in k.items()
-                             if "kernel_tree" in i.manifest}}
+                             if "kernel_tree" in i.manifest},
+            "images": builds(images)}
+
+
+def builds(images: "Images") -> dict:
+    """Which builds the L1s booted, by their artifacts' names and their manifests' sha256
+    (not versions: a series or a rebuild keeps the version): what an A/B checks before it
+    takes an earlier run as its baseline."""
+    def of(manifest: dict, file: str) -> dict:
+        return {"artifact": f"{manifest.get('name')}-{manifest.get('key')}",
+                "sha256": manifest.get("files", {}).get(file, {}).get("sha256")}
+    return {"kernels": {n: of(i.manifest, i.bzimage.name) for n, i in images.kernels.items()},
+            "rootfs": of(images.rootfs.manifest, images.rootfs.qcow2.name)}
 
 
 def qemu_under_test(cells: list[CellResult]) -> list[dict]:

@@ -19,11 +19,13 @@ from harness.run.plan import RunPlan, Side
 Record = Callable[[list[CellResult], Side, float], dict]
 
 
-def run(plan: RunPlan, record: Record, out: Path) -> tuple[compare.Comparison, dict[str, Path]]:
-    """The plan's two sides (baseline first), their records, and the comparison written
-    to `out` (compare.txt, .json, .xml, .html; the candidate's report gets the A/B
-    section)."""
-    baseline, candidate = plan.sides
+def run(plan: RunPlan, record: Record, out: Path,
+        baseline: Path) -> tuple[compare.Comparison, dict[str, Path]]:
+    """The plan's sides, their records, and the comparison of `baseline`'s results with
+    the candidate's (the plan's last side) written to `out` (compare.txt, .json, .xml,
+    .html; the candidate's report gets the A/B section). The baseline is a side of the
+    plan, or an earlier run's results taken as it (then the plan has the candidate only)."""
+    candidate = plan.sides[-1]
     began = time.monotonic()
     cells: dict[Path, list[CellResult]] = {s.results: [] for s in plan.sides}
     outside: dict[Path, list[L1Complaints]] = {s.results: [] for s in plan.sides}
@@ -40,7 +42,7 @@ def run(plan: RunPlan, record: Record, out: Path) -> tuple[compare.Comparison, d
                 **record(ordered, side, began),
                 **results_file.outside_cells(outside[side.results])})
             report.write_html(side.results)
-    c = compare.compare(baseline.results, candidate.results)
+    c = compare.compare(baseline, candidate.results)
     written = compare.write(c, out)
     report.write_html(candidate.results, extra=compare.html_section(c))
     return c, written

@@ -26,6 +26,7 @@ from harness.checks.matrix import Cell, CellResult
 from harness.images.recipe import Recipe
 from harness.images.store import verify
 from harness.results.results_file import SCHEMA, exit_code
+from harness.run.plan import Selection
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = ROOT / "tests" / "data" / "series"
@@ -40,6 +41,7 @@ ELSEWHERE = {
     "stale-l2-on-its-ports": "tests/vm/test_l2.py",
     "torn-shared-cells-file": "tests/unit/test_cell_results_store.py",
     "cache-locked-by-a-build": "tests/unit/test_cache_lock.py",
+    "baseline-results-of-other-images": "tests/unit/test_reused_baseline.py",
 }
 
 
@@ -57,10 +59,18 @@ class Kind:
     needs_source: bool = False
 
 
-def _results(cells: list[dict], complete: bool = True) -> str:
-    """A results.json as a run of this harness stamps it."""
-    run = {"run_id": "run-1", "started": "2026-11-30T10:00:00+00:00", "complete": complete}
+def _results(cells: list[dict], complete: bool = True, **run: object) -> str:
+    """A results.json as a run of this harness stamps it (`run`: more of its record)."""
+    run = {"run_id": "run-1", "started": "2026-11-30T10:00:00+00:00", "complete": complete,
+           **run}
     return json.dumps({"schema": SCHEMA, "run": run, "cells": cells})
+
+
+#: The baseline `ab --viommu intel-iommu --kernel dmabuf --seed 12` would run, as a
+#: run of it records its selection (what --baseline-results is checked against first).
+AB_SELECTION = Selection(viommus=("intel-iommu",), kernels=("dmabuf",)).record()
+AB_BASELINE = ("ab", "--viommu", "intel-iommu", "--kernel", "dmabuf", "--candidate-kernel-patches",
+               str(SERIES / "0001-comment-only.mbox"), "--baseline-results", "{tmp}/base")
 
 
 AARCH64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00\xb7\x00" + b"\0" * 44
@@ -148,6 +158,23 @@ CATALOGUE = [
          "run run-1 (started 2026-11-30T10:00:00+00:00) did not finish",
          files={"base/results.json": _results([FULL_CELL]),
                 "cand/results.json": _results([FULL_CELL], complete=False)}),
+    Kind("baseline-results-unfinished", AB_BASELINE, "did not finish",
+         files={"base/results.json": _results([FULL_CELL], complete=False)}),
+    Kind("baseline-results-of-another-qemu", AB_BASELINE,
+         "its L2 QEMU was /home/me/qemu/build, not the rootfs's packaged one",
+         files={"base/results.json": _results([FULL_CELL], l2_qemu=[
+             {"origin": "/home/me/qemu/build", "sha256": "ab"}])}),
+    Kind("baseline-results-of-other-cells", AB_BASELINE,
+         "{tmp}/base is not this A/B's baseline: its selection of cells",
+         files={"base/results.json": _results([FULL_CELL], arch="x86_64", seed=12, selection={
+             **AB_SELECTION, "viommus": ["virtio-iommu"]})}),
+    Kind("baseline-results-with-another-seed", (*AB_BASELINE, "--seed", "13"),
+         "is not this A/B's baseline: its seed 12, this A/B's baseline 13",
+         files={"base/results.json": _results([FULL_CELL], arch="x86_64", seed=12,
+                                              selection=AB_SELECTION)}),
+    Kind("baseline-results-and-a-baseline-qemu",
+         (*AB_BASELINE, "--baseline-l2-qemu", "{tmp}/q"),
+         "--baseline-l2-qemu would make it another; give one"),
     Kind("merge-an-interrupted-shard", ("report", "merge", "{tmp}/shard", "--out", "{tmp}/m"),
          "is incomplete", files={"shard/results.json": _results([], complete=False)}),
     # the kernel under test

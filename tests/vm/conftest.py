@@ -5,6 +5,10 @@ command builds them). Missing images are an error, not a skip, so that a
 pipeline that forgot to build them cannot pass.
 """
 
+import fcntl
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +181,37 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
     say(pytestconfig, f"matrix report: {page}")
     for directory in kept:
         say(pytestconfig, f"artifacts kept: {directory}")
+
+
+#: The baseline every A/B of a kernel series on one L1's whole selection is judged
+#: against: the pinned kernel and the packaged QEMU, as `ab` itself would run it.
+PINNED_BASELINE = ("--viommu", "intel-iommu", "--kernel", "dmabuf", "--seed", "12")
+
+
+@pytest.fixture(scope="session")
+def pinned_baseline(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of PINNED_BASELINE for the whole session, on whichever worker asks first,
+    taken by the A/Bs of kernel series as `ab --baseline-results` (each would run the same
+    24 cells again, a minute of a core each). The workers of one session share pytest's
+    base directory; a lock on it makes the others wait for the one run, and a run that
+    failed is told to each of them rather than run again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # above the worker's own directory: the session's
+    out, failed = root / "pinned-baseline", root / "pinned-baseline.failed"
+    with open(root / "pinned-baseline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(failed.read_text(), pytrace=False)
+        if not (out / "results.json").exists():
+            p = subprocess.run([sys.executable, "-m", "harness", "run", *PINNED_BASELINE,
+                                "--results", str(out)], capture_output=True, text=True,
+                               timeout=1200)
+            if p.returncode != 0:
+                failed.write_text(f"the pinned baseline's run failed (exit {p.returncode}): "
+                                  f"{p.stdout[-3000:]}{p.stderr[-3000:]}")
+                pytest.fail(failed.read_text(), pytrace=False)
+    return out
 
 
 @pytest.fixture

@@ -17,19 +17,20 @@ HARMLESS = '#!/bin/bash\n# the packaged QEMU, unchanged\nexec /usr/bin/qemu-syst
 CELLS = len(matrix.BACKENDS) * len(matrix.CHECKS)
 
 
-def ab(candidate, out):
+def ab(candidate, out, *more: str):
     return subprocess.run([sys.executable, "-m", "harness", "ab", "--candidate-l2-qemu",
                            str(candidate), "--viommu", "intel-iommu", "--kernel", "dmabuf",
-                           "--results", str(out), "--seed", "11"],
+                           "--results", str(out), *(more or ("--seed", "11"))],
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.usefixtures("images")
-def test_ab_names_a_broken_qemus_regressions_with_their_evidence(tmp_path):
+def test_ab_names_a_broken_qemus_regressions_with_their_evidence(tmp_path, pinned_baseline):
+    """Against the session's one run of the packaged QEMU on the pinned kernel (the A/B of
+    a harmless change below runs its own baseline, on the candidate's L1 boots)."""
     refuse = {a.name: a for a in CATALOGUE}["refuse-dmabuf"]
     candidate = tmp_path / "qemu-refuse-dmabuf"
     candidate.write_text(refuse.wrapper(build_shim(tmp_path)))
-    p = ab(candidate, tmp_path / "ab")
+    p = ab(candidate, tmp_path / "ab", "--baseline-results", str(pinned_baseline))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "+ intel-iommu-iommufd-dmabuf-p2p-dma: pass -> fail" in p.stdout
     assert "- vfio_region_dmabuf 0000:00:03.0 BAR 2 vanished" in p.stdout

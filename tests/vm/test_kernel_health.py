@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks import matrix
+from tests.vm.conftest import PINNED_BASELINE
 
 SERIES = Path(__file__).parent.parent / "data" / "series"
 
@@ -20,8 +21,15 @@ def harness(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-@pytest.mark.usefixtures("images")
-def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_words(tmp_path):
+def ab(series: str, out: Path, baseline: Path) -> subprocess.CompletedProcess:
+    """The series against the session's one run of the pinned kernel (its seed too)."""
+    return harness("ab", "--candidate-kernel-patches", str(SERIES / series),
+                   *PINNED_BASELINE[:4], "--results", str(out), "--baseline-results",
+                   str(baseline))
+
+
+def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_words(
+        tmp_path, pinned_baseline):
     """The series puts a dma-buf's kref when it is detached from its closed device and again
     when it is released: every check of the feature still passes on its own evidence. The
     order that trips it is a dma-buf released after its device was closed: the unplugged
@@ -30,9 +38,7 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     that stood on it; it warns once per boot (refcount's WARN_ONCE; the taint stays set), so
     the legacy backend's (it runs first) is the new failure, and every other cell is as
     before."""
-    p = harness("ab", "--candidate-kernel-patches",
-                str(SERIES / "0001-double-put-of-a-dmabuf-kref.mbox"), "--viommu",
-                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    p = ab("0001-double-put-of-a-dmabuf-kref.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     assert "+ intel-iommu-legacy-dmabuf-quit-while-revoked: " in p.stdout
     assert ("candidate: the L1 kernel complained during quit-while-revoked: WARNING: refcount "
@@ -55,14 +61,13 @@ def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_w
     whole = tmp_path / "candidate" / cell["artifacts"] / "l1-kernel-reports.txt"
     assert "---[ end trace" in whole.read_text()  # the whole report is kept
     # the baseline's kernel said nothing in any cell
-    base = json.loads((tmp_path / "baseline" / "results.json").read_text())
+    base = json.loads((pinned_baseline / "results.json").read_text())
     assert all("kernel-splat" not in c["findings"] for c in base["cells"])
     assert all(c["grounds"][-1] == "L1 kernel log and taint around each step: no report"
                for c in base["cells"] if c["outcome"] in ("pass", "xfail"))
 
 
-@pytest.mark.usefixtures("images")
-def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path):
+def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path, pinned_baseline):
     """The series drops the dma-buf put on IOMMU_IOAS_MAP_FILE's error path: every refused
     map of a dma-buf leaks it, with no report and no answer anyone would not get anyway.
     Refused maps are common: iommufd refuses the side L2's nvme BAR 0 dma-buf of two ranges
@@ -73,9 +78,7 @@ def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path):
     teardown checks' own (quit-while-revoked, kill-while-mapped) and, through what the side
     L2 left, both side checks, the expected failure included. The cells that judge a
     running L2 are as before."""
-    p = harness("ab", "--candidate-kernel-patches",
-                str(SERIES / "0001-refused-map-file-leaks-its-dmabuf.mbox"), "--viommu",
-                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    p = ab("0001-refused-map-file-leaks-its-dmabuf.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     judged_ended = {f"intel-iommu-{b}-dmabuf-{c}" for b in matrix.BACKENDS
                     for c in ("multi-range", "dmabuf-per-region", "quit-while-revoked")}
@@ -97,7 +100,7 @@ def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path):
         assert side.startswith("once its L2 had ended (side_l2, waited "), side
     refused = cells["intel-iommu-iommufd-dmabuf-multi-range"]["reason"]
     assert "not the expected failure: once the cell's L2 had ended" in refused, refused
-    base = json.loads((tmp_path / "baseline" / "results.json").read_text())
+    base = json.loads((pinned_baseline / "results.json").read_text())
     assert all(c["met"] and "left-behind" not in c["findings"] for c in base["cells"])
 
 
@@ -150,9 +153,8 @@ def test_bisect_names_the_patch_that_brought_the_kernels_complaint(tmp_path):
     assert "--kernel-patches-first 2" in p.stdout
 
 
-@pytest.mark.usefixtures("images")
 def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kernels_words(
-        tmp_path):
+        tmp_path, pinned_baseline):
     """The series drains a closing device's dma-bufs in cleanup itself again, as the
     upstream code did before its fix: a dma-buf already revoked gets its registered
     reference put a second time (refcount_t underflow) and cleanup then waits for a
@@ -161,9 +163,7 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
     the hang, with the stuck task's stack; each hang takes its L1, and the cells left run on
     a fresh one. (dmabuf-unplug may meet it too: whether QEMU's reset turns decode off
     before it closes the unplugged device varies from run to run.)"""
-    p = harness("ab", "--candidate-kernel-patches",
-                str(SERIES / "0001-cleanup-drains-a-revoked-dmabuf-again.mbox"), "--viommu",
-                "intel-iommu", "--kernel", "dmabuf", "--results", str(tmp_path), "--seed", "12")
+    p = ab("0001-cleanup-drains-a-revoked-dmabuf-again.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     record = json.loads((tmp_path / "compare.json").read_text())
     cells = {c["id"]: c for c in json.loads(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks import matrix, registry
+from tests.vm.conftest import PINNED_BASELINE
 
 SERIES = Path(__file__).parent.parent / "data" / "series"
 
@@ -23,16 +24,18 @@ def harness(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def ab(series: str, out: Path) -> subprocess.CompletedProcess:
-    return harness("ab", "--candidate-kernel-patches", str(SERIES / series), "--viommu",
-                   "intel-iommu", "--kernel", "dmabuf", "--results", str(out), "--seed", "12")
+def ab(series: str, out: Path, baseline: Path) -> subprocess.CompletedProcess:
+    """The series against the session's one run of the pinned kernel (its seed too)."""
+    return harness("ab", "--candidate-kernel-patches", str(SERIES / series),
+                   *PINNED_BASELINE[:4], "--results", str(out), "--baseline-results",
+                   str(baseline))
 
 
-@pytest.mark.usefixtures("images")
-def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidence(tmp_path):
+def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidence(
+        tmp_path, pinned_baseline):
     """An off-by-one in vfio_pci_core_fill_phys_vec: a range ending at the BAR's end is
     refused, so no BAR gets a dma-buf and iommufd cannot map one."""
-    p = ab("0001-off-by-one-rejects-whole-bar-dmabufs.mbox", tmp_path)
+    p = ab("0001-off-by-one-rejects-whole-bar-dmabufs.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     assert "+ intel-iommu-iommufd-dmabuf-p2p-dma: pass -> fail" in p.stdout
     assert "+ intel-iommu-legacy-dmabuf-dmabuf-per-region: pass -> fail" in p.stdout
@@ -52,11 +55,16 @@ def test_a_series_that_breaks_whole_bar_dmabufs_is_a_regression_with_its_evidenc
     assert series["patches"][0]["files"] == ["drivers/vfio/pci/vfio_pci_dmabuf.c"]
 
 
-@pytest.mark.usefixtures("images")
-def test_a_harmless_series_changes_nothing(tmp_path):
-    p = ab("0001-comment-only.mbox", tmp_path)
+def test_a_harmless_series_changes_nothing(tmp_path, pinned_baseline):
+    p = ab("0001-comment-only.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     assert f"{CELLS} cells: {CELLS} unchanged" in p.stdout and "no regression" in p.stdout
+    # the baseline was the earlier run's, named, not run again
+    said = p.stdout + p.stderr
+    assert "baseline: run run-" in said and f"{pinned_baseline}" in said
+    assert not (tmp_path / "baseline").exists()
+    record = json.loads((tmp_path / "compare.json").read_text())
+    assert record["baseline"]["dir"] == str(pinned_baseline), record["baseline"]
 
 
 @pytest.mark.usefixtures("images")
