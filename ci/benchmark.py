@@ -6,6 +6,13 @@
                                               L0 start to SSH ready
   ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
                                               (slow: a full build per run)
+  ci/benchmark.py fresh-setup [--runs 1]      a clone of this checkout to every image
+                                              `.ci/run` builds before its tests, in an
+                                              empty cache: its own venv, then ci/test.sh's
+                                              `images build` steps (x86, debug, arm64);
+                                              per image, when it was ready in its step
+                                              (slow: about 30 minutes per run; the host
+                                              packages are taken as installed)
 
 --arch aarch64 measures the arm64 platform instead (noop-rebuild, scratch-build,
 l1-boot, matrix; --viommu then defaults to smmuv3).
@@ -55,6 +62,7 @@ appends the summary there. Run it on a machine doing nothing else.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -85,6 +93,40 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as cache:
             out.append(timed_cli(["images", "build", "--arch", args.arch],
                                  env={"VFIO_HARNESS_CACHE": cache}))
+    return out
+
+
+ROOT = Path(__file__).resolve().parent.parent
+#: What .ci/run builds before its tests (ci/test.sh), in its order.
+SETUP_STEPS = (("images", "build"), ("images", "build", "--kernel", "debug"),
+               ("images", "build", "--arch", "aarch64"))
+_READY = re.compile(r"^\[\s*([\d.]+)s\] (\S+): ready in ")
+
+
+def fresh_setup(args: argparse.Namespace) -> list[float]:
+    """Seconds from `git clone` to the last image; args.images: per run, per image, the
+    seconds into its step at which it was ready (its step's start is the previous image's
+    end for the kernels, which build one after another)."""
+    out, args.images = [], []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
+            began = time.monotonic()
+            clone, venv = Path(tmp) / "clone", Path(tmp) / "venv"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            env = {**os.environ, "VFIO_HARNESS_CACHE": str(Path(tmp) / "cache"),
+                   "VFIO_HARNESS_VENV": str(venv)}
+            subprocess.run(["bash", "-c", "source ci/setup.sh"], cwd=clone, env=env,
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ready = {"venv": round(time.monotonic() - began, 1)}
+            for command in SETUP_STEPS:
+                done = subprocess.run([str(venv / "bin" / "vfio-harness"), *command], cwd=clone,
+                                      env=env, check=True, capture_output=True, text=True)
+                arch = "aarch64" if "aarch64" in command else "x86_64"
+                for line in done.stderr.splitlines():
+                    if m := _READY.match(line):
+                        ready[f"{arch} {m.group(2)}"] = float(m.group(1))
+            out.append(time.monotonic() - began)
+            args.images.append(ready)
     return out
 
 
@@ -300,7 +342,8 @@ def report_parse(args: argparse.Namespace) -> list[float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["noop-rebuild", "scratch-build", "l1-boot", "matrix",
+    p.add_argument("what", choices=["noop-rebuild", "scratch-build", "fresh-setup", "l1-boot",
+                                    "matrix",
                                     "l2-scenario", "selection", "ab-series", "bisect",
                                     "witness", "report-parse", "prune"])
     p.add_argument("--runs", type=int)
@@ -313,11 +356,12 @@ def main() -> int:
     p.add_argument("--series", type=int, default=50, help="prune: series in the cache")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()
-    args.runs = args.runs or {"scratch-build": 1, "matrix": 3, "ab-series": 3,
+    args.runs = args.runs or {"scratch-build": 1, "fresh-setup": 1, "matrix": 3, "ab-series": 3,
                               "selection": 3, "bisect": 3, "witness": 3,
                               "prune": 3}.get(args.what, 5)
     args.viommu = args.viommu or ("smmuv3" if args.arch == "aarch64" else "intel-iommu")
-    fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build, "l1-boot": l1_boot,
+    fn = {"noop-rebuild": noop_rebuild, "scratch-build": scratch_build,
+          "fresh-setup": fresh_setup, "l1-boot": l1_boot,
           "matrix": matrix_run, "l2-scenario": l2_scenario, "selection": selection,
           "ab-series": ab_series, "bisect": bisect, "witness": witness,
           "report-parse": report_parse, "prune": prune}
@@ -347,6 +391,9 @@ def main() -> int:
                    "cli_min_s": round(min(args.paired), 2),
                    "cli_max_s": round(max(args.paired), 2)}
                   if args.what == "selection" else {}),
+               **({"images_ready_median_s": {
+                   name: statistics.median(r[name] for r in args.images if name in r)
+                   for name in args.images[0]}} if args.what == "fresh-setup" else {}),
                **({"bisect_median_s": round(statistics.median(args.bisect_s), 2),
                    "bisect_min_s": min(args.bisect_s), "bisect_max_s": max(args.bisect_s)}
                   if args.what == "bisect" else {})}
