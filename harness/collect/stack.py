@@ -59,7 +59,8 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
     began = time.monotonic()
     with L0Machine(qemu, spec, run_dir, accel=accel, ssh_port=ssh_port) as machine:
         session = L1Session(machine.host_ports[22], images.rootfs.client_key,
-                            images.rootfs.host_key_pub, context=machine.console_tail)
+                            images.rootfs.host_key_pub, context=machine.console_tail,
+                            log=run_dir / "l1-ssh.log", alive=lambda: machine.running)
         try:
             session.wait_ready(Deadline(f"L1 boot ({viommu.name}/{kernel})", ssh_deadline),
                                alive=lambda: machine.running)
@@ -71,7 +72,7 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
             yield L1Stack(viommu, kernel, machine, session, vfio, boot_seconds, witness)
         finally:
             _save_dmesg(session, run_dir / "l1-dmesg.txt")
-            session.close()
+            session.end()
 
 
 def _save_dmesg(session: L1Session, path: Path) -> None:

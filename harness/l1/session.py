@@ -19,6 +19,7 @@ import paramiko
 
 from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError, StageTimeout
+from harness.base.progress import say
 
 # While L1 boots, slirp accepts connections before sshd runs, and paramiko's
 # transport thread logs each refused banner as a traceback. wait_ready reports
@@ -26,6 +27,41 @@ from harness.base.errors import HarnessError, StageTimeout
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 logging.getLogger("paramiko").propagate = False
+
+
+#: Times one session connects again after losing its connection, before a loss is an
+#: error: enough for a connection closed under a healthy L1, not for one that keeps going.
+RECONNECTS = 2
+
+
+def _transport_log(path: Path, port: int) -> logging.Logger:
+    """A logger of its own for one L1's connection, into `path` (INFO: connects,
+    disconnects with sshd's reason, rekeys; not the packets)."""
+    log = logging.getLogger(f"paramiko.l1.{port}.{id(path)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+#: What in paramiko's INFO log tells how a connection ended (not its connects and logins).
+_ENDED = ("isconnect", "rror", "xception", "EOF", "closed")
+
+
+def _last_lines(log: logging.Logger, n: int) -> list[str]:
+    """The last `n` lines of the connection's log that tell how it ended."""
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.flush()
+            try:
+                lines = Path(handler.baseFilename).read_text().splitlines()
+            except OSError:
+                return []
+            ended = [line.split(" ", 3)[-1] for line in lines if any(w in line for w in _ENDED)]
+            return ended[-n:]
+    return []
 
 
 @dataclass(frozen=True)
@@ -44,7 +80,8 @@ class L1Session:
     """An SSH connection to L1. `context` supplies L0's console tail for errors."""
 
     def __init__(self, port: int, client_key: Path, host_key_pub: Path,
-                 context: Callable[[], str] = lambda: "", host: str = "127.0.0.1"):
+                 context: Callable[[], str] = lambda: "", host: str = "127.0.0.1",
+                 log: Path | None = None, alive: Callable[[], bool] = lambda: True):
         self.host = host
         self.port = port
         self.key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
@@ -52,6 +89,11 @@ class L1Session:
         self.host_key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
         self.context = context
         self._client: paramiko.SSHClient | None = None
+        #: paramiko's own account of the connection once L1 is up (a disconnect's reason
+        #: and code, a rekey), for when the connection goes: it says why.
+        self._log = _transport_log(log, port) if log else None
+        self._alive = alive  # whether L0 still runs: a reconnect is worth trying
+        self.reconnects: list[str] = []  # why each lost connection was made again
 
     # -- connecting -------------------------------------------------------------------
 
@@ -75,6 +117,7 @@ class L1Session:
                                    details=self.context())
             try:
                 self._client = self._client_once(timeout=min(5.0, max(deadline.remaining(), 1)))
+                self._logged()
                 return time.monotonic() - began
             except paramiko.BadHostKeyException as e:
                 raise HarnessError(f"L1 presented a host key other than the pinned one ({e}); "
@@ -92,11 +135,19 @@ class L1Session:
             self._client.close()
             self._client = None
 
+    def end(self) -> None:
+        """Close, and let go of the connection's log file."""
+        self.close()
+        if self._log:
+            for handler in list(self._log.handlers):
+                handler.close()
+                self._log.removeHandler(handler)
+
     def __enter__(self) -> "L1Session":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.end()
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -110,11 +161,7 @@ class L1Session:
             stage: str = "L1 command", stdin: str | None = None) -> Result:
         """Run a shell command in L1 with a deadline; raise with context when it fails."""
         deadline = Deadline(stage, timeout)
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise HarnessError(f"SSH connection to L1 is gone{self._why_gone(transport)} "
-                               f"(running {command!r})",
-                               stage=stage, details=self.context())
+        transport = self._transport(f"running {command!r}", stage)
         try:
             chan = transport.open_session(timeout=timeout)
         except (OSError, paramiko.SSHException) as e:  # the transport died, or sshd refused
@@ -159,11 +206,7 @@ class L1Session:
         """A long-lived command in L1 that answers one line per line asked: what would
         otherwise start a process in L1 per question (an interpreter under TCG takes
         longer to start than to answer) is started once."""
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise HarnessError(f"SSH connection to L1 is gone{self._why_gone(transport)} "
-                               f"(starting {command!r})",
-                               stage=stage, details=self.context())
+        transport = self._transport(f"starting {command!r}", stage)
         try:
             chan = transport.open_session(timeout=30)
             chan.exec_command(command)
@@ -172,11 +215,46 @@ class L1Session:
                                details=self.context()) from None
         return LineHelper(command, chan)
 
-    @staticmethod
-    def _why_gone(transport: paramiko.Transport | None) -> str:
-        """What ended the connection, as paramiko's transport thread recorded it."""
+    def _transport(self, doing: str, stage: str) -> paramiko.Transport:
+        """The live connection; a lost one made again once while L0 runs (its L1 may be
+        well: a connection closed under it is not a verdict on it), and the reason kept.
+        Channels opened on the lost one (line helpers) stay lost and fail on their own."""
+        transport = self.client.get_transport()
+        if transport is not None and transport.is_active():
+            return transport
+        why = self._why_gone(transport)
+        if self._alive() and len(self.reconnects) < RECONNECTS:
+            try:
+                self.close()
+                self._client = self._client_once(timeout=10)
+                self._logged()
+                self.reconnects.append(f"lost before {doing}{why}")
+                say(f"L1 SSH (port {self.port}): the connection was lost before {doing}{why}; "
+                    f"connected again")
+                if self._log:
+                    self._log.warning("reconnected: the connection was lost before %s%s",
+                                      doing, why)
+                new = self.client.get_transport()
+                if new is not None:
+                    return new
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                why += f"; connecting again failed: {e}"
+        raise HarnessError(f"SSH connection to L1 is gone{why} ({doing})", stage=stage,
+                           details=self.context())
+
+    def _logged(self) -> None:
+        transport = self._client.get_transport() if self._client else None
+        if transport is not None and self._log:
+            transport.set_log_channel(self._log.name)
+
+    def _why_gone(self, transport: paramiko.Transport | None) -> str:
+        """What ended the connection, as paramiko's transport thread recorded it (an
+        exception), or as it logged it (a disconnect sshd sent has no exception)."""
         e = transport.get_exception() if transport is not None else None
-        return f" ({type(e).__name__}: {e})" if e else ""
+        said = [] if e is None else [f"{type(e).__name__}: {e}"]
+        if self._log and not said:
+            said = _last_lines(self._log, 2)
+        return f" ({'; '.join(said)})" if said else ""
 
     def _failure_context(self) -> str:
         dmesg = ""

@@ -16,7 +16,7 @@ import pytest
 
 from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError, StageTimeout
-from harness.l1.session import L1Session
+from harness.l1.session import RECONNECTS, L1Session
 
 
 class _Server(paramiko.ServerInterface):
@@ -87,24 +87,37 @@ def _serve(channel: paramiko.Channel, command: str) -> None:
         pass
 
 
-@pytest.fixture
-def l1(tmp_path: Path, monkeypatch):
-    """An L1Session connected to the server, with Channel.fileno forbidden."""
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(tmp_path / name)], check=True)
-    host_key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "host"))
-    server = _Server(paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "client")))
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    transports: list[paramiko.Transport] = []
+class _Sshd:
+    """The server: every connection L1Session makes is served (a reconnect too), each on
+    its own transport, which a test can drop as an L1's sshd or network would."""
 
-    def accept() -> None:
-        sock, _ = listener.accept()
+    def __init__(self, tmp_path: Path):
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(tmp_path / name)], check=True)
+        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "host"))
+        self.server = _Server(paramiko.Ed25519Key.from_private_key_file(
+            str(tmp_path / "client")))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.transports: list[paramiko.Transport] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(sock,), daemon=True).start()
+
+    def _connection(self, sock: socket.socket) -> None:
+        server = self.server
         transport = paramiko.Transport(sock)
-        transports.append(transport)
-        transport.add_server_key(host_key)
+        self.transports.append(transport)
+        transport.add_server_key(self.host_key)
         transport.start_server(server=server)
         while transport.is_active():
             with server.ready:
@@ -114,20 +127,86 @@ def l1(tmp_path: Path, monkeypatch):
             for channel, command in pending:
                 threading.Thread(target=_serve, args=(channel, command), daemon=True).start()
 
-    threading.Thread(target=accept, daemon=True).start()
+    def drop(self) -> None:
+        """Close every connection from the server's side; wait till the client sees it."""
+        for transport in self.transports:
+            transport.close()
 
+    def close(self) -> None:
+        self.drop()
+        self.listener.close()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, monkeypatch):
+    """The server, with Channel.fileno forbidden to the harness."""
     def no_fd(self):
         raise AssertionError("the harness asked a channel for an OS fd (select on it)")
 
     monkeypatch.setattr(paramiko.Channel, "fileno", no_fd)
-    session = L1Session(listener.getsockname()[1], tmp_path / "client",
-                        tmp_path / "host.pub")
+    server = _Sshd(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def l1(sshd, tmp_path: Path):
+    """An L1Session connected to the server."""
+    session = L1Session(sshd.port, tmp_path / "client", tmp_path / "host.pub")
     session.wait_ready(Deadline("test SSH", 10))
     yield session
-    session.close()
-    for transport in transports:
-        transport.close()
-    listener.close()
+    session.end()
+
+
+def _dropped(session: L1Session, sshd: _Sshd) -> None:
+    sshd.drop()
+    deadline = time.monotonic() + 10
+    while session.client.get_transport().is_active():
+        assert time.monotonic() < deadline, "the client never saw the connection close"
+        time.sleep(0.05)
+
+
+def test_a_connection_lost_under_a_running_l1_is_made_again_and_its_loss_kept(sshd, tmp_path):
+    log = tmp_path / "l1-ssh.log"
+    session = L1Session(sshd.port, tmp_path / "client", tmp_path / "host.pub", log=log)
+    session.wait_ready(Deadline("test SSH", 10))
+    try:
+        _dropped(session, sshd)
+        assert session.run("echo again").stdout == "again\n"
+        assert len(session.reconnects) == 1
+        assert session.reconnects[0].startswith("lost before running 'echo again'")
+        assert "reconnected: the connection was lost before running 'echo again'" in \
+            log.read_text()
+    finally:
+        session.end()
+
+
+def test_a_connection_that_keeps_going_is_an_error_naming_the_command(sshd, tmp_path):
+    session = L1Session(sshd.port, tmp_path / "client", tmp_path / "host.pub")
+    session.wait_ready(Deadline("test SSH", 10))
+    try:
+        for _ in range(RECONNECTS):
+            _dropped(session, sshd)
+            session.run("true")
+        _dropped(session, sshd)
+        with pytest.raises(HarnessError, match=r"SSH connection to L1 is gone .*\(running "
+                                               r"'dmesg'\)"):
+            session.run("dmesg", stage="L1 dmesg")
+    finally:
+        session.end()
+
+
+def test_no_connection_is_made_again_to_an_l1_whose_l0_has_exited(sshd, tmp_path):
+    session = L1Session(sshd.port, tmp_path / "client", tmp_path / "host.pub",
+                        alive=lambda: False)
+    session.wait_ready(Deadline("test SSH", 10))
+    try:
+        _dropped(session, sshd)
+        with pytest.raises(HarnessError, match="SSH connection to L1 is gone"):
+            session.run("true")
+        assert session.reconnects == []
+    finally:
+        session.end()
 
 
 def test_a_command_gets_its_output_its_status_and_stdin(l1):
