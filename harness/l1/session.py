@@ -43,11 +43,12 @@ def _transport_log(path: Path, port: int) -> logging.Logger:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    logging.getLogger(f"{log.name}.sftp").setLevel(logging.WARNING)  # a line per upload
     return log
 
 
 #: What in paramiko's INFO log tells how a connection ended (not its connects and logins).
-_ENDED = ("isconnect", "rror", "xception", "EOF", "closed")
+_ENDED = ("isconnect", "rror", "xception", "EOF")
 
 
 def _last_lines(log: logging.Logger, n: int) -> list[str]:
