@@ -6,13 +6,13 @@
                                               L0 start to SSH ready
   ci/benchmark.py scratch-build [--runs 1]    `images build` into an empty cache
                                               (slow: a full build per run)
-  ci/benchmark.py fresh-setup [--runs 1]      a clone of this checkout to every image
-                                              `.ci/run` builds before its tests, in an
-                                              empty cache: its own venv, then ci/test.sh's
-                                              `images build` steps (x86, debug, arm64);
-                                              per image, when it was ready in its step
-                                              (slow: about 30 minutes per run; the host
-                                              packages are taken as installed)
+  ci/benchmark.py fresh-setup [--runs 1]      a clone of this checkout, in an empty cache
+                                              and its own venv: the main job (ci/main.sh:
+                                              images, then the default matrix), then the
+                                              debug kernel and the arm64 images .ci/run
+                                              builds besides; seconds from the clone to
+                                              each image and each step's end (slow: about
+                                              40 minutes a run; host packages as installed)
 
 --arch aarch64 measures the arm64 platform instead (noop-rebuild, scratch-build,
 l1-boot, matrix; --viommu then defaults to smmuv3).
@@ -97,16 +97,20 @@ def scratch_build(args: argparse.Namespace) -> list[float]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What .ci/run builds before its tests (ci/test.sh), in its order.
-SETUP_STEPS = (("images", "build"), ("images", "build", "--kernel", "debug"),
-               ("images", "build", "--arch", "aarch64"))
+#: After the clone: the main job (ci/main.sh: set-up, `images build`, the default matrix),
+#: then the images .ci/run builds besides (ci/test.sh), in their order.
+FRESH_STEPS = (("main job", ("bash", "ci/main.sh", "--results", "{tmp}/results")),
+               ("debug kernel", ("{venv}/bin/vfio-harness", "images", "build", "--kernel",
+                                 "debug")),
+               ("arm64 images", ("{venv}/bin/vfio-harness", "images", "build", "--arch",
+                                 "aarch64")))
 _READY = re.compile(r"^\[\s*([\d.]+)s\] (\S+): ready in ")
 
 
 def fresh_setup(args: argparse.Namespace) -> list[float]:
-    """Seconds from `git clone` to the last image; args.images: per run, per image, the
-    seconds into its step at which it was ready (its step's start is the previous image's
-    end for the kernels, which build one after another)."""
+    """Seconds from `git clone` to every image .ci/run builds; args.images: per run, the
+    seconds from the clone at which each image was ready and each step ended (the main
+    job's end is the README's "main job from a fresh clone")."""
     out, args.images = [], []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as tmp:
@@ -115,18 +119,21 @@ def fresh_setup(args: argparse.Namespace) -> list[float]:
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
             env = {**os.environ, "VFIO_HARNESS_CACHE": str(Path(tmp) / "cache"),
                    "VFIO_HARNESS_VENV": str(venv)}
-            subprocess.run(["bash", "-c", "source ci/setup.sh"], cwd=clone, env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            ready = {"venv": round(time.monotonic() - began, 1)}
-            for command in SETUP_STEPS:
-                done = subprocess.run([str(venv / "bin" / "vfio-harness"), *command], cwd=clone,
-                                      env=env, check=True, capture_output=True, text=True)
-                arch = "aarch64" if "aarch64" in command else "x86_64"
+            ready: dict[str, float] = {}
+            for name, command in FRESH_STEPS:
+                at = time.monotonic() - began
+                done = subprocess.run([c.format(tmp=tmp, venv=venv) for c in command],
+                                      cwd=clone, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"fresh-setup: {name} failed (exit {done.returncode}): "
+                             f"{done.stderr[-2000:]}")
                 for line in done.stderr.splitlines():
                     if m := _READY.match(line):
-                        ready[f"{arch} {m.group(2)}"] = float(m.group(1))
+                        ready[m.group(2)] = round(at + float(m.group(1)), 1)
+                ready[f"{name} done"] = round(time.monotonic() - began, 1)
             out.append(time.monotonic() - began)
             args.images.append(ready)
+            print(json.dumps(ready), flush=True)
     return out
 
 
