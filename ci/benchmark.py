@@ -128,8 +128,8 @@ def fresh_setup(args: argparse.Namespace) -> list[float]:
                     sys.exit(f"fresh-setup: {name} failed (exit {done.returncode}): "
                              f"{done.stderr[-2000:]}")
                 for line in done.stderr.splitlines():
-                    if m := _READY.match(line):
-                        ready[m.group(2)] = round(at + float(m.group(1)), 1)
+                    if m := _READY.match(line):  # named by step: both arches have a rootfs
+                        ready[f"{name}: {m.group(2)}"] = round(at + float(m.group(1)), 1)
                 ready[f"{name} done"] = round(time.monotonic() - began, 1)
             out.append(time.monotonic() - began)
             args.images.append(ready)
