@@ -394,7 +394,7 @@ def _bisect_run(args: argparse.Namespace, plan: RunPlan, p: _Prepared, series: S
 
 def _ab(args: argparse.Namespace) -> int:
     """Both sides on the same L1 boots, images, seed and cells; then the comparison."""
-    from harness.results import compare, results_file, reused_baseline
+    from harness.results import compare, reused_baseline
     from harness.run import ab
 
     if not (args.candidate_l2_qemu or args.candidate_kernel_patches
@@ -409,7 +409,9 @@ def _ab(args: argparse.Namespace) -> int:
             "--candidate-kernel-image"
         raise BadInput(f"--bisect bisects the candidate's series against the pinned kernel; "
                        f"{other} would make the baseline another kernel")
-    reused = _reused_baseline(args)
+    reused = reused_baseline.offered(args.baseline_results, args.baseline_l2_qemu, args,
+                                     lambda: {"arch": _platform(args).arch,
+                                              "selection": _selection(args).record()})
     series = {side: _series(getattr(args, f"{side}_kernel_patches"))
               for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")
@@ -427,17 +429,9 @@ def _ab(args: argparse.Namespace) -> int:
     sides = (Side(p.out / "baseline", args.baseline_l2_qemu, images["baseline"], p.traces),
              Side(p.out / "candidate", args.candidate_l2_qemu, images["candidate"], p.traces))
     if reused:
-        want = dataclasses.replace(p, images=images["baseline"]).info([], time.monotonic())
-        try:
-            reused_baseline.require(args.baseline_results, reused["run"], want,
-                                    reused_baseline.AFTER_IMAGES)
-        except BadInput:
-            results_file.abandon(sides[1].results)
-            results_file.abandon(p.out)
-            raise
+        reused_baseline.taken(args.baseline_results, reused, dataclasses.replace(
+            p, images=images["baseline"]).info([], time.monotonic()), (sides[1].results, p.out))
         sides = (dataclasses.replace(sides[0], results=args.baseline_results), sides[1])
-        say(f"baseline: run {reused['run']['run_id']} in {args.baseline_results.resolve()} "
-            f"({len(reused['cells'])} cells, seed {reused['run']['seed']}), not run again")
 
     def record(cells: list, side: Side, began: float) -> dict:
         return dataclasses.replace(p, images=side.images or p.images).info(
@@ -459,26 +453,6 @@ def _ab(args: argparse.Namespace) -> int:
     _publish(args, lambda url: patchwork.for_comparison(c, url),
              sides[1].results / "report.html", sides[0].results, sides[1].results)
     return c.exit_code()
-
-
-def _reused_baseline(args: argparse.Namespace) -> dict | None:
-    """--baseline-results: the earlier run, checked as far as it can be before any image
-    is built (its seed becomes the A/B's unless --seed says otherwise, and is refused)."""
-    from harness.results import reused_baseline
-
-    if not args.baseline_results:
-        return None
-    if args.baseline_l2_qemu:
-        raise BadInput("--baseline-results takes the baseline from an earlier run of the "
-                       "packaged QEMU: --baseline-l2-qemu would make it another; give one")
-    reused = reused_baseline.load(args.baseline_results)
-    if args.seed is None:
-        args.seed = reused["run"].get("seed")
-    want = {"arch": _platform(args).arch, "selection": _selection(args).record(),
-            "seed": args.seed}
-    reused_baseline.require(args.baseline_results, reused["run"], want,
-                            reused_baseline.BEFORE_IMAGES)
-    return reused
 
 
 def _bisect(args: argparse.Namespace, p: _Prepared, c, series: Series, candidate: Side):

@@ -9,9 +9,12 @@ record that decides the cells' outcomes must match, and the first that does not 
 one clear line the user gets.
 """
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.base.errors import BadInput
+from harness.base.progress import say
 from harness.results import results_file
 
 PACKAGED = "packaged in the rootfs"
@@ -24,6 +27,36 @@ BEFORE_IMAGES = (("arch", "architecture"), ("selection", "selection of cells"),
 AFTER_IMAGES = (("images", "L1 images (kernels and rootfs, by sha256)"),
                 ("kernel_series", "kernel series"), ("kernel_images", "kernel images"),
                 ("kernel_trees", "kernel trees"), ("accel", "accelerator"))
+
+
+def offered(directory: Path | None, baseline_l2_qemu: Path | None, args: argparse.Namespace,
+            selected: Callable[[], dict]) -> dict | None:
+    """--baseline-results DIR, checked as far as it can be before any image is built: its
+    seed becomes the A/B's (args.seed) unless --seed says otherwise, and then it is refused.
+    `selected`: this A/B's architecture and selection record."""
+    if directory is None:
+        return None
+    if baseline_l2_qemu:
+        raise BadInput("--baseline-results takes the baseline from an earlier run of the "
+                       "packaged QEMU: --baseline-l2-qemu would make it another; give one")
+    reused = load(directory)
+    if args.seed is None:
+        args.seed = reused["run"].get("seed")
+    require(directory, reused["run"], {**selected(), "seed": args.seed}, BEFORE_IMAGES)
+    return reused
+
+
+def taken(directory: Path, reused: dict, want: dict, begun: tuple[Path, ...]) -> None:
+    """The rest of the check, once the images are settled (`want`: the run record this A/B's
+    baseline would have); refused, the records `begun` for this A/B are undone."""
+    try:
+        require(directory, reused["run"], want, AFTER_IMAGES)
+    except BadInput:
+        for record in begun:
+            results_file.abandon(record)
+        raise
+    say(f"baseline: run {reused['run']['run_id']} in {directory.resolve()} "
+        f"({len(reused['cells'])} cells, seed {reused['run']['seed']}), not run again")
 
 
 def load(directory: Path) -> dict:
