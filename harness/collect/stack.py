@@ -71,15 +71,19 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
             witness.between("boot")
             yield L1Stack(viommu, kernel, machine, session, vfio, boot_seconds, witness)
         finally:
-            _save_dmesg(session, run_dir / "l1-dmesg.txt")
+            _save(session, "dmesg", run_dir / "l1-dmesg.txt")
+            # sshd's own account (harness-init starts it with -E): why a connection the
+            # harness lost was closed, in the server's words
+            _save(session, "cat /run/sshd.log", run_dir / "l1-sshd.log")
             session.end()
 
 
-def _save_dmesg(session: L1Session, path: Path) -> None:
+def _save(session: L1Session, command: str, path: Path) -> None:
     try:
-        path.write_text(session.run("dmesg", timeout=15, check=False, stage="L1 dmesg").stdout)
+        path.write_text(session.run(command, timeout=15, check=False,
+                                    stage=f"L1 {command}").stdout)
     except Exception as e:  # L1 may be gone; the console log still has the kernel's output
-        path.write_text(f"(dmesg not collected: {e})\n")
+        path.write_text(f"({command!r} not collected: {e})\n")
 
 
 def ssh_command(l1: L1Stack, rootfs: RootfsImage, known_hosts: Path,
