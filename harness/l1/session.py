@@ -217,9 +217,10 @@ class L1Session:
         return LineHelper(command, chan)
 
     def _transport(self, doing: str, stage: str) -> paramiko.Transport:
-        """The live connection; a lost one made again once while L0 runs (its L1 may be
-        well: a connection closed under it is not a verdict on it), and the reason kept.
-        Channels opened on the lost one (line helpers) stay lost and fail on their own."""
+        """The live connection; a lost one made again while L0 runs, RECONNECTS times at
+        most (its L1 may be well: a connection closed under it is not a verdict on it), and
+        the reason kept. Channels opened on the lost one (line helpers) stay lost and fail
+        on their own."""
         transport = self.client.get_transport()
         if transport is not None and transport.is_active():
             return transport
