@@ -516,6 +516,11 @@ class SideRun:
     read: P2PRead | None                # edu's DMA read from the split BAR's first piece
 
 
+#: The origin of the QEMU under test when it is the rootfs's own (QemuUnderTest.origin;
+#: otherwise the local path it was uploaded from): what runs, results and A/Bs compare.
+PACKAGED = "packaged in the rootfs"
+
+
 @dataclass(frozen=True)
 class QemuFacts:
     """What the QEMU under test said of itself before any L2 ran (qemu_under_test.probe)."""

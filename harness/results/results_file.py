@@ -29,6 +29,7 @@ from harness import __version__
 from harness.base import files
 from harness.base.errors import BadInput
 from harness.checks.matrix import CellResult, L1Complaints
+from harness.evidence.records import PACKAGED
 from harness.verdicts.verdict import HUNG
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ def reproduce(cell: dict, run: dict) -> str:
     if tree:
         args += ["--kernel-tree", tree["path"]]  # as the image manifest records it
     for q in run.get("l2_qemu") or []:
-        if isinstance(q, dict) and q.get("origin") not in (None, "packaged in the rootfs"):
+        if isinstance(q, dict) and q.get("origin") not in (None, PACKAGED):
             args += ["--l2-qemu", q["origin"]]
     return " ".join(shlex.quote(a) for a in args)
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from harness.base.errors import BadInput
 from harness.base.progress import say
+from harness.evidence.records import PACKAGED
 from harness.results import results_file
-
-PACKAGED = "packaged in the rootfs"
 
 #: (run record key, what a mismatch says it is): the facts a baseline is defined by.
 #: Known before any image is built (an empty cache refuses a wrong baseline at once) ...

@@ -24,6 +24,7 @@ from harness.checks.matrix import Cell, CellResult, L1Complaints
 from harness.collect import scenario, stack
 from harness.collect.scenario import PassedThrough, Timer
 from harness.evidence.gathered import Evidence, summarize
+from harness.evidence.records import PACKAGED
 from harness.l0.machine import L1Spec
 from harness.l2.backends import Backend
 from harness.l2.backends import backend as backend_named
@@ -33,9 +34,6 @@ from harness.l2.qemu import L2Died
 from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
 from harness.verdicts import kernel_health, left_behind, teardown
-
-PACKAGED = "packaged in the rootfs"
-
 
 Item = CellResult | L1Complaints
 

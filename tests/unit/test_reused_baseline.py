@@ -4,6 +4,7 @@ is the one this A/B's baseline would have (harness/results/reused_baseline.py)."
 import pytest
 
 from harness.base.errors import BadInput
+from harness.evidence.records import PACKAGED
 from harness.results import reused_baseline
 from harness.results.reused_baseline import AFTER_IMAGES, BEFORE_IMAGES, mismatch, require
 
@@ -72,7 +73,7 @@ def test_the_packaged_qemu_is_what_a_baseline_ran(tmp_path):
 
     from harness.results.results_file import SCHEMA
     run = {**RUN, "complete": True, "ended": "x",
-           "l2_qemu": [{"origin": reused_baseline.PACKAGED, "sha256": "53c6"}]}
+           "l2_qemu": [{"origin": PACKAGED, "sha256": "53c6"}]}
     (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA, "run": run,
                                                        "cells": []}))
     assert reused_baseline.load(tmp_path)["run"]["seed"] == 12
