@@ -409,9 +409,8 @@ def _ab(args: argparse.Namespace) -> int:
             "--candidate-kernel-image"
         raise BadInput(f"--bisect bisects the candidate's series against the pinned kernel; "
                        f"{other} would make the baseline another kernel")
-    reused = reused_baseline.offered(args.baseline_results, args.baseline_l2_qemu, args,
-                                     lambda: {"arch": _platform(args).arch,
-                                              "selection": _selection(args).record()})
+    reused = reused_baseline.offered(args, lambda: {"arch": _platform(args).arch,
+                                                    "selection": _selection(args).record()})
     series = {side: _series(getattr(args, f"{side}_kernel_patches"))
               for side in ("baseline", "candidate")}
     p = _prepare(args, [args.baseline_l2_qemu, args.candidate_l2_qemu], "ab")

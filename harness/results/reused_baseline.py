@@ -28,14 +28,14 @@ AFTER_IMAGES = (("images", "L1 images (kernels and rootfs, by sha256)"),
                 ("kernel_trees", "kernel trees"), ("accel", "accelerator"))
 
 
-def offered(directory: Path | None, baseline_l2_qemu: Path | None, args: argparse.Namespace,
-            selected: Callable[[], dict]) -> dict | None:
+def offered(args: argparse.Namespace, selected: Callable[[], dict]) -> dict | None:
     """--baseline-results DIR, checked as far as it can be before any image is built: its
     seed becomes the A/B's (args.seed) unless --seed says otherwise, and then it is refused.
     `selected`: this A/B's architecture and selection record."""
+    directory = args.baseline_results
     if directory is None:
         return None
-    if baseline_l2_qemu:
+    if args.baseline_l2_qemu:
         raise BadInput("--baseline-results takes the baseline from an earlier run of the "
                        "packaged QEMU: --baseline-l2-qemu would make it another; give one")
     reused = load(directory)
