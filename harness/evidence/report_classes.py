@@ -122,7 +122,8 @@ CLASSES: tuple[ReportClass, ...] = (
                 sample="x86-invalid-wait-context.txt"),
     ReportClass("lockdep", _c(LOCKDEP + r"possible (?:circular locking dependency|"
                               r"irq lock inversion dependency|recursive locking) detected"),
-                "possible deadlock in {frame}", ("at",), sample="x86-lockdep-circular.txt"),
+                "possible deadlock in {frame}", ("at",),
+                sample="captured-x86-7.2.13-lockdep-iommufd-map-under-resv.txt"),
     ReportClass("lockdep", _c(LOCKDEP + r"(?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe "
                               r"lock order detected"),
                 "possible deadlock in {frame}", ("at",), sample="x86-lockdep-irq-unsafe.txt"),

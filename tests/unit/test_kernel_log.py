@@ -53,6 +53,17 @@ def test_linux_7_2s_refcount_warning_as_captured_from_the_double_put_series():
     assert r.lines[-1].startswith("---[ end trace")
 
 
+def test_linux_7_2s_lockdep_report_as_captured_from_the_lock_order_series():
+    """The lock being taken names the function, not the validator's frames above it."""
+    (r,) = reports(lines("captured-x86-7.2.13-lockdep-iommufd-map-under-resv.txt"))
+    assert r.kind == "lockdep"
+    assert r.headline == "WARNING: possible circular locking dependency detected"
+    assert r.frames == ("vfio_pci_dma_buf_iommufd_map", "iopt_alloc_dmabuf_pages",
+                        "iopt_map_file_pages", "iommufd_ioas_map_file")
+    assert r.lines[-1] == " </TASK>"
+    assert any("(reservation_ww_class_mutex)" in x for x in r.lines)
+
+
 def test_an_arm64_warning_ends_with_its_call_trace():
     (r,) = reports(lines("arm64-warning.txt"))
     assert r.kind == "warning" and r.where == ""

@@ -37,7 +37,6 @@ TITLES = {
     "x86-hung-task-io-wait.txt": "INFO: task hung in vfio_pci_mmap_huge_fault",
     "x86-task-cant-die.txt": "INFO: task can't die in vfio_pci_core_close_device",
     "x86-invalid-wait-context.txt": "BUG: Invalid wait context in vfio_pci_dma_buf_revoke",
-    "x86-lockdep-circular.txt": "possible deadlock in vfio_pci_dma_buf_release",
     "x86-lockdep-irq-unsafe.txt": "possible deadlock in vfio_pci_dma_buf_move",
     "x86-lockdep-inconsistent.txt": "inconsistent lock state in vfio_pci_dma_buf_notify",
     "x86-suspicious-rcu.txt": "WARNING: suspicious RCU usage in vfio_pci_dma_buf_find",
@@ -50,6 +49,8 @@ TITLES = {
                               "vfio_pci_dma_buf_move",
     "captured-x86-7.2.13-double-put-at-l2-stop.txt": "WARNING: refcount bug in "
                                                      "vfio_pci_dma_buf_release",
+    "captured-x86-7.2.13-lockdep-iommufd-map-under-resv.txt": "possible deadlock in "
+                                                             "vfio_pci_dma_buf_iommufd_map",
     "x86-odebug.txt": "WARNING: ODEBUG bug in vfio_pci_dma_buf_release",
     "x86-locking-bug.txt": "WARNING: locking bug in vfio_pci_dma_buf_cleanup",
     "arm64-warning.txt": "WARNING in vfio_pci_dma_buf_move",

@@ -186,32 +186,46 @@ def matrix_results(pytestconfig, qemu, images, accelerator, artifacts):
 #: The baseline every A/B of a kernel series on one L1's whole selection is judged
 #: against: the pinned kernel and the packaged QEMU, as `ab` itself would run it.
 PINNED_BASELINE = ("--viommu", "intel-iommu", "--kernel", "dmabuf", "--seed", "12")
+#: The same on the debug kernel: the A/Bs of series whose bugs only its checks report
+#: (a lock order) are judged against it, and it is itself held to dmabuf's expectations.
+DEBUG_BASELINE = ("--viommu", "intel-iommu", "--kernel", "debug", "--seed", "12")
 
 
-@pytest.fixture(scope="session")
-def pinned_baseline(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run of PINNED_BASELINE for the whole session, on whichever worker asks first,
-    taken by the A/Bs of kernel series as `ab --baseline-results` (each would run the same
-    24 cells again, a minute of a core each). The workers of one session share pytest's
-    base directory; a lock on it makes the others wait for the one run, and a run that
-    failed is told to each of them rather than run again."""
+def shared_run(name: str, args: tuple[str, ...],
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `run` of `args` for the whole session, on whichever worker asks first, taken by
+    A/Bs as `ab --baseline-results` (each would run the same 24 cells again, a minute of a
+    core each). The workers of one session share pytest's base directory; a lock on it
+    makes the others wait for the one run, and a run that failed is told to each of them
+    rather than run again."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # above the worker's own directory: the session's
-    out, failed = root / "pinned-baseline", root / "pinned-baseline.failed"
-    with open(root / "pinned-baseline.lock", "w") as lock:
+    out, failed = root / name, root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if failed.exists():
             pytest.fail(failed.read_text(), pytrace=False)
         if not (out / "results.json").exists():
-            p = subprocess.run([sys.executable, "-m", "harness", "run", *PINNED_BASELINE,
+            p = subprocess.run([sys.executable, "-m", "harness", "run", *args,
                                 "--results", str(out)], capture_output=True, text=True,
                                timeout=1200)
             if p.returncode != 0:
-                failed.write_text(f"the pinned baseline's run failed (exit {p.returncode}): "
+                failed.write_text(f"the {name} run failed (exit {p.returncode}): "
                                   f"{p.stdout[-3000:]}{p.stderr[-3000:]}")
                 pytest.fail(failed.read_text(), pytrace=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def pinned_baseline(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_run("pinned-baseline", PINNED_BASELINE, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def debug_baseline(store: ImageStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store.load(["debug"])  # raises, naming it, if the debug kernel is not built
+    return shared_run("debug-baseline", DEBUG_BASELINE, tmp_path_factory)
 
 
 @pytest.fixture
