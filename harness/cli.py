@@ -545,8 +545,16 @@ def _selection(args: argparse.Namespace):
     return Selection(
         viommus=viommus,
         backends=tuple(args.backend or matrix.BACKENDS),
-        kernels=tuple(args.kernel or Recipe.load(platform=plat).matrix_kernels),
+        kernels=tuple(args.kernel or _default_kernels(args, Recipe.load(platform=plat))),
         checks=tuple(args.check or registry.names()), arch=plat.arch)
+
+
+def _default_kernels(args: argparse.Namespace, recipe: Recipe) -> tuple[str, ...]:
+    """A kernel series is judged on the recipe's series variants (the debug kernel where it
+    can report what the series brings); anything else on the default matrix's."""
+    series = getattr(args, "kernel_patches", None) or getattr(args, "candidate_kernel_patches",
+                                                               None)
+    return recipe.series_kernels if series else recipe.matrix_kernels
 
 
 def _matrix(args: argparse.Namespace) -> int:

@@ -130,6 +130,9 @@ class Recipe:
     platform: Platform = X86_64
     #: The variants a run takes by default and `images build` builds (the others on request).
     matrix_kernels: tuple[str, ...] = ()
+    #: The variants a kernel series is judged on by default (the debug checks on, where
+    #: the platform's debug kernel can report what a series brings).
+    series_kernels: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, directory: Path | None = None, platform: Platform = X86_64) -> "Recipe":
@@ -172,7 +175,8 @@ class Recipe:
                 for name, frags in k["variants"].items()
             }
             default = tuple(k.get("matrix", {}).get("default", kernels))
-            for name in (*default, *(v.judged_as for v in kernels.values())):
+            series = tuple(arch.get("series", k.get("matrix", {}).get("series", default)))
+            for name in (*default, *series, *(v.judged_as for v in kernels.values())):
                 if name not in kernels:
                     raise BadInput(f"{path}: names kernel variant {name!r}, which is not one")
             for name, v in kernels.items():
@@ -189,7 +193,8 @@ class Recipe:
         except KeyError as e:
             raise BadInput(f"{path}: missing key {e}") from None
         return cls(directory=directory, mirror=deb["mirror"], suite=deb["suite"],
-                   kernels=kernels, rootfs=rootfs, platform=platform, matrix_kernels=default)
+                   kernels=kernels, rootfs=rootfs, platform=platform, matrix_kernels=default,
+                   series_kernels=series)
 
 
 def _file_fingerprint(path: Path) -> tuple[str, str]:

@@ -138,3 +138,22 @@ def test_avocado_variants_carry_the_selected_cells_of_their_l1():
     assert json.loads(json.dumps(values["l1_cells"])) == [
         ["intel-iommu", "legacy", "dmabuf", "reset"],
         ["intel-iommu", "legacy", "dmabuf", "p2p-dma"]]
+
+
+@pytest.mark.parametrize("argv, kernels", [
+    (["run"], ("dmabuf", "no-dmabuf")),
+    (["run", "--kernel-patches", "s.mbox"], ("debug", "no-dmabuf")),
+    (["ab", "--candidate-kernel-patches", "s.mbox"], ("debug", "no-dmabuf")),
+    (["ab", "--candidate-kernel-patches", "s.mbox", "--bisect"], ("debug", "no-dmabuf")),
+    (["ab", "--candidate-kernel-patches", "s.mbox", "--kernel", "dmabuf"], ("dmabuf",)),
+    (["ab", "--candidate-l2-qemu", "/usr/bin/true"], ("dmabuf", "no-dmabuf")),
+    (["ab", "--arch", "aarch64", "--candidate-kernel-patches", "s.mbox"],
+     ("dmabuf", "no-dmabuf")),
+])
+def test_a_kernel_series_is_judged_on_the_debug_kernel_unless_a_kernel_is_chosen(argv, kernels):
+    """The recipe's data, as the CLI reads it: where the debug kernel can report what a
+    series brings (not arm64's, whose boot turns lockdep off), it takes dmabuf's place."""
+    from harness import arguments, cli
+
+    args = arguments.parser().parse_args(argv)
+    assert cli._selection(args).kernels == kernels
