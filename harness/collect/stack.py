@@ -53,7 +53,8 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
            ssh_deadline: float = SSH_DEADLINE,
            kernel_args: tuple[str, ...] = ()) -> Iterator[L1Stack]:
     spec = L1Spec(viommu=viommu, kernel=images.kernels[kernel].bzimage,
-                  rootfs=images.rootfs.qcow2, kernel_args=kernel_args, platform=images.platform,
+                  rootfs=images.rootfs.qcow2, platform=images.platform,
+                  kernel_args=(*images.kernels[kernel].boot_args, *kernel_args),
                   guest_ports=(22, L1_QMP_PORT, L1_QTEST_PORT))
     say(f"L1 {viommu.name}/{kernel}: booting ({accel}), artifacts in {run_dir}")
     began = time.monotonic()

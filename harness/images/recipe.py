@@ -57,6 +57,8 @@ class KernelVariant:
     #: The variant whose expectations it is held to ("": its own): the debug kernel is a
     #: dmabuf kernel with the kernel's own checks on.
     judged_as: str = ""
+    #: Given to the kernel at boot (not built in: changing them rebuilds nothing).
+    boot_args: tuple[str, ...] = ()
 
     def required_options(self) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -171,7 +173,8 @@ class Recipe:
                     patches=files(k.get("patches", [])),
                     built_from=k.get("built_from", {}).get(name),
                     arch=platform.arch, make_args=tuple(platform.make_args()),
-                    judged_as=k.get("judged_as", {}).get(name, name))
+                    judged_as=k.get("judged_as", {}).get(name, name),
+                    boot_args=tuple(k.get("boot_args", {}).get(name, ())))
                 for name, frags in k["variants"].items()
             }
             default = tuple(k.get("matrix", {}).get("default", kernels))

@@ -71,6 +71,9 @@ class KernelImage:
     variant: str
     directory: Path
     manifest: dict
+    #: The recipe's boot arguments for its variant (the debug kernel's checks that are
+    #: switched on at boot).
+    boot_args: tuple[str, ...] = ()
 
     @property
     def bzimage(self) -> Path:
@@ -192,7 +195,9 @@ class ImageStore:
     def _kernel_image(self, role: str, directory: Path) -> KernelImage:
         """An artifact this process boots from: held (shared) until it exits."""
         self.locks.hold_shared(directory)
-        return KernelImage(role, directory, _read_manifest(directory))
+        variant = self.recipe.kernels.get(role)
+        return KernelImage(role, directory, _read_manifest(directory),
+                           variant.boot_args if variant else ())
 
     def _rootfs_image(self) -> RootfsImage:
         self.locks.hold_shared(self.rootfs_dir())

@@ -188,10 +188,12 @@ def builds(images: "Images") -> dict:
     """Which builds the L1s booted, by their artifacts' names and their manifests' sha256
     (not versions: a series or a rebuild keeps the version): what an A/B checks before it
     takes an earlier run as its baseline."""
-    def of(manifest: dict, file: str) -> dict:
+    def of(manifest: dict, file: str, boot_args: tuple[str, ...] = ()) -> dict:
         return {"artifact": f"{manifest.get('name')}-{manifest.get('key')}",
-                "sha256": manifest.get("files", {}).get(file, {}).get("sha256")}
-    return {"kernels": {n: of(i.manifest, i.bzimage.name) for n, i in images.kernels.items()},
+                "sha256": manifest.get("files", {}).get(file, {}).get("sha256"),
+                **({"boot_args": list(boot_args)} if boot_args else {})}
+    return {"kernels": {n: of(i.manifest, i.bzimage.name, i.boot_args)
+                        for n, i in images.kernels.items()},
             "rootfs": of(images.rootfs.manifest, images.rootfs.qcow2.name)}
 
 

@@ -151,3 +151,15 @@ def test_a_recipe_without_the_architecture_is_bad_input(recipe_dir):
     toml.write_text(toml.read_text().replace("[kernel.arch.aarch64]", "[kernel.arch.riscv64]"))
     with pytest.raises(BadInput, match=r"no \[kernel.arch.aarch64\] section"):
         Recipe.load(recipe_dir, AARCH64)
+
+
+def test_a_variants_boot_arguments_rebuild_nothing(recipe_dir):
+    """They are given at boot: a changed one boots the same build with other checks on."""
+    before = keys(recipe_dir)
+    toml = recipe_dir / "recipe.toml"
+    toml.write_text(toml.read_text().replace("[kernel.boot_args]\ndebug = [",
+                                             "[kernel.boot_args]\ndebug = [\"quiet\", "))
+    assert keys(recipe_dir) == before
+    kernels = Recipe.load(recipe_dir).kernels
+    assert kernels["debug"].boot_args[0] == "quiet" and len(kernels["debug"].boot_args) > 1
+    assert kernels["dmabuf"].boot_args == ()
