@@ -23,6 +23,7 @@ from harness.checks import registry
 from harness.collect import l2_probes, lifecycle, side_l2
 from harness.collect.kernel_witness import KernelWitness
 from harness.collect.stack import L1Stack
+from harness.evidence import kernel_log
 from harness.evidence.gathered import Evidence, kernel_has_dmabuf
 from harness.evidence.records import (
     DecodeStep,
@@ -181,6 +182,11 @@ def _held(check: str, ending: Ending) -> str:
     return f"L2 hung in {check}: {where}"
 
 
+def _untrusted(timer: Timer) -> str:
+    """Why, by what its kernel said so far, the L1 is not to be used for more ("": it is)."""
+    return kernel_log.untrusted(timer.witness.windows) if timer.witness is not None else ""
+
+
 def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str], out: Path,
             seed: int, timer: Timer, qemu: str = L2_QEMU,
             facts: QemuFacts | None = None, traces: tuple[str, ...] = ()) -> Evidence:
@@ -276,6 +282,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
             # an L2 that would not end holds its devices in a task no signal ends: no use
             # asking it to quit or waiting for the signals, only for its files
             l2.stop(timeout=1.0, graceful=False) if held else l2.stop()
+    untrusted = _untrusted(timer)
+    unjudged: list[str] = []
     if hang is None and todo.end is None:  # a plain stop: no teardown check asks after it
         left.append(LeftAfter("l2_stop", stack.vfio.leftover(
             process.exporters if process else ())))
@@ -298,27 +306,29 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     for check in todo.alone:  # the devices are L1's alone now: no L2 holds them
         if check.only_backend not in (None, be.name):
             continue
-        if held:
-            not_run.append(check.name)
+        if held or untrusted:
+            (unjudged if untrusted and not held else not_run).append(check.name)
             continue
         with timer(check.name):
             alone = check.step()(stack, devices["ivshmem"])
         teardown[check.name] = alone
-        held = _held(check.name, alone)
+        held, untrusted = _held(check.name, alone), _untrusted(timer)
     for check in todo.own:  # an L2 of its own, on the device the main L2 let go
         if check.only_backend not in (None, be.name) or (
                 check.needs_dmabuf and kernel_has_dmabuf(through.probes) is False):
             continue
-        if held:
-            not_run.append(check.name)
+        if held or untrusted:
+            (unjudged if untrusted and not held else not_run).append(check.name)
             continue
         with timer(check.name):
             own = check.step()(stack, spec, devices["ivshmem"], out / check.name, ports)
         teardown[check.name] = own
-        held = _held(check.name, own)
+        held, untrusted = _held(check.name, own), _untrusted(timer)
     side = None
     if todo.side and held:
         not_run.extend(c.name for c in registry.in_phase(registry.SIDE, wanted))
+    elif todo.side and untrusted:
+        unjudged.extend(c.name for c in registry.in_phase(registry.SIDE, wanted))
     elif todo.side:
         with timer("side_l2"):
             side = side_l2.collect(stack, spec, {"edu": devices["edu"], "nvme": devices["nvme"]},
@@ -329,4 +339,5 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                     bar_access=bar_access, p2p=p2p, bars=through.bars, qemu=facts,
                     lifecycle=steps, unplug=unplug, side=side, teardown=teardown,
                     held=held, not_run=tuple(not_run), left=tuple(left),
+                    untrusted=untrusted, unjudged=tuple(unjudged),
                     kernel=timer.witness.take() if timer.witness is not None else ())

@@ -58,6 +58,12 @@ class Evidence:
     #: checks whose steps did not run because of it (a fresh L1 runs them).
     held: str = ""
     not_run: tuple[str, ...] = ()
+    #: Why the L1 kernel is no longer to be trusted ("": it is; kernel_log.untrusted), and
+    #: the checks whose steps came after that and were not run: on a kernel that corrupted
+    #: its memory they would pass or fail by what the damage did, on any L1 (the steps
+    #: before them do it again), so they are not run again elsewhere either.
+    untrusted: str = ""
+    unjudged: tuple[str, ...] = ()
     #: A step that never returned (stuck.py): the checks it belonged to fail on it alone.
     hang: Hang | None = None
     #: The L1 kernel's log and taint after each step (kernel_log.py), in step order.

@@ -241,3 +241,20 @@ def parse_kmsg(answer: dict) -> tuple[tuple[LogLine, ...], int]:
             lines.append(LogLine(int(seq), int(level), int(usec), part,
                                  int(facility[0]) if facility else KERNEL))
     return tuple(lines), int(answer.get("tainted", 0))
+
+
+#: Report kinds after which the kernel's memory or locks are not to be trusted: a double
+#: free corrupts the allocator's lists, an Oops kills its task wherever it was. The steps
+#: after one on the same L1 would fail or pass by what the damage did (measured: the
+#: double-free adversary's later cells failed in one run and passed in the next), so that
+#: L1 is given up as a hung one is, and what is left runs on a fresh one.
+UNTRUSTED = frozenset({"slub", "kasan", "kfence", "bug", "oops"})
+
+
+def untrusted(windows: "tuple[KernelWindow, ...] | list[KernelWindow]") -> str:
+    """Why the kernel whose log these windows hold is no longer to be trusted ("": it is)."""
+    for window in windows:
+        for report in reports(window.lines):
+            if report.kind in UNTRUSTED:
+                return f"its kernel reported {report.title} during {window.step}"
+    return ""

@@ -161,6 +161,12 @@ CLASSES: tuple[ReportClass, ...] = (
     ReportClass("lockdep", _c(warn_at(r"kernel/locking/lockdep\.c")),
                 "WARNING: locking bug in {frame}", ("rip", "trace"),
                 sample="x86-locking-bug.txt"),
+    # Linux 7.2's SLUB WARNs right after its consistency report (object_err): the call
+    # trace of the report before it, which names the function that freed (the build's
+    # relative path before mm/ when it was built out of tree)
+    ReportClass("slub", _c(warn_at(r"(?:\S*/)?mm/slub\.c")), "WARNING in {frame}",
+                ("rip", "trace"), skip=r"kfree|kmem_cache|slab|free_|__slab|object_err",
+                joins=("slub",), sample="captured-x86-7.2.13-slub-double-free-at-l2-exit.txt"),
     ReportClass("warning", _c(warn_at()), "WARNING in {frame}", ("rip", "trace"),
                 sample="arm64-warning.txt"),
     # BUG() and the traps that end in die()

@@ -5,9 +5,13 @@ kernel, prefix N the whole series. Every bisected cell failed with the whole
 series (bad at N) and met its expectation without it (good at 0: the A/B's
 baseline says so; a plain run proves it only if the answer hangs on it). Each
 step builds one prefix (store.build_prefix: incremental, from the previous
-step's work tree) and runs only the cells whose interval still contains it, so
-cells broken by one patch share every step. The first bad patch of a cell is
-the smallest k bad with k - 1 good, as git bisect names the first bad commit.
+step's work tree) and judges only the cells whose interval still contains it, so
+cells broken by one patch share every step. It runs them as they failed: with every
+check of the L2s they stood on (`context`), since a check's verdict can rest on what
+an earlier one did to the same L2 (a device unplugged early leaves a dma-buf that
+only L2's exit releases; run alone, the exit would find nothing to trip on). The
+first bad patch of a cell is the smallest k bad with k - 1 good, as git bisect names
+the first bad commit.
 
 A prefix that does not build is skipped as `git bisect skip` skips a commit:
 another prefix in the interval is tried; when only skipped ones are left, the
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from harness.base.errors import BadInput, HarnessError
 from harness.base.progress import say
-from harness.checks.matrix import CellResult
+from harness.checks.matrix import Cell, CellResult
 from harness.images.series import Series
 from harness.images.store import ImageStore
 from harness.results import results_file
@@ -175,6 +179,13 @@ def bisect(series: Series, cells: list[str], run_step: RunStep,
             "duration_s": round(time.monotonic() - began, 1)}
 
 
+def context(cells: list[Cell], ids: list[str]) -> list[Cell]:
+    """The cells a step runs to judge `ids`: every one of `cells` (the run's selection)
+    that stood on the same L2 as one of them, the same vIOMMU, kernel and backend."""
+    wanted = {(c.viommu, c.kernel, c.backend) for c in cells if c.id in ids}
+    return [c for c in cells if (c.viommu, c.kernel, c.backend) in wanted]
+
+
 def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Path,
           info: Callable[[list[CellResult], float, int, RunPlan], dict],
           judge: Callable[[CellResult], Verdict]) -> RunStep:
@@ -194,7 +205,7 @@ def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Pat
             raise
         except HarnessError as e:
             raise Unbuilt(first_build_error(e)) from None
-        selection = Selection.of_cells([cells[i] for i in ids])
+        selection = Selection.of_cells(context(list(cells.values()), ids))
         at = dataclasses.replace(plan, selection=selection, images=images, l1_dir=directory,
                                  keep_failed=0.0,  # a bad step is the answer, not a hold
                                  boot_per_backend=True,
@@ -206,6 +217,8 @@ def steps(plan: RunPlan, store: ImageStore, series: Series, side: Side, out: Pat
         results_file.prune(directory, results)
         verdicts = {}
         for r in results:
+            if r.cell.id not in ids:
+                continue  # run for its L2's sake, not judged
             verdicts[r.cell.id] = judge(r)
             say(f"bisect: {k} of {len(series.patches)} patches: {r.cell.id} "
                 f"{SAID[verdicts[r.cell.id]]}")

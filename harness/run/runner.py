@@ -229,12 +229,16 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
                            time.monotonic() - began, str(out), error_stage=e.stage,
                            deadline=isinstance(e, StageTimeout),
                            l2_end=e.end if isinstance(e, L2Died) else None) for c in cells]
-    if evidence.held:
-        l1.held = evidence.held
-        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: {evidence.held}")
+    if evidence.held or evidence.untrusted:
+        l1.held = evidence.held or evidence.untrusted
+        say(f"{cells[0].viommu}/{cells[0].kernel}/{be.name}: {l1.held}")
     if not_run is not None:
         not_run.extend(c for c in cells if c.check in evidence.not_run)
-    cells = [c for c in cells if c.check not in evidence.not_run]
+    unjudged = [CellResult(c, "error", f"not run: {evidence.untrusted}, before this check's "
+                           f"steps; on a kernel that corrupted its memory what they do is not "
+                           f"evidence", record, 0.0, str(out), error_stage="kernel")
+                for c in cells if c.check in evidence.unjudged]
+    cells = [c for c in cells if c.check not in evidence.not_run + evidence.unjudged]
     own = {c.own_step for c in registry.REGISTRY.values() if c.own_step}
     shared = ((time.monotonic() - began - sum(timer.steps.get(s, 0) for s in own))
               / max(1, len(cells)))
@@ -243,7 +247,7 @@ def _run_backend(l1: stack.L1Stack, be: Backend, cells: list[Cell], through: Pas
     record["kernel_witness_s"] = round(sum(w.read_s for w in evidence.kernel)
                                        / max(1, len(cells)), 4)
     write_reports(out, kernel_health.complaints(evidence.kernel), evidence.kernel)
-    return judge(cells, evidence, timer, shared, str(out), record)
+    return judge(cells, evidence, timer, shared, str(out), record) + unjudged
 
 
 def write_reports(out: Path, said: list, windows=()) -> None:

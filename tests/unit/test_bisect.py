@@ -88,3 +88,20 @@ def test_the_record_names_patches_and_the_steps_taken():
     assert cell["skipped"] == [2] and r["unbuilt"] == {"2": "drivers/x.c:1: error: expected ';'"}
     assert [s["patches"] for s in r["steps"]] == [2, 1, 3]
     assert r["steps"][0]["built"] is False and r["steps"][1]["verdicts"] == {"a": "good"}
+
+
+def test_a_step_runs_a_cell_with_every_check_of_the_l2_it_stood_on():
+    """quit-while-revoked alone finds nothing to trip on when the dma-buf that outlives
+    its device comes from an unplug earlier in the same L2: a step runs them together."""
+    from harness.checks.matrix import cells
+    from harness.run.bisect import context
+
+    every = cells(("intel-iommu", "virtio-iommu"), ("legacy", "iommufd"), ("dmabuf",),
+                  ("dmabuf-unplug", "unplug-while-revoked", "quit-while-revoked"))
+    ran = context(every, ["intel-iommu-legacy-dmabuf-quit-while-revoked"])
+    assert [c.id for c in ran] == [f"intel-iommu-legacy-dmabuf-{check}" for check in
+                                   ("dmabuf-unplug", "unplug-while-revoked",
+                                    "quit-while-revoked")]
+    both = context(every, ["intel-iommu-legacy-dmabuf-quit-while-revoked",
+                           "virtio-iommu-iommufd-dmabuf-dmabuf-unplug"])
+    assert len(both) == 6 and {c.backend for c in both} == {"legacy", "iommufd"}

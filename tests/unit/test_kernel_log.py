@@ -64,6 +64,17 @@ def test_linux_7_2s_lockdep_report_as_captured_from_the_lock_order_series():
     assert any("(reservation_ww_class_mutex)" in x for x in r.lines)
 
 
+def test_linux_7_2s_slub_report_is_one_with_the_warning_that_follows_it():
+    """7.2's SLUB WARNs after its consistency report: that WARN's call trace is the report's,
+    and names the function that freed twice."""
+    (r,) = reports(lines("captured-x86-7.2.13-slub-double-free-at-l2-exit.txt"))
+    assert r.kind == "slub"
+    assert r.title == "SLUB: Object already free in vfio_pci_dma_buf_release"
+    assert r.lines[0].startswith("BUG kmalloc-16 (Tainted: G    B   W          ): Object already")
+    assert r.lines[-1] == " </TASK>"  # the WARN's trace: its own, then lockdep's irq stamps
+    assert any(x.startswith("Allocated in vfio_pci_core_feature_dma_buf") for x in r.lines)
+
+
 def test_an_arm64_warning_ends_with_its_call_trace():
     (r,) = reports(lines("arm64-warning.txt"))
     assert r.kind == "warning" and r.where == ""
@@ -177,3 +188,14 @@ def test_the_guest_helper_reads_kmsg_records_once_each(monkeypatch):
     monkeypatch.setattr(vfio_l1, "_KMSG", [])    # a helper started afresh
     fresh, _ = parse_kmsg(vfio_l1.kmsg([str(seqs[-1])]))
     assert all(x.seq > seqs[-1] for x in fresh)
+
+
+def test_after_a_double_free_the_kernel_is_not_trusted_and_after_a_lock_order_it_is():
+    """A double free corrupts the allocator; lockdep's report leaves the kernel as it was."""
+    from harness.evidence.kernel_log import untrusted
+
+    windows = [window("decode_witness", "captured-x86-7.2.13-lockdep-iommufd-map-under-resv.txt"),
+               window("quit-while-revoked", "captured-x86-7.2.13-slub-double-free-at-l2-exit.txt")]
+    assert untrusted(windows) == ("its kernel reported SLUB: Object already free in "
+                                  "vfio_pci_dma_buf_release during quit-while-revoked")
+    assert untrusted(windows[:1]) == ""

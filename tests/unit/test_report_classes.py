@@ -51,6 +51,8 @@ TITLES = {
                                                      "vfio_pci_dma_buf_release",
     "captured-x86-7.2.13-lockdep-iommufd-map-under-resv.txt": "possible deadlock in "
                                                              "vfio_pci_dma_buf_iommufd_map",
+    "captured-x86-7.2.13-slub-double-free-at-l2-exit.txt": "SLUB: Object already free in "
+                                                           "vfio_pci_dma_buf_release",
     "x86-odebug.txt": "WARNING: ODEBUG bug in vfio_pci_dma_buf_release",
     "x86-locking-bug.txt": "WARNING: locking bug in vfio_pci_dma_buf_cleanup",
     "arm64-warning.txt": "WARNING in vfio_pci_dma_buf_move",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks import matrix
+from harness.checks import matrix, registry
 from tests.vm.conftest import DEBUG_BASELINE, PINNED_BASELINE
 
 SERIES = Path(__file__).parent.parent / "data" / "series"
@@ -257,3 +257,49 @@ def test_two_locks_taken_in_opposite_orders_are_a_possible_deadlock_on_the_debug
     assert "(&vdev->memory_lock)" in chains and "(reservation_ww_class_mutex)" in chains
     assert "vfio_pci_core_feature_dma_buf" in chains  # the other order: creation
     assert "+ kernel report: possible deadlock in vfio_pci_dma_buf_iommufd_map" in p.stdout
+
+
+def test_a_dmabuf_freed_twice_after_its_device_closed_is_slubs_report_and_bisected(
+        tmp_path, debug_baseline):
+    """The series frees a dma-buf's ranges when its device is closed; its release frees
+    them again. Only a dma-buf that outlives its device goes there: the unplugged
+    ivshmem's, which QEMU 11.1.3 keeps open until L2 exits, so each backend's
+    quit-while-revoked is where the debug kernel's SLUB checks say "Object already free",
+    naming the release. After that the kernel is not trusted: the checks whose steps come
+    later (an L2 of their own, the side L2, L1's own ioctls) are not run but failed naming
+    the report (before, a freelist the double free had corrupted failed some of them in one
+    run and none in the next), and the other backend runs on a fresh L1. Three patches,
+    the free between two comments: the bisect names it for every cell, each step running
+    the cell with the unplug its L2 made first."""
+    p = ab("bisect-double-free-3.mbox", tmp_path, debug_baseline, "--bisect",
+           pinned=DEBUG_BASELINE)
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    cells = {c["id"]: c for c in json.loads(
+        (tmp_path / "candidate" / "results.json").read_text())["cells"]}
+    new = {i for i, c in cells.items() if not c["met"]}
+    quits = {f"intel-iommu-{b}-debug-quit-while-revoked" for b in matrix.BACKENDS}
+    later = [c for phase in (registry.ALONE, registry.OWN, registry.SIDE)
+             for c in registry.in_phase(phase)]  # the steps after the main L2's end
+    unjudged = {f"intel-iommu-{b}-debug-{c.name}" for b in matrix.BACKENDS for c in later
+                if c.only_backend in (None, b)}
+    assert new == quits | unjudged, new
+    for cell_id in quits:
+        cell = cells[cell_id]
+        assert "kernel-splat" in cell["findings"], cell
+        assert "SLUB: Object already free in vfio_pci_dma_buf_release: BUG kmalloc-16 " \
+               in cell["reason"], cell["reason"]
+        report = cell["evidence"]["kernel_reports"][0]
+        assert report["kind"] == "slub" and report["guilty"] == "vfio_pci_dma_buf_release"
+    for cell_id in unjudged:
+        assert cells[cell_id]["reason"].startswith(
+            "not run: its kernel reported SLUB: Object already free in vfio_pci_dma_buf_release "
+            "during quit-while-revoked, before this check's steps"), cells[cell_id]["reason"]
+    for cell_id in new:
+        assert f"+ {cell_id}: " in p.stdout
+    assert "go to a fresh L1 (#2)" in p.stdout + p.stderr
+    record = json.loads((tmp_path / "compare.json").read_text())
+    assert record["counts"]["new failure"] == len(new)
+    assert {c["verdict"] + " " + str(c["first_bad"]) for c in record["bisect"]["cells"].values()
+            } == {"first bad patch 2"}, record["bisect"]
+    assert ('first bad patch 2/3 "vfio/pci: free a closed device\'s dma-buf ranges at '
+            'cleanup"') in p.stdout, p.stdout
