@@ -129,7 +129,7 @@ def build_command(qemu: Path, spec: L1Spec, files: RunFiles, host_ports: dict[in
            "-kernel", str(spec.kernel), "-append", spec.append(),
            "-drive", f"file={files.overlay},if=virtio,format=qcow2,cache=unsafe",
            "-netdev", f"user,id=n0,restrict=on{forwards}",
-           "-device", "virtio-net-pci,netdev=n0",
+           "-device", f"{spec.platform.nic},netdev=n0",
            "-serial", f"file:{files.console}",
            "-qmp", f"unix:{files.qmp_socket},server=on,wait=off"]
     for dev in spec.devices:
