@@ -201,7 +201,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="VFIO backend of L2 (repeatable; default: both)")
     p.add_argument("--kernel", action="append", help="kernel variant (repeatable; default: the "
                    "recipe's matrix, dmabuf and no-dmabuf; with a kernel series, debug in "
-                   "dmabuf's place on x86_64)")
+                   "dmabuf's place)")
     p.add_argument("--check", action="append", choices=registry.names(),
                    help="check (repeatable; default: all)")
     p.add_argument("--results", type=Path, help="directory for results and artifacts "

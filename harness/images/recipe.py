@@ -178,7 +178,7 @@ class Recipe:
                 for name, frags in k["variants"].items()
             }
             default = tuple(k.get("matrix", {}).get("default", kernels))
-            series = tuple(arch.get("series", k.get("matrix", {}).get("series", default)))
+            series = tuple(k.get("matrix", {}).get("series", default))
             for name in (*default, *series, *(v.judged_as for v in kernels.values())):
                 if name not in kernels:
                     raise BadInput(f"{path}: names kernel variant {name!r}, which is not one")
