@@ -159,8 +159,15 @@ class L1Session:
     # -- running things ----------------------------------------------------------------
 
     def run(self, command: str, timeout: float = 60.0, check: bool = True,
-            stage: str = "L1 command", stdin: str | None = None) -> Result:
-        """Run a shell command in L1 with a deadline; raise with context when it fails."""
+            stage: str = "L1 command") -> Result:
+        """Run a shell command in L1 with a deadline; raise with context when it fails.
+
+        Its stdin is /dev/null, not a channel the client ends with EOF: paramiko builds
+        that EOF under the channel's lock but sends it after, so when the command has
+        already ended, the CLOSE paramiko sends in reply to sshd's can go out first, and
+        OpenSSH, which frees the channel on that CLOSE, ends the whole connection on the
+        late EOF ("ieof packet referred to nonexistent channel 0": sshd's -E log of a CI
+        run, whose line helper died with the connection)."""
         deadline = Deadline(stage, timeout)
         transport = self._transport(f"running {command!r}", stage)
         try:
@@ -172,10 +179,7 @@ class L1Session:
         out, err = io.BytesIO(), io.BytesIO()
         readable = _readable(chan)
         try:
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin.encode())
-            chan.shutdown_write()
+            chan.exec_command(f"exec </dev/null; {command}")
             while True:
                 if chan.recv_ready():
                     out.write(chan.recv(65536))
