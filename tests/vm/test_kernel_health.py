@@ -193,6 +193,19 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
 
 
 @pytest.mark.usefixtures("images")
+def test_bisect_names_the_patch_that_leaks_a_dmabuf_on_a_refused_map(tmp_path):
+    """Three patches, the second the leak between two comments: the bisect names it on the
+    cell that asks what its own killed L2 left behind."""
+    p = harness("ab", "--bisect", "--candidate-kernel-patches",
+                str(SERIES / "bisect-leak-3.mbox"), "--viommu", "intel-iommu",
+                "--kernel", "dmabuf", "--backend", "iommufd", "--check", "kill-while-mapped",
+                "--results", str(tmp_path), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    assert ('first bad patch 2/3 "iommufd: let iopt_alloc_dmabuf_pages() own the dma-buf '
+            'reference"') in p.stdout, p.stdout
+
+
+@pytest.mark.usefixtures("images")
 def test_bisect_names_the_patch_that_makes_a_closing_device_hang(tmp_path):
     """Three patches, the second the revoked-cleanup bug between two comments: the bisect
     names it, each step judging only the cell that hung."""
