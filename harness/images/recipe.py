@@ -179,7 +179,8 @@ class Recipe:
             }
             default = tuple(k.get("matrix", {}).get("default", kernels))
             series = tuple(k.get("matrix", {}).get("series", default))
-            for name in (*default, *series, *(v.judged_as for v in kernels.values())):
+            for name in (*default, *series, *(v.judged_as for v in kernels.values()),
+                         *k.get("boot_args", {})):
                 if name not in kernels:
                     raise BadInput(f"{path}: names kernel variant {name!r}, which is not one")
             for name, v in kernels.items():

@@ -163,3 +163,15 @@ def test_a_variants_boot_arguments_rebuild_nothing(recipe_dir):
     kernels = Recipe.load(recipe_dir).kernels
     assert kernels["debug"].boot_args[0] == "quiet" and len(kernels["debug"].boot_args) > 1
     assert kernels["dmabuf"].boot_args == ()
+
+
+@pytest.mark.parametrize("table", ["[kernel.boot_args]\ndebug", "series"])
+def test_a_variant_the_recipe_names_that_is_not_one_is_bad_input(recipe_dir, table):
+    toml = recipe_dir / "recipe.toml"
+    text = toml.read_text()
+    old = {"series": 'series = ["debug", "no-dmabuf"]'}.get(table, table)
+    new = {"series": 'series = ["debg", "no-dmabuf"]'}.get(table, "[kernel.boot_args]\ndebg")
+    assert old in text
+    toml.write_text(text.replace(old, new))
+    with pytest.raises(BadInput, match="names kernel variant 'debg', which is not one"):
+        Recipe.load(recipe_dir)
