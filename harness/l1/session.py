@@ -185,9 +185,10 @@ class L1Session:
                     out.write(chan.recv(65536))
                 elif chan.recv_stderr_ready():
                     err.write(chan.recv_stderr(65536))
-                elif chan.exit_status_ready() and not chan.recv_ready() \
-                        and not chan.recv_stderr_ready():
-                    break
+                elif chan.exit_status_ready() and (chan.eof_received or chan.closed) \
+                        and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break  # not at the exit status alone: sshd sends it when the command
+                    # exits, before the output still queued behind a full window
                 else:
                     if deadline.expired:
                         raise StageTimeout(
