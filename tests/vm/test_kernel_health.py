@@ -28,6 +28,17 @@ def ab(series: str, out: Path, baseline: Path, *more: str,
                    *pinned[:4], "--results", str(out), "--baseline-results", str(baseline))
 
 
+def bisect_one_cell(series: str, backend: str, check: str, out: Path
+                    ) -> subprocess.CompletedProcess:
+    """`ab --bisect` of a three-patch series on the one cell it breaks (the dmabuf kernel,
+    intel-iommu, seed 12): it must be a regression."""
+    p = harness("ab", "--bisect", "--candidate-kernel-patches", str(SERIES / series),
+                "--viommu", "intel-iommu", "--kernel", "dmabuf", "--backend", backend,
+                "--check", check, "--results", str(out), "--seed", "12")
+    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    return p
+
+
 def test_a_double_put_that_breaks_nothing_else_is_a_new_failure_in_the_kernels_words(
         tmp_path, pinned_baseline):
     """The series puts a dma-buf's kref when it is detached from its closed device and again
@@ -143,11 +154,7 @@ def test_a_warning_userspace_writes_into_the_kernel_log_fails_no_cell(tmp_path):
 def test_bisect_names_the_patch_that_brought_the_kernels_complaint(tmp_path):
     """Three patches, the second the double put: the bisect names it (the unplug is the
     check that releases a dma-buf after its device closed)."""
-    p = harness("ab", "--bisect", "--candidate-kernel-patches",
-                str(SERIES / "bisect-double-put-3.mbox"), "--viommu", "intel-iommu",
-                "--kernel", "dmabuf", "--backend", "legacy", "--check", "dmabuf-unplug",
-                "--results", str(tmp_path), "--seed", "12")
-    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    p = bisect_one_cell("bisect-double-put-3.mbox", "legacy", "dmabuf-unplug", tmp_path)
     assert ('first bad patch 2/3 "vfio/pci: drop a dma-buf\'s mapping reference when it is '
             'detached and when it is released"') in p.stdout, p.stdout
     assert "--kernel-patches-first 2" in p.stdout
@@ -196,11 +203,7 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
 def test_bisect_names_the_patch_that_leaks_a_dmabuf_on_a_refused_map(tmp_path):
     """Three patches, the second the leak between two comments: the bisect names it on the
     cell that asks what its own killed L2 left behind."""
-    p = harness("ab", "--bisect", "--candidate-kernel-patches",
-                str(SERIES / "bisect-leak-3.mbox"), "--viommu", "intel-iommu",
-                "--kernel", "dmabuf", "--backend", "iommufd", "--check", "kill-while-mapped",
-                "--results", str(tmp_path), "--seed", "12")
-    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    p = bisect_one_cell("bisect-leak-3.mbox", "iommufd", "kill-while-mapped", tmp_path)
     assert ('first bad patch 2/3 "iommufd: let iopt_alloc_dmabuf_pages() own the dma-buf '
             'reference"') in p.stdout, p.stdout
 
@@ -209,11 +212,7 @@ def test_bisect_names_the_patch_that_leaks_a_dmabuf_on_a_refused_map(tmp_path):
 def test_bisect_names_the_patch_that_makes_a_closing_device_hang(tmp_path):
     """Three patches, the second the revoked-cleanup bug between two comments: the bisect
     names it, each step judging only the cell that hung."""
-    p = harness("ab", "--bisect", "--candidate-kernel-patches",
-                str(SERIES / "bisect-revoked-cleanup-3.mbox"), "--viommu", "intel-iommu",
-                "--kernel", "dmabuf", "--backend", "legacy", "--check", "unplug-while-revoked",
-                "--results", str(tmp_path), "--seed", "12")
-    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
+    p = bisect_one_cell("bisect-revoked-cleanup-3.mbox", "legacy", "unplug-while-revoked", tmp_path)
     assert ('first bad patch 2/3 "vfio/pci: drain a closing device\'s dma-bufs in cleanup '
             'itself"') in p.stdout, p.stdout
 
