@@ -246,8 +246,9 @@ def parse_kmsg(answer: dict) -> tuple[tuple[LogLine, ...], int]:
 #: Report kinds after which the kernel's memory or locks are not to be trusted: a double
 #: free corrupts the allocator's lists, an Oops kills its task wherever it was. The steps
 #: after one on the same L1 would fail or pass by what the damage did (measured: the
-#: double-free adversary's later cells failed in one run and passed in the next), so that
-#: L1 is given up as a hung one is, and what is left runs on a fresh one.
+#: double-free adversary's later cells failed in one run and passed in the next), so the
+#: checks whose steps come after one are not run but failed naming it, and the next
+#: backend gets a fresh L1 (scenario.collect, runner._run_backend).
 UNTRUSTED = frozenset({"slub", "kasan", "kfence", "bug", "oops"})
 
 
