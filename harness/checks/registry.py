@@ -86,8 +86,10 @@ class Check:
     summary: str                       # one line: the marker's description
     phase: str                         # CREATION | LIFECYCLE | LAST | END | ALONE | SIDE
     verdict: Callable[[Evidence], Verdict]
-    #: kernel -> the entry per backend (in BACKENDS order), e.g. ("pass", "xfail[...]")
-    expected: dict[str, tuple[str, ...]]
+    #: kernel -> backend -> entry, e.g. {"legacy": "pass", "iommufd": "xfail[...]"}: every
+    #: backend named, so that a backend added to BACKENDS fails registration until each
+    #: check says what is expected of it (no backend inherits another's expectations)
+    expected: dict[str, dict[str, str]]
     why: dict[tuple[str, str], str] = field(default_factory=dict)  # (kernel, backend) -> why
     #: Collection steps of the main L2 it needs besides the L2 itself (bar_access, p2p).
     needs: tuple[str, ...] = ()
@@ -117,8 +119,13 @@ class Check:
         """(kernel, backend) -> what is expected, with its why."""
         out = {}
         for kernel, entries in self.expected.items():
-            for backend, entry in zip(BACKENDS, entries, strict=True):
-                out[(kernel, backend)] = expectation(entry, self.why.get((kernel, backend), ""))
+            if set(entries) != set(BACKENDS):
+                raise ValueError(f"check {self.name}, kernel {kernel}: expectations for "
+                                 f"{', '.join(sorted(entries))}, not for every backend "
+                                 f"({', '.join(BACKENDS)})")
+            for backend in BACKENDS:
+                out[(kernel, backend)] = expectation(entries[backend],
+                                                     self.why.get((kernel, backend), ""))
         return out
 
     def stands_on(self, step: str) -> bool:
@@ -139,7 +146,8 @@ class Check:
         of its own per backend, so that no check is credited with another's bytes."""
         if self.p2p_slot is None:
             raise ValueError(f"check {self.name} makes no P2P transfer")
-        return 0x1000 + 0x2000 * self.p2p_slot + 0x1000 * BACKENDS.index(backend)
+        per_slot = 0x1000 * len(BACKENDS)
+        return 0x1000 + per_slot * self.p2p_slot + 0x1000 * BACKENDS.index(backend)
 
 
 REGISTRY: dict[str, Check] = {}
@@ -239,8 +247,9 @@ QEMU_KEEPS_DMABUF = (
 
 register(Check(
     "dmabuf-per-region", "one dma-buf per mmapped BAR, each its own", SIDE, dmabuf_per_region,
-    {"dmabuf": ("pass", "pass"),
-     "no-dmabuf": ("skip[kernel-lacks-dmabuf]", "skip[kernel-lacks-dmabuf]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "skip[kernel-lacks-dmabuf]",
+                   "iommufd": "skip[kernel-lacks-dmabuf]"}},
     {("no-dmabuf", b): "the kernel has no VFIO dma-buf, so there is nothing to check"
      for b in BACKENDS},
     own_step="side_l2",
@@ -248,12 +257,15 @@ register(Check(
                ("drivers/dma-buf/", "*"))))
 register(Check(
     "mmap-fallback", "the plain mmap where there is no dma-buf", CREATION, mmap_fallback,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "pass")}, needs=("bar_access",),
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "pass"}},
+    needs=("bar_access",),
     exercises=(("hw/vfio/container", "legacy"), ("system/memory.c", "*"),
                ("drivers/vfio/pci/vfio_pci_rdwr.c", "*"))))
 register(Check(
     "p2p-dma", "edu copies between ivshmem BAR 2 and itself by DMA", CREATION, p2p_dma,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("no-dmabuf", "iommufd"): "iommufd maps a BAR only through its dma-buf: without one "
                                "IOMMU_IOAS_MAP fails and the DMA to the BAR's IOVA faults"},
     needs=("bar_access", "p2p"), own_step="p2p", p2p_slot=0,
@@ -263,7 +275,8 @@ register(Check(
                ("drivers/iommu/intel/", "*"), ("drivers/iommu/virtio-iommu.c", "*"))))
 register(Check(
     "decode-toggle", "BAR 2 away (memory decode off) and back", LIFECYCLE, decode_toggle,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("no-dmabuf", "iommufd"): "once the BAR is back, iommufd still cannot map it without a "
                                "dma-buf: the P2P after the step fails as at creation"},
     own_step="decode-toggle", collector="harness.collect.lifecycle:toggle_decode", p2p_slot=1,
@@ -271,14 +284,16 @@ register(Check(
 register(Check(
     "reset", "L2 reset: BARs cleared and programmed again, nvme reset by FLR", LIFECYCLE,
     reset,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("no-dmabuf", "iommufd"): still_unmapped("once the BARs are programmed again")},
     own_step="reset", collector="harness.collect.lifecycle:reset_l2", p2p_slot=2,
     exercises=(("hw/pci/pci.c", "*"), ("drivers/vfio/pci/vfio_pci_config.c", "*"))))
 register(Check(
     "reset-while-revoked", "every device's memory decode off, then L2 reset: nvme's FLR meets "
     "its dma-buf revoked", LIFECYCLE, reset_while_revoked,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("dmabuf", b): "VFIO_DEVICE_RESET revokes through vfio_pci_dma_buf_move, a no-op for a "
                     "dma-buf already revoked, and un-revokes after the FLR only if the device "
                     "decodes memory: the dma-bufs stay revoked until the guest turns decode "
@@ -291,8 +306,9 @@ register(Check(
                ("drivers/pci/pci.c", "*"))))
 register(Check(
     "dmabuf-unplug", "ivshmem unplugged and plugged again, five times", LAST, dmabuf_unplug,
-    {"dmabuf": ("xfail[dmabuf-outlives-device]", "xfail[dmabuf-outlives-device]"),
-     "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "xfail[dmabuf-outlives-device]",
+                "iommufd": "xfail[dmabuf-outlives-device]"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("dmabuf", "legacy"): QEMU_KEEPS_DMABUF, ("dmabuf", "iommufd"): QEMU_KEEPS_DMABUF,
      ("no-dmabuf", "iommufd"): "once the device is plugged again, iommufd still cannot map "
                                "BAR 2 without a dma-buf: the P2P after the cycle fails as at "
@@ -302,7 +318,8 @@ register(Check(
 register(Check(
     "unplug-while-revoked", "ivshmem unplugged with its memory decode off (its dma-bufs "
     "revoked), then plugged again", LAST, unplug_while_revoked,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bar-map-refused,bytes-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,bytes-missing]"}},
     {("dmabuf", b): "QEMU closes the device while its dma-bufs are revoked and, keeping them "
                     "open (its 11.1.3 leak), still referenced: vfio_pci_dma_buf_cleanup "
                     "drains them through the revoke path, a no-op for a revoked one, and "
@@ -318,7 +335,8 @@ register(Check(
 register(Check(
     "quit-while-revoked", "L2 quits with every device's memory decode off (its dma-bufs "
     "revoked)", END, quit_while_revoked,
-    {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "pass")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "pass"}},
     {("dmabuf", b): "vfio_pci_core_close_device drains a revoked dma-buf through the revoke "
                     "path, which leaves it as it is, and detaches it: L2 ends at once, L1 "
                     "keeps no VFIO dma-buf or fd, and each device opens again with a live "
@@ -332,8 +350,9 @@ def iommufd_only(why: str, without_dmabuf: str) -> tuple[dict, dict]:
     """(expected, why) of a check of the kernel's iommufd dma-buf path, played once per L1
     in the iommufd cell: it passes there on the dmabuf kernel, and skips elsewhere."""
     legacy = "a check of the kernel's iommufd path, played once per L1, in the iommufd cell"
-    return ({"dmabuf": ("skip[iommufd-only]", "pass"),
-             "no-dmabuf": ("skip[iommufd-only]", "skip[kernel-lacks-dmabuf]")},
+    return ({"dmabuf": {"legacy": "skip[iommufd-only]", "iommufd": "pass"},
+             "no-dmabuf": {"legacy": "skip[iommufd-only]",
+                           "iommufd": "skip[kernel-lacks-dmabuf]"}},
             {("dmabuf", "iommufd"): why, ("no-dmabuf", "iommufd"): without_dmabuf,
              ("dmabuf", "legacy"): legacy, ("no-dmabuf", "legacy"): legacy})
 
@@ -370,8 +389,8 @@ register(Check(
                ("kernel/exit.c", "iommufd"))))
 register(Check(
     "multi-range", "a BAR mmapped in pieces around its MSI-X table", SIDE, multi_range,
-    {"dmabuf": ("pass", "xfail[multi-range-refused,read-missing]"),
-     "no-dmabuf": ("pass", "xfail[bar-map-refused,read-missing]")},
+    {"dmabuf": {"legacy": "pass", "iommufd": "xfail[multi-range-refused,read-missing]"},
+     "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bar-map-refused,read-missing]"}},
     {("dmabuf", "iommufd"):
      "iommufd maps a VFIO dma-buf of one range only (vfio_pci_dma_buf_iommufd_map: \"More "
      "than one range to iommufd will require proper DMABUF support\", EOPNOTSUPP): a BAR "

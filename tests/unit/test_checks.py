@@ -30,7 +30,8 @@ def toy_verdict(ev: Evidence) -> Verdict:
 def toy():
     check = registry.register(registry.Check(
         "toy-check", "a check made up for this test", registry.CREATION, toy_verdict,
-        {"dmabuf": ("pass", "pass"), "no-dmabuf": ("pass", "xfail[bytes-missing]")},
+        {"dmabuf": {"legacy": "pass", "iommufd": "pass"},
+         "no-dmabuf": {"legacy": "pass", "iommufd": "xfail[bytes-missing]"}},
         {("no-dmabuf", "iommufd"): "the toy's why"}, exercises=(("hw/misc/toy.c", "*"),)))
     yield check
     registry.unregister("toy-check")
@@ -57,8 +58,13 @@ def test_a_check_is_registered_once_with_a_known_phase():
         registry.register(registry.Check("x", "x", "sometime", toy_verdict, {}))
     with pytest.raises(ValueError, match="unknown finding"):
         registry.register(registry.Check("y", "y", registry.CREATION, toy_verdict,
-                                         {"dmabuf": ("pass", "xfail[nonsense]")}))
-    assert "x" not in registry.REGISTRY and "y" not in registry.REGISTRY
+                                         {"dmabuf": {"legacy": "pass",
+                                                     "iommufd": "xfail[nonsense]"}}))
+    with pytest.raises(ValueError, match="check z, kernel dmabuf: expectations for legacy, "
+                                         "not for every backend"):
+        registry.register(registry.Check("z", "z", registry.CREATION, toy_verdict,
+                                         {"dmabuf": {"legacy": "pass"}}))
+    assert not {"x", "y", "z"} & set(registry.REGISTRY)
 
 
 def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):

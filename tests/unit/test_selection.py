@@ -61,7 +61,7 @@ def test_the_whole_matrix_collects_everything():
 def test_an_l2_ends_once_so_two_checks_that_end_it_cannot_share_it():
     registry.register(registry.Check("toy-end", "ends L2 its own way", registry.END,
                                      lambda ev: None,  # type: ignore[arg-type,return-value]
-                                     {"dmabuf": ("pass", "pass")}))
+                                     {"dmabuf": {"legacy": "pass", "iommufd": "pass"}}))
     try:
         with pytest.raises(ValueError, match="would each end the same L2"):
             collection("quit-while-revoked", "toy-end")
