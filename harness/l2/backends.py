@@ -5,13 +5,15 @@ IOMMU, which L1 node it opens, what QEMU needs for it) instead of comparing
 its name, in the spirit of the kernel's vfio selftests' table of iommu modes.
 """
 
+import json
 from dataclasses import dataclass
 
 from harness.base.errors import BadInput
 
-#: How a BAR reaches the IOMMU: through its dma-buf (IOMMU_IOAS_MAP_FILE), or by the
-#: address of its mmap (type1 follows the VMA to the device's pages).
-BY_DMABUF, BY_ADDRESS = "dma-buf", "address"
+#: How a BAR reaches the IOMMU: through its dma-buf (IOMMU_IOAS_MAP_FILE), by the
+#: address of its mmap (type1 follows the VMA to the device's pages), or as a vfio-user
+#: server maps what its client hands it (the fd of the RAMBlock QEMU maps, if it has one).
+BY_DMABUF, BY_ADDRESS, BY_SERVER = "dma-buf", "address", "server"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,15 @@ class Backend:
     device_property: str | None = None
     #: The Inventory field that says whether L1 has `node`.
     inventory_field: str = ""
+    #: vfio-user: where the servers' sockets are, one per device named for its BDF (the
+    #: device is then vfio-user-pci on that socket, not vfio-pci on the host device).
+    sockets: str | None = None
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether L2's RAM must be a shared memfd: a vfio-user server (another process)
+        reaches it only through the fd QEMU sends with each DMA_MAP."""
+        return self.sockets is not None
 
     @property
     def maps_bars_by_dmabuf(self) -> bool:
@@ -34,6 +45,10 @@ class Backend:
         return ["-object", self.qemu_object] if self.qemu_object else []
 
     def device(self, bdf: str, extra: str = "") -> str:
+        if self.sockets is not None:  # a struct property: only -device's JSON form sets it
+            more = dict(p.split("=", 1) for p in extra.split(",") if p)
+            return json.dumps({"driver": "vfio-user-pci", "socket": {
+                "type": "unix", "path": f"{self.sockets}/{bdf}.sock"}, **more})
         props = [f"vfio-pci,host={bdf}"]
         if self.device_property:
             props.append(self.device_property)
@@ -54,6 +69,9 @@ BACKENDS = {b.name: b for b in (
             device_property="iommufd=iofd0", inventory_field="dev_iommu"),
 )}
 NAMES = tuple(BACKENDS)
+#: QEMU's vfio-user client on the harness's own servers in L1 (l1/vfio_user.py). Not in
+#: BACKENDS yet: it joins the matrix when each check says what is expected of it there.
+VFIO_USER = Backend("vfio-user", "/run/vfio-user", BY_SERVER, sockets="/run/vfio-user")
 
 
 def backend(name: str) -> Backend:

@@ -129,6 +129,9 @@ def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",
            "-m", f"{spec.memory_mb}M", "-nodefaults", "-display", "none",
            *spec.backend.objects()]
+    if spec.backend.shares_memory:
+        cmd += ["-object", f"memory-backend-memfd,id=l2-ram,size={spec.memory_mb}M,share=on",
+                "-machine", "memory-backend=l2-ram"]
     for n, port in enumerate(spec.root_ports, start=1):
         cmd += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={n}"]
     for dev in spec.devices:

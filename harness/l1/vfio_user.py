@@ -1,0 +1,108 @@
+"""The vfio-user servers in L1: one per device, started before the L2 that takes the
+devices as vfio-user-pci and stopped after it, their logs kept as evidence.
+
+The server is guest/vfio_user_server.py (the Debian QEMU in the rootfs has the client
+but not QEMU's own server). Each runs under a shell that writes how it ended, as L2
+does, so that a server that died mid-run is named with its status and its stderr.
+"""
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.base.deadline import Deadline
+from harness.base.errors import HarnessError
+from harness.l1.session import L1Session
+
+GUEST_SERVER = Path(__file__).parent / "guest" / "vfio_user_server.py"
+REMOTE_SERVER = "/run/vfio_user_server.py"
+
+
+def read_log(text: str) -> list[dict]:
+    """A server's log: one JSON object per line (a line cut short by a kill is dropped)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass
+class VfioUserServers:
+    """The servers of `bdfs`, for as long as the context lasts."""
+
+    session: L1Session
+    bdfs: tuple[str, ...]
+    #: In L1 (a tmpfs): each device's socket, BDF.sock (where the client looks: the
+    #: backend's `sockets`), its log and its stderr.
+    directory: str
+    artifacts: Path          # on L0: each server's log and stderr land here
+    start_timeout: float = 10.0
+    pids: dict[str, int] = field(default_factory=dict, init=False)
+
+    def socket(self, bdf: str) -> str:
+        return f"{self.directory}/{bdf}.sock"
+
+    def file(self, bdf: str, suffix: str) -> str:
+        return shlex.quote(f"{self.directory}/{bdf}.{suffix}")
+
+    def __enter__(self) -> "VfioUserServers":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.session.put(GUEST_SERVER, REMOTE_SERVER, mode=0o755)
+        d = shlex.quote(self.directory)
+        self.session.run(f"rm -rf {d} && mkdir -p {d}", stage="vfio-user server start")
+        for bdf in self.bdfs:
+            line = " ".join(shlex.quote(a) for a in (
+                "python3", REMOTE_SERVER, self.socket(bdf), bdf, f"{self.directory}/{bdf}.log"))
+            started = self.session.run(
+                f"{{ setsid {line} </dev/null >/dev/null 2>{self.file(bdf, 'stderr')} & }}; "
+                f"echo $!",
+                stage="vfio-user server start")
+            self.pids[bdf] = int(started.stdout.strip())
+        deadline = Deadline("vfio-user server start", self.start_timeout)
+        waiting = " ".join(shlex.quote(self.socket(b)) for b in self.bdfs)
+        ready = self.session.run(
+            f"for s in {waiting}; do n=0; until [ -S \"$s\" ] || [ $n -ge "
+            f"{int(deadline.remaining() * 20)} ]; do sleep 0.05; n=$((n + 1)); done; "
+            f"[ -S \"$s\" ] || echo \"$s\"; done",
+            timeout=deadline.remaining() + 5, stage="vfio-user server start")
+        missing = ready.stdout.split()
+        if missing:
+            raise HarnessError(
+                f"vfio-user server(s) did not listen within {self.start_timeout:g} s: "
+                f"{', '.join(missing)}", stage="vfio-user server start",
+                details=self.session.run(f"cat {d}/*.stderr", check=False).stdout)
+
+    def logs(self) -> dict[str, list[dict]]:
+        """What each server logged so far."""
+        return {bdf: read_log(self.session.run(f"cat {self.file(bdf, 'log')}",
+                                               check=False).stdout)
+                for bdf in self.bdfs}
+
+    def stop(self) -> None:
+        """SIGTERM each server, then SIGKILL what is left after 5 s; keep their files."""
+        if self.pids:
+            pids = " ".join(str(p) for p in self.pids.values())
+            self.session.run(
+                f"kill {pids} 2>/dev/null; n=0; while kill -0 {pids} 2>/dev/null && "
+                f"[ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; kill -9 {pids} "
+                f"2>/dev/null; true", check=False, stage="vfio-user server stop")
+            self.pids.clear()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        for bdf in self.bdfs:
+            for suffix in ("log", "stderr"):
+                text = self.session.run(f"cat {self.file(bdf, suffix)}", check=False).stdout
+                (self.artifacts / f"vfio-user-{bdf}.{suffix}").write_text(text)
