@@ -40,6 +40,9 @@ class VfioUserServers:
     #: backend's `sockets`), its log and its stderr.
     directory: str
     artifacts: Path          # on L0: each server's log and stderr land here
+    #: A script to run in place of the server (an adversary: it may import the server,
+    #: which is uploaded beside it as vfio_user_server).
+    server: Path | None = None
     start_timeout: float = 10.0
     pids: dict[str, int] = field(default_factory=dict, init=False)
 
@@ -62,11 +65,15 @@ class VfioUserServers:
 
     def start(self) -> None:
         self.session.put(GUEST_SERVER, REMOTE_SERVER, mode=0o755)
+        program = REMOTE_SERVER
+        if self.server is not None:
+            program = f"/run/{self.server.name}"
+            self.session.put(self.server, program, mode=0o755)
         d = shlex.quote(self.directory)
         self.session.run(f"rm -rf {d} && mkdir -p {d}", stage="vfio-user server start")
         for bdf in self.bdfs:
             line = " ".join(shlex.quote(a) for a in (
-                "python3", REMOTE_SERVER, self.socket(bdf), bdf, f"{self.directory}/{bdf}.log"))
+                "python3", program, self.socket(bdf), bdf, f"{self.directory}/{bdf}.log"))
             started = self.session.run(
                 f"{{ setsid {line} </dev/null >/dev/null 2>{self.file(bdf, 'stderr')} & }}; "
                 f"echo $!",

@@ -71,7 +71,8 @@ BACKENDS = {b.name: b for b in (
 NAMES = tuple(BACKENDS)
 #: QEMU's vfio-user client on the harness's own servers in L1 (l1/vfio_user.py). Not in
 #: BACKENDS yet: it joins the matrix when each check says what is expected of it there.
-VFIO_USER = Backend("vfio-user", "/run/vfio-user", BY_SERVER, sockets="/run/vfio-user")
+VFIO_USER_SOCKETS = "/run/vfio-user"
+VFIO_USER = Backend("vfio-user", VFIO_USER_SOCKETS, BY_SERVER, sockets=VFIO_USER_SOCKETS)
 
 
 def backend(name: str) -> Backend:

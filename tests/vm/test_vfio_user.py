@@ -1,17 +1,20 @@
 """vfio-user for real: QEMU's vfio-user-pci client (the QEMU under test) on the harness's
-server in L1, which serves the real devices bound to vfio-pci there."""
+server in L1, which serves the real devices bound to vfio-pci there; and two adversaries,
+a server that lies about a region and an L2 that does not mmap one, each caught naming
+the region."""
 
-import os
+from pathlib import Path
 
 import pytest
 
+from harness.collect import vfio_user
 from harness.collect.stack import booted
-from harness.l1.vfio_user import VfioUserServers
-from harness.l2.backends import VFIO_USER
-from harness.l2.dma_engine import EduEngine
-from harness.l2.pci import PciConfig
-from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Device, L2Qemu, L2Spec
+from harness.l1.vfio_user import read_log
 from harness.platforms import X86_64, EduDevice, IvshmemDevice
+from harness.verdicts.vfio_user import served
+from tests.vm.adversaries import Adversary, build_shim
+
+ADVERSARIES = Path(__file__).parent / "adversaries"
 
 
 @pytest.fixture(scope="module")
@@ -20,52 +23,72 @@ def l1(qemu, images, accelerator, artifacts):
                 artifacts / "vfio-user-tests", accel=accelerator) as stack:
         inventory = stack.vfio.inventory([EduDevice().vendor_device,
                                           IvshmemDevice().vendor_device])
-        bound = stack.vfio.bind([d.bdf for d in inventory.devices])
-        yield stack, {d.vendor_device: d for d in bound}
+        bound = {d.vendor_device: d for d in stack.vfio.bind([d.bdf for d in
+                                                              inventory.devices])}
+        yield stack, {"edu": bound[EduDevice().vendor_device],
+                      "ivshmem": bound[IvshmemDevice().vendor_device]}
+
+
+def no_process_left(stack) -> bool:
+    return not stack.session.run("pgrep -f 'qemu-system|vfio_user_server'",
+                                 check=False).stdout.strip()
 
 
 def test_a_real_device_served_over_vfio_user_is_mmapped_and_does_dma_into_l2(l1, tmp_path):
-    """Both devices on sockets: their BARs come mmapped from the device fd the server
-    passes (not through socket messages), edu answers through it, and edu's DMA reaches
-    L2's memory through the memfd QEMU hands the server with DMA_MAP."""
+    """Both devices on sockets: each BAR as the device has it, mmapped from the device fd
+    the server passes (not reached through socket messages), edu's registers answering
+    through it, L2's write at ivshmem BAR 2 in L0's file, and edu's DMA into and out of
+    L2's RAM through the memfd QEMU hands the server with DMA_MAP."""
     stack, devices = l1
-    edu, ivshmem = (devices[d.vendor_device] for d in (EduDevice(), IvshmemDevice()))
-    spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(ivshmem.bdf)),
-                  traces=("vfio_user_*", "vfio_region_*"))
-    m = stack.machine
-    with VfioUserServers(stack.session, (edu.bdf, ivshmem.bdf), VFIO_USER.sockets,
-                         tmp_path / "servers") as servers:
-        with L2Qemu(stack.session, spec, tmp_path, m.host_ports[L1_QMP_PORT],
-                    m.host_ports[L1_QTEST_PORT], start_timeout=20) as q:
-            pci = PciConfig(q.qtest, spec.platform.l2)
-            edu_slot, ivs_slot = pci.find(edu.vendor_device), pci.find(ivshmem.vendor_device)
-            bar0 = pci.place(edu_slot)[0][1]
-            bar2 = pci.place(ivs_slot)[2][1]
-            pci.enable(edu_slot)
-            pci.enable(ivs_slot, master=False)
-            engine = EduEngine(q.qtest, bar0)
-            engine.probe()
-            assert engine.liveness(0x12345678) == 0xEDCBA987
-            q.qtest.writel(bar2 + 0x10, 0xCAFEF00D)
-            assert q.qtest.readl(bar2 + 0x10) == 0xCAFEF00D
-            pattern = os.urandom(64)
-            q.qtest.write(0x100000, pattern)
-            engine.read_into_device(0x100000, len(pattern))
-            engine.write_from_device(0x200000, len(pattern))
-            assert q.qtest.read(0x200000, len(pattern)) == pattern
-            view = stack.vfio.process(q.pid)
-        logs = servers.logs()
-    mapped = {line.split()[-1] for line in view.vfio_maps}
-    assert {edu.cdev, ivshmem.cdev} <= mapped, view.vfio_maps
-    announced = {bdf: {e["index"]: e["size"] for e in log
-                       if e.get("command") == "DEVICE_GET_REGION_INFO" and e.get("fd")}
-                 for bdf, log in logs.items()}
-    assert announced == {edu.bdf: {b.index: b.size for b in edu.bars},
-                         ivshmem.bdf: {b.index: b.size for b in ivshmem.bars}}
-    for bdf, log in logs.items():
+    ev = vfio_user.collect(stack, devices, tmp_path)
+    verdict = served(ev)
+    assert verdict.observed == "pass", verdict.reason
+    assert "3 BAR(s) of 2 device(s)" in verdict.reason  # edu's 0, ivshmem's 0 and 2
+    assert "3 mmapped from the devices' cdevs" in verdict.reason
+    logs = {p.name: p.read_text() for p in (tmp_path / "servers").glob("*.log")}
+    for bdf in (d.bdf for d in devices.values()):
+        log = read_log(logs[f"vfio-user-{bdf}.log"])
         assert any(e.get("command") == "DMA_MAP" and e["fd"] == "memfd" and e["iova"] == 0
                    for e in log), log
-        assert not [e for e in log if e.get("error") and e["command"] != "DEVICE_GET_IRQ_INFO"]
         assert log[-1] == {"event": "disconnected", "bdf": bdf}  # L2's quit closed it
-    assert not stack.session.run("pgrep -f 'qemu-system|vfio_user_server'",
-                                 check=False).stdout.strip()
+    assert no_process_left(stack)
+
+
+def test_a_server_that_passes_another_fd_for_a_bar_is_caught_naming_the_region(l1, tmp_path):
+    """The server announces ivshmem's BAR 2 mmappable and passes a memfd of its size: L2
+    reads back what it wrote there, so only L2's mappings and the device's own memory (L0's
+    file) tell the lie; both are named, and no other region is."""
+    stack, devices = l1
+    ivshmem = devices["ivshmem"]
+    ev = vfio_user.collect(stack, devices, tmp_path,
+                           server=ADVERSARIES / "vfio_user_memfd_bar.py")
+    verdict = served(ev)
+    assert verdict.observed == "fail", verdict.reason
+    assert (f"region 2 of {ivshmem.bdf}: announced mmappable (flags 0x7) with an fd, but L2 "
+            f"maps none of {ivshmem.cdev} at the region's offset 0x20000000000 (it mapped "
+            f"/memfd:not-bar2") in verdict.reason
+    assert f"region 2 of {ivshmem.bdf}: L2's write at BAR 2 is not in the device's memory" \
+        in verdict.reason
+    assert "region 0" not in verdict.reason and devices["edu"].bdf not in verdict.reason
+    assert no_process_left(stack)
+
+
+def test_an_l2_that_does_not_mmap_a_bar_it_was_given_is_caught_naming_the_region(
+        l1, tmp_path):
+    """L2 (an LD_PRELOAD shim) refuses BAR 2's mmap: QEMU warns and reaches the BAR by
+    REGION_READ/WRITE messages, so the bytes still reach the device; the mmap the server
+    offered was not taken, and that is what fails, for that region alone."""
+    stack, devices = l1
+    ivshmem = devices["ivshmem"]
+    adversary = Adversary("refuse-bar2-mmap", "does not mmap BAR 2", shim="refuse-bar2-mmap")
+    stack.session.put(adversary.wrapper(build_shim(tmp_path)).encode(), "/run/qemu-no-bar2",
+                      mode=0o755)
+    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu="/run/qemu-no-bar2")
+    verdict = served(ev)
+    assert verdict.observed == "fail", verdict.reason
+    assert verdict.reason == (
+        f"region 2 of {ivshmem.bdf}: announced mmappable (flags 0x7) with an fd, but L2 maps "
+        f"none of {ivshmem.cdev} at the region's offset 0x20000000000"), verdict.reason
+    assert verdict.evidence["bar2_reached_device"]  # by messages: the bytes still arrive
+    assert "Failed to mmap" in (tmp_path / "run" / "l2-stderr.log").read_text()
+    assert no_process_left(stack)

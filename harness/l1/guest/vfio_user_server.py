@@ -265,7 +265,7 @@ class Connection:
             entry["index"] = index
             flags, size, offset = dev.region(index)
             out_fds = (dev.fd,) if flags & VFIO_REGION_INFO_FLAG_MMAP and size else ()
-            entry.update(flags=flags, size=size, fd=bool(out_fds))
+            entry.update(flags=flags, size=size, fd=bool(out_fds), offset=offset)
             # offset: where the region lies in the fd passed (the device's own)
             return struct.pack("<IIIIQQ", 32, flags, index, 0, size, offset), out_fds
         if command == DEVICE_GET_IRQ_INFO:

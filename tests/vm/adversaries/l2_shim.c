@@ -173,6 +173,13 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
         real = dlsym(RTLD_NEXT, "mmap");
     if (fd >= 0 && !strcmp(mode(), "anon-bar-mmap") && is_vfio_device(fd))
         return real(addr, len, prot, (flags & ~MAP_SHARED) | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* BAR 2 (region 2, at 2 << 40 of the device fd) not mmapped: QEMU warns and reaches
+     * the BAR another way (vfio-user: REGION_READ/WRITE messages). */
+    if (fd >= 0 && !strcmp(mode(), "refuse-bar2-mmap") && is_vfio_device(fd) &&
+        (uint64_t)off >= (2ull << 40) && (uint64_t)off < (3ull << 40)) {
+        errno = EPERM;
+        return MAP_FAILED;
+    }
     return real(addr, len, prot, flags, fd, off);
 }
 void *mmap64(void *, size_t, int, int, int, off_t) __attribute__((alias("mmap")));

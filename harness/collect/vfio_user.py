@@ -1,0 +1,89 @@
+"""Collect a vfio-user run on one booted L1: the harness's servers for edu and ivshmem, an
+L2 that takes both as vfio-user-pci, and what each witness saw.
+
+The device side is read where QEMU cannot reach it: L0's ivshmem file for what L2 wrote
+at BAR 2, edu's liveness register (the device answers the inverse: no file or memory in
+between would), the servers' logs for what they announced, the L1 kernel's view of L2's
+mappings.
+"""
+
+import os
+from pathlib import Path
+
+from harness.base.errors import HarnessError
+from harness.collect.stack import L1Stack
+from harness.evidence.records import BarAccess, parse_trace
+from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun, parse_maps
+from harness.l1.vfio import L1Device
+from harness.l1.vfio_user import VfioUserServers
+from harness.l2.backends import VFIO_USER, VFIO_USER_SOCKETS
+from harness.l2.dma_engine import EduEngine
+from harness.l2.pci import PciConfig
+from harness.l2.qemu import (
+    L1_QMP_PORT,
+    L1_QTEST_PORT,
+    L2_QEMU,
+    TRACE_EVENTS,
+    L2Device,
+    L2Qemu,
+    L2Spec,
+)
+
+BAR2_PROBE = 0x3000     # where in ivshmem BAR 2 L2's write lands (read back on L0)
+DMA_FROM, DMA_TO = 0x100000, 0x200000  # L2 RAM edu reads from and writes to
+PROBE_SIZE = 64
+
+
+def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
+            server: Path | None = None, qemu: str = L2_QEMU,
+            preload: tuple[str, ...] = ()) -> VfioUserEvidence:
+    """`devices`: "edu" and "ivshmem", bound to vfio-pci in L1; `server`: a script to run
+    in place of the harness's server (an adversary), which may import it."""
+    edu, ivshmem = devices["edu"], devices["ivshmem"]
+    bdfs = (edu.bdf, ivshmem.bdf)
+    spec = L2Spec(VFIO_USER, tuple(L2Device(b) for b in bdfs), qemu=qemu, preload=preload,
+                  traces=TRACE_EVENTS + ("vfio_user_*",))
+    m = stack.machine
+    problems: list[str] = []
+    access = None
+    written, pattern = os.urandom(PROBE_SIZE), os.urandom(PROBE_SIZE)
+    on_l0 = back = b""
+    maps: list[str] = []
+    m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
+    with VfioUserServers(stack.session, bdfs, VFIO_USER_SOCKETS, out / "servers",
+                         server=server) as servers:
+        with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
+                    m.host_ports[L1_QTEST_PORT], start_timeout=20) as l2:
+            pci = PciConfig(l2.qtest, spec.platform.l2)
+            edu_slot, iv_slot = pci.find(edu.vendor_device), pci.find(ivshmem.vendor_device)
+            bar0 = pci.place(edu_slot)[0][1]
+            iv = {i: address for i, (_, address) in pci.place(iv_slot).items()}
+            pci.enable(edu_slot)
+            pci.enable(iv_slot, master=False)
+            engine = EduEngine(l2.qtest, bar0)
+            try:
+                read = engine.liveness(0x5A5AA5A5)
+                l2.qtest.writel(iv[0], 0xFFFF)
+                access = BarAccess(engine.identity(), 0x5A5AA5A5, read, 0xFFFF,
+                                   l2.qtest.readl(iv[0]))
+                l2.qtest.write(iv[2] + BAR2_PROBE, written)
+                on_l0 = m.read_ivshmem(BAR2_PROBE, PROBE_SIZE)
+                l2.qtest.write(DMA_FROM, pattern)
+                engine.read_into_device(DMA_FROM, PROBE_SIZE)
+                engine.write_from_device(DMA_TO, PROBE_SIZE)
+                back = l2.qtest.read(DMA_TO, PROBE_SIZE)
+            except HarnessError as e:
+                problems.append(f"{e.stage}: {e.message}")
+            maps = stack.session.run(f"cat /proc/{l2.pid}/maps", check=False,
+                                     stage="L2 mappings").stdout.splitlines()
+            (out / "l2-maps.txt").write_text("".join(f"{line}\n" for line in maps))
+        logs = servers.logs()
+    trace = tuple(parse_trace((out / "l2-trace.log").read_text()))
+    served = tuple(
+        ServedDevice(d.bdf, d.cdev or "", f"{VFIO_USER_SOCKETS}/{d.bdf}.sock",
+                     {b.index: b.size for b in d.bars if b.mem},
+                     tuple(e for e in logs[d.bdf]
+                           if e.get("command") == "DEVICE_GET_REGION_INFO"))
+        for d in (edu, ivshmem))
+    return VfioUserEvidence(VfioUserRun(served, trace, parse_maps(maps)), access, written,
+                            on_l0, pattern, back, tuple(problems))

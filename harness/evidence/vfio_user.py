@@ -1,0 +1,68 @@
+"""What a vfio-user run leaves to judge: per device, what the server announced (its log),
+what the device really has (L1's view of its BARs and its cdev), and how L2 took it (its
+trace and its mappings). Three witnesses that must agree, each from another process."""
+
+import re
+from dataclasses import dataclass
+
+from harness.evidence.records import BarAccess, TraceRecord
+
+_MAPS = re.compile(r"^(?P<start>[0-9a-f]+)-(?P<end>[0-9a-f]+) \S+ (?P<offset>[0-9a-f]+) \S+ \d+"
+                   r"\s+(?P<path>\S.*)$")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One file mapping of L2 (/proc/PID/maps): [start, end) of `path` from `offset`."""
+
+    start: int
+    end: int
+    offset: int
+    path: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def parse_maps(lines: tuple[str, ...] | list[str]) -> tuple[Mapping, ...]:
+    out = []
+    for line in lines:
+        m = _MAPS.match(line.strip())
+        if m:
+            out.append(Mapping(int(m["start"], 16), int(m["end"], 16), int(m["offset"], 16),
+                               m["path"]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ServedDevice:
+    bdf: str
+    cdev: str                      # the device's VFIO cdev in L1: what the server opened
+    socket: str                    # where L2's client reached it
+    bars: dict[int, int]           # L1's view: memory BAR index -> size
+    #: The server's log lines for DEVICE_GET_REGION_INFO: index, flags, size, fd, offset.
+    announced: tuple[dict, ...]
+
+    @property
+    def name(self) -> str:
+        """How QEMU's trace names the device: by its socket."""
+        return f"vfio-user:{self.socket}"
+
+
+@dataclass(frozen=True)
+class VfioUserRun:
+    devices: tuple[ServedDevice, ...]
+    trace: tuple[TraceRecord, ...]
+    maps: tuple[Mapping, ...]      # every file mapping of L2 while it ran
+
+
+@dataclass(frozen=True)
+class VfioUserEvidence:
+    run: VfioUserRun
+    bar_access: BarAccess | None
+    bar2_written: bytes          # what L2 wrote at ivshmem BAR 2 + BAR2_PROBE
+    bar2_on_l0: bytes            # what L0's ivshmem file held there afterwards
+    dma_pattern: bytes           # put in L2 RAM at DMA_FROM; edu copies it to DMA_TO
+    dma_back: bytes              # what L2 RAM held at DMA_TO afterwards
+    problems: tuple[str, ...]    # steps that raised, in their words

@@ -1,0 +1,119 @@
+"""Verdicts of vfio-user runs: the regions as the server announced them, as the device has
+them, and as L2 took them.
+
+The server is a process the harness does not trust more than QEMU: what it announces is
+held to L1's view of the device (sysfs BARs), and what L2 did with it to L2's own trace
+and to its mappings as the L1 kernel shows them. A region announced mmappable with an fd
+must be mapped by L2 from the device's cdev at the region's offset: a mapping of another
+file, of another region's offset, or none at all (L2 then reaches the BAR by socket
+messages, or not at all) fails naming the region.
+"""
+
+from harness.evidence.records import RegionSetup, of_type
+from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun
+from harness.verdicts.verdict import Verdict
+
+PAGE = 4096
+VFIO_REGION_INFO_FLAG_MMAP = 4
+
+
+def _page_up(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def _device_problems(dev: ServedDevice, run: VfioUserRun) -> tuple[list[str], dict]:
+    problems: list[str] = []
+    seen: dict[int, dict] = {}
+    announced = {e["index"]: e for e in dev.announced if "error" not in e}
+    setups = {r.region: r for r in of_type(list(run.trace), RegionSetup)
+              if r.device == dev.name}
+    for index, size in sorted(dev.bars.items()):
+        where = f"region {index} of {dev.bdf}"
+        entry = announced.get(index)
+        if entry is None:
+            problems.append(f"{where}: the server never announced it")
+            continue
+        if entry["size"] != size:
+            problems.append(f"{where}: the server announced {entry['size']:#x} bytes, the "
+                            f"device's BAR has {size:#x}")
+        setup = setups.get(index)
+        if setup is None:
+            problems.append(f"{where}: no vfio_region_setup for it in L2's trace")
+        elif (setup.size, setup.flags) != (entry["size"], entry["flags"]):
+            problems.append(f"{where}: L2 set it up as {setup.size:#x} bytes, flags "
+                            f"{setup.flags:#x}; the server announced {entry['size']:#x}, "
+                            f"flags {entry['flags']:#x}")
+        mmappable = bool(entry["flags"] & VFIO_REGION_INFO_FLAG_MMAP) and entry["fd"]
+        region = (entry["offset"], entry["offset"] + _page_up(entry["size"]))
+        from_device = [m for m in run.maps if m.path == dev.cdev
+                       and region[0] <= m.offset < region[1]]
+        seen[index] = {"announced": {k: entry[k] for k in ("flags", "size", "fd", "offset")},
+                       "l2_maps": [(hex(m.offset), m.size) for m in from_device]}
+        if not mmappable:
+            continue
+        if not from_device:
+            served = {d.cdev for d in run.devices}  # another device's BAR is no suspect
+            others = [m for m in run.maps if m.path not in served
+                      and not m.path.startswith("/usr") and m.size == _page_up(entry["size"])]
+            instead = (f" (it mapped {others[0].path} at {others[0].offset:#x} instead, of "
+                       f"the region's size)" if len(others) == 1 else "")
+            problems.append(f"{where}: announced mmappable (flags {entry['flags']:#x}) with "
+                            f"an fd, but L2 maps none of {dev.cdev} at the region's offset "
+                            f"{entry['offset']:#x}{instead}")
+        elif sum(m.size for m in from_device) != _page_up(entry["size"]):
+            problems.append(f"{where}: L2 maps {sum(m.size for m in from_device):#x} bytes "
+                            f"of it from {dev.cdev}, not its {_page_up(entry['size']):#x}")
+    return problems, seen
+
+
+def regions(run: VfioUserRun) -> Verdict:
+    """Every memory BAR of every served device: announced with the device's size, set up
+    by L2 as announced, and, where announced mmappable, mapped by L2 from the device."""
+    if not run.trace:
+        return Verdict("error", "evidence missing: L2's trace is empty", {})
+    problems: list[str] = []
+    evidence: dict = {}
+    for dev in run.devices:
+        found, seen = _device_problems(dev, run)
+        problems += found
+        evidence[dev.bdf] = seen
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence)
+    mapped = sum(1 for d in evidence.values() for r in d.values() if r["l2_maps"])
+    return Verdict("pass", f"{sum(len(d.bars) for d in run.devices)} BAR(s) of "
+                   f"{len(run.devices)} device(s) announced with the devices' sizes and set "
+                   f"up by L2 as announced; {mapped} mmapped from the devices' cdevs at "
+                   f"their regions' offsets", evidence)
+
+
+def served(ev: VfioUserEvidence) -> Verdict:
+    """The regions (above), and the devices' answers through them, each read where only
+    the device could have put it: edu's liveness register answers the inverse of what L2
+    wrote, L2's write at ivshmem BAR 2 is in L0's file, and edu's DMA copied L2's pattern
+    from one place of L2's RAM to another (through the memfd QEMU handed the server)."""
+    verdict = regions(ev.run)
+    if verdict.observed == "error":
+        return verdict
+    problems = [verdict.reason] if verdict.observed == "fail" else []
+    problems += list(ev.problems)
+    edu, ivshmem = (d.bdf for d in ev.run.devices)
+    access = ev.bar_access
+    if access is not None and access.liveness_read != access.liveness_written ^ 0xFFFFFFFF:
+        problems.append(f"region 0 of {edu}: edu's liveness register read "
+                        f"{access.liveness_read:#010x} after L2 wrote "
+                        f"{access.liveness_written:#010x} (the device answers the inverse)")
+    if ev.bar2_on_l0 and ev.bar2_on_l0 != ev.bar2_written:
+        problems.append(f"region 2 of {ivshmem}: L2's write at BAR 2 is not in the device's "
+                        f"memory (L0's ivshmem file holds {ev.bar2_on_l0[:8].hex()}..., L2 "
+                        f"wrote {ev.bar2_written[:8].hex()}...)")
+    if ev.dma_back and ev.dma_back != ev.dma_pattern:
+        problems.append(f"{edu}: edu's DMA through the server's IOAS did not copy L2's "
+                        f"pattern (read back {ev.dma_back[:8].hex()}...)")
+    evidence = {**verdict.evidence, "bar_access": vars(access) if access else None,
+                "bar2_reached_device": ev.bar2_on_l0 == ev.bar2_written,
+                "dma_copied": ev.dma_back == ev.dma_pattern}
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence)
+    return Verdict("pass", f"{verdict.reason}; edu answered through its BAR, L2's write "
+                   f"reached ivshmem BAR 2 (L0's file), and edu copied {len(ev.dma_pattern)} "
+                   f"bytes within L2's RAM by DMA", evidence)

@@ -1,0 +1,92 @@
+"""The vfio-user regions verdict on evidence captured from real runs (tests/vm/
+test_vfio_user.py, 2026-12-07): the honest server, and the adversary that passes a memfd
+for ivshmem's BAR 2. L2's trace and mappings cut to the lines the verdict reads."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.evidence.records import BarAccess, parse_trace
+from harness.evidence.vfio_user import (
+    ServedDevice,
+    VfioUserEvidence,
+    VfioUserRun,
+    parse_maps,
+)
+from harness.verdicts.vfio_user import regions, served
+
+DATA = Path(__file__).parent.parent / "data" / "vfio-user"
+EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
+DEVICES = {EDU: ("/dev/vfio/devices/vfio0", {0: 1 << 20}),
+           IVSHMEM: ("/dev/vfio/devices/vfio1", {0: 256, 2: 1 << 20})}
+
+
+def captured(name: str) -> VfioUserRun:
+    d = DATA / name
+    devices = tuple(
+        ServedDevice(bdf, cdev, f"/run/vfio-user/{bdf}.sock", bars,
+                     tuple(json.loads(line) for line in (d / f"{bdf}.log").read_text()
+                           .splitlines()))
+        for bdf, (cdev, bars) in DEVICES.items())
+    return VfioUserRun(devices, tuple(parse_trace((d / "l2-trace.log").read_text())),
+                       parse_maps((d / "l2-maps.txt").read_text().splitlines()))
+
+
+def test_maps_lines_parse_with_their_offsets_and_paths():
+    maps = {m.path: m for m in captured("memfd-bar2").maps}
+    assert maps["/dev/vfio/devices/vfio0"].size == 1 << 20
+    assert maps["/memfd:not-bar2 (deleted)"].offset == 0
+    honest = [m for m in captured("honest").maps if m.offset == 2 << 40]
+    assert [(m.path, m.size) for m in honest] == [("/dev/vfio/devices/vfio1", 1 << 20)]
+
+
+def test_the_honest_servers_regions_pass():
+    verdict = regions(captured("honest"))
+    assert verdict.observed == "pass", verdict.reason
+    assert verdict.evidence[IVSHMEM][2]["l2_maps"] == [("0x20000000000", 1 << 20)]
+
+
+def test_a_bar_mapped_from_another_file_fails_naming_the_region_and_the_file():
+    verdict = regions(captured("memfd-bar2"))
+    assert verdict.observed == "fail"
+    assert verdict.reason == (
+        f"region 2 of {IVSHMEM}: announced mmappable (flags 0x7) with an fd, but L2 maps none "
+        f"of /dev/vfio/devices/vfio1 at the region's offset 0x20000000000 (it mapped "
+        f"/memfd:not-bar2 (deleted) at 0x0 instead, of the region's size)")
+
+
+def test_a_size_announced_unlike_the_devices_bar_is_named():
+    run = captured("honest")
+    lying = dataclasses.replace(run.devices[0], bars={0: 1 << 21})
+    verdict = regions(dataclasses.replace(run, devices=(lying, run.devices[1])))
+    assert verdict.reason == (f"region 0 of {EDU}: the server announced 0x100000 bytes, the "
+                              f"device's BAR has 0x200000")
+    hidden = dataclasses.replace(run.devices[1], bars={0: 256, 2: 1 << 20, 4: 4096})
+    verdict = regions(dataclasses.replace(run, devices=(run.devices[0], hidden)))
+    assert verdict.reason == (f"region 4 of {IVSHMEM}: the server announced 0x0 bytes, the "
+                              f"device's BAR has 0x1000")
+    unasked = dataclasses.replace(run.devices[1], bars={0: 256, 2: 1 << 20, 8: 4096})
+    verdict = regions(dataclasses.replace(run, devices=(run.devices[0], unasked)))
+    assert verdict.reason == f"region 8 of {IVSHMEM}: the server never announced it"
+
+
+def test_an_empty_trace_is_an_error_not_a_pass():
+    assert regions(dataclasses.replace(captured("honest"), trace=())).observed == "error"
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("bar_access", BarAccess(0x010000ED, 0x5A5AA5A5, 0, 0xFFFF, 0xFFFF),
+     f"region 0 of {EDU}: edu's liveness register read 0x00000000"),
+    ("bar2_on_l0", bytes(8), f"region 2 of {IVSHMEM}: L2's write at BAR 2 is not in the "
+                             f"device's memory"),
+    ("dma_back", bytes(8), f"{EDU}: edu's DMA through the server's IOAS did not copy"),
+])
+def test_what_only_the_device_could_answer_is_held_to_it(field, value, words):
+    honest = VfioUserEvidence(captured("honest"),
+                              BarAccess(0x010000ED, 0x5A5AA5A5, 0xA5A55A5A, 0xFFFF, 0xFFFF),
+                              b"\1" * 8, b"\1" * 8, b"\2" * 8, b"\2" * 8, ())
+    assert served(honest).observed == "pass", served(honest).reason
+    verdict = served(dataclasses.replace(honest, **{field: value}))
+    assert verdict.observed == "fail" and verdict.reason.startswith(words), verdict.reason
