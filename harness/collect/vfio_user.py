@@ -16,7 +16,7 @@ from harness.evidence.records import BarAccess, parse_trace
 from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun, parse_maps
 from harness.l1.vfio import L1Device
 from harness.l1.vfio_user import VfioUserServers
-from harness.l2.backends import VFIO_USER, VFIO_USER_SOCKETS
+from harness.l2.backends import VFIO_USER, VFIO_USER_SOCKETS, Backend
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import (
@@ -30,26 +30,32 @@ from harness.l2.qemu import (
 )
 
 BAR2_PROBE = 0x3000     # where in ivshmem BAR 2 L2's write lands (read back on L0)
+P2P_PROBE = 0x5000      # where in ivshmem BAR 2 edu's DMA writes
 DMA_FROM, DMA_TO = 0x100000, 0x200000  # L2 RAM edu reads from and writes to
 PROBE_SIZE = 64
 
 
 def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
             server: Path | None = None, qemu: str = L2_QEMU,
-            preload: tuple[str, ...] = ()) -> VfioUserEvidence:
+            ivshmem_on: Backend | None = None) -> VfioUserEvidence:
     """`devices`: "edu" and "ivshmem", bound to vfio-pci in L1; `server`: a script to run
-    in place of the harness's server (an adversary), which may import it."""
+    in place of the harness's server (an adversary), which may import it; `ivshmem_on`: a
+    kernel backend to give ivshmem to as vfio-pci (edu's P2P then reaches a vfio-pci BAR)
+    instead of serving it too."""
     edu, ivshmem = devices["edu"], devices["ivshmem"]
-    bdfs = (edu.bdf, ivshmem.bdf)
-    spec = L2Spec(VFIO_USER, tuple(L2Device(b) for b in bdfs), qemu=qemu, preload=preload,
-                  traces=TRACE_EVENTS + ("vfio_user_*",))
+    served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
+    bdfs = tuple(d.bdf for d in served_devices)
+    spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(ivshmem.bdf, backend=ivshmem_on)),
+                  qemu=qemu, traces=TRACE_EVENTS + ("vfio_user_*",))
     m = stack.machine
     problems: list[str] = []
     access = None
-    written, pattern = os.urandom(PROBE_SIZE), os.urandom(PROBE_SIZE)
-    on_l0 = back = b""
+    written, pattern, p2p = (os.urandom(PROBE_SIZE) for _ in range(3))
+    on_l0 = back = p2p_on_l0 = b""
+    p2p_iova = 0
     maps: list[str] = []
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
+    m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     with VfioUserServers(stack.session, bdfs, VFIO_USER_SOCKETS, out / "servers",
                          server=server) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
@@ -72,6 +78,11 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                 engine.read_into_device(DMA_FROM, PROBE_SIZE)
                 engine.write_from_device(DMA_TO, PROBE_SIZE)
                 back = l2.qtest.read(DMA_TO, PROBE_SIZE)
+                p2p_iova = iv[2] + P2P_PROBE
+                l2.qtest.write(DMA_FROM, p2p)
+                engine.read_into_device(DMA_FROM, PROBE_SIZE)
+                engine.write_from_device(p2p_iova, PROBE_SIZE)
+                p2p_on_l0 = m.read_ivshmem(P2P_PROBE, PROBE_SIZE)
             except HarnessError as e:
                 problems.append(f"{e.stage}: {e.message}")
             maps = stack.session.run(f"cat /proc/{l2.pid}/maps", check=False,
@@ -84,6 +95,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                      {b.index: b.size for b in d.bars if b.mem},
                      tuple(e for e in logs[d.bdf]
                            if e.get("command") == "DEVICE_GET_REGION_INFO"))
-        for d in (edu, ivshmem))
+        for d in served_devices)
+    engine_maps = tuple(e for e in logs[edu.bdf] if e.get("command") == "DMA_MAP")
     return VfioUserEvidence(VfioUserRun(served, trace, parse_maps(maps)), access, written,
-                            on_l0, pattern, back, tuple(problems))
+                            on_l0, pattern, back, tuple(problems), p2p, p2p_on_l0, p2p_iova,
+                            engine_maps, ivshmem_on.name if ivshmem_on else VFIO_USER.name)

@@ -66,3 +66,11 @@ class VfioUserEvidence:
     dma_pattern: bytes           # put in L2 RAM at DMA_FROM; edu copies it to DMA_TO
     dma_back: bytes              # what L2 RAM held at DMA_TO afterwards
     problems: tuple[str, ...]    # steps that raised, in their words
+    #: edu's DMA from L2 RAM into ivshmem BAR 2 (at p2p_iova, L2's address): what was
+    #: copied, what L0's file held there afterwards, and the DMA_MAPs edu's server was
+    #: handed (the BAR's among them: with the BAR's dma-buf, or with no fd).
+    p2p_pattern: bytes = b""
+    p2p_on_l0: bytes = b""
+    p2p_iova: int = 0
+    engine_maps: tuple[dict, ...] = ()
+    ivshmem_backend: str = "vfio-user"  # or the kernel backend it was on, beside edu

@@ -46,6 +46,9 @@ class L2Died(HarnessError):
 class L2Device:
     bdf: str          # in L1
     extra: str = ""   # more vfio-pci properties, e.g. x-no-mmap=on, id=, bus=
+    #: Another backend than the L2's for this device: a vfio-pci device beside vfio-user
+    #: ones, whose BAR a vfio-user device reaches by P2P.
+    backend: Backend | None = None
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,16 @@ def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
            "-qmp", f"tcp:0.0.0.0:{L1_QMP_PORT},server=on,wait=off",
            "-m", f"{spec.memory_mb}M", "-nodefaults", "-display", "none",
            *spec.backend.objects()]
+    for other in dict.fromkeys(d.backend for d in spec.devices if d.backend is not None):
+        if other != spec.backend:
+            cmd += other.objects()
     if spec.backend.shares_memory:
         cmd += ["-object", f"memory-backend-memfd,id=l2-ram,size={spec.memory_mb}M,share=on",
                 "-machine", "memory-backend=l2-ram"]
     for n, port in enumerate(spec.root_ports, start=1):
         cmd += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={n}"]
     for dev in spec.devices:
-        cmd += ["-device", spec.backend.device(dev.bdf, dev.extra)]
+        cmd += ["-device", (dev.backend or spec.backend).device(dev.bdf, dev.extra)]
     for pattern in spec.traces:
         cmd += ["-trace", pattern]
     return cmd + ["-D", paths.trace]

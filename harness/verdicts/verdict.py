@@ -32,6 +32,9 @@ FINDINGS = {
                     "L1, in the iommufd backend's cell",
     "hung": "a step of L2 (a quit, a close, an unplug) did not return within its deadline: "
             "a task of L2 waits in the kernel, and the L1 is discarded",
+    "bar-fd-withheld": "QEMU's vfio-user client handed the server a BAR's range for DMA "
+                       "with no fd (the BAR's RAMBlock has none: no dma-buf), so the "
+                       "server, another process, has nothing to map there",
     "left-behind": "once the cell's L2 had ended, the L1 kernel still had a dma-buf of its "
                    "exporter alive (debugfs) or a process held a VFIO fd: a reference of "
                    "that L2's was never given back",

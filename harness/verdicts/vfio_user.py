@@ -96,7 +96,9 @@ def served(ev: VfioUserEvidence) -> Verdict:
         return verdict
     problems = [verdict.reason] if verdict.observed == "fail" else []
     problems += list(ev.problems)
-    edu, ivshmem = (d.bdf for d in ev.run.devices)
+    edu = ev.run.devices[0].bdf
+    ivshmem = ev.run.devices[1].bdf if len(ev.run.devices) > 1 else \
+        f"ivshmem (on {ev.ivshmem_backend})"
     access = ev.bar_access
     if access is not None and access.liveness_read != access.liveness_written ^ 0xFFFFFFFF:
         problems.append(f"region 0 of {edu}: edu's liveness register read "
@@ -117,3 +119,44 @@ def served(ev: VfioUserEvidence) -> Verdict:
     return Verdict("pass", f"{verdict.reason}; edu answered through its BAR, L2's write "
                    f"reached ivshmem BAR 2 (L0's file), and edu copied {len(ev.dma_pattern)} "
                    f"bytes within L2's RAM by DMA", evidence)
+
+
+def _bar_map(ev: VfioUserEvidence) -> dict | None:
+    """The DMA_MAP edu's server was handed for the range P2P wrote into, if any."""
+    for entry in ev.engine_maps:
+        if entry["iova"] <= ev.p2p_iova < entry["iova"] + entry["size"]:
+            return entry
+    return None
+
+
+def p2p(ev: VfioUserEvidence) -> Verdict:
+    """edu, served over vfio-user, copies a pattern by DMA from L2's RAM into ivshmem's BAR
+    2, and L0 reads it back out of ivshmem's file. The server can map the BAR only if QEMU
+    hands it an fd for it with DMA_MAP: a vfio-pci BAR's RAMBlock has its dma-buf's (QEMU
+    11 on a kernel with VFIO dma-buf), a vfio-user BAR's none."""
+    if not ev.p2p_pattern or not ev.engine_maps:
+        return Verdict("error", "evidence missing: no P2P was tried, or edu's server logged "
+                                "no DMA_MAP", {})
+    handed = _bar_map(ev)
+    evidence = {"iova": hex(ev.p2p_iova), "ivshmem_on": ev.ivshmem_backend,
+                "bar_dma_map": handed, "arrived": ev.p2p_on_l0 == ev.p2p_pattern}
+    where = f"ivshmem BAR 2 (on {ev.ivshmem_backend}) at {ev.p2p_iova:#x}"
+    if ev.p2p_on_l0 == ev.p2p_pattern:
+        return Verdict("pass", f"{len(ev.p2p_pattern)} bytes went L2 RAM -> edu (vfio-user) "
+                       f"-> {where}, and L0 read them back out of the file; the server was "
+                       f"handed the BAR with {handed['fd'] if handed else 'no'} fd and "
+                       f"mapped it into the device's IOAS", evidence)
+    findings = frozenset({"bytes-missing"})
+    if handed is None:
+        why = "edu's server was never handed a DMA_MAP covering it"
+    elif handed["fd"] == "none":
+        why = (f"edu's server was handed the BAR ({handed['iova']:#x}, {handed['size']:#x} "
+               f"bytes) with no fd, so nothing is mapped there")
+        findings |= {"bar-fd-withheld"}
+    else:
+        why = f"edu's server was handed it with a {handed['fd']} fd" + (
+            f" and could not map it ({handed['error']})" if handed.get("error") else "")
+    return Verdict("fail", f"edu's DMA into {where} did not arrive (L0's file holds "
+                   f"{ev.p2p_on_l0[:8].hex()}...): {why}" + (
+                       f"; {'; '.join(ev.problems)}" if ev.problems else ""),
+                   evidence, findings)

@@ -15,7 +15,7 @@ from harness.evidence.vfio_user import (
     VfioUserRun,
     parse_maps,
 )
-from harness.verdicts.vfio_user import regions, served
+from harness.verdicts.vfio_user import p2p, regions, served
 
 DATA = Path(__file__).parent.parent / "data" / "vfio-user"
 EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
@@ -90,3 +90,39 @@ def test_what_only_the_device_could_answer_is_held_to_it(field, value, words):
     assert served(honest).observed == "pass", served(honest).reason
     verdict = served(dataclasses.replace(honest, **{field: value}))
     assert verdict.observed == "fail" and verdict.reason.startswith(words), verdict.reason
+
+
+#: edu's server's DMA_MAPs as logged with ivshmem on vfio-pci beside it (2026-12-07): L2's
+#: RAM with its memfd, the BIOS with none, and ivshmem's BAR 2 with its dma-buf on the
+#: dmabuf kernel (with none on no-dmabuf and when ivshmem is served too).
+RAM = {"command": "DMA_MAP", "iova": 0x100000, "size": 0xFF00000, "fd": "memfd"}
+BAR2 = {"command": "DMA_MAP", "iova": 0xFD000000, "size": 0x100000, "fd": "dma-buf"}
+
+
+def p2p_evidence(bar_map, arrived=True):
+    pattern = b"\3" * 8
+    return VfioUserEvidence(captured("honest"), None, b"", b"", b"", b"", (), pattern,
+                            pattern if arrived else bytes(8), 0xFD005000, (RAM, bar_map),
+                            "legacy")
+
+
+def test_p2p_into_a_vfio_pci_bar_handed_with_its_dmabuf_passes():
+    verdict = p2p(p2p_evidence(BAR2))
+    assert verdict.observed == "pass"
+    assert "the server was handed the BAR with dma-buf fd" in verdict.reason
+
+
+def test_p2p_into_a_bar_handed_with_no_fd_fails_with_its_finding():
+    verdict = p2p(p2p_evidence({**BAR2, "fd": "none"}, arrived=False))
+    assert verdict.findings == {"bytes-missing", "bar-fd-withheld"}
+    assert verdict.reason.endswith("edu's server was handed the BAR (0xfd000000, 0x100000 "
+                                   "bytes) with no fd, so nothing is mapped there")
+    refused = p2p(p2p_evidence({**BAR2, "error": "EINVAL"}, arrived=False))
+    assert refused.findings == {"bytes-missing"}
+    assert refused.reason.endswith("handed it with a dma-buf fd and could not map it (EINVAL)")
+    unmapped = p2p(p2p_evidence({**RAM, "iova": 0}, arrived=False))
+    assert unmapped.reason.endswith("edu's server was never handed a DMA_MAP covering it")
+
+
+def test_a_p2p_never_tried_is_an_error():
+    assert p2p(dataclasses.replace(p2p_evidence(BAR2), p2p_pattern=b"")).observed == "error"

@@ -10,23 +10,35 @@ import pytest
 from harness.collect import vfio_user
 from harness.collect.stack import booted
 from harness.l1.vfio_user import read_log
+from harness.l2.backends import backend
 from harness.platforms import X86_64, EduDevice, IvshmemDevice
-from harness.verdicts.vfio_user import served
+from harness.verdicts.vfio_user import p2p, served
 from tests.vm.adversaries import Adversary, build_shim
 
 ADVERSARIES = Path(__file__).parent / "adversaries"
 
 
-@pytest.fixture(scope="module")
-def l1(qemu, images, accelerator, artifacts):
-    with booted(qemu, images, X86_64.viommu("intel-iommu"), "dmabuf",
-                artifacts / "vfio-user-tests", accel=accelerator) as stack:
+def booted_with_devices(qemu, images, accelerator, out, kernel):
+    with booted(qemu, images, X86_64.viommu("intel-iommu"), kernel, out,
+                accel=accelerator) as stack:
         inventory = stack.vfio.inventory([EduDevice().vendor_device,
                                           IvshmemDevice().vendor_device])
         bound = {d.vendor_device: d for d in stack.vfio.bind([d.bdf for d in
                                                               inventory.devices])}
         yield stack, {"edu": bound[EduDevice().vendor_device],
                       "ivshmem": bound[IvshmemDevice().vendor_device]}
+
+
+@pytest.fixture(scope="module")
+def l1(qemu, images, accelerator, artifacts):
+    yield from booted_with_devices(qemu, images, accelerator, artifacts / "vfio-user-tests",
+                                   "dmabuf")
+
+
+@pytest.fixture(scope="module")
+def l1_without_dmabuf(qemu, images, accelerator, artifacts):
+    yield from booted_with_devices(qemu, images, accelerator,
+                                   artifacts / "vfio-user-no-dmabuf", "no-dmabuf")
 
 
 def no_process_left(stack) -> bool:
@@ -51,6 +63,36 @@ def test_a_real_device_served_over_vfio_user_is_mmapped_and_does_dma_into_l2(l1,
         assert any(e.get("command") == "DMA_MAP" and e["fd"] == "memfd" and e["iova"] == 0
                    for e in log), log
         assert log[-1] == {"event": "disconnected", "bdf": bdf}  # L2's quit closed it
+    # P2P between two vfio-user devices: ivshmem's BAR comes to edu's server with no fd
+    between = p2p(ev)
+    assert between.observed == "fail" and "bar-fd-withheld" in between.findings, between
+    assert ", 0x100000 bytes) with no fd, so nothing is mapped there" in between.reason
+    assert no_process_left(stack)
+
+
+def test_a_vfio_user_device_reaches_a_vfio_pci_bar_by_p2p_through_its_dmabuf(l1, tmp_path):
+    """edu on vfio-user, ivshmem on vfio-pci (legacy) in the same L2: QEMU 11 hands edu's
+    server the BAR with its dma-buf (the BAR's RAMBlock fd), the server maps it into the
+    device's IOAS (IOMMU_IOAS_MAP_FILE), and edu's DMA lands in the BAR: L0 reads it back."""
+    stack, devices = l1
+    ev = vfio_user.collect(stack, devices, tmp_path, ivshmem_on=backend("legacy"))
+    verdict = p2p(ev)
+    assert verdict.observed == "pass", verdict.reason
+    assert "handed the BAR with dma-buf fd" in verdict.reason
+    assert served(ev).observed == "pass", served(ev).reason
+    assert no_process_left(stack)
+
+
+def test_without_vfio_dmabuf_the_server_is_handed_no_fd_for_a_vfio_pci_bar(
+        l1_without_dmabuf, tmp_path):
+    """The same L2 on a kernel without VFIO dma-buf: the BAR's RAMBlock has no fd, so the
+    server is handed the BAR's range with none and edu's DMA there has nothing mapped."""
+    stack, devices = l1_without_dmabuf
+    ev = vfio_user.collect(stack, devices, tmp_path, ivshmem_on=backend("legacy"))
+    verdict = p2p(ev)
+    assert verdict.observed == "fail" and verdict.findings == {"bytes-missing",
+                                                                "bar-fd-withheld"}, verdict
+    assert served(ev).observed == "pass", served(ev).reason  # all else as on dmabuf
     assert no_process_left(stack)
 
 
