@@ -22,7 +22,6 @@ from harness.l2.pci import PciConfig
 from harness.l2.qemu import (
     L1_QMP_PORT,
     L1_QTEST_PORT,
-    L2_QEMU,
     TRACE_EVENTS,
     L2Device,
     L2Qemu,
@@ -31,12 +30,12 @@ from harness.l2.qemu import (
 
 BAR2_PROBE = 0x3000     # where in ivshmem BAR 2 L2's write lands (read back on L0)
 P2P_PROBE = 0x5000      # where in ivshmem BAR 2 edu's DMA writes
-DMA_FROM, DMA_TO = 0x100000, 0x200000  # L2 RAM edu reads from and writes to
+DMA_TO = 0x1000        # past the platform's staging address in L2's RAM: edu writes there
 PROBE_SIZE = 64
 
 
 def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
-            server: Path | None = None, qemu: str = L2_QEMU,
+            server: Path | None = None, qemu: str | None = None,
             ivshmem_on: Backend | None = None) -> VfioUserEvidence:
     """`devices`: "edu" and "ivshmem", bound to vfio-pci in L1; `server`: a script to run
     in place of the harness's server (an adversary), which may import it; `ivshmem_on`: a
@@ -46,7 +45,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
     bdfs = tuple(d.bdf for d in served_devices)
     spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(ivshmem.bdf, backend=ivshmem_on)),
-                  qemu=qemu, traces=TRACE_EVENTS + ("vfio_user_*",))
+                  qemu=qemu or stack.platform.l2_qemu, traces=TRACE_EVENTS + ("vfio_user_*",),
+                  platform=stack.platform)
     m = stack.machine
     problems: list[str] = []
     access = None
@@ -56,6 +56,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     maps: list[str] = []
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
+    ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
     with VfioUserServers(stack.session, bdfs, VFIO_USER_SOCKETS, out / "servers",
                          server=server) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
@@ -74,13 +75,13 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                                    l2.qtest.readl(iv[0]))
                 l2.qtest.write(iv[2] + BAR2_PROBE, written)
                 on_l0 = m.read_ivshmem(BAR2_PROBE, PROBE_SIZE)
-                l2.qtest.write(DMA_FROM, pattern)
-                engine.read_into_device(DMA_FROM, PROBE_SIZE)
-                engine.write_from_device(DMA_TO, PROBE_SIZE)
-                back = l2.qtest.read(DMA_TO, PROBE_SIZE)
+                l2.qtest.write(ram, pattern)
+                engine.read_into_device(ram, PROBE_SIZE)
+                engine.write_from_device(ram + DMA_TO, PROBE_SIZE)
+                back = l2.qtest.read(ram + DMA_TO, PROBE_SIZE)
                 p2p_iova = iv[2] + P2P_PROBE
-                l2.qtest.write(DMA_FROM, p2p)
-                engine.read_into_device(DMA_FROM, PROBE_SIZE)
+                l2.qtest.write(ram, p2p)
+                engine.read_into_device(ram, PROBE_SIZE)
                 engine.write_from_device(p2p_iova, PROBE_SIZE)
                 p2p_on_l0 = m.read_ivshmem(P2P_PROBE, PROBE_SIZE)
             except HarnessError as e:

@@ -63,8 +63,8 @@ class VfioUserEvidence:
     bar_access: BarAccess | None
     bar2_written: bytes          # what L2 wrote at ivshmem BAR 2 + BAR2_PROBE
     bar2_on_l0: bytes            # what L0's ivshmem file held there afterwards
-    dma_pattern: bytes           # put in L2 RAM at DMA_FROM; edu copies it to DMA_TO
-    dma_back: bytes              # what L2 RAM held at DMA_TO afterwards
+    dma_pattern: bytes           # put in L2 RAM (staging); edu copies it DMA_TO further
+    dma_back: bytes              # what L2 RAM held there afterwards
     problems: tuple[str, ...]    # steps that raised, in their words
     #: edu's DMA from L2 RAM into ivshmem BAR 2 (at p2p_iova, L2's address): what was
     #: copied, what L0's file held there afterwards, and the DMA_MAPs edu's server was

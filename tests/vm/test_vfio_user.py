@@ -7,20 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from harness.base import paths
 from harness.collect import vfio_user
 from harness.collect.stack import booted
+from harness.images.recipe import Recipe
+from harness.images.store import ImageStore
+from harness.l0.qemu_binary import QemuBinary
 from harness.l1.vfio_user import read_log
 from harness.l2.backends import backend
-from harness.platforms import X86_64, EduDevice, IvshmemDevice
+from harness.platforms import AARCH64, X86_64, EduDevice, IvshmemDevice
 from harness.verdicts.vfio_user import p2p, served
 from tests.vm.adversaries import Adversary, build_shim
 
 ADVERSARIES = Path(__file__).parent / "adversaries"
 
 
-def booted_with_devices(qemu, images, accelerator, out, kernel):
-    with booted(qemu, images, X86_64.viommu("intel-iommu"), kernel, out,
-                accel=accelerator) as stack:
+def booted_with_devices(qemu, images, accelerator, out, kernel, viommu=None):
+    viommu = viommu or X86_64.viommu("intel-iommu")
+    with booted(qemu, images, viommu, kernel, out, accel=accelerator) as stack:
         inventory = stack.vfio.inventory([EduDevice().vendor_device,
                                           IvshmemDevice().vendor_device])
         bound = {d.vendor_device: d for d in stack.vfio.bind([d.bdf for d in
@@ -134,3 +138,22 @@ def test_an_l2_that_does_not_mmap_a_bar_it_was_given_is_caught_naming_the_region
     assert verdict.evidence["bar2_reached_device"]  # by messages: the bytes still arrive
     assert "Failed to mmap" in (tmp_path / "run" / "l2-stderr.log").read_text()
     assert no_process_left(stack)
+
+
+def test_on_arm64_a_served_device_answers_and_reaches_a_vfio_pci_bar_by_p2p(
+        pytestconfig, artifacts, tmp_path):
+    """The same on an arm64 L1 (SMMUv3, TCG): the served devices' regions and answers,
+    and P2P into a vfio-pci BAR through its dma-buf."""
+    store = ImageStore(Recipe.load(platform=AARCH64),
+                       paths.cache_dir(pytestconfig.getoption("--cache-dir")))
+    images = store.load(["dmabuf"])  # raises, naming it, if the arm64 images are not built
+    qemu = QemuBinary.find(platform=AARCH64)
+    for stack, devices in booted_with_devices(qemu, images, "tcg", artifacts / "vfio-user-arm64",
+                                              "dmabuf", AARCH64.viommu("smmuv3")):
+        ev = vfio_user.collect(stack, devices, tmp_path / "served")
+        assert served(ev).observed == "pass", served(ev).reason
+        ev = vfio_user.collect(stack, devices, tmp_path / "p2p", ivshmem_on=backend("legacy"))
+        verdict = p2p(ev)
+        assert verdict.observed == "pass", verdict.reason
+        assert "handed the BAR with dma-buf fd" in verdict.reason
+        assert no_process_left(stack)
