@@ -11,7 +11,6 @@ node they need; `backends.Backend` holds that as data.
 """
 
 import shlex
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
 from harness.base.progress import say
 from harness.base.qmp import TranscribedQmp
+from harness.l1.keeper import describe_status, launch_command
 from harness.l1.session import L1Session
 from harness.l2.backends import Backend
 from harness.l2.qtest import Qtest
@@ -95,35 +95,6 @@ class L2Paths:
         return f"{self.directory}/exit-status"
 
 
-def launch_command(line: str, paths: L2Paths) -> str:
-    """L2 under a shell of its own that waits for it and writes how it ended, so that L1
-    can say whether it exited (and with what) or was killed (and by which signal); the
-    command prints L2's pid once it is known."""
-    d = shlex.quote(paths.directory)
-    keeper = (f"{line} </dev/null >{d}/stdout.log 2>{shlex.quote(paths.stderr)} & "
-              f"echo $! >{d}/pid.new && mv {d}/pid.new {shlex.quote(paths.pid)}; wait $!; "
-              f"echo $? >{d}/status.new && mv {d}/status.new {shlex.quote(paths.status)}")
-    return (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
-            f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }} && "
-            f"n=0; until [ -s {shlex.quote(paths.pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
-            f"n=$((n + 1)); done; cat {shlex.quote(paths.pid)}")
-
-
-def describe_status(text: str) -> str | None:
-    """How L2 ended, from the status its shell wrote: None if it has not ended."""
-    text = text.strip()
-    if not text.isdigit():
-        return None
-    code = int(text)
-    if code > 128:
-        try:
-            name = signal.Signals(code - 128).name
-        except ValueError:
-            name = f"signal {code - 128}"
-        return f"was killed by {name} ({code - 128})"
-    return f"exited with status {code}"
-
-
 def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
     preload = ["env", f"LD_PRELOAD={':'.join(spec.preload)}"] if spec.preload else []
     cmd = [*preload, spec.qemu, "-M", spec.platform.l2.machine, "-accel", "qtest",
@@ -182,7 +153,9 @@ class L2Qemu:
         cmd = build_command(self.spec, self.paths)
         line = " ".join(shlex.quote(c) for c in cmd)
         (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
-        started = self.session.run(launch_command(line, self.paths), stage="L2 start")
+        p = self.paths
+        started = self.session.run(launch_command(line, p.directory, p.stderr, p.pid, p.status),
+                                   stage="L2 start")
         try:
             self.pid = int(started.stdout.strip())
         except ValueError:

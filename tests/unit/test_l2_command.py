@@ -57,7 +57,7 @@ def test_unknown_backend():
 
 
 def test_how_l2_ended_is_said_in_l1s_words():
-    from harness.l2.qemu import describe_status
+    from harness.l1.keeper import describe_status
 
     assert describe_status("") is None  # still running: its shell has not written it
     assert describe_status("0\n") == "exited with status 0"
@@ -72,10 +72,12 @@ def test_l2_runs_under_a_shell_that_writes_its_exit_status(tmp_path):
     import subprocess
     import time
 
-    from harness.l2.qemu import describe_status, launch_command
+    from harness.l1.keeper import describe_status, launch_command
 
     paths = L2Paths(str(tmp_path / "l2"))
-    out = subprocess.run(["sh", "-c", launch_command("sh -c 'sleep 0.2; kill -9 $$'", paths)],
+    line = launch_command("sh -c 'sleep 0.2; kill -9 $$'", paths.directory, paths.stderr,
+                          paths.pid, paths.status)
+    out = subprocess.run(["sh", "-c", line],
                          capture_output=True, text=True, timeout=30)
     assert int(out.stdout.strip()) > 1
     end = time.monotonic() + 10
