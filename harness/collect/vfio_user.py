@@ -24,6 +24,7 @@ from harness.l2.qemu import (
     L1_QTEST_PORT,
     TRACE_EVENTS,
     L2Device,
+    L2Died,
     L2Qemu,
     L2Spec,
 )
@@ -54,6 +55,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     on_l0 = back = p2p_on_l0 = b""
     p2p_iova = 0
     maps: list[str] = []
+    ended: dict[str, str] = {}
+    died = ""
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
@@ -61,14 +64,15 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                          server=server) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
                     m.host_ports[L1_QTEST_PORT], start_timeout=20) as l2:
-            pci = PciConfig(l2.qtest, spec.platform.l2)
-            edu_slot, iv_slot = pci.find(edu.vendor_device), pci.find(ivshmem.vendor_device)
-            bar0 = pci.place(edu_slot)[0][1]
-            iv = {i: address for i, (_, address) in pci.place(iv_slot).items()}
-            pci.enable(edu_slot)
-            pci.enable(iv_slot, master=False)
-            engine = EduEngine(l2.qtest, bar0)
             try:
+                pci = PciConfig(l2.qtest, spec.platform.l2)
+                edu_slot = pci.find(edu.vendor_device)
+                iv_slot = pci.find(ivshmem.vendor_device)
+                bar0 = pci.place(edu_slot)[0][1]
+                iv = {i: address for i, (_, address) in pci.place(iv_slot).items()}
+                pci.enable(edu_slot)
+                pci.enable(iv_slot, master=False)
+                engine = EduEngine(l2.qtest, bar0)
                 read = engine.liveness(0x5A5AA5A5)
                 l2.qtest.writel(iv[0], 0xFFFF)
                 access = BarAccess(engine.identity(), 0x5A5AA5A5, read, 0xFFFF,
@@ -84,8 +88,11 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                 engine.read_into_device(ram, PROBE_SIZE)
                 engine.write_from_device(p2p_iova, PROBE_SIZE)
                 p2p_on_l0 = m.read_ivshmem(P2P_PROBE, PROBE_SIZE)
-            except HarnessError as e:
-                problems.append(f"{e.stage}: {e.message}")
+            except HarnessError as e:  # a dead L2 is named with how it ended
+                explained = l2.explain(e)
+                problems.append(f"{explained.stage}: {explained.message}")
+                died = explained.end if isinstance(explained, L2Died) else ""
+            ended = servers.ended()  # while L2 runs: a server gone now died under it
             maps = stack.session.run(f"cat /proc/{l2.pid}/maps", check=False,
                                      stage="L2 mappings").stdout.splitlines()
             (out / "l2-maps.txt").write_text("".join(f"{line}\n" for line in maps))
@@ -98,6 +105,11 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                            if e.get("command") == "DEVICE_GET_REGION_INFO"))
         for d in served_devices)
     engine_maps = tuple(e for e in logs[edu.bdf] if e.get("command") == "DMA_MAP")
+    stderr = (out / "l2-stderr.log").read_text().splitlines()
+    said = tuple(line for line in stderr if "vfio_user" in line or "vfio-user" in line
+                 or "socket" in line or "read header" in line) + (
+        tuple(stderr[-3:]) if died else ())  # how a dead L2 ended, in its own words
     return VfioUserEvidence(VfioUserRun(served, trace, parse_maps(maps)), access, written,
                             on_l0, pattern, back, tuple(problems), p2p, p2p_on_l0, p2p_iova,
-                            engine_maps, ivshmem_on.name if ivshmem_on else VFIO_USER.name)
+                            engine_maps, ivshmem_on.name if ivshmem_on else VFIO_USER.name,
+                            tuple(sorted(ended.items())), said, died)

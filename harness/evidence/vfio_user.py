@@ -74,3 +74,8 @@ class VfioUserEvidence:
     p2p_iova: int = 0
     engine_maps: tuple[dict, ...] = ()
     ivshmem_backend: str = "vfio-user"  # or the kernel backend it was on, beside edu
+    #: Servers that ended while L2 still ran (BDF, how, in L1's words), and what L2's
+    #: stderr said about its sockets meanwhile.
+    servers_ended: tuple[tuple[str, str], ...] = ()
+    l2_said: tuple[str, ...] = ()
+    l2_end: str = ""             # how L2 ended, if it died before the harness stopped it

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
+from harness.l1.keeper import describe_status, launch_command
 from harness.l1.session import L1Session
 
 GUEST_SERVER = Path(__file__).parent / "guest" / "vfio_user_server.py"
@@ -49,8 +50,12 @@ class VfioUserServers:
     def socket(self, bdf: str) -> str:
         return f"{self.directory}/{bdf}.sock"
 
-    def file(self, bdf: str, suffix: str) -> str:
-        return shlex.quote(f"{self.directory}/{bdf}.{suffix}")
+    def path(self, bdf: str, name: str) -> str:
+        """A file of the server of `bdf` (its keeper's directory: log, stderr, pid, status)."""
+        return f"{self.directory}/{bdf}/{name}"
+
+    def file(self, bdf: str, name: str) -> str:
+        return shlex.quote(self.path(bdf, name))
 
     def __enter__(self) -> "VfioUserServers":
         try:
@@ -73,12 +78,17 @@ class VfioUserServers:
         self.session.run(f"rm -rf {d} && mkdir -p {d}", stage="vfio-user server start")
         for bdf in self.bdfs:
             line = " ".join(shlex.quote(a) for a in (
-                "python3", program, self.socket(bdf), bdf, f"{self.directory}/{bdf}.log"))
-            started = self.session.run(
-                f"{{ setsid {line} </dev/null >/dev/null 2>{self.file(bdf, 'stderr')} & }}; "
-                f"echo $!",
+                "python3", program, self.socket(bdf), bdf, self.path(bdf, "log")))
+            started = self.session.run(launch_command(
+                line, f"{self.directory}/{bdf}", self.path(bdf, "stderr"),
+                self.path(bdf, "pid"), self.path(bdf, "status")),
                 stage="vfio-user server start")
-            self.pids[bdf] = int(started.stdout.strip())
+            try:
+                self.pids[bdf] = int(started.stdout.strip())
+            except ValueError:
+                raise HarnessError(f"the vfio-user server of {bdf} did not start: its shell "
+                                   f"never said its pid", stage="vfio-user server start",
+                                   details=started.stderr[-2000:]) from None
         deadline = Deadline("vfio-user server start", self.start_timeout)
         waiting = " ".join(shlex.quote(self.socket(b)) for b in self.bdfs)
         ready = self.session.run(
@@ -91,13 +101,28 @@ class VfioUserServers:
             raise HarnessError(
                 f"vfio-user server(s) did not listen within {self.start_timeout:g} s: "
                 f"{', '.join(missing)}", stage="vfio-user server start",
-                details=self.session.run(f"cat {d}/*.stderr", check=False).stdout)
+                details=self.session.run(f"cat {d}/*/stderr", check=False).stdout)
 
     def logs(self) -> dict[str, list[dict]]:
         """What each server logged so far."""
         return {bdf: read_log(self.session.run(f"cat {self.file(bdf, 'log')}",
                                                check=False).stdout)
                 for bdf in self.bdfs}
+
+    def ended(self) -> dict[str, str]:
+        """The servers that are no longer running: BDF -> how each ended, in L1's words."""
+        if not self.pids:
+            return {}
+        status = self.session.run(
+            "; ".join(f"echo {shlex.quote(b)} $(cat {self.file(b, 'status')} 2>/dev/null)"
+                      for b in self.pids), check=False, stage="vfio-user server status")
+        out = {}
+        for line in status.stdout.splitlines():
+            bdf, _, code = line.partition(" ")
+            how = describe_status(code)
+            if how is not None:
+                out[bdf] = how
+        return out
 
     def stop(self) -> None:
         """SIGTERM each server, then SIGKILL what is left after 5 s; keep their files."""

@@ -94,8 +94,11 @@ def served(ev: VfioUserEvidence) -> Verdict:
     verdict = regions(ev.run)
     if verdict.observed == "error":
         return verdict
-    problems = [verdict.reason] if verdict.observed == "fail" else []
-    problems += list(ev.problems)
+    problems = [verdict.reason] if verdict.observed == "fail" and not ev.l2_end else []
+    problems += list(ev.problems)  # a dead L2 mapped nothing more: its death is the story
+    for bdf, how in ev.servers_ended:
+        said = f"; L2 said: {ev.l2_said[0]!r}" if ev.l2_said else "; L2 said nothing of it"
+        problems.append(f"the vfio-user server of {bdf} ended while L2 ran: it {how}{said}")
     edu = ev.run.devices[0].bdf
     ivshmem = ev.run.devices[1].bdf if len(ev.run.devices) > 1 else \
         f"ivshmem (on {ev.ivshmem_backend})"

@@ -126,3 +126,20 @@ def test_p2p_into_a_bar_handed_with_no_fd_fails_with_its_finding():
 
 def test_a_p2p_never_tried_is_an_error():
     assert p2p(dataclasses.replace(p2p_evidence(BAR2), p2p_pattern=b"")).observed == "error"
+
+
+def test_a_server_that_died_and_the_l2_it_took_with_it_are_the_story():
+    """As measured when edu's server was SIGKILLed after decode on (QEMU 11.1.3 aborted):
+    L2's last mappings are not judged, its death and the server's are named."""
+    died = VfioUserEvidence(
+        dataclasses.replace(captured("honest"), maps=()), None, b"", b"", b"", b"",
+        ("L2 qtest: qtest connection closed (L2 QEMU exited?): L2 QEMU (pid 97) was killed "
+         "by SIGABRT (6), as L1 saw it",), servers_ended=((EDU, "was killed by SIGKILL (9)"),),
+        l2_said=("qemu-system-x86_64: util/error.c:62: error_setv: Assertion `*errp == NULL' "
+                 "failed.",), l2_end="was killed by SIGABRT (6)")
+    verdict = served(died)
+    assert verdict.observed == "fail" and "maps none" not in verdict.reason
+    assert verdict.reason.endswith(
+        f"the vfio-user server of {EDU} ended while L2 ran: it was killed by SIGKILL (9); L2 "
+        f"said: \"qemu-system-x86_64: util/error.c:62: error_setv: Assertion `*errp == NULL' "
+        f"failed.\"")

@@ -3,6 +3,7 @@ server in L1, which serves the real devices bound to vfio-pci there; and two adv
 a server that lies about a region and an L2 that does not mmap one, each caught naming
 the region."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,29 @@ def test_on_arm64_a_served_device_answers_and_reaches_a_vfio_pci_bar_by_p2p(
         assert verdict.observed == "pass", verdict.reason
         assert "handed the BAR with dma-buf fd" in verdict.reason
         assert no_process_left(stack)
+
+
+def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs(
+        l1, tmp_path):
+    """A server is SIGKILLed once L2 has turned its device's memory decode on (edu's, the
+    first): the cell fails naming the server and its signal, and what became of L2, in
+    its own words; the run ends on its deadlines, and no process is left.
+
+    Measured (QEMU 11.1.3): L2 does not survive it. The config write that turned decode on
+    was answered; the BAR then enters the memory map, and the vfio-user listener's DMA map
+    of it to the dead server aborts QEMU: "util/error.c:62: error_setv: Assertion `*errp
+    == NULL' failed." (SIGABRT): an Error set twice on that path. A QEMU bug, found here."""
+    stack, devices = l1
+    edu = devices["edu"]
+    began = time.monotonic()
+    ev = vfio_user.collect(stack, devices, tmp_path,
+                           server=ADVERSARIES / "vfio_user_dies.py")
+    verdict = served(ev)
+    assert verdict.observed == "fail", verdict.reason
+    assert (f"the vfio-user server of {edu.bdf} ended while L2 ran: it was killed by SIGKILL "
+            f"(9); L2 said: ") in verdict.reason
+    assert "was killed by SIGABRT (6)" in ev.l2_end, ev.l2_end
+    assert "error_setv: Assertion `*errp == NULL' failed." in verdict.reason
+    assert "maps none" not in verdict.reason  # a dead L2's mappings are not the story
+    assert time.monotonic() - began < 120
+    assert no_process_left(stack)
