@@ -248,7 +248,7 @@ def _present(l2: L2Qemu, qom_id: str) -> bool:
         return False
 
 
-def _unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, held: int) -> None:
+def unplug_ivshmem(stack: L1Stack, l2: L2Qemu, dev: Programmed, held: int) -> None:
     """device_del, completed by what a guest would do (nothing in L2 answers the hotplug
     controller): a reset with ACPI hotplug, as in QEMU's own device-plug test; the slot
     powered off with native hotplug, as pciehp does. Until QOM and then the L1 kernel
@@ -275,7 +275,7 @@ def replug(l2: L2Qemu, dev: Programmed, moment: Callable[[str], Moment] | None =
     """device_add, then every BAR programmed and decoding on, ivshmem's last; `moment`,
     taken once the other devices decode again and ivshmem does not yet (the reset that
     completed the unplug turned every device's decoding off), is returned."""
-    l2.qmp.cmd("device_add", **l2.spec.backend.device_add(dev.ivshmem))
+    l2.qmp.cmd("device_add", **(dev.ivshmem.backend or l2.spec.backend).device_add(dev.ivshmem))
     if l2.spec.platform.l2.native_hotplug:
         dev.pci.slot_power(dev.ivshmem_slot >> 5, on=True)
     dev.reprogram_edu()
@@ -296,13 +296,13 @@ def unplug(stack: L1Stack, l2: L2Qemu, dev: Programmed, edu: DmaEngine, seed: in
 
     before = moment("before")
     held = len(before.kernel.vfio_device_fds)
-    _unplug(stack, l2, dev, held)
+    unplug_ivshmem(stack, l2, dev, held)
     unplugged = moment("unplugged")
     plugged = replug(l2, dev, moment)
     replugged = moment("plugged again")
     after = p2p(stack, l2, edu, iova, seed, f"{key}/dmabuf-unplug", dst)
     for _ in range(cycles - 1):
-        _unplug(stack, l2, dev, held)
+        unplug_ivshmem(stack, l2, dev, held)
         replug(l2, dev)
     final = moment(f"after {cycles} cycles")
     return UnplugCycle(device=dev.ivshmem_bdf, bar=2, iova=iova, size=bar2.size, before=before,

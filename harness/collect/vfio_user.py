@@ -8,12 +8,20 @@ mappings.
 """
 
 import os
+import time
 from pathlib import Path
 
 from harness.base.errors import HarnessError
+from harness.collect import lifecycle
 from harness.collect.stack import L1Stack
 from harness.evidence.records import BarAccess, parse_trace
-from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun, parse_maps
+from harness.evidence.vfio_user import (
+    ServedDevice,
+    ServedUnplug,
+    VfioUserEvidence,
+    VfioUserRun,
+    parse_maps,
+)
 from harness.l1.vfio import L1Device
 from harness.l1.vfio_user import VfioUserServers
 from harness.l2.backends import VFIO_USER, VFIO_USER_SOCKETS, Backend
@@ -31,6 +39,8 @@ from harness.l2.qemu import (
 
 BAR2_PROBE = 0x3000     # where in ivshmem BAR 2 L2's write lands (read back on L0)
 P2P_PROBE = 0x5000      # where in ivshmem BAR 2 edu's DMA writes
+REPLUG_PROBE = 0x7000   # where L2 writes once ivshmem is plugged again
+ROOT_PORT = "rp0"       # ivshmem behind it, to be hot-pluggable (q35's root bus is not)
 DMA_TO = 0x1000        # past the platform's staging address in L2's RAM: edu writes there
 PROBE_SIZE = 64
 
@@ -45,7 +55,9 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     edu, ivshmem = devices["edu"], devices["ivshmem"]
     served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
     bdfs = tuple(d.bdf for d in served_devices)
-    spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(ivshmem.bdf, backend=ivshmem_on)),
+    spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(
+        ivshmem.bdf, f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}", backend=ivshmem_on)),
+                  root_ports=(ROOT_PORT,),
                   qemu=qemu or stack.platform.l2_qemu, traces=TRACE_EVENTS + ("vfio_user_*",),
                   platform=stack.platform)
     m = stack.machine
@@ -57,6 +69,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     maps: list[str] = []
     ended: dict[str, str] = {}
     died = ""
+    unplugged = None
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
@@ -68,8 +81,10 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                 pci = PciConfig(l2.qtest, spec.platform.l2)
                 edu_slot = pci.find(edu.vendor_device)
                 iv_slot = pci.find(ivshmem.vendor_device)
-                bar0 = pci.place(edu_slot)[0][1]
-                iv = {i: address for i, (_, address) in pci.place(iv_slot).items()}
+                edu_placed = pci.place(edu_slot)
+                bar0 = edu_placed[0][1]
+                iv_placed = pci.place(iv_slot)
+                iv = {i: address for i, (_, address) in iv_placed.items()}
                 pci.enable(edu_slot)
                 pci.enable(iv_slot, master=False)
                 engine = EduEngine(l2.qtest, bar0)
@@ -88,6 +103,10 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                 engine.read_into_device(ram, PROBE_SIZE)
                 engine.write_from_device(p2p_iova, PROBE_SIZE)
                 p2p_on_l0 = m.read_ivshmem(P2P_PROBE, PROBE_SIZE)
+                if ivshmem_on is None:
+                    unplugged = _unplug(stack, l2, servers, lifecycle.Programmed(
+                        pci, edu_slot, edu_placed[0][0], bar0, iv_slot, iv_placed,
+                        ivshmem.bdf, spec.devices[1]), ivshmem)
             except HarnessError as e:  # a dead L2 is named with how it ended
                 explained = l2.explain(e)
                 problems.append(f"{explained.stage}: {explained.message}")
@@ -112,4 +131,26 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     return VfioUserEvidence(VfioUserRun(served, trace, parse_maps(maps)), access, written,
                             on_l0, pattern, back, tuple(problems), p2p, p2p_on_l0, p2p_iova,
                             engine_maps, ivshmem_on.name if ivshmem_on else VFIO_USER.name,
-                            tuple(sorted(ended.items())), said, died)
+                            tuple(sorted(ended.items())), said, died, unplugged)
+
+
+def _unplug(stack: L1Stack, l2: L2Qemu, servers: VfioUserServers,
+            programmed: lifecycle.Programmed, ivshmem: L1Device) -> ServedUnplug:
+    """ivshmem unplugged (device_del, completed as a guest would) and plugged again on
+    the same socket: its server must see the client go and come back, L2 must drop every
+    mapping of the device, and BAR 2 must reach the device again."""
+    assert l2.pid is not None
+    held = len(stack.vfio.process(l2.pid).vfio_device_fds)
+    began = time.monotonic()
+    lifecycle.unplug_ivshmem(stack, l2, programmed, held)
+    gone = time.monotonic() - began
+    after = tuple(line for line in stack.vfio.process(l2.pid).vfio_maps
+                  if ivshmem.cdev and line.endswith(ivshmem.cdev))
+    lifecycle.replug(l2, programmed)
+    pattern = os.urandom(PROBE_SIZE)
+    stack.machine.write_ivshmem(REPLUG_PROBE, bytes(PROBE_SIZE))
+    l2.qtest.write(programmed.ivshmem_bars[2][1] + REPLUG_PROBE, pattern)
+    reached = stack.machine.read_ivshmem(REPLUG_PROBE, PROBE_SIZE) == pattern
+    events = tuple(e["event"] for e in servers.logs()[ivshmem.bdf]
+                   if e.get("event") in ("connected", "disconnected"))
+    return ServedUnplug(round(gone, 3), after, events, reached)

@@ -79,3 +79,15 @@ class VfioUserEvidence:
     servers_ended: tuple[tuple[str, str], ...] = ()
     l2_said: tuple[str, ...] = ()
     l2_end: str = ""             # how L2 ended, if it died before the harness stopped it
+    #: ivshmem (served) unplugged and plugged again: how long QOM took to drop it, the
+    #: mappings of its cdev L2 kept after, its server's connection events, and whether a
+    #: write at BAR 2 after the replug reached L0's file. None: not played.
+    unplug: "ServedUnplug | None" = None
+
+
+@dataclass(frozen=True)
+class ServedUnplug:
+    gone_s: float
+    maps_after: tuple[str, ...]
+    server_events: tuple[str, ...]   # "connected" / "disconnected", in order
+    replugged_reached: bool

@@ -56,9 +56,11 @@ class Backend:
             props.append(extra)
         return ",".join(props)
 
-    def device_add(self, device: "object") -> dict[str, str]:
+    def device_add(self, device: "object") -> dict:
         """The same device as QMP device_add arguments (a replug); `device`: an L2Device."""
         bdf, extra = device.bdf, device.extra  # type: ignore[attr-defined]
+        if self.sockets is not None:
+            return json.loads(self.device(bdf, extra))
         args = dict(p.split("=", 1) for p in self.device(bdf, extra).split(",")[1:])
         return {"driver": "vfio-pci", **args}
 

@@ -163,3 +163,32 @@ def p2p(ev: VfioUserEvidence) -> Verdict:
                    f"{ev.p2p_on_l0[:8].hex()}...): {why}" + (
                        f"; {'; '.join(ev.problems)}" if ev.problems else ""),
                    evidence, findings)
+
+
+def unplug(ev: VfioUserEvidence) -> Verdict:
+    """ivshmem, served, unplugged and plugged again: its server sees its client go (the
+    device closed with it) and come back, L2 keeps no mapping of the device while it is
+    out, and BAR 2 reaches the device again afterwards (L0's file)."""
+    u = ev.unplug
+    if u is None:
+        return Verdict("error", "evidence missing: the unplug was not played" + (
+            f" ({'; '.join(ev.problems)})" if ev.problems else ""), {})
+    evidence = {"gone_s": u.gone_s, "maps_after": list(u.maps_after),
+                "server_events": list(u.server_events), "reached": u.replugged_reached}
+    ivshmem = ev.run.devices[-1].bdf
+    problems = []
+    if u.server_events != ("connected", "disconnected", "connected"):
+        problems.append(f"ivshmem's server saw {', '.join(u.server_events) or 'nothing'}, "
+                        f"not its client go and come back")
+    if u.maps_after:
+        problems.append(f"L2 still mapped {len(u.maps_after)} range(s) of {ivshmem}'s cdev "
+                        f"once it was unplugged: {u.maps_after[0]}")
+    if not u.replugged_reached:
+        problems.append("after the replug, L2's write at BAR 2 did not reach the device "
+                        "(L0's ivshmem file)")
+    problems += list(ev.problems)
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence)
+    return Verdict("pass", f"{ivshmem} unplugged in {u.gone_s} s: its server saw the client "
+                   f"go and come back, L2 kept no mapping of it meanwhile, and its BAR 2 "
+                   f"reached the device again after the replug", evidence)

@@ -11,11 +11,12 @@ import pytest
 from harness.evidence.records import BarAccess, parse_trace
 from harness.evidence.vfio_user import (
     ServedDevice,
+    ServedUnplug,
     VfioUserEvidence,
     VfioUserRun,
     parse_maps,
 )
-from harness.verdicts.vfio_user import p2p, regions, served
+from harness.verdicts.vfio_user import p2p, regions, served, unplug
 
 DATA = Path(__file__).parent.parent / "data" / "vfio-user"
 EDU, IVSHMEM = "0000:00:02.0", "0000:00:03.0"
@@ -143,3 +144,20 @@ def test_a_server_that_died_and_the_l2_it_took_with_it_are_the_story():
         f"the vfio-user server of {EDU} ended while L2 ran: it was killed by SIGKILL (9); L2 "
         f"said: \"qemu-system-x86_64: util/error.c:62: error_setv: Assertion `*errp == NULL' "
         f"failed.\"")
+
+
+def test_an_unplug_is_held_to_the_server_l2s_mappings_and_the_device():
+    honest = VfioUserEvidence(captured("honest"), None, b"", b"", b"", b"", (),
+                              unplug=ServedUnplug(0.41, (), ("connected", "disconnected",
+                                                             "connected"), True))
+    assert unplug(honest).observed == "pass", unplug(honest).reason
+    kept = dataclasses.replace(honest, unplug=ServedUnplug(
+        0.41, ("7f5968800000-7f5968900000 rw-s 20000000000 00:07 96 /dev/vfio/devices/vfio1",),
+        ("connected",), False))
+    verdict = unplug(kept)
+    assert verdict.reason == (
+        f"ivshmem's server saw connected, not its client go and come back; L2 still mapped "
+        f"1 range(s) of {IVSHMEM}'s cdev once it was unplugged: 7f5968800000-7f5968900000 "
+        f"rw-s 20000000000 00:07 96 /dev/vfio/devices/vfio1; after the replug, L2's write at "
+        f"BAR 2 did not reach the device (L0's ivshmem file)")
+    assert unplug(dataclasses.replace(honest, unplug=None)).observed == "error"

@@ -17,7 +17,7 @@ from harness.l0.qemu_binary import QemuBinary
 from harness.l1.vfio_user import read_log
 from harness.l2.backends import backend
 from harness.platforms import AARCH64, X86_64, EduDevice, IvshmemDevice
-from harness.verdicts.vfio_user import p2p, served
+from harness.verdicts.vfio_user import p2p, served, unplug
 from tests.vm.adversaries import Adversary, build_shim
 
 ADVERSARIES = Path(__file__).parent / "adversaries"
@@ -72,6 +72,8 @@ def test_a_real_device_served_over_vfio_user_is_mmapped_and_does_dma_into_l2(l1,
     between = p2p(ev)
     assert between.observed == "fail" and "bar-fd-withheld" in between.findings, between
     assert ", 0x100000 bytes) with no fd, so nothing is mapped there" in between.reason
+    # ivshmem unplugged and plugged again on its socket
+    assert unplug(ev).observed == "pass", unplug(ev).reason
     assert no_process_left(stack)
 
 
