@@ -43,15 +43,19 @@ REPLUG_PROBE = 0x7000   # where L2 writes once ivshmem is plugged again
 ROOT_PORT = "rp0"       # ivshmem behind it, to be hot-pluggable (q35's root bus is not)
 DMA_TO = 0x1000        # past the platform's staging address in L2's RAM: edu writes there
 PROBE_SIZE = 64
+CONFIG_REGION = 7       # VFIO_PCI_CONFIG_REGION_INDEX: config space, always by message
 
 
 def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
             server: Path | None = None, qemu: str | None = None,
-            ivshmem_on: Backend | None = None) -> VfioUserEvidence:
+            ivshmem_on: Backend | None = None, edu_no_mmap: bool = False
+            ) -> VfioUserEvidence:
     """`devices`: "edu" and "ivshmem", bound to vfio-pci in L1; `server`: a script to run
     in place of the harness's server (an adversary), which may import it; `ivshmem_on`: a
     kernel backend to give ivshmem to as vfio-pci (edu's P2P then reaches a vfio-pci BAR)
-    instead of serving it too."""
+    instead of serving it too; `edu_no_mmap`: edu's server announces no region
+    mmappable, so its BAR is reached by REGION_READ/WRITE messages (the mmap fallback of
+    this path)."""
     edu, ivshmem = devices["edu"], devices["ivshmem"]
     served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
     bdfs = tuple(d.bdf for d in served_devices)
@@ -74,7 +78,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
     with VfioUserServers(stack.session, bdfs, VFIO_USER_SOCKETS, out / "servers",
-                         server=server) as servers:
+                         server=server, no_mmap=(edu.bdf,) if edu_no_mmap else ()
+                         ) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
                     m.host_ports[L1_QTEST_PORT], start_timeout=20) as l2:
             try:
@@ -121,7 +126,10 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
         ServedDevice(d.bdf, d.cdev or "", f"{VFIO_USER_SOCKETS}/{d.bdf}.sock",
                      {b.index: b.size for b in d.bars if b.mem},
                      tuple(e for e in logs[d.bdf]
-                           if e.get("command") == "DEVICE_GET_REGION_INFO"))
+                           if e.get("command") == "DEVICE_GET_REGION_INFO"),
+                     edu_no_mmap and d is edu,
+                     tuple(e for e in logs[d.bdf] if e.get("command") in (
+                         "REGION_READ", "REGION_WRITE") and e.get("region") != CONFIG_REGION))
         for d in served_devices)
     engine_maps = tuple(e for e in logs[edu.bdf] if e.get("command") == "DMA_MAP")
     stderr = (out / "l2-stderr.log").read_text().splitlines()

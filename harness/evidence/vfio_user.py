@@ -43,6 +43,10 @@ class ServedDevice:
     bars: dict[int, int]           # L1's view: memory BAR index -> size
     #: The server's log lines for DEVICE_GET_REGION_INFO: index, flags, size, fd, offset.
     announced: tuple[dict, ...]
+    #: L2 was told not to mmap it (x-no-mmap=on): its BARs go by socket messages.
+    no_mmap: bool = False
+    #: The server's log lines for REGION_READ/WRITE of the BARs (config space excluded).
+    accesses: tuple[dict, ...] = ()
 
     @property
     def name(self) -> str:

@@ -44,6 +44,8 @@ class VfioUserServers:
     #: A script to run in place of the server (an adversary: it may import the server,
     #: which is uploaded beside it as vfio_user_server).
     server: Path | None = None
+    #: Devices whose server announces no region mmappable (--no-mmap).
+    no_mmap: tuple[str, ...] = ()
     start_timeout: float = 10.0
     pids: dict[str, int] = field(default_factory=dict, init=False)
 
@@ -78,7 +80,8 @@ class VfioUserServers:
         self.session.run(f"rm -rf {d} && mkdir -p {d}", stage="vfio-user server start")
         for bdf in self.bdfs:
             line = " ".join(shlex.quote(a) for a in (
-                "python3", program, self.socket(bdf), bdf, self.path(bdf, "log")))
+                "python3", program, self.socket(bdf), bdf, self.path(bdf, "log"),
+                *(("--no-mmap",) if bdf in self.no_mmap else ())))
             started = self.session.run(launch_command(
                 line, f"{self.directory}/{bdf}", self.path(bdf, "stderr"),
                 self.path(bdf, "pid"), self.path(bdf, "status")),

@@ -43,6 +43,19 @@ def _device_problems(dev: ServedDevice, run: VfioUserRun) -> tuple[list[str], di
             problems.append(f"{where}: L2 set it up as {setup.size:#x} bytes, flags "
                             f"{setup.flags:#x}; the server announced {entry['size']:#x}, "
                             f"flags {entry['flags']:#x}")
+        if dev.no_mmap:  # served without mmap: every access is a message to the server
+            messages = [a for a in dev.accesses if a.get("region") == index]
+            seen[index] = {"announced": {k: entry[k] for k in ("flags", "size", "fd")},
+                           "l2_maps": [], "messages": len(messages)}
+            if entry["flags"] & VFIO_REGION_INFO_FLAG_MMAP or entry["fd"]:
+                problems.append(f"{where}: the server was to announce it without mmap, and "
+                                f"announced flags {entry['flags']:#x} with an fd")
+            elif any(m.path == dev.cdev for m in run.maps):
+                problems.append(f"{where}: announced without mmap, yet L2 maps {dev.cdev}")
+            elif not messages:
+                problems.append(f"{where}: announced without mmap, and no REGION_READ/WRITE "
+                                f"of it reached the server")
+            continue
         mmappable = bool(entry["flags"] & VFIO_REGION_INFO_FLAG_MMAP) and entry["fd"]
         region = (entry["offset"], entry["offset"] + _page_up(entry["size"]))
         from_device = [m for m in run.maps if m.path == dev.cdev
@@ -80,10 +93,13 @@ def regions(run: VfioUserRun) -> Verdict:
     if problems:
         return Verdict("fail", "; ".join(problems), evidence)
     mapped = sum(1 for d in evidence.values() for r in d.values() if r["l2_maps"])
+    by_message = sum(1 for d in evidence.values() for r in d.values() if r.get("messages"))
     return Verdict("pass", f"{sum(len(d.bars) for d in run.devices)} BAR(s) of "
                    f"{len(run.devices)} device(s) announced with the devices' sizes and set "
                    f"up by L2 as announced; {mapped} mmapped from the devices' cdevs at "
-                   f"their regions' offsets", evidence)
+                   f"their regions' offsets" + (
+                       f", {by_message} reached by REGION_READ/WRITE messages (no mmap)"
+                       if by_message else ""), evidence)
 
 
 def served(ev: VfioUserEvidence) -> Verdict:

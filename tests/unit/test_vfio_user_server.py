@@ -134,3 +134,19 @@ def test_a_request_the_server_does_not_serve_is_refused_by_name(served):
     flags, error, _, _ = ask(client, 10, vus.DIRTY_PAGES, b"\0" * 8)
     assert flags & vus.ERROR and error == 95  # EOPNOTSUPP
     assert log[-1]["why"] == "DIRTY_PAGES is not served"
+
+
+def test_served_without_mmap_no_region_is_announced_mappable_and_no_fd_goes_out(tmp_path):
+    client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    device = FileDevice(tmp_path / "device")
+    thread = threading.Thread(target=vus.Connection(server, device, [].append, False).serve)
+    thread.start()
+    try:
+        _, _, payload, fds = ask(client, 1, vus.DEVICE_GET_REGION_INFO,
+                                 struct.pack("<IIIIQQ", 32, 0, 0, 0, 0, 0))
+        assert struct.unpack("<IIIIQQ", payload)[1] == 3 and fds == []  # READ | WRITE only
+    finally:
+        client.close()
+        thread.join(5)
+        server.close()
+        os.close(device.fd)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.evidence.records import BarAccess, parse_trace
+from harness.evidence.records import BarAccess, RegionSetup, parse_trace
 from harness.evidence.vfio_user import (
     ServedDevice,
     ServedUnplug,
@@ -161,3 +161,25 @@ def test_an_unplug_is_held_to_the_server_l2s_mappings_and_the_device():
         f"rw-s 20000000000 00:07 96 /dev/vfio/devices/vfio1; after the replug, L2's write at "
         f"BAR 2 did not reach the device (L0's ivshmem file)")
     assert unplug(dataclasses.replace(honest, unplug=None)).observed == "error"
+
+
+def test_a_device_served_without_mmap_is_reached_by_messages_or_named():
+    run = captured("honest")
+    edu = run.devices[0]
+    plain = tuple({**e, "flags": 3, "fd": False} for e in edu.announced)
+    reads = ({"command": "REGION_READ", "region": 0, "offset": 4, "count": 4},)
+    by_message = dataclasses.replace(edu, announced=plain, no_mmap=True, accesses=reads)
+    unmapped = tuple(m for m in run.maps if m.path != edu.cdev)
+    run = dataclasses.replace(run, trace=tuple(  # as L2 sets up what it was announced
+        dataclasses.replace(r, flags=3) if isinstance(r, RegionSetup) else r
+        for r in run.trace))
+    ok = regions(dataclasses.replace(run, devices=(by_message,), maps=unmapped))
+    assert ok.observed == "pass" and ok.reason.endswith(
+        ", 1 reached by REGION_READ/WRITE messages (no mmap)"), ok.reason
+    silent = regions(dataclasses.replace(run, devices=(dataclasses.replace(
+        by_message, accesses=()),), maps=unmapped))
+    assert silent.reason == (f"region 0 of {EDU}: announced without mmap, and no "
+                             f"REGION_READ/WRITE of it reached the server")
+    mapped = regions(dataclasses.replace(run, devices=(by_message,)))
+    assert mapped.reason == (f"region 0 of {EDU}: announced without mmap, yet L2 maps "
+                             f"/dev/vfio/devices/vfio0")

@@ -186,3 +186,19 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
     assert "maps none" not in verdict.reason  # a dead L2's mappings are not the story
     assert time.monotonic() - began < 120
     assert no_process_left(stack)
+
+
+def test_a_bar_the_client_does_not_mmap_is_reached_by_socket_messages(l1, tmp_path):
+    """edu's server announces no region mmappable (the mmap fallback of this path; QEMU's
+    vfio-user-pci has no x-no-mmap): L2 maps nothing of the device, its BAR reads and
+    writes go to the server as REGION_READ/WRITE messages, and edu's liveness register
+    still answers the inverse, so they reach the device."""
+    stack, devices = l1
+    ev = vfio_user.collect(stack, devices, tmp_path, edu_no_mmap=True)
+    verdict = served(ev)
+    assert verdict.observed == "pass", verdict.reason
+    assert ", 1 reached by REGION_READ/WRITE messages (no mmap)" in verdict.reason
+    edu = ev.run.devices[0]
+    assert {a["command"] for a in edu.accesses} == {"REGION_READ", "REGION_WRITE"}
+    assert any(a["offset"] == 4 for a in edu.accesses)  # the liveness register
+    assert no_process_left(stack)

@@ -11,7 +11,11 @@ device's own (the device fd passed with the region's offset), the DMA QEMU maps 
 L2's memory mapped into the device's IOAS (IOMMU_IOAS_MAP_FILE of the fd QEMU sends),
 so what L2 sees is a real device's answer, not an emulation of it.
 
-  vfio_user_server.py SOCKET BDF LOG
+  vfio_user_server.py SOCKET BDF LOG [--no-mmap]
+
+--no-mmap: announce no region mmappable (no fd goes out), so that every BAR access is
+a REGION_READ/WRITE message: the mmap fallback of this path (QEMU's vfio-user-pci has
+no x-no-mmap property).
 
 One client at a time; each connection opens the device afresh and closes it when the
 client goes (an unplug, a quit or a kill), as the kernel backends' close would. LOG
@@ -191,8 +195,8 @@ def fd_kind(fd):
 class Connection:
     """One client: requests in, replies out, each logged."""
 
-    def __init__(self, sock, device, log):
-        self.sock, self.device, self.log = sock, device, log
+    def __init__(self, sock, device, log, mmap=True):
+        self.sock, self.device, self.log, self.mmap = sock, device, log, mmap
         self.mappings = {}  # iova -> (size, kind)
 
     def receive(self):
@@ -264,6 +268,8 @@ class Connection:
             argsz, _, index = struct.unpack_from("<III", body)
             entry["index"] = index
             flags, size, offset = dev.region(index)
+            if not self.mmap:
+                flags &= ~VFIO_REGION_INFO_FLAG_MMAP
             out_fds = (dev.fd,) if flags & VFIO_REGION_INFO_FLAG_MMAP and size else ()
             entry.update(flags=flags, size=size, fd=bool(out_fds), offset=offset)
             # offset: where the region lies in the fd passed (the device's own)
@@ -323,6 +329,8 @@ class Connection:
 
 
 def main(argv):
+    mmap = "--no-mmap" not in argv
+    argv = [a for a in argv if a != "--no-mmap"]
     if len(argv) != 3:
         print(__doc__.split("\n\n")[2], file=sys.stderr)
         return 2
@@ -352,7 +360,7 @@ def main(argv):
                         continue
                     log({"event": "connected", "bdf": bdf})
                     try:
-                        Connection(sock, device, log).serve()
+                        Connection(sock, device, log, mmap).serve()
                     except OSError as e:
                         log({"event": "connection lost", "why": str(e)})
                     finally:
