@@ -87,8 +87,8 @@ class Check:
     phase: str                         # CREATION | LIFECYCLE | LAST | END | ALONE | SIDE
     verdict: Callable[[Evidence], Verdict]
     #: kernel -> backend -> entry, e.g. {"legacy": "pass", "iommufd": "xfail[...]"}: every
-    #: backend named, so that a backend added to BACKENDS fails registration until each
-    #: check says what is expected of it (no backend inherits another's expectations)
+    #: backend of `backends` named, so that a backend added to them fails registration
+    #: until the check says what is expected of it (none inherits another's expectations)
     expected: dict[str, dict[str, str]]
     why: dict[tuple[str, str], str] = field(default_factory=dict)  # (kernel, backend) -> why
     #: Collection steps of the main L2 it needs besides the L2 itself (bar_access, p2p).
@@ -110,6 +110,9 @@ class Check:
     #: Its step is played only where the kernel has VFIO dma-buf (elsewhere its verdict
     #: skips on the kernel's own probe): a step that costs an L2 of its own.
     needs_dmabuf: bool = False
+    #: The backends it has cells on, each named in `expected`: a check whose meaning does
+    #: not carry over to a backend has no cell there (rather than a skip in every run).
+    backends: tuple[str, ...] = BACKENDS
 
     @property
     def marker(self) -> str:
@@ -119,11 +122,11 @@ class Check:
         """(kernel, backend) -> what is expected, with its why."""
         out = {}
         for kernel, entries in self.expected.items():
-            if set(entries) != set(BACKENDS):
+            if set(entries) != set(self.backends):
                 raise ValueError(f"check {self.name}, kernel {kernel}: expectations for "
                                  f"{', '.join(sorted(entries))}, not for every backend "
-                                 f"({', '.join(BACKENDS)})")
-            for backend in BACKENDS:
+                                 f"it has cells on ({', '.join(self.backends)})")
+            for backend in self.backends:
                 out[(kernel, backend)] = expectation(entries[backend],
                                                      self.why.get((kernel, backend), ""))
         return out
@@ -146,8 +149,8 @@ class Check:
         of its own per backend, so that no check is credited with another's bytes."""
         if self.p2p_slot is None:
             raise ValueError(f"check {self.name} makes no P2P transfer")
-        per_slot = 0x1000 * len(BACKENDS)
-        return 0x1000 + per_slot * self.p2p_slot + 0x1000 * BACKENDS.index(backend)
+        per_slot = 0x1000 * len(self.backends)
+        return 0x1000 + per_slot * self.p2p_slot + 0x1000 * self.backends.index(backend)
 
 
 REGISTRY: dict[str, Check] = {}
@@ -170,7 +173,7 @@ def register(check: Check) -> Check:
              if check.phase != ALONE or p.startswith("drivers/")]
     for prefix, backend in (*every, *check.exercises):
         EXERCISES.append((prefix, (check.name,),
-                          BACKENDS if backend == "*" else (backend,)))
+                          check.backends if backend == "*" else (backend,)))
     return check
 
 

@@ -108,3 +108,21 @@ def test_a_check_registered_in_one_place_is_everywhere(toy, tmp_path):
     assert f"+ {legacy.id}: pass -> fail" in text
     assert "--check toy-check" in text
     assert json.loads((cand / "results.json").read_text())["cells"][0]["check"] == "toy-check"
+
+
+def test_a_check_has_cells_only_on_the_backends_it_names():
+    check = registry.register(registry.Check(
+        "toy-legacy", "a check of one backend", registry.CREATION, toy_verdict,
+        {"dmabuf": {"legacy": "pass"}}, backends=("legacy",),
+        exercises=(("hw/misc/toy.c", "*"),)))
+    try:
+        assert {(c.backend, c.kernel) for c in matrix.cells()
+                if c.check == check.name} == {("legacy", "dmabuf")}
+        assert ("toy-legacy", "iommufd") not in matrix.exercised_by("hw/misc/toy.c")
+        with pytest.raises(ValueError, match="not for every backend it has cells on "
+                                             r"\(legacy\)"):
+            registry.register(registry.Check(
+                "toy-both", "x", registry.CREATION, toy_verdict,
+                {"dmabuf": {"legacy": "pass", "iommufd": "pass"}}, backends=("legacy",)))
+    finally:
+        registry.unregister("toy-legacy")
