@@ -9,7 +9,7 @@ file, of another region's offset, or none at all (L2 then reaches the BAR by soc
 messages, or not at all) fails naming the region.
 """
 
-from harness.evidence.records import RegionSetup, of_type
+from harness.evidence.records import RegionMmap, RegionSetup, of_type
 from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun
 from harness.verdicts.verdict import Verdict
 
@@ -19,6 +19,10 @@ VFIO_REGION_INFO_FLAG_MMAP = 4
 
 def _page_up(size: int) -> int:
     return -(-size // PAGE) * PAGE
+
+
+def _spans(spans: list[tuple[int, int]]) -> str:
+    return " + ".join(f"[{a:#x}, {b:#x})" for a, b in spans)
 
 
 def _device_problems(dev: ServedDevice, run: VfioUserRun) -> tuple[list[str], dict]:
@@ -73,9 +77,16 @@ def _device_problems(dev: ServedDevice, run: VfioUserRun) -> tuple[list[str], di
             problems.append(f"{where}: announced mmappable (flags {entry['flags']:#x}) with "
                             f"an fd, but L2 maps none of {dev.cdev} at the region's offset "
                             f"{entry['offset']:#x}{instead}")
-        elif sum(m.size for m in from_device) != _page_up(entry["size"]):
-            problems.append(f"{where}: L2 maps {sum(m.size for m in from_device):#x} bytes "
-                            f"of it from {dev.cdev}, not its {_page_up(entry['size']):#x}")
+        else:  # whole, or the pieces L2 traced (around an MSI-X table): each at its place
+            pieces = sorted({(r.start, _page_up(r.end + 1))  # once, however often mapped
+                             for r in of_type(list(run.trace), RegionMmap)
+                             if setup is not None and r.name == setup.name}) or \
+                [(0, _page_up(entry["size"]))]
+            got = sorted((m.offset - entry["offset"], m.offset - entry["offset"] + m.size)
+                         for m in from_device)
+            if got != pieces:
+                problems.append(f"{where}: L2 maps {_spans(got)} of it from {dev.cdev}, not "
+                                f"{_spans(pieces)}")
     return problems, seen
 
 

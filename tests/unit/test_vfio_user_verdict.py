@@ -183,3 +183,22 @@ def test_a_device_served_without_mmap_is_reached_by_messages_or_named():
     mapped = regions(dataclasses.replace(run, devices=(by_message,)))
     assert mapped.reason == (f"region 0 of {EDU}: announced without mmap, yet L2 maps "
                              f"/dev/vfio/devices/vfio0")
+
+
+def test_a_bar_mapped_in_pieces_around_its_msix_table_is_held_to_the_pieces_l2_traced():
+    """nvme served over vfio-user (captured 2026-12-07): the server passes no
+    MSIX_MAPPABLE capability, so QEMU maps BAR 0 around its MSI-X table, in two pieces."""
+    d = DATA / "nvme"
+    nvme = ServedDevice("0000:00:04.0", "/dev/vfio/devices/vfio2", "/tmp/vu-nvme.sock",
+                        {0: 0x4000}, tuple(json.loads(line) for line in
+                                           (d / "0000:00:04.0.log").read_text().splitlines()))
+    run = VfioUserRun((nvme,), tuple(parse_trace((d / "l2-trace.log").read_text())),
+                      parse_maps((d / "l2-maps.txt").read_text().splitlines()))
+    verdict = regions(run)
+    assert verdict.observed == "pass", verdict.reason
+    assert verdict.evidence["0000:00:04.0"][0]["l2_maps"] == [("0x0", 0x2000),
+                                                              ("0x3000", 0x1000)]
+    one_piece = dataclasses.replace(run, maps=run.maps[:1])
+    assert regions(one_piece).reason == (
+        "region 0 of 0000:00:04.0: L2 maps [0x0, 0x2000) of it from /dev/vfio/devices/vfio2, "
+        "not [0x0, 0x2000) + [0x3000, 0x4000)")
