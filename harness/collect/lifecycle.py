@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 UNPLUG_CYCLES = 5
 UNPLUG_DEADLINE_S = 10.0
 IVSHMEM_ID = "ivshmem"  # its QOM id in L2 (scenario.py gives it)
+#: The PCIe root port ivshmem sits behind, to be hot-pluggable (q35's root bus is not).
+ROOT_PORT = "rp0"
 #: Where a step's blocked DMA writes: beside its P2P destination (Check.p2p_destination).
 BLOCKED = 0x800
 RESET_DEADLINE_S = 10.0

@@ -54,7 +54,6 @@ from harness.platforms import EduDevice, IvshmemDevice, NvmeDevice, Platform
 
 #: QEMU's trace of a BAR entering L2's address space, with the address the driver gave it.
 BAR_TRACE = "pci_update_mappings*"
-ROOT_PORT = "rp0"
 
 
 @dataclass
@@ -126,10 +125,10 @@ def main_spec(be: Backend, devices: dict[str, str], qemu: str,
     # nvme is there for its reset method (FLR): the reset step resets it for real.
     return L2Spec(be, (L2Device(devices["edu"], "id=edu"),
                        L2Device(devices["ivshmem"],
-                                f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}"),
+                                f"id={lifecycle.IVSHMEM_ID},bus={lifecycle.ROOT_PORT}"),
                        L2Device(devices["nvme"], "id=nvme")), qemu=qemu,
                   traces=TRACE_EVENTS + tuple(t for t in traces if t not in TRACE_EVENTS),
-                  root_ports=(ROOT_PORT,), platform=platform)
+                  root_ports=(lifecycle.ROOT_PORT,), platform=platform)
 
 
 def _creation_run(lines: list[str], stderr: list[str], steps: list[LifecycleStep],

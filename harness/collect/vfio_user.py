@@ -1,5 +1,6 @@
-"""Collect a vfio-user run on one booted L1: the harness's servers for edu and ivshmem, an
-L2 that takes both as vfio-user-pci, and what each witness saw.
+"""Collect a vfio-user run on one booted L1: the harness's servers for edu and ivshmem (or
+ivshmem on vfio-pci beside edu), an L2 that takes the served ones as vfio-user-pci, and
+what each witness saw.
 
 The device side is read where QEMU cannot reach it: L0's ivshmem file for what L2 wrote
 at BAR 2, edu's liveness register (the device answers the inverse: no file or memory in
@@ -40,7 +41,6 @@ from harness.l2.qemu import (
 BAR2_PROBE = 0x3000     # where in ivshmem BAR 2 L2's write lands (read back on L0)
 P2P_PROBE = 0x5000      # where in ivshmem BAR 2 edu's DMA writes
 REPLUG_PROBE = 0x7000   # where L2 writes once ivshmem is plugged again
-ROOT_PORT = "rp0"       # ivshmem behind it, to be hot-pluggable (q35's root bus is not)
 DMA_TO = 0x1000        # past the platform's staging address in L2's RAM: edu writes there
 PROBE_SIZE = 64
 CONFIG_REGION = 7       # VFIO_PCI_CONFIG_REGION_INDEX: config space, always by message
@@ -60,8 +60,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
     bdfs = tuple(d.bdf for d in served_devices)
     spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(
-        ivshmem.bdf, f"id={lifecycle.IVSHMEM_ID},bus={ROOT_PORT}", backend=ivshmem_on)),
-                  root_ports=(ROOT_PORT,),
+        ivshmem.bdf, f"id={lifecycle.IVSHMEM_ID},bus={lifecycle.ROOT_PORT}",
+        backend=ivshmem_on)), root_ports=(lifecycle.ROOT_PORT,),
                   qemu=qemu or stack.platform.l2_qemu, traces=TRACE_EVENTS + ("vfio_user_*",),
                   platform=stack.platform)
     m = stack.machine
