@@ -15,6 +15,17 @@ from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
 
 
+class QmpRefused(HarnessError):
+    """QEMU answered a command with an error. Often an answer the caller wants (qom-get of
+    a device that is gone), so it is raised for the caller to judge; being a HarnessError,
+    a refusal nobody expected still ends a cell or a run in one line naming the command,
+    never as a library's traceback."""
+
+    def __init__(self, command: str, who: str, error: ExecuteError):
+        super().__init__(f"QMP {command}: {who} QEMU refused it: {error}", stage=who)
+        self.command = command
+
+
 class TranscribedQmp:
     def __init__(self, address: str | tuple[str, int], transcript: Path, who: str):
         self.address = address
@@ -72,7 +83,7 @@ class TranscribedQmp:
             return entry["return"]
         except ExecuteError as e:  # QEMU answered with an error: the caller's to judge
             entry["error"] = str(e)
-            raise
+            raise QmpRefused(command, self.who, e) from None
         except TimeoutError:  # the peer is there but its main loop does not answer
             waited = timeout if timeout is not None else self._timeout
             entry["error"] = f"no answer within {waited:g} s"

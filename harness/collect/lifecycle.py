@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from qemu.qmp import QMPError
-
 from harness.base.deadline import Deadline, wait_for
+from harness.base.qmp import QmpRefused
 from harness.collect.l2_probes import (
     bar_access,
     blocked_dma,
@@ -246,7 +245,7 @@ def _present(l2: L2Qemu, qom_id: str) -> bool:
     try:
         l2.qmp.cmd("qom-get", path=f"/machine/peripheral/{qom_id}", property="type")
         return True
-    except QMPError:
+    except QmpRefused:
         return False
 
 

@@ -12,10 +12,9 @@ opens again, is asked of the L1 kernel. Nothing here judges.
 
 import time
 
-from qemu.qmp import QMPError
-
 from harness.base.deadline import Deadline, wait_for
 from harness.base.errors import HarnessError
+from harness.base.qmp import QmpRefused
 from harness.collect.l2_probes import p2p
 from harness.collect.lifecycle import IVSHMEM_ID, Programmed, moment_of, replug, view_at
 from harness.collect.stack import L1Stack
@@ -70,7 +69,7 @@ def quit_while_revoked(stack: L1Stack, l2: L2Qemu, dev: Programmed, bdfs: dict[s
     began = time.monotonic()
     try:
         l2.qmp.cmd("quit")
-    except (QMPError, HarnessError, OSError, EOFError) as e:  # the wait below says the rest
+    except (HarnessError, OSError, EOFError) as e:  # the wait below says the rest
         quit_error = f"{type(e).__name__}: {e}"
     gone, _ = stack.vfio.wait_gone(l2.pid, max(0.0, deadline_s - (time.monotonic() - began)))
     waited = round(time.monotonic() - began, 3)
@@ -89,7 +88,7 @@ def _in_qom(l2: L2Qemu, qom_id: str, deadline: Deadline) -> bool:
         l2.qmp.cmd_within(min(deadline.remaining(), 5.0), "qom-get",
                           path=f"/machine/peripheral/{qom_id}", property="type")
         return True
-    except QMPError:
+    except QmpRefused:
         return False
 
 
