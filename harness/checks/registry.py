@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.evidence.gathered import Evidence
-from harness.l2.backends import NAMES
+from harness.l2.backends import KERNEL_NAMES, NAMES
 from harness.verdicts.creation import dmabuf_per_region, mmap_fallback, multi_range
 from harness.verdicts.killed import kill_while_mapped
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset, reset_while_revoked
@@ -31,8 +31,11 @@ from harness.verdicts.teardown import (
     unplug_while_revoked,
 )
 from harness.verdicts.verdict import FINDINGS, Verdict
+from harness.verdicts.vfio_user import vfio_user_p2p, vfio_user_regions
 
 BACKENDS = NAMES
+#: Where QEMU opens the device in the L1 kernel itself: most checks' cells are there.
+KERNEL = KERNEL_NAMES
 
 #: Where a check's evidence comes from, in the order a backend's L2s run them: END is how
 #: the main L2 ends (one such check per L2: it ends the L2); ALONE runs in L1 with no L2
@@ -112,7 +115,7 @@ class Check:
     needs_dmabuf: bool = False
     #: The backends it has cells on, each named in `expected`: a check whose meaning does
     #: not carry over to a backend has no cell there (rather than a skip in every run).
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = KERNEL
 
     @property
     def marker(self) -> str:
@@ -172,6 +175,8 @@ def register(check: Check) -> Check:
     every = [(p, b) for p, b in EVERY_CHECK_RUNS  # a check with no QEMU runs only the kernel's
              if check.phase != ALONE or p.startswith("drivers/")]
     for prefix, backend in (*every, *check.exercises):
+        if backend not in ("*", *check.backends):  # a file of a backend it has no cell on
+            continue
         EXERCISES.append((prefix, (check.name,),
                           check.backends if backend == "*" else (backend,)))
     return check
@@ -254,7 +259,7 @@ register(Check(
      "no-dmabuf": {"legacy": "skip[kernel-lacks-dmabuf]",
                    "iommufd": "skip[kernel-lacks-dmabuf]"}},
     {("no-dmabuf", b): "the kernel has no VFIO dma-buf, so there is nothing to check"
-     for b in BACKENDS},
+     for b in KERNEL},
     own_step="side_l2",
     exercises=(("backends/iommufd.c", "iommufd"), ("drivers/pci/p2pdma.c", "*"),
                ("drivers/dma-buf/", "*"))))
@@ -300,7 +305,7 @@ register(Check(
     {("dmabuf", b): "VFIO_DEVICE_RESET revokes through vfio_pci_dma_buf_move, a no-op for a "
                     "dma-buf already revoked, and un-revokes after the FLR only if the device "
                     "decodes memory: the dma-bufs stay revoked until the guest turns decode "
-                    "on again, then live, the same fd and inode" for b in BACKENDS} |
+                    "on again, then live, the same fd and inode" for b in KERNEL} |
     {("no-dmabuf", "legacy"): "no dma-buf: the reset and the BARs' return work as in reset",
      ("no-dmabuf", "iommufd"): still_unmapped("once the BARs are programmed again")},
     own_step="reset-while-revoked", collector="harness.collect.lifecycle:reset_while_revoked",
@@ -327,7 +332,7 @@ register(Check(
                     "open (its 11.1.3 leak), still referenced: vfio_pci_dma_buf_cleanup "
                     "drains them through the revoke path, a no-op for a revoked one, and "
                     "detaches them; the close returns, they stay revoked, and the device "
-                    "plugged again gets a new live dma-buf" for b in BACKENDS} |
+                    "plugged again gets a new live dma-buf" for b in KERNEL} |
     {("no-dmabuf", "legacy"): "no dma-buf: the device is closed with decode off and plugged "
                               "again, and P2P works by address",
      ("no-dmabuf", "iommufd"): still_unmapped("once the device is plugged again")},
@@ -343,9 +348,9 @@ register(Check(
     {("dmabuf", b): "vfio_pci_core_close_device drains a revoked dma-buf through the revoke "
                     "path, which leaves it as it is, and detaches it: L2 ends at once, L1 "
                     "keeps no VFIO dma-buf or fd, and each device opens again with a live "
-                    "dma-buf" for b in BACKENDS} |
+                    "dma-buf" for b in KERNEL} |
     {("no-dmabuf", b): "no dma-buf to revoke: the devices are closed with decode off, and "
-                       "each opens again" for b in BACKENDS},
+                       "each opens again" for b in KERNEL},
     own_step="quit-while-revoked", collector="harness.collect.teardown:quit_while_revoked",
     exercises=(("drivers/vfio/vfio_main.c", "*"), ("drivers/dma-buf/", "*"),
                ("drivers/vfio/pci/vfio_pci_config.c", "*"), ("system/runstate.c", "*"))))
@@ -402,3 +407,32 @@ register(Check(
                                "(IOMMU_IOAS_MAP of the mmap: Bad address), as for any BAR at "
                                "creation"},
     own_step="side_l2", exercises=(("backends/iommufd.c", "iommufd"),)))
+register(Check(
+    "vfio-user-regions", "edu served over vfio-user: its regions as announced, mmapped from "
+    "the device, answering, and its DMA into L2's RAM", CREATION, vfio_user_regions,
+    {"dmabuf": {"vfio-user": "pass"}, "no-dmabuf": {"vfio-user": "pass"}},
+    {(k, "vfio-user"): "the server announces each BAR as the L1 kernel has it and passes the "
+                       "device fd with the kernel's region offset (VFIO_DEVICE_GET_REGION_"
+                       "INFO's own): QEMU mmaps the device itself, no dma-buf involved; edu's "
+                       "DMA reaches L2's RAM through the memfd QEMU hands the server with "
+                       "DMA_MAP, which the server maps into the device's IOAS"
+     for k in ("dmabuf", "no-dmabuf")},
+    backends=("vfio-user",),
+    exercises=(("hw/vfio-user/", "vfio-user"), ("drivers/iommu/iommufd/", "vfio-user"),
+               ("drivers/vfio/device_cdev.c", "vfio-user"), ("system/memory.c", "*"))))
+register(Check(
+    "vfio-user-p2p", "edu served over vfio-user copies by DMA into ivshmem's BAR 2 on vfio-pci "
+    "in the same L2", CREATION, vfio_user_p2p,
+    {"dmabuf": {"vfio-user": "pass"},
+     "no-dmabuf": {"vfio-user": "xfail[bar-fd-withheld,bytes-missing]"}},
+    {("dmabuf", "vfio-user"): "QEMU 11 hands the server the vfio-pci BAR with its RAMBlock's "
+                              "fd, the BAR's dma-buf, in DMA_MAP; the server maps it into the "
+                              "device's IOAS (IOMMU_IOAS_MAP_FILE): P2P across two processes "
+                              "through the dma-buf",
+     ("no-dmabuf", "vfio-user"): "without VFIO dma-buf the BAR's RAMBlock has no fd: the "
+                                 "server is handed its range with none, maps nothing there, "
+                                 "and the DMA does not arrive"},
+    backends=("vfio-user",),
+    exercises=(("hw/vfio-user/", "vfio-user"), ("drivers/iommu/iommufd/", "vfio-user"),
+               ("drivers/dma-buf/", "vfio-user"), ("hw/vfio/container", "vfio-user"),
+               ("drivers/vfio/group.c", "vfio-user"), ("system/memory.c", "*"))))

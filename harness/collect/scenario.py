@@ -20,7 +20,7 @@ from harness.base import files
 from harness.base.errors import HarnessError
 from harness.base.progress import say
 from harness.checks import registry
-from harness.collect import l2_probes, lifecycle, side_l2
+from harness.collect import l2_probes, lifecycle, side_l2, vfio_user
 from harness.collect.kernel_witness import KernelWitness
 from harness.collect.stack import L1Stack
 from harness.evidence import kernel_log
@@ -37,7 +37,8 @@ from harness.evidence.records import (
 )
 from harness.evidence.stuck import Hang
 from harness.evidence.teardown import Ending, LeftAfter, Teardown, UnplugRevoked
-from harness.l1.vfio import Inventory
+from harness.l1.vfio import Inventory, L1Device
+from harness.l2.backends import BACKENDS
 from harness.l2.dma_engine import EduEngine
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import (
@@ -85,6 +86,9 @@ class PassedThrough:
     probes: dict[str, tuple[bool, str | None]]    # BDF -> VFIO dma-buf probe answer
     bars: dict[str, dict[int, int]]               # BDF -> memory BAR index -> size
     inventory: Inventory
+    #: name -> the device as L1 has it once bound to vfio-pci (its cdev): what a vfio-user
+    #: server opens.
+    bound: dict[str, L1Device] = field(default_factory=dict)
 
     @property
     def reset_methods(self) -> dict[str, str]:
@@ -100,13 +104,13 @@ def passed_through(stack: L1Stack) -> Iterator[PassedThrough]:
     found = {name: inventory.find(d.vendor_device) for name, d in wanted.items()}
     devices = {name: d.bdf for name, d in found.items()}
     bdfs = list(devices.values())
-    stack.vfio.bind(bdfs)
+    bound = {d.bdf: d for d in stack.vfio.bind(bdfs)}
     try:
         probes = stack.vfio.probe_dmabuf(bdfs)
         yield PassedThrough(
             devices, {b: (p.supported, p.error) for b, p in probes.items()},
             {d.bdf: {b.index: b.size for b in d.bars if b.mem} for d in found.values()},
-            inventory)
+            inventory, {name: bound[bdf] for name, bdf in devices.items() if bdf in bound})
     finally:
         if stack.held:  # unbinding a device a stuck task holds would block as well
             say(f"L1 {stack.viommu.name}/{stack.kernel}: devices left bound ({stack.held})")
@@ -192,6 +196,8 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     """One backend's evidence for the `wanted` checks: an L2 with the three devices, its
     lifecycle steps in the order the registry runs them, then the side L2 if a wanted check
     reads it. `traces`: more events on."""
+    if be.sockets is not None:
+        return _served(stack, be, through, out, timer, qemu, facts)
     machine = stack.machine
     devices = through.devices
     ports = (machine.host_ports[L1_QMP_PORT], machine.host_ports[L1_QTEST_PORT])
@@ -339,4 +345,25 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
                     lifecycle=steps, unplug=unplug, side=side, teardown=teardown,
                     held=held, not_run=tuple(not_run), left=tuple(left),
                     untrusted=untrusted, unjudged=tuple(unjudged),
+                    kernel=timer.witness.take() if timer.witness is not None else ())
+
+
+#: Where the served edu's P2P goes: a vfio-pci BAR (a BAR of another served device comes
+#: to the server with no fd, ever: measured, so there is nothing to check there).
+P2P_TO = "legacy"
+
+
+def _served(stack: L1Stack, be: Backend, through: PassedThrough, out: Path, timer: Timer,
+            qemu: str, facts: QemuFacts | None) -> Evidence:
+    """The vfio-user backend's one L2: edu on the harness's server, ivshmem beside it as
+    vfio-pci (so that edu's P2P reaches a kernel BAR), each witness's view (collect/
+    vfio_user.py). One L2 serves both of its checks: the budget is one L2's time."""
+    if timer.witness is not None:
+        timer.witness.between(f"before the {be.name} L2")
+    with timer("vfio_user"):
+        ev = vfio_user.collect(stack, {n: through.bound[n] for n in ("edu", "ivshmem")}, out,
+                               qemu=qemu, ivshmem_on=BACKENDS[P2P_TO])
+    return Evidence(backend=be.name, devices=through.devices, kernel_probe=through.probes,
+                    main=L2Run(ev.run.trace, (), None, (), not ev.l2_end, ()),
+                    bars=through.bars, qemu=facts, vfio_user=ev,
                     kernel=timer.witness.take() if timer.witness is not None else ())

@@ -32,6 +32,7 @@ from harness.evidence.records import (
 )
 from harness.evidence.stuck import Hang
 from harness.evidence.teardown import Ending, LeftAfter
+from harness.evidence.vfio_user import VfioUserEvidence
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Evidence:
     kernel: tuple[KernelWindow, ...] = ()
     #: What L1 still held once each L2 that no teardown check judges had ended.
     left: tuple[LeftAfter, ...] = ()
+    #: The vfio-user backend's L2 (collect/vfio_user.py): its devices on the harness's
+    #: servers, what each witness saw. None on the kernel backends.
+    vfio_user: VfioUserEvidence | None = None
 
     @property
     def kernel_dmabuf(self) -> bool | None:

@@ -1,4 +1,4 @@
-"""The two VFIO backends L2 can use, as data: what differs between them and nothing else.
+"""The VFIO device backends L2 can use, as data: what differs between them and nothing else.
 
 Scenarios and verdicts ask a backend what it does (how a BAR reaches the
 IOMMU, which L1 node it opens, what QEMU needs for it) instead of comparing
@@ -30,6 +30,11 @@ class Backend:
     #: vfio-user: where the servers' sockets are, one per device named for its BDF (the
     #: device is then vfio-user-pci on that socket, not vfio-pci on the host device).
     sockets: str | None = None
+
+    @property
+    def qemu_device(self) -> str:
+        """The device L2 takes it as (a QEMU under test without it cannot run this backend)."""
+        return "vfio-pci" if self.sockets is None else "vfio-user-pci"
 
     @property
     def shares_memory(self) -> bool:
@@ -65,16 +70,21 @@ class Backend:
         return {"driver": "vfio-pci", **args}
 
 
+#: QEMU's vfio-user client on the harness's own servers in L1 (l1/vfio_user.py), which
+#: open each device's cdev and bind it to an iommufd: L1 needs /dev/iommu for them.
+VFIO_USER_SOCKETS = "/run/vfio-user"
+VFIO_USER = Backend("vfio-user", VFIO_USER_SOCKETS, BY_SERVER, inventory_field="dev_iommu",
+                    sockets=VFIO_USER_SOCKETS)
 BACKENDS = {b.name: b for b in (
     Backend("legacy", "/dev/vfio/vfio", BY_ADDRESS, inventory_field="dev_vfio_container"),
     Backend("iommufd", "/dev/iommu", BY_DMABUF, qemu_object="iommufd,id=iofd0",
             device_property="iommufd=iofd0", inventory_field="dev_iommu"),
+    VFIO_USER,
 )}
 NAMES = tuple(BACKENDS)
-#: QEMU's vfio-user client on the harness's own servers in L1 (l1/vfio_user.py). Not in
-#: BACKENDS yet: it joins the matrix when each check says what is expected of it there.
-VFIO_USER_SOCKETS = "/run/vfio-user"
-VFIO_USER = Backend("vfio-user", VFIO_USER_SOCKETS, BY_SERVER, sockets=VFIO_USER_SOCKETS)
+#: The backends on which QEMU itself opens the device in the L1 kernel (vfio-pci): the
+#: checks of what QEMU does with a kernel device have their cells on these.
+KERNEL_NAMES = tuple(n for n, b in BACKENDS.items() if b.sockets is None)
 
 
 def backend(name: str) -> Backend:

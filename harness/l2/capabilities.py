@@ -29,6 +29,7 @@ QUESTIONS = (
     ("objects", "qom-list-types", {"implements": "user-creatable"}),
     ("vfio-pci", "device-list-properties", {"typename": "vfio-pci"}),
     ("dmabuf-event", "trace-event-get-state", {"name": DMABUF_EVENT}),
+    ("vfio-user-pci", "device-list-properties", {"typename": "vfio-user-pci"}),
 )
 SECTION = "=== vfio-harness:"
 
@@ -42,6 +43,13 @@ class QemuUnderTest:
     has_iommufd_object: bool
     has_dmabuf_event: bool
     vfio_pci_properties: tuple[str, ...]
+    #: The vfio-user client (a build may leave it out: the vfio-user backend then skips).
+    has_vfio_user_pci: bool = False
+
+    def has_device(self, name: str) -> bool:
+        """Whether it has the device a backend gives L2 (vfio-pci: it must, or `parse`
+        refuses it)."""
+        return name == "vfio-pci" or (name == "vfio-user-pci" and self.has_vfio_user_pci)
 
     def has_object(self, spec: str) -> bool:
         """Whether it can create the object `spec` names ("iommufd,id=..."): the probe asked
@@ -136,7 +144,8 @@ def parse(s: dict[str, str], origin: str) -> QemuUnderTest:
                          sha256=sha[0] if len(sha) == 2 else "", version=name,
                          has_iommufd_object="iommufd" in objects,
                          has_dmabuf_event=any(e.get("name") == DMABUF_EVENT for e in events),
-                         vfio_pci_properties=properties)
+                         vfio_pci_properties=properties,
+                         has_vfio_user_pci="return" in replies.get("vfio-user-pci", {}))
 
 
 def probe(session: L1Session, path: str, origin: str,

@@ -95,7 +95,7 @@ def render(data: dict, base: Path) -> str:
            "<style>",
            "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse}",
            "td,th{border:1px solid #ccc;padding:.3em .4em;text-align:center}",
-           "#matrix td.cell{min-width:6em} td.cell a{color:#fff;text-decoration:none;"
+           "#matrix td.cell{min-width:5em} td.cell a{color:#fff;text-decoration:none;"
            "display:block} #matrix th.check{text-align:left}",
            ".small{font-size:80%;opacity:.85} pre{background:#f5f5f5;padding:.6em;"
            "overflow-x:auto;max-height:30em;white-space:pre-wrap;word-break:break-all}"
@@ -143,10 +143,21 @@ def _matrix_table(cells: list[dict]) -> list[str]:
         out.append(f"<tr><th class='check'>{e(check)}</th>")
         for vi, kernel, backend in cols:
             cell = by_key.get((vi, kernel, backend, check))
-            out.append("<td class='absent'>not run</td>" if cell is None else _matrix_cell(cell))
+            out.append(_absent(check, backend) if cell is None else _matrix_cell(cell))
         out.append("</tr>")
     out.append("</table>")
     return out
+
+
+def _absent(check: str, backend: str) -> str:
+    """A place with no cell: a dash where the check has no cell on that backend at all (its
+    meaning does not carry over), else a cell this run did not run."""
+    from harness.checks import registry
+
+    if check in registry.REGISTRY and backend not in registry.get(check).backends:
+        return (f"<td class='none' title='{html.escape(check)} has no cell on "
+                f"{html.escape(backend)}'>&ndash;</td>")
+    return "<td class='absent'>not run</td>"
 
 
 def _matrix_cell(cell: dict) -> str:

@@ -199,6 +199,8 @@ def _environment_gap(be: Backend, through: PassedThrough,
     if be.qemu_object and under_test and not under_test.has_object(be.qemu_object):
         return (f"the QEMU under test ({under_test.version}) has no "
                 f"{be.qemu_object.split(',')[0]} object")
+    if under_test and not under_test.has_device(be.qemu_device):
+        return f"the QEMU under test ({under_test.version}) has no {be.qemu_device} device"
     return None
 
 

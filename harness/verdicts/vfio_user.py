@@ -9,6 +9,7 @@ file, of another region's offset, or none at all (L2 then reaches the BAR by soc
 messages, or not at all) fails naming the region.
 """
 
+from harness.evidence.gathered import Evidence
 from harness.evidence.records import RegionMmap, RegionSetup, of_type
 from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun
 from harness.verdicts.verdict import Verdict
@@ -219,3 +220,21 @@ def unplug(ev: VfioUserEvidence) -> Verdict:
     return Verdict("pass", f"{ivshmem} unplugged in {u.gone_s} s: its server saw the client "
                    f"go and come back, L2 kept no mapping of it meanwhile, and its BAR 2 "
                    f"reached the device again after the replug", evidence)
+
+
+def _of_matrix(e: Evidence) -> VfioUserEvidence | Verdict:
+    if e.vfio_user is None:
+        return Verdict("error", "evidence missing: no vfio-user run on this L1", {})
+    return e.vfio_user
+
+
+def vfio_user_regions(e: Evidence) -> Verdict:
+    """The matrix's vfio-user cell of the served device: `served`, on its L2."""
+    ev = _of_matrix(e)
+    return ev if isinstance(ev, Verdict) else served(ev)
+
+
+def vfio_user_p2p(e: Evidence) -> Verdict:
+    """The matrix's vfio-user cell of P2P into a vfio-pci BAR: `p2p`, on the same L2."""
+    ev = _of_matrix(e)
+    return ev if isinstance(ev, Verdict) else p2p(ev)

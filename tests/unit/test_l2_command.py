@@ -52,8 +52,9 @@ def test_the_qemu_under_test_can_be_another_binary():
 
 
 def test_unknown_backend():
-    with pytest.raises(BadInput, match="unknown backend 'vfio-user'"):
-        backend("vfio-user")
+    with pytest.raises(BadInput, match="unknown backend 'vfio-usr'; known: legacy, iommufd, "
+                       "vfio-user"):
+        backend("vfio-usr")
 
 
 def test_how_l2_ended_is_said_in_l1s_words():
