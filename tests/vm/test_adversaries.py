@@ -1,10 +1,14 @@
 """The harness refuses to pass a QEMU under test that lies or breaks the feature.
 
 Every adversary of the catalogue (tests/vm/adversaries) runs as the QEMU under
-test on real L1s of both kernels, on both backends, through the same path as a
-user's `--l2-qemu` build. Each must get the verdicts the catalogue names, with
-a reason pointing at the lie; every other cell must meet its expectation as
-with the honest QEMU; and no adversary may get through with every cell met.
+test on real L1s of both kernels, on both kernel backends, through the same path as
+a user's `--l2-qemu` build. (vfio-user's own adversaries, a lying server and an L2
+that drops a BAR's mmap, are in test_vfio_user.py; the one relation of a kernel
+adversary to vfio-user's cells, refuse-dmabuf breaking its P2P into a vfio-pci BAR,
+is held in test_ab.py, whose `ab` runs every backend.) Each must get the
+verdicts the catalogue names, with a reason pointing at the lie; every other cell
+must meet its expectation as with the honest QEMU; and no adversary may get
+through with every cell met.
 
 The L1s run side by side (one child process each, as the matrix runs its L1s),
 two per kernel, each playing its share of the adversaries this session selected
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks import matrix
+from harness.checks import matrix, registry
 from harness.collect.stack import booted
 from harness.platforms import X86_64
 from harness.run import parallel, runner
@@ -70,7 +74,7 @@ def played(request, qemu, images, accelerator, artifacts, tmp_path_factory):
                     continue
                 wrapper = wrappers / f"qemu-{adversary.name}-{kernel}"
                 wrapper.write_text(adversary.wrapper(shim if adversary.shim else None))
-                cells = matrix.cells((VIOMMU,), matrix.BACKENDS, (kernel,))
+                cells = matrix.cells((VIOMMU,), registry.KERNEL, (kernel,))
                 yield adversary.name, kernel, _rows(l1, wrapper, cells, l1.run_dir / adversary.name)
             if DIES_NAME in names:
                 wrapper = wrappers / f"qemu-{DIES_NAME}"
@@ -130,9 +134,9 @@ def test_adversary_gets_the_true_verdicts(adversary, kernel, played, pytestconfi
         if r["outcome"] != outcome or fragment not in r["reason"] or r["met"]:
             problems.append(f"{r['cell']}: wanted {outcome} with {fragment!r}, got "
                             f"{r['outcome']} (met={r['met']}): {r['reason']}")
-    assert len(results) == len(matrix.cells((VIOMMU,), matrix.BACKENDS, (kernel,)))
+    assert len(results) == len(matrix.cells((VIOMMU,), registry.KERNEL, (kernel,)))
     assert not problems, "\n".join(problems)
-    if any(adversary.expected(kernel, b, c) for b in matrix.BACKENDS for c in matrix.CHECKS):
+    if any(adversary.expected(kernel, b, c) for b in registry.KERNEL for c in matrix.CHECKS):
         assert not all(r["met"] for r in results), f"{adversary.name} got through on {kernel}"
 
 
@@ -141,7 +145,7 @@ def test_an_l2_that_dies_is_named_in_l1s_words(kernel, played):
     """Every cell the dead L2 took says how it ended (the signal, as L1 saw it) and what
     it last wrote on stderr, not merely that a socket closed."""
     results = played[(DIES_NAME, kernel)]
-    assert len(results) == len(matrix.CHECKS)
+    assert len(results) == len(matrix.cells((VIOMMU,), ("legacy",), (kernel,)))
     said = (Path(results[0]["out"]) / "legacy" / "l2-stderr.log").read_text().splitlines()
     assert "this L2 will be killed" in said[0]  # the wrapper's line: this L2 is the one killed
     for r in results:

@@ -91,7 +91,7 @@ def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path, p
     running L2 are as before."""
     p = ab("0001-refused-map-file-leaks-its-dmabuf.mbox", tmp_path, pinned_baseline)
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
-    judged_ended = {f"intel-iommu-{b}-dmabuf-{c}" for b in matrix.BACKENDS
+    judged_ended = {f"intel-iommu-{b}-dmabuf-{c}" for b in registry.KERNEL
                     for c in ("multi-range", "dmabuf-per-region", "quit-while-revoked")}
     judged_ended.add("intel-iommu-iommufd-dmabuf-kill-while-mapped")
     record = json.loads((tmp_path / "compare.json").read_text())
@@ -106,7 +106,7 @@ def test_a_dmabuf_leaked_on_a_refused_map_is_what_its_l2_left_behind(tmp_path, p
         assert "dma-buf(s) of L2's exporter still alive in the L1 kernel (debugfs bufinfo: " \
                "vfio_pci_core inode " in cell["reason"], cell["reason"]
         assert "kernel-splat" not in cell["findings"]  # the kernel itself said nothing
-    for backend in matrix.BACKENDS:
+    for backend in registry.KERNEL:
         side = cells[f"intel-iommu-{backend}-dmabuf-multi-range"]["reason"]
         assert side.startswith("once its L2 had ended (side_l2, waited "), side
     refused = cells["intel-iommu-iommufd-dmabuf-multi-range"]["reason"]
@@ -175,9 +175,9 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
     record = json.loads((tmp_path / "compare.json").read_text())
     cells = {c["id"]: c for c in json.loads(
         (tmp_path / "candidate" / "results.json").read_text())["cells"]}
-    assert len(cells) == len(matrix.BACKENDS) * len(matrix.CHECKS)  # none lost to the hangs
+    assert len(cells) == len(matrix.cells(("intel-iommu",), kernels=("dmabuf",)))  # none lost
     new = {c["id"] for c in cells.values() if not c["met"]}
-    for backend in matrix.BACKENDS:
+    for backend in registry.KERNEL:
         cell = cells[f"intel-iommu-{backend}-dmabuf-unplug-while-revoked"]
         assert f"+ {cell['id']}: pass -> fail" in p.stdout
         assert "hung" in cell["findings"] and "kernel-splat" in cell["findings"]
@@ -191,7 +191,7 @@ def test_a_device_closed_with_its_dmabufs_revoked_hangs_and_is_named_in_the_kern
                 ), cell["reason"]
         assert "in D (disk sleep): vfio_pci_dma_buf_cleanup < vfio_pci_core_close_device" \
             in cell["reason"]
-    assert new <= {f"intel-iommu-{b}-dmabuf-{c}" for b in matrix.BACKENDS
+    assert new <= {f"intel-iommu-{b}-dmabuf-{c}" for b in registry.KERNEL
                    for c in ("unplug-while-revoked", "dmabuf-unplug")}, new
     assert record["counts"]["new failure"] == len(new)
     assert "+ kernel report: WARNING: refcount bug in vfio_pci_dma_buf_cleanup" in p.stdout
@@ -225,7 +225,7 @@ def test_the_debug_kernel_meets_the_dmabuf_kernels_expectations_with_its_checks_
         assert option in config, option
     record = json.loads((debug_baseline / "results.json").read_text())
     cells = record["cells"]
-    assert len(cells) == len(matrix.BACKENDS) * len(matrix.CHECKS)
+    assert len(cells) == len(matrix.cells(("intel-iommu",), kernels=("debug",)))
     assert {c["kernel"] for c in cells} == {"debug"}
     assert not record["run"].get("kernel_outside_cells")  # a clean boot and teardown
     assert all(c["met"] for c in cells)
@@ -252,7 +252,7 @@ def test_two_locks_taken_in_opposite_orders_are_a_possible_deadlock_on_the_debug
         (tmp_path / "candidate" / "results.json").read_text())["cells"]}
     first = matrix.BACKENDS[0]
     new = {i for i, c in cells.items() if not c["met"]}
-    assert new == {f"intel-iommu-{first}-debug-{c}" for c in matrix.CHECKS}, new
+    assert new == {c.id for c in matrix.cells(("intel-iommu",), (first,), ("debug",))}, new
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record["counts"]["new failure"] == len(new), record["counts"]
     for cell_id in new:
@@ -289,10 +289,10 @@ def test_a_dmabuf_freed_twice_after_its_device_closed_is_slubs_report_and_bisect
     cells = {c["id"]: c for c in json.loads(
         (tmp_path / "candidate" / "results.json").read_text())["cells"]}
     new = {i for i, c in cells.items() if not c["met"]}
-    quits = {f"intel-iommu-{b}-debug-quit-while-revoked" for b in matrix.BACKENDS}
+    quits = {f"intel-iommu-{b}-debug-quit-while-revoked" for b in registry.KERNEL}
     later = [c for phase in (registry.ALONE, registry.OWN, registry.SIDE)
              for c in registry.in_phase(phase)]  # the steps after the main L2's end
-    unjudged = {f"intel-iommu-{b}-debug-{c.name}" for b in matrix.BACKENDS for c in later
+    unjudged = {f"intel-iommu-{b}-debug-{c.name}" for b in registry.KERNEL for c in later
                 if c.only_backend in (None, b)}
     assert new == quits | unjudged, new
     for cell_id in quits:

@@ -164,7 +164,10 @@ CATALOGUE = (
                   ("dmabuf", "*", UNPLUG_REVOKED): ("fail", NOTHING_REVOKED),
                   ("dmabuf", "*", QUIT): ("fail", "L2 holds no dma-buf"),
                   ("dmabuf", "*", MULTI): ("fail", "0 vfio_region_dmabuf for"),
-                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED)}),
+                  ("dmabuf", "iommufd", KILL): ("fail", NOTHING_MAPPED),
+                  # a relation across backends: the served edu's P2P into ivshmem on
+                  # vfio-pci goes through that BAR's dma-buf, which QEMU no longer has
+                  ("dmabuf", "vfio-user", "vfio-user-p2p"): ("fail", "with no fd")}),
     Adversary(
         "shrink-dmabuf", "asks the kernel for a dma-buf of one page per range, not the BAR",
         shim="shrink-dmabuf",
