@@ -74,6 +74,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     ended: dict[str, str] = {}
     died = ""
     unplugged = None
+    dmabufs: tuple[int, ...] | None = None
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
@@ -117,6 +118,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                 problems.append(f"{explained.stage}: {explained.message}")
                 died = explained.end if isinstance(explained, L2Died) else ""
             ended = servers.ended()  # while L2 runs: a server gone now died under it
+            if not died and l2.pid is not None:
+                dmabufs = tuple(d.size for d in stack.vfio.process(l2.pid).dmabufs)
             maps = stack.session.run(f"cat /proc/{l2.pid}/maps", check=False,
                                      stage="L2 mappings").stdout.splitlines()
             (out / "l2-maps.txt").write_text("".join(f"{line}\n" for line in maps))
@@ -139,7 +142,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     return VfioUserEvidence(VfioUserRun(served, trace, parse_maps(maps)), access, written,
                             on_l0, pattern, back, tuple(problems), p2p, p2p_on_l0, p2p_iova,
                             engine_maps, ivshmem_on.name if ivshmem_on else VFIO_USER.name,
-                            tuple(sorted(ended.items())), said, died, unplugged)
+                            tuple(sorted(ended.items())), said, died, unplugged, dmabufs)
 
 
 def _unplug(stack: L1Stack, l2: L2Qemu, servers: VfioUserServers,

@@ -87,6 +87,9 @@ class VfioUserEvidence:
     #: mappings of its cdev L2 kept after, its server's connection events, and whether a
     #: write at BAR 2 after the replug reached L0's file. None: not played.
     unplug: "ServedUnplug | None" = None
+    #: The sizes of the dma-buf fds L2 held while it ran, as the L1 kernel shows them
+    #: (fdinfo); None: not asked (L2 was gone).
+    l2_dmabufs: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ FINDINGS = {
     "bar-fd-withheld": "QEMU's vfio-user client handed the server a BAR's range for DMA "
                        "with no fd (the BAR's RAMBlock has none: no dma-buf), so the "
                        "server, another process, has nothing to map there",
+    "served-no-dmabuf": "a device served over vfio-user has no dma-buf: no kernel exporter "
+                        "is involved, QEMU made none for its regions (no vfio_region_dmabuf "
+                        "for it), and L2 holds none beyond its vfio-pci BARs' (the L1 "
+                        "kernel's fdinfo)",
     "left-behind": "once the cell's L2 had ended, the L1 kernel still had a dma-buf of its "
                    "exporter alive (debugfs) or a process held a VFIO fd: a reference of "
                    "that L2's was never given back",

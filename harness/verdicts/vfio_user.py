@@ -10,7 +10,7 @@ messages, or not at all) fails naming the region.
 """
 
 from harness.evidence.gathered import Evidence
-from harness.evidence.records import RegionMmap, RegionSetup, of_type
+from harness.evidence.records import RegionDmabuf, RegionMmap, RegionSetup, of_type
 from harness.evidence.vfio_user import ServedDevice, VfioUserEvidence, VfioUserRun
 from harness.verdicts.verdict import Verdict
 
@@ -238,3 +238,39 @@ def vfio_user_p2p(e: Evidence) -> Verdict:
     """The matrix's vfio-user cell of P2P into a vfio-pci BAR: `p2p`, on the same L2."""
     ev = _of_matrix(e)
     return ev if isinstance(ev, Verdict) else p2p(ev)
+
+
+def served_dmabufs(e: Evidence) -> Verdict:
+    """dmabuf-per-region's meaning on vfio-user: a served region is the server's, reached
+    through the fd it passes, and no kernel exporter stands behind it in L2, so there must
+    be no dma-buf of it: none traced, and none in L2's fds beyond those of the vfio-pci
+    BARs beside it (one per BAR of a page or more, on a kernel with VFIO dma-buf). A
+    client that asked the kernel for one anyway (the served fd is a real device's) is a
+    failure; otherwise the cell skips saying so."""
+    ev = _of_matrix(e)
+    if isinstance(ev, Verdict):
+        return ev
+    if ev.l2_dmabufs is None:
+        return Verdict("error", "evidence missing: no L1 kernel view of L2's dma-bufs (L2 "
+                                "was gone)" + (f": {ev.l2_end}" if ev.l2_end else ""), {})
+    served = {d.name: d.bdf for d in ev.run.devices}
+    made = [r for r in of_type(list(ev.run.trace), RegionDmabuf) if r.device in served]
+    # ivshmem, if it was beside the served devices as vfio-pci: its BARs have dma-bufs
+    beside = e.devices.get("ivshmem") if ev.ivshmem_backend != "vfio-user" else None
+    accounted = sum(1 for size in e.bars.get(beside or "", {}).values() if size >= PAGE) \
+        if e.kernel_dmabuf else 0
+    evidence = {"served": sorted(served.values()), "traced_for_served": len(made),
+                "l2_dmabufs": list(ev.l2_dmabufs), "vfio_pci_bars_with_dmabuf": accounted}
+    problems = [f"QEMU made a dma-buf for {served[r.device]}'s {r.name} (vfio_region_dmabuf, "
+                f"fd {r.fd}), a region served over vfio-user" for r in made]
+    if len(ev.l2_dmabufs) > accounted:
+        problems.append(f"L2 holds {len(ev.l2_dmabufs)} dma-buf(s) (the L1 kernel's fdinfo: "
+                        f"{', '.join(f'{s:#x}' for s in ev.l2_dmabufs)} bytes), its vfio-pci "
+                        f"BARs account for {accounted}: the others are of served regions")
+    if problems:
+        return Verdict("fail", "; ".join(problems), evidence)
+    return Verdict("skip", f"{', '.join(sorted(served.values()))} served over vfio-user: no "
+                   f"kernel exporter stands behind a served region, and QEMU made no dma-buf "
+                   f"for one (none traced); L2 holds {len(ev.l2_dmabufs)} dma-buf(s), those of "
+                   f"the vfio-pci BARs beside it ({accounted})", evidence,
+                   frozenset({"served-no-dmabuf"}))

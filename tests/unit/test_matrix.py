@@ -8,8 +8,9 @@ from harness.checks.matrix import Expectation, settle
 
 def test_default_matrix_has_every_combination_once():
     cells = matrix.cells()
-    per_l1 = sum(len(registry.get(c).backends) for c in matrix.CHECKS)  # vfio-user's: 2
-    assert per_l1 == 2 * (len(matrix.CHECKS) - 2) + 2
+    per_l1 = sum(len(registry.get(c).backends) for c in matrix.CHECKS)
+    # vfio-user's two checks on it alone, dmabuf-per-region on all three
+    assert per_l1 == 2 * (len(matrix.CHECKS) - 3) + 2 + 3
     assert len(cells) == 2 * 2 * per_l1
     assert len({c.id for c in cells}) == len(cells)
     assert "intel-iommu-iommufd-dmabuf-p2p-dma" in {c.id for c in cells}

@@ -126,10 +126,10 @@ def test_the_default_matrix_reads_at_a_glance_in_a_1400_pixel_window(tmp_path):
     assert rows == list(registry.names())
     headers = re.findall(r"<tr><th>(\w+)</th>", table)
     assert headers == ["vIOMMU", "kernel", "backend"]
-    assert table.count("<td class=\"cell") == len(cells) == 104
-    # a check with no cell on a backend is a dash there, never "not run" (12 kernel checks'
+    assert table.count("<td class=\"cell") == len(cells) == 108
+    # a check with no cell on a backend is a dash there, never "not run" (11 kernel checks'
     # vfio-user places and 2 vfio-user checks' kernel places, on each of 4 L1s)
-    assert table.count('<td class="none"') == 4 * (12 + 2 * 2)
+    assert table.count('<td class="none"') == 4 * (11 + 2 * 2)
     assert "not run" not in table
     for c in cells:
         if c.cell.expectation.signature:  # shown under the outcome, in its cell

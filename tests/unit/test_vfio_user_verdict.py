@@ -202,3 +202,51 @@ def test_a_bar_mapped_in_pieces_around_its_msix_table_is_held_to_the_pieces_l2_t
     assert regions(one_piece).reason == (
         "region 0 of 0000:00:04.0: L2 maps [0x0, 0x2000) of it from /dev/vfio/devices/vfio2, "
         "not [0x0, 0x2000) + [0x3000, 0x4000)")
+
+
+def _matrix_evidence(run: VfioUserRun, dmabufs: tuple[int, ...], kernel_dmabuf: bool = True):
+    """The matrix's vfio-user L2 as the verdict gets it: edu served, ivshmem beside it on
+    vfio-pci (legacy)."""
+    from harness.evidence.gathered import Evidence
+    from harness.evidence.records import L2Run
+
+    edu_only = VfioUserRun(run.devices[:1], run.trace, run.maps)
+    ev = VfioUserEvidence(edu_only, None, b"", b"", b"", b"", (), ivshmem_backend="legacy",
+                          l2_dmabufs=dmabufs)
+    answer = (True, None) if kernel_dmabuf else (False, "ENOTTY")
+    return Evidence("vfio-user", {"edu": EDU, "ivshmem": IVSHMEM},
+                    {EDU: answer, IVSHMEM: answer}, L2Run(run.trace, (), None, (), True, ()),
+                    bars={EDU: DEVICES[EDU][1], IVSHMEM: DEVICES[IVSHMEM][1]}, vfio_user=ev)
+
+
+def test_a_served_device_has_no_dmabuf_and_the_cell_skips_saying_so():
+    from harness.verdicts.creation import dmabuf_per_region
+
+    verdict = dmabuf_per_region(_matrix_evidence(captured("honest"), (1 << 20,)))
+    assert verdict.observed == "skip" and verdict.findings == {"served-no-dmabuf"}, verdict
+    assert verdict.reason.endswith("L2 holds 1 dma-buf(s), those of the vfio-pci BARs "
+                                   "beside it (1)"), verdict.reason
+    # without VFIO dma-buf the vfio-pci BAR has none either
+    verdict = dmabuf_per_region(_matrix_evidence(captured("honest"), (), kernel_dmabuf=False))
+    assert verdict.observed == "skip", verdict.reason
+
+
+def test_a_dmabuf_of_a_served_region_fails_whether_traced_or_only_held():
+    """A client that asks the kernel for a dma-buf of the fd the server passed (a real
+    device's) would get one: caught in the trace, and in L2's fds when not traced."""
+    from harness.verdicts.creation import dmabuf_per_region
+
+    honest = captured("honest")
+    sock = f"vfio-user:/run/vfio-user/{EDU}.sock"
+    traced = parse_trace(f'vfio_region_dmabuf Device {sock}, dmabuf fd 31 region 0 "{sock} '
+                         f'BAR 0", offset: 0x0, size: 0x100000\n')
+    run = VfioUserRun(honest.devices, honest.trace + tuple(traced), honest.maps)
+    verdict = dmabuf_per_region(_matrix_evidence(run, (1 << 20, 1 << 20)))
+    assert verdict.observed == "fail"
+    assert verdict.reason == (
+        f"QEMU made a dma-buf for {EDU}'s {sock} BAR 0 (vfio_region_dmabuf, fd 31), a region "
+        f"served over vfio-user; L2 holds 2 dma-buf(s) (the L1 kernel's fdinfo: 0x100000, "
+        f"0x100000 bytes), its vfio-pci BARs account for 1: the others are of served regions")
+    untraced = dmabuf_per_region(_matrix_evidence(honest, (1 << 20, 1 << 20)))
+    assert untraced.observed == "fail" and "its vfio-pci BARs account for 1" in untraced.reason
+    assert dmabuf_per_region(_matrix_evidence(honest, None)).observed == "error"

@@ -38,12 +38,12 @@ def test_ab_names_a_broken_qemus_regressions_with_their_evidence(tmp_path, pinne
     counts = json.loads((tmp_path / "ab" / "compare.json").read_text())["counts"]
     # every cell of the dmabuf kernel the adversary names breaks; the others (legacy P2P,
     # which maps BAR 2 by address, the check that drives iommufd with no QEMU, the legacy
-    # cell of the kill, a skip, and the served edu's own regions) do not. Among those it
-    # breaks, a relation: vfio-user's P2P into the vfio-pci BAR, whose dma-buf QEMU no
-    # longer has to hand the server
+    # cell of the kill, a skip, and the served edu's regions and its dma-buf-less skip) do
+    # not. Among those it breaks, a relation: vfio-user's P2P into the vfio-pci BAR, whose
+    # dma-buf QEMU no longer has to hand the server
     named = sum(1 for c in matrix.cells(("intel-iommu",), kernels=("dmabuf",))
                 if refuse.expected("dmabuf", c.backend, c.check))
-    assert named == CELLS - 5
+    assert named == CELLS - 6
     assert "+ intel-iommu-vfio-user-dmabuf-vfio-user-p2p: pass -> fail" in p.stdout
     assert counts["new failure"] == named and counts["unchanged"] == CELLS - named, counts
     page = (tmp_path / "ab" / "candidate" / "report.html").read_text()
