@@ -16,11 +16,13 @@
 
 --arch aarch64 measures the arm64 platform instead (noop-rebuild, scratch-build,
 l1-boot, matrix; --viommu then defaults to smmuv3).
-  ci/benchmark.py matrix [--runs 3] [--creation] [--jobs N]
+  ci/benchmark.py matrix [--runs 3] [--creation] [--jobs N] [--without B]
                                               `vfio-harness run`, the default matrix
                                               (--creation: its 24 creation-time cells:
                                               dmabuf-per-region, mmap-fallback, p2p-dma;
-                                              --jobs: L1s at once, default the CLI's)
+                                              --jobs: L1s at once, default the CLI's;
+                                              --without: leave a backend's cells out, so
+                                              that what it adds is the difference)
   ci/benchmark.py l2-scenario [--runs 5] [--viommu V] [--kernel K] [--backend B]
                                               one more L2 scenario (all checks of one
                                               backend) on an L1 that is already up
@@ -69,6 +71,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness.l2 import backends
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -160,6 +164,8 @@ def matrix_run(args: argparse.Namespace) -> list[float]:
     extra = [a for c in CREATION for a in ("--check", c)] if args.creation else []
     extra += ["--jobs", str(args.jobs)] if args.jobs else []
     extra += ["--arch", args.arch]
+    if args.without:
+        extra += [a for b in backends.NAMES if b not in args.without for a in ("--backend", b)]
     out = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="vfio-harness-bench-") as results:
@@ -360,6 +366,8 @@ def main() -> int:
     p.add_argument("--backend", default="iommufd")
     p.add_argument("--creation", action="store_true", help="matrix: the 24 creation-time cells")
     p.add_argument("--jobs", type=int, help="matrix: L1s at once")
+    p.add_argument("--without", action="append", choices=backends.NAMES,
+                   help="matrix: leave this backend's cells out")
     p.add_argument("--series", type=int, default=50, help="prune: series in the cache")
     p.add_argument("--json", type=Path, help="append the summary to this file")
     args = p.parse_args()

@@ -168,10 +168,13 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
     first): the cell fails naming the server and its signal, and what became of L2, in
     its own words; the run ends on its deadlines, and no process is left.
 
-    Measured (QEMU 11.1.3): L2 does not survive it. The config write that turned decode on
-    was answered; the BAR then enters the memory map, and the vfio-user listener's DMA map
-    of it to the dead server aborts QEMU: "util/error.c:62: error_setv: Assertion `*errp
-    == NULL' failed." (SIGABRT): an Error set twice on that path. A QEMU bug, found here."""
+    What becomes of L2 is QEMU's (11.1.3). Mostly L2 does not survive it (7 of 7 alone,
+    the server dying 0.05 to 3 s after its answer): the config write that turned decode on was answered, the BAR then
+    enters the memory map, and the vfio-user listener's DMA map of it to the dead server
+    aborts QEMU: "util/error.c:62: error_setv: Assertion `*errp == NULL' failed." (SIGABRT),
+    an Error set twice on that path: a QEMU bug, found here. Once, in CI beside other
+    runs, L2 lived on: then each later step that needs a server (ivshmem's replug on its
+    socket) fails in QEMU's words, a failure of the cell and never a traceback."""
     stack, devices = l1
     edu = devices["edu"]
     began = time.monotonic()
@@ -181,9 +184,12 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
     assert verdict.observed == "fail", verdict.reason
     assert (f"the vfio-user server of {edu.bdf} ended while L2 ran: it was killed by SIGKILL "
             f"(9); L2 said: ") in verdict.reason
-    assert "was killed by SIGABRT (6)" in ev.l2_end, ev.l2_end
-    assert "error_setv: Assertion `*errp == NULL' failed." in verdict.reason
-    assert "maps none" not in verdict.reason  # a dead L2's mappings are not the story
+    if ev.l2_end:  # QEMU aborted
+        assert "was killed by SIGABRT (6)" in ev.l2_end, ev.l2_end
+        assert "error_setv: Assertion `*errp == NULL' failed." in verdict.reason
+        assert "maps none" not in verdict.reason  # a dead L2's mappings are not the story
+    else:  # L2 lived on; what it could not do without its servers is named, by stage
+        assert any("refused it" in p or "vfio-user" in p for p in ev.problems), ev.problems
     assert time.monotonic() - began < 120
     assert no_process_left(stack)
 
