@@ -168,13 +168,12 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
     first): the cell fails naming the server and its signal, and what became of L2, in
     its own words; the run ends on its deadlines, and no process is left.
 
-    What becomes of L2 is QEMU's (11.1.3). Mostly L2 does not survive it (7 of 7 alone,
-    the server dying 0.05 to 3 s after its answer): the config write that turned decode on was answered, the BAR then
-    enters the memory map, and the vfio-user listener's DMA map of it to the dead server
-    aborts QEMU: "util/error.c:62: error_setv: Assertion `*errp == NULL' failed." (SIGABRT),
-    an Error set twice on that path: a QEMU bug, found here. Once, in CI beside other
-    runs, L2 lived on: then each later step that needs a server (ivshmem's replug on its
-    socket) fails in QEMU's words, a failure of the cell and never a traceback."""
+    What becomes of L2 is QEMU's (11.1.3). Mostly it does not survive: 7 of 7 runs alone,
+    the server dying 0.05 to 3 s after its answer, QEMU aborted with "util/error.c:62:
+    error_setv: Assertion `*errp == NULL' failed." (SIGABRT), an Error set twice on a
+    path to the dead server: a QEMU bug, found here. Once, in CI beside other runs, L2
+    lived on: then each later step that needs a server (ivshmem's replug on its socket)
+    fails in QEMU's words, a failure of the cell and never a traceback."""
     stack, devices = l1
     edu = devices["edu"]
     began = time.monotonic()
