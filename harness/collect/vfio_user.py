@@ -46,6 +46,17 @@ PROBE_SIZE = 64
 CONFIG_REGION = 7       # VFIO_PCI_CONFIG_REGION_INDEX: config space, always by message
 
 
+def served_spec(stack: L1Stack, edu: str, ivshmem: str, qemu: str | None = None,
+                ivshmem_on: Backend | None = None) -> L2Spec:
+    """The L2 of a vfio-user run (and of `shell` in a vfio-user cell): edu on its server's
+    socket, ivshmem on its own or, with `ivshmem_on`, as vfio-pci on that kernel backend,
+    behind the root port it is unplugged from."""
+    return L2Spec(VFIO_USER, (L2Device(edu), L2Device(
+        ivshmem, f"id={lifecycle.IVSHMEM_ID},bus={lifecycle.ROOT_PORT}", backend=ivshmem_on)),
+                  root_ports=(lifecycle.ROOT_PORT,), qemu=qemu or stack.platform.l2_qemu,
+                  traces=TRACE_EVENTS + ("vfio_user_*",), platform=stack.platform)
+
+
 def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
             server: Path | None = None, qemu: str | None = None,
             ivshmem_on: Backend | None = None, edu_no_mmap: bool = False
@@ -59,11 +70,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     edu, ivshmem = devices["edu"], devices["ivshmem"]
     served_devices = (edu,) if ivshmem_on else (edu, ivshmem)
     bdfs = tuple(d.bdf for d in served_devices)
-    spec = L2Spec(VFIO_USER, (L2Device(edu.bdf), L2Device(
-        ivshmem.bdf, f"id={lifecycle.IVSHMEM_ID},bus={lifecycle.ROOT_PORT}",
-        backend=ivshmem_on)), root_ports=(lifecycle.ROOT_PORT,),
-                  qemu=qemu or stack.platform.l2_qemu, traces=TRACE_EVENTS + ("vfio_user_*",),
-                  platform=stack.platform)
+    spec = served_spec(stack, edu.bdf, ivshmem.bdf, qemu, ivshmem_on)
     m = stack.machine
     problems: list[str] = []
     access = None

@@ -7,13 +7,16 @@ decoding as a cell leaves them after creation. The harness then lets go of L2's
 QMP and qtest sockets so that the user can take them (one client each).
 """
 
+import contextlib
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from harness.base.progress import say
 from harness.checks.matrix import Cell
-from harness.collect import scenario, stack
-from harness.l2.backends import backend
+from harness.collect import scenario, stack, vfio_user
+from harness.l1.vfio_user import VfioUserServers
+from harness.l2.backends import BACKENDS, VFIO_USER_SOCKETS, backend
 from harness.l2.pci import PciConfig
 from harness.l2.qemu import L1_QMP_PORT, L1_QTEST_PORT, L2Qemu
 from harness.platforms import PassthroughDevice
@@ -24,8 +27,18 @@ from harness.run.plan import RunPlan
 def _start_l2(l1: stack.L1Stack, cell: Cell, through: scenario.PassedThrough, qemu: str,
               traces: tuple[str, ...], out: Path, devices: tuple[PassthroughDevice, ...]
               ) -> L2Qemu:
-    """The cell's main L2, its BARs placed and decoding, its sockets let go."""
-    spec = scenario.main_spec(backend(cell.backend), through.devices, qemu, traces, l1.platform)
+    """The cell's main L2, its BARs placed and decoding, its sockets let go. A vfio-user
+    cell's is the one its run starts (its server already listening): edu served, ivshmem
+    beside it on vfio-pci."""
+    be = backend(cell.backend)
+    if be.sockets is not None:
+        spec = vfio_user.served_spec(l1, through.devices["edu"], through.devices["ivshmem"],
+                                     qemu, BACKENDS[scenario.P2P_TO])
+        spec = replace(spec, traces=spec.traces + tuple(t for t in traces
+                                                        if t not in spec.traces))
+        devices = tuple(d for d in devices if d.name in ("edu", "ivshmem"))
+    else:
+        spec = scenario.main_spec(be, through.devices, qemu, traces, l1.platform)
     ports = (l1.machine.host_ports[L1_QMP_PORT], l1.machine.host_ports[L1_QTEST_PORT])
     l2 = L2Qemu(l1.session, spec, out, *ports)
     l2.start()
@@ -53,7 +66,11 @@ def open_shell(plan: RunPlan, cell: Cell, command: list[str], start_l2: bool = T
     with stack.booted(plan.qemu, boot.images, plan.platform.viommu(cell.viommu), cell.kernel,
                       run_dir, accel=plan.accel, ssh_port=plan.ssh_port) as l1:
         under_test = runner.qemu_under_test(l1, side.l2_qemu)
-        with scenario.passed_through(l1) as through:
+        with scenario.passed_through(l1) as through, contextlib.ExitStack() as served:
+            if backend(cell.backend).sockets is not None:  # its server, for L2 or the user
+                served.enter_context(VfioUserServers(
+                    l1.session, (through.devices["edu"],), VFIO_USER_SOCKETS,
+                    run_dir / cell.backend / "servers"))
             l2 = None
             if start_l2:
                 l2 = _start_l2(l1, cell, through, under_test.path, side.traces,
