@@ -294,7 +294,15 @@ def test_a_dmabuf_freed_twice_after_its_device_closed_is_slubs_report_and_bisect
              for c in registry.in_phase(phase)]  # the steps after the main L2's end
     unjudged = {f"intel-iommu-{b}-debug-{c.name}" for b in registry.KERNEL for c in later
                 if c.only_backend in (None, b)}
-    assert new == quits | unjudged, new
+    # vfio-user's L2 goes there too: the server's IOAS holds the vfio-pci BAR's dma-buf
+    # when L2 closes the device, and releases it after. SLUB tells only if nothing took
+    # the freed object in between: 1 of 2 runs here. So its cells fail on that report or
+    # not at all, and their bisect can land past the patch (a flaky cell's answer).
+    served = {c.id for c in matrix.cells(("intel-iommu",), ("vfio-user",), ("debug",))}
+    assert new - served == quits | unjudged, new
+    for cell_id in new & served:
+        assert "SLUB: Object already free in vfio_pci_dma_buf_release" in \
+            cells[cell_id]["reason"], cells[cell_id]["reason"]
     for cell_id in quits:
         cell = cells[cell_id]
         assert "kernel-splat" in cell["findings"], cell
@@ -311,7 +319,7 @@ def test_a_dmabuf_freed_twice_after_its_device_closed_is_slubs_report_and_bisect
     assert "go to a fresh L1 (#2)" in p.stdout + p.stderr
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record["counts"]["new failure"] == len(new)
-    assert {c["verdict"] + " " + str(c["first_bad"]) for c in record["bisect"]["cells"].values()
-            } == {"first bad patch 2"}, record["bisect"]
+    assert {c["verdict"] + " " + str(c["first_bad"]) for i, c in record["bisect"]["cells"].items()
+            if i not in served} == {"first bad patch 2"}, record["bisect"]
     assert ('first bad patch 2/3 "vfio/pci: free a closed device\'s dma-buf ranges at '
             'cleanup"') in p.stdout, p.stdout
