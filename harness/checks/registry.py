@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from harness.evidence.gathered import Evidence
 from harness.l2.backends import KERNEL_NAMES, NAMES
-from harness.verdicts.creation import dmabuf_per_region, mmap_fallback, multi_range
+from harness.verdicts.creation import mmap_fallback, multi_range
 from harness.verdicts.killed import kill_while_mapped
 from harness.verdicts.lifecycle import decode_toggle, dmabuf_unplug, reset, reset_while_revoked
 from harness.verdicts.p2p import p2p_dma
@@ -31,7 +31,7 @@ from harness.verdicts.teardown import (
     unplug_while_revoked,
 )
 from harness.verdicts.verdict import FINDINGS, Verdict
-from harness.verdicts.vfio_user import vfio_user_p2p, vfio_user_regions
+from harness.verdicts.vfio_user import dmabuf_per_region_any, vfio_user_p2p, vfio_user_regions
 
 BACKENDS = NAMES
 #: Where QEMU opens the device in the L1 kernel itself: most checks' cells are there.
@@ -261,7 +261,8 @@ SERVED_NO_DMABUF = (
     "and skips saying so")
 
 register(Check(
-    "dmabuf-per-region", "one dma-buf per mmapped BAR, each its own", SIDE, dmabuf_per_region,
+    "dmabuf-per-region", "one dma-buf per mmapped BAR, each its own", SIDE,
+    dmabuf_per_region_any,
     {"dmabuf": {"legacy": "pass", "iommufd": "pass", "vfio-user": "skip[served-no-dmabuf]"},
      "no-dmabuf": {"legacy": "skip[kernel-lacks-dmabuf]",
                    "iommufd": "skip[kernel-lacks-dmabuf]",

@@ -46,7 +46,6 @@ from harness.verdicts.verdict import (
     missing_evidence,
     trace_ground,
 )
-from harness.verdicts.vfio_user import served_dmabufs
 
 PAGE = 4096
 EDU_ID = 0x010000ED
@@ -309,8 +308,6 @@ def _per_region_evidence(run: L2Run, qualifying: list[str], sub_page: list[str]
 
 
 def dmabuf_per_region(ev: Evidence) -> Verdict:
-    if ev.vfio_user is not None:  # what the check means where the regions are served
-        return served_dmabufs(ev)
     probe_problem = _kernel_probe_problem(ev)
     if probe_problem:
         return error_verdict([probe_problem], {"kernel_probe": ev.kernel_probe})

@@ -274,3 +274,11 @@ def served_dmabufs(e: Evidence) -> Verdict:
                    f"for one (none traced); L2 holds {len(ev.l2_dmabufs)} dma-buf(s), those of "
                    f"the vfio-pci BARs beside it ({accounted})", evidence,
                    frozenset({"served-no-dmabuf"}))
+
+
+def dmabuf_per_region_any(e: Evidence) -> Verdict:
+    """dmabuf-per-region on every backend: where the regions are served, what it means
+    there (`served_dmabufs`); on the kernel backends, creation.py's verdict."""
+    from harness.verdicts.creation import dmabuf_per_region
+
+    return served_dmabufs(e) if e.vfio_user is not None else dmabuf_per_region(e)

@@ -220,7 +220,7 @@ def _matrix_evidence(run: VfioUserRun, dmabufs: tuple[int, ...], kernel_dmabuf: 
 
 
 def test_a_served_device_has_no_dmabuf_and_the_cell_skips_saying_so():
-    from harness.verdicts.creation import dmabuf_per_region
+    from harness.verdicts.vfio_user import dmabuf_per_region_any as dmabuf_per_region
 
     verdict = dmabuf_per_region(_matrix_evidence(captured("honest"), (1 << 20,)))
     assert verdict.observed == "skip" and verdict.findings == {"served-no-dmabuf"}, verdict
@@ -234,7 +234,7 @@ def test_a_served_device_has_no_dmabuf_and_the_cell_skips_saying_so():
 def test_a_dmabuf_of_a_served_region_fails_whether_traced_or_only_held():
     """A client that asks the kernel for a dma-buf of the fd the server passed (a real
     device's) would get one: caught in the trace, and in L2's fds when not traced."""
-    from harness.verdicts.creation import dmabuf_per_region
+    from harness.verdicts.vfio_user import dmabuf_per_region_any as dmabuf_per_region
 
     honest = captured("honest")
     sock = f"vfio-user:/run/vfio-user/{EDU}.sock"
