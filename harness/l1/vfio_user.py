@@ -18,6 +18,8 @@ from harness.l1.session import L1Session
 
 GUEST_SERVER = Path(__file__).parent / "guest" / "vfio_user_server.py"
 REMOTE_SERVER = "/run/vfio_user_server.py"
+#: Before each server file `stop` brings back (no log or stderr line starts so).
+MARK = "=== vfio-harness file of "
 
 
 def read_log(text: str) -> list[dict]:
@@ -71,35 +73,42 @@ class VfioUserServers:
         self.stop()
 
     def start(self) -> None:
+        """Every server launched and listened for in one round trip to L1 (each costs a
+        shell in a TCG guest: a tenth of a second and more)."""
         self.session.put(GUEST_SERVER, REMOTE_SERVER, mode=0o755)
         program = REMOTE_SERVER
         if self.server is not None:
             program = f"/run/{self.server.name}"
             self.session.put(self.server, program, mode=0o755)
         d = shlex.quote(self.directory)
-        self.session.run(f"rm -rf {d} && mkdir -p {d}", stage="vfio-user server start")
+        steps = [f"rm -rf {d} && mkdir -p {d}"]
         for bdf in self.bdfs:
             line = " ".join(shlex.quote(a) for a in (
                 "python3", program, self.socket(bdf), bdf, self.path(bdf, "log"),
                 *(("--no-mmap",) if bdf in self.no_mmap else ())))
-            started = self.session.run(launch_command(
-                line, f"{self.directory}/{bdf}", self.path(bdf, "stderr"),
-                self.path(bdf, "pid"), self.path(bdf, "status")),
-                stage="vfio-user server start")
-            try:
-                self.pids[bdf] = int(started.stdout.strip())
-            except ValueError:
-                raise HarnessError(f"the vfio-user server of {bdf} did not start: its shell "
-                                   f"never said its pid", stage="vfio-user server start",
-                                   details=started.stderr[-2000:]) from None
+            launch = launch_command(line, f"{self.directory}/{bdf}", self.path(bdf, "stderr"),
+                                    self.path(bdf, "pid"), self.path(bdf, "status"))
+            steps.append(f"echo \"pid {bdf} $({launch})\"")
         deadline = Deadline("vfio-user server start", self.start_timeout)
         waiting = " ".join(shlex.quote(self.socket(b)) for b in self.bdfs)
-        ready = self.session.run(
-            f"for s in {waiting}; do n=0; until [ -S \"$s\" ] || [ $n -ge "
-            f"{int(deadline.remaining() * 20)} ]; do sleep 0.05; n=$((n + 1)); done; "
-            f"[ -S \"$s\" ] || echo \"$s\"; done",
-            timeout=deadline.remaining() + 5, stage="vfio-user server start")
-        missing = ready.stdout.split()
+        steps.append(f"for s in {waiting}; do n=0; until [ -S \"$s\" ] || [ $n -ge "
+                     f"{int(deadline.remaining() * 20)} ]; do sleep 0.05; n=$((n + 1)); done; "
+                     f"[ -S \"$s\" ] || echo \"missing $s\"; done")
+        started = self.session.run("; ".join(steps), timeout=deadline.remaining() + 15,
+                                   stage="vfio-user server start")
+        missing = []
+        for said in started.stdout.splitlines():
+            word, _, rest = said.partition(" ")
+            bdf, _, pid = rest.partition(" ")
+            if word == "pid" and pid.strip().isdigit():
+                self.pids[bdf] = int(pid)
+            elif word == "missing":
+                missing.append(rest)
+        silent = [b for b in self.bdfs if b not in self.pids]
+        if silent:
+            raise HarnessError(f"the vfio-user server of {silent[0]} did not start: its shell "
+                               f"never said its pid", stage="vfio-user server start",
+                               details=started.stderr[-2000:])
         if missing:
             raise HarnessError(
                 f"vfio-user server(s) did not listen within {self.start_timeout:g} s: "
@@ -128,16 +137,29 @@ class VfioUserServers:
         return out
 
     def stop(self) -> None:
-        """SIGTERM each server, then SIGKILL what is left after 5 s; keep their files."""
+        """SIGTERM each server, then SIGKILL what is left after 5 s; keep their files (one
+        round trip: the files come back behind a marker line each)."""
+        kill = ""
         if self.pids:
             pids = " ".join(str(p) for p in self.pids.values())
-            self.session.run(
-                f"kill {pids} 2>/dev/null; n=0; while kill -0 {pids} 2>/dev/null && "
-                f"[ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; kill -9 {pids} "
-                f"2>/dev/null; true", check=False, stage="vfio-user server stop")
+            kill = (f"kill {pids} 2>/dev/null; n=0; while kill -0 {pids} 2>/dev/null && "
+                    f"[ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; kill -9 {pids} "
+                    f"2>/dev/null; ")
             self.pids.clear()
+        files = [(bdf, suffix) for bdf in self.bdfs for suffix in ("log", "stderr")]
+        shown = self.session.run(kill + "; ".join(
+            f"echo {shlex.quote(MARK + bdf + ' ' + suffix)}; cat {self.file(bdf, suffix)} "
+            f"2>/dev/null; echo" for bdf, suffix in files), check=False,
+            stage="vfio-user server stop").stdout
+        kept = {key: "" for key in files}
+        current = None
+        for line in shown.splitlines(keepends=True):
+            if line.startswith(MARK):
+                bdf, _, suffix = line[len(MARK):].strip().partition(" ")
+                current = (bdf, suffix)
+            elif current in kept:
+                kept[current] += line
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        for bdf in self.bdfs:
-            for suffix in ("log", "stderr"):
-                text = self.session.run(f"cat {self.file(bdf, suffix)}", check=False).stdout
-                (self.artifacts / f"vfio-user-{bdf}.{suffix}").write_text(text)
+        for (bdf, suffix), text in kept.items():  # less the newline echoed after each:
+            # a file cut short by a kill ends mid-line, and the marker must start one
+            (self.artifacts / f"vfio-user-{bdf}.{suffix}").write_text(text[:-1])
