@@ -96,5 +96,6 @@ class VfioUserEvidence:
 class ServedUnplug:
     gone_s: float
     maps_after: tuple[str, ...]
-    server_events: tuple[str, ...]   # "connected" / "disconnected", in order
+    #: "connected" / "disconnected" / "refused" (it could not open the device), in order
+    server_events: tuple[str, ...]
     replugged_reached: bool

@@ -205,13 +205,17 @@ def unplug(ev: VfioUserEvidence) -> Verdict:
                 "server_events": list(u.server_events), "reached": u.replugged_reached}
     ivshmem = ev.run.devices[-1].bdf
     problems = []
-    if u.server_events != ("connected", "disconnected", "connected"):
+    if tuple(e for e in u.server_events if e != "refused") != (
+            "connected", "disconnected", "connected"):
         problems.append(f"ivshmem's server saw {', '.join(u.server_events) or 'nothing'}, "
                         f"not its client go and come back")
     if u.maps_after:
         problems.append(f"L2 still mapped {len(u.maps_after)} range(s) of {ivshmem}'s cdev "
                         f"once it was unplugged: {u.maps_after[0]}")
-    if not u.replugged_reached:
+    if "refused" in u.server_events:
+        problems.append("ivshmem's server could not open the device again for the replug "
+                        "(its log: refused)")
+    if not u.replugged_reached and not ev.problems:  # else the replug's failure says why
         problems.append("after the replug, L2's write at BAR 2 did not reach the device "
                         "(L0's ivshmem file)")
     problems += list(ev.problems)

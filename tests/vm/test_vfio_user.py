@@ -143,6 +143,29 @@ def test_an_l2_that_does_not_mmap_a_bar_it_was_given_is_caught_naming_the_region
     assert no_process_left(stack)
 
 
+def test_an_l2_that_keeps_a_served_bar_mapped_after_its_unplug_is_caught(l1, tmp_path):
+    """L2 (an LD_PRELOAD shim) never unmaps BAR 2's mmap: ivshmem's unplug completes in
+    QEMU, and the device's pages stay mapped in L2. The unplug verdict names the mapping
+    kept, and what it did: the mapping holds the device's file open, so its server cannot
+    bind the device again (EINVAL) and refuses the replug's client. (QEMU 11.1.3 then
+    aborts in device_add, "error_setv: Assertion `*errp == NULL' failed.", as when a
+    server dies: a refused vfio-user-pci realize is that same QEMU bug.)"""
+    stack, devices = l1
+    ivshmem = devices["ivshmem"]
+    adversary = Adversary("keep-bar2-mapped", "never unmaps BAR 2", shim="keep-bar2-mapped")
+    stack.session.put(adversary.wrapper(build_shim(tmp_path)).encode(), "/run/qemu-keep-bar2",
+                      mode=0o755)
+    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu="/run/qemu-keep-bar2")
+    verdict = unplug(ev)
+    assert verdict.observed == "fail", verdict.reason
+    assert f"L2 still mapped 1 range(s) of {ivshmem.bdf}'s cdev once it was unplugged" \
+        in verdict.reason, verdict.reason
+    assert "ivshmem's server could not open the device again for the replug" \
+        in verdict.reason, verdict.reason
+    assert ev.bar2_on_l0 == ev.bar2_written  # before the unplug, BAR 2 reached the device
+    assert no_process_left(stack)
+
+
 def test_on_arm64_a_served_device_answers_and_reaches_a_vfio_pci_bar_by_p2p(
         pytestconfig, artifacts, tmp_path):
     """The same on an arm64 L1 (SMMUv3, TCG): the served devices' regions and answers,

@@ -166,6 +166,20 @@ static int is_vfio_device(int fd)
     return strstr(target, "vfio-device") || strstr(target, "/dev/vfio/devices/");
 }
 
+#define KEPT 16
+static struct { void *addr; size_t len; } kept[KEPT];
+
+static void keep(void *addr, size_t len)
+{
+    for (int i = 0; i < KEPT; i++) {
+        if (!kept[i].addr) {
+            kept[i].addr = addr;
+            kept[i].len = len;
+            return;
+        }
+    }
+}
+
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
     static void *(*real)(void *, size_t, int, int, int, off_t);
@@ -180,9 +194,29 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
         errno = EPERM;
         return MAP_FAILED;
     }
-    return real(addr, len, prot, flags, fd, off);
+    void *got = real(addr, len, prot, flags, fd, off);
+    if (got != MAP_FAILED && fd >= 0 && !strcmp(mode(), "keep-bar2-mapped") &&
+        is_vfio_device(fd) && (uint64_t)off >= (2ull << 40) && (uint64_t)off < (3ull << 40))
+        keep(got, len);
+    return got;
 }
 void *mmap64(void *, size_t, int, int, int, off_t) __attribute__((alias("mmap")));
+
+/* keep-bar2-mapped: BAR 2's mmaps are never unmapped (an unplug's munmap "succeeds" and
+ * leaves the device's pages mapped in L2). */
+int munmap(void *addr, size_t len)
+{
+    static int (*real)(void *, size_t);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "munmap");
+    for (int i = 0; i < KEPT; i++) {
+        if (kept[i].addr && kept[i].addr == addr && kept[i].len == len) {
+            kept[i].addr = NULL;
+            return 0;
+        }
+    }
+    return real(addr, len);
+}
 
 /* vfio-pci's config space region (VFIO_PCI_CONFIG_REGION_INDEX 7) at 7 << 40. */
 #define CONFIG_REGION_OFFSET (7ull << 40)
