@@ -161,6 +161,16 @@ def test_an_unplug_is_held_to_the_server_l2s_mappings_and_the_device():
         f"rw-s 20000000000 00:07 96 /dev/vfio/devices/vfio1; after the replug, L2's write at "
         f"BAR 2 did not reach the device (L0's ivshmem file)")
     assert unplug(dataclasses.replace(honest, unplug=None)).observed == "error"
+    # as the keep-bar2-mapped shim left it (tests/vm/test_vfio_user.py): the kept mapping
+    # holds the device, its server refuses the replug, and QEMU's abort is the replug's
+    refused = dataclasses.replace(kept, unplug=dataclasses.replace(
+        kept.unplug, server_events=("connected", "disconnected", "refused")),
+        problems=("L2: QMP device_add: the connection to L2 QEMU was lost",))
+    verdict = unplug(refused)
+    assert "ivshmem's server saw connected, disconnected, not its client" in verdict.reason
+    assert ("ivshmem's server could not open the device again for the replug (its log: "
+            "refused); L2: QMP device_add: the connection") in verdict.reason, verdict.reason
+    assert "did not reach the device" not in verdict.reason  # the replug's failure says why
 
 
 def test_a_device_served_without_mmap_is_reached_by_messages_or_named():
