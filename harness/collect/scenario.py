@@ -357,7 +357,7 @@ def _served(stack: L1Stack, be: Backend, through: PassedThrough, out: Path, time
             qemu: str, facts: QemuFacts | None) -> Evidence:
     """The vfio-user backend's one L2: edu on the harness's server, ivshmem beside it as
     vfio-pci (so that edu's P2P reaches a kernel BAR), each witness's view (collect/
-    vfio_user.py). One L2 serves both of its checks: the budget is one L2's time."""
+    vfio_user.py). One L2 serves all its cells: the budget is one L2's time."""
     if timer.witness is not None:
         timer.witness.between(f"before the {be.name} L2")
     with timer("vfio_user"):
