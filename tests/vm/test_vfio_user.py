@@ -51,6 +51,14 @@ def no_process_left(stack) -> bool:
                                  check=False).stdout.strip()
 
 
+def shimmed_qemu(stack, tmp_path, mode: str, lie: str) -> str:
+    """The packaged QEMU behind the l2_shim.c `mode`, put into L1: its path there."""
+    path = f"/run/qemu-{mode}"
+    wrapper = Adversary(mode, lie, shim=mode).wrapper(build_shim(tmp_path))
+    stack.session.put(wrapper.encode(), path, mode=0o755)
+    return path
+
+
 def test_a_real_device_served_over_vfio_user_is_mmapped_and_does_dma_into_l2(l1, tmp_path):
     """Both devices on sockets: each BAR as the device has it, mmapped from the device fd
     the server passes (not reached through socket messages), edu's registers answering
@@ -129,10 +137,8 @@ def test_an_l2_that_does_not_mmap_a_bar_it_was_given_is_caught_naming_the_region
     offered was not taken, and that is what fails, for that region alone."""
     stack, devices = l1
     ivshmem = devices["ivshmem"]
-    adversary = Adversary("refuse-bar2-mmap", "does not mmap BAR 2", shim="refuse-bar2-mmap")
-    stack.session.put(adversary.wrapper(build_shim(tmp_path)).encode(), "/run/qemu-no-bar2",
-                      mode=0o755)
-    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu="/run/qemu-no-bar2")
+    qemu = shimmed_qemu(stack, tmp_path, "refuse-bar2-mmap", "does not mmap BAR 2")
+    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu=qemu)
     verdict = served(ev)
     assert verdict.observed == "fail", verdict.reason
     assert verdict.reason == (
@@ -152,10 +158,8 @@ def test_an_l2_that_keeps_a_served_bar_mapped_after_its_unplug_is_caught(l1, tmp
     server dies: a refused vfio-user-pci realize is that same QEMU bug.)"""
     stack, devices = l1
     ivshmem = devices["ivshmem"]
-    adversary = Adversary("keep-bar2-mapped", "never unmaps BAR 2", shim="keep-bar2-mapped")
-    stack.session.put(adversary.wrapper(build_shim(tmp_path)).encode(), "/run/qemu-keep-bar2",
-                      mode=0o755)
-    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu="/run/qemu-keep-bar2")
+    qemu = shimmed_qemu(stack, tmp_path, "keep-bar2-mapped", "never unmaps BAR 2")
+    ev = vfio_user.collect(stack, devices, tmp_path / "run", qemu=qemu)
     verdict = unplug(ev)
     assert verdict.observed == "fail", verdict.reason
     assert f"L2 still mapped 1 range(s) of {ivshmem.bdf}'s cdev once it was unplugged" \
