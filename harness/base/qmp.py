@@ -35,12 +35,11 @@ class TranscribedQmp:
         self._timeout = 30.0  # each answer's, unless a command asks for less
 
     def connect(self, deadline: Deadline, alive=lambda: True, details=lambda: "") -> None:
-        """Connect, retrying until the deadline: the listener may not be up yet."""
+        """Connect, retrying until the deadline: the listener may not be up yet. Whether
+        the process still lives is asked after an attempt failed, not before each (the
+        question costs a round trip to L1)."""
         last: Exception | None = None
         while True:
-            if not alive():
-                raise HarnessError(f"{self.who} exited before QMP answered", stage=deadline.stage,
-                                   details=details())
             qmp = QEMUMonitorProtocol(self.address)
             try:
                 qmp.connect()
@@ -54,6 +53,9 @@ class TranscribedQmp:
             finally:
                 if self._qmp is not qmp:  # failed, or interrupted: never left to __del__
                     _close(qmp)
+            if not alive():
+                raise HarnessError(f"{self.who} exited before QMP answered", stage=deadline.stage,
+                                   details=details())
             if deadline.expired:
                 raise deadline.timeout(f"{self.who} QMP at {self.address} never answered "
                                        f"({last})", details=details())

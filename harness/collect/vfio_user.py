@@ -132,7 +132,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
             maps = stack.session.run(f"cat /proc/{l2.pid}/maps", check=False,
                                      stage="L2 mappings").stdout.splitlines()
             (out / "l2-maps.txt").write_text("".join(f"{line}\n" for line in maps))
-        logs = servers.logs()
+    logs = servers.final_logs
     trace = tuple(parse_trace((out / "l2-trace.log").read_text()))
     served = tuple(
         ServedDevice(d.bdf, d.cdev or "", f"{VFIO_USER_SOCKETS}/{d.bdf}.sock",

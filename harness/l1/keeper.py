@@ -6,18 +6,37 @@ import shlex
 import signal
 
 
-def launch_command(line: str, directory: str, stderr: str, pid: str, status: str) -> str:
+def launch_command(line: str, directory: str, stderr: str, pid: str, status: str,
+                   ready: str = "", wait: float = 0.0) -> str:
     """A process (L2) under a shell of its own that waits for it and writes how it ended,
     so that L1 can say whether it exited (and with what) or was killed (and by which
-    signal); the command prints its pid once it is known."""
+    signal); the command prints its pid once it is known and, with `ready` (a shell
+    condition), once that holds, the process has ended or `wait` seconds are over: a
+    client's first attempt then finds the process listening, instead of each attempt
+    costing a round trip to L1 to ask whether it still lives."""
     d = shlex.quote(directory)
     keeper = (f"{line} </dev/null >{d}/stdout.log 2>{shlex.quote(stderr)} & "
               f"echo $! >{d}/pid.new && mv {d}/pid.new {shlex.quote(pid)}; wait $!; "
               f"echo $? >{d}/status.new && mv {d}/status.new {shlex.quote(status)}")
-    return (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
-            f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }} && "
-            f"n=0; until [ -s {shlex.quote(pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
-            f"n=$((n + 1)); done; cat {shlex.quote(pid)}")
+    started = (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
+               f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }} && "
+               f"n=0; until [ -s {shlex.quote(pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
+               f"n=$((n + 1)); done; ")
+    if ready:
+        started += (f"p=$(cat {shlex.quote(pid)} 2>/dev/null); n=0; until {ready} || "
+                    f"! kill -0 \"$p\" 2>/dev/null || [ $n -ge {int(wait * 50)} ]; do "
+                    f"sleep 0.02; n=$((n + 1)); done; ")
+    return started + f"cat {shlex.quote(pid)}"
+
+
+def listens(port: int) -> str:
+    """A shell condition: something in L1 listens on TCP `port`, read from /proc/net/tcp*
+    with the shell's own `read` (no process started per poll: each costs L1's TCG a few
+    milliseconds, and a poll loop runs many)."""
+    want = f"{port:04X}"
+    return (f"{{ found=; for f in /proc/net/tcp /proc/net/tcp6; do [ -r $f ] || continue; "
+            f"while read -r _ local _ state _; do case \"$local:$state\" in *:{want}:0A) "
+            f"found=1; break;; esac; done <$f; done; [ -n \"$found\" ]; }}")
 
 
 def describe_status(text: str) -> str | None:

@@ -50,6 +50,8 @@ class VfioUserServers:
     no_mmap: tuple[str, ...] = ()
     start_timeout: float = 10.0
     pids: dict[str, int] = field(default_factory=dict, init=False)
+    #: What each server logged, as `stop` brought it back (the whole run's log).
+    final_logs: dict[str, list[dict]] = field(default_factory=dict, init=False)
 
     def socket(self, bdf: str) -> str:
         return f"{self.directory}/{bdf}.sock"
@@ -159,6 +161,7 @@ class VfioUserServers:
                 current = (bdf, suffix)
             elif current in kept:
                 kept[current] += line
+        self.final_logs = {bdf: read_log(kept[(bdf, "log")]) for bdf in self.bdfs}
         self.artifacts.mkdir(parents=True, exist_ok=True)
         for (bdf, suffix), text in kept.items():  # less the newline echoed after each:
             # a file cut short by a kill ends mid-line, and the marker must start one

@@ -11,7 +11,6 @@ node they need; `backends.Backend` holds that as data.
 """
 
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
 from harness.base.progress import say
 from harness.base.qmp import TranscribedQmp
-from harness.l1.keeper import describe_status, launch_command
+from harness.l1.keeper import describe_status, launch_command, listens
 from harness.l1.session import L1Session
 from harness.l2.backends import Backend
 from harness.l2.qtest import Qtest
@@ -149,19 +148,31 @@ class L2Qemu:
         self.stop()
 
     def start(self) -> None:
-        self._refuse_stale()
         cmd = build_command(self.spec, self.paths)
         line = " ".join(shlex.quote(c) for c in cmd)
         (self.artifacts / "l2-cmdline.txt").write_text(line + "\n")
         p = self.paths
-        started = self.session.run(launch_command(line, p.directory, p.stderr, p.pid, p.status),
-                                   stage="L2 start")
+        deadline = Deadline("L2 start", self.start_timeout)
+        ports = (listens(L1_QMP_PORT), listens(L1_QTEST_PORT))
+        launch = launch_command(line, p.directory, p.stderr, p.pid, p.status,
+                                ready=" && ".join(ports), wait=deadline.remaining())
+        # An L2 that outlived its run (it could not be stopped) still holds the ports: the
+        # next one would fail to bind, or its QMP client reach the old process. Asked in
+        # the launch's own round trip; ss names the holder only when there is one.
+        started = self.session.run(
+            f"if {' || '.join(ports)}; then echo stale; ss -Hltnp '( sport = :{L1_QMP_PORT} "
+            f"or sport = :{L1_QTEST_PORT} )'; else {launch}; fi",
+            timeout=deadline.remaining() + 15, stage="L2 start")
+        said, _, holders = started.stdout.partition("\n")
+        if said.strip() == "stale":
+            raise HarnessError(f"a stale process still listens on L2's ports in L1 "
+                               f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
+                               stage="L2 start", details=holders.strip())
         try:
-            self.pid = int(started.stdout.strip())
+            self.pid = int(said.strip())
         except ValueError:
             raise HarnessError("L2 did not start: its shell never said its pid",
                                stage="L2 start", details=started.stderr[-2000:]) from None
-        deadline = Deadline("L2 start", self.start_timeout)
         try:
             self.qmp.connect(deadline, alive=self.running, details=self.stderr)
             self.qtest.connect(deadline.remaining())
@@ -172,17 +183,6 @@ class L2Qemu:
         except BaseException:  # an interrupt: never leave L2 or a client behind
             self.stop()
             raise
-
-    def _refuse_stale(self) -> None:
-        """An L2 that outlived its run (it could not be stopped) still holds the ports: the
-        next one would fail to bind, or its QMP client reach the old process. Say which."""
-        holders = self.session.run(
-            f"ss -Hltnp '( sport = :{L1_QMP_PORT} or sport = :{L1_QTEST_PORT} )'",
-            check=False, stage="L2 start").stdout.strip()
-        if holders:
-            raise HarnessError(f"a stale process still listens on L2's ports in L1 "
-                               f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
-                               stage="L2 start", details=holders)
 
     def set_trace(self, pattern: str, enable: bool = True) -> None:
         """Switch trace events at run time, for evidence only one step needs."""
@@ -256,27 +256,36 @@ class L2Qemu:
             say(f"L2 {self.paths.directory}: not stopped cleanly: {e.message}")
         self.qmp.close()
         self.qtest.close()
-        for remote, local in ((self.paths.stderr, "l2-stderr.log"),
-                              (self.paths.trace, "l2-trace.log"),
-                              (self.paths.qtest_log, "l2-qtest-log.txt")):
-            try:
-                self.session.get(remote, self.artifacts / local)
-            except (OSError, HarnessError):
-                (self.artifacts / local).write_text("")  # L2 never wrote it, or L1 is gone
+        files = ((self.paths.stderr, self.artifacts / "l2-stderr.log"),
+                 (self.paths.trace, self.artifacts / "l2-trace.log"),
+                 (self.paths.qtest_log, self.artifacts / "l2-qtest-log.txt"))
+        try:
+            self.session.get_all(files)
+        except HarnessError:  # L1 is gone
+            pass
+        for _, local in files:
+            if not local.exists():
+                local.write_text("")  # L2 never wrote it, or L1 is gone
 
     def _terminate(self, timeout: float, graceful: bool = True) -> None:
-        if self.pid is None or not self.running():
+        """The quit, then one round trip to L1 that waits for L2 to be gone and climbs to
+        SIGTERM and SIGKILL, `timeout` seconds each, as long as it is not (a poll from L0
+        costs a round trip each)."""
+        if self.pid is None:
             return
         if graceful and self.qmp.connected:
-            try:
-                self.qmp.cmd("quit")
-            except Exception:  # the signals below still stop it
+            try:  # an L2 already gone refuses at once; a stuck one is signalled below
+                self.qmp.cmd_within(timeout, "quit")
+            except Exception:
                 pass
-        for sig in (None, "TERM", "KILL"):
-            if sig:
-                self.session.run(f"kill -{sig} {self.pid}", check=False, stage="L2 stop")
-            end = time.monotonic() + timeout
-            while self.running() and time.monotonic() < end:
-                time.sleep(0.1)
-            if not self.running():
-                return
+        steps = int(timeout * 20)
+        ladder = (f"p={self.pid}; gone() {{ ! kill -0 $p 2>/dev/null; }}; "
+                  f"wait_gone() {{ n=0; until gone || [ $n -ge {steps} ]; do sleep 0.05; "
+                  f"n=$((n + 1)); done; gone; }}; "
+                  f"wait_gone || {{ kill -TERM $p 2>/dev/null; wait_gone; }} || "
+                  f"{{ kill -KILL $p 2>/dev/null; wait_gone; }} || echo alive")
+        left = self.session.run(ladder, timeout=3 * timeout + 15, check=False,
+                                stage="L2 stop").stdout.strip()
+        if left == "alive":
+            raise HarnessError(f"L2 QEMU (pid {self.pid}) still runs after QMP quit, SIGTERM "
+                               f"and SIGKILL, {timeout:g} s each", stage="L2 stop")

@@ -87,3 +87,59 @@ def test_l2_runs_under_a_shell_that_writes_its_exit_status(tmp_path):
         time.sleep(0.05)
     status = (tmp_path / "l2" / "exit-status").read_text()
     assert describe_status(status) == "was killed by SIGKILL (9)"
+
+
+def test_a_listener_is_seen_by_the_shell_alone():
+    """The condition the launch waits on and the stale check asks, run by a real shell on
+    this host's /proc/net/tcp: true while a socket listens on the port, false after."""
+    import socket
+    import subprocess
+
+    from harness.l1.keeper import listens
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    assert subprocess.run(["sh", "-c", listens(port)]).returncode == 1  # bound, not listening
+    s.listen()
+    assert subprocess.run(["sh", "-c", listens(port)]).returncode == 0
+    s.close()
+    assert subprocess.run(["sh", "-c", listens(port)]).returncode == 1
+
+
+def test_the_launch_returns_once_its_process_listens_or_has_ended(tmp_path):
+    """With `ready`, the pid comes back only once the process listens (here after 0.5 s);
+    a process that ends first does not hold the launch for the whole wait."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from harness.l1.keeper import launch_command, listens
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    paths = L2Paths(str(tmp_path / "l2"))
+    server = (f"{sys.executable} -c 'import socket, time; time.sleep(0.5); s = socket.socket(); "
+              f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(5)'")
+    began = time.monotonic()
+    out = subprocess.run(["sh", "-c", launch_command(server, paths.directory, paths.stderr,
+                                                     paths.pid, paths.status,
+                                                     ready=listens(port), wait=20)],
+                         capture_output=True, text=True, timeout=30)
+    pid = int(out.stdout.strip())
+    assert subprocess.run(["sh", "-c", listens(port)]).returncode == 0
+    assert time.monotonic() - began >= 0.5
+    subprocess.run(["kill", str(pid)])
+
+    began = time.monotonic()
+    paths = L2Paths(str(tmp_path / "dies"))
+    out = subprocess.run(["sh", "-c", launch_command("sh -c 'sleep 0.2; exit 3'",
+                                                     paths.directory, paths.stderr, paths.pid,
+                                                     paths.status, ready=listens(port),
+                                                     wait=20)],
+                         capture_output=True, text=True, timeout=30)
+    assert int(out.stdout.strip()) > 1
+    assert time.monotonic() - began < 10
