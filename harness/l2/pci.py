@@ -72,33 +72,53 @@ class PciConfig:
         self._bridges: dict[int, int] = {}              # secondary bus -> bridge
         self._windows: dict[int, tuple[int, int]] = {}  # secondary bus -> (start, end)
 
-    def read32(self, slot: int, reg: int) -> int:
+    def _reads(self, slot: int, reg: int) -> list[str]:
+        """The qtest commands of one config read (its value is the last one's answer)."""
         if self.layout.ecam is not None:
-            return self.qtest.readl(self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5))
-        self.qtest.outl(CONFIG_ADDRESS, config_address(slot & 31, reg, slot >> 5))
-        return self.qtest.inl(CONFIG_DATA)
+            return [f"readl 0x{self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5):x}"]
+        return [f"outl 0x{CONFIG_ADDRESS:x} 0x{config_address(slot & 31, reg, slot >> 5):x}",
+                f"inl 0x{CONFIG_DATA:x}"]
+
+    def _writes(self, slot: int, reg: int, value: int) -> list[str]:
+        if self.layout.ecam is not None:
+            return [f"writel 0x{self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5):x} "
+                    f"0x{value:x}"]
+        return [f"outl 0x{CONFIG_ADDRESS:x} 0x{config_address(slot & 31, reg, slot >> 5):x}",
+                f"outl 0x{CONFIG_DATA:x} 0x{value:x}"]
+
+    def _run(self, accesses: list[list[str]]) -> list[int | None]:
+        """Config accesses sent as one qtest batch (one round trip); each read's value, in
+        order (None for a write)."""
+        answers = self.qtest.batch([c for access in accesses for c in access])
+        out: list[int | None] = []
+        at = 0
+        for access in accesses:
+            at += len(access)
+            last = answers[at - 1]
+            out.append(int(last, 16) if access[-1].startswith(("inl", "readl")) else None)
+        return out
+
+    def read32(self, slot: int, reg: int) -> int:
+        value = self._run([self._reads(slot, reg)])[0]
+        assert value is not None
+        return value
 
     def write32(self, slot: int, reg: int, value: int) -> None:
-        if self.layout.ecam is not None:
-            self.qtest.writel(self.layout.ecam + ecam_offset(slot & 31, reg, slot >> 5), value)
-            return
-        self.qtest.outl(CONFIG_ADDRESS, config_address(slot & 31, reg, slot >> 5))
-        self.qtest.outl(CONFIG_DATA, value)
+        self._run([self._writes(slot, reg, value)])
 
     def _scan(self, bus: int) -> list[PciFunction]:
-        out = []
-        for device in range(32):
-            ids = self.read32(location(bus, device), VENDOR_ID)
-            if ids & 0xFFFF != 0xFFFF:
-                out.append(PciFunction(location(bus, device),
-                                       f"{ids & 0xFFFF:04x}:{ids >> 16:04x}"))
-        return out
+        """Every device number of `bus` asked in one batch."""
+        ids = self._run([self._reads(location(bus, device), VENDOR_ID) for device in range(32)])
+        return [PciFunction(location(bus, device), f"{i & 0xFFFF:04x}:{i >> 16:04x}")
+                for device, i in enumerate(ids) if i is not None and i & 0xFFFF != 0xFFFF]
 
     def number_bridges(self) -> None:
         """Give each bridge on bus 0 a secondary bus of its own (what firmware does), and
         its memory window back if one was opened (after a reset cleared them)."""
-        bridges = [f.slot for f in self._scan(0)
-                   if (self.read32(f.slot, HEADER_TYPE) >> 16) & 0x7F == 1]
+        found = self._scan(0)
+        headers = self._run([self._reads(f.slot, HEADER_TYPE) for f in found])
+        bridges = [f.slot for f, h in zip(found, headers, strict=True)
+                   if h is not None and (h >> 16) & 0x7F == 1]
         for n, bridge in enumerate(bridges, start=1):
             self.write32(bridge, BUS_NUMBERS, (n << 16) | (n << 8))
             self._bridges[n] = bridge
@@ -118,20 +138,26 @@ class PciConfig:
                            stage="L2 PCI")
 
     def bars(self, slot: int) -> list[BarInfo]:
+        """Every BAR register sized as firmware does (all ones written, read back, the
+        original put back), the six in one batch; the upper half of a 64-bit BAR is the
+        next register's answer."""
+        accesses = []
+        for index in range(6):
+            reg = BAR0 + 4 * index
+            accesses += [self._reads(slot, reg), self._writes(slot, reg, 0xFFFFFFFF),
+                         self._reads(slot, reg)]
+        values = self._run(accesses)
+        originals = values[0::3]
+        sized = values[2::3]
+        self._run([self._writes(slot, BAR0 + 4 * i, v) for i, v in enumerate(originals)
+                   if v is not None])
         out, index = [], 0
         while index < 6:
-            reg = BAR0 + 4 * index
-            original = self.read32(slot, reg)
-            self.write32(slot, reg, 0xFFFFFFFF)
-            low = self.read32(slot, reg)
-            self.write32(slot, reg, original)
-            high = 0xFFFFFFFF
-            is_64 = not low & 1 and (low >> 1) & 0x3 == 0x2
-            if is_64:
-                original_high = self.read32(slot, reg + 4)
-                self.write32(slot, reg + 4, 0xFFFFFFFF)
-                high = self.read32(slot, reg + 4)
-                self.write32(slot, reg + 4, original_high)
+            low = sized[index]
+            assert low is not None
+            is_64 = not low & 1 and (low >> 1) & 0x3 == 0x2 and index < 5
+            high = sized[index + 1] if is_64 else 0xFFFFFFFF
+            assert high is not None
             size, is_64, is_io = decode_bar_size(low, high)
             if size:
                 out.append(BarInfo(index, size, is_64, is_io))

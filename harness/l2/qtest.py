@@ -9,6 +9,7 @@ deadlines and a transcript added.
 
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.base.errors import HarnessError
@@ -63,23 +64,37 @@ class Qtest:
 
     def cmd(self, command: str) -> str:
         """Send one command; the text after "OK". Asynchronous IRQ lines are skipped."""
+        return self.batch((command,))[0]
+
+    def batch(self, commands: Sequence[str]) -> list[str]:
+        """Commands sent together and answered in order (QEMU reads its qtest socket a line
+        at a time, so each still runs after the one before): one round trip through L1's
+        TCG instead of one each. The text after "OK" of each; the first that was not OK
+        raises once every answer is read, so the next command meets its own."""
         if self._sock is None:
             raise QtestError("qtest is not connected", stage="L2 qtest")
         try:
-            self._sock.sendall(command.encode() + b"\n")
+            self._sock.sendall("".join(f"{c}\n" for c in commands).encode())
         except OSError as e:
             raise QtestError(f"qtest connection lost: {e.strerror or e} (L2 QEMU exited?)",
                              stage="L2 qtest") from None
-        while True:
-            reply = self._readline()
-            if not reply.startswith("IRQ"):
-                break
-        if self.transcript:
-            with self.transcript.open("a") as t:
-                t.write(f"> {command}\n< {reply}\n")
-        if not reply.startswith("OK"):
-            raise QtestError(f"qtest {command!r} answered {reply!r}", stage="L2 qtest")
-        return reply[2:].strip()
+        replies = []
+        try:
+            for _ in commands:
+                while True:
+                    reply = self._readline()
+                    if not reply.startswith("IRQ"):
+                        break
+                replies.append(reply)
+        finally:
+            if self.transcript:
+                with self.transcript.open("a") as t:
+                    t.write("".join(f"> {c}\n< {r}\n"
+                                    for c, r in zip(commands, replies, strict=False)))
+        for command, reply in zip(commands, replies, strict=True):
+            if not reply.startswith("OK"):
+                raise QtestError(f"qtest {command!r} answered {reply!r}", stage="L2 qtest")
+        return [reply[2:].strip() for reply in replies]
 
     # -- the commands the driver uses --------------------------------------------------
 

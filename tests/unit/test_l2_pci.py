@@ -28,6 +28,38 @@ class Recorder:
     def writel(self, addr: int, value: int) -> None:
         self.calls.append(("writel", addr, value))
 
+    def batch(self, commands):
+        """As qtest answers a batch: each command in turn, the text after OK."""
+        self.batches = getattr(self, "batches", 0) + 1
+        out = []
+        for command in commands:
+            name, *args = command.split()
+            value = getattr(self, name)(*(int(a, 16) for a in args))
+            out.append("" if value is None else f"0x{value:x}")
+        return out
+
+
+class ConfigSpace(Recorder):
+    """One device's BARs behind the ports, as QEMU sizes them: a write keeps the bits the
+    BAR decodes, its flags stay (BAR 0: 4 KiB 32-bit memory, BARs 2-3: 1 MiB 64-bit)."""
+
+    MASKS = {0x10: (0xFFFFF000, 0x0), 0x18: (0xFFF00000, 0x4), 0x1C: (0xFFFFFFFF, 0x0)}
+
+    def __init__(self):
+        super().__init__()
+        self.regs = {reg: flags for reg, (_, flags) in self.MASKS.items()}
+
+    def inl(self, port: int) -> int:
+        self.calls.append(("inl", port))
+        return self.regs.get(self.port_address & 0xFC, 0)
+
+    def outl(self, port: int, value: int) -> None:
+        super().outl(port, value)
+        reg = self.port_address & 0xFC
+        if port == 0xCFC and reg in self.MASKS:
+            mask, flags = self.MASKS[reg]
+            self.regs[reg] = (value & mask) | flags
+
 
 def test_ecam_offsets_follow_pcie():
     assert ecam_offset(0, 0) == 0
@@ -60,3 +92,21 @@ def test_bars_go_in_the_platforms_window():
         address = pci.assign(1, BarInfo(0, 0x100000, False, False))
         start, end = platform.l2.mmio_window
         assert start <= address < end and address % 0x100000 == 0
+
+
+def test_bars_are_sized_in_two_batches_and_left_as_they_were():
+    """All six BAR registers sized at once (one round trip) and put back (another); the
+    upper half of a 64-bit BAR is read from the register after it."""
+    q = ConfigSpace()
+    q.regs[0x10] = 0xC0000000
+    pci = PciConfig(q, X86_64.l2)  # type: ignore[arg-type]
+    assert pci.bars(3) == [BarInfo(0, 0x1000, False, False), BarInfo(2, 0x100000, True, False)]
+    assert q.batches == 2
+    assert q.regs[0x10] == 0xC0000000 and q.regs[0x18] == 0x4 and q.regs[0x1C] == 0
+
+
+def test_a_bus_is_scanned_in_one_batch():
+    q = Recorder({(1 << 31) | (3 << 11): 0x11101AF4})
+    pci = PciConfig(q, X86_64.l2)  # type: ignore[arg-type]
+    assert [(f.slot, f.vendor_device) for f in pci._scan(0)] == [(3, "1af4:1110")]
+    assert q.batches == 1 and len(q.calls) == 64
