@@ -36,6 +36,11 @@ class EduEngine:
     CMD_RUN, CMD_TO_PCI = 0x1, 0x2
     BUFFER, BUFFER_SIZE = 0x40000, 4096
     EXPECTED_ID = 0x010000ED
+    #: edu runs a DMA on a timer 100 ms of L0's virtual clock after the command (its
+    #: dma_rw's timer_mod): asked sooner, the run bit only says "still running", and each
+    #: asking is a round trip through L1's TCG that the other L1s wait for.
+    DMA_DELAY_S = 0.1
+    POLL_S = 0.01
 
     def __init__(self, qtest: Qtest, bar0: int, timeout: float = 30.0):
         self.qtest = qtest
@@ -61,17 +66,17 @@ class EduEngine:
             raise HarnessError(f"edu moves 1..{self.BUFFER_SIZE} bytes, not {size}",
                                stage="L2 DMA")
         q, base = self.qtest, self.bar0
-        q.writeq(base + self.DMA_SRC, src)
-        q.writeq(base + self.DMA_DST, dst)
-        q.writeq(base + self.DMA_COUNT, size)
-        q.writeq(base + self.DMA_CMD, self.CMD_RUN | (self.CMD_TO_PCI if to_pci else 0))
+        q.batch([f"writeq 0x{base + register:x} 0x{value:x}" for register, value in (
+            (self.DMA_SRC, src), (self.DMA_DST, dst), (self.DMA_COUNT, size),
+            (self.DMA_CMD, self.CMD_RUN | (self.CMD_TO_PCI if to_pci else 0)))])
         end = time.monotonic() + self.timeout
+        time.sleep(self.DMA_DELAY_S)
         # The transfer runs on L0's virtual-clock timer: poll until the run bit clears.
         while q.readq(base + self.DMA_CMD) & self.CMD_RUN:
             if time.monotonic() > end:
                 raise StageTimeout(f"edu DMA still running after {self.timeout:g} s",
                                    stage="L2 DMA")
-            time.sleep(0.02)
+            time.sleep(self.POLL_S)
 
     def read_into_device(self, iova: int, size: int) -> None:
         self._transfer(iova, self.BUFFER, size, to_pci=False)
