@@ -259,6 +259,8 @@ class L2Qemu:
         files = ((self.paths.stderr, self.artifacts / "l2-stderr.log"),
                  (self.paths.trace, self.artifacts / "l2-trace.log"),
                  (self.paths.qtest_log, self.artifacts / "l2-qtest-log.txt"))
+        for _, local in files:  # an earlier L2's, in the same directory, is not this one's
+            local.unlink(missing_ok=True)
         try:
             self.session.get_all(files)
         except HarnessError:  # L1 is gone
