@@ -288,20 +288,16 @@ class L1Session:
     def get(self, remote: str, local: Path, timeout: float = 120.0) -> None:
         self._sftp(lambda sftp: sftp.get(remote, str(local)), f"download of {remote}", timeout)
 
-    def get_all(self, files: Sequence[tuple[str, Path]], timeout: float = 120.0) -> list[str]:
-        """Several files in one SFTP session (each session starts sftp-server in L1); the
-        remote paths that do not exist come back, the others are fetched."""
-        missing: list[str] = []
-
+    def get_all(self, files: Sequence[tuple[str, Path]], timeout: float = 120.0) -> None:
+        """Several files in one SFTP session (each session starts sftp-server in L1); a
+        remote path that does not exist leaves no local file, and the others are fetched."""
         def fetch(sftp: paramiko.SFTPClient) -> None:
             for remote, local in files:
                 try:
                     sftp.get(remote, str(local))
                 except FileNotFoundError:
                     local.unlink(missing_ok=True)
-                    missing.append(remote)
         self._sftp(fetch, "download of " + ", ".join(r for r, _ in files), timeout)
-        return missing
 
     def _sftp(self, action: Callable[[paramiko.SFTPClient], object], what: str,
               timeout: float) -> None:
