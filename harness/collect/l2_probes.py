@@ -84,10 +84,6 @@ def bar_access(l2: L2Qemu, edu: EduEngine, ivshmem_bar0: int) -> BarAccess:
                      ivshmem_bar0_read=l2.qtest.readl(ivshmem_bar0 + IVSHMEM_INTRMASK))
 
 
-def dmesg_lines(stack: L1Stack) -> list[str]:
-    return stack.session.run("dmesg", stage="L1 dmesg").stdout.splitlines()
-
-
 def _watched(stack: L1Stack, dst: int,
              dma: Callable[[], str | None]) -> tuple[bytes, bytes, tuple[str, ...], str | None]:
     """Run `dma` with BAR 2 + dst cleared from L0 first: (the destination before, after,
@@ -95,10 +91,10 @@ def _watched(stack: L1Stack, dst: int,
     machine = stack.machine
     machine.write_ivshmem(dst, bytes(P2P_SIZE))     # a clean destination, from L0
     before = machine.read_ivshmem(dst, P2P_SIZE)
-    dmesg_before = len(dmesg_lines(stack))
+    mark = stack.witness.now()
     engine_error = dma()
     after = machine.read_ivshmem(dst, P2P_SIZE)
-    return before, after, tuple(dmesg_lines(stack)[dmesg_before:]), engine_error
+    return before, after, stack.witness.since(mark), engine_error
 
 
 def p2p(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, bar2: int, seed: int, key: str,
@@ -171,7 +167,7 @@ def p2p_read(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, iova: int, size: int,
         expected = l2.qtest.read(iova, size)
     decoy = bytes(b ^ 0xFF for b in expected) if any(expected) else b"\xa5" * size
     staging = l2.spec.platform.l2.staging
-    dmesg_before = len(dmesg_lines(stack))
+    mark = stack.witness.now()
     error = None
     try:
         edu.probe()
@@ -183,4 +179,4 @@ def p2p_read(stack: L1Stack, l2: L2Qemu, edu: DmaEngine, iova: int, size: int,
     except HarnessError as e:  # edu does not answer, or its DMA never ends
         error = e.message
     got = l2.qtest.read(staging, size)
-    return P2PRead(iova, expected, got, tuple(dmesg_lines(stack)[dmesg_before:]), error)
+    return P2PRead(iova, expected, got, stack.witness.since(mark), error)

@@ -89,7 +89,8 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                          server=server, no_mmap=(edu.bdf,) if edu_no_mmap else ()
                          ) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
-                    m.host_ports[L1_QTEST_PORT], start_timeout=20) as l2:
+                    m.host_ports[L1_QTEST_PORT], start_timeout=20,
+                    alive=stack.vfio.alive) as l2:
             try:
                 pci = PciConfig(l2.qtest, spec.platform.l2)
                 edu_slot = pci.find(edu.vendor_device)

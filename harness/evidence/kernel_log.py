@@ -44,6 +44,12 @@ class LogLine:
         facility 0: devkmsg_write keeps LOG_USER for it)."""
         return self.facility == KERNEL
 
+    @property
+    def printed(self) -> str:
+        """The line as dmesg prints it ("[   50.033729] DMAR: ..."): how the verdicts quote
+        what the kernel said during a DMA."""
+        return f"[{self.usec // 1_000_000:5d}.{self.usec % 1_000_000:06d}] {self.text}"
+
 
 @dataclass(frozen=True)
 class KernelWindow:

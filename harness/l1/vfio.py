@@ -194,6 +194,11 @@ class L1Vfio:
         answer = self._call("wait-gone", str(pid), str(seconds), timeout=seconds + 30)
         return bool(answer["gone"]), float(answer["waited_s"])
 
+    def alive(self, pid: int) -> bool:
+        """Whether PID still runs (neither gone nor a zombie): one helper round trip, not an
+        SSH command of its own."""
+        return not self._call("wait-gone", str(pid), "0")["gone"]
+
     def leftover(self, exporters: tuple[str, ...], seconds: float = 2.0) -> Leftover:
         """The dma-bufs of `exporters` the kernel still has (debugfs) and every VFIO fd still
         held in L1, waited up to `seconds` to be none. Never raises."""

@@ -11,6 +11,7 @@ node they need; `backends.Backend` holds that as data.
 """
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,9 @@ class L2Qemu:
     host_qmp_port: int        # L0 loopback ports forwarded to L1_QMP_PORT / L1_QTEST_PORT
     host_qtest_port: int
     start_timeout: float = 30.0
+    #: How to ask whether a pid in L1 still runs without an SSH command of its own (the L1
+    #: helper's round trip); None: `kill -0` over SSH.
+    alive: Callable[[int], bool] | None = None
     paths: L2Paths = field(init=False)
     pid: int | None = field(default=None, init=False)
     qmp: TranscribedQmp = field(init=False)
@@ -191,6 +195,8 @@ class L2Qemu:
     def running(self) -> bool:
         if self.pid is None:
             return False
+        if self.alive is not None:
+            return self.alive(self.pid)
         return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
 
     def ended(self) -> str | None:

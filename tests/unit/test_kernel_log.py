@@ -199,3 +199,38 @@ def test_after_a_double_free_the_kernel_is_not_trusted_and_after_a_lock_order_it
     assert untrusted(windows) == ("its kernel reported SLUB: Object already free in "
                                   "vfio_pci_dma_buf_release during quit-while-revoked")
     assert untrusted(windows[:1]) == ""
+
+
+class _ScriptedLog:
+    """L1Vfio.kernel_log over a list of records that grows as the test says: each call
+    returns what came after `since`, as the helper's reader does."""
+
+    def __init__(self):
+        self.records: list[LogLine] = []
+
+    def kernel_log(self, since: int):
+        return tuple(r for r in self.records if r.seq > since), 0
+
+
+def test_what_a_step_reads_during_a_dma_is_its_own_and_still_in_its_window():
+    """The lines read during an act of a step (a DMA's IOMMU fault) are the kernel's own
+    after the mark, printed as dmesg prints them; the step's window still gets every
+    record once, userspace's included (marked there, never a report)."""
+    from harness.collect.kernel_witness import KernelWitness
+
+    log = _ScriptedLog()
+    witness = KernelWitness(log)  # type: ignore[arg-type]
+    log.records.append(LogLine(1, 6, 1_000_000, "booted"))
+    witness.between("boot")
+    log.records.append(LogLine(2, 6, 49_000_000, "before the DMA"))
+    mark = witness.now()
+    log.records += [LogLine(3, 3, 50_033_729, "DMAR: [DMA Read NO_PASID] fault addr 0xc0100000"),
+                    LogLine(4, 3, 50_100_000, "DMAR: fault addr 0xdead (written by a program)",
+                            facility=1)]
+    assert witness.since(mark) == ("[   50.033729] DMAR: [DMA Read NO_PASID] fault addr "
+                                   "0xc0100000",)
+    log.records.append(LogLine(5, 6, 51_000_000, "after"))
+    witness.read("p2p")
+    (window,) = witness.take()
+    assert [line.seq for line in window.lines] == [2, 3, 4, 5]
+    assert [line.seq for line in witness.outside[0].lines] == [1]
