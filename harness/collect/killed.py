@@ -34,7 +34,7 @@ def kill_while_mapped(stack: L1Stack, base: L2Spec, bdf: str, out: Path,
     in L1, which no L2 holds now."""
     spec = L2Spec(base.backend, (L2Device(bdf, f"id={IVSHMEM_ID}"),), qemu=base.qemu,
                   traces=base.traces, platform=base.platform)
-    l2 = L2Qemu(stack.session, spec, out, *ports, alive=stack.vfio.alive)
+    l2 = L2Qemu(stack.session, spec, out, *ports, watch=stack.vfio)
     l2.start()
     assert l2.pid is not None
     gone = False

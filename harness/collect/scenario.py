@@ -216,7 +216,7 @@ def collect(stack: L1Stack, be: Backend, through: PassedThrough, wanted: set[str
     if timer.witness is not None:
         timer.witness.between(f"before the {be.name} L2")
     with timer("l2_start"):
-        l2 = L2Qemu(stack.session, spec, out, *ports, alive=stack.vfio.alive)
+        l2 = L2Qemu(stack.session, spec, out, *ports, watch=stack.vfio)
         l2.start()
     try:
         pci = PciConfig(l2.qtest, l2.spec.platform.l2)

@@ -42,7 +42,7 @@ def collect(stack: L1Stack, base: L2Spec, devices: dict[str, str],
                                  L2Device(devices["nvme"], "id=nvme")),
                   qemu=base.qemu, traces=base.traces, preload=(fixture,),
                   platform=base.platform)
-    with L2Qemu(stack.session, spec, out, *ports, alive=stack.vfio.alive) as l2:
+    with L2Qemu(stack.session, spec, out, *ports, watch=stack.vfio) as l2:
         try:
             pci = PciConfig(l2.qtest, l2.spec.platform.l2)
             edu_slot = pci.find(EduDevice().vendor_device)

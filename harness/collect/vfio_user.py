@@ -90,7 +90,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
                          ) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
                     m.host_ports[L1_QTEST_PORT], start_timeout=20,
-                    alive=stack.vfio.alive) as l2:
+                    watch=stack.vfio) as l2:
             try:
                 pci = PciConfig(l2.qtest, spec.platform.l2)
                 edu_slot = pci.find(edu.vendor_device)

@@ -194,6 +194,13 @@ class L1Vfio:
         answer = self._call("wait-gone", str(pid), str(seconds), timeout=seconds + 30)
         return bool(answer["gone"]), float(answer["waited_s"])
 
+    def wait_listening(self, pid: int, ports: tuple[int, ...], seconds: float) -> bool:
+        """Whether every TCP port of `ports` listens in L1 within `seconds` (False at once
+        if PID is gone first): waited for by the helper, whose polls start no program."""
+        answer = self._call("wait-listen", str(pid), str(seconds), *map(str, ports),
+                            timeout=seconds + 30)
+        return bool(answer["listening"])
+
     def alive(self, pid: int) -> bool:
         """Whether PID still runs (neither gone nor a zombie): one helper round trip, not an
         SSH command of its own."""

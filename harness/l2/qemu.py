@@ -11,9 +11,9 @@ node they need; `backends.Backend` holds that as data.
 """
 
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
@@ -118,6 +118,16 @@ def build_command(spec: L2Spec, paths: L2Paths) -> list[str]:
     return cmd + ["-D", paths.trace]
 
 
+class ProcessWatch(Protocol):
+    """L1's processes watched by a program that is already running (the L1 helper)."""
+
+    def alive(self, pid: int) -> bool: ...
+
+    def wait_listening(self, pid: int, ports: tuple[int, ...], seconds: float) -> bool: ...
+
+    def wait_gone(self, pid: int, seconds: float) -> tuple[bool, float]: ...
+
+
 @dataclass
 class L2Qemu:
     """One L2 process in L1. A context manager: stopped, and its files fetched, on exit."""
@@ -128,9 +138,10 @@ class L2Qemu:
     host_qmp_port: int        # L0 loopback ports forwarded to L1_QMP_PORT / L1_QTEST_PORT
     host_qtest_port: int
     start_timeout: float = 30.0
-    #: How to ask whether a pid in L1 still runs without an SSH command of its own (the L1
-    #: helper's round trip); None: `kill -0` over SSH.
-    alive: Callable[[int], bool] | None = None
+    #: How L2's process is watched without a program started per poll (the L1 helper, whose
+    #: questions are not SSH commands of their own either); None: shell loops of `sleep`,
+    #: which under L1's TCG cost the very vCPU L2 starts on.
+    watch: "ProcessWatch | None" = None
     paths: L2Paths = field(init=False)
     pid: int | None = field(default=None, init=False)
     qmp: TranscribedQmp = field(init=False)
@@ -159,7 +170,8 @@ class L2Qemu:
         deadline = Deadline("L2 start", self.start_timeout)
         ports = (listens(L1_QMP_PORT), listens(L1_QTEST_PORT))
         launch = launch_command(line, p.directory, p.stderr, p.pid, p.status,
-                                ready=" && ".join(ports), wait=deadline.remaining())
+                                ready="" if self.watch else " && ".join(ports),
+                                wait=deadline.remaining())
         # An L2 that outlived its run (it could not be stopped) still holds the ports: the
         # next one would fail to bind, or its QMP client reach the old process. Asked in
         # the launch's own round trip; ss names the holder only when there is one.
@@ -178,6 +190,9 @@ class L2Qemu:
             raise HarnessError("L2 did not start: its shell never said its pid",
                                stage="L2 start", details=started.stderr[-2000:]) from None
         try:
+            if self.watch is not None:  # then QMP's first attempt finds it listening
+                self.watch.wait_listening(self.pid, (L1_QMP_PORT, L1_QTEST_PORT),
+                                          deadline.remaining())
             self.qmp.connect(deadline, alive=self.running, details=self.stderr)
             self.qtest.connect(deadline.remaining())
         except HarnessError as e:
@@ -195,8 +210,8 @@ class L2Qemu:
     def running(self) -> bool:
         if self.pid is None:
             return False
-        if self.alive is not None:
-            return self.alive(self.pid)
+        if self.watch is not None:
+            return self.watch.alive(self.pid)
         return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
 
     def ended(self) -> str | None:
@@ -286,6 +301,12 @@ class L2Qemu:
                 self.qmp.cmd_within(timeout, "quit")
             except Exception:
                 pass
+            if self.watch is not None:
+                try:  # the usual end: gone after the quit, seen without a poll loop of sleeps
+                    if self.watch.wait_gone(self.pid, timeout)[0]:
+                        return
+                except HarnessError:
+                    pass  # the ladder below asks L1 itself
         steps = int(timeout * 20)
         ladder = (f"p={self.pid}; gone() {{ ! kill -0 $p 2>/dev/null; }}; "
                   f"wait_gone() {{ n=0; until gone || [ $n -ge {steps} ]; do sleep 0.05; "

@@ -143,3 +143,31 @@ def test_the_launch_returns_once_its_process_listens_or_has_ended(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert int(out.stdout.strip()) > 1
     assert time.monotonic() - began < 10
+
+
+def test_the_helper_waits_for_listeners_and_for_nothing_once_its_process_is_gone():
+    """The L1 helper's wait-listen, on this host's /proc/net/tcp: true once every port
+    listens (a socket that starts to listen 0.3 s in), false at once for a pid that is
+    gone, false after its seconds for a port nothing listens on."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from harness.l1.guest import vfio_l1
+
+    a, b = socket.socket(), socket.socket()
+    for s in (a, b):
+        s.bind(("127.0.0.1", 0))
+    ports = [str(s.getsockname()[1]) for s in (a, b)]
+    a.listen()
+    threading.Timer(0.3, b.listen).start()
+    began = time.monotonic()
+    got = vfio_l1.wait_listen([str(os.getpid()), "10", *ports])
+    assert got["listening"] and not got["gone"] and 0.25 < time.monotonic() - began < 5
+    gone = vfio_l1.wait_listen(["999999999", "10", "1"])
+    assert gone["gone"] and not gone["listening"] and gone["waited_s"] < 1
+    b.close()
+    late = vfio_l1.wait_listen([str(os.getpid()), "0.2", ports[1]])
+    assert not late["listening"] and not late["gone"]
+    a.close()

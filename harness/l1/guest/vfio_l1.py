@@ -15,6 +15,9 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py stuck PID                    each task of PID: its state, wait channel and
                                           kernel stack
   vfio_l1.py wait-gone PID SECONDS        wait until PID has exited (and been reaped)
+  vfio_l1.py wait-listen PID SECONDS PORT...
+                                          wait until every TCP PORT listens, or PID is
+                                          gone, or SECONDS are over
   vfio_l1.py leftover SECONDS EXPORTER... the dma-bufs of EXPORTER(s) the kernel still
                                           has (debugfs dma_buf/bufinfo) and who holds
                                           a VFIO fd, waited up to SECONDS to be none
@@ -358,6 +361,34 @@ def wait_gone(args):
     return {"gone": _gone(pid), "waited_s": round(time.monotonic() - began, 3)}
 
 
+def _listening(ports):
+    """The TCP ports of `ports` something listens on (state 0A in /proc/net/tcp*)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in (_read(table, "") or "").splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port in ports:
+                    found.add(port)
+    return found
+
+
+def wait_listen(args):
+    """Wait (up to SECONDS) until something listens on every PORT, or PID is gone: the
+    polls are this process's, not a `sleep` program started per poll under L1's TCG beside
+    the very process being waited for."""
+    pid, seconds, ports = args[0], float(args[1]), {int(p) for p in args[2:]}
+    began = time.monotonic()
+    while True:
+        listening = _listening(ports) == ports
+        gone = _gone(pid)
+        if listening or gone or time.monotonic() - began >= seconds:
+            return {"listening": listening, "gone": gone,
+                    "waited_s": round(time.monotonic() - began, 3)}
+        time.sleep(0.02)
+
+
 def _bufinfo(path):
     """Every dma-buf alive, from debugfs (drivers/dma-buf/dma-buf.c, dma_buf_debug_show):
     ([[exp_name, ino, size], ...], the total it states), or None if the text is not in
@@ -645,7 +676,8 @@ def kmsg(args):
 
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
-           "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "leftover": leftover,
+           "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "wait-listen": wait_listen,
+           "leftover": leftover,
            "reopen": reopen, "closed-before-unmap": closed_before_unmap, "pid": own_pid}
 
 
