@@ -45,10 +45,15 @@ class LogLine:
         return self.facility == KERNEL
 
     @property
+    def stamp(self) -> str:
+        """Its time as dmesg prints it: "[   50.033729]"."""
+        return f"[{self.usec // 1_000_000:5d}.{self.usec % 1_000_000:06d}]"
+
+    @property
     def printed(self) -> str:
         """The line as dmesg prints it ("[   50.033729] DMAR: ..."): how the verdicts quote
         what the kernel said during a DMA."""
-        return f"[{self.usec // 1_000_000:5d}.{self.usec % 1_000_000:06d}] {self.text}"
+        return f"{self.stamp} {self.text}"
 
 
 @dataclass(frozen=True)

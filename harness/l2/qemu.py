@@ -144,7 +144,7 @@ class L2Qemu:
     #: How L2's process is watched without a program started per poll (the L1 helper, whose
     #: questions are not SSH commands of their own either); None: shell loops of `sleep`,
     #: which under L1's TCG cost the very vCPU L2 starts on.
-    watch: "ProcessWatch | None" = None
+    watch: ProcessWatch | None = None
     paths: L2Paths = field(init=False)
     pid: int | None = field(default=None, init=False)
     qmp: TranscribedQmp = field(init=False)

@@ -261,7 +261,7 @@ def write_reports(out: Path, said: list, windows=()) -> None:
     for window in windows:
         text.append(f"\n# L1 kernel log during {window.step} (taint {window.tainted_before:#x} "
                     f"-> {window.tainted_after:#x})")
-        text.extend(f"[{line.usec / 1e6:12.6f}] "
+        text.extend(f"{line.stamp} "
                     + ("" if line.kernel else f"(userspace, facility {line.facility}) ")
                     + line.text for line in window.lines)
     (out / "l1-kernel-reports.txt").write_text("\n".join(text) + "\n")
