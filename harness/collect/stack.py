@@ -37,6 +37,8 @@ class L1Stack:
     #: Why this L1 can no longer be used ("": it can): an L2 stuck in its kernel holds
     #: devices that no signal gives back. Its cells left go to a fresh L1.
     held: str = ""
+    #: The packaged QEMU under test as its rootfs build recorded it (None: not recorded).
+    packaged_qemu: dict | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -70,7 +72,8 @@ def booted(qemu: QemuBinary, images: Images, viommu: VIommu, kernel: str, run_di
             vfio = L1Vfio(session)
             witness = KernelWitness(vfio)
             witness.between("boot")
-            yield L1Stack(viommu, kernel, machine, session, vfio, boot_seconds, witness)
+            yield L1Stack(viommu, kernel, machine, session, vfio, boot_seconds, witness,
+                          packaged_qemu=images.rootfs.qemu_binary)
         finally:
             _save(session, "dmesg", run_dir / "l1-dmesg.txt")
             # sshd's own account (harness-init starts it with -E): why a connection the

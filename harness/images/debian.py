@@ -4,6 +4,7 @@ The kernel source only exists here as Debian's binary package linux-source-X;
 we download the pinned version with apt-get into the cache and check its sha256.
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,6 +83,25 @@ def installed_version(rootfs: Path, package: str) -> str | None:
         if fields.get("Package") == package and "installed" in fields.get("Status", ""):
             return fields.get("Version")
     return None
+
+
+def file_record(rootfs: Path, path: str) -> dict | None:
+    """A file of the tree as L1 will find it (`path` absolute in L1, a symlink followed
+    inside the tree): its path there, sha256, size and mtime (whole seconds, which the ext4
+    image keeps), or None if the tree has no such file. What a probe in L1 would otherwise
+    recompute, reading it under TCG, every run."""
+    for _ in range(40):
+        here = rootfs / path.lstrip("/")
+        if not here.is_symlink():
+            break
+        target = os.readlink(here)
+        path = os.path.normpath(target if target.startswith("/")
+                                else os.path.join(os.path.dirname(path), target))
+    if not here.is_file() or here.is_symlink():
+        return None
+    st = here.stat()
+    return {"path": path, "sha256": sha256_file(here), "size": st.st_size,
+            "mtime": int(st.st_mtime)}
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 900) -> None:

@@ -37,7 +37,7 @@ from harness.images.build_step import compile_progress as _compile_progress
 from harness.images.build_step import last_line as _last_line
 from harness.images.build_step import run as _run
 from harness.images.cache_lock import LOCKS, ArtifactLocks
-from harness.images.debian import PrivateApt, installed_version
+from harness.images.debian import PrivateApt, file_record, installed_version
 from harness.images.linked_tree import link_tree
 from harness.images.object_tree import copy_object_tree
 from harness.images.recipe import KernelVariant, Recipe, Rootfs
@@ -101,6 +101,11 @@ class RootfsImage:
     @property
     def qemu_version(self) -> str:
         return self.manifest["versions"][self.manifest.get("qemu_package", X86_64.l2_package)]
+
+    @property
+    def qemu_binary(self) -> dict | None:
+        """The packaged QEMU under test as built into the image (None: an older image)."""
+        return self.manifest.get("qemu_binary")
 
 
 @dataclass(frozen=True)
@@ -705,6 +710,7 @@ class ImageStore:
             made = base / ".configured-by"
             return {"versions": versions, "suite": rootfs.suite, "packages": rootfs.packages,
                     "arch": rootfs.debian_arch, "qemu_package": rootfs.qemu_package,
+                    "qemu_binary": file_record(base, f"/usr/bin/{self.platform.l2_qemu}"),
                     "configured_by": made.read_text().strip() if made.exists() else None}
 
         _publish(self.rootfs_dir(), "rootfs", rootfs.key(), began, fill)

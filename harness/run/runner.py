@@ -29,7 +29,7 @@ from harness.l0.machine import L1Spec
 from harness.l2.backends import Backend
 from harness.l2.backends import backend as backend_named
 from harness.l2.bundle import Bundle, upload
-from harness.l2.capabilities import QemuUnderTest, probe
+from harness.l2.capabilities import BuiltBinary, QemuUnderTest, probe
 from harness.l2.qemu import L2Died
 from harness.run import hold, parallel
 from harness.run.plan import Boot, RunPlan, Side
@@ -165,7 +165,8 @@ def qemu_under_test(l1: stack.L1Stack, l2_qemu: Path | None) -> QemuUnderTest:
         say(f"QEMU under test {l2_qemu}: uploaded with {bundle.describe()}")
         found = probe(l1.session, path, str(l2_qemu), binary)
     else:
-        found = probe(l1.session, l1.platform.l2_qemu, PACKAGED)
+        found = probe(l1.session, l1.platform.l2_qemu, PACKAGED,
+                      built=BuiltBinary.from_record(l1.packaged_qemu))
     say(f"QEMU under test: {found.version} ({found.origin}, sha256 {found.sha256[:16]}..., "
         f"dma-buf event: {'yes' if found.has_dmabuf_event else 'NO'})")
     return found

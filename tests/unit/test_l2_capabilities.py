@@ -2,13 +2,27 @@
 trixie's 10.0.13); the probe itself runs in tests/vm/test_l2.py."""
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.base.errors import BadInput
-from harness.l2.capabilities import QemuUnderTest, parse, qmp_answers, qmp_script, sections
+from harness.images.debian import file_record
+from harness.l2.capabilities import (
+    BuiltBinary,
+    QemuUnderTest,
+    greeting_version,
+    parse,
+    probe_command,
+    qmp_answers,
+    qmp_script,
+    sections,
+)
 
 DATA = Path(__file__).parent.parent / "data"
 PROBE = (DATA / "qemu-11.1.3" / "probe.txt").read_text()
@@ -91,3 +105,55 @@ def test_facts_carry_what_shapes_the_verdicts():
     assert (facts.version, facts.has_dmabuf_event, facts.has_iommufd_object) == \
         ("QEMU emulator version 11.1.3", False, True)
     assert under_test().record()["sha256"] == "ab" * 32
+
+
+def test_the_version_comes_from_the_greeting_as_version_prints_it():
+    assert greeting_version(sections(PROBE)["qmp"]) == sections(PROBE)["version"].splitlines()[0]
+    bare = '{"QMP": {"version": {"qemu": {"micro": 50, "minor": 0, "major": 11}, ' \
+           '"package": ""}, "capabilities": []}}'
+    assert greeting_version(bare) == "QEMU emulator version 11.0.50"
+    assert greeting_version(sections(TRIXIE)["qmp"]) is None  # it never greeted
+    without_section = {k: v for k, v in sections(PROBE).items() if k != "version"}
+    assert parse(without_section, "packaged").version == \
+        "QEMU emulator version 11.1.3 (Debian 1:11.1.3+ds-1)"
+
+
+def _digest_section(built: BuiltBinary | None) -> str:
+    """The probe's sha256 answer for `env` (a program, not a shell builtin, standing in for
+    the binary: what is tested is the shell that decides whether to hash), run by this
+    host's sh."""
+    done = subprocess.run(["sh", "-c", probe_command("env", built=built)],
+                          capture_output=True, text=True, timeout=60)
+    return sections(done.stdout)["sha256"]
+
+
+def test_the_recorded_sha256_is_taken_only_for_the_file_as_built(tmp_path):
+    program = Path(os.path.realpath(shutil.which("env") or "/usr/bin/env"))
+    st = program.stat()
+    made_up = "f" * 64  # not its sha256: seen in the answer only if the record was taken
+    same = BuiltBinary(str(program), made_up, st.st_size, int(st.st_mtime))
+    assert _digest_section(same) == f"{made_up}  {program}"
+    real = hashlib.sha256(program.read_bytes()).hexdigest()
+    for other in (dataclasses.replace(same, mtime=same.mtime + 1),
+                  dataclasses.replace(same, size=same.size + 1),
+                  dataclasses.replace(same, path=str(tmp_path / "env")), None):
+        assert _digest_section(other) == f"{real}  {program}"
+
+
+def test_the_rootfs_records_a_file_as_l1_will_resolve_it(tmp_path):
+    (tmp_path / "usr/lib/qemu").mkdir(parents=True)
+    (tmp_path / "usr/bin").mkdir()
+    binary = tmp_path / "usr/lib/qemu/qemu-system-x86_64"
+    binary.write_bytes(b"\x7fELF qemu")
+    os.utime(binary, (1_700_000_000.7, 1_700_000_000.7))
+    (tmp_path / "usr/bin/qemu-system-x86_64").symlink_to("../lib/qemu/qemu-system-x86_64")
+    (tmp_path / "usr/bin/absolute").symlink_to("/usr/lib/qemu/qemu-system-x86_64")
+    want = {"path": "/usr/lib/qemu/qemu-system-x86_64",
+            "sha256": hashlib.sha256(b"\x7fELF qemu").hexdigest(), "size": 9,
+            "mtime": 1_700_000_000}
+    assert file_record(tmp_path, "/usr/bin/qemu-system-x86_64") == want
+    assert file_record(tmp_path, "/usr/bin/absolute") == want
+    assert file_record(tmp_path, "/usr/bin/missing") is None
+    assert BuiltBinary.from_record(want) == BuiltBinary(want["path"], want["sha256"], 9,
+                                                        1_700_000_000)
+    assert BuiltBinary.from_record(None) is None

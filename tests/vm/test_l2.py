@@ -170,7 +170,9 @@ def trixie_qemu(store, tmp_path_factory):
 
 
 def test_the_packaged_qemu_is_known_before_any_cell(l1):
-    from harness.l2.capabilities import probe
+    import dataclasses
+
+    from harness.l2.capabilities import BuiltBinary, probe
 
     stack, _ = l1
     q = probe(stack.session, "qemu-system-x86_64", "packaged")
@@ -179,6 +181,15 @@ def test_the_packaged_qemu_is_known_before_any_cell(l1):
     assert q.has_iommufd_object and q.has_dmabuf_event
     assert {"host", "iommufd", "x-no-mmap"} <= set(q.vfio_pci_properties)
     assert len(q.sha256) == 64
+    # The image's record of the binary is the file L1 runs: the sha256 L1 computed, and
+    # the size and mtime L1 sees (a record whose sha256 is made up is taken as is: the
+    # shortcut is taken only because L1's stat agrees with the build's).
+    built = BuiltBinary.from_record(stack.packaged_qemu)
+    assert built is not None and built.sha256 == q.sha256 and built.path == q.path
+    made_up = dataclasses.replace(built, sha256="0" * 64)
+    assert probe(stack.session, "qemu-system-x86_64", "packaged", built=made_up).sha256 == \
+        "0" * 64
+    assert probe(stack.session, "qemu-system-x86_64", "packaged", built=built) == q
 
 
 def test_a_qemu_without_qtest_is_one_clear_error_naming_the_missing_module(l1, trixie_qemu):
