@@ -85,7 +85,7 @@ def collect(stack: L1Stack, devices: dict[str, L1Device], out: Path,
     m.write_ivshmem(BAR2_PROBE, bytes(PROBE_SIZE))
     m.write_ivshmem(P2P_PROBE, bytes(PROBE_SIZE))
     ram = spec.platform.l2.staging  # edu reads from here and writes to ram + DMA_TO
-    with VfioUserServers(stack.session, bdfs, VFIO_USER_SOCKETS, out / "servers",
+    with VfioUserServers(stack.session, stack.vfio, bdfs, VFIO_USER_SOCKETS, out / "servers",
                          server=server, no_mmap=(edu.bdf,) if edu_no_mmap else ()
                          ) as servers:
         with L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],

@@ -197,9 +197,21 @@ class L1Vfio:
     def wait_listening(self, pid: int, ports: tuple[int, ...], seconds: float) -> bool:
         """Whether every TCP port of `ports` listens in L1 within `seconds` (False at once
         if PID is gone first): waited for by the helper, whose polls start no program."""
-        answer = self._call("wait-listen", str(pid), str(seconds), *map(str, ports),
-                            timeout=seconds + 30)
-        return bool(answer["listening"])
+        return not self.not_listening((pid,), ports, seconds)
+
+    def not_listening(self, pids: tuple[int, ...], endpoints: tuple[int | str, ...],
+                      seconds: float) -> tuple[str, ...]:
+        """The endpoints of `endpoints` (TCP ports, UNIX socket paths) that nothing listens
+        on after `seconds`, or once one of `pids` is gone: () when all listen."""
+        answer = self._call("wait-listen", ",".join(map(str, pids)), str(seconds),
+                            *map(str, endpoints), timeout=seconds + 30)
+        return () if answer["listening"] else tuple(answer["missing"])
+
+    def terminate(self, pids: tuple[int, ...], seconds: float) -> tuple[int, ...]:
+        """SIGTERM each of `pids` and wait up to `seconds` for them to exit, in L1: the pids
+        still running then (for the caller's SIGKILL)."""
+        answer = self._call("terminate", str(seconds), *map(str, pids), timeout=seconds + 30)
+        return tuple(answer["left"])
 
     def alive(self, pid: int) -> bool:
         """Whether PID still runs (neither gone nor a zombie): one helper round trip, not an

@@ -15,11 +15,14 @@ from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
 from harness.l1.keeper import describe_status, launch_command
 from harness.l1.session import L1Session
+from harness.l1.vfio import L1Vfio
 
 GUEST_SERVER = Path(__file__).parent / "guest" / "vfio_user_server.py"
 REMOTE_SERVER = "/run/vfio_user_server.py"
 #: Before each server file `stop` brings back (no log or stderr line starts so).
 MARK = "=== vfio-harness file of "
+#: How long a server has to end after SIGTERM before it is killed.
+STOP_GRACE_S = 5.0
 
 
 def read_log(text: str) -> list[dict]:
@@ -38,6 +41,10 @@ class VfioUserServers:
     """The servers of `bdfs`, for as long as the context lasts."""
 
     session: L1Session
+    #: L1's helper: it waits for the sockets and for the servers' end, polling in its own
+    #: process (a shell's `sleep 0.05` per poll cost L1's one TCG vCPU about 33 ms each,
+    #: taken from the python3 servers being waited for).
+    vfio: L1Vfio
     bdfs: tuple[str, ...]
     #: In L1 (a tmpfs): each device's socket, BDF.sock (where the client looks: the
     #: backend's `sockets`), its log and its stderr.
@@ -75,8 +82,8 @@ class VfioUserServers:
         self.stop()
 
     def start(self) -> None:
-        """Every server launched and listened for in one round trip to L1 (each costs a
-        shell in a TCG guest: a tenth of a second and more)."""
+        """Every server launched in one round trip to L1 (each costs a shell in a TCG
+        guest: a tenth of a second and more), then listened for by the helper."""
         self.session.put(GUEST_SERVER, REMOTE_SERVER, mode=0o755)
         program = REMOTE_SERVER
         if self.server is not None:
@@ -92,29 +99,27 @@ class VfioUserServers:
                                     self.path(bdf, "pid"), self.path(bdf, "status"))
             steps.append(f"echo \"pid {bdf} $({launch})\"")
         deadline = Deadline("vfio-user server start", self.start_timeout)
-        waiting = " ".join(shlex.quote(self.socket(b)) for b in self.bdfs)
-        steps.append(f"for s in {waiting}; do n=0; until [ -S \"$s\" ] || [ $n -ge "
-                     f"{int(deadline.remaining() * 20)} ]; do sleep 0.05; n=$((n + 1)); done; "
-                     f"[ -S \"$s\" ] || echo \"missing $s\"; done")
         started = self.session.run("; ".join(steps), timeout=deadline.remaining() + 15,
                                    stage="vfio-user server start")
-        missing = []
         for said in started.stdout.splitlines():
             word, _, rest = said.partition(" ")
             bdf, _, pid = rest.partition(" ")
             if word == "pid" and pid.strip().isdigit():
                 self.pids[bdf] = int(pid)
-            elif word == "missing":
-                missing.append(rest)
         silent = [b for b in self.bdfs if b not in self.pids]
         if silent:
             raise HarnessError(f"the vfio-user server of {silent[0]} did not start: its shell "
                                f"never said its pid", stage="vfio-user server start",
                                details=started.stderr[-2000:])
-        if missing:
+        missing = self.vfio.not_listening(tuple(self.pids.values()),
+                                          tuple(self.socket(b) for b in self.bdfs),
+                                          max(0.0, deadline.remaining()))
+        if missing:  # the time ran out, or a server ended first (the helper stops then)
+            why = "; ".join(f"the server of {b} {how}" for b, how in self.ended().items())
             raise HarnessError(
-                f"vfio-user server(s) did not listen within {self.start_timeout:g} s: "
-                f"{', '.join(missing)}", stage="vfio-user server start",
+                f"vfio-user server(s) did not listen on {', '.join(missing)}: "
+                f"{why or f'not within {self.start_timeout:g} s'}",
+                stage="vfio-user server start",
                 details=self.session.run(f"cat {d}/*/stderr", check=False).stdout)
 
     def logs(self) -> dict[str, list[dict]]:
@@ -143,10 +148,16 @@ class VfioUserServers:
         round trip: the files come back behind a marker line each)."""
         kill = ""
         if self.pids:
-            pids = " ".join(str(p) for p in self.pids.values())
-            kill = (f"kill {pids} 2>/dev/null; n=0; while kill -0 {pids} 2>/dev/null && "
-                    f"[ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; kill -9 {pids} "
-                    f"2>/dev/null; ")
+            pids = tuple(self.pids.values())
+            try:
+                left = self.vfio.terminate(pids, STOP_GRACE_S)
+            except HarnessError:  # the helper is gone: the shell's TERM, wait, KILL instead
+                listed = " ".join(map(str, pids))
+                kill = (f"kill {listed} 2>/dev/null; n=0; while kill -0 {listed} 2>/dev/null "
+                        f"&& [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; ")
+                left = pids
+            if left:
+                kill += f"kill -9 {' '.join(map(str, left))} 2>/dev/null; "
             self.pids.clear()
         files = [(bdf, suffix) for bdf in self.bdfs for suffix in ("log", "stderr")]
         shown = self.session.run(kill + "; ".join(

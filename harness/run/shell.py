@@ -69,7 +69,7 @@ def open_shell(plan: RunPlan, cell: Cell, command: list[str], start_l2: bool = T
         with scenario.passed_through(l1) as through, contextlib.ExitStack() as served:
             if backend(cell.backend).sockets is not None:  # its server, for L2 or the user
                 served.enter_context(VfioUserServers(
-                    l1.session, (through.devices["edu"],), VFIO_USER_SOCKETS,
+                    l1.session, l1.vfio, (through.devices["edu"],), VFIO_USER_SOCKETS,
                     run_dir / cell.backend / "servers"))
             l2 = None
             if start_l2:

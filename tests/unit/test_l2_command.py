@@ -171,3 +171,50 @@ def test_the_helper_waits_for_listeners_and_for_nothing_once_its_process_is_gone
     late = vfio_l1.wait_listen([str(os.getpid()), "0.2", ports[1]])
     assert not late["listening"] and not late["gone"]
     a.close()
+
+
+def test_the_helper_waits_for_unix_sockets_that_listen_not_for_their_files(tmp_path):
+    """wait-listen on a UNIX socket's path (the vfio-user servers'): a socket that is bound
+    (its file exists) but listens only 0.3 s later is waited for; a path nothing listens on
+    is named as missing after its seconds."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from harness.l1.guest import vfio_l1
+
+    path = str(tmp_path / "0000:00:03.0.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    threading.Timer(0.3, s.listen).start()
+    began = time.monotonic()
+    got = vfio_l1.wait_listen([f"{os.getpid()},{os.getpid()}", "10", path])
+    assert got["listening"] and got["missing"] == [] and 0.25 < time.monotonic() - began < 5
+    none = vfio_l1.wait_listen([str(os.getpid()), "0.2", path + ".other", "1"])
+    assert not none["listening"] and none["missing"] == sorted(["1", path + ".other"])
+    s.close()
+
+
+def test_the_helper_terminates_and_names_what_outlived_its_grace():
+    """terminate: SIGTERM to each pid, the ones still running after the seconds returned
+    (a process that ignores SIGTERM), a pid already gone is no error."""
+    import subprocess
+    import sys
+
+    from harness.l1.guest import vfio_l1
+
+    polite = subprocess.Popen(["sleep", "30"])
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(30)"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert stubborn.stdout and stubborn.stdout.readline() == "ready\n"
+        got = vfio_l1.terminate(["0.5", str(polite.pid), str(stubborn.pid), "999999999"])
+        assert got["left"] == [stubborn.pid] and got["waited_s"] >= 0.5
+        assert polite.wait(timeout=5) == -15
+    finally:
+        stubborn.kill()
+        stubborn.wait(timeout=5)
+        polite.kill()

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from harness.base import paths
+from harness.base.errors import HarnessError
 from harness.collect import vfio_user
 from harness.collect.stack import booted
 from harness.images.recipe import Recipe
 from harness.images.store import ImageStore
 from harness.l0.qemu_binary import QemuBinary
-from harness.l1.vfio_user import read_log
-from harness.l2.backends import backend
+from harness.l1.vfio_user import VfioUserServers, read_log
+from harness.l2.backends import VFIO_USER_SOCKETS, backend
 from harness.platforms import AARCH64, X86_64, EduDevice, IvshmemDevice
 from harness.verdicts.vfio_user import p2p, served, unplug
 from tests.vm.adversaries import Adversary, build_shim
@@ -217,6 +218,25 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
     else:  # L2 lived on; what it could not do without its servers is named, by stage
         assert any("refused it" in p or "vfio-user" in p for p in ev.problems), ev.problems
     assert time.monotonic() - began < 120
+    assert no_process_left(stack)
+
+
+def test_a_server_that_ends_before_it_listens_is_named_at_once(l1, tmp_path):
+    """A server that exits (status 3) before it listens: the start fails naming its socket,
+    the server and how it ended, with its stderr, as soon as it has ended (the start's
+    deadline is 10 s), and no process is left."""
+    stack, devices = l1
+    bdf = devices["edu"].bdf
+    began = time.monotonic()
+    with pytest.raises(HarnessError) as e, \
+            VfioUserServers(stack.session, stack.vfio, (bdf,), VFIO_USER_SOCKETS, tmp_path,
+                            server=ADVERSARIES / "vfio_user_never_listens.py"):
+        pass
+    assert e.value.message == (f"vfio-user server(s) did not listen on {VFIO_USER_SOCKETS}/"
+                               f"{bdf}.sock: the server of {bdf} exited with status 3")
+    assert f"cannot serve {bdf}: refusing" in (e.value.details or "")
+    assert e.value.stage == "vfio-user server start"
+    assert time.monotonic() - began < 5
     assert no_process_left(stack)
 
 

@@ -15,9 +15,11 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py stuck PID                    each task of PID: its state, wait channel and
                                           kernel stack
   vfio_l1.py wait-gone PID SECONDS        wait until PID has exited (and been reaped)
-  vfio_l1.py wait-listen PID SECONDS PORT...
-                                          wait until every TCP PORT listens, or PID is
+  vfio_l1.py wait-listen PID[,PID...] SECONDS ENDPOINT...
+                                          wait until every ENDPOINT (a TCP port, or a
+                                          UNIX socket's path) listens, or a PID is
                                           gone, or SECONDS are over
+  vfio_l1.py terminate SECONDS PID...     SIGTERM each PID, then wait until all are gone
   vfio_l1.py leftover SECONDS EXPORTER... the dma-bufs of EXPORTER(s) the kernel still
                                           has (debugfs dma_buf/bufinfo) and who holds
                                           a VFIO fd, waited up to SECONDS to be none
@@ -37,6 +39,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -374,19 +377,50 @@ def _listening(ports):
     return found
 
 
+def _unix_listening(paths):
+    """The UNIX socket paths of `paths` something listens on: /proc/net/unix's Flags with
+    __SO_ACCEPTCON (a socket that is bound has its file before it listens)."""
+    found = set()
+    for line in (_read("/proc/net/unix", "") or "").splitlines()[1:]:
+        fields = line.split()  # Num RefCount Protocol Flags Type St Inode [Path]
+        if len(fields) >= 8 and int(fields[3], 16) & 0x10000 and fields[7] in paths:
+            found.add(fields[7])
+    return found
+
+
 def wait_listen(args):
-    """Wait (up to SECONDS) until something listens on every PORT, or PID is gone: the
+    """Wait (up to SECONDS) until something listens on every ENDPOINT (a TCP port, or the
+    absolute path of a UNIX socket), or one of the PIDs (comma-separated) is gone: the
     polls are this process's, not a `sleep` program started per poll under L1's TCG beside
-    the very process being waited for."""
-    pid, seconds, ports = args[0], float(args[1]), {int(p) for p in args[2:]}
+    the very processes being waited for."""
+    pids, seconds = args[0].split(","), float(args[1])
+    ports = {int(a) for a in args[2:] if not a.startswith("/")}
+    paths = {a for a in args[2:] if a.startswith("/")}
     began = time.monotonic()
     while True:
-        listening = _listening(ports) == ports
-        gone = _gone(pid)
-        if listening or gone or time.monotonic() - began >= seconds:
-            return {"listening": listening, "gone": gone,
+        found = _listening(ports) | _unix_listening(paths)
+        missing = sorted(str(e) for e in (ports | paths) - found)
+        gone = [p for p in pids if _gone(p)]
+        if not missing or gone or time.monotonic() - began >= seconds:
+            return {"listening": not missing, "gone": bool(gone), "missing": missing,
                     "waited_s": round(time.monotonic() - began, 3)}
         time.sleep(0.02)
+
+
+def terminate(args):
+    """SIGTERM each PID, then wait (up to SECONDS) until every one has exited: the PIDs
+    left are the caller's to SIGKILL."""
+    seconds, pids = float(args[0]), args[1:]
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    began = time.monotonic()
+    while any(not _gone(p) for p in pids) and time.monotonic() - began < seconds:
+        time.sleep(0.02)
+    return {"left": [int(p) for p in pids if not _gone(p)],
+            "waited_s": round(time.monotonic() - began, 3)}
 
 
 def _bufinfo(path):
@@ -677,7 +711,7 @@ def kmsg(args):
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
            "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "wait-listen": wait_listen,
-           "leftover": leftover,
+           "terminate": terminate, "leftover": leftover,
            "reopen": reopen, "closed-before-unmap": closed_before_unmap, "pid": own_pid}
 
 
