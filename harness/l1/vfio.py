@@ -118,6 +118,16 @@ class ProcessView:
                    d.get("stderr_lines"), d.get("commands", {}))
 
 
+@dataclass(frozen=True)
+class Started:
+    """What the helper saw of processes being started: each one's pid (None: its keeper
+    never wrote it), the endpoints nothing listened on, whether one of them ended."""
+
+    pids: tuple[int | None, ...]
+    missing: tuple[str, ...]
+    gone: bool
+
+
 class L1Vfio:
     """The guest helper, started once per L1 session and asked one question per line."""
 
@@ -194,18 +204,15 @@ class L1Vfio:
         answer = self._call("wait-gone", str(pid), str(seconds), timeout=seconds + 30)
         return bool(answer["gone"]), float(answer["waited_s"])
 
-    def wait_listening(self, pid: int, ports: tuple[int, ...], seconds: float) -> bool:
-        """Whether every TCP port of `ports` listens in L1 within `seconds` (False at once
-        if PID is gone first): waited for by the helper, whose polls start no program."""
-        return not self.not_listening((pid,), ports, seconds)
-
-    def not_listening(self, pids: tuple[int, ...], endpoints: tuple[int | str, ...],
-                      seconds: float) -> tuple[str, ...]:
-        """The endpoints of `endpoints` (TCP ports, UNIX socket paths) that nothing listens
-        on after `seconds`, or once one of `pids` is gone: () when all listen."""
-        answer = self._call("wait-listen", ",".join(map(str, pids)), str(seconds),
+    def wait_started(self, pid_files: tuple[str, ...], endpoints: tuple[int | str, ...],
+                     seconds: float) -> Started:
+        """Processes launched without waiting (keeper.launch_command, announce=False): their
+        pids once their keeper shells wrote them, and the endpoints (TCP ports, UNIX socket
+        paths) nothing listens on after `seconds` or once one of them is gone. Waited for
+        by the helper, whose polls start no program."""
+        answer = self._call("wait-started", str(seconds), ",".join(pid_files),
                             *map(str, endpoints), timeout=seconds + 30)
-        return () if answer["listening"] else tuple(answer["missing"])
+        return Started(tuple(answer["pids"]), tuple(answer["missing"]), bool(answer["gone"]))
 
     def terminate(self, pids: tuple[int, ...], seconds: float) -> tuple[int, ...]:
         """SIGTERM each of `pids` and wait up to `seconds` for them to exit, in L1: the pids

@@ -95,25 +95,23 @@ class VfioUserServers:
             line = " ".join(shlex.quote(a) for a in (
                 "python3", program, self.socket(bdf), bdf, self.path(bdf, "log"),
                 *(("--no-mmap",) if bdf in self.no_mmap else ())))
-            launch = launch_command(line, f"{self.directory}/{bdf}", self.path(bdf, "stderr"),
-                                    self.path(bdf, "pid"), self.path(bdf, "status"))
-            steps.append(f"echo \"pid {bdf} $({launch})\"")
+            steps.append(launch_command(line, f"{self.directory}/{bdf}",
+                                        self.path(bdf, "stderr"), self.path(bdf, "pid"),
+                                        self.path(bdf, "status"), announce=False))
         deadline = Deadline("vfio-user server start", self.start_timeout)
-        started = self.session.run("; ".join(steps), timeout=deadline.remaining() + 15,
-                                   stage="vfio-user server start")
-        for said in started.stdout.splitlines():
-            word, _, rest = said.partition(" ")
-            bdf, _, pid = rest.partition(" ")
-            if word == "pid" and pid.strip().isdigit():
-                self.pids[bdf] = int(pid)
+        launched = self.session.run("; ".join(steps), timeout=deadline.remaining() + 15,
+                                    stage="vfio-user server start")
+        seen = self.vfio.wait_started(tuple(self.path(b, "pid") for b in self.bdfs),
+                                      tuple(self.socket(b) for b in self.bdfs),
+                                      max(0.0, deadline.remaining()))
+        self.pids = {b: pid for b, pid in zip(self.bdfs, seen.pids, strict=True)
+                     if pid is not None}
         silent = [b for b in self.bdfs if b not in self.pids]
         if silent:
             raise HarnessError(f"the vfio-user server of {silent[0]} did not start: its shell "
                                f"never said its pid", stage="vfio-user server start",
-                               details=started.stderr[-2000:])
-        missing = self.vfio.not_listening(tuple(self.pids.values()),
-                                          tuple(self.socket(b) for b in self.bdfs),
-                                          max(0.0, deadline.remaining()))
+                               details=launched.stderr[-2000:])
+        missing = seen.missing
         if missing:  # the time ran out, or a server ended first (the helper stops then)
             why = "; ".join(f"the server of {b} {how}" for b, how in self.ended().items())
             raise HarnessError(

@@ -21,6 +21,7 @@ from harness.base.progress import say
 from harness.base.qmp import TranscribedQmp
 from harness.l1.keeper import describe_status, launch_command, listens
 from harness.l1.session import L1Session
+from harness.l1.vfio import Started
 from harness.l2.backends import Backend
 from harness.l2.qtest import Qtest
 from harness.platforms import X86_64, Platform
@@ -126,7 +127,8 @@ class ProcessWatch(Protocol):
 
     def alive(self, pid: int) -> bool: ...
 
-    def wait_listening(self, pid: int, ports: tuple[int, ...], seconds: float) -> bool: ...
+    def wait_started(self, pid_files: tuple[str, ...], endpoints: tuple[int | str, ...],
+                     seconds: float) -> Started: ...
 
     def wait_gone(self, pid: int, seconds: float) -> tuple[bool, float]: ...
 
@@ -174,7 +176,7 @@ class L2Qemu:
         ports = (listens(L1_QMP_PORT), listens(L1_QTEST_PORT))
         launch = launch_command(line, p.directory, p.stderr, p.pid, p.status,
                                 ready="" if self.watch else " && ".join(ports),
-                                wait=deadline.remaining())
+                                wait=deadline.remaining(), announce=self.watch is None)
         # An L2 that outlived its run (it could not be stopped) still holds the ports: the
         # next one would fail to bind, or its QMP client reach the old process. Asked in
         # the launch's own round trip; ss names the holder only when there is one.
@@ -187,15 +189,15 @@ class L2Qemu:
             raise HarnessError(f"a stale process still listens on L2's ports in L1 "
                                f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
                                stage="L2 start", details=holders.strip())
-        try:
+        if self.watch is not None:  # its pid, and QMP's first attempt finds it listening
+            self.pid = self.watch.wait_started((p.pid,), (L1_QMP_PORT, L1_QTEST_PORT),
+                                               deadline.remaining()).pids[0]
+        elif said.strip().isdigit():
             self.pid = int(said.strip())
-        except ValueError:
+        if self.pid is None:
             raise HarnessError("L2 did not start: its shell never said its pid",
-                               stage="L2 start", details=started.stderr[-2000:]) from None
+                               stage="L2 start", details=started.stderr[-2000:])
         try:
-            if self.watch is not None:  # then QMP's first attempt finds it listening
-                self.watch.wait_listening(self.pid, (L1_QMP_PORT, L1_QTEST_PORT),
-                                          deadline.remaining())
             self.qmp.connect(deadline, alive=self.running, details=self.stderr)
             self.qtest.connect(deadline.remaining())
         except HarnessError as e:

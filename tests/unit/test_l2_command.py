@@ -145,10 +145,16 @@ def test_the_launch_returns_once_its_process_listens_or_has_ended(tmp_path):
     assert time.monotonic() - began < 10
 
 
-def test_the_helper_waits_for_listeners_and_for_nothing_once_its_process_is_gone():
-    """The L1 helper's wait-listen, on this host's /proc/net/tcp: true once every port
-    listens (a socket that starts to listen 0.3 s in), false at once for a pid that is
-    gone, false after its seconds for a port nothing listens on."""
+def _pid_file(path, pid: int):
+    path.write_text(f"{pid}\n")
+    return str(path)
+
+
+def test_the_helper_waits_for_listeners_and_for_nothing_once_its_process_is_gone(tmp_path):
+    """The L1 helper's wait-started, on this host's /proc/net/tcp: ready once the pid file
+    is written (0.2 s in) and every port listens (a socket that starts to listen 0.3 s in),
+    at once for a process that is gone, after its seconds for a port nothing listens on or
+    a pid file nobody writes."""
     import os
     import socket
     import threading
@@ -162,19 +168,24 @@ def test_the_helper_waits_for_listeners_and_for_nothing_once_its_process_is_gone
     ports = [str(s.getsockname()[1]) for s in (a, b)]
     a.listen()
     threading.Timer(0.3, b.listen).start()
+    mine = tmp_path / "pid"
+    threading.Timer(0.2, _pid_file, (mine, os.getpid())).start()
     began = time.monotonic()
-    got = vfio_l1.wait_listen([str(os.getpid()), "10", *ports])
+    got = vfio_l1.wait_started(["10", str(mine), *ports])
     assert got["listening"] and not got["gone"] and 0.25 < time.monotonic() - began < 5
-    gone = vfio_l1.wait_listen(["999999999", "10", "1"])
+    assert got["pids"] == [os.getpid()]
+    gone = vfio_l1.wait_started(["10", _pid_file(tmp_path / "gone", 999999999), "1"])
     assert gone["gone"] and not gone["listening"] and gone["waited_s"] < 1
     b.close()
-    late = vfio_l1.wait_listen([str(os.getpid()), "0.2", ports[1]])
-    assert not late["listening"] and not late["gone"]
+    late = vfio_l1.wait_started(["0.2", str(mine), ports[1]])
+    assert not late["listening"] and not late["gone"] and late["missing"] == [ports[1]]
+    never = vfio_l1.wait_started(["0.2", f"{mine},{tmp_path / 'never'}", ports[0]])
+    assert never["pids"] == [os.getpid(), None] and not never["listening"]
     a.close()
 
 
 def test_the_helper_waits_for_unix_sockets_that_listen_not_for_their_files(tmp_path):
-    """wait-listen on a UNIX socket's path (the vfio-user servers'): a socket that is bound
+    """wait-started on a UNIX socket's path (the vfio-user servers'): a socket that is bound
     (its file exists) but listens only 0.3 s later is waited for; a path nothing listens on
     is named as missing after its seconds."""
     import os
@@ -188,12 +199,41 @@ def test_the_helper_waits_for_unix_sockets_that_listen_not_for_their_files(tmp_p
     s = socket.socket(socket.AF_UNIX)
     s.bind(path)
     threading.Timer(0.3, s.listen).start()
+    mine = _pid_file(tmp_path / "pid", os.getpid())
     began = time.monotonic()
-    got = vfio_l1.wait_listen([f"{os.getpid()},{os.getpid()}", "10", path])
+    got = vfio_l1.wait_started(["10", f"{mine},{mine}", path])
     assert got["listening"] and got["missing"] == [] and 0.25 < time.monotonic() - began < 5
-    none = vfio_l1.wait_listen([str(os.getpid()), "0.2", path + ".other", "1"])
+    none = vfio_l1.wait_started(["0.2", mine, path + ".other", "1"])
     assert not none["listening"] and none["missing"] == sorted(["1", path + ".other"])
     s.close()
+
+
+def test_a_launch_that_does_not_announce_returns_at_once_and_the_helper_finds_it(tmp_path):
+    """announce=False: the shell returns before the process has its pid written or listens
+    (here after 0.5 s); the helper's wait-started then has both."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from harness.l1.guest import vfio_l1
+    from harness.l1.keeper import launch_command
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    paths = L2Paths(str(tmp_path / "l2"))
+    server = (f"{sys.executable} -c 'import socket, time; time.sleep(0.5); s = socket.socket(); "
+              f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(5)'")
+    began = time.monotonic()
+    out = subprocess.run(["sh", "-c", launch_command(server, paths.directory, paths.stderr,
+                                                     paths.pid, paths.status, announce=False)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "" and time.monotonic() - began < 0.5
+    got = vfio_l1.wait_started(["20", paths.pid, str(port)])
+    assert got["listening"] and time.monotonic() - began >= 0.5
+    subprocess.run(["kill", str(got["pids"][0])])
 
 
 def test_the_helper_terminates_and_names_what_outlived_its_grace():

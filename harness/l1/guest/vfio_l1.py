@@ -15,10 +15,11 @@ it reports does not depend on the QEMU under test.
   vfio_l1.py stuck PID                    each task of PID: its state, wait channel and
                                           kernel stack
   vfio_l1.py wait-gone PID SECONDS        wait until PID has exited (and been reaped)
-  vfio_l1.py wait-listen PID[,PID...] SECONDS ENDPOINT...
-                                          wait until every ENDPOINT (a TCP port, or a
-                                          UNIX socket's path) listens, or a PID is
-                                          gone, or SECONDS are over
+  vfio_l1.py wait-started SECONDS PIDFILE[,PIDFILE...] ENDPOINT...
+                                          wait until each PIDFILE names its process and
+                                          every ENDPOINT (a TCP port, or a UNIX socket's
+                                          path) listens, or a process is gone, or SECONDS
+                                          are over
   vfio_l1.py terminate SECONDS PID...     SIGTERM each PID, then wait until all are gone
   vfio_l1.py leftover SECONDS EXPORTER... the dma-bufs of EXPORTER(s) the kernel still
                                           has (debugfs dma_buf/bufinfo) and who holds
@@ -388,21 +389,34 @@ def _unix_listening(paths):
     return found
 
 
-def wait_listen(args):
-    """Wait (up to SECONDS) until something listens on every ENDPOINT (a TCP port, or the
-    absolute path of a UNIX socket), or one of the PIDs (comma-separated) is gone: the
-    polls are this process's, not a `sleep` program started per poll under L1's TCG beside
-    the very processes being waited for."""
-    pids, seconds = args[0].split(","), float(args[1])
+def _pid_in(path):
+    """The pid a keeper shell wrote into `path`, once the whole line is there."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+
+
+def wait_started(args):
+    """Wait (up to SECONDS) until each PIDFILE holds its process's pid (its keeper shell
+    writes it) and something listens on every ENDPOINT (a TCP port, or the absolute path
+    of a UNIX socket), or one of the processes is gone: the polls are this process's, not
+    a `sleep` program started per poll under L1's TCG beside the very processes being
+    waited for."""
+    seconds, files = float(args[0]), args[1].split(",")
     ports = {int(a) for a in args[2:] if not a.startswith("/")}
     paths = {a for a in args[2:] if a.startswith("/")}
     began = time.monotonic()
     while True:
+        pids = [_pid_in(f) for f in files]
         found = _listening(ports) | _unix_listening(paths)
         missing = sorted(str(e) for e in (ports | paths) - found)
-        gone = [p for p in pids if _gone(p)]
-        if not missing or gone or time.monotonic() - began >= seconds:
-            return {"listening": not missing, "gone": bool(gone), "missing": missing,
+        gone = [p for p in pids if p is not None and _gone(p)]
+        ready = None not in pids and not missing
+        if ready or gone or time.monotonic() - began >= seconds:
+            return {"pids": pids, "listening": ready, "gone": bool(gone), "missing": missing,
                     "waited_s": round(time.monotonic() - began, 3)}
         time.sleep(0.02)
 
@@ -710,7 +724,7 @@ def kmsg(args):
 
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
-           "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "wait-listen": wait_listen,
+           "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "wait-started": wait_started,
            "terminate": terminate, "leftover": leftover,
            "reopen": reopen, "closed-before-unmap": closed_before_unmap, "pid": own_pid}
 
