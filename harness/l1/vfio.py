@@ -214,6 +214,14 @@ class L1Vfio:
                             *map(str, endpoints), timeout=seconds + 30)
         return Started(tuple(answer["pids"]), tuple(answer["missing"]), bool(answer["gone"]))
 
+    def ended(self, pid: int, seconds: float, status: str, tail: str) -> tuple[str, list[str]]:
+        """(what PID's keeper wrote as its status, "" while it runs; the last lines of the
+        file `tail`), PID given up to `seconds` to be gone and its keeper as long to write:
+        one helper round trip, its polls starting no program."""
+        answer = self._call("ended", str(pid), str(seconds), status, tail,
+                            timeout=2 * seconds + 30)
+        return str(answer["status"]), list(answer["tail"])
+
     def terminate(self, pids: tuple[int, ...], seconds: float) -> tuple[int, ...]:
         """SIGTERM each of `pids` and wait up to `seconds` for them to exit, in L1: the pids
         still running then (for the caller's SIGKILL)."""

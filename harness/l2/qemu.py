@@ -132,6 +132,8 @@ class ProcessWatch(Protocol):
 
     def wait_gone(self, pid: int, seconds: float) -> tuple[bool, float]: ...
 
+    def ended(self, pid: int, seconds: float, status: str, tail: str) -> tuple[str, list[str]]: ...
+
 
 @dataclass
 class L2Qemu:
@@ -224,20 +226,25 @@ class L2Qemu:
         stderr; None while it runs (or if L1 cannot say)."""
         if self.pid is None:
             return None
-        status = shlex.quote(self.paths.status)
         # Asked because a socket closed or a command failed: an L2 that is dying may still
         # show a running state for a moment (its sockets close before it is a zombie, the
         # longer the busier L1 is), so it gets up to 3 s to be gone or a zombie; then its
         # shell gets up to 3 s to write its status. An L2 that still runs is left as is.
-        answer = self.session.run(
-            f"gone() {{ st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status "
-            f"2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ] || [ \"$st\" = X ]; }}; "
-            f"for i in $(seq 150); do gone && break; sleep 0.02; done; "
-            f"if gone; then for i in $(seq 150); do "
-            f"[ -s {status} ] && break; sleep 0.02; done; fi; cat {status} 2>/dev/null; "
-            f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null", check=False,
-            stage="L2 status")
-        status, _, tail = answer.stdout.partition("---\n")
+        if self.watch is not None:  # waited for by the helper, no program per poll
+            status, lines = self.watch.ended(self.pid, 3.0, self.paths.status,
+                                             self.paths.stderr)
+            tail = "\n".join(lines)
+        else:
+            quoted = shlex.quote(self.paths.status)
+            answer = self.session.run(
+                f"gone() {{ st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status "
+                f"2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ] || [ \"$st\" = X ]; }}; "
+                f"for i in $(seq 150); do gone && break; sleep 0.02; done; "
+                f"if gone; then for i in $(seq 150); do "
+                f"[ -s {quoted} ] && break; sleep 0.02; done; fi; cat {quoted} 2>/dev/null; "
+                f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null",
+                check=False, stage="L2 status")
+            status, _, tail = answer.stdout.partition("---\n")
         how = describe_status(status)
         if how is None:
             return None

@@ -258,3 +258,30 @@ def test_the_helper_terminates_and_names_what_outlived_its_grace():
         stubborn.kill()
         stubborn.wait(timeout=5)
         polite.kill()
+
+
+def test_the_helper_says_how_a_process_ended_once_its_keeper_wrote_it(tmp_path):
+    """ended: a process still running has no status after its seconds; one that is gone
+    gets its keeper's status as soon as it is written (0.3 s later here), with the last
+    five lines of its stderr."""
+    import subprocess
+    import threading
+    import time
+
+    from harness.l1.guest import vfio_l1
+
+    status, stderr = tmp_path / "exit-status", tmp_path / "stderr"
+    stderr.write_text("".join(f"line {i}\n" for i in range(8)))
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        began = time.monotonic()
+        got = vfio_l1.ended([str(running.pid), "0.3", str(status), str(stderr)])
+        assert got["status"] == "" and not got["gone"] and time.monotonic() - began >= 0.3
+    finally:
+        running.kill()
+        running.wait(timeout=5)
+    threading.Timer(0.3, status.write_text, ("137\n",)).start()
+    began = time.monotonic()
+    got = vfio_l1.ended([str(running.pid), "5", str(status), str(stderr)])
+    assert got["gone"] and got["status"] == "137" and 0.25 < time.monotonic() - began < 4
+    assert got["tail"] == [f"line {i}" for i in range(3, 8)]

@@ -21,6 +21,10 @@ it reports does not depend on the QEMU under test.
                                           path) listens, or a process is gone, or SECONDS
                                           are over
   vfio_l1.py terminate SECONDS PID...     SIGTERM each PID, then wait until all are gone
+  vfio_l1.py ended PID SECONDS STATUS [TAIL]
+                                          how PID ended: waited up to SECONDS to be gone,
+                                          then up to SECONDS for its keeper's STATUS file;
+                                          with the last lines of TAIL (its stderr)
   vfio_l1.py leftover SECONDS EXPORTER... the dma-bufs of EXPORTER(s) the kernel still
                                           has (debugfs dma_buf/bufinfo) and who holds
                                           a VFIO fd, waited up to SECONDS to be none
@@ -421,6 +425,28 @@ def wait_started(args):
         time.sleep(0.02)
 
 
+def ended(args):
+    """How PID ended, as its keeper shell wrote it into STATUS: PID gets up to SECONDS to be
+    gone or a zombie (a dying process closes its sockets before), then its keeper up to
+    SECONDS to write the status. A PID that still runs has no status ("")."""
+    pid, seconds, status = args[0], float(args[1]), args[2]
+    began = time.monotonic()
+    while not _gone(pid) and time.monotonic() - began < seconds:
+        time.sleep(0.02)
+    text = ""
+    if _gone(pid):
+        began = time.monotonic()
+        while True:
+            text = _read(status, "") or ""
+            if text or time.monotonic() - began >= seconds:
+                break
+            time.sleep(0.02)
+    tail = []
+    if len(args) > 3:
+        tail = (_read(args[3], "") or "").splitlines()[-5:]
+    return {"gone": _gone(pid), "status": text, "tail": tail}
+
+
 def terminate(args):
     """SIGTERM each PID, then wait (up to SECONDS) until every one has exited: the PIDs
     left are the caller's to SIGKILL."""
@@ -725,7 +751,7 @@ def kmsg(args):
 ACTIONS = {"inventory": inventory, "bind": bind, "restore": restore, "probe": probe,
            "process": process, "wait-closed": wait_closed,
            "kmsg": kmsg, "stuck": stuck, "wait-gone": wait_gone, "wait-started": wait_started,
-           "terminate": terminate, "leftover": leftover,
+           "terminate": terminate, "ended": ended, "leftover": leftover,
            "reopen": reopen, "closed-before-unmap": closed_before_unmap, "pid": own_pid}
 
 
