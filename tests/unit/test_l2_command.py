@@ -107,23 +107,30 @@ def test_a_listener_is_seen_by_the_shell_alone():
     assert subprocess.run(["sh", "-c", listens(port)]).returncode == 1
 
 
-def test_the_launch_returns_once_its_process_listens_or_has_ended(tmp_path):
-    """With `ready`, the pid comes back only once the process listens (here after 0.5 s);
-    a process that ends first does not hold the launch for the whole wait."""
+def _late_listener(tmp_path):
+    """(a free port, L2's paths under tmp_path, a command that listens on the port 0.5 s
+    after it starts)."""
     import socket
-    import subprocess
     import sys
-    import time
-
-    from harness.l1.keeper import launch_command, listens
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    paths = L2Paths(str(tmp_path / "l2"))
     server = (f"{sys.executable} -c 'import socket, time; time.sleep(0.5); s = socket.socket(); "
               f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(5)'")
+    return port, L2Paths(str(tmp_path / "l2")), server
+
+
+def test_the_launch_returns_once_its_process_listens_or_has_ended(tmp_path):
+    """With `ready`, the pid comes back only once the process listens (here after 0.5 s);
+    a process that ends first does not hold the launch for the whole wait."""
+    import subprocess
+    import time
+
+    from harness.l1.keeper import launch_command, listens
+
+    port, paths, server = _late_listener(tmp_path)
     began = time.monotonic()
     out = subprocess.run(["sh", "-c", launch_command(server, paths.directory, paths.stderr,
                                                      paths.pid, paths.status,
@@ -211,21 +218,13 @@ def test_the_helper_waits_for_unix_sockets_that_listen_not_for_their_files(tmp_p
 def test_a_launch_that_does_not_announce_returns_at_once_and_the_helper_finds_it(tmp_path):
     """announce=False: the shell returns before the process has its pid written or listens
     (here after 0.5 s); the helper's wait-started then has both."""
-    import socket
     import subprocess
-    import sys
     import time
 
     from harness.l1.guest import vfio_l1
     from harness.l1.keeper import launch_command
 
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    paths = L2Paths(str(tmp_path / "l2"))
-    server = (f"{sys.executable} -c 'import socket, time; time.sleep(0.5); s = socket.socket(); "
-              f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(5)'")
+    port, paths, server = _late_listener(tmp_path)
     began = time.monotonic()
     out = subprocess.run(["sh", "-c", launch_command(server, paths.directory, paths.stderr,
                                                      paths.pid, paths.status, announce=False)],
