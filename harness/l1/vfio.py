@@ -121,11 +121,11 @@ class ProcessView:
 @dataclass(frozen=True)
 class Started:
     """What the helper saw of processes being started: each one's pid (None: its keeper
-    never wrote it), the endpoints nothing listened on, whether one of them ended."""
+    never wrote it), and the endpoints nothing listened on (the time ran out, or one of
+    the processes ended first)."""
 
     pids: tuple[int | None, ...]
     missing: tuple[str, ...]
-    gone: bool
 
 
 class L1Vfio:
@@ -212,7 +212,7 @@ class L1Vfio:
         by the helper, whose polls start no program."""
         answer = self._call("wait-started", str(seconds), ",".join(pid_files),
                             *map(str, endpoints), timeout=seconds + 30)
-        return Started(tuple(answer["pids"]), tuple(answer["missing"]), bool(answer["gone"]))
+        return Started(tuple(answer["pids"]), tuple(answer["missing"]))
 
     def ended(self, pid: int, seconds: float, status: str, tail: str) -> tuple[str, list[str]]:
         """(what PID's keeper wrote as its status, "" while it runs; the last lines of the
