@@ -173,6 +173,11 @@ class L1Session:
         try:
             chan = transport.open_session(timeout=timeout)
         except (OSError, paramiko.SSHException) as e:  # the transport died, or sshd refused
+            if deadline.expired and transport.is_active():  # or sshd was slower than the
+                # deadline (a busy L1): that is the deadline's, as a command's own would be
+                raise StageTimeout(f"{command!r} did not finish in {timeout:g} s: SSH could "
+                                   f"not open its channel in that time", stage=stage,
+                                   details=self._failure_context()) from None
             raise HarnessError(f"SSH could not open a channel to run {command!r}: {e}"
                                f"{self._why_gone(transport)}",
                                stage=stage, details=self.context()) from None

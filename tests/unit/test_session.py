@@ -242,6 +242,26 @@ def test_the_line_helper_answers_each_line_and_its_end_is_said(l1):
         ended.ask("x", 5, "test helper")
 
 
+def test_a_channel_sshd_is_slower_to_open_than_the_deadline_is_the_deadlines(l1, sshd,
+                                                                            monkeypatch):
+    """sshd (a busy L1) answers the channel open after the command's deadline: a
+    StageTimeout naming the stage, as a command that ran too long gets, not an SSH failure;
+    the connection stays usable."""
+    slow = sshd.server.check_channel_request
+
+    def late(kind, chanid):
+        time.sleep(0.5)
+        return slow(kind, chanid)
+
+    monkeypatch.setattr(sshd.server, "check_channel_request", late)
+    with pytest.raises(StageTimeout) as e:
+        l1.run("echo late", timeout=0.05, stage="a busy L1")
+    assert e.value.stage == "a busy L1"
+    assert "SSH could not open its channel in that time" in e.value.message
+    monkeypatch.setattr(sshd.server, "check_channel_request", slow)
+    assert l1.run("echo alive").stdout == "alive\n"
+
+
 def test_channels_closed_while_output_still_streams_leave_the_connection_alive(l1):
     """The shape of the failure: commands ended by their deadline while they still write
     (their channels closed under incoming data), many times; the transport survives."""
