@@ -131,6 +131,23 @@ def inventory(wanted):
     }
 
 
+def _poll(look, seconds, ready=bool, every=0.02):
+    """Ask `look` until `ready` holds of its answer or `seconds` are over: (its last
+    answer, the seconds waited). The polls are this process's, not a `sleep` program
+    started per poll under L1's TCG beside the very processes being waited for."""
+    began = time.monotonic()
+    while True:
+        got = look()
+        if ready(got) or time.monotonic() - began >= seconds:
+            return got, round(time.monotonic() - began, 3)
+        time.sleep(every)
+
+
+def _bound(infos):
+    return all(i["driver"] == "vfio-pci" and i["cdev"] and os.path.exists(i["cdev"])
+               for i in infos)
+
+
 def bind(bdfs, timeout=10.0):
     for bdf in bdfs:
         base = os.path.join(PCI, bdf)
@@ -140,15 +157,10 @@ def bind(bdfs, timeout=10.0):
             _write(base + "/driver/unbind", bdf)
         _write(base + "/driver_override", "vfio-pci")
         _write("/sys/bus/pci/drivers_probe", bdf)
-    end = time.monotonic() + timeout
-    while True:
-        infos = [device_info(b) for b in bdfs]
-        if all(i["driver"] == "vfio-pci" and i["cdev"] and os.path.exists(i["cdev"])
-               for i in infos):
-            return {"devices": infos}
-        if time.monotonic() > end:
-            return {"devices": infos, "error": f"devices not bound to vfio-pci after {timeout} s"}
-        time.sleep(0.05)
+    infos, _ = _poll(lambda: [device_info(b) for b in bdfs], timeout, _bound, every=0.05)
+    if _bound(infos):
+        return {"devices": infos}
+    return {"devices": infos, "error": f"devices not bound to vfio-pci after {timeout} s"}
 
 
 def restore(bdfs):
@@ -303,15 +315,14 @@ def wait_closed(args):
     time after the device left QOM, and the fd leaves the table before the kernel's
     release returns, so a release that hangs would otherwise pass for a close."""
     pid, n, seconds = args[0], int(args[1]), float(args[2])
-    began = time.monotonic()
-    while True:
+
+    def look():
         held = _vfio_device_fds(pid)
         closing = _releasing(pid) if len(held) < n else []
-        closed = len(held) < n and not closing
-        if closed or time.monotonic() - began > seconds:
-            return {"vfio_device_fds": sorted(held), "closed": closed, "closing": closing,
-                    "waited_s": round(time.monotonic() - began, 3)}
-        time.sleep(0.02)
+        return {"vfio_device_fds": sorted(held), "closed": len(held) < n and not closing,
+                "closing": closing}
+    state, waited = _poll(look, seconds, lambda state: state["closed"])
+    return {**state, "waited_s": waited}
 
 
 #: Where a task of L2 is while it closes a VFIO device (its fd already out of the table).
@@ -363,10 +374,8 @@ def wait_gone(args):
     """Wait (up to SECONDS) until PID has exited: gone from /proc, or a zombie (its files
     closed, what is left is its parent's to reap)."""
     pid, seconds = args[0], float(args[1])
-    began = time.monotonic()
-    while not _gone(pid) and time.monotonic() - began < seconds:
-        time.sleep(0.02)
-    return {"gone": _gone(pid), "waited_s": round(time.monotonic() - began, 3)}
+    gone, waited = _poll(lambda: _gone(pid), seconds)
+    return {"gone": gone, "waited_s": waited}
 
 
 def _listening(ports):
@@ -412,17 +421,15 @@ def wait_started(args):
     seconds, files = float(args[0]), args[1].split(",")
     ports = {int(a) for a in args[2:] if not a.startswith("/")}
     paths = {a for a in args[2:] if a.startswith("/")}
-    began = time.monotonic()
-    while True:
+
+    def look():
         pids = [_pid_in(f) for f in files]
         found = _listening(ports) | _unix_listening(paths)
         missing = sorted(str(e) for e in (ports | paths) - found)
-        gone = [p for p in pids if p is not None and _gone(p)]
-        ready = None not in pids and not missing
-        if ready or gone or time.monotonic() - began >= seconds:
-            return {"pids": pids, "listening": ready, "gone": bool(gone), "missing": missing,
-                    "waited_s": round(time.monotonic() - began, 3)}
-        time.sleep(0.02)
+        return {"pids": pids, "listening": None not in pids and not missing,
+                "gone": any(p is not None and _gone(p) for p in pids), "missing": missing}
+    state, waited = _poll(look, seconds, lambda state: state["listening"] or state["gone"])
+    return {**state, "waited_s": waited}
 
 
 def ended(args):
@@ -430,21 +437,12 @@ def ended(args):
     gone or a zombie (a dying process closes its sockets before), then its keeper up to
     SECONDS to write the status. A PID that still runs has no status ("")."""
     pid, seconds, status = args[0], float(args[1]), args[2]
-    began = time.monotonic()
-    while not _gone(pid) and time.monotonic() - began < seconds:
-        time.sleep(0.02)
-    text = ""
-    if _gone(pid):
-        began = time.monotonic()
-        while True:
-            text = _read(status, "") or ""
-            if text or time.monotonic() - began >= seconds:
-                break
-            time.sleep(0.02)
+    gone, _ = _poll(lambda: _gone(pid), seconds)
+    text = _poll(lambda: _read(status, "") or "", seconds)[0] if gone else ""
     tail = []
     if len(args) > 3:
         tail = (_read(args[3], "") or "").splitlines()[-5:]
-    return {"gone": _gone(pid), "status": text, "tail": tail}
+    return {"gone": gone, "status": text, "tail": tail}
 
 
 def terminate(args):
@@ -456,11 +454,9 @@ def terminate(args):
             os.kill(int(pid), signal.SIGTERM)
         except ProcessLookupError:
             pass
-    began = time.monotonic()
-    while any(not _gone(p) for p in pids) and time.monotonic() - began < seconds:
-        time.sleep(0.02)
-    return {"left": [int(p) for p in pids if not _gone(p)],
-            "waited_s": round(time.monotonic() - began, 3)}
+    left, waited = _poll(lambda: [int(p) for p in pids if not _gone(p)], seconds,
+                         lambda left: not left)
+    return {"left": left, "waited_s": waited}
 
 
 def _bufinfo(path):
@@ -495,17 +491,16 @@ def leftover(args):
                           capture_output=True).returncode != 0 or not os.path.exists(path):
             return {"error": f"{path}: not there (no debugfs, or a kernel without dma-buf "
                              f"debugfs)"}
-    began = time.monotonic()
-    while True:
+
+    def look():
         objects = _bufinfo(path)
         if objects is None:
             return {"error": f"{path}: not in the format of dma_buf_debug_show"}
-        found = [o for o in objects if o[0] in exporters]
-        holders = _vfio_holders()
-        if not (found or holders) or time.monotonic() - began > seconds:
-            return {"dmabufs": found, "alive": len(objects), "holders": holders,
-                    "waited_s": round(time.monotonic() - began, 3)}
-        time.sleep(0.05)
+        return {"dmabufs": [o for o in objects if o[0] in exporters], "alive": len(objects),
+                "holders": _vfio_holders()}
+    state, waited = _poll(look, seconds, lambda state: "error" in state or not (
+        state["dmabufs"] or state["holders"]), every=0.05)
+    return state if "error" in state else {**state, "waited_s": waited}
 
 
 def _vfio_holders():
@@ -686,10 +681,8 @@ def closed_before_unmap(args):
         step("IOMMU_IOAS_UNMAP", lambda: fcntl.ioctl(
             iommufd, IOMMU_IOAS_UNMAP, bytearray(struct.pack("<IIQQ", 24, ioas, iova,
                                                              bar["size"])), True))
-        began = time.monotonic()  # the last reference goes with the unmap
-        while _alive(inode) and time.monotonic() - began < 1.0:
-            time.sleep(0.02)
-        out["alive"]["unmapped"] = _alive(inode)
+        # the last reference goes with the unmap
+        out["alive"]["unmapped"] = _poll(lambda: _alive(inode), 1.0, lambda alive: not alive)[0]
     except OSError:
         pass  # the step that failed says which
     finally:
