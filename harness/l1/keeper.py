@@ -35,6 +35,22 @@ def launch_command(line: str, directory: str, stderr: str, pid: str, status: str
     return started + f"cat {shlex.quote(pid)}"
 
 
+def stop_ladder(pids: tuple[int, ...], seconds: float, after_quit: bool = False) -> str:
+    """A shell command for when the L1 helper (whose polls start no program) cannot be
+    asked: SIGTERM, then SIGKILL, to each of `pids`, each step given `seconds` for all of
+    them to be gone; first `seconds` with no signal for processes already asked to quit
+    (QMP). Prints "alive" if one still runs after the SIGKILL."""
+    listed = " ".join(map(str, pids))
+    steps = int(seconds * 20)
+    ladder = (f"gone() {{ for p in {listed}; do kill -0 $p 2>/dev/null && return 1; done; "
+              f"return 0; }}; wait_gone() {{ n=0; until gone || [ $n -ge {steps} ]; do "
+              f"sleep 0.05; n=$((n + 1)); done; gone; }}; ")
+    if after_quit:
+        ladder += "wait_gone || "
+    return ladder + (f"{{ kill -TERM {listed} 2>/dev/null; wait_gone; }} || "
+                     f"{{ kill -KILL {listed} 2>/dev/null; wait_gone; }} || echo alive")
+
+
 def listens(port: int) -> str:
     """A shell condition: something in L1 listens on TCP `port`, read from /proc/net/tcp*
     with the shell's own `read` (no process started per poll: each costs L1's TCG a few

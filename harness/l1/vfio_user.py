@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
-from harness.l1.keeper import describe_status, launch_command
+from harness.l1.keeper import describe_status, launch_command, stop_ladder
 from harness.l1.session import L1Session
 from harness.l1.vfio import L1Vfio
 
@@ -149,13 +149,10 @@ class VfioUserServers:
             pids = tuple(self.pids.values())
             try:
                 left = self.vfio.terminate(pids, STOP_GRACE_S)
-            except HarnessError:  # the helper is gone: the shell's TERM, wait, KILL instead
-                listed = " ".join(map(str, pids))
-                kill = (f"kill {listed} 2>/dev/null; n=0; while kill -0 {listed} 2>/dev/null "
-                        f"&& [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done; ")
-                left = pids
-            if left:
-                kill += f"kill -9 {' '.join(map(str, left))} 2>/dev/null; "
+                if left:
+                    kill = f"kill -9 {' '.join(map(str, left))} 2>/dev/null; "
+            except HarnessError:  # the helper is gone: the shell's ladder instead
+                kill = stop_ladder(pids, STOP_GRACE_S) + "; "
             self.pids.clear()
         files = [(bdf, suffix) for bdf in self.bdfs for suffix in ("log", "stderr")]
         shown = self.session.run(kill + "; ".join(

@@ -19,7 +19,7 @@ from harness.base.deadline import Deadline
 from harness.base.errors import HarnessError
 from harness.base.progress import say
 from harness.base.qmp import TranscribedQmp
-from harness.l1.keeper import describe_status, launch_command, listens
+from harness.l1.keeper import describe_status, launch_command, listens, stop_ladder
 from harness.l1.session import L1Session
 from harness.l1.vfio import Started
 from harness.l2.backends import Backend
@@ -319,12 +319,7 @@ class L2Qemu:
                         return
                 except HarnessError:
                     pass  # the ladder below asks L1 itself
-        steps = int(timeout * 20)
-        ladder = (f"p={self.pid}; gone() {{ ! kill -0 $p 2>/dev/null; }}; "
-                  f"wait_gone() {{ n=0; until gone || [ $n -ge {steps} ]; do sleep 0.05; "
-                  f"n=$((n + 1)); done; gone; }}; "
-                  f"wait_gone || {{ kill -TERM $p 2>/dev/null; wait_gone; }} || "
-                  f"{{ kill -KILL $p 2>/dev/null; wait_gone; }} || echo alive")
+        ladder = stop_ladder((self.pid,), timeout, after_quit=True)
         left = self.session.run(ladder, timeout=3 * timeout + 15, check=False,
                                 stage="L2 stop").stdout.strip()
         if left == "alive":

@@ -284,3 +284,41 @@ def test_the_helper_says_how_a_process_ended_once_its_keeper_wrote_it(tmp_path):
     got = vfio_l1.ended([str(running.pid), "5", str(status), str(stderr)])
     assert got["gone"] and got["status"] == "137" and 0.25 < time.monotonic() - began < 4
     assert got["tail"] == [f"line {i}" for i in range(3, 8)]
+
+
+def test_the_shell_ladder_signals_only_as_far_as_it_must(tmp_path):
+    """keeper.stop_ladder, run by sh on this host's processes (the fallback when L1's helper
+    cannot be asked): a process already asked to quit gets its seconds with no signal; then
+    SIGTERM, then SIGKILL for one that ignores SIGTERM; a process that stays (here a zombie
+    nobody reaps, which `kill -0` still finds) is said "alive"."""
+    import subprocess
+    import sys
+    import threading
+
+    from harness.l1.keeper import stop_ladder
+
+    def started(*argv):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert p.stdout and p.stdout.readline() == "ready\n"
+        threading.Thread(target=p.wait, daemon=True).start()  # reaped as it ends
+        return p
+
+    quitting = started("sh", "-c", "echo ready; sleep 0.3")
+    polite = started("sh", "-c", "echo ready; exec sleep 30")
+    stubborn = started(sys.executable, "-c", "import signal, time; "
+                       "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                       "print('ready', flush=True); time.sleep(30)")
+
+    def ladder(pids, after_quit=False, seconds=0.5):
+        return subprocess.run(["sh", "-c", stop_ladder(pids, seconds, after_quit)],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+    assert ladder((quitting.pid,), after_quit=True, seconds=5) == ""
+    assert quitting.wait(timeout=5) == 0  # ended by itself, not signalled
+    assert ladder((polite.pid, stubborn.pid)) == ""
+    assert polite.wait(timeout=5) == -15 and stubborn.wait(timeout=5) == -9
+    zombie = subprocess.Popen(["true"])
+    try:
+        assert ladder((zombie.pid,)) == "alive"
+    finally:
+        zombie.wait(timeout=5)
