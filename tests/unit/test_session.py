@@ -118,7 +118,10 @@ class _Sshd:
         transport = paramiko.Transport(sock)
         self.transports.append(transport)
         transport.add_server_key(self.host_key)
-        transport.start_server(server=server)
+        try:
+            transport.start_server(server=server)
+        except (paramiko.SSHException, EOFError, OSError):
+            return  # the client gave up before the handshake ended (its deadline, under load)
         while transport.is_active():
             with server.ready:
                 server.ready.wait_for(lambda: server.commands or not transport.is_active(),
