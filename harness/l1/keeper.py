@@ -6,33 +6,20 @@ import shlex
 import signal
 
 
-def launch_command(line: str, directory: str, stderr: str, pid: str, status: str,
-                   ready: str = "", wait: float = 0.0, announce: bool = True) -> str:
-    """A process (L2) under a shell of its own that waits for it and writes how it ended,
-    so that L1 can say whether it exited (and with what) or was killed (and by which
-    signal). The shell writes the process's pid into `pid` (one write: a reader that finds
-    a whole line has all of it; no `mv`, a program of its own under L1's TCG).
-
-    `announce`: the command waits for that file and prints the pid, and with `ready` (a
-    shell condition) returns once that holds, the process has ended or `wait` seconds are
-    over: a client's first attempt then finds the process listening, instead of each
-    attempt costing a round trip to L1. Without it the command returns at once, the pid
-    file and the sockets waited for by a program already running in L1 (the helper's
-    wait-started): the shell's polls start a `sleep` each, on the vCPU the process starts on."""
+def launch_command(line: str, directory: str, stderr: str, pid: str, status: str
+                   ) -> str:
+    """A process (L2, a vfio-user server) under a shell of its own that waits for it and
+    writes how it ended, so that L1 can say whether it exited (and with what) or was killed
+    (and by which signal). The shell writes the process's pid into `pid` (one write: a
+    reader that finds a whole line has all of it; no `mv`, a program of its own under L1's
+    TCG). The command returns at once: the pid file and the sockets are waited for by a
+    program already running in L1 (the helper's wait-started), not by a shell whose polls
+    start a `sleep` each on the vCPU the process starts on."""
     d = shlex.quote(directory)
     keeper = (f"{line} </dev/null >{d}/stdout.log 2>{shlex.quote(stderr)} & "
               f"echo $! >{shlex.quote(pid)}; wait $!; echo $? >{shlex.quote(status)}")
-    started = (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
-               f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }}")
-    if not announce:
-        return started
-    started += (f" && n=0; until [ -s {shlex.quote(pid)} ] || [ $n -ge 500 ]; do sleep 0.01; "
-                f"n=$((n + 1)); done; ")
-    if ready:
-        started += (f"p=$(cat {shlex.quote(pid)} 2>/dev/null); n=0; until {ready} || "
-                    f"! kill -0 \"$p\" 2>/dev/null || [ $n -ge {int(wait * 50)} ]; do "
-                    f"sleep 0.02; n=$((n + 1)); done; ")
-    return started + f"cat {shlex.quote(pid)}"
+    return (f"rm -rf {d} && mkdir -p {d} && cd {d} && "
+            f"{{ setsid sh -c {shlex.quote(keeper)} </dev/null >/dev/null 2>&1 & }}")
 
 
 def stop_ladder(pids: tuple[int, ...], seconds: float, after_quit: bool = False) -> str:

@@ -206,7 +206,7 @@ class L1Vfio:
 
     def wait_started(self, pid_files: tuple[str, ...], endpoints: tuple[int | str, ...],
                      seconds: float) -> Started:
-        """Processes launched without waiting (keeper.launch_command, announce=False): their
+        """Processes launched without waiting (keeper.launch_command): their
         pids once their keeper shells wrote them, and the endpoints (TCP ports, UNIX socket
         paths) nothing listens on after `seconds` or once one of them is gone. Waited for
         by the helper, whose polls start no program."""

@@ -97,7 +97,7 @@ class VfioUserServers:
                 *(("--no-mmap",) if bdf in self.no_mmap else ())))
             steps.append(launch_command(line, f"{self.directory}/{bdf}",
                                         self.path(bdf, "stderr"), self.path(bdf, "pid"),
-                                        self.path(bdf, "status"), announce=False))
+                                        self.path(bdf, "status")))
         deadline = Deadline("vfio-user server start", self.start_timeout)
         launched = self.session.run("; ".join(steps), timeout=deadline.remaining() + 15,
                                     stage="vfio-user server start")

@@ -144,11 +144,11 @@ class L2Qemu:
     artifacts: Path           # on L0
     host_qmp_port: int        # L0 loopback ports forwarded to L1_QMP_PORT / L1_QTEST_PORT
     host_qtest_port: int
-    start_timeout: float = 30.0
     #: How L2's process is watched without a program started per poll (the L1 helper, whose
-    #: questions are not SSH commands of their own either); None: shell loops of `sleep`,
-    #: which under L1's TCG cost the very vCPU L2 starts on.
-    watch: ProcessWatch | None = None
+    #: questions are not SSH commands of their own either): a shell loop of `sleep` costs
+    #: L1's TCG the very vCPU L2 starts on (an `ended` of 3 s took 14 s so).
+    watch: ProcessWatch
+    start_timeout: float = 30.0
     paths: L2Paths = field(init=False)
     pid: int | None = field(default=None, init=False)
     qmp: TranscribedQmp = field(init=False)
@@ -176,9 +176,7 @@ class L2Qemu:
         p = self.paths
         deadline = Deadline("L2 start", self.start_timeout)
         ports = (listens(L1_QMP_PORT), listens(L1_QTEST_PORT))
-        launch = launch_command(line, p.directory, p.stderr, p.pid, p.status,
-                                ready="" if self.watch else " && ".join(ports),
-                                wait=deadline.remaining(), announce=self.watch is None)
+        launch = launch_command(line, p.directory, p.stderr, p.pid, p.status)
         # An L2 that outlived its run (it could not be stopped) still holds the ports: the
         # next one would fail to bind, or its QMP client reach the old process. Asked in
         # the launch's own round trip; ss names the holder only when there is one.
@@ -191,11 +189,9 @@ class L2Qemu:
             raise HarnessError(f"a stale process still listens on L2's ports in L1 "
                                f"({L1_QMP_PORT}/{L1_QTEST_PORT}); no new L2 is started beside it",
                                stage="L2 start", details=holders.strip())
-        if self.watch is not None:  # its pid, and QMP's first attempt finds it listening
-            self.pid = self.watch.wait_started((p.pid,), (L1_QMP_PORT, L1_QTEST_PORT),
-                                               deadline.remaining()).pids[0]
-        elif said.strip().isdigit():
-            self.pid = int(said.strip())
+        # its pid, and QMP's first attempt finds it listening
+        self.pid = self.watch.wait_started((p.pid,), (L1_QMP_PORT, L1_QTEST_PORT),
+                                           deadline.remaining()).pids[0]
         if self.pid is None:
             raise HarnessError("L2 did not start: its shell never said its pid",
                                stage="L2 start", details=started.stderr[-2000:])
@@ -217,9 +213,7 @@ class L2Qemu:
     def running(self) -> bool:
         if self.pid is None:
             return False
-        if self.watch is not None:
-            return self.watch.alive(self.pid)
-        return self.session.run(f"kill -0 {self.pid}", check=False, stage="L2 status").ok
+        return self.watch.alive(self.pid)
 
     def ended(self) -> str | None:
         """How L2 ended, in L1's words ("was killed by SIGKILL (9)"), with the tail of its
@@ -230,25 +224,11 @@ class L2Qemu:
         # show a running state for a moment (its sockets close before it is a zombie, the
         # longer the busier L1 is), so it gets up to 3 s to be gone or a zombie; then its
         # shell gets up to 3 s to write its status. An L2 that still runs is left as is.
-        if self.watch is not None:  # waited for by the helper, no program per poll
-            status, lines = self.watch.ended(self.pid, 3.0, self.paths.status,
-                                             self.paths.stderr)
-            tail = "\n".join(lines)
-        else:
-            quoted = shlex.quote(self.paths.status)
-            answer = self.session.run(
-                f"gone() {{ st=$(awk '/^State:/ {{print $2}}' /proc/{self.pid}/status "
-                f"2>/dev/null); [ -z \"$st\" ] || [ \"$st\" = Z ] || [ \"$st\" = X ]; }}; "
-                f"for i in $(seq 150); do gone && break; sleep 0.02; done; "
-                f"if gone; then for i in $(seq 150); do "
-                f"[ -s {quoted} ] && break; sleep 0.02; done; fi; cat {quoted} 2>/dev/null; "
-                f"echo ---; tail -n 5 {shlex.quote(self.paths.stderr)} 2>/dev/null",
-                check=False, stage="L2 status")
-            status, _, tail = answer.stdout.partition("---\n")
+        status, tail = self.watch.ended(self.pid, 3.0, self.paths.status, self.paths.stderr)
         how = describe_status(status)
         if how is None:
             return None
-        said = " | ".join(line.strip() for line in tail.splitlines() if line.strip())
+        said = " | ".join(line.strip() for line in tail if line.strip())
         return (f"L2 QEMU (pid {self.pid}) {how}, as L1 saw it; its stderr ended: "
                 f"{said[-600:] or '(nothing)'}")
 
@@ -308,18 +288,18 @@ class L2Qemu:
         costs a round trip each)."""
         if self.pid is None:
             return
+        unwaited_quit = False
         if graceful and self.qmp.connected:
             try:  # an L2 already gone refuses at once; a stuck one is signalled below
                 self.qmp.cmd_within(timeout, "quit")
             except Exception:
                 pass
-            if self.watch is not None:
-                try:  # the usual end: gone after the quit, seen without a poll loop of sleeps
-                    if self.watch.wait_gone(self.pid, timeout)[0]:
-                        return
-                except HarnessError:
-                    pass  # the ladder below asks L1 itself
-        ladder = stop_ladder((self.pid,), timeout, after_quit=True)
+            try:  # the usual end: gone after the quit, seen without a poll loop of sleeps
+                if self.watch.wait_gone(self.pid, timeout)[0]:
+                    return
+            except HarnessError:  # the helper is gone: the ladder below waits for the quit
+                unwaited_quit = True
+        ladder = stop_ladder((self.pid,), timeout, after_quit=unwaited_quit)
         left = self.session.run(ladder, timeout=3 * timeout + 15, check=False,
                                 stage="L2 stop").stdout.strip()
         if left == "alive":

@@ -40,7 +40,7 @@ def _start_l2(l1: stack.L1Stack, cell: Cell, through: scenario.PassedThrough, qe
     else:
         spec = scenario.main_spec(be, through.devices, qemu, traces, l1.platform)
     ports = (l1.machine.host_ports[L1_QMP_PORT], l1.machine.host_ports[L1_QTEST_PORT])
-    l2 = L2Qemu(l1.session, spec, out, *ports)
+    l2 = L2Qemu(l1.session, spec, out, *ports, watch=l1.vfio)
     l2.start()
     try:
         pci = PciConfig(l2.qtest, l2.spec.platform.l2)

@@ -25,7 +25,7 @@ def l1(qemu, images, accelerator, artifacts):
 def l2(stack, spec, out):
     m = stack.machine
     return L2Qemu(stack.session, spec, out, m.host_ports[L1_QMP_PORT],
-                  m.host_ports[L1_QTEST_PORT], start_timeout=20)
+                  m.host_ports[L1_QTEST_PORT], watch=stack.vfio, start_timeout=20)
 
 
 def no_qemu_in(stack) -> bool:
