@@ -26,7 +26,7 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     _arch_option(build)
     build.add_argument("--kernel", action="append", help="only this kernel variant (repeatable)")
     build.add_argument("--force", action="store_true", help="rebuild even if intact")
-    build.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: CPUs+1)")
+    build.add_argument("-j", "--jobs", type=int, help="parallel compile jobs (default: CPUs)")
     build.add_argument("--kernel-patches", type=Path, metavar="SERIES",
                        help="also build each kernel variant with this series applied (an mbox "
                             "or a directory of patches)")

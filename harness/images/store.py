@@ -137,7 +137,9 @@ class ImageStore:
         self.budget = budget
         self.platform = recipe.platform
         self.cache = cache
-        self.jobs = jobs or (os.cpu_count() or 1) + 1
+        #: One compiler per core: on this 2-core machine -j3 compiled the x86 kernel in
+        #: 356 and 357 s, -j2 in 319 and 342 s: a third compiler only makes two cores share.
+        self.jobs = jobs or os.cpu_count() or 1
         self.artifacts = cache / "artifacts"
         self.locks = ArtifactLocks(self.artifacts)
         tag = self.platform.tag
