@@ -289,9 +289,11 @@ def _build(args: argparse.Namespace, selection: Selection, qemu: QemuBinary,
         images = store.build_tree(args.kernel_tree, list(selection.kernels))
     else:
         images = store.build(list(selection.kernels))  # a no-op when the cache is intact
+    # Probed before any series: its kernel would cost a probe (10 s where KVM gets nowhere)
+    # and, were it to break the boot, turn the run to TCG instead of failing as a boot.
+    any_kernel = next(iter(images.kernels.values())).bzimage
     if series:
         images = store.build_series(series, images)
-    any_kernel = next(iter(images.kernels.values())).bzimage
     choice = accel.choose(qemu, any_kernel, store.cache,
                           force=None if args.accel == "auto" else args.accel,
                           platform=store.platform)
