@@ -55,7 +55,10 @@ class VfioUserServers:
     server: Path | None = None
     #: Devices whose server announces no region mmappable (--no-mmap).
     no_mmap: tuple[str, ...] = ()
-    start_timeout: float = 10.0
+    #: A hang's deadline, as L2's start has in the same L1 (20 to 30 s): two python3 starts
+    #: take 2.5 s alone, but beside another CI worker's debug-kernel L1s (five TCG vCPUs on
+    #: two cores) they were not listening after 10 s. A server that ends first is named at once.
+    start_timeout: float = 30.0
     pids: dict[str, int] = field(default_factory=dict, init=False)
     #: What each server logged, as `stop` brought it back (the whole run's log).
     final_logs: dict[str, list[dict]] = field(default_factory=dict, init=False)

@@ -224,7 +224,7 @@ def test_a_server_that_dies_mid_run_is_named_with_how_it_ended_and_nothing_hangs
 def test_a_server_that_ends_before_it_listens_is_named_at_once(l1, tmp_path):
     """A server that exits (status 3) before it listens: the start fails naming its socket,
     the server and how it ended, with its stderr, as soon as it has ended (the start's
-    deadline is 10 s), and no process is left."""
+    deadline is 30 s), and no process is left."""
     stack, devices = l1
     bdf = devices["edu"].bdf
     began = time.monotonic()
