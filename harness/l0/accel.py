@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.base import files
 from harness.base.checksum import sha256_file
 from harness.l0.qemu_binary import QemuBinary
 from harness.platforms import X86_64, Platform
@@ -118,14 +119,10 @@ def recalled(record: Path, key: dict) -> AccelChoice | None:
 
 def remember(record: Path, key: dict, choice: AccelChoice) -> None:
     """Put this answer first, dropping an older one for the same key and the oldest beyond
-    REMEMBERED; written whole to a new file and renamed, so a reader beside never sees
-    half of it."""
+    REMEMBERED; written by rename, so a reader beside never sees half of it."""
     kept = [e for e in _entries(record) if e["key"] != key]
     entries = [{"key": key, "accel": choice.accel, "reason": choice.reason}, *kept]
-    record.parent.mkdir(parents=True, exist_ok=True)
-    partial = record.with_name(f".{record.name}.{os.getpid()}")
-    partial.write_text(json.dumps({"probes": entries[:REMEMBERED]}, indent=1))
-    partial.replace(record)
+    files.write_atomic(record, json.dumps({"probes": entries[:REMEMBERED]}, indent=1))
 
 
 def _forced(choice: AccelChoice, force: str | None) -> AccelChoice:
